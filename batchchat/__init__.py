@@ -1,0 +1,44 @@
+"""batchchat: answer every row of a prompt table with a chat model, as fast as the rate limit allows.
+
+``run``/``arun`` run a job (a job file, or settings such as ``input=``, ``model=``);
+``run_frame``/``arun_frame`` take and return a pandas DataFrame, and work in notebooks.
+
+The heavy parts (aiohttp, pyarrow, pandas) load on first use, so ``import batchchat`` and
+``batchchat --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import BatchchatError, JobError, RequestError
+from .job import Job, load_job
+
+if TYPE_CHECKING:
+    from .runner import RunResult, arun, arun_frame, run, run_frame
+
+__all__ = [
+    "BatchchatError",
+    "Job",
+    "JobError",
+    "RequestError",
+    "RunResult",
+    "__version__",
+    "arun",
+    "arun_frame",
+    "load_job",
+    "run",
+    "run_frame",
+]
+
+_LAZY = {"RunResult", "arun", "arun_frame", "run", "run_frame"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'batchchat' has no attribute {name!r}")

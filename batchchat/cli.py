@@ -1,0 +1,239 @@
+"""The ``batchchat`` command. The only module that prints, exits, or reads the terminal.
+
+Heavy imports (aiohttp, pyarrow, tqdm) happen inside commands so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from . import __version__
+from .errors import JobError
+
+if TYPE_CHECKING:
+    from .records import RowOutcome
+    from .runner import Plan, RunResult
+    from .stats import Stats
+
+EXIT_JOB = 2
+EXIT_INTERRUPTED = 130
+SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model"}
+
+
+def flag_name(key: str) -> str:
+    return SHORT_FLAGS.get(key, "--" + key.replace("_", "-"))
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``: VALUE as JSON when it parses (numbers, lists, objects), else as text."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--param")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchchat")
+def main() -> None:
+    """Answer every row of a CSV, Parquet or JSONL table with a chat model.
+
+    Together's API by default; any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp,
+    Ollama) with --provider/--base-url; or the built-in simulator with --provider sim.
+    """
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False))
+@click.option("-i", "--input", "input_path", metavar="PATH", help="Prompt table: .csv, .parquet or .jsonl.")
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    metavar="PATH",
+    help="Output table: .parquet, .csv or .jsonl [default: INPUT.out.parquet beside the input].",
+)
+@click.option("-m", "--model", metavar="NAME", help="Model to ask (required, here or in the job file).")
+@click.option("--prompt-column", metavar="NAME", help="Column holding each prompt [default: prompt].")
+@click.option(
+    "--template", metavar="TEXT", help="Prompt built from columns: 'Classify: {text}'. {{ }} are literal braces."
+)
+@click.option(
+    "--messages-column",
+    metavar="NAME",
+    help="Column holding a JSON list of {role, content} messages (conversation history).",
+)
+@click.option("--system", metavar="TEXT", help="System message sent first in every request.")
+@click.option(
+    "--provider",
+    type=click.Choice(["together", "openai", "sim"]),
+    help="together (TOGETHER_API_KEY), openai (OPENAI_API_KEY), or sim (built-in simulator, no key) [default: together].",
+)
+@click.option("--base-url", metavar="URL", help="Any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
+@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the API key.")
+@click.option("--max-tokens", type=int, help="Most tokens per answer.")
+@click.option("--temperature", type=float, help="Sampling temperature.")
+@click.option("--top-p", type=float, help="Nucleus sampling probability.")
+@click.option(
+    "--param",
+    "params",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Any other request field; VALUE is read as JSON when it parses. Repeatable.",
+)
+@click.option("--concurrency", type=int, help="Requests in flight at once [default: 16].")
+@click.option("--max-attempts", type=int, help="Attempts per row, the first included [default: 6].")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Limit for each attempt [default: 300].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
+        quiet: bool, debug: bool, **options: Any) -> None:  # fmt: skip
+    """Send every row of a table to a chat model and write the answers beside the input rows.
+
+    JOB_FILE is an optional TOML job file; flags override what it sets.
+
+    Exit codes: 0 every row ok, 1 some rows ended in error, 2 the job could not run.
+    """
+    try:
+        from .job import build_job
+        from .runner import run as run_job
+
+        param_values = dict(parse_param(p) for p in params)
+        overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None}
+        job = build_job(job_file, overrides, flag_name)
+        observer = Progress(quiet)
+        try:
+            result = run_job(job, observer=observer)
+        finally:
+            observer.close()
+    except JobError as e:
+        _fail(str(e), debug)
+    except KeyboardInterrupt:
+        click.echo("\nbatchchat: interrupted; no output written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException:
+        raise
+    except Exception as e:  # a bug, not a user error: say so, keep the message short
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", debug)
+    if not quiet:
+        click.echo(summary_text(result), err=True)
+    sys.exit(result.exit_code)
+
+
+def _fail(message: str, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"batchchat: error: {message}", err=True)
+    sys.exit(EXIT_JOB)
+
+
+class Progress:
+    """Progress bar on stderr, only when stderr is a terminal and the user did not ask for quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self._next_postfix = 0.0
+
+    def started(self, plan: Plan) -> None:
+        if self.quiet:
+            return
+        click.echo(f"batchchat: {plan.rows:,} rows from {plan.source} -> {plan.endpoint}", err=True)
+        if plan.invalid_rows:
+            shown = ", ".join(map(str, plan.first_invalid)) + (
+                ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
+            )
+            click.echo(
+                f"batchchat: {plan.invalid_rows:,} rows have nothing to send (empty prompt; rows {shown}); "
+                "they become error rows (invalid_input) without a request",
+                err=True,
+            )
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=plan.rows, unit="row", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_postfix or stats.done == stats.total:
+            self._next_postfix = now + 0.25
+            bar.set_postfix_str(f"tokens={stats.tokens:,} errors={stats.errors:,}", refresh=False)
+        bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def summary_text(result: RunResult) -> str:
+    s = result.summary
+    status = f"{s.ok:,} ok, {s.errors:,} error"
+    if s.error_types:
+        status += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
+    lines = [
+        f"done: {s.rows:,} rows in {s.wall_s:.1f} s ({s.rows_per_s:,.1f} rows/s): {status}",
+        f"tokens: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}",
+    ]
+    if s.latency_p50_s is not None and s.latency_p95_s is not None:
+        lines.append(f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s")
+    lines.append(f"output: {result.output}")
+    return "\n".join(lines)
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one."
+)
+@click.option(
+    "--latency-ms", default=0.0, type=click.FloatRange(0), help="Delay before each answer (time to first token)."
+)
+@click.option("--jitter-ms", default=0.0, type=click.FloatRange(0), help="Extra random delay, up to this much.")
+@click.option(
+    "--tokens-per-s", type=click.FloatRange(0, min_open=True), help="Generation speed; streams pace their tokens."
+)
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute before answering 429.")
+@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute before answering 429.")
+@click.option(
+    "--fault-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of requests that fail (500, 503, HTML 502, dropped, truncated, malformed).",
+)
+@click.option("--seed", default=0, type=int, help="Seed for latency jitter and fault choice.")
+def serve(host: str, port: int, **options: Any) -> None:
+    """Run the built-in simulator: a Together/OpenAI-compatible endpoint with synthetic answers.
+
+    Answers are synthetic and deterministic (the same request gets the same answer); use it to try
+    jobs, tests and benchmarks without a key or network. Point a run at it with
+    --base-url http://127.0.0.1:PORT/v1.
+    """
+    import asyncio
+
+    from .records import SimConfig
+    from .simulator import serve as serve_forever
+
+    def ready(url: str) -> None:
+        click.echo(f"batchchat simulator on {url} (synthetic answers; Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve_forever(SimConfig(**options), host, port, ready))
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port", False)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,198 @@
+"""The only HTTP client: sends one chat request, returns a ChatResult or raises RequestError.
+
+Every way an attempt can fail becomes a ``RequestError`` with a stable ``error_type``; nothing
+aiohttp-specific leaves this module. Error messages carry the provider's own words but never
+request headers, so the API key cannot leak into an output table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from . import __version__
+from . import errors as E
+from .records import ChatRequest, ChatResult, Usage
+
+# Response headers the retry policy and throttle read; everything else is dropped.
+HINT_HEADERS = (
+    "retry-after",
+    "retry-after-ms",
+    "x-ratelimit-reset",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-tokenlimit-limit",
+    "x-tokenlimit-remaining",
+    "x-should-retry",
+)
+
+# status -> (error_type, retryable)
+STATUS_ERRORS: dict[int, tuple[str, bool]] = {
+    400: (E.BAD_REQUEST, False),
+    401: (E.AUTH, False),
+    402: (E.NO_CREDIT, False),
+    403: (E.FORBIDDEN, False),
+    404: (E.NOT_FOUND, False),
+    408: (E.TIMEOUT, True),
+    409: (E.CONFLICT, True),
+    422: (E.BAD_REQUEST, False),
+    429: (E.RATE_LIMITED, True),
+}
+
+
+class ChatClient:
+    """One aiohttp session for a whole run, so connections are reused across requests."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, concurrency: int, timeout_s: float) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        headers = {"Content-Type": "application/json", "User-Agent": f"batchchat/{__version__}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ChatClient:
+        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
+        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        assert self._session is not None, "use ChatClient as an async context manager"
+        data = json.dumps(request.body(), ensure_ascii=False).encode("utf-8")
+        started = time.perf_counter()
+        try:
+            async with self._session.post(self.url, data=data) as response:
+                body = await response.read()
+                status = response.status
+                headers = {k: response.headers[k] for k in HINT_HEADERS if k in response.headers}
+                content_type = response.headers.get("Content-Type", "")
+        except TimeoutError:  # aiohttp's timeout errors subclass it
+            raise E.RequestError(
+                E.TIMEOUT, f"no complete answer within {self._timeout.total:g} s", retryable=True
+            ) from None
+        except aiohttp.ClientPayloadError as e:
+            raise E.RequestError(E.BAD_RESPONSE, f"response cut off: {_first_line(e)}", retryable=True) from None
+        except aiohttp.ClientConnectorError as e:
+            raise E.RequestError(
+                E.CONNECTION, f"cannot connect to {self.url}: {_first_line(e)}", retryable=True
+            ) from None
+        except aiohttp.ClientError as e:
+            raise E.RequestError(E.CONNECTION, f"connection failed: {_first_line(e)}", retryable=True) from None
+        latency = time.perf_counter() - started
+        if status != 200:
+            raise status_error(status, body, content_type, headers)
+        return parse_completion(body, latency)
+
+
+def parse_completion(body: bytes, latency_s: float) -> ChatResult:
+    """A 200 answer; anything that is not a well-formed completion is a retryable bad response."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise E.RequestError(
+            E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {_snippet(body)}", status=200, retryable=True
+        ) from None
+    if not isinstance(data, dict):
+        raise E.RequestError(
+            E.BAD_RESPONSE, f"HTTP 200 with unexpected JSON: {_snippet(body)}", status=200, retryable=True
+        )
+    if "error" in data and not data.get("choices"):
+        raise E.RequestError(
+            E.SERVER_ERROR, f"HTTP 200 carrying an error: {_error_message(data)}", status=200, retryable=True
+        )
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise TypeError("content is not text")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise E.RequestError(
+            E.BAD_RESPONSE, f"HTTP 200 without choices[0].message: {_snippet(body)}", status=200, retryable=True
+        ) from None
+    return ChatResult(
+        content=content,
+        finish_reason=choice.get("finish_reason"),
+        usage=parse_usage(data.get("usage")),
+        request_id=_str_or_none(data.get("id")),
+        model=_str_or_none(data.get("model")),
+        latency_s=latency_s,
+    )
+
+
+def parse_usage(usage: Any) -> Usage:
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt, completion, total = (
+        _int_or_none(usage.get(k)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    )
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return Usage(prompt, completion, total)
+
+
+def status_error(status: int, body: bytes, content_type: str, headers: Mapping[str, str]) -> E.RequestError:
+    error_type, retryable = STATUS_ERRORS.get(
+        status, (E.SERVER_ERROR, True) if status >= 500 else (E.HTTP_ERROR, False)
+    )
+    data: Any = None
+    if "html" not in content_type.lower():
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None
+    if isinstance(data, dict) and "error" in data:
+        detail = _error_message(data)
+        code = data["error"].get("code") if isinstance(data["error"], dict) else None
+        if status == 429 and code == "insufficient_quota":
+            error_type, retryable = E.NO_CREDIT, False
+    else:
+        detail = _snippet(body, html="html" in content_type.lower())
+    return E.RequestError(error_type, f"HTTP {status}: {detail}", status=status, retryable=retryable, headers=headers)
+
+
+def _error_message(data: dict[str, Any]) -> str:
+    error = data.get("error")
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("code") or error.get("type")
+        return str(message) if message else json.dumps(error)[:500]
+    return str(error)[:500]
+
+
+_TAG = re.compile(rb"<[^>]*>")
+_SPACE = re.compile(rb"\s+")
+
+
+def _snippet(body: bytes, html: bool = False, limit: int = 200) -> str:
+    """A short, printable piece of a body that was not what we expected (an HTML page, say)."""
+    if html or body.lstrip()[:1] == b"<":
+        body = _TAG.sub(b" ", body)
+    text = _SPACE.sub(b" ", body).strip().decode("utf-8", "replace")
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,69 @@
+"""The error tree, and the stable names that error rows carry.
+
+::
+
+    BatchchatError
+    ├── JobError        the job cannot run as given: bad flags, job file, input file, missing key.
+    │                   Raised before the first request; the CLI exits 2 with its one-line message.
+    └── RequestError    one request failed. Never escapes a run: it becomes an error row whose
+                        ``error_type`` is one of the names below and whose ``error`` is the
+                        provider's own message.
+
+Why one ``RequestError`` with a type name rather than a class per status: the name is what
+users filter on in the output table, and the retry policy decides on it, so it has to be a
+stable string anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Stable values of the output column ``error_type``.
+RATE_LIMITED = "rate_limited"
+SERVER_ERROR = "server_error"
+TIMEOUT = "timeout"
+CONNECTION = "connection"
+BAD_RESPONSE = "bad_response"
+BAD_REQUEST = "bad_request"
+NOT_FOUND = "not_found"
+AUTH = "auth"
+NO_CREDIT = "no_credit"
+FORBIDDEN = "forbidden"
+CONFLICT = "conflict"
+INVALID_INPUT = "invalid_input"
+HTTP_ERROR = "http_error"
+
+
+class BatchchatError(Exception):
+    """Base of every error batchchat raises on purpose."""
+
+
+class JobError(BatchchatError):
+    """The job cannot run: the message names the file, row or setting and says what to do."""
+
+
+class RequestError(BatchchatError):
+    """One HTTP attempt failed.
+
+    ``headers`` keeps only the response headers the retry policy reads (lower-cased), so the
+    error stays small and never carries request headers, where the API key lives.
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.headers: Mapping[str, str] = headers or {}
+
+    def __repr__(self) -> str:
+        return f"RequestError({self.error_type!r}, {self.message!r}, status={self.status})"

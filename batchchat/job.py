@@ -1,0 +1,366 @@
+"""A job: everything one run needs, validated before anything runs.
+
+Settings come from a TOML job file and from overrides (CLI flags or keyword arguments); an
+override wins. Each setting remembers where it came from, so an error can say
+``--concurrency`` to a CLI user, ``'concurrency' in jobs/x.toml`` to someone editing a job
+file, and ``concurrency=`` to a library caller.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import JobError
+from .records import SimConfig
+from .template import parse_template
+
+PROVIDERS: dict[str, tuple[str | None, str | None]] = {
+    "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "sim": (None, None),
+}
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+# Body fields batchchat sets itself; a user setting them through params would break the run.
+RESERVED_PARAMS = {
+    "model": "set the model with -m/--model or 'model' in the job file",
+    "messages": "messages are built from the input table (prompt column, template or messages column)",
+    "stream": "this version of batchchat sends non-streaming requests only; drop the stream option",
+    "stream_tokens": "this version of batchchat sends non-streaming requests only; drop stream_tokens",
+}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """How each row becomes messages: [system] + [history from messages_column] + [user prompt]."""
+
+    column: str | None = "prompt"
+    template: str | None = None
+    messages_column: str | None = None
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go. Holds the *name* of the key variable, never the key itself."""
+
+    provider: str = "together"
+    base_url: str | None = None  # None only for provider "sim", whose URL exists once it starts
+    api_key_env: str | None = None
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 16
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    input: Path | None = None
+    output: Path | None = None
+    prompt: Prompt = field(default_factory=Prompt)
+    params: tuple[tuple[str, Any], ...] = ()
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    limits: Limits = field(default_factory=Limits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    simulator: SimConfig = field(default_factory=SimConfig)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+SETTINGS = (
+    "input", "output", "model", "prompt_column", "template", "messages_column", "system",
+    "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p", "params",
+    "concurrency", "max_attempts", "timeout", "simulator",
+)  # fmt: skip
+SIM_SETTINGS = tuple(f.name for f in fields(SimConfig))
+
+
+def load_job(path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Job:
+    """Load a job file (optional) and apply keyword overrides, which win."""
+    return build_job(path, overrides, lambda key: f"{key}=")
+
+
+def build_job(
+    path: str | os.PathLike[str] | None,
+    overrides: Mapping[str, Any],
+    label: Callable[[str], str],
+) -> Job:
+    """Merge a job file with overrides; ``label(key)`` names an override the way its user set it."""
+    settings: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    params: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        job_path = Path(path)
+        base = job_path.parent
+        for key, value in read_job_file(job_path).items():
+            if key == "params":
+                params.update(_table(value, f"'params' in {job_path}"))
+            elif key in ("input", "output") and isinstance(value, str):
+                settings[key] = str(base / value)
+            else:
+                settings[key] = value
+            where[key] = f"'{key}' in {job_path}"
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in SETTINGS:
+            raise JobError(f"unknown setting {label(key)}{_did_you_mean(key, SETTINGS)}")
+        if key == "params":
+            params.update(_table(value, label(key)))
+        else:
+            settings[key] = value
+        where[key] = label(key)
+    return _job_from(settings, params, where)
+
+
+def read_job_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise JobError(f"job file {path} does not exist") from None
+    except IsADirectoryError:
+        raise JobError(f"job file {path} is a folder; give the path of a .toml file") from None
+    except OSError as e:
+        raise JobError(f"cannot read job file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"job file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise JobError(f"job file {path} is not UTF-8 text; save it as UTF-8") from None
+    for key in data:
+        if key not in SETTINGS:
+            raise JobError(f"job file {path}: unknown key '{key}'{_did_you_mean(key, SETTINGS)}")
+    return data
+
+
+def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) -> Job:
+    def at(key: str) -> str:
+        return where.get(key, key)
+
+    model = _text(s.get("model"), at("model"))
+    if model is None:
+        raise JobError("no model: pass -m/--model NAME or set 'model' in the job file")
+
+    for key, value in (("max_tokens", _int(s.get("max_tokens"), at("max_tokens"), 1)),
+                       ("temperature", _number(s.get("temperature"), at("temperature"), 0.0)),
+                       ("top_p", _number(s.get("top_p"), at("top_p"), 0.0, 1.0))):  # fmt: skip
+        if value is not None:
+            params[key] = value
+    for key, why in RESERVED_PARAMS.items():
+        if key in params:
+            raise JobError(f"request option '{key}' cannot be set ({at('params')}): {why}")
+    if params.get("n", 1) != 1:
+        raise JobError(
+            f"request option n={params['n']!r} ({at('params')}): batchchat keeps one answer per row, so n must be 1"
+        )
+
+    prompt = _prompt(s, where)
+    endpoint = _endpoint(s, at)
+    input_path = _path(s.get("input"), at("input"), "input")
+    output_path = _path(s.get("output"), at("output"), "output")
+    if input_path is not None and not input_path.exists():
+        raise JobError(f"input file {input_path} does not exist ({at('input')})")
+    if input_path is not None and output_path is None:
+        output_path = input_path.with_name(input_path.stem + ".out.parquet")
+    if output_path is not None:
+        if input_path is not None and output_path.resolve() == input_path.resolve():
+            raise JobError(f"the output {output_path} is the input file; choose another -o/--output")
+        parent = output_path.parent
+        if not parent.is_dir():
+            raise JobError(f"output folder {parent} does not exist; create it or choose another -o/--output")
+
+    return Job(
+        model=model,
+        input=input_path,
+        output=output_path,
+        prompt=prompt,
+        params=tuple(sorted(params.items())),
+        endpoint=endpoint,
+        limits=Limits(concurrency=_int(s.get("concurrency"), at("concurrency"), 1, 10_000) or 16),
+        retry=RetryPolicy(
+            max_attempts=_int(s.get("max_attempts"), at("max_attempts"), 1, 100) or 6,
+            timeout_s=_number(s.get("timeout"), at("timeout"), 0.001) or 300.0,
+        ),
+        simulator=_simulator(s.get("simulator"), at("simulator")),
+    )
+
+
+def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
+    def at(key: str) -> str:
+        return where.get(key, key)
+
+    column = _text(s.get("prompt_column"), at("prompt_column"))
+    template = _text(s.get("template"), at("template"))
+    messages_column = _text(s.get("messages_column"), at("messages_column"))
+    system = s.get("system")
+    if system is not None and not isinstance(system, str):
+        raise JobError(f"{at('system')} must be text, got {system!r}")
+    if column is not None and template is not None:
+        raise JobError(
+            f"both a prompt column ({at('prompt_column')}) and a template ({at('template')}) are "
+            "set; use one: a template can name any column as {column}"
+        )
+    if template is not None:
+        parse_template(template, at("template"))  # syntax errors surface now, columns later
+    if column is None and template is None and messages_column is None:
+        column = "prompt"
+    return Prompt(column=column, template=template, messages_column=messages_column, system=system or None)
+
+
+def _endpoint(s: dict[str, Any], at: Callable[[str], str]) -> Endpoint:
+    provider = _text(s.get("provider"), at("provider")) or "together"
+    if provider not in PROVIDERS:
+        raise JobError(
+            f"{at('provider')}: unknown provider '{provider}'; use one of "
+            f"{', '.join(PROVIDERS)}{_did_you_mean(provider, PROVIDERS)}"
+        )
+    default_url, default_env = PROVIDERS[provider]
+    base_url = _text(s.get("base_url"), at("base_url"))
+    key_env = _text(s.get("api_key_env"), at("api_key_env"))
+    if provider == "sim":
+        if base_url is not None:
+            raise JobError(
+                f"{at('base_url')} cannot be combined with provider 'sim', which starts its own "
+                "simulator; to use a running `batchchat serve`, drop the provider and pass only "
+                "the base URL"
+            )
+        return Endpoint(provider="sim", base_url=None, api_key_env=key_env)
+    if base_url is not None:
+        parsed = urlparse(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise JobError(
+                f"{at('base_url')}: '{base_url}' is not an http(s) URL; "
+                "expected something like https://api.together.xyz/v1"
+            )
+        base_url = base_url.rstrip("/")
+    url = base_url or default_url
+    assert url is not None
+    key_env = key_env or default_env
+    if key_env is not None and not os.environ.get(key_env) and not is_loopback(url):
+        raise JobError(
+            f"no API key: the variable {key_env} is not set. Export it (export {key_env}=...), "
+            "name another variable with --api-key-env, or use --provider sim to try batchchat "
+            "offline"
+        )
+    return Endpoint(provider=provider, base_url=url, api_key_env=key_env)
+
+
+def is_loopback(url: str) -> bool:
+    """A server on this machine (vLLM, llama.cpp, Ollama, the simulator) needs no key."""
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _simulator(value: Any, at: str) -> SimConfig:
+    if value is None:
+        return SimConfig()
+    table = _table(value, at)
+    for key in table:
+        if key not in SIM_SETTINGS:
+            raise JobError(f"{at}: unknown simulator setting '{key}'{_did_you_mean(key, SIM_SETTINGS)}")
+    return SimConfig(
+        latency_ms=_number(table.get("latency_ms"), f"{at}.latency_ms", 0.0) or 0.0,
+        jitter_ms=_number(table.get("jitter_ms"), f"{at}.jitter_ms", 0.0) or 0.0,
+        tokens_per_s=_number(table.get("tokens_per_s"), f"{at}.tokens_per_s", 0.001),
+        rpm=_int(table.get("rpm"), f"{at}.rpm", 1),
+        tpm=_int(table.get("tpm"), f"{at}.tpm", 1),
+        fault_rate=_number(table.get("fault_rate"), f"{at}.fault_rate", 0.0, 1.0) or 0.0,
+        seed=_int(table.get("seed"), f"{at}.seed") or 0,
+    )
+
+
+# --- value checks -------------------------------------------------------------------------------
+
+
+def _text(value: Any, at: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise JobError(f"{at} must be non-empty text, got {value!r}")
+    return value
+
+
+def _path(value: Any, at: str, what: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise JobError(f"{at} must be a file path, got {value!r}")
+    path = Path(value)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise JobError(
+            f"{at}: cannot tell the format of {what} file {path} from its suffix "
+            f"'{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}"
+        )
+    return path
+
+
+def _int(value: Any, at: str, low: int | None = None, high: int | None = None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise JobError(f"{at} must be a whole number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(f"{at} must be a whole number, got {value!r}")
+    _check_range(value, at, low, high)
+    return value
+
+
+def _number(value: Any, at: str, low: float | None = None, high: float | None = None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise JobError(f"{at} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise JobError(f"{at} must be a number, got {value!r}")
+    _check_range(value, at, low, high)
+    return float(value)
+
+
+def _check_range(value: float, at: str, low: float | None, high: float | None) -> None:
+    if low is not None and value < low:
+        raise JobError(f"{at} must be at least {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise JobError(f"{at} must be at most {high:g}, got {value!r}")
+
+
+def _table(value: Any, at: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise JobError(f"{at} must be a table of name = value pairs, got {value!r}")
+    return dict(value)
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""

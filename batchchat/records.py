@@ -1,0 +1,137 @@
+"""The records that travel between stages: immutable, so a stage can never change another's data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One request to send, tied to the input row it answers.
+
+    ``row`` is the 0-based position of the input row, which is where the answer goes back;
+    ``key`` is a stable hash of what is sent, so equal requests can be recognised across runs.
+    """
+
+    row: int
+    key: str
+    model: str
+    messages: tuple[dict[str, Any], ...]
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def body(self) -> dict[str, Any]:
+        return {"model": self.model, "messages": list(self.messages), **dict(self.params)}
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    """An input row that cannot become a request (an empty prompt): it is answered by an error row."""
+
+    row: int
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A successful answer as the API gave it, with the timings of the attempt that got it."""
+
+    content: str | None
+    finish_reason: str | None
+    usage: Usage
+    request_id: str | None
+    model: str | None
+    latency_s: float
+    ttft_s: float | None = None
+
+
+OK = "ok"
+ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    """How one input row ended: exactly the output columns that follow the input columns."""
+
+    row: int
+    key: str | None
+    status: str
+    attempts: int
+    model: str | None
+    response: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    error_type: str | None = None
+    error: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def answered(cls, request: ChatRequest, result: ChatResult, attempts: int) -> RowOutcome:
+        usage = result.usage
+        return cls(
+            row=request.row,
+            key=request.key,
+            status=OK,
+            attempts=attempts,
+            model=result.model or request.model,
+            response=result.content,
+            finish_reason=result.finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            latency_s=result.latency_s,
+            ttft_s=result.ttft_s,
+            request_id=result.request_id,
+        )
+
+    @classmethod
+    def failed(
+        cls,
+        row: int,
+        *,
+        key: str | None,
+        model: str | None,
+        error_type: str,
+        error: str,
+        attempts: int,
+        latency_s: float | None = None,
+    ) -> RowOutcome:
+        return cls(
+            row=row,
+            key=key,
+            status=ERROR,
+            attempts=attempts,
+            model=model,
+            latency_s=latency_s,
+            error_type=error_type,
+            error=error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How the built-in simulator behaves: latency, speed, limits and injected faults.
+
+    Kept here rather than in ``simulator.py`` so that job validation can check a job file's
+    ``[simulator]`` table without importing the web server.
+    """
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    tokens_per_s: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    fault_rate: float = 0.0
+    seed: int = 0

@@ -1,0 +1,139 @@
+"""Which failures are worth another attempt, and how long to wait before it.
+
+The server's own hint comes first (``retry-after-ms``, ``retry-after`` in seconds or as an HTTP
+date, Together's ``x-ratelimit-reset``): it knows when capacity returns. Without one, waits grow
+exponentially with full jitter, so many workers that failed together do not return together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Generic, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from .errors import RequestError
+
+T = TypeVar("T")
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 60.0
+HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted(Generic[T]):
+    """The end of a retried call: its result, or the last error, and how many attempts it took."""
+
+    result: T | None
+    error: RequestError | None
+    attempts: int
+
+
+def is_retryable(error: BaseException) -> bool:
+    return isinstance(error, RequestError) and error.retryable
+
+
+def hint_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait a response asks for, in seconds, or None when it asks for none we understand."""
+    if "retry-after-ms" in headers:
+        value = _float(headers["retry-after-ms"])
+        if value is not None:
+            return _clamp(value / 1000.0)
+    if "retry-after" in headers:
+        raw = headers["retry-after"].strip()
+        value = _float(raw)
+        if value is not None:
+            return _clamp(value)
+        try:
+            when = parsedate_to_datetime(raw).timestamp()
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            return _clamp(when - (time.time() if now is None else now))
+    if "x-ratelimit-reset" in headers:
+        raw = headers["x-ratelimit-reset"].strip()
+        value = _float(raw)
+        if value is None:
+            value = duration_seconds(raw)
+        elif value > 1e9:  # an epoch timestamp rather than a number of seconds
+            value -= time.time() if now is None else now
+        if value is not None:
+            return _clamp(value)
+    return None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def duration_seconds(text: str) -> float | None:
+    """OpenAI-style durations: ``20ms``, ``1s``, ``6m0s``, ``1h2m3.5s``."""
+    text = text.strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def backoff_seconds(attempt: int, rng: random.Random) -> float:
+    """Full jitter over an exponential ceiling: 0.5 s, 1 s, 2 s ... capped at 60 s."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return rng.uniform(0, ceiling)
+
+
+def wait_seconds(error: BaseException | None, attempt: int, rng: random.Random) -> float:
+    if isinstance(error, RequestError):
+        hint = hint_seconds(error.headers)
+        if hint is not None:
+            return hint
+    return backoff_seconds(attempt, rng)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    max_attempts: int,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> Attempted[T]:
+    """Run ``call`` until it succeeds, fails for good, or uses ``max_attempts`` (the first counts)."""
+    chance = rng or random.Random()
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return wait_seconds(error, state.attempt_number, chance)
+
+    attempts = 0
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(max_attempts),
+            wait=wait,
+            retry=retry_if_exception(is_retryable),
+            sleep=sleep,
+            reraise=True,
+        ):
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                result = await call()
+    except RequestError as error:
+        return Attempted(None, error, attempts)
+    return Attempted(result, None, attempts)
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
+
+
+def _clamp(seconds: float) -> float:
+    return min(max(seconds, 0.0), HINT_CAP_S)

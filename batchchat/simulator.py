@@ -1,0 +1,492 @@
+"""The built-in chat-completions server: ``batchchat serve`` and provider ``sim``.
+
+It answers ``POST /v1/chat/completions`` the way Together does (JSON with usage, or an SSE
+stream with usage on the final chunk and ``data: [DONE]``; OpenAI's extra usage chunk when the
+request sets ``stream_options.include_usage``), enforces requests/min and tokens/min with 429s
+and rate-limit headers, and injects faults. Its answers are synthetic: a deterministic function
+of the request body, so a test can tell which request an answer belongs to and a rerun gets the
+same answer.
+
+Faults come two ways. ``fault_rate`` injects them at random, decided by a hash of the body and
+how many times that body has arrived, so a run is repeatable. A directive written in a message,
+``[sim:fault=500,times=2]`` or ``[sim:delay_ms=300]``, scripts one row: ``times`` limits the
+fault to the first N arrivals of that exact request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from .records import SimConfig
+
+MODELS = ("sim-chat", "sim-chat-large", "meta-llama/Llama-3.3-70B-Instruct-Turbo")
+RANDOM_FAULTS = ("500", "503", "html502", "drop", "truncate", "malformed")
+RANDOM_STREAM_FAULTS = ("503", "drop", "stream_cut", "stream_malformed")
+STATUS_FAULTS = {
+    "400": ("invalid_request_error", "simulated invalid request"),
+    "401": ("authentication_error", "simulated invalid API key"),
+    "402": ("billing_error", "simulated: credit limit reached"),
+    "403": ("invalid_request_error", "simulated: input and max_tokens exceed the context length"),
+    "404": ("not_found", "simulated: model not found"),
+    "422": ("invalid_request_error", "simulated unprocessable request"),
+    "500": ("server_error", "simulated internal server error"),
+    "503": ("server_error", "simulated: the service is overloaded"),
+    "504": ("server_error", "simulated gateway timeout"),
+}
+_DIRECTIVE = re.compile(r"\[sim:([^\]]*)\]")
+_WORDS = (
+    "the", "answer", "depends", "on", "context", "but", "in", "short", "it", "is", "worth",
+    "noting", "that", "several", "factors", "matter", "here", "first", "second", "finally",
+    "consider", "a", "simple", "example", "which", "shows", "how", "this", "works", "well",
+    "enough", "for", "most", "cases", "and", "clearly", "so", "we", "can", "say", "yes",
+)  # fmt: skip
+
+
+# --- synthetic answers --------------------------------------------------------------------------
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """What makes two requests the same, ignoring how the answer is delivered."""
+    core = {k: v for k, v in body.items() if k not in ("stream", "stream_tokens", "stream_options")}
+    text = json.dumps(core, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def synthetic_reply(body: dict[str, Any]) -> tuple[str, str, int, int]:
+    """(content, finish_reason, prompt_tokens, completion_tokens) for a request body."""
+    digest = request_digest(body)
+    last = _last_user_text(body.get("messages", []))
+    quoted = " ".join(last.split())
+    quoted = quoted if len(quoted) <= 60 else quoted[:57] + "..."
+    stream = hashlib.shake_128(digest.encode()).digest(40)
+    words = [_WORDS[b % len(_WORDS)] for b in stream[1 : 9 + stream[0] % 24]]
+    tokens = [f"[{digest[:8]}]", "Simulated", "answer", f"to \u201c{quoted}\u201d:", *words]
+    tokens[-1] += "."
+    finish = "stop"
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 < max_tokens < len(tokens):
+        tokens, finish = tokens[:max_tokens], "length"
+    prompt_tokens = sum(4 + math.ceil(len(_text_of(m)) / 4) for m in body.get("messages", []) if isinstance(m, dict))
+    return " ".join(tokens), finish, prompt_tokens, len(tokens)
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message)
+    return ""
+
+
+def _unit(*parts: object) -> float:
+    """A repeatable number in [0, 1) from its inputs: randomness that reruns identically."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+# --- rate limits --------------------------------------------------------------------------------
+
+
+class _Bucket:
+    """Token bucket holding one second's worth of the per-minute limit (Together enforces per second).
+
+    A request costing more than the bucket holds passes when the bucket is full and leaves it in
+    debt, so big requests are slowed, never refused forever.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self.limit = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` would fit; 0 means it fits now."""
+        self._refill(now)
+        need = min(cost, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, cost: float) -> None:
+        self.level -= cost
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+class Simulator:
+    """One simulated endpoint; ``record=True`` keeps every request body for tests to inspect."""
+
+    def __init__(self, config: SimConfig | None = None, *, record: bool = False) -> None:
+        self.config = config or SimConfig()
+        self.record = record
+        self.requests: list[dict[str, Any]] = []  # {"body": ..., "authorization": ...} when recording
+        self.counts: Counter[str] = Counter()
+        self.arrivals: Counter[str] = Counter()  # per request digest
+        self.answers: Counter[str] = Counter()  # per request digest, complete 200 answers
+        self._rpm = _Bucket(self.config.rpm) if self.config.rpm else None
+        self._tpm = _Bucket(self.config.tpm) if self.config.tpm else None
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/sim/stats", self._stats)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen (port 0 picks a free one) and return the base URL, ending in ``/v1``."""
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        await site.start()
+        sockets = self._runner.addresses
+        bound_port = sockets[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound_port}/v1"
+        return self.url
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests and benchmarks; ``answered_twice`` counts answers a client paid for more than once."""
+        return {
+            **self.counts,
+            "answered_twice": sum(n - 1 for n in self.answers.values() if n > 1),
+            "config": asdict(self.config),
+        }
+
+    # --- handlers ---
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "type": "chat", "owned_by": "batchchat-sim"} for m in MODELS]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.counts["received"] += 1
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._error(400, "invalid_request_error", "request body is not valid JSON")
+        problem = _invalid_body(body)
+        if problem:
+            return self._error(400, "invalid_request_error", problem)
+        if self.record:
+            self.requests.append({"body": body, "authorization": request.headers.get("Authorization")})
+        digest = request_digest(body)
+        self.arrivals[digest] += 1
+        arrival = self.arrivals[digest]
+        content, finish, prompt_tokens, completion_tokens = synthetic_reply(body)
+
+        limited = self._check_limits(prompt_tokens + completion_tokens)
+        if limited is not None:
+            return limited
+
+        streaming = bool(body.get("stream") or body.get("stream_tokens"))
+        options = _directive(body)
+        delay_ms = _float_option(options, "delay_ms")
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000.0)
+        fault = options.get("fault")
+        if fault is not None and "times" in options and arrival > int(_float_option(options, "times") or 0):
+            fault = None
+        if fault is None and self.config.fault_rate > 0:
+            seed = self.config.seed
+            if _unit(seed, digest, arrival, "fault") < self.config.fault_rate:
+                kinds = RANDOM_STREAM_FAULTS if streaming else RANDOM_FAULTS
+                fault = kinds[int(_unit(seed, digest, arrival, "kind") * len(kinds))]
+        if fault is not None:
+            self.counts["faults"] += 1
+            self.counts[f"fault:{fault}"] += 1
+            response = await self._fault(request, fault, streaming)
+            if response is not None:
+                return response
+
+        latency = self.config.latency_ms / 1000.0
+        if self.config.jitter_ms:
+            latency += _unit(self.config.seed, digest, arrival, "jitter") * self.config.jitter_ms / 1000.0
+        answer = {
+            "id": f"sim-{digest[:12]}-{arrival}",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        if streaming:
+            response = await self._stream(request, body, answer, content, finish, usage, latency, fault)
+        else:
+            if self.config.tokens_per_s:
+                latency += completion_tokens / self.config.tokens_per_s
+            if latency > 0:
+                await asyncio.sleep(latency)
+            choice = {"index": 0, "message": {"role": "assistant", "content": content},
+                      "finish_reason": finish, "logprobs": None}  # fmt: skip
+            payload = {**answer, "object": "chat.completion", "choices": [choice], "usage": usage}
+            response = web.json_response(payload, headers=self._limit_headers())
+        if fault is None:
+            self.counts["answered"] += 1
+            self.answers[digest] += 1
+        return response
+
+    def _check_limits(self, cost: int) -> web.Response | None:
+        now = time.monotonic()
+        waits = []
+        if self._rpm is not None:
+            waits.append(self._rpm.wait_for(1, now))
+        if self._tpm is not None:
+            waits.append(self._tpm.wait_for(cost, now))
+        wait = max(waits, default=0.0)
+        if wait > 0:
+            self.counts["rate_limited"] += 1
+            which = "request" if self._rpm is not None and waits[0] > 0 else "token"
+            headers = self._limit_headers()
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            headers["x-ratelimit-reset"] = f"{wait:.3f}"
+            return self._error(
+                429, "rate_limit_exceeded", f"simulated {which} rate limit exceeded",
+                code=f"dynamic_{which}_limited", headers=headers,
+            )  # fmt: skip
+        if self._rpm is not None:
+            self._rpm.take(1)
+        if self._tpm is not None:
+            self._tpm.take(cost)
+        return None
+
+    def _limit_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self._rpm is not None:
+            headers["x-ratelimit-limit"] = str(self._rpm.limit)
+            headers["x-ratelimit-remaining"] = str(max(0, int(self._rpm.level)))
+        if self._tpm is not None:
+            headers["x-tokenlimit-limit"] = str(self._tpm.limit)
+            headers["x-tokenlimit-remaining"] = str(max(0, int(self._tpm.level)))
+        return headers
+
+    def _error(
+        self, status: int, kind: str, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        self.counts[f"status:{status}"] += 1
+        error = {"message": message, "type": kind, "param": None, "code": code}
+        return web.json_response({"error": error}, status=status, headers=headers)
+
+    async def _fault(self, request: web.Request, fault: str, streaming: bool) -> web.StreamResponse | None:
+        """An injected failure, or None for faults that happen inside a stream."""
+        if fault in STATUS_FAULTS:
+            kind, message = STATUS_FAULTS[fault]
+            return self._error(int(fault), kind, message)
+        if fault == "429":
+            return self._error(429, "rate_limit_exceeded", "simulated rate limit",
+                               code="dynamic_request_limited", headers={"retry-after": "1"})  # fmt: skip
+        if fault == "insufficient_quota":
+            return self._error(429, "insufficient_quota", "simulated: you exceeded your current quota",
+                               code="insufficient_quota")  # fmt: skip
+        if fault == "html502":
+            page = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"
+            return web.Response(status=502, text=page, content_type="text/html")
+        if fault == "drop":
+            _drop(request)
+            return web.Response(status=500)  # never sent: the connection is gone
+        if fault == "truncate":
+            response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            response.content_length = 400
+            await response.prepare(request)
+            await response.write(b'{"id": "sim-cut", "object": "chat.completion", "choices": [{"index": 0, "mess')
+            _drop(request)
+            return response
+        if fault == "malformed":
+            return web.Response(
+                status=200,
+                text='{"id": "sim-bad", "choices": [{"message": {"content": "x"',
+                content_type="application/json",
+            )
+        if fault == "no_choices":
+            return web.json_response({"id": "sim-empty", "object": "chat.completion", "choices": []})
+        if fault in ("stream_cut", "stream_malformed", "stream_error"):
+            if streaming:
+                return None
+            return self._error(400, "invalid_request_error", f"simulator fault '{fault}' needs a streaming request")
+        return self._error(400, "invalid_request_error", f"unknown simulator fault '{fault}'")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        answer: dict[str, Any],
+        content: str,
+        finish: str,
+        usage: dict[str, int],
+        latency: float,
+        fault: str | None,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **self._limit_headers()},
+        )
+        await response.prepare(request)
+        base = {**answer, "object": "chat.completion.chunk"}
+
+        async def send(chunk: dict[str, Any] | str) -> None:
+            data = chunk if isinstance(chunk, str) else json.dumps(chunk, ensure_ascii=False)
+            await response.write(f"data: {data}\n\n".encode())
+
+        if latency > 0:
+            await asyncio.sleep(latency)
+        await send(
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
+        words = content.split(" ")
+        pause = 1.0 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
+        for i, word in enumerate(words):
+            if fault is not None and i == len(words) // 2:
+                if fault == "stream_cut":
+                    _drop(request)
+                    return response
+                if fault == "stream_malformed":
+                    await response.write(b'data: {"id": "sim-bad", "choices": [{"delta": {"content": \n\n')
+                    _drop(request)
+                    return response
+                if fault == "stream_error":
+                    await send({"error": {"message": "simulated error mid-stream", "type": "server_error"}})
+                    await response.write_eof()
+                    return response
+            if pause:
+                await asyncio.sleep(pause)
+            text = word if i == 0 else " " + word
+            chunk = {**base, "token": {"id": i, "text": text, "logprob": 0.0, "special": False},
+                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
+            await send(chunk)
+        final: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        options = body.get("stream_options")
+        openai_usage = isinstance(options, dict) and options.get("include_usage")
+        if not openai_usage:
+            final["usage"] = usage
+        await send(final)
+        if openai_usage:
+            await send({**base, "choices": [], "usage": usage})
+        await send("[DONE]")
+        await response.write_eof()
+        return response
+
+
+def _drop(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+def _invalid_body(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "'model' is required"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "tool"):
+            return "each message needs a role of system, user, assistant or tool"
+    return None
+
+
+def _directive(body: dict[str, Any]) -> dict[str, str]:
+    for message in body["messages"]:
+        match = _DIRECTIVE.search(_text_of(message))
+        if match:
+            options = {}
+            for item in re.split(r"[,\s]+", match.group(1).strip()):
+                if "=" in item:
+                    key, value = item.split("=", 1)
+                    options[key] = value
+            return options
+    return {}
+
+
+def _float_option(options: dict[str, str], key: str) -> float | None:
+    try:
+        return float(options[key]) if key in options else None
+    except ValueError:
+        return None
+
+
+# --- running it ---------------------------------------------------------------------------------
+
+
+async def serve(
+    config: SimConfig, host: str, port: int, on_ready: Callable[[str], None], stop: Awaitable[Any] | None = None
+) -> None:
+    """Serve until ``stop`` completes (or forever); ``on_ready`` gets the base URL once listening."""
+    simulator = Simulator(config)
+    url = await simulator.start(host, port)
+    on_ready(url)
+    try:
+        if stop is None:
+            await asyncio.Event().wait()
+        else:
+            await stop
+    finally:
+        await simulator.close()
+
+
+class BackgroundSimulator:
+    """A simulator on its own thread and event loop, for tests, benchmarks and notebooks.
+
+    ``with BackgroundSimulator() as sim: ... sim.url ...``
+    """
+
+    def __init__(self, config: SimConfig | None = None, *, record: bool = True) -> None:
+        self.simulator = Simulator(config, record=record)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="batchchat-sim", daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> BackgroundSimulator:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop)
+        self.url = future.result(timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.simulator.close(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return self.simulator.requests
+
+    def stats(self) -> dict[str, Any]:
+        return self.simulator.stats()

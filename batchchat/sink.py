@@ -1,0 +1,162 @@
+"""The output table: every input column, then the outcome columns, one row per input row.
+
+The input is read again batch by batch and joined with the outcomes by row position, so the
+output keeps input order whatever order answers arrived in. The file is written beside its
+destination under a temporary name and renamed into place only when complete: a failed run
+never leaves a half-written table where an older, complete one stood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from .errors import JobError
+from .records import RowOutcome
+from .source import TableSource
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PENDING = "pending"
+
+OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("response", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("total_tokens", pa.int64()),
+    ("latency_s", pa.float64()),
+    ("ttft_s", pa.float64()),
+    ("attempts", pa.int32()),
+    ("status", pa.string()),
+    ("error_type", pa.string()),
+    ("error", pa.string()),
+    ("model", pa.string()),
+    ("request_id", pa.string()),
+)
+OUTPUT_COLUMNS = tuple(name for name, _ in OUTPUT_FIELDS)
+
+
+def check_columns(columns: list[str], source_name: str) -> None:
+    """An input column named like an outcome column would make the output ambiguous."""
+    clashes = [name for name in columns if name in OUTPUT_COLUMNS]
+    if clashes:
+        raise JobError(
+            f"{source_name} has column(s) {', '.join(map(repr, clashes))}, which batchchat adds to "
+            "the output; rename them in the input"
+        )
+
+
+def output_schema(source: TableSource) -> pa.Schema:
+    """Input fields then outcome fields."""
+    check_columns(source.columns, source.name)
+    return pa.schema(list(source.schema) + [pa.field(name, kind) for name, kind in OUTPUT_FIELDS])
+
+
+class Outcomes:
+    """Outcomes by input row, held until the table is written."""
+
+    def __init__(self, rows: int) -> None:
+        self._by_row: list[RowOutcome | None] = [None] * rows
+
+    def add(self, outcome: RowOutcome) -> None:
+        self._by_row[outcome.row] = outcome
+
+    def arrays(self, start: int, count: int) -> list[pa.Array]:
+        """The outcome columns for input rows ``start`` .. ``start + count - 1``."""
+        chunk = self._by_row[start : start + count]
+        arrays = []
+        for name, kind in OUTPUT_FIELDS:
+            if name == "status":
+                values = [o.status if o is not None else PENDING for o in chunk]
+            else:
+                values = [getattr(o, name) if o is not None else None for o in chunk]
+            arrays.append(pa.array(values, type=kind))
+        return arrays
+
+
+def output_batches(source: TableSource, outcomes: Outcomes, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    start = 0
+    for batch in source.batches():
+        count = batch.num_rows
+        columns = list(batch.columns) + outcomes.arrays(start, count)
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+        start += count
+
+
+def write_output(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    """Write the whole table to a temporary file, then rename it over ``path``."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            with pq.ParquetWriter(temporary, schema) as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+        elif suffix == ".csv":
+            csv_schema = pa.schema([pa.field(f.name, _csv_type(f.type)) for f in schema])
+            with pcsv.CSVWriter(temporary, csv_schema) as writer:
+                for batch in batches:
+                    writer.write_batch(_csv_ready(batch, csv_schema))
+        elif suffix == ".jsonl":
+            with temporary.open("w", encoding="utf-8", newline="\n") as f:
+                for batch in batches:
+                    f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in batch.to_pylist())
+        else:  # job validation refuses other suffixes; this guards library misuse
+            raise JobError(f"output {path}: unsupported suffix '{path.suffix}'; use .parquet, .csv or .jsonl")
+        _fsync(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def to_frame(frame: pd.DataFrame, outcomes: Outcomes) -> pd.DataFrame:
+    """The caller's DataFrame (index and dtypes untouched) with the outcome columns added."""
+    import pandas as pd
+
+    nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
+    result = frame.copy()
+    for (name, _), array in zip(OUTPUT_FIELDS, outcomes.arrays(0, len(frame)), strict=True):
+        series = array.to_pandas(types_mapper=nullable.get)
+        series.index = frame.index
+        result[name] = series
+    return result
+
+
+def _csv_type(kind: pa.DataType) -> pa.DataType:
+    nested = pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    return pa.string() if nested else kind
+
+
+def _csv_ready(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """CSV has no lists or structs: such cells are written as JSON text."""
+    columns = []
+    for column, field in zip(batch.columns, schema, strict=True):
+        if column.type != field.type:
+            column = pa.array([_json_text(v) for v in column.to_pylist()], type=pa.string())
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,137 @@
+"""The command line: exit codes, messages, summary, and files left alone when a run cannot start."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from batchchat.cli import parse_param
+from tests.helpers import cli, cli_subprocess, read_output, write_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "in.csv", ["prompt"], [["hello"], ["world"]])
+
+
+def test_all_rows_ok_exits_0_and_the_summary_names_the_output(sim, prompts, tmp_path):
+    output = tmp_path / "answers.csv"
+    result = cli("run", "-i", prompts, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 0, result.stderr
+    assert "done: 2 rows" in result.stderr and "2 ok, 0 error" in result.stderr
+    assert f"output: {output}" in result.stderr
+    assert "tokens:" in result.stderr and "latency: p50" in result.stderr
+    assert len(read_output(output)) == 2
+
+
+def test_some_rows_in_error_exits_1_and_the_summary_counts_error_types(sim, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["ok"], ["[sim:fault=404]"]])
+    result = cli("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 1
+    assert "1 ok, 1 error (not_found 1)" in result.stderr
+
+
+def test_request_options_and_params_reach_the_request_body(sim, prompts):
+    result = cli("run", "-i", prompts, "-m", "sim-chat", "--base-url", sim.url, "--max-tokens", "5",
+                 "--temperature", "0", "--top-p", "0.9", "--param", "seed=42", "--param", 'stop=["\\n"]',
+                 "--param", "user=alice", "--concurrency", "1")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    body = sim.requests[0]["body"]
+    assert body["max_tokens"] == 5 and body["temperature"] == 0 and body["top_p"] == 0.9
+    assert body["seed"] == 42 and body["stop"] == ["\n"] and body["user"] == "alice"
+
+
+def test_param_values_are_json_when_they_parse():
+    assert parse_param("seed=42") == ("seed", 42)
+    assert parse_param('response_format={"type": "json_object"}') == ("response_format", {"type": "json_object"})
+    assert parse_param("user=alice") == ("user", "alice")
+    assert parse_param("note=a=b") == ("note", "a=b")
+
+
+def test_a_missing_key_exits_2_naming_the_variable_before_anything_runs(sim, prompts, tmp_path):
+    output = tmp_path / "out.parquet"
+    result = cli("run", "-i", prompts, "-o", output, "-m", "meta-llama/Llama-3.3-70B-Instruct-Turbo")
+    assert result.exit_code == 2
+    assert "TOGETHER_API_KEY is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--concurrency", "-3"], "--concurrency must be at least 1, got -3"),
+        (["--temperature", "hot"], "'hot' is not a valid float"),
+        (["--prompt-column", "question"], "has no column 'question'"),
+        (["--template", "{topic}: {prompt"], "never closed"),
+        (["--param", "novalue"], "expected KEY=VALUE"),
+        (["--messages-column", "prompt"], "row 1, column 'prompt': not valid JSON"),
+    ],
+)
+def test_bad_input_exits_2_sends_nothing_and_leaves_the_old_output_untouched(sim, prompts, tmp_path, args, message):
+    output = tmp_path / "out.parquet"
+    output.write_bytes(b"yesterday's results")
+    result = cli("run", "-i", prompts, "-o", output, "-m", "sim-chat", "--base-url", sim.url, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert sim.requests == []
+    assert output.read_bytes() == b"yesterday's results"
+    assert sorted(os.listdir(tmp_path)) == ["in.csv", "out.parquet"]  # no temporary file left behind
+
+
+def test_an_input_column_named_like_an_output_column_is_refused(sim, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["prompt", "status"], [["hi", "draft"]])
+    result = cli("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 2 and "column(s) 'status', which batchchat adds" in result.stderr
+    assert sim.requests == []
+
+
+def test_a_header_without_rows_exits_2(sim, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [])
+    result = cli("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 2 and "has no rows" in result.stderr
+
+
+def test_debug_shows_the_traceback(prompts):
+    result = cli("run", "-i", prompts, "--provider", "sim", "--debug")
+    assert result.exit_code == 2 and "Traceback" in result.stderr and "no model" in result.stderr
+
+
+def test_quiet_prints_nothing_on_success(sim, prompts):
+    result = cli("run", "-i", prompts, "-m", "sim-chat", "--base-url", sim.url, "--quiet")
+    assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
+
+
+def test_empty_prompts_are_reported_before_the_run(sim, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], [""], ["b"]])
+    result = cli("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 1
+    assert "1 rows have nothing to send (empty prompt; rows 2)" in result.stderr
+
+
+def test_the_key_never_appears_in_what_the_cli_prints(sim, tmp_path):
+    canary = "sk-canary-cli-5150"
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"], ["[sim:fault=401]"]])
+    result = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url, "--debug",
+                            env={"TOGETHER_API_KEY": canary})  # fmt: skip
+    assert result.returncode == 1
+    assert canary not in result.stdout + result.stderr
+    assert sim.requests[0]["authorization"] == f"Bearer {canary}"
+    bad = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--base-url", "https://example.invalid/v1",
+                         "--api-key-env", "EMPTY_KEY", env={"EMPTY_KEY": "", "TOGETHER_API_KEY": canary})  # fmt: skip
+    assert bad.returncode == 2 and canary not in bad.stdout + bad.stderr
+
+
+def test_the_demo_job_runs_offline_from_a_fresh_copy(tmp_path):
+    jobs = tmp_path / "jobs"
+    shutil.copytree(ROOT / "jobs", jobs, ignore=shutil.ignore_patterns("*.parquet", "*.journal"))
+    result = cli_subprocess("run", "jobs/demo.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    output = jobs / "demo_answers.parquet"
+    assert "output: jobs/demo_answers.parquet" in result.stderr
+    rows = read_output(output)
+    assert len(rows) == 40 and all(r["status"] == "ok" for r in rows)
+    assert any(r["history"] for r in rows)

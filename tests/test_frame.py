@@ -1,0 +1,67 @@
+"""run_frame: a DataFrame in, a DataFrame out, from scripts and from inside a running loop."""
+
+import asyncio
+
+import pandas as pd
+import pytest
+
+import batchchat
+from batchchat.errors import JobError
+from batchchat.simulator import synthetic_reply
+from batchchat.sink import OUTPUT_COLUMNS
+
+
+def frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"prompt": ["What is 2+2?", "Name a colour.", ""], "n": [1, 2, 3]},
+        index=pd.Index(["a", "b", "c"], name="key"),
+    )
+
+
+def expected(text: str) -> str:
+    return synthetic_reply({"model": "sim-chat", "messages": [{"role": "user", "content": text}]})[0]
+
+
+def check(result: pd.DataFrame, df: pd.DataFrame) -> None:
+    assert list(result.columns) == ["prompt", "n", *OUTPUT_COLUMNS]
+    assert result.index.equals(df.index)
+    assert result["n"].dtype == df["n"].dtype
+    assert result.loc["a", "response"] == expected("What is 2+2?")
+    assert result.loc["b", "response"] == expected("Name a colour.")
+    assert result.loc["c", "status"] == "error" and result.loc["c", "error_type"] == "invalid_input"
+    assert str(result["prompt_tokens"].dtype) == "Int64" and pd.isna(result.loc["c", "prompt_tokens"])
+    assert list(df.columns) == ["prompt", "n"]  # the caller's frame is not modified
+
+
+def test_run_frame_from_a_script(sim):
+    df = frame()
+    check(batchchat.run_frame(df, model="sim-chat", base_url=sim.url), df)
+
+
+def test_run_frame_inside_a_running_event_loop_like_a_notebook_cell(sim):
+    df = frame()
+
+    async def notebook_cell():
+        asyncio.get_running_loop()  # a loop is running, as in Jupyter
+        return batchchat.run_frame(df, model="sim-chat", base_url=sim.url)
+
+    check(asyncio.run(notebook_cell()), df)
+
+
+def test_arun_frame_can_be_awaited(sim):
+    df = frame()
+    check(asyncio.run(batchchat.arun_frame(df, model="sim-chat", base_url=sim.url)), df)
+
+
+def test_run_frame_with_a_template_and_provider_sim():
+    df = pd.DataFrame({"city": ["Paris", "Lima"]})
+    result = batchchat.run_frame(df, model="sim-chat", provider="sim", template="What is the population of {city}?")
+    assert result["status"].tolist() == ["ok", "ok"]
+    assert result.loc[1, "response"] == expected("What is the population of Lima?")
+
+
+def test_run_frame_refuses_file_settings_and_missing_columns(sim):
+    with pytest.raises(JobError, match="not used by run_frame"):
+        batchchat.run_frame(frame(), model="sim-chat", base_url=sim.url, output="x.parquet")
+    with pytest.raises(JobError, match="no column 'question'"):
+        batchchat.run_frame(frame(), model="sim-chat", base_url=sim.url, prompt_column="question")

@@ -1,0 +1,115 @@
+import json
+
+import pyarrow as pa
+import pytest
+
+from batchchat.errors import JobError
+from batchchat.job import load_job
+from batchchat.prompts import RequestBuilder, request_key
+from batchchat.records import ChatRequest, InvalidRow
+
+
+def build(rows: list[dict], **settings):
+    job = load_job(model="m", provider="sim", **settings)
+    batch = pa.RecordBatch.from_pylist(rows)
+    builder = RequestBuilder(job, batch.schema.names, "in.csv")
+    return list(builder.build(batch, 0))
+
+
+def test_prompt_column_becomes_one_user_message():
+    [request] = build([{"prompt": "What are some fun things to do in New York?"}])
+    assert isinstance(request, ChatRequest)
+    assert request.body() == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "What are some fun things to do in New York?"}],
+    }
+
+
+def test_system_prompt_goes_first_and_options_go_in_the_body():
+    [request] = build([{"q": "hi"}], prompt_column="q", system="You are a helpful travel guide.",
+                      max_tokens=50, temperature=0.0, params={"stop": ["\n"]})  # fmt: skip
+    assert request.body() == {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "You are a helpful travel guide."},
+            {"role": "user", "content": "hi"},
+        ],
+        "max_tokens": 50,
+        "temperature": 0.0,
+        "stop": ["\n"],
+    }
+
+
+def test_template_fills_placeholders_from_the_row():
+    [request] = build([{"lang": "French", "text": "cat"}], template="Translate to {lang}: {text}")
+    assert request.messages == ({"role": "user", "content": "Translate to French: cat"},)
+
+
+def test_messages_column_is_the_whole_conversation():
+    history = [
+        {"role": "system", "content": "You are a helpful travel guide."},
+        {"role": "user", "content": "What are some fun things to do in New York?"},
+        {"role": "assistant", "content": "See a Broadway show."},
+        {"role": "user", "content": "And in the evening?"},
+    ]
+    [request] = build([{"conv": json.dumps(history)}], messages_column="conv", system="ignored: the row has its own")
+    assert list(request.messages) == history
+
+
+def test_history_plus_an_explicit_prompt_column_appends_the_new_turn():
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    [request] = build([{"h": json.dumps(history), "prompt": "How are you?"}], messages_column="h",
+                      prompt_column="prompt", system="Be brief.")  # fmt: skip
+    assert list(request.messages) == [
+        {"role": "system", "content": "Be brief."},
+        *history,
+        {"role": "user", "content": "How are you?"},
+    ]
+
+
+def test_messages_given_as_arrow_lists_drop_the_fields_a_message_does_not_have():
+    rows = [{"m": [{"role": "user", "content": "hi", "name": None}]}]
+    [request] = build(rows, messages_column="m")
+    assert request.messages == ({"role": "user", "content": "hi"},)
+
+
+def test_empty_prompts_become_invalid_rows_not_requests():
+    items = build([{"prompt": ""}, {"prompt": "   "}, {"prompt": None}, {"prompt": "ok"}])
+    assert [type(i) for i in items] == [InvalidRow, InvalidRow, InvalidRow, ChatRequest]
+    assert items[0].reason.startswith("empty prompt")
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("{not json", "row 1, column 'h': not valid JSON"),
+        ('{"role": "user"}', "got a JSON dict"),
+        ('[{"role": "robot", "content": "x"}]', "role 'robot'"),
+        ('[{"role": "user"}]', "has no text content"),
+        ('["hello"]', "message 1 is not an object"),
+        ('[{"role": "tool", "content": "42"}]', "needs a tool_call_id"),
+    ],
+)
+def test_bad_messages_cells_name_the_row_and_column(cell, message):
+    with pytest.raises(JobError, match=r"in\.csv, row 1, column 'h'") as info:
+        build([{"h": cell}], messages_column="h")
+    assert message in str(info.value)
+
+
+def test_missing_columns_list_what_exists_and_suggest_the_closest():
+    with pytest.raises(JobError) as info:
+        build([{"promt": "x", "id": "1"}])
+    text = str(info.value)
+    assert "no column 'prompt'" in text and "'promt', 'id'" in text and "did you mean 'promt'" in text
+    with pytest.raises(JobError, match="no column 'lang' \\(a placeholder in the template\\)"):
+        build([{"text": "x"}], template="{lang}: {text}")
+
+
+def test_keys_are_stable_and_change_with_what_is_sent():
+    messages = ({"role": "user", "content": "hi"},)
+    key = request_key("m", messages, (("temperature", 0.0),))
+    assert key == request_key("m", [{"content": "hi", "role": "user"}], [("temperature", 0.0)])
+    assert key != request_key("m2", messages, (("temperature", 0.0),))
+    assert key != request_key("m", ({"role": "user", "content": "hi!"},), (("temperature", 0.0),))
+    assert key != request_key("m", messages, (("temperature", 0.7),))
+    assert len(key) == 32

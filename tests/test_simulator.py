@@ -1,0 +1,206 @@
+"""The simulator, spoken to over real HTTP on loopback."""
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from batchchat.simulator import request_digest, synthetic_reply
+
+
+def post(url: str, body: dict, *, raw: bytes | None = None) -> tuple[int, dict, bytes]:
+    async def go():
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url + "/chat/completions", data=raw if raw is not None else json.dumps(body)) as response,
+        ):
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, await response.read()
+
+    return asyncio.run(go())
+
+
+def get(url: str) -> dict:
+    async def go():
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return await response.json()
+
+    return asyncio.run(go())
+
+
+def body(text: str = "What are some fun things to do in New York?", **extra) -> dict:
+    return {"model": "sim-chat", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def sse_events(payload: bytes) -> list[str]:
+    events = []
+    for block in payload.decode().split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            events.append(block[len("data: ") :])
+    return events
+
+
+def test_json_answer_is_a_deterministic_function_of_the_request(sim):
+    request = body()
+    status, headers, raw = post(sim.url, request)
+    answer = json.loads(raw)
+    content, finish, prompt_tokens, completion_tokens = synthetic_reply(request)
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": content}
+    assert answer["choices"][0]["finish_reason"] == finish == "stop"
+    assert answer["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                               "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    assert "New York" in content and content.startswith(f"[{request_digest(request)[:8]}]")
+    assert json.loads(post(sim.url, request)[2])["choices"][0]["message"]["content"] == content
+    assert synthetic_reply(body("something else"))[0] != content
+
+
+def test_max_tokens_cuts_the_answer_with_finish_reason_length(sim):
+    answer = json.loads(post(sim.url, body(max_tokens=3))[2])
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 3
+    assert len(answer["choices"][0]["message"]["content"].split(" ")) == 3
+
+
+def test_together_stream_has_usage_on_the_final_chunk_then_done(sim):
+    request = body(stream=True)
+    status, headers, raw = post(sim.url, request)
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == synthetic_reply(request)[0]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and "usage" in chunks[-1]
+    assert all("usage" not in c for c in chunks[:-1])
+
+
+def test_openai_stream_sends_usage_on_an_extra_chunk_when_asked(sim):
+    events = sse_events(post(sim.url, body(stream=True, stream_options={"include_usage": True}))[2])
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[-2]
+
+
+def test_over_the_request_limit_answers_429_with_rate_limit_headers(sim_factory):
+    server = sim_factory(rpm=60)
+    first = post(server.url, body("one"))
+    second = post(server.url, body("two"))
+    assert first[0] == 200 and first[1]["x-ratelimit-limit"] == "60"
+    status, headers, raw = second
+    assert status == 429
+    assert headers["retry-after"] == "1"
+    assert 0 < float(headers["x-ratelimit-reset"]) <= 1.0
+    assert headers["x-ratelimit-remaining"] == "0"
+    assert json.loads(raw)["error"]["code"] == "dynamic_request_limited"
+    assert server.stats()["rate_limited"] == 1
+
+
+def test_over_the_token_limit_answers_429_with_token_headers(sim_factory):
+    server = sim_factory(tpm=600)  # 10 tokens a second: one answer empties it
+    assert post(server.url, body("a" * 100))[0] == 200
+    status, headers, _ = post(server.url, body("b"))
+    assert status == 429 and headers["x-tokenlimit-limit"] == "600"
+
+
+def test_directives_script_faults_for_the_first_arrivals_only(sim):
+    request = body("[sim:fault=503,times=2] hello")
+    assert [post(sim.url, request)[0] for _ in range(3)] == [503, 503, 200]
+    assert sim.stats()["faults"] == 2 and sim.stats()["answered"] == 1
+
+
+@pytest.mark.parametrize(
+    "fault", ["html502", "malformed", "truncate", "no_choices", "400", "404", "insufficient_quota"]
+)
+def test_each_injected_fault_looks_like_the_real_thing(sim, fault):
+    if fault == "truncate":
+        with pytest.raises(aiohttp.ClientPayloadError):
+            post(sim.url, body(f"[sim:fault={fault}]"))
+        return
+    status, headers, raw = post(sim.url, body(f"[sim:fault={fault}]"))
+    if fault == "html502":
+        assert status == 502 and headers["content-type"].startswith("text/html") and b"<h1>502" in raw
+    elif fault == "malformed":
+        assert status == 200
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(raw)
+    elif fault == "no_choices":
+        assert status == 200 and json.loads(raw)["choices"] == []
+    elif fault == "insufficient_quota":
+        assert status == 429 and json.loads(raw)["error"]["code"] == "insufficient_quota"
+    else:
+        assert status == int(fault) and "message" in json.loads(raw)["error"]
+
+
+def test_dropped_connections(sim):
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        post(sim.url, body("[sim:fault=drop]"))
+
+
+@pytest.mark.parametrize("fault", ["stream_cut", "stream_malformed", "stream_error"])
+def test_stream_faults_never_end_with_done(sim, fault):
+    try:
+        raw = post(sim.url, body(f"[sim:fault={fault}] tell me more", stream=True))[2]
+    except aiohttp.ClientPayloadError:
+        return  # the connection broke mid-stream, as intended
+    events = sse_events(raw) if fault != "stream_malformed" else raw.decode().split("\n\n")
+    assert "[DONE]" not in events
+    if fault == "stream_error":
+        assert "error" in json.loads(events[-1])
+
+
+def test_random_faults_are_repeatable_and_follow_the_rate(sim_factory):
+    server = sim_factory(fault_rate=0.3, seed=7)
+    statuses = []
+    for i in range(60):
+        try:
+            statuses.append(post(server.url, body(f"prompt {i}"))[0])
+        except aiohttp.ClientError:
+            statuses.append("broken")
+    again = sim_factory(fault_rate=0.3, seed=7)
+    statuses_again = []
+    for i in range(60):
+        try:
+            statuses_again.append(post(again.url, body(f"prompt {i}"))[0])
+        except aiohttp.ClientError:
+            statuses_again.append("broken")
+    assert statuses == statuses_again
+    failed = sum(s != 200 for s in statuses)
+    assert failed == server.stats()["faults"]
+    assert 5 <= failed <= 35  # 30% of 60, give or take chance
+
+
+def test_bad_request_bodies_get_400(sim):
+    assert post(sim.url, {}, raw=b"{nope")[0] == 400
+    assert post(sim.url, {"model": "m", "messages": []})[0] == 400
+    assert post(sim.url, {"messages": [{"role": "user", "content": "x"}]})[0] == 400
+
+
+def test_models_and_stats_endpoints(sim):
+    models = get(sim.url + "/models")
+    assert models["object"] == "list" and {m["id"] for m in models["data"]} >= {"sim-chat"}
+    post(sim.url, body("x"))
+    post(sim.url, body("x"))
+    stats = get(sim.url.removesuffix("/v1") + "/sim/stats")
+    assert stats["received"] == 2 and stats["answered"] == 2 and stats["answered_twice"] == 1
+
+
+def test_serve_command_prints_its_url_and_answers_until_stopped():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchchat", "serve", "--port", "0", "--latency-ms", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        assert "synthetic answers" in line
+        url = line.split(" on ")[1].split(" ")[0]
+        assert post(url, body())[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0

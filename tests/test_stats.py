@@ -1,0 +1,28 @@
+import pytest
+
+from batchchat.records import ERROR, OK, RowOutcome
+from batchchat.stats import Stats, percentile
+
+
+def test_percentile_interpolates_between_ranks():
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 95) == pytest.approx(3.85)
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile([7.0], 95) == 7.0
+    assert percentile([], 50) is None
+
+
+def test_stats_count_ok_errors_tokens_and_latency():
+    stats = Stats(total=4)
+    stats.add(RowOutcome(0, "k0", OK, 1, "m", response="a", prompt_tokens=10, completion_tokens=5, latency_s=0.2))
+    stats.add(RowOutcome(1, "k1", OK, 2, "m", response="b", prompt_tokens=7, completion_tokens=3, latency_s=0.4))
+    stats.add(RowOutcome(2, "k2", ERROR, 6, "m", error_type="server_error", error="HTTP 500"))
+    stats.add(RowOutcome(3, None, ERROR, 0, "m", error_type="invalid_input", error="empty"))
+    s = stats.summary(wall_s=2.0)
+    assert (s.rows, s.ok, s.errors) == (4, 2, 2)
+    assert dict(s.error_types) == {"server_error": 1, "invalid_input": 1}
+    assert (s.prompt_tokens, s.completion_tokens, s.total_tokens) == (17, 8, 25)
+    assert s.latency_p50_s == pytest.approx(0.3)
+    assert s.rows_per_s == 2.0
