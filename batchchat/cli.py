@@ -104,6 +104,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
 
     Exit codes: 0 every row ok, 1 some rows ended in error, 2 the job could not run.
     """
+    observer = Progress(quiet)
     try:
         from .job import build_job
         from .runner import run as run_job
@@ -111,7 +112,6 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         param_values = dict(parse_param(p) for p in params)
         overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None}
         job = build_job(job_file, overrides, flag_name)
-        observer = Progress(quiet)
         try:
             result = run_job(job, observer=observer)
         finally:
@@ -119,7 +119,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     except JobError as e:
         _fail(str(e), debug)
     except KeyboardInterrupt:
-        click.echo("\nbatchchat: interrupted; no output written", err=True)
+        click.echo(f"\nbatchchat: interrupted; {observer.interrupted_text()}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException:
         raise
@@ -142,10 +142,13 @@ class Progress:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self.plan: Plan | None = None
+        self.done = 0
         self.bar: Any = None
         self._next_postfix = 0.0
 
     def started(self, plan: Plan) -> None:
+        self.plan = plan
         if self.quiet:
             return
         click.echo(f"batchchat: {plan.rows:,} rows from {plan.source} -> {plan.endpoint}", err=True)
@@ -164,6 +167,7 @@ class Progress:
             self.bar = tqdm(total=plan.rows, unit="row", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
+        self.done = stats.done
         bar = self.bar
         if bar is None:
             return
@@ -172,6 +176,15 @@ class Progress:
             self._next_postfix = now + 0.25
             bar.set_postfix_str(f"tokens={stats.tokens:,} errors={stats.errors:,}", refresh=False)
         bar.update(1)
+
+    def interrupted_text(self) -> str:
+        plan = self.plan
+        if plan is None or plan.output is None or not plan.output.exists():
+            return "no output written"
+        return (
+            f"{self.done:,} of {plan.rows:,} rows finished and are in {plan.output}; the others have "
+            "status 'pending'. Running the job again sends every row again."
+        )
 
     def close(self) -> None:
         if self.bar is not None:

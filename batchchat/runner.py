@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +91,14 @@ async def arun(
         raise JobError("no input: pass -i/--input FILE or set 'input' in the job file")
     source = open_source(job.input)
     schema = output_schema(source)
-    outcomes, summary = await _execute(job, source, job.output, observer or _Silent())
-    write_output(job.output, output_batches(source, outcomes, schema), schema)
-    return RunResult(job.output, summary)
+    output = job.output
+
+    def write(outcomes: Outcomes) -> None:
+        write_output(output, output_batches(source, outcomes, schema), schema)
+
+    outcomes, summary = await _execute(job, source, output, observer or _Silent(), on_cancel=write)
+    write(outcomes)
+    return RunResult(output, summary)
 
 
 def run(
@@ -142,7 +147,9 @@ async def _execute(
     output: Path | None,
     observer: Observer,
     builder: RequestBuilder | None = None,
+    on_cancel: Callable[[Outcomes], None] | None = None,
 ) -> tuple[Outcomes, Summary]:
+    """Send every row. If cancelled (Ctrl-C), ``on_cancel`` gets the rows finished so far."""
     builder = builder or RequestBuilder(job, source.columns, source.name)
     plan = _plan(job, source, builder, output)
     observer.started(plan)
@@ -155,14 +162,19 @@ async def _execute(
         observer.row_done(outcome, stats)
 
     started = time.perf_counter()
-    async with _client(job) as client:
-        await run_requests(
-            _requests(source, builder),
-            client.complete,
-            concurrency=job.limits.concurrency,
-            max_attempts=job.retry.max_attempts,
-            on_outcome=on_outcome,
-        )
+    try:
+        async with _client(job) as client:
+            await run_requests(
+                _requests(source, builder),
+                client.complete,
+                concurrency=job.limits.concurrency,
+                max_attempts=job.retry.max_attempts,
+                on_outcome=on_outcome,
+            )
+    except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel(outcomes)
+        raise
     return outcomes, stats.summary(time.perf_counter() - started)
 
 

@@ -2,11 +2,16 @@
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from batchchat.cli import parse_param
+from batchchat.simulator import synthetic_reply
 from tests.helpers import cli, cli_subprocess, read_output, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +140,31 @@ def test_the_demo_job_runs_offline_from_a_fresh_copy(tmp_path):
     rows = read_output(output)
     assert len(rows) == 40 and all(r["status"] == "ok" for r in rows)
     assert any(r["history"] for r in rows)
+
+
+def test_ctrl_c_keeps_the_finished_rows_and_marks_the_rest_pending(sim_factory, tmp_path):
+    server = sim_factory(latency_ms=300)
+    prompts = [f"question {i}" for i in range(200)]
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[p] for p in prompts])
+    output = tmp_path / "out.parquet"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
+         "--base-url", server.url, "--concurrency", "4"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while server.stats().get("answered", 0) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=30)[1]
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "have status 'pending'" in stderr
+    rows = read_output(output)
+    assert len(rows) == 200
+    done = [r for r in rows if r["status"] == "ok"]
+    assert 6 <= len(done) < 200
+    assert {r["status"] for r in rows} == {"ok", "pending"}
+    for row in done:
+        body = {"model": "sim-chat", "messages": [{"role": "user", "content": row["prompt"]}]}
+        assert row["response"] == synthetic_reply(body)[0]
+    assert f"{len(done)} of 200 rows finished" in stderr
