@@ -109,6 +109,11 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         from .job import build_job
         from .runner import run as run_job
 
+        if job_file is None and input_path is None:
+            raise JobError(
+                "nothing to run: give a job file (batchchat run jobs/demo.toml) or an input table "
+                "(batchchat run -i prompts.csv -m MODEL)"
+            )
         param_values = dict(parse_param(p) for p in params)
         overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None}
         job = build_job(job_file, overrides, flag_name)

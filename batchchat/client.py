@@ -19,17 +19,8 @@ from . import __version__
 from . import errors as E
 from .records import ChatRequest, ChatResult, Usage
 
-# Response headers the retry policy and throttle read; everything else is dropped.
-HINT_HEADERS = (
-    "retry-after",
-    "retry-after-ms",
-    "x-ratelimit-reset",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-tokenlimit-limit",
-    "x-tokenlimit-remaining",
-    "x-should-retry",
-)
+# Response headers the retry policy reads; everything else is dropped.
+HINT_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-reset", "x-should-retry")
 
 # status -> (error_type, retryable)
 STATUS_ERRORS: dict[int, tuple[str, bool]] = {
@@ -160,6 +151,9 @@ def status_error(status: int, body: bytes, content_type: str, headers: Mapping[s
             error_type, retryable = E.NO_CREDIT, False
     else:
         detail = _snippet(body, html="html" in content_type.lower())
+    should_retry = headers.get("x-should-retry", "").strip().lower()
+    if should_retry in ("true", "false"):  # the server's explicit word, as OpenAI-style SDKs obey
+        retryable = should_retry == "true"
     return E.RequestError(error_type, f"HTTP {status}: {detail}", status=status, retryable=retryable, headers=headers)
 
 

@@ -87,8 +87,10 @@ async def arun(
 ) -> RunResult:
     """Run a job: a ``Job``, a job file path, or settings such as ``input=``, ``model=``."""
     job = as_job(job, settings)
-    if job.input is None or job.output is None:
+    if job.input is None:
         raise JobError("no input: pass -i/--input FILE or set 'input' in the job file")
+    if job.output is None:
+        raise JobError("no output: pass -o/--output FILE or set 'output' in the job file")
     source = open_source(job.input)
     schema = output_schema(source)
     output = job.output

@@ -168,3 +168,8 @@ def test_ctrl_c_keeps_the_finished_rows_and_marks_the_rest_pending(sim_factory, 
         body = {"model": "sim-chat", "messages": [{"role": "user", "content": row["prompt"]}]}
         assert row["response"] == synthetic_reply(body)[0]
     assert f"{len(done)} of 200 rows finished" in stderr
+
+
+def test_run_with_nothing_says_how_to_start():
+    result = cli("run")
+    assert result.exit_code == 2 and "nothing to run: give a job file" in result.stderr

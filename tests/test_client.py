@@ -101,3 +101,12 @@ def test_the_key_goes_in_the_authorization_header_only_when_there_is_one(sim):
     complete(sim.url, request("with key"), key="sk-abc")
     complete(sim.url, request("without key"))
     assert [r["authorization"] for r in sim.requests] == ["Bearer sk-abc", None]
+
+
+def test_x_should_retry_overrides_the_status_default():
+    from batchchat.client import status_error
+
+    body = b'{"error": {"message": "try again"}}'
+    assert status_error(400, body, "application/json", {"x-should-retry": "true"}).retryable is True
+    assert status_error(503, body, "application/json", {"x-should-retry": "false"}).retryable is False
+    assert status_error(503, body, "application/json", {}).retryable is True

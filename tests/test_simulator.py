@@ -155,22 +155,20 @@ def test_stream_faults_never_end_with_done(sim, fault):
         assert "error" in json.loads(events[-1])
 
 
-def test_random_faults_are_repeatable_and_follow_the_rate(sim_factory):
-    server = sim_factory(fault_rate=0.3, seed=7)
-    statuses = []
-    for i in range(60):
+def statuses_of(server, count: int) -> list[int | str]:
+    statuses: list[int | str] = []
+    for i in range(count):
         try:
             statuses.append(post(server.url, body(f"prompt {i}"))[0])
         except aiohttp.ClientError:
             statuses.append("broken")
-    again = sim_factory(fault_rate=0.3, seed=7)
-    statuses_again = []
-    for i in range(60):
-        try:
-            statuses_again.append(post(again.url, body(f"prompt {i}"))[0])
-        except aiohttp.ClientError:
-            statuses_again.append("broken")
-    assert statuses == statuses_again
+    return statuses
+
+
+def test_random_faults_are_repeatable_and_follow_the_rate(sim_factory):
+    server = sim_factory(fault_rate=0.3, seed=7)
+    statuses = statuses_of(server, 60)
+    assert statuses == statuses_of(sim_factory(fault_rate=0.3, seed=7), 60)
     failed = sum(s != 200 for s in statuses)
     assert failed == server.stats()["faults"]
     assert 5 <= failed <= 35  # 30% of 60, give or take chance
