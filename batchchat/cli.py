@@ -6,6 +6,7 @@ Heavy imports (aiohttp, pyarrow, tqdm) happen inside commands so ``--help`` stay
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
-from .errors import JobError
+from .errors import BatchchatError
 
 if TYPE_CHECKING:
     from .records import RowOutcome
@@ -92,6 +93,10 @@ def main() -> None:
     help="Any other request field; VALUE is read as JSON when it parses. Repeatable.",
 )
 @click.option("--concurrency", type=int, help="Requests in flight at once [default: 16].")
+@click.option(
+    "--rpm", type=int, help="Requests per minute, never exceeded [default: adapt to 429s and rate-limit headers]."
+)
+@click.option("--tpm", type=int, help="Tokens per minute (prompt estimate + max_tokens, corrected by usage).")
 @click.option("--max-attempts", type=int, help="Attempts per row, the first included [default: 6].")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Limit for each attempt [default: 300].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
@@ -110,7 +115,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         from .runner import run as run_job
 
         if job_file is None and input_path is None:
-            raise JobError(
+            raise BatchchatError(
                 "nothing to run: give a job file (batchchat run jobs/demo.toml) or an input table "
                 "(batchchat run -i prompts.csv -m MODEL)"
             )
@@ -121,7 +126,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
             result = run_job(job, observer=observer)
         finally:
             observer.close()
-    except JobError as e:
+    except BatchchatError as e:  # a bad job, or an API that refuses every request
         _fail(str(e), debug)
     except KeyboardInterrupt:
         click.echo(f"\nbatchchat: interrupted; {observer.interrupted_text()}", err=True)
@@ -179,7 +184,7 @@ class Progress:
         now = time.monotonic()
         if now >= self._next_postfix or stats.done == stats.total:
             self._next_postfix = now + 0.25
-            bar.set_postfix_str(f"tokens={stats.tokens:,} errors={stats.errors:,}", refresh=False)
+            bar.set_postfix_str(live_counters(stats), refresh=False)
         bar.update(1)
 
     def interrupted_text(self) -> str:
@@ -197,6 +202,12 @@ class Progress:
             self.bar = None
 
 
+def live_counters(stats: Stats) -> str:
+    c = stats.counters
+    rate = f"{c.rate:,.1f}/s" if c.rate is not None else "max"
+    return f"rate={rate} 429s={c.rate_limited:,} retries={c.retries:,} tokens={stats.tokens:,} errors={stats.errors:,}"
+
+
 def summary_text(result: RunResult) -> str:
     s = result.summary
     status = f"{s.ok:,} ok, {s.errors:,} error"
@@ -205,6 +216,7 @@ def summary_text(result: RunResult) -> str:
     lines = [
         f"done: {s.rows:,} rows in {s.wall_s:.1f} s ({s.rows_per_s:,.1f} rows/s): {status}",
         f"tokens: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}",
+        f"requests: {s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries",
     ]
     if s.latency_p50_s is not None and s.latency_p95_s is not None:
         lines.append(f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s")
@@ -233,7 +245,13 @@ def summary_text(result: RunResult) -> str:
     help="Share of requests that fail (500, 503, HTML 502, dropped, truncated, malformed).",
 )
 @click.option("--seed", default=0, type=int, help="Seed for latency jitter and fault choice.")
-def serve(host: str, port: int, **options: Any) -> None:
+@click.option(
+    "--api-key-env",
+    "api_key_env",
+    metavar="NAME",
+    help="Require the key held by this environment variable; other keys get 401.",
+)
+def serve(host: str, port: int, api_key_env: str | None, **options: Any) -> None:
     """Run the built-in simulator: a Together/OpenAI-compatible endpoint with synthetic answers.
 
     Answers are synthetic and deterministic (the same request gets the same answer); use it to try
@@ -249,6 +267,10 @@ def serve(host: str, port: int, **options: Any) -> None:
         click.echo(f"batchchat simulator on {url} (synthetic answers; Ctrl-C to stop)")
         sys.stdout.flush()
 
+    if api_key_env:
+        options["api_key"] = os.environ.get(api_key_env)
+        if not options["api_key"]:
+            _fail(f"--api-key-env: the variable {api_key_env} is not set", False)
     try:
         asyncio.run(serve_forever(SimConfig(**options), host, port, ready))
     except OSError as e:

@@ -19,8 +19,8 @@ from . import __version__
 from . import errors as E
 from .records import ChatRequest, ChatResult, Usage
 
-# Response headers the retry policy reads; everything else is dropped.
-HINT_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-reset", "x-should-retry")
+# Response headers the retry policy and the throttle read; everything else is dropped.
+RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-retry")
 
 # status -> (error_type, retryable)
 STATUS_ERRORS: dict[int, tuple[str, bool]] = {
@@ -67,7 +67,7 @@ class ChatClient:
             async with self._session.post(self.url, data=data) as response:
                 body = await response.read()
                 status = response.status
-                headers = {k: response.headers[k] for k in HINT_HEADERS if k in response.headers}
+                headers = rate_headers(response.headers)
                 content_type = response.headers.get("Content-Type", "")
         except TimeoutError:  # aiohttp's timeout errors subclass it
             raise E.RequestError(
@@ -84,10 +84,20 @@ class ChatClient:
         latency = time.perf_counter() - started
         if status != 200:
             raise status_error(status, body, content_type, headers)
-        return parse_completion(body, latency)
+        return parse_completion(body, latency, headers)
 
 
-def parse_completion(body: bytes, latency_s: float) -> ChatResult:
+def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The rate-limit and retry headers of a response, with lower-case names."""
+    kept = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith(RATE_HEADER_PREFIXES):
+            kept[lower] = value
+    return kept
+
+
+def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] | None = None) -> ChatResult:
     """A 200 answer; anything that is not a well-formed completion is a retryable bad response."""
     try:
         data = json.loads(body)
@@ -120,6 +130,7 @@ def parse_completion(body: bytes, latency_s: float) -> ChatResult:
         request_id=_str_or_none(data.get("id")),
         model=_str_or_none(data.get("model")),
         latency_s=latency_s,
+        headers=headers or {},
     )
 
 

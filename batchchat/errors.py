@@ -5,6 +5,8 @@
     BatchchatError
     ├── JobError        the job cannot run as given: bad flags, job file, input file, missing key.
     │                   Raised before the first request; the CLI exits 2 with its one-line message.
+    ├── FatalAPIError   the API refuses every request (bad key, no credit): the run stops at once,
+    │                   keeps the rows already finished, and the CLI exits 2 saying what to fix.
     └── RequestError    one request failed. Never escapes a run: it becomes an error row whose
                         ``error_type`` is one of the names below and whose ``error`` is the
                         provider's own message.
@@ -40,6 +42,14 @@ class BatchchatError(Exception):
 
 class JobError(BatchchatError):
     """The job cannot run: the message names the file, row or setting and says what to do."""
+
+
+class FatalAPIError(BatchchatError):
+    """Sending more would fail every row the same way; ``error`` is the response that showed it."""
+
+    def __init__(self, message: str, error: RequestError) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class RequestError(BatchchatError):

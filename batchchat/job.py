@@ -64,6 +64,8 @@ class Endpoint:
 @dataclass(frozen=True)
 class Limits:
     concurrency: int = 16
+    rpm: int | None = None  # requests/min; None adapts to the provider's 429s and headers
+    tpm: int | None = None  # tokens/min
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,9 @@ class Job:
 SETTINGS = (
     "input", "output", "model", "prompt_column", "template", "messages_column", "system",
     "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p", "params",
-    "concurrency", "max_attempts", "timeout", "simulator",
+    "concurrency", "rpm", "tpm", "max_attempts", "timeout", "simulator",
 )  # fmt: skip
-SIM_SETTINGS = tuple(f.name for f in fields(SimConfig))
+SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
 
 def load_job(path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Job:
@@ -197,7 +199,11 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
         prompt=prompt,
         params=tuple(sorted(params.items())),
         endpoint=endpoint,
-        limits=Limits(concurrency=_int(s.get("concurrency"), at("concurrency"), 1, 10_000) or 16),
+        limits=Limits(
+            concurrency=_int(s.get("concurrency"), at("concurrency"), 1, 10_000) or 16,
+            rpm=_int(s.get("rpm"), at("rpm"), 1),
+            tpm=_int(s.get("tpm"), at("tpm"), 1),
+        ),
         retry=RetryPolicy(
             max_attempts=_int(s.get("max_attempts"), at("max_attempts"), 1, 100) or 6,
             timeout_s=_number(s.get("timeout"), at("timeout"), 0.001) or 300.0,

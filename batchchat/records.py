@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -51,6 +52,7 @@ class ChatResult:
     model: str | None
     latency_s: float
     ttft_s: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers, for the throttle
 
 
 OK = "ok"
@@ -135,3 +137,10 @@ class SimConfig:
     tpm: int | None = None
     fault_rate: float = 0.0
     seed: int = 0
+    api_key: str | None = None  # when set, requests without this bearer key get 401
+
+    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
+        shown = {f: getattr(self, f) for f in self.__slots__ if f != "api_key"}
+        return (
+            f"SimConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())}, api_key={'***' if self.api_key else None})"
+        )

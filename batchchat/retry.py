@@ -18,13 +18,15 @@ from typing import Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from .errors import RequestError
+from .errors import AUTH, NO_CREDIT, RequestError
 
 T = TypeVar("T")
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
 HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
+# Failures that would repeat for every row: no retry, and no more requests at all.
+FATAL_TYPES = frozenset({AUTH, NO_CREDIT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,10 @@ class Attempted(Generic[T]):
 
 def is_retryable(error: BaseException) -> bool:
     return isinstance(error, RequestError) and error.retryable
+
+
+def is_fatal(error: RequestError) -> bool:
+    return error.error_type in FATAL_TYPES
 
 
 def hint_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -58,15 +64,21 @@ def hint_seconds(headers: Mapping[str, str], now: float | None = None) -> float 
         if when is not None:
             return _clamp(when - (time.time() if now is None else now))
     if "x-ratelimit-reset" in headers:
-        raw = headers["x-ratelimit-reset"].strip()
-        value = _float(raw)
-        if value is None:
-            value = duration_seconds(raw)
-        elif value > 1e9:  # an epoch timestamp rather than a number of seconds
-            value -= time.time() if now is None else now
+        value = reset_seconds(headers["x-ratelimit-reset"], now)
         if value is not None:
             return _clamp(value)
     return None
+
+
+def reset_seconds(text: str, now: float | None = None) -> float | None:
+    """A reset time as seconds from now: a number of seconds, an epoch timestamp, or ``6m0s``."""
+    raw = text.strip()
+    value = _float(raw)
+    if value is None:
+        return duration_seconds(raw)
+    if value > 1e9:  # an epoch timestamp rather than a number of seconds
+        value -= time.time() if now is None else now
+    return max(value, 0.0)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -102,6 +114,7 @@ async def with_retries(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
+    on_retry: Callable[[], None] | None = None,
 ) -> Attempted[T]:
     """Run ``call`` until it succeeds, fails for good, or uses ``max_attempts`` (the first counts)."""
     chance = rng or random.Random()
@@ -110,6 +123,10 @@ async def with_retries(
         error = state.outcome.exception() if state.outcome else None
         return wait_seconds(error, state.attempt_number, chance)
 
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None:
+            on_retry()
+
     attempts = 0
     try:
         async for attempt in AsyncRetrying(
@@ -117,6 +134,7 @@ async def with_retries(
             wait=wait,
             retry=retry_if_exception(is_retryable),
             sleep=sleep,
+            before_sleep=before_sleep,
             reraise=True,
         ):
             with attempt:

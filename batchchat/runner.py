@@ -14,11 +14,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .client import ChatClient
-from .errors import JobError
+from .errors import AUTH, FatalAPIError, JobError, RequestError
 from .job import Job, load_job
 from .prompts import RequestBuilder
 from .records import ChatRequest, InvalidRow, RowOutcome
@@ -27,6 +28,7 @@ from .simulator import Simulator
 from .sink import Outcomes, check_columns, output_batches, output_schema, to_frame, write_output
 from .source import ArrowSource, TableSource, open_source
 from .stats import Stats, Summary
+from .throttle import Throttle
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,7 +100,7 @@ async def arun(
     def write(outcomes: Outcomes) -> None:
         write_output(output, output_batches(source, outcomes, schema), schema)
 
-    outcomes, summary = await _execute(job, source, output, observer or _Silent(), on_cancel=write)
+    outcomes, summary = await _execute(job, source, output, observer or _Silent(), keep_finished=write)
     write(outcomes)
     return RunResult(output, summary)
 
@@ -149,9 +151,10 @@ async def _execute(
     output: Path | None,
     observer: Observer,
     builder: RequestBuilder | None = None,
-    on_cancel: Callable[[Outcomes], None] | None = None,
+    keep_finished: Callable[[Outcomes], None] | None = None,
 ) -> tuple[Outcomes, Summary]:
-    """Send every row. If cancelled (Ctrl-C), ``on_cancel`` gets the rows finished so far."""
+    """Send every row. If cancelled (Ctrl-C) or stopped by a fatal API error, ``keep_finished``
+    gets the rows finished so far, so that paid-for answers are never thrown away."""
     builder = builder or RequestBuilder(job, source.columns, source.name)
     plan = _plan(job, source, builder, output)
     observer.started(plan)
@@ -164,20 +167,48 @@ async def _execute(
         observer.row_done(outcome, stats)
 
     started = time.perf_counter()
+    limits = job.limits
+    throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
     try:
-        async with _client(job) as client:
-            await run_requests(
-                _requests(source, builder),
-                client.complete,
-                concurrency=job.limits.concurrency,
-                max_attempts=job.retry.max_attempts,
-                on_outcome=on_outcome,
-            )
+        try:
+            async with _client(job) as client:
+                await run_requests(
+                    _requests(source, builder),
+                    client.complete,
+                    throttle=throttle,
+                    max_attempts=job.retry.max_attempts,
+                    on_outcome=on_outcome,
+                    counters=stats.counters,
+                    describe_fatal=partial(_fatal_message, job),
+                )
+        except* FatalAPIError as group:
+            fatal = group.exceptions[0]
+            assert isinstance(fatal, FatalAPIError)
+            if keep_finished is not None and stats.done:
+                keep_finished(outcomes)
+            raise FatalAPIError(_kept_message(fatal, stats.done, plan.rows, output), fatal.error) from None
     except asyncio.CancelledError:
-        if on_cancel is not None:
-            on_cancel(outcomes)
+        if keep_finished is not None:
+            keep_finished(outcomes)
         raise
     return outcomes, stats.summary(time.perf_counter() - started)
+
+
+def _fatal_message(job: Job, error: RequestError) -> str:
+    where = "the built-in simulator" if job.endpoint.provider == "sim" else job.endpoint.base_url
+    if error.error_type == AUTH:
+        key = job.endpoint.api_key_env
+        fix = f"set a valid key in {key}" if key else "pass a key with --api-key-env NAME"
+        return f"{where} refused the API key ({error.message}); {fix} and run again"
+    return f"{where} says the account has no credit ({error.message}); add credit or raise the spending limit, then run again"
+
+
+def _kept_message(fatal: FatalAPIError, done: int, rows: int, output: Path | None) -> str:
+    if output is None:
+        return f"stopped: {fatal}"
+    if done:
+        return f"stopped: {fatal}. {done:,} of {rows:,} rows finished and are in {output}; the others have status 'pending'"
+    return f"stopped: {fatal}. No row finished, so nothing was written"
 
 
 def _plan(job: Job, source: TableSource, builder: RequestBuilder, output: Path | None) -> Plan:

@@ -179,10 +179,12 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         """Counters for tests and benchmarks; ``answered_twice`` counts answers a client paid for more than once."""
+        config = asdict(self.config)
+        config["api_key"] = "***" if self.config.api_key else None
         return {
             **self.counts,
             "answered_twice": sum(n - 1 for n in self.answers.values() if n > 1),
-            "config": asdict(self.config),
+            "config": config,
         }
 
     # --- handlers ---
@@ -206,6 +208,8 @@ class Simulator:
             return self._error(400, "invalid_request_error", problem)
         if self.record:
             self.requests.append({"body": body, "authorization": request.headers.get("Authorization")})
+        if self.config.api_key and request.headers.get("Authorization") != f"Bearer {self.config.api_key}":
+            return self._error(401, "authentication_error", "Invalid API key provided", code="invalid_api_key")
         digest = request_digest(body)
         self.arrivals[digest] += 1
         arrival = self.arrivals[digest]

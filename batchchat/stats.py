@@ -11,6 +11,18 @@ from dataclasses import dataclass
 from .records import OK, RowOutcome
 
 
+class Counters:
+    """Live request counters the scheduler updates as attempts happen (not only as rows finish)."""
+
+    __slots__ = ("rate", "rate_limited", "requests", "retries")
+
+    def __init__(self) -> None:
+        self.requests = 0  # HTTP attempts sent
+        self.rate_limited = 0  # of which answered 429
+        self.retries = 0  # attempts after a row's first
+        self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     rows: int
@@ -22,6 +34,9 @@ class Summary:
     wall_s: float
     latency_p50_s: float | None
     latency_p95_s: float | None
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -43,6 +58,7 @@ class Stats:
         self.error_types: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.counters = Counters()
         self._latencies = array("d")
 
     def add(self, outcome: RowOutcome) -> None:
@@ -73,6 +89,9 @@ class Stats:
             wall_s=wall_s,
             latency_p50_s=percentile(ordered, 50),
             latency_p95_s=percentile(ordered, 95),
+            requests=self.counters.requests,
+            rate_limited=self.counters.rate_limited,
+            retries=self.counters.retries,
         )
 
 

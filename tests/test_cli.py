@@ -122,7 +122,11 @@ def test_the_key_never_appears_in_what_the_cli_prints(sim, tmp_path):
     source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"], ["[sim:fault=401]"]])
     result = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url, "--debug",
                             env={"TOGETHER_API_KEY": canary})  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2  # the 401 stops the run: every row would fail the same way
+    assert (
+        "refused the API key (HTTP 401: simulated invalid API key); set a valid key in TOGETHER_API_KEY"
+        in result.stderr
+    )
     assert canary not in result.stdout + result.stderr
     assert sim.requests[0]["authorization"] == f"Bearer {canary}"
     bad = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--base-url", "https://example.invalid/v1",
@@ -173,3 +177,17 @@ def test_ctrl_c_keeps_the_finished_rows_and_marks_the_rest_pending(sim_factory, 
 def test_run_with_nothing_says_how_to_start():
     result = cli("run")
     assert result.exit_code == 2 and "nothing to run: give a job file" in result.stderr
+
+
+def test_the_progress_bar_shows_rate_429s_retries_tokens_and_errors():
+    from batchchat.cli import live_counters
+    from batchchat.records import RowOutcome
+    from batchchat.stats import Stats
+
+    stats = Stats(total=3)
+    stats.add(RowOutcome(0, "k", "ok", 2, "m", response="a", prompt_tokens=1000, completion_tokens=234))
+    stats.add(RowOutcome(1, "k", "error", 1, "m", error_type="bad_request", error="x"))
+    stats.counters.rate, stats.counters.rate_limited, stats.counters.retries = 18.25, 12, 14
+    assert live_counters(stats) == "rate=18.2/s 429s=12 retries=14 tokens=1,234 errors=1"
+    stats.counters.rate = None
+    assert live_counters(stats).startswith("rate=max ")

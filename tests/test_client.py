@@ -81,7 +81,7 @@ def test_error_messages_are_the_providers_own_and_html_pages_are_reduced_to_text
 
 def test_a_429_keeps_the_headers_the_retry_policy_reads(sim):
     error = failure(sim.url, request("[sim:fault=429]"))
-    assert error.headers == {"retry-after": "1"}
+    assert error.headers == {"retry-after": "1"}  # the scripted 429 carries no limit headers
 
 
 def test_a_slow_answer_times_out_as_a_retryable_timeout(sim):

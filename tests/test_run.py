@@ -142,7 +142,7 @@ def test_empty_prompts_are_error_rows_without_a_request(sim, tmp_path):
 def test_the_api_key_is_sent_but_never_written(sim, tmp_path, monkeypatch):
     canary = "sk-canary-7f3a9c-never-write-me"
     monkeypatch.setenv("TOGETHER_API_KEY", canary)
-    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hello"], ["[sim:fault=401]"], ["[sim:fault=drop]"]])
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hello"], ["[sim:fault=403]"], ["[sim:fault=drop]"]])
     for suffix in (".parquet", ".csv", ".jsonl"):
         output = tmp_path / f"out{suffix}"
         batchchat.run(input=source, output=output, model="sim-chat", base_url=sim.url, max_attempts=1)

@@ -1,85 +1,156 @@
-"""The scheduler with an in-memory client and a sleep that does not wait."""
+"""The scheduler, on a virtual clock: every status code's handling, retries, waits and fail-fast."""
 
-import asyncio
 import random
+from email.utils import formatdate
 
-from batchchat.errors import RequestError
-from batchchat.records import ChatRequest, ChatResult, InvalidRow, Usage
+import pytest
 
-
-def requests(n: int) -> list[ChatRequest]:
-    return [
-        ChatRequest(row=i, key=f"k{i}", model="m", messages=({"role": "user", "content": f"q{i}"},)) for i in range(n)
-    ]
-
-
-class FakeClient:
-    """Answers 'a<row>' after a random pause; fails rows as told; records the peak in flight."""
-
-    def __init__(self, fail_times: dict[int, int] | None = None, fail_always: set[int] | None = None) -> None:
-        self.fail_times = dict(fail_times or {})
-        self.fail_always = fail_always or set()
-        self.in_flight = 0
-        self.peak = 0
-        self.sent: list[int] = []
-        self.rng = random.Random(3)
-
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        self.sent.append(request.row)
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            await asyncio.sleep(self.rng.random() / 1000)
-            if request.row in self.fail_always:
-                raise RequestError("server_error", "HTTP 500: boom", status=500, retryable=True)
-            if self.fail_times.get(request.row, 0) > 0:
-                self.fail_times[request.row] -= 1
-                raise RequestError("rate_limited", "HTTP 429", status=429, retryable=True)
-            return ChatResult(f"a{request.row}", "stop", Usage(3, 2, 5), f"id{request.row}", "m", 0.01)
-        finally:
-            self.in_flight -= 1
+from batchchat.errors import FatalAPIError, RequestError
+from batchchat.records import InvalidRow
+from batchchat.stats import Counters
+from batchchat.throttle import Throttle
+from tests.fake_api import FakeAPI, drive, error, requests
+from tests.virtual_time import run_virtual
 
 
-async def no_wait(seconds: float) -> None:
-    pass
+def run(api, items, concurrency=8, max_attempts=6, **limits):
+    async def go():
+        counters = Counters()
+        outcomes = await drive(api, items, Throttle(concurrency, **limits), max_attempts, counters)
+        return outcomes, counters
 
-
-def run(items, client, concurrency=8, max_attempts=6):
-    from batchchat.scheduler import run_requests
-
-    outcomes = []
-    asyncio.run(run_requests(items, client.complete, concurrency=concurrency, max_attempts=max_attempts,
-                             on_outcome=outcomes.append, sleep=no_wait))  # fmt: skip
-    return outcomes
+    return run_virtual(go())
 
 
 def test_every_request_ends_as_exactly_one_outcome_with_its_own_answer():
-    client = FakeClient()
-    outcomes = run(requests(500), client, concurrency=32)
-    assert sorted(o.row for o in outcomes) == list(range(500))
-    assert all(o.response == f"a{o.row}" and o.request_id == f"id{o.row}" and o.status == "ok" for o in outcomes)
-    assert [o.row for o in outcomes] != list(range(500))  # they did finish out of order
-    assert client.peak == 32
+    rng = random.Random(3)
+    latencies = {i: rng.uniform(0.001, 0.2) for i in range(500)}
+
+    api = FakeAPI(latency=0, jitter=latencies.__getitem__)
+    outcomes, counters = run(api, requests(500), concurrency=32)
+    assert sorted(outcomes) == list(range(500))
+    assert all(
+        o.response == f"a{o.row}" and o.request_id == f"id{o.row}" and o.status == "ok" for o in outcomes.values()
+    )
+    assert api.peak == 32
+    assert [o.row for o in outcomes.values()] != list(range(500))  # answers did arrive out of order
+    assert counters.requests == 500 and counters.retries == 0
 
 
 def test_concurrency_bounds_requests_in_flight():
-    client = FakeClient()
-    run(requests(100), client, concurrency=3)
-    assert client.peak == 3
+    api = FakeAPI()
+    run(api, requests(100), concurrency=3)
+    assert api.peak == 3
 
 
-def test_retries_are_counted_and_exhausted_rows_are_error_rows():
-    client = FakeClient(fail_times={1: 2}, fail_always={2})
-    outcomes = {o.row: o for o in run(requests(4), client, max_attempts=4)}
-    assert (outcomes[1].status, outcomes[1].attempts, outcomes[1].response) == ("ok", 3, "a1")
-    assert (outcomes[2].status, outcomes[2].attempts) == ("error", 4)
-    assert (outcomes[2].error_type, outcomes[2].error, outcomes[2].response) == ("server_error", "HTTP 500: boom", None)
-    assert outcomes[0].attempts == 1 and client.sent.count(2) == 4
+def once(failure):
+    """A script failing each row's first attempt with ``failure``."""
+    return lambda request, attempt: failure if attempt == 1 else None
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        error(408), error(409), error(429), error(500), error(502), error(503), error(504),
+        RequestError("timeout", "no complete answer within 5 s", retryable=True),
+        RequestError("connection", "connection failed: Server disconnected", retryable=True),
+        RequestError("bad_response", "HTTP 200 with a body that is not JSON: {", status=200, retryable=True),
+    ],
+    ids=["408", "409", "429", "500", "502", "503", "504", "timeout", "connection", "bad_response"],
+)  # fmt: skip
+def test_transient_failures_are_retried_and_the_row_ends_ok(failure):
+    api = FakeAPI(script=once(failure))
+    outcomes, counters = run(api, requests(5))
+    assert all(o.status == "ok" and o.attempts == 2 and o.response == f"a{o.row}" for o in outcomes.values())
+    assert counters.retries == 5 and counters.requests == 10
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"), [(400, "bad_request"), (403, "forbidden"), (404, "not_found"), (422, "bad_request")]
+)
+def test_request_errors_are_never_retried_and_become_error_rows_at_once(status, error_type):
+    api = FakeAPI(script=lambda request, attempt: error(status) if request.row == 1 else None)
+    outcomes, counters = run(api, requests(3))
+    assert (outcomes[1].status, outcomes[1].error_type, outcomes[1].attempts) == ("error", error_type, 1)
+    assert outcomes[1].error == f"HTTP {status}: status {status}"
+    assert outcomes[0].status == outcomes[2].status == "ok"
+    assert api.attempts[1] == 1 and counters.retries == 0
+
+
+def test_rows_that_keep_failing_end_as_error_rows_after_max_attempts():
+    api = FakeAPI(script=lambda request, attempt: error(500) if request.row == 2 else None)
+    outcomes, counters = run(api, requests(4), max_attempts=4)
+    assert (outcomes[2].status, outcomes[2].error_type, outcomes[2].attempts) == ("error", "server_error", 4)
+    assert api.attempts[2] == 4 and counters.retries == 3
+    assert [outcomes[i].status for i in (0, 1, 3)] == ["ok"] * 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": formatdate(4.0, usegmt=True)}, 4.0),  # an HTTP date; the test clock starts at 0
+        ({"x-ratelimit-reset": "2.5"}, 2.5),
+        ({"x-ratelimit-reset": "1m30s"}, 90.0),
+    ],
+    ids=["retry-after-ms", "retry-after-seconds", "retry-after-date", "x-ratelimit-reset", "reset-duration"],
+)
+def test_a_retry_waits_what_the_server_asked(headers, wait, monkeypatch):
+    monkeypatch.setattr("batchchat.retry.time.time", lambda: 0.0)  # the wall clock the HTTP date is read against
+    api = FakeAPI(script=lambda request, attempt: error(503, headers) if attempt == 1 else None)
+    run(api, requests(1))
+    first, second = api.departures
+    assert second - first == pytest.approx(wait, abs=0.01)
+
+
+def test_without_a_hint_retries_back_off_exponentially_with_jitter():
+    api = FakeAPI(script=lambda request, attempt: error(500) if attempt < 6 else None)
+    outcomes, _ = run(api, requests(1), max_attempts=6)
+    gaps = [b - a for a, b in zip(api.departures, api.departures[1:], strict=False)]
+    assert outcomes[0].attempts == 6
+    assert all(0 <= gap <= 0.5 * 2**i + 0.01 for i, gap in enumerate(gaps))
 
 
 def test_invalid_rows_become_error_rows_without_a_request():
     items = [*requests(2), InvalidRow(2, "m", "empty prompt: the row has no text to send")]
-    client = FakeClient()
-    outcomes = {o.row: o for o in run(items, client)}
+    api = FakeAPI()
+    outcomes, _ = run(api, items)
     assert (outcomes[2].status, outcomes[2].error_type, outcomes[2].attempts) == ("error", "invalid_input", 0)
-    assert 2 not in client.sent
+    assert 2 not in api.attempts
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [error(401), error(402), error(429, code="insufficient_quota")],
+    ids=["401", "402", "insufficient_quota"],
+)
+def test_errors_that_would_fail_every_row_stop_the_run_at_once(failure):
+    api = FakeAPI(script=lambda request, attempt: failure)
+
+    async def go():
+        await drive(api, requests(1000), Throttle(16))
+
+    with pytest.raises(ExceptionGroup) as info:
+        run_virtual(go())
+    fatal = info.value.exceptions[0]
+    assert isinstance(fatal, FatalAPIError) and fatal.error.error_type in ("auth", "no_credit")
+    assert len(api.departures) <= 2 * 16  # at most two requests per concurrency slot
+
+
+def test_fail_fast_keeps_what_finished_and_cancels_what_is_in_flight():
+    # The first 40 rows answer; then the key is revoked.
+    api = FakeAPI(latency=0.05, script=lambda request, attempt: error(401) if request.row >= 40 else None)
+    outcomes = {}
+
+    async def go():
+        from batchchat.scheduler import run_requests
+
+        await run_requests(requests(1000), api.complete, throttle=Throttle(8), max_attempts=6,
+                           on_outcome=lambda o: outcomes.__setitem__(o.row, o))  # fmt: skip
+
+    with pytest.raises(ExceptionGroup):
+        run_virtual(go())
+    assert set(outcomes) == set(range(40))
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert len(api.departures) <= 40 + 2 * 8

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,10 +13,12 @@ import pytest
 from batchchat.simulator import request_digest, synthetic_reply
 
 
-def post(url: str, body: dict, *, raw: bytes | None = None) -> tuple[int, dict, bytes]:
+def post(url: str, body: dict, *, raw: bytes | None = None, key: str | None = None) -> tuple[int, dict, bytes]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
     async def go():
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(headers=headers) as session,
             session.post(url + "/chat/completions", data=raw if raw is not None else json.dumps(body)) as response,
         ):
             return response.status, {k.lower(): v for k, v in response.headers.items()}, await response.read()
@@ -191,14 +194,17 @@ def test_models_and_stats_endpoints(sim):
 
 def test_serve_command_prints_its_url_and_answers_until_stopped():
     process = subprocess.Popen(
-        [sys.executable, "-m", "batchchat", "serve", "--port", "0", "--latency-ms", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "batchchat", "serve", "--port", "0", "--latency-ms", "5", "--api-key-env", "SIM_KEY"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SIM_KEY": "k-123"},
     )  # fmt: skip
     try:
         line = process.stdout.readline()
-        assert "synthetic answers" in line
+        assert "synthetic answers" in line and "k-123" not in line
         url = line.split(" on ")[1].split(" ")[0]
-        assert post(url, body())[0] == 200
+        assert post(url, body(), key="k-123")[0] == 200
+        status, _, raw = post(url, body(), key="wrong")
+        assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
+        assert post(url, body())[0] == 401
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0

@@ -1,0 +1,303 @@
+"""How fast requests go out: concurrency, requests/min, tokens/min, and a rate that adapts.
+
+Every attempt, first or retry, passes here before it is sent:
+
+1. a concurrency slot, held only while the request is in flight (a row waiting out a backoff holds
+   none, so the slot serves other rows meanwhile);
+2. the shared cool-down: after a 429, *no* request goes out until the server's hint has passed;
+   retrying workers each waiting on their own would otherwise come back together and trip it again;
+3. ``--rpm`` and ``--tpm``, fixed limits on aiolimiter. Requests/min is a bucket of half a second's
+   requests, because providers enforce per second (Together: 60 RPM is one request a second); tokens/min is
+   the per-minute budget, and a request costing more than all of it waits for an empty bucket and
+   goes alone rather than never;
+4. a pacer that spaces requests at the adaptive rate: unbounded at first, cut multiplicatively on a
+   429 (once per congestion event, not once per rejected request), raised additively after a
+   second's worth of successes, and never above the ceiling the provider's rate-limit headers state.
+   It is a reservation clock rather than aiolimiter because its rate changes all the time and
+   aiolimiter fixes the rate when it is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from .errors import RATE_LIMITED, RequestError
+from .records import ChatRequest, ChatResult
+from .retry import hint_seconds, reset_seconds
+
+BETA = 0.7  # multiplicative decrease on a 429
+STEP_SHARE = 0.05  # additive increase per second of successes, as a share of the rate after the cut
+MIN_RATE = 0.05  # requests/s: never stop altogether
+DEFAULT_COOLDOWN_S = 1.0  # when a 429 carries no hint
+DEFAULT_COMPLETION_TOKENS = 256  # cost estimate of an answer when max_tokens is unset
+
+
+@dataclass(frozen=True, slots=True)
+class RateInfo:
+    """What a provider's headers say about its limits, per minute, in both dialects."""
+
+    request_limit: float | None = None
+    requests_remaining: float | None = None
+    requests_reset_s: float | None = None
+    token_limit: float | None = None
+    tokens_remaining: float | None = None
+    tokens_reset_s: float | None = None
+
+
+def read_rate_headers(headers: Mapping[str, str]) -> RateInfo:
+    """Together (``x-ratelimit-limit``, ``x-tokenlimit-*``, ``-dynamic`` variants preferred) and
+    OpenAI (``x-ratelimit-limit-requests``, ``x-ratelimit-reset-tokens: 6m0s`` ...)."""
+
+    def number(*names: str) -> float | None:
+        for name in names:
+            if name in headers:
+                try:
+                    value = float(headers[name])
+                except ValueError:
+                    continue
+                if math.isfinite(value) and value >= 0:
+                    return value
+        return None
+
+    def seconds(*names: str) -> float | None:
+        for name in names:
+            if name in headers:
+                value = reset_seconds(headers[name])
+                if value is not None:
+                    return value
+        return None
+
+    return RateInfo(
+        request_limit=number("x-ratelimit-limit-requests", "x-ratelimit-limit-dynamic", "x-ratelimit-limit"),
+        requests_remaining=number(
+            "x-ratelimit-remaining-requests", "x-ratelimit-remaining-dynamic", "x-ratelimit-remaining"
+        ),
+        requests_reset_s=seconds("x-ratelimit-reset-requests", "x-ratelimit-reset"),
+        token_limit=number("x-ratelimit-limit-tokens", "x-tokenlimit-limit-dynamic", "x-tokenlimit-limit"),
+        tokens_remaining=number(
+            "x-ratelimit-remaining-tokens", "x-tokenlimit-remaining-dynamic", "x-tokenlimit-remaining"
+        ),
+        tokens_reset_s=seconds("x-ratelimit-reset-tokens"),
+    )
+
+
+class TokenEstimator:
+    """A request's token cost before it is sent, corrected by what answers really cost.
+
+    The raw estimate is prompt characters / 4 plus ``max_tokens`` (or a default); a running ratio
+    of actual to estimated tokens scales it, so a job of short answers stops reserving
+    ``max_tokens`` it never uses.
+    """
+
+    def __init__(self, default_completion_tokens: int = DEFAULT_COMPLETION_TOKENS) -> None:
+        self.default_completion_tokens = default_completion_tokens
+        self._estimated = 0.0
+        self._actual = 0.0
+        self._answers = 0
+
+    def raw(self, request: ChatRequest) -> float:
+        chars = 0
+        for message in request.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
+        completion = dict(request.params).get("max_tokens")
+        if not isinstance(completion, int) or isinstance(completion, bool) or completion <= 0:
+            completion = self.default_completion_tokens
+        return math.ceil(chars / 4) + completion
+
+    @property
+    def ratio(self) -> float:
+        if self._answers == 0 or self._estimated <= 0:
+            return 1.0
+        return min(20.0, max(0.05, self._actual / self._estimated))
+
+    def observe(self, raw_estimate: float, actual_tokens: int) -> None:
+        self._estimated += raw_estimate
+        self._actual += actual_tokens
+        self._answers += 1
+
+    @property
+    def mean_tokens(self) -> float | None:
+        return self._actual / self._answers if self._answers else None
+
+
+class Pacer:
+    """Spaces departures ``1/rate`` apart by handing out reserved times; the rate may change anytime."""
+
+    def __init__(self) -> None:
+        self.next_at = 0.0
+
+    def reserve(self, now: float, rate: float | None) -> float:
+        """Seconds to wait before departing."""
+        if rate is None:
+            return 0.0
+        at = max(now, self.next_at)
+        self.next_at = at + 1.0 / rate
+        return at - now
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    dispatched_at: float
+    raw_cost: float
+
+
+class Throttle:
+    def __init__(
+        self,
+        concurrency: int,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        default_completion_tokens: int = DEFAULT_COMPLETION_TOKENS,
+    ) -> None:
+        self.concurrency = concurrency
+        self.rpm = rpm
+        self.tpm = tpm
+        self.estimator = TokenEstimator(default_completion_tokens)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._rpm_limiter = AsyncLimiter(*_half_second_bucket(rpm)) if rpm else None
+        self._tpm_limiter = AsyncLimiter(tpm, 60) if tpm else None
+        self._pacer = Pacer()
+        self.adaptive_rate: float | None = None  # requests/s; None until the first 429
+        self._step = 0.0
+        self._successes = 0
+        self._last_cut_at = -math.inf
+        self.resume_at = 0.0  # the shared cool-down: nothing departs before this loop time
+        self._holds = 0  # how many cool-downs have begun
+        self.request_ceiling: float | None = None  # requests/s, from headers
+        self.token_ceiling: float | None = None  # tokens/s, from headers
+        self._recent: deque[float] = deque()  # departure times within the last second
+        self.in_flight = 0
+        self.sent = 0
+        self.rate_limited = 0
+
+    @property
+    def rate(self) -> float | None:
+        """The departure rate now allowed, in requests/s; None when only concurrency bounds it."""
+        rates = [r for r in (self._pace_rate(), self.rpm / 60 if self.rpm else None) if r is not None]
+        return min(rates) if rates else None
+
+    def _pace_rate(self) -> float | None:
+        rates = [self.adaptive_rate, self.request_ceiling]
+        mean = self.estimator.mean_tokens
+        if self.token_ceiling is not None and mean:
+            rates.append(self.token_ceiling / mean)
+        present = [r for r in rates if r is not None]
+        return max(MIN_RATE, min(present)) if present else None
+
+    @asynccontextmanager
+    async def slot(self, request: ChatRequest) -> AsyncIterator[Permit]:
+        """Hold a place in flight for one attempt, once every limit allows it to depart."""
+        raw = self.estimator.raw(request)
+        async with self._slots:
+            await self._admit(raw * self.estimator.ratio)
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            self._recent.append(now)
+            self.sent += 1
+            self.in_flight += 1
+            try:
+                yield Permit(now, raw)
+            finally:
+                self.in_flight -= 1
+
+    async def _admit(self, cost: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while (wait := self.resume_at - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            if self._rpm_limiter is not None:
+                await self._rpm_limiter.acquire()
+            if self._tpm_limiter is not None and self.tpm is not None:
+                await self._tpm_limiter.acquire(min(cost, self.tpm))
+            holds = self._holds
+            delay = self._pacer.reserve(loop.time(), self._pace_rate())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if holds == self._holds:
+                return
+            # A hold began while this request waited: its reservation is void. It waits out the
+            # hold and is paced again, giving up the capacity it took (never more than the limits).
+
+    def succeeded(self, permit: Permit, result: ChatResult) -> None:
+        if result.headers:
+            self._learn(result.headers)
+        total = result.usage.total_tokens
+        if total is not None:
+            self.estimator.observe(permit.raw_cost, total)
+        if self.adaptive_rate is not None:
+            self._successes += 1
+            if self._successes >= max(1.0, self.adaptive_rate):  # about a second's worth
+                self._successes = 0
+                self.adaptive_rate += self._step
+                if self.request_ceiling is not None:
+                    self.adaptive_rate = min(self.adaptive_rate, self.request_ceiling)
+
+    def failed(self, permit: Permit, error: RequestError) -> None:
+        if error.headers:
+            self._learn(error.headers)
+        if error.error_type != RATE_LIMITED:
+            return
+        self.rate_limited += 1
+        now = asyncio.get_running_loop().time()
+        hint = hint_seconds(error.headers)
+        self._hold_until(now + (hint if hint is not None else DEFAULT_COOLDOWN_S))
+        if permit.dispatched_at >= self._last_cut_at:  # the first 429 of a new congestion event
+            base = self.adaptive_rate if self.adaptive_rate is not None else self._recent_rate(now)
+            ceiling = self.request_ceiling
+            # Faster than the limit the headers state: that limit is the answer. At or under it,
+            # the stated limit is not the whole story (dynamic limits, shared keys): cut.
+            self.adaptive_rate = ceiling if ceiling is not None and base > ceiling else max(MIN_RATE, base * BETA)
+            self._step = max(MIN_RATE, self.adaptive_rate * STEP_SHARE)
+            self._successes = 0
+            self._last_cut_at = now
+
+    def _hold_until(self, when: float) -> None:
+        if when > self.resume_at:
+            self.resume_at = when
+            self._pacer.next_at = when
+            self._holds += 1  # reservations made before the hold are void
+
+    def _recent_rate(self, now: float) -> float:
+        """Departures in the last second: the rate that just proved too fast."""
+        recent = self._recent
+        while recent and recent[0] < now - 1.0:
+            recent.popleft()
+        return max(float(len(recent)), MIN_RATE)
+
+    def _learn(self, headers: Mapping[str, str]) -> None:
+        info = read_rate_headers(headers)
+        if info.request_limit:
+            self.request_ceiling = info.request_limit / 60.0
+            if self.adaptive_rate is not None:
+                self.adaptive_rate = min(self.adaptive_rate, self.request_ceiling)
+        if info.token_limit:
+            self.token_ceiling = info.token_limit / 60.0
+        now = asyncio.get_running_loop().time()
+        # Out of requests or tokens until a stated reset: hold everyone until then (no rate cut).
+        if info.requests_remaining == 0 and info.requests_reset_s:
+            self._hold_until(now + info.requests_reset_s)
+        mean = self.estimator.mean_tokens or 1.0
+        if info.tokens_remaining is not None and info.tokens_remaining < mean and info.tokens_reset_s:
+            self._hold_until(now + info.tokens_reset_s)
+
+
+def _half_second_bucket(rpm: int) -> tuple[float, float]:
+    """(max_rate, time_period) for aiolimiter: half a second's worth of requests, at least one.
+
+    Half, not a whole second: a server enforcing per second then always keeps half its bucket
+    spare, so clock skew between us and it never turns into a 429 (which would cost a cool-down).
+    """
+    burst = max(1.0, rpm / 120.0)
+    return burst, burst * 60.0 / rpm

@@ -1,0 +1,192 @@
+"""Limits, cool-down, AIMD and header pacing, on a virtual clock (no real waiting)."""
+
+import asyncio
+
+import pytest
+
+from batchchat.records import ChatRequest
+from batchchat.stats import Counters
+from batchchat.throttle import BETA, Permit, Throttle, TokenEstimator, read_rate_headers
+from tests.fake_api import FakeAPI, drive, error, requests
+from tests.virtual_time import run_virtual
+
+
+def run(api, items, throttle, max_attempts=10):
+    async def go():
+        counters = Counters()
+        outcomes = await drive(api, items, throttle, max_attempts, counters)
+        return outcomes, counters, asyncio.get_running_loop().time()
+
+    return run_virtual(go())
+
+
+def within_bucket(times, costs, burst, rate):
+    """Every stretch of departures fits a bucket of ``burst`` refilled at ``rate``."""
+    for i in range(len(times)):
+        total = 0.0
+        for j in range(i, len(times)):
+            total += costs[j]
+            if total > burst + rate * (times[j] - times[i]) + 1e-6:
+                return False
+    return True
+
+
+def test_rpm_is_never_exceeded():
+    api = FakeAPI(latency=0.01)
+    outcomes, _, elapsed = run(api, requests(200), Throttle(50, rpm=600))
+    assert len(outcomes) == 200
+    assert within_bucket(api.departures, [1] * 200, burst=5, rate=10)
+    assert elapsed == pytest.approx(19.5, abs=0.2)  # five at once, then ten a second
+
+
+def test_tpm_is_never_exceeded():
+    api = FakeAPI(latency=0.01, tokens=101)  # answers cost what was estimated: q{i}/4 + max_tokens
+    throttle = Throttle(50, tpm=6000)
+    outcomes, _, elapsed = run(api, requests(120, max_tokens=100), throttle)
+    assert len(outcomes) == 120
+    assert within_bucket(api.departures, [101] * 120, burst=6000, rate=100)
+    assert elapsed > (120 * 101 - 6000) / 100 - 1
+
+
+def test_a_request_costing_more_than_the_whole_budget_goes_alone_rather_than_never():
+    small = requests(6, max_tokens=10)
+    big = [ChatRequest(row=100 + i, key=f"b{i}", model="m", messages=({"role": "user", "content": "x"},),
+                       params=(("max_tokens", 5000),)) for i in range(2)]  # fmt: skip
+    api = FakeAPI(latency=0.01, tokens=11)
+    outcomes, _, _ = run(api, [*small[:3], big[0], *small[3:], big[1]], Throttle(4, tpm=1000))
+    assert len(outcomes) == 8 and all(o.status == "ok" for o in outcomes.values())
+    order = list(zip(api.departures, api.departed_rows, strict=True))
+    for when, row in order:
+        if row >= 100:  # a big one: only once everything sent before it has drained from the budget
+            spent_before = sum(11 if r < 100 else 1000 for t, r in order if t < when)
+            assert spent_before <= 1000 / 60 * when + 1e-6
+
+
+def test_token_estimates_are_corrected_by_the_usage_answers_report():
+    estimator = TokenEstimator(default_completion_tokens=256)
+    request = requests(1, max_tokens=1000)[0]
+    assert estimator.raw(request) == 1 + 1000  # "q0" is one token of prompt, plus max_tokens
+    assert estimator.raw(requests(1)[0]) == 1 + 256  # no max_tokens: the default
+    for _ in range(10):
+        estimator.observe(estimator.raw(request), 100)
+    assert estimator.ratio == pytest.approx(100 / 1001)
+    assert estimator.mean_tokens == 100
+
+
+def test_a_tpm_job_speeds_up_once_answers_prove_shorter_than_max_tokens():
+    api = FakeAPI(latency=0.01, tokens=10)  # max_tokens 1000 asked, 10 tokens used
+    _, _, elapsed = run(api, requests(300, max_tokens=1000), Throttle(20, tpm=60_000))
+    assert elapsed < 300 * 1001 / 1000 / 5  # five times faster than trusting max_tokens
+
+
+def test_a_429_holds_every_dispatch_until_the_hint_has_passed():
+    api = FakeAPI(latency=0.1, script=lambda request, attempt: error(429, {"retry-after": "2"})
+                  if request.row == 5 and attempt == 1 else None)  # fmt: skip
+    outcomes, counters, _ = run(api, requests(40), Throttle(4))
+    rejected_at = next(t for t, row in zip(api.departures, api.departed_rows, strict=True) if row == 5)
+    assert not [t for t in api.departures if rejected_at < t < rejected_at + 2.0]
+    assert min(t for t in api.departures if t > rejected_at) == pytest.approx(rejected_at + 2.0, abs=1e-3)
+    assert all(o.status == "ok" for o in outcomes.values()) and counters.rate_limited == 1
+
+
+def test_aimd_converges_to_the_servers_rate_without_headers():
+    api = FakeAPI(latency=0.05, rate=20, limit_headers=False)
+    throttle = Throttle(32)
+    outcomes, counters, elapsed = run(api, requests(1000), throttle)
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert elapsed <= 1.15 * 1000 / 20
+    assert counters.rate_limited <= 0.05 * counters.requests
+    assert 20 * 0.6 <= throttle.adaptive_rate <= 20 * 1.5
+
+
+def test_aimd_recovers_from_a_server_slower_than_the_concurrency_suggests():
+    api = FakeAPI(latency=0.05, rate=2, limit_headers=False)
+    throttle = Throttle(32)
+    outcomes, counters, elapsed = run(api, requests(200), throttle)
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert elapsed <= 1.2 * 200 / 2
+    assert counters.rate_limited <= 0.1 * counters.requests
+
+
+def test_one_burst_of_429s_is_one_cut_not_one_per_response():
+    async def go():
+        throttle = Throttle(32)
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            throttle._recent.append(loop.time())
+        await asyncio.sleep(0.01)
+        for _ in range(12):  # twelve requests sent together, all refused
+            throttle.failed(Permit(dispatched_at=0.0, raw_cost=1), error(429))
+        after_burst = throttle.adaptive_rate
+        await asyncio.sleep(3)
+        throttle.failed(Permit(dispatched_at=loop.time(), raw_cost=1), error(429))  # sent after the cut
+        return after_burst, throttle.adaptive_rate
+
+    after_burst, after_second = run_virtual(go())
+    assert after_burst == pytest.approx(20 * BETA)
+    assert after_second == pytest.approx(20 * BETA * BETA)
+
+
+def test_together_limit_headers_set_the_pace():
+    api = FakeAPI(latency=0.05, rate=20, limit_headers=True)
+    throttle = Throttle(32)
+    outcomes, counters, elapsed = run(api, requests(300), throttle)
+    assert len(outcomes) == 300 and throttle.request_ceiling == 20 and throttle.rate == 20
+    assert elapsed <= 1.1 * 300 / 20
+    assert counters.rate_limited <= 0.01 * counters.requests
+
+
+def test_token_limit_headers_pace_by_the_mean_answer_size():
+    api = FakeAPI(latency=0.01, tokens=100, extra_headers={"x-tokenlimit-limit": "60000"})
+    throttle = Throttle(16)
+    run(api, requests(50), throttle)
+    assert throttle.token_ceiling == 1000 and throttle.rate == pytest.approx(10)
+    gaps = [b - a for a, b in zip(api.departures[16:], api.departures[17:], strict=False)]
+    assert min(gaps) >= 0.1 - 1e-6
+
+
+def test_no_requests_left_holds_until_the_stated_reset():
+    async def go():
+        throttle = Throttle(4)
+        now = asyncio.get_running_loop().time()
+        throttle._learn({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
+                         "x-ratelimit-reset-requests": "2s"})  # fmt: skip
+        return throttle.resume_at - now, throttle.request_ceiling
+
+    hold, ceiling = run_virtual(go())
+    assert hold == pytest.approx(2.0) and ceiling == 100
+
+
+def test_with_rpm_given_a_429_still_backs_off():
+    api = FakeAPI(latency=0.05, rate=10)  # the user's --rpm 1200 is twice what the server allows
+    throttle = Throttle(32, rpm=1200)
+    outcomes, counters, elapsed = run(api, requests(300), throttle)
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert throttle.rate < 20
+    assert counters.rate_limited <= 0.1 * counters.requests
+    assert elapsed <= 1.3 * 300 / 10
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-ratelimit-limit": "600", "x-ratelimit-remaining": "12", "x-ratelimit-reset": "1",
+          "x-tokenlimit-limit": "180000", "x-tokenlimit-remaining": "900"},
+         dict(request_limit=600, requests_remaining=12, requests_reset_s=1, token_limit=180000, tokens_remaining=900)),
+        ({"x-ratelimit-limit": "600", "x-ratelimit-limit-dynamic": "300", "x-tokenlimit-limit-dynamic": "9000"},
+         dict(request_limit=300, token_limit=9000)),
+        ({"x-ratelimit-limit-requests": "5000", "x-ratelimit-remaining-requests": "4999",
+          "x-ratelimit-reset-requests": "12ms", "x-ratelimit-limit-tokens": "160000",
+          "x-ratelimit-remaining-tokens": "159976", "x-ratelimit-reset-tokens": "6m0s"},
+         dict(request_limit=5000, requests_remaining=4999, requests_reset_s=0.012, token_limit=160000,
+              tokens_remaining=159976, tokens_reset_s=360)),
+        ({"x-ratelimit-limit": "lots"}, {}),
+    ],
+    ids=["together", "together-dynamic", "openai", "garbage"],
+)  # fmt: skip
+def test_rate_headers_in_both_dialects(headers, expected):
+    info = read_rate_headers(headers)
+    for name in ("request_limit", "requests_remaining", "requests_reset_s", "token_limit", "tokens_remaining",
+                 "tokens_reset_s"):  # fmt: skip
+        value = getattr(info, name)
+        assert value == (pytest.approx(expected[name]) if name in expected else None), name
