@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
-from .errors import INVALID_INPUT, FatalAPIError, RequestError
+from .errors import INVALID_INPUT, RATE_LIMITED, FatalAPIError, RequestError
 from .records import ChatRequest, ChatResult, InvalidRow, RowOutcome
 from .retry import is_fatal, with_retries
 from .stats import Counters
@@ -52,7 +52,7 @@ async def run_requests(
                 result = await send(request)
             except RequestError as error:
                 throttle.failed(permit, error)
-                count.rate_limited = throttle.rate_limited
+                count.rate_limited += error.error_type == RATE_LIMITED
                 count.rate = throttle.rate
                 if is_fatal(error):
                     raise FatalAPIError(describe_fatal(error), error) from None

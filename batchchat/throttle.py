@@ -178,9 +178,6 @@ class Throttle:
         self.request_ceiling: float | None = None  # requests/s, from headers
         self.token_ceiling: float | None = None  # tokens/s, from headers
         self._recent: deque[float] = deque()  # departure times within the last second
-        self.in_flight = 0
-        self.sent = 0
-        self.rate_limited = 0
 
     @property
     def rate(self) -> float | None:
@@ -202,15 +199,10 @@ class Throttle:
         raw = self.estimator.raw(request)
         async with self._slots:
             await self._admit(raw * self.estimator.ratio)
-            loop = asyncio.get_running_loop()
-            now = loop.time()
+            now = asyncio.get_running_loop().time()
             self._recent.append(now)
-            self.sent += 1
-            self.in_flight += 1
-            try:
-                yield Permit(now, raw)
-            finally:
-                self.in_flight -= 1
+            self._recent_rate(now)  # drop departures older than a second, so memory stays flat
+            yield Permit(now, raw)
 
     async def _admit(self, cost: float) -> None:
         loop = asyncio.get_running_loop()
@@ -249,7 +241,6 @@ class Throttle:
             self._learn(error.headers)
         if error.error_type != RATE_LIMITED:
             return
-        self.rate_limited += 1
         now = asyncio.get_running_loop().time()
         hint = hint_seconds(error.headers)
         self._hold_until(now + (hint if hint is not None else DEFAULT_COOLDOWN_S))
