@@ -10,6 +10,8 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -54,6 +56,45 @@ def main() -> None:
     """
 
 
+def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``run`` and ``chat`` share: model, system prompt, endpoint, request, retries."""
+    options = [
+        click.option("-m", "--model", metavar="NAME", help="Model to ask (required; in `run`, a job file may set it)."),
+        click.option("--system", metavar="TEXT", help="System message sent first in every request."),
+        click.option(
+            "--provider",
+            type=click.Choice(["together", "openai", "sim"]),
+            help="together (TOGETHER_API_KEY), openai (OPENAI_API_KEY), or sim (built-in simulator, no key) "
+            "[default: together].",
+        ),
+        click.option(
+            "--base-url", metavar="URL", help="Any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."
+        ),
+        click.option("--api-key-env", metavar="NAME", help="Environment variable holding the API key."),
+        click.option("--max-tokens", type=int, help="Most tokens per answer."),
+        click.option("--temperature", type=float, help="Sampling temperature."),
+        click.option("--top-p", type=float, help="Nucleus sampling probability."),
+        click.option(
+            "--param",
+            "params",
+            metavar="KEY=VALUE",
+            multiple=True,
+            help="Any other request field; VALUE is read as JSON when it parses. Repeatable.",
+        ),
+        click.option("--max-attempts", type=int, help="Attempts per request, the first included [default: 6]."),
+        click.option(
+            "--timeout",
+            type=float,
+            metavar="SECONDS",
+            help="Limit for each attempt; when streaming, for each silence [default: 300].",
+        ),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False))
 @click.option("-i", "--input", "input_path", metavar="PATH", help="Prompt table: .csv, .parquet or .jsonl.")
@@ -64,7 +105,6 @@ def main() -> None:
     metavar="PATH",
     help="Output table: .parquet, .csv or .jsonl [default: INPUT.out.parquet beside the input].",
 )
-@click.option("-m", "--model", metavar="NAME", help="Model to ask (required, here or in the job file).")
 @click.option("--prompt-column", metavar="NAME", help="Column holding each prompt [default: prompt].")
 @click.option(
     "--template", metavar="TEXT", help="Prompt built from columns: 'Classify: {text}'. {{ }} are literal braces."
@@ -74,33 +114,18 @@ def main() -> None:
     metavar="NAME",
     help="Column holding a JSON list of {role, content} messages (conversation history).",
 )
-@click.option("--system", metavar="TEXT", help="System message sent first in every request.")
-@click.option(
-    "--provider",
-    type=click.Choice(["together", "openai", "sim"]),
-    help="together (TOGETHER_API_KEY), openai (OPENAI_API_KEY), or sim (built-in simulator, no key) [default: together].",
-)
-@click.option("--base-url", metavar="URL", help="Any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
-@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the API key.")
-@click.option("--max-tokens", type=int, help="Most tokens per answer.")
-@click.option("--temperature", type=float, help="Sampling temperature.")
-@click.option("--top-p", type=float, help="Nucleus sampling probability.")
-@click.option(
-    "--param",
-    "params",
-    metavar="KEY=VALUE",
-    multiple=True,
-    help="Any other request field; VALUE is read as JSON when it parses. Repeatable.",
-)
+@request_options
 @click.option("--concurrency", type=int, help="Requests in flight at once [default: 16].")
 @click.option(
     "--rpm", type=int, help="Requests per minute, never exceeded [default: adapt to 429s and rate-limit headers]."
 )
 @click.option("--tpm", type=int, help="Tokens per minute (prompt estimate + max_tokens, corrected by usage).")
-@click.option("--max-attempts", type=int, help="Attempts per row, the first included [default: 6].")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Limit for each attempt [default: 300].")
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Stream answers (SSE) to measure time to first token (ttft_s) [default: no].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
         quiet: bool, debug: bool, **options: Any) -> None:  # fmt: skip
     """Send every row of a table to a chat model and write the answers beside the input rows.
@@ -219,9 +244,115 @@ def summary_text(result: RunResult) -> str:
         f"requests: {s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries",
     ]
     if s.latency_p50_s is not None and s.latency_p95_s is not None:
-        lines.append(f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s")
+        latency = f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s"
+        if s.ttft_p50_s is not None and s.ttft_p95_s is not None:
+            latency += f"; first token: p50 {s.ttft_p50_s:.2f} s, p95 {s.ttft_p95_s:.2f} s"
+        lines.append(latency)
     lines.append(f"output: {result.output}")
     return "\n".join(lines)
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("prompt", required=False)
+@request_options
+@click.option("--stream/--no-stream", default=None, help="Print the answer as it arrives [default: no].")
+@click.option(
+    "--save",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.jsonl",
+    help='Append the conversation to this file as one JSONL row {"messages": [...]}.',
+)
+def chat(prompt: str | None, params: tuple[str, ...], save: str | None, debug: bool, **options: Any) -> None:
+    """Ask one question (PROMPT), or, without one, hold a conversation that keeps its history.
+
+    In a conversation each line of input is a turn, until end of input (Ctrl-D). A file saved with
+    --save is a table `batchchat run --messages-column messages` can read back.
+
+    Exit codes: 0 answered, 1 a request failed, 2 it could not run (bad settings, key, credit).
+    """
+    try:
+        from .chat import check_save_path
+        from .job import build_job
+        from .runner import run_sync
+
+        param_values = dict(parse_param(p) for p in params)
+        job = build_job(None, {**options, "params": param_values or None}, flag_name)
+        save_path = Path(save) if save else None
+        if save_path is not None:
+            check_save_path(save_path)
+        code = run_sync(_chat(job, prompt, save_path))
+    except BatchchatError as e:
+        _fail(str(e), debug)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
+async def _chat(job: Any, prompt: str | None, save: Path | None) -> int:
+    import asyncio
+
+    from .chat import Conversation
+    from .runner import open_client
+
+    async with open_client(job) as client:
+        conversation = Conversation(job, client)
+        try:
+            if prompt is not None:
+                return await _turn(conversation, prompt)
+            interactive = sys.stdin.isatty()
+            worst = 0
+            while True:
+                line = await asyncio.to_thread(_read_turn, interactive)
+                if line is None:
+                    return worst
+                if not line.strip():
+                    continue
+                worst = max(worst, await _turn(conversation, line))
+                if worst == EXIT_JOB:
+                    return worst
+        finally:
+            if save is not None and len(conversation.messages) > (1 if job.prompt.system else 0):
+                conversation.save(save)
+
+
+def _read_turn(interactive: bool) -> str | None:
+    """The next line the user typed, or None at end of input."""
+    if interactive:
+        try:
+            return input("> ")
+        except EOFError:
+            click.echo("", err=True)
+            return None
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n") if line else None
+
+
+async def _turn(conversation: Any, text: str) -> int:
+    """Ask, print the answer (as it arrives when streaming); 0 answered, 1 failed, 2 fatal."""
+    from .errors import RequestError
+    from .retry import is_fatal
+
+    streaming = conversation.client.stream
+
+    def show(piece: str) -> None:
+        click.echo(piece, nl=False)
+        sys.stdout.flush()
+
+    def retrying() -> None:
+        if streaming:
+            click.echo("", err=True)
+        click.echo("batchchat: that attempt failed; trying again", err=True)
+
+    try:
+        result = await conversation.ask(text, on_text=show if streaming else None, on_retry=retrying)
+    except RequestError as error:
+        if streaming:
+            click.echo()
+        click.echo(f"batchchat: error: {error.error_type}: {error.message}", err=True)
+        return EXIT_JOB if is_fatal(error) else 1
+    click.echo("" if streaming else (result.content or ""))
+    return 0
 
 
 @main.command(context_settings={"max_content_width": 100})

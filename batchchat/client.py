@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ import aiohttp
 from . import __version__
 from . import errors as E
 from .records import ChatRequest, ChatResult, Usage
+from .sse import Event, SSEDecoder
 
 # Response headers the retry policy and the throttle read; everything else is dropped.
 RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-retry")
@@ -39,13 +40,32 @@ STATUS_ERRORS: dict[int, tuple[str, bool]] = {
 class ChatClient:
     """One aiohttp session for a whole run, so connections are reused across requests."""
 
-    def __init__(self, base_url: str, api_key: str | None, *, concurrency: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        concurrency: int,
+        timeout_s: float,
+        stream: bool = False,
+        stream_usage: bool = False,
+    ) -> None:
+        """``stream`` asks for SSE; ``stream_usage`` also asks for usage the OpenAI way
+        (``stream_options.include_usage``), which Together does not need: it sends usage anyway."""
         self.url = base_url.rstrip("/") + "/chat/completions"
         headers = {"Content-Type": "application/json", "User-Agent": f"batchchat/{__version__}"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._headers = headers
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.stream = stream
+        self.stream_usage = stream_usage
+        self._timeout_s = timeout_s
+        # A stream may run long; what must not happen is silence, so the limit is between reads.
+        self._timeout = (
+            aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+            if stream
+            else aiohttp.ClientTimeout(total=timeout_s)
+        )
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
 
@@ -59,32 +79,149 @@ class ChatClient:
             await self._session.close()
             self._session = None
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
+    async def complete(self, request: ChatRequest, on_text: Callable[[str], None] | None = None) -> ChatResult:
+        """One attempt. With streaming, ``on_text`` gets each piece of the answer as it arrives."""
         assert self._session is not None, "use ChatClient as an async context manager"
-        data = json.dumps(request.body(), ensure_ascii=False).encode("utf-8")
+        body = request.body()
+        if self.stream:
+            body["stream"] = True
+            if self.stream_usage:
+                body.setdefault("stream_options", {"include_usage": True})
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         started = time.perf_counter()
+        streaming = False
         try:
             async with self._session.post(self.url, data=data) as response:
-                body = await response.read()
                 status = response.status
                 headers = rate_headers(response.headers)
                 content_type = response.headers.get("Content-Type", "")
+                if status == 200 and self.stream and content_type.startswith("text/event-stream"):
+                    streaming = True
+                    return await _read_stream(response, started, headers, on_text)
+                body_bytes = await response.read()
         except TimeoutError:  # aiohttp's timeout errors subclass it
-            raise E.RequestError(
-                E.TIMEOUT, f"no complete answer within {self._timeout.total:g} s", retryable=True
-            ) from None
+            what = (
+                f"no data for {self._timeout_s:g} s"
+                if self.stream
+                else f"no complete answer within {self._timeout_s:g} s"
+            )
+            raise E.RequestError(E.TIMEOUT, what, retryable=True) from None
         except aiohttp.ClientPayloadError as e:
+            if streaming:
+                raise E.RequestError(
+                    E.STREAM_TRUNCATED, f"stream broke off: {_first_line(e)}", retryable=True
+                ) from None
             raise E.RequestError(E.BAD_RESPONSE, f"response cut off: {_first_line(e)}", retryable=True) from None
         except aiohttp.ClientConnectorError as e:
             raise E.RequestError(
                 E.CONNECTION, f"cannot connect to {self.url}: {_first_line(e)}", retryable=True
             ) from None
         except aiohttp.ClientError as e:
+            if streaming:
+                raise E.RequestError(
+                    E.STREAM_TRUNCATED, f"stream broke off: {_first_line(e)}", retryable=True
+                ) from None
             raise E.RequestError(E.CONNECTION, f"connection failed: {_first_line(e)}", retryable=True) from None
         latency = time.perf_counter() - started
         if status != 200:
-            raise status_error(status, body, content_type, headers)
-        return parse_completion(body, latency, headers)
+            raise status_error(status, body_bytes, content_type, headers)
+        return parse_completion(body_bytes, latency, headers)
+
+
+async def _read_stream(
+    response: aiohttp.ClientResponse,
+    started: float,
+    headers: Mapping[str, str],
+    on_text: Callable[[str], None] | None,
+) -> ChatResult:
+    decoder = SSEDecoder()
+    stream = StreamAssembly(on_text)
+    async for chunk in response.content.iter_any():
+        elapsed = time.perf_counter() - started
+        for event in decoder.feed(chunk):
+            stream.add(event, elapsed)
+    for event in decoder.close():
+        stream.add(event, time.perf_counter() - started)
+    return stream.result(time.perf_counter() - started, headers)
+
+
+class StreamAssembly:
+    """Chunks of a streamed answer into one ChatResult, in both dialects.
+
+    Together puts usage on the chunk that carries ``finish_reason``; OpenAI sends it on an extra
+    chunk with empty ``choices``, and only when asked; some servers never send it, and then usage
+    stays unknown rather than guessed. An answer counts only once both ``finish_reason`` and
+    ``[DONE]`` have arrived: anything less may be cut short, and partial text is never an answer.
+    """
+
+    def __init__(self, on_text: Callable[[str], None] | None = None) -> None:
+        self.on_text = on_text
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage = Usage()
+        self.request_id: str | None = None
+        self.model: str | None = None
+        self.ttft_s: float | None = None
+        self.done = False
+
+    def add(self, event: Event, elapsed_s: float) -> None:
+        if self.done:
+            return
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = json.loads(event.data)
+        except json.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise E.RequestError(
+                E.BAD_RESPONSE, f"malformed stream chunk: {_snippet(event.data.encode())}", retryable=True
+            )
+        if chunk.get("error"):
+            raise E.RequestError(
+                E.SERVER_ERROR, f"error in the stream: {_error_message(chunk)}", status=200, retryable=True
+            )
+        self.request_id = self.request_id or _str_or_none(chunk.get("id"))
+        self.model = self.model or _str_or_none(chunk.get("model"))
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta")
+                self._text(delta.get("content") if isinstance(delta, dict) else None, elapsed_s)
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        elif isinstance(chunk.get("token"), dict):  # older Together streams: the text on "token" alone
+            self._text(chunk["token"].get("text"), elapsed_s)
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = parse_usage(chunk["usage"])
+
+    def _text(self, text: object, elapsed_s: float) -> None:
+        if not isinstance(text, str) or not text:
+            return
+        if self.ttft_s is None:
+            self.ttft_s = elapsed_s
+        self.parts.append(text)
+        if self.on_text is not None:
+            self.on_text(text)
+
+    def result(self, latency_s: float, headers: Mapping[str, str]) -> ChatResult:
+        if not self.done or self.finish_reason is None:
+            missing = " and ".join(
+                m for m, ok in (("[DONE]", self.done), ("a finish_reason", self.finish_reason)) if not ok
+            )
+            raise E.RequestError(E.STREAM_TRUNCATED, f"stream ended without {missing}", status=200, retryable=True)
+        return ChatResult(
+            content="".join(self.parts),
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            request_id=self.request_id,
+            model=self.model,
+            latency_s=latency_s,
+            ttft_s=self.ttft_s,
+            headers=dict(headers),
+        )
 
 
 def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -32,8 +32,8 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 RESERVED_PARAMS = {
     "model": "set the model with -m/--model or 'model' in the job file",
     "messages": "messages are built from the input table (prompt column, template or messages column)",
-    "stream": "this version of batchchat sends non-streaming requests only; drop the stream option",
-    "stream_tokens": "this version of batchchat sends non-streaming requests only; drop stream_tokens",
+    "stream": "use --stream, or 'stream = true' in the job file",
+    "stream_tokens": "use --stream, or 'stream = true' in the job file",
 }
 
 
@@ -60,6 +60,16 @@ class Endpoint:
             return None
         return os.environ.get(self.api_key_env) or None
 
+    @property
+    def stream_usage(self) -> bool:
+        """Whether streams must ask for usage (OpenAI's ``stream_options``). Together and the
+        simulator send usage on the final chunk unasked; vLLM and OpenAI send it only when asked,
+        and servers that do not know the option ignore it."""
+        if self.provider == "sim" or self.base_url is None:
+            return False
+        host = urlparse(self.base_url).hostname or ""
+        return not (host == "together.xyz" or host.endswith((".together.xyz", ".together.ai")))
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -84,6 +94,7 @@ class Job:
     endpoint: Endpoint = field(default_factory=Endpoint)
     limits: Limits = field(default_factory=Limits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stream: bool = False
     simulator: SimConfig = field(default_factory=SimConfig)
 
 
@@ -92,7 +103,7 @@ class Job:
 SETTINGS = (
     "input", "output", "model", "prompt_column", "template", "messages_column", "system",
     "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p", "params",
-    "concurrency", "rpm", "tpm", "max_attempts", "timeout", "simulator",
+    "concurrency", "rpm", "tpm", "max_attempts", "timeout", "stream", "stream_tokens", "simulator",
 )  # fmt: skip
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
@@ -132,6 +143,8 @@ def build_job(
             params.update(_table(value, label(key)))
         else:
             settings[key] = value
+            if key == "stream":  # the flag wins over the job file's legacy name too
+                settings.pop("stream_tokens", None)
         where[key] = label(key)
     return _job_from(settings, params, where)
 
@@ -208,6 +221,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
             max_attempts=_int(s.get("max_attempts"), at("max_attempts"), 1, 100) or 6,
             timeout_s=_number(s.get("timeout"), at("timeout"), 0.001) or 300.0,
         ),
+        stream=_stream(s, at),
         simulator=_simulator(s.get("simulator"), at("simulator")),
     )
 
@@ -272,6 +286,14 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str]) -> Endpoint:
     return Endpoint(provider=provider, base_url=url, api_key_env=key_env)
 
 
+def _stream(s: dict[str, Any], at: Callable[[str], str]) -> bool:
+    """``stream``, or Together's legacy name ``stream_tokens``; they must not disagree."""
+    values = {key: _bool(s.get(key), at(key)) for key in ("stream", "stream_tokens") if s.get(key) is not None}
+    if len(set(values.values())) > 1:
+        raise JobError(f"{at('stream')} and {at('stream_tokens')} disagree; keep one of them")
+    return any(values.values())
+
+
 def is_loopback(url: str) -> bool:
     """A server on this machine (vLLM, llama.cpp, Ollama, the simulator) needs no key."""
     host = urlparse(url).hostname or ""
@@ -324,6 +346,12 @@ def _path(value: Any, at: str, what: str) -> Path | None:
             f"'{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}"
         )
     return path
+
+
+def _bool(value: Any, at: str) -> bool:
+    if not isinstance(value, bool):
+        raise JobError(f"{at} must be true or false, got {value!r}")
+    return value
 
 
 def _int(value: Any, at: str, low: int | None = None, high: int | None = None) -> int | None:

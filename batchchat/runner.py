@@ -171,7 +171,7 @@ async def _execute(
     throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
     try:
         try:
-            async with _client(job) as client:
+            async with open_client(job) as client:
                 await run_requests(
                     _requests(source, builder),
                     client.complete,
@@ -234,7 +234,7 @@ def _requests(source: TableSource, builder: RequestBuilder) -> Iterator[ChatRequ
 
 
 @asynccontextmanager
-async def _client(job: Job) -> AsyncIterator[ChatClient]:
+async def open_client(job: Job) -> AsyncIterator[ChatClient]:
     """The client for the job's endpoint; provider ``sim`` first starts a simulator in this loop."""
     simulator: Simulator | None = None
     base_url = job.endpoint.base_url
@@ -248,6 +248,8 @@ async def _client(job: Job) -> AsyncIterator[ChatClient]:
             job.endpoint.api_key(),
             concurrency=job.limits.concurrency,
             timeout_s=job.retry.timeout_s,
+            stream=job.stream,
+            stream_usage=job.endpoint.stream_usage,
         ) as client:
             yield client
     finally:

@@ -34,6 +34,8 @@ class Summary:
     wall_s: float
     latency_p50_s: float | None
     latency_p95_s: float | None
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
     requests: int = 0
     rate_limited: int = 0
     retries: int = 0
@@ -60,6 +62,7 @@ class Stats:
         self.completion_tokens = 0
         self.counters = Counters()
         self._latencies = array("d")
+        self._ttfts = array("d")
 
     def add(self, outcome: RowOutcome) -> None:
         self.done += 1
@@ -67,6 +70,8 @@ class Stats:
             self.ok += 1
             if outcome.latency_s is not None:
                 self._latencies.append(outcome.latency_s)
+            if outcome.ttft_s is not None:
+                self._ttfts.append(outcome.ttft_s)
         else:
             self.errors += 1
             self.error_types[outcome.error_type or "unknown"] += 1
@@ -79,6 +84,7 @@ class Stats:
 
     def summary(self, wall_s: float) -> Summary:
         ordered = sorted(self._latencies)
+        ttfts = sorted(self._ttfts)
         return Summary(
             rows=self.done,
             ok=self.ok,
@@ -89,6 +95,8 @@ class Stats:
             wall_s=wall_s,
             latency_p50_s=percentile(ordered, 50),
             latency_p95_s=percentile(ordered, 95),
+            ttft_p50_s=percentile(ttfts, 50),
+            ttft_p95_s=percentile(ttfts, 95),
             requests=self.counters.requests,
             rate_limited=self.counters.rate_limited,
             retries=self.counters.retries,

@@ -33,9 +33,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def cli(*args: str | Path) -> Result:
+def cli(*args: str | Path, input: str | None = None) -> Result:
     """Run the CLI in-process, stderr kept apart from stdout."""
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
 
 
 def cli_subprocess(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
