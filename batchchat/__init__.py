@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import BatchchatError, JobError, RequestError
+from .errors import BatchchatError, FatalAPIError, Interrupted, JobError, RequestError
 from .job import Job, load_job
 
 if TYPE_CHECKING:
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchchatError",
+    "FatalAPIError",
+    "Interrupted",
     "Job",
     "JobError",
     "RequestError",

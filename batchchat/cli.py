@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
-from .errors import BatchchatError
+from .errors import BatchchatError, Interrupted
 
 if TYPE_CHECKING:
     from .records import RowOutcome
@@ -125,6 +125,22 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Stream answers (SSE) to measure time to first token (ttft_s) [default: no].",
 )
+@click.option("--restart", is_flag=True, default=None, help="Forget the journal of earlier runs: send every row again.")
+@click.option(
+    "--retry-errors", is_flag=True, default=None, help="Send again the rows that ended in error in earlier runs."
+)
+@click.option(
+    "--dedup/--no-dedup",
+    default=None,
+    help="Send identical requests once and give every row the answer [default: dedup]; "
+    "--no-dedup sends each (sampling).",
+)
+@click.option(
+    "--grace",
+    type=float,
+    metavar="SECONDS",
+    help="After Ctrl-C or SIGTERM, how long requests in flight may finish [default: 10].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
         quiet: bool, debug: bool, **options: Any) -> None:  # fmt: skip
@@ -132,7 +148,11 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
 
     JOB_FILE is an optional TOML job file; flags override what it sets.
 
-    Exit codes: 0 every row ok, 1 some rows ended in error, 2 the job could not run.
+    Finished requests are kept in OUTPUT.journal as they finish: run the same command again after a
+    crash or Ctrl-C and only what is missing is sent. One run at a time per output.
+
+    Exit codes: 0 every row ok, 1 some rows ended in error, 2 the job could not run,
+    130 stopped by Ctrl-C or SIGTERM.
     """
     observer = Progress(quiet)
     try:
@@ -151,10 +171,13 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
             result = run_job(job, observer=observer)
         finally:
             observer.close()
+    except Interrupted as e:  # Ctrl-C or SIGTERM: finished work was kept
+        click.echo(f"batchchat: {e}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except BatchchatError as e:  # a bad job, or an API that refuses every request
         _fail(str(e), debug)
-    except KeyboardInterrupt:
-        click.echo(f"\nbatchchat: interrupted; {observer.interrupted_text()}", err=True)
+    except KeyboardInterrupt:  # before sending began: nothing to keep
+        click.echo("\nbatchchat: interrupted before any request was sent; nothing written", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException:
         raise
@@ -177,32 +200,34 @@ class Progress:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.plan: Plan | None = None
-        self.done = 0
         self.bar: Any = None
         self._next_postfix = 0.0
 
     def started(self, plan: Plan) -> None:
-        self.plan = plan
         if self.quiet:
             return
         click.echo(f"batchchat: {plan.rows:,} rows from {plan.source} -> {plan.endpoint}", err=True)
         if plan.invalid_rows:
-            shown = ", ".join(map(str, plan.first_invalid)) + (
-                ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
-            )
+            more = ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
+            shown = ", ".join(map(str, plan.first_invalid)) + more
             click.echo(
                 f"batchchat: {plan.invalid_rows:,} rows have nothing to send (empty prompt; rows {shown}); "
                 "they become error rows (invalid_input) without a request",
                 err=True,
             )
-        if sys.stderr.isatty():
+        notes = []
+        if plan.done_rows:
+            notes.append(f"{plan.done_rows:,} rows answered by an earlier run (journal)")
+        if plan.shared_rows:
+            notes.append(f"{plan.shared_rows:,} rows share a request with an identical row")
+        if notes:
+            click.echo(f"batchchat: {'; '.join(notes)}; {plan.to_send:,} requests to send", err=True)
+        if sys.stderr.isatty() and plan.to_send:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=plan.rows, unit="row", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(total=plan.to_send, unit="req", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
-        self.done = stats.done
         bar = self.bar
         if bar is None:
             return
@@ -212,13 +237,13 @@ class Progress:
             bar.set_postfix_str(live_counters(stats), refresh=False)
         bar.update(1)
 
-    def interrupted_text(self) -> str:
-        plan = self.plan
-        if plan is None or plan.output is None or not plan.output.exists():
-            return "no output written"
-        return (
-            f"{self.done:,} of {plan.rows:,} rows finished and are in {plan.output}; the others have "
-            "status 'pending'. Running the job again sends every row again."
+    def stopping(self, grace_s: float) -> None:
+        if self.bar is not None:
+            self.bar.clear()
+        click.echo(
+            f"\nbatchchat: stopping: no new requests; those in flight have {grace_s:g} s to finish "
+            "(Ctrl-C again to stop at once)",
+            err=True,
         )
 
     def close(self) -> None:
@@ -238,11 +263,15 @@ def summary_text(result: RunResult) -> str:
     status = f"{s.ok:,} ok, {s.errors:,} error"
     if s.error_types:
         status += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
-    lines = [
-        f"done: {s.rows:,} rows in {s.wall_s:.1f} s ({s.rows_per_s:,.1f} rows/s): {status}",
-        f"tokens: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}",
-        f"requests: {s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries",
-    ]
+    lines = [f"done: {s.rows:,} rows: {status}"]
+    if s.requests == 0:
+        lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
+    else:
+        lines += [
+            f"this run: {s.answered:,} requests answered in {s.wall_s:.1f} s ({s.rows_per_s:,.1f}/s); "
+            f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries",
+            f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}",
+        ]
     if s.latency_p50_s is not None and s.latency_p95_s is not None:
         latency = f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s"
         if s.ttft_p50_s is not None and s.ttft_p95_s is not None:

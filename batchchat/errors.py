@@ -7,6 +7,7 @@
     │                   Raised before the first request; the CLI exits 2 with its one-line message.
     ├── FatalAPIError   the API refuses every request (bad key, no credit): the run stops at once,
     │                   keeps the rows already finished, and the CLI exits 2 saying what to fix.
+    ├── Interrupted     Ctrl-C or SIGTERM stopped the run; finished work is kept. The CLI exits 130.
     └── RequestError    one request failed. Never escapes a run: it becomes an error row whose
                         ``error_type`` is one of the names below and whose ``error`` is the
                         provider's own message.
@@ -51,6 +52,10 @@ class FatalAPIError(BatchchatError):
     def __init__(self, message: str, error: RequestError) -> None:
         super().__init__(message)
         self.error = error
+
+
+class Interrupted(BatchchatError):
+    """The run was stopped before it finished; the message says what was kept and how to resume."""
 
 
 class RequestError(BatchchatError):

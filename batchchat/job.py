@@ -85,6 +85,15 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """What a run does with the journal of earlier runs, and how it stops."""
+
+    restart: bool = False  # discard the journal: send everything again
+    retry_errors: bool = False  # send again the requests that ended in error
+    grace_s: float = 10.0  # after Ctrl-C or SIGTERM, how long in-flight requests may finish
+
+
+@dataclass(frozen=True)
 class Job:
     model: str
     input: Path | None = None
@@ -94,7 +103,9 @@ class Job:
     endpoint: Endpoint = field(default_factory=Endpoint)
     limits: Limits = field(default_factory=Limits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    resume: Resume = field(default_factory=Resume)
     stream: bool = False
+    dedup: bool = True  # identical requests are sent once and their answer given to every row
     simulator: SimConfig = field(default_factory=SimConfig)
 
 
@@ -103,7 +114,8 @@ class Job:
 SETTINGS = (
     "input", "output", "model", "prompt_column", "template", "messages_column", "system",
     "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p", "params",
-    "concurrency", "rpm", "tpm", "max_attempts", "timeout", "stream", "stream_tokens", "simulator",
+    "concurrency", "rpm", "tpm", "max_attempts", "timeout", "stream", "stream_tokens", "dedup", "restart",
+    "retry_errors", "grace", "simulator",
 )  # fmt: skip
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
@@ -221,7 +233,13 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
             max_attempts=_int(s.get("max_attempts"), at("max_attempts"), 1, 100) or 6,
             timeout_s=_number(s.get("timeout"), at("timeout"), 0.001) or 300.0,
         ),
+        resume=Resume(
+            restart=_flag(s.get("restart"), at("restart"), False),
+            retry_errors=_flag(s.get("retry_errors"), at("retry_errors"), False),
+            grace_s=_number(s.get("grace"), at("grace"), 0.0, 3600.0) if s.get("grace") is not None else 10.0,
+        ),
         stream=_stream(s, at),
+        dedup=_flag(s.get("dedup"), at("dedup"), True),
         simulator=_simulator(s.get("simulator"), at("simulator")),
     )
 
@@ -346,6 +364,10 @@ def _path(value: Any, at: str, what: str) -> Path | None:
             f"'{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}"
         )
     return path
+
+
+def _flag(value: Any, at: str, default: bool) -> bool:
+    return default if value is None else _bool(value, at)
 
 
 def _bool(value: Any, at: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 from .errors import JobError
 from .job import Job
 from .records import ChatRequest, InvalidRow
+from .source import TableSource
 from .template import cell_text, parse_template
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -48,18 +50,39 @@ class RequestBuilder:
                 raise JobError(missing_column(source_name, name, role, columns))
         self.columns = list(dict.fromkeys(name for name, _ in needed))
 
-    def build(self, batch: pa.RecordBatch, start: int, with_keys: bool = True) -> Iterator[ChatRequest | InvalidRow]:
+    def rows(self, source: TableSource) -> Iterator[tuple[pa.RecordBatch, list[ChatRequest | InvalidRow]]]:
+        """Every input batch with the request (or reason for none) of each of its rows, in order.
+
+        Keys are the same on every pass over the same input. Without dedup, identical requests
+        are told apart by their occurrence (the first keeps the plain key), so each is sent.
+        """
+        start = 0
+        occurrences: Counter[str] | None = None if self.job.dedup else Counter()
+        for batch in source.batches():
+            yield batch, self.build(batch, start, occurrences)
+            start += batch.num_rows
+
+    def build(
+        self, batch: pa.RecordBatch, start: int, occurrences: Counter[str] | None = None
+    ) -> list[ChatRequest | InvalidRow]:
         """Requests for the rows of ``batch``, whose first row is input row ``start`` (0-based)."""
         values = {name: batch.column(name).to_pylist() for name in self.columns}
         model = self.job.model
+        items: list[ChatRequest | InvalidRow] = []
         for i in range(batch.num_rows):
             row = start + i
             messages = self._messages(row, {name: col[i] for name, col in values.items()})
             if isinstance(messages, str):
-                yield InvalidRow(row, model, messages)
+                items.append(InvalidRow(row, model, messages))
                 continue
-            key = request_key(model, messages, self.params) if with_keys else ""
-            yield ChatRequest(row=row, key=key, model=model, messages=messages, params=self.params)
+            key = request_key(model, messages, self.params)
+            if occurrences is not None:
+                sample = occurrences[key]
+                occurrences[key] = sample + 1
+                if sample:
+                    key = request_key(model, messages, self.params, sample)
+            items.append(ChatRequest(row=row, key=key, model=model, messages=messages, params=self.params))
+        return items
 
     def _messages(self, row: int, cells: dict[str, Any]) -> tuple[dict[str, Any], ...] | str:
         """The row's messages, or the reason it has none worth sending."""
@@ -122,10 +145,18 @@ def parse_messages(cell: Any, where: str) -> list[dict[str, Any]]:
     return messages
 
 
-def request_key(model: str, messages: Sequence[dict[str, Any]], params: Sequence[tuple[str, Any]]) -> str:
-    """A stable hash of exactly what is sent: equal requests get equal keys across runs."""
+def request_key(
+    model: str, messages: Sequence[dict[str, Any]], params: Sequence[tuple[str, Any]], sample: int = 0
+) -> str:
+    """A stable hash of exactly what is sent: equal requests get equal keys across runs.
+
+    ``sample`` tells apart repeats of one request that are each to be answered (no dedup).
+    """
+    parts: list[Any] = [model, list(messages), dict(params)]
+    if sample:
+        parts.append(sample)
     payload = json.dumps(
-        [model, list(messages), dict(params)],
+        parts,
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),

@@ -57,6 +57,7 @@ class ChatResult:
 
 OK = "ok"
 ERROR = "error"
+PENDING = "pending"  # not finished: the run stopped before this row's request did
 
 
 @dataclass(frozen=True, slots=True)

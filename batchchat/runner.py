@@ -1,8 +1,12 @@
-"""One job from start to finish: validate, send every row, write the table, summarise.
+"""One job from start to finish: validate, send what is not yet answered, write the table.
 
 This is the glue between the stages; each stage lives in its own module. Everything that can be
 checked is checked before the first request: the job, the input's columns and every row's
 messages (one cheap pass over the file), the output's columns.
+
+A file run holds the output's lock for its whole length and keeps every finished request in the
+journal beside the output. The output table is assembled from the input and the journal at the
+end, so a run that was killed and started again writes exactly what one uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -19,19 +25,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .client import ChatClient
-from .errors import AUTH, FatalAPIError, JobError, RequestError
+from .errors import AUTH, INVALID_INPUT, FatalAPIError, Interrupted, JobError, RequestError
 from .job import Job, load_job
+from .journal import Journal, MemoryStore
+from .lock import OutputLock
 from .prompts import RequestBuilder
-from .records import ChatRequest, InvalidRow, RowOutcome
+from .records import ERROR, OK, PENDING, ChatRequest, InvalidRow, RowOutcome
 from .scheduler import run_requests
 from .simulator import Simulator
-from .sink import Outcomes, check_columns, output_batches, output_schema, to_frame, write_output
+from .sink import check_columns, output_batches, output_schema, to_frame, write_output
 from .source import ArrowSource, TableSource, open_source
-from .stats import Stats, Summary
+from .stats import RowTally, Stats, Summary
 from .throttle import Throttle
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
+
+    Store = Journal | MemoryStore
 
 T = TypeVar("T")
 SHOWN_INVALID_ROWS = 5
@@ -45,8 +56,15 @@ class Plan:
     rows: int
     invalid_rows: int
     first_invalid: tuple[int, ...]  # 1-based row numbers of the first few
+    done_rows: int  # rows whose request an earlier run already finished (the journal)
+    to_send: int  # requests this run sends: rows not done, each distinct request once
     endpoint: str
     output: Path | None
+
+    @property
+    def shared_rows(self) -> int:
+        """Rows that will take the answer of an identical request instead of sending their own."""
+        return self.rows - self.invalid_rows - self.done_rows - self.to_send
 
 
 @dataclass(frozen=True)
@@ -67,12 +85,17 @@ class Observer(Protocol):
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None: ...
 
+    def stopping(self, grace_s: float) -> None: ...
+
 
 class _Silent:
     def started(self, plan: Plan) -> None:
         pass
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
+        pass
+
+    def stopping(self, grace_s: float) -> None:
         pass
 
 
@@ -84,10 +107,17 @@ def as_job(job: Job | str | os.PathLike[str] | None, settings: dict[str, Any]) -
     return load_job(job, **settings)
 
 
+# --- public API ---------------------------------------------------------------------------------
+
+
 async def arun(
     job: Job | str | os.PathLike[str] | None = None, /, *, observer: Observer | None = None, **settings: Any
 ) -> RunResult:
-    """Run a job: a ``Job``, a job file path, or settings such as ``input=``, ``model=``."""
+    """Run a job: a ``Job``, a job file path, or settings such as ``input=``, ``model=``.
+
+    Raises ``JobError`` before sending anything if the job cannot run, ``FatalAPIError`` if the API
+    refuses every request, ``Interrupted`` after Ctrl-C or SIGTERM (finished work is kept).
+    """
     job = as_job(job, settings)
     if job.input is None:
         raise JobError("no input: pass -i/--input FILE or set 'input' in the job file")
@@ -95,14 +125,17 @@ async def arun(
         raise JobError("no output: pass -o/--output FILE or set 'output' in the job file")
     source = open_source(job.input)
     schema = output_schema(source)
+    builder = RequestBuilder(job, source.columns, source.name)
     output = job.output
-
-    def write(outcomes: Outcomes) -> None:
-        write_output(output, output_batches(source, outcomes, schema), schema)
-
-    outcomes, summary = await _execute(job, source, output, observer or _Silent(), keep_finished=write)
-    write(outcomes)
-    return RunResult(output, summary)
+    with OutputLock(output):
+        journal_path = journal_path_for(output)
+        if job.resume.restart:
+            journal_path.unlink(missing_ok=True)
+        journal = Journal(journal_path)
+        try:
+            return await _run_file(job, source, builder, journal, output, schema, observer or _Silent())
+        finally:
+            journal.close()
 
 
 def run(
@@ -122,7 +155,17 @@ async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None
     check_columns(columns, "the DataFrame")
     builder = RequestBuilder(job, columns, "the DataFrame")
     source = ArrowSource(_frame_table(frame, builder.columns), "the DataFrame")
-    outcomes, _ = await _execute(job, source, None, observer or _Silent(), builder)
+    store = MemoryStore()
+    watcher = observer or _Silent()
+    plan = _plan(job, source, builder, store, None)
+    watcher.started(plan)
+    try:
+        if plan.to_send:
+            await _send(job, source, builder, store, Stats(plan.to_send), watcher, handle_signals=False)
+    except FatalAPIError as fatal:
+        raise FatalAPIError(f"stopped: {fatal}", fatal.error) from None
+    tally = RowTally()
+    outcomes = [o for _, batch in _row_outcomes(source, builder, store, tally) for o in batch]
     return to_frame(frame, outcomes)
 
 
@@ -135,63 +178,239 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code, even where a loop already runs.
 
     Inside a running loop (Jupyter) the coroutine gets a fresh loop on a worker thread: blocking
-    the notebook's own loop would deadlock it, and nesting loops is not allowed.
+    the notebook's own loop would deadlock it, and nesting loops is not allowed. Interrupting the
+    notebook then cancels that loop's work, so no request goes on being sent (and paid) unseen.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def in_thread() -> T:
+        with asyncio.Runner() as runner:
+            loops.append(runner.get_loop())
+            return runner.run(coroutine)
+
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchchat") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+        future = pool.submit(in_thread)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if loops:
+                loops[0].call_soon_threadsafe(_cancel_all, loops[0])
+            concurrent.futures.wait([future])
+            raise
 
 
-async def _execute(
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+def journal_path_for(output: Path) -> Path:
+    return output.with_name(output.name + ".journal")
+
+
+# --- a file run ---------------------------------------------------------------------------------
+
+
+async def _run_file(
     job: Job,
     source: TableSource,
-    output: Path | None,
+    builder: RequestBuilder,
+    journal: Journal,
+    output: Path,
+    schema: pa.Schema,
     observer: Observer,
-    builder: RequestBuilder | None = None,
-    keep_finished: Callable[[Outcomes], None] | None = None,
-) -> tuple[Outcomes, Summary]:
-    """Send every row. If cancelled (Ctrl-C) or stopped by a fatal API error, ``keep_finished``
-    gets the rows finished so far, so that paid-for answers are never thrown away."""
-    builder = builder or RequestBuilder(job, source.columns, source.name)
-    plan = _plan(job, source, builder, output)
+) -> RunResult:
+    plan = _plan(job, source, builder, journal, output)
     observer.started(plan)
-    outcomes = Outcomes(plan.rows)
-    stats = Stats(plan.rows)
+    stats = Stats(plan.to_send)
+
+    def write() -> RowTally:
+        tally = RowTally()
+        write_output(output, output_batches(_row_outcomes(source, builder, journal, tally), schema), schema)
+        return tally
+
+    started = time.perf_counter()
+    try:
+        ending = (
+            await _send(job, source, builder, journal, stats, observer, handle_signals=True) if plan.to_send else "done"
+        )
+    except FatalAPIError as fatal:
+        if len(journal):
+            tally = write()
+            kept = f"{_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; the others have status 'pending'"
+        else:
+            kept = "no row finished, so nothing was written"
+        raise FatalAPIError(f"stopped: {fatal}. {kept}", fatal.error) from None
+    wall = time.perf_counter() - started
+    resume = f"run the same command again to resume: the {len(journal):,} requests in {journal.path} are not sent again"
+    if ending == "at once":
+        raise Interrupted(f"stopped at once; the output was not written; {resume}")
+    tally = write()
+    if ending == "stopped":
+        raise Interrupted(
+            f"stopped: {_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; "
+            f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}"
+        )
+    return RunResult(output, stats.summary(wall, tally))
+
+
+def _finished(tally: RowTally) -> int:
+    return tally.statuses[OK] + tally.statuses[ERROR]
+
+
+# --- the passes over the input ------------------------------------------------------------------
+
+
+def _still_to_send(store: Store, key: str, retry_errors: bool) -> bool:
+    return key not in store or (retry_errors and store.failed(key))
+
+
+def _plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, output: Path | None) -> Plan:
+    """One pass over every row: finds bad messages cells and empty prompts before any request,
+    and counts what is already answered and what identical rows can share."""
+    rows = 0
+    invalid: list[int] = []
+    done = 0
+    to_send: set[str] = set()
+    retry_errors = job.resume.retry_errors
+    for batch, items in builder.rows(source):
+        rows += batch.num_rows
+        for item in items:
+            if isinstance(item, InvalidRow):
+                invalid.append(item.row + 1)
+            elif _still_to_send(store, item.key, retry_errors):
+                to_send.add(item.key)
+            else:
+                done += 1
+    if rows == 0:
+        raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
+    endpoint = "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
+    return Plan(
+        source.name, rows, len(invalid), tuple(invalid[:SHOWN_INVALID_ROWS]), done, len(to_send), endpoint, output
+    )
+
+
+def _requests(source: TableSource, builder: RequestBuilder, store: Store, retry_errors: bool) -> Iterator[ChatRequest]:
+    """The requests this run sends, in input order: each distinct one once, none already answered."""
+    sent: set[str] = set()
+    for _, items in builder.rows(source):
+        for item in items:
+            if isinstance(item, InvalidRow) or item.key in sent:
+                continue
+            if _still_to_send(store, item.key, retry_errors):
+                sent.add(item.key)
+                yield item
+
+
+def _row_outcomes(
+    source: TableSource, builder: RequestBuilder, store: Store, tally: RowTally
+) -> Iterator[tuple[pa.RecordBatch, list[RowOutcome | None]]]:
+    """Each input batch with the outcome of each of its rows (None for a row not finished)."""
+    for batch, items in builder.rows(source):
+        records = store.get_many(item.key for item in items if isinstance(item, ChatRequest))
+        outcomes: list[RowOutcome | None] = []
+        for item in items:
+            if isinstance(item, InvalidRow):
+                outcome: RowOutcome | None = RowOutcome.failed(
+                    item.row, key=None, model=item.model, error_type=INVALID_INPUT, error=item.reason, attempts=0
+                )
+            else:
+                outcome = records.get(item.key)
+            if outcome is None:
+                tally.add(PENDING, None)
+            else:
+                tally.add(outcome.status, outcome.error_type)
+            outcomes.append(outcome)
+        yield batch, outcomes
+
+
+# --- sending ------------------------------------------------------------------------------------
+
+
+async def _send(
+    job: Job,
+    source: TableSource,
+    builder: RequestBuilder,
+    store: Store,
+    stats: Stats,
+    observer: Observer,
+    *,
+    handle_signals: bool,
+) -> str:
+    """Send what is still to send. Returns "done", "stopped" (Ctrl-C or SIGTERM: in-flight requests
+    had a grace period) or "at once" (a second signal); raises FatalAPIError.
+
+    Each finished request goes to the store at once (the journal flushes it), so whatever
+    happens next, it is never sent again.
+    """
 
     def on_outcome(outcome: RowOutcome) -> None:
-        outcomes.add(outcome)
+        store.add(outcome)
         stats.add(outcome)
         observer.row_done(outcome, stats)
 
-    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    at_once = False
     limits = job.limits
     throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
-    try:
+    async with open_client(job) as client:
+        sending = asyncio.ensure_future(
+            run_requests(
+                _requests(source, builder, store, job.resume.retry_errors),
+                client.complete,
+                throttle=throttle,
+                max_attempts=job.retry.max_attempts,
+                on_outcome=on_outcome,
+                counters=stats.counters,
+                describe_fatal=partial(_fatal_message, job),
+                stop=stop,
+            )
+        )
+
+        def on_signal() -> None:
+            nonlocal at_once
+            if stop.is_set():  # the second: stop now
+                at_once = True
+                sending.cancel()
+                return
+            stop.set()
+            observer.stopping(job.resume.grace_s)
+            loop.call_later(job.resume.grace_s, sending.cancel)
+
+        installed = _catch_signals(loop, on_signal) if handle_signals else []
         try:
-            async with open_client(job) as client:
-                await run_requests(
-                    _requests(source, builder),
-                    client.complete,
-                    throttle=throttle,
-                    max_attempts=job.retry.max_attempts,
-                    on_outcome=on_outcome,
-                    counters=stats.counters,
-                    describe_fatal=partial(_fatal_message, job),
-                )
-        except* FatalAPIError as group:
-            fatal = group.exceptions[0]
-            assert isinstance(fatal, FatalAPIError)
-            if keep_finished is not None and stats.done:
-                keep_finished(outcomes)
-            raise FatalAPIError(_kept_message(fatal, stats.done, plan.rows, output), fatal.error) from None
-    except asyncio.CancelledError:
-        if keep_finished is not None:
-            keep_finished(outcomes)
-        raise
-    return outcomes, stats.summary(time.perf_counter() - started)
+            try:
+                await sending
+            except* FatalAPIError as group:
+                raise group.exceptions[0] from None
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise  # cancelled from outside: not ours to handle
+        finally:
+            for number in installed:
+                loop.remove_signal_handler(number)
+    if at_once:
+        return "at once"
+    return "stopped" if stop.is_set() else "done"
+
+
+def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> list[int]:
+    """Ctrl-C and SIGTERM stop the run gracefully, where this thread may handle signals."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    installed = []
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(number, callback)
+        except (NotImplementedError, RuntimeError):  # not on this platform or loop
+            continue
+        installed.append(number)
+    return installed
 
 
 def _fatal_message(job: Job, error: RequestError) -> str:
@@ -201,36 +420,6 @@ def _fatal_message(job: Job, error: RequestError) -> str:
         fix = f"set a valid key in {key}" if key else "pass a key with --api-key-env NAME"
         return f"{where} refused the API key ({error.message}); {fix} and run again"
     return f"{where} says the account has no credit ({error.message}); add credit or raise the spending limit, then run again"
-
-
-def _kept_message(fatal: FatalAPIError, done: int, rows: int, output: Path | None) -> str:
-    if output is None:
-        return f"stopped: {fatal}"
-    if done:
-        return f"stopped: {fatal}. {done:,} of {rows:,} rows finished and are in {output}; the others have status 'pending'"
-    return f"stopped: {fatal}. No row finished, so nothing was written"
-
-
-def _plan(job: Job, source: TableSource, builder: RequestBuilder, output: Path | None) -> Plan:
-    """One pass over every row: finds bad messages cells and empty prompts before any request."""
-    rows = 0
-    invalid: list[int] = []
-    for batch in source.batches():
-        for item in builder.build(batch, rows, with_keys=False):
-            if isinstance(item, InvalidRow):
-                invalid.append(item.row + 1)
-        rows += batch.num_rows
-    if rows == 0:
-        raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
-    endpoint = "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
-    return Plan(source.name, rows, len(invalid), tuple(invalid[:SHOWN_INVALID_ROWS]), endpoint, output)
-
-
-def _requests(source: TableSource, builder: RequestBuilder) -> Iterator[ChatRequest | InvalidRow]:
-    start = 0
-    for batch in source.batches():
-        yield from builder.build(batch, start)
-        start += batch.num_rows
 
 
 @asynccontextmanager

@@ -1,20 +1,24 @@
-"""Async orchestration: workers pull rows, send them through the throttle with retries, and
+"""Async orchestration: workers pull requests, send them through the throttle with retries, and
 report every outcome as it happens. No files, no tables: the caller decides where outcomes go.
 
 Workers pull from one shared iterator rather than from a pre-filled queue, so requests are built
 only as fast as they are sent and a million-row input never sits in memory at once. There are
-twice as many workers as concurrency slots: a row waiting out a backoff holds no slot, and the
-spare workers keep the slots busy meanwhile.
+twice as many workers as concurrency slots: a request waiting out a backoff holds no slot, and
+the spare workers keep the slots busy meanwhile.
+
+Stopping: once ``stop`` is set, no worker takes a new request or starts another attempt; requests
+in flight run to their end, and the caller decides how long to wait for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
-from .errors import INVALID_INPUT, RATE_LIMITED, FatalAPIError, RequestError
-from .records import ChatRequest, ChatResult, InvalidRow, RowOutcome
+from .errors import RATE_LIMITED, FatalAPIError, RequestError
+from .records import ChatRequest, ChatResult, RowOutcome
 from .retry import is_fatal, with_retries
 from .stats import Counters
 from .throttle import Throttle
@@ -23,8 +27,12 @@ Send = Callable[[ChatRequest], Awaitable[ChatResult]]
 Describe = Callable[[RequestError], str]
 
 
+class Stopped(Exception):
+    """The run is stopping: the request is left unfinished, to be sent by a later run."""
+
+
 async def run_requests(
-    items: Iterable[ChatRequest | InvalidRow],
+    requests: Iterable[ChatRequest],
     send: Send,
     *,
     throttle: Throttle,
@@ -32,21 +40,33 @@ async def run_requests(
     on_outcome: Callable[[RowOutcome], None],
     counters: Counters | None = None,
     describe_fatal: Describe = lambda error: error.message,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Send every request; each ends as exactly one ``RowOutcome`` passed to ``on_outcome``.
+    """Send every request; each ends as exactly one ``RowOutcome`` passed to ``on_outcome``,
+    unless ``stop`` is set first, in which case the requests not yet finished get none.
 
-    A failed request is an outcome, not an exception. An error that would fail every row (bad key,
-    no credit) raises ``FatalAPIError`` (in an ExceptionGroup) after cancelling all in-flight
+    A failed request is an outcome, not an exception. An error that would fail every request (bad
+    key, no credit) raises ``FatalAPIError`` (in an ExceptionGroup) after cancelling all in-flight
     requests: sending more would only fail the same way.
     """
-    pending = iter(items)
+    pending = iter(requests)
     count = counters or Counters()
+    stopping = stop or asyncio.Event()
 
     def note_retry() -> None:
         count.retries += 1
 
+    async def backoff(seconds: float) -> None:
+        """A retry's wait, cut short when the run stops (the attempt after it then does not happen)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
+
     async def attempt(request: ChatRequest) -> ChatResult:
+        if stopping.is_set():
+            raise Stopped
         async with throttle.slot(request) as permit:
+            if stopping.is_set():  # the stop came while this request waited for the limits
+                raise Stopped
             count.requests += 1
             try:
                 result = await send(request)
@@ -62,25 +82,24 @@ async def run_requests(
             return result
 
     async def worker() -> None:
-        for item in pending:
-            if isinstance(item, InvalidRow):
-                on_outcome(
-                    RowOutcome.failed(
-                        item.row, key=None, model=item.model, error_type=INVALID_INPUT, error=item.reason, attempts=0
-                    )
-                )
-                continue
-            done = await with_retries(partial(attempt, item), max_attempts, on_retry=note_retry)
+        while not stopping.is_set():
+            request = next(pending, None)
+            if request is None:
+                return
+            try:
+                done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
+            except Stopped:
+                return
             if done.result is not None:
-                on_outcome(RowOutcome.answered(item, done.result, done.attempts))
+                on_outcome(RowOutcome.answered(request, done.result, done.attempts))
             else:
                 error = done.error
                 assert error is not None
                 on_outcome(
                     RowOutcome.failed(
-                        item.row,
-                        key=item.key,
-                        model=item.model,
+                        request.row,
+                        key=request.key,
+                        model=request.model,
                         error_type=error.error_type,
                         error=error.message,
                         attempts=done.attempts,

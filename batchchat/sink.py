@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +19,11 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .errors import JobError
-from .records import RowOutcome
+from .records import PENDING, RowOutcome
 from .source import TableSource
 
 if TYPE_CHECKING:
     import pandas as pd
-
-PENDING = "pending"
 
 OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("response", pa.string()),
@@ -61,35 +59,24 @@ def output_schema(source: TableSource) -> pa.Schema:
     return pa.schema(list(source.schema) + [pa.field(name, kind) for name, kind in OUTPUT_FIELDS])
 
 
-class Outcomes:
-    """Outcomes by input row, held until the table is written."""
-
-    def __init__(self, rows: int) -> None:
-        self._by_row: list[RowOutcome | None] = [None] * rows
-
-    def add(self, outcome: RowOutcome) -> None:
-        self._by_row[outcome.row] = outcome
-
-    def arrays(self, start: int, count: int) -> list[pa.Array]:
-        """The outcome columns for input rows ``start`` .. ``start + count - 1``."""
-        chunk = self._by_row[start : start + count]
-        arrays = []
-        for name, kind in OUTPUT_FIELDS:
-            if name == "status":
-                values = [o.status if o is not None else PENDING for o in chunk]
-            else:
-                values = [getattr(o, name) if o is not None else None for o in chunk]
-            arrays.append(pa.array(values, type=kind))
-        return arrays
+def outcome_arrays(outcomes: Sequence[RowOutcome | None]) -> list[pa.Array]:
+    """The outcome columns for a run of rows; None is a row not finished (``pending``)."""
+    arrays = []
+    for name, kind in OUTPUT_FIELDS:
+        if name == "status":
+            values = [o.status if o is not None else PENDING for o in outcomes]
+        else:
+            values = [getattr(o, name) if o is not None else None for o in outcomes]
+        arrays.append(pa.array(values, type=kind))
+    return arrays
 
 
-def output_batches(source: TableSource, outcomes: Outcomes, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    start = 0
-    for batch in source.batches():
-        count = batch.num_rows
-        columns = list(batch.columns) + outcomes.arrays(start, count)
-        yield pa.RecordBatch.from_arrays(columns, schema=schema)
-        start += count
+def output_batches(
+    rows: Iterable[tuple[pa.RecordBatch, Sequence[RowOutcome | None]]], schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """Input batches joined with their rows' outcomes, in input order."""
+    for batch, outcomes in rows:
+        yield pa.RecordBatch.from_arrays(list(batch.columns) + outcome_arrays(outcomes), schema=schema)
 
 
 def write_output(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
@@ -118,13 +105,13 @@ def write_output(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schem
         temporary.unlink(missing_ok=True)
 
 
-def to_frame(frame: pd.DataFrame, outcomes: Outcomes) -> pd.DataFrame:
+def to_frame(frame: pd.DataFrame, outcomes: Sequence[RowOutcome | None]) -> pd.DataFrame:
     """The caller's DataFrame (index and dtypes untouched) with the outcome columns added."""
     import pandas as pd
 
     nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
     result = frame.copy()
-    for (name, _), array in zip(OUTPUT_FIELDS, outcomes.arrays(0, len(frame)), strict=True):
+    for (name, _), array in zip(OUTPUT_FIELDS, outcome_arrays(outcomes), strict=True):
         series = array.to_pandas(types_mapper=nullable.get)
         series.index = frame.index
         result[name] = series

@@ -1,4 +1,9 @@
-"""Running totals of a job: what the progress bar shows while it runs and the summary after."""
+"""Running totals of a job: what the progress bar shows while it runs and the summary after.
+
+Two kinds of count: requests this run sent and how they went (tokens, latency, retries), and
+rows in the output and how they ended (which includes rows answered by earlier runs, and rows
+sharing one request).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .records import OK, RowOutcome
+from .records import ERROR, OK, PENDING, RowOutcome
 
 
 class Counters:
@@ -19,17 +24,34 @@ class Counters:
     def __init__(self) -> None:
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
-        self.retries = 0  # attempts after a row's first
+        self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
+
+
+class RowTally:
+    """How the rows of the output ended, counted as the output is assembled."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.statuses: Counter[str] = Counter()
+        self.error_types: Counter[str] = Counter()
+
+    def add(self, status: str, error_type: str | None) -> None:
+        self.rows += 1
+        self.statuses[status] += 1
+        if error_type:
+            self.error_types[error_type] += 1
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    rows: int
+    rows: int  # rows in the output
     ok: int
     errors: int
-    error_types: tuple[tuple[str, int], ...]  # most frequent first
-    prompt_tokens: int
+    pending: int  # rows not finished (the run was interrupted)
+    error_types: tuple[tuple[str, int], ...]  # of error rows, most frequent first
+    answered: int  # requests this run finished (ok or error)
+    prompt_tokens: int  # this run's
     completion_tokens: int
     wall_s: float
     latency_p50_s: float | None
@@ -46,18 +68,17 @@ class Summary:
 
     @property
     def rows_per_s(self) -> float:
-        return self.rows / self.wall_s if self.wall_s > 0 else 0.0
+        return self.answered / self.wall_s if self.wall_s > 0 else 0.0
 
 
 class Stats:
-    """Updated once per finished row; cheap enough to sit on the hot path."""
+    """This run's requests, updated once per finished request; cheap enough for the hot path."""
 
     def __init__(self, total: int) -> None:
-        self.total = total
+        self.total = total  # requests this run is to send
         self.done = 0
         self.ok = 0
         self.errors = 0
-        self.error_types: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.counters = Counters()
@@ -74,7 +95,6 @@ class Stats:
                 self._ttfts.append(outcome.ttft_s)
         else:
             self.errors += 1
-            self.error_types[outcome.error_type or "unknown"] += 1
         self.prompt_tokens += outcome.prompt_tokens or 0
         self.completion_tokens += outcome.completion_tokens or 0
 
@@ -82,19 +102,21 @@ class Stats:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def summary(self, wall_s: float) -> Summary:
-        ordered = sorted(self._latencies)
+    def summary(self, wall_s: float, rows: RowTally) -> Summary:
+        latencies = sorted(self._latencies)
         ttfts = sorted(self._ttfts)
         return Summary(
-            rows=self.done,
-            ok=self.ok,
-            errors=self.errors,
-            error_types=tuple(self.error_types.most_common()),
+            rows=rows.rows,
+            ok=rows.statuses[OK],
+            errors=rows.statuses[ERROR],
+            pending=rows.statuses[PENDING],
+            error_types=tuple(rows.error_types.most_common()),
+            answered=self.done,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             wall_s=wall_s,
-            latency_p50_s=percentile(ordered, 50),
-            latency_p95_s=percentile(ordered, 95),
+            latency_p50_s=percentile(latencies, 50),
+            latency_p95_s=percentile(latencies, 95),
             ttft_p50_s=percentile(ttfts, 50),
             ttft_p95_s=percentile(ttfts, 95),
             requests=self.counters.requests,

@@ -28,7 +28,7 @@ def test_all_rows_ok_exits_0_and_the_summary_names_the_output(sim, prompts, tmp_
     assert result.exit_code == 0, result.stderr
     assert "done: 2 rows" in result.stderr and "2 ok, 0 error" in result.stderr
     assert f"output: {output}" in result.stderr
-    assert "tokens:" in result.stderr and "latency: p50" in result.stderr
+    assert "tokens this run:" in result.stderr and "latency: p50" in result.stderr
     assert len(read_output(output)) == 2
 
 

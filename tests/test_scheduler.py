@@ -6,7 +6,6 @@ from email.utils import formatdate
 import pytest
 
 from batchchat.errors import FatalAPIError, RequestError
-from batchchat.records import InvalidRow
 from batchchat.stats import Counters
 from batchchat.throttle import Throttle
 from tests.fake_api import FakeAPI, drive, error, requests
@@ -110,14 +109,6 @@ def test_without_a_hint_retries_back_off_exponentially_with_jitter():
     gaps = [b - a for a, b in zip(api.departures, api.departures[1:], strict=False)]
     assert outcomes[0].attempts == 6
     assert all(0 <= gap <= 0.5 * 2**i + 0.01 for i, gap in enumerate(gaps))
-
-
-def test_invalid_rows_become_error_rows_without_a_request():
-    items = [*requests(2), InvalidRow(2, "m", "empty prompt: the row has no text to send")]
-    api = FakeAPI()
-    outcomes, _ = run(api, items)
-    assert (outcomes[2].status, outcomes[2].error_type, outcomes[2].attempts) == ("error", "invalid_input", 0)
-    assert 2 not in api.attempts
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import pytest
 
 from batchchat.records import ERROR, OK, RowOutcome
-from batchchat.stats import Stats, percentile
+from batchchat.stats import RowTally, Stats, percentile
 
 
 def test_percentile_interpolates_between_ranks():
@@ -14,15 +14,25 @@ def test_percentile_interpolates_between_ranks():
     assert percentile([], 50) is None
 
 
-def test_stats_count_ok_errors_tokens_and_latency():
-    stats = Stats(total=4)
-    stats.add(RowOutcome(0, "k0", OK, 1, "m", response="a", prompt_tokens=10, completion_tokens=5, latency_s=0.2))
-    stats.add(RowOutcome(1, "k1", OK, 2, "m", response="b", prompt_tokens=7, completion_tokens=3, latency_s=0.4))
+def test_the_summary_counts_this_runs_requests_and_the_outputs_rows():
+    stats = Stats(total=3)
+    stats.add(
+        RowOutcome(0, "k0", OK, 1, "m", response="a", prompt_tokens=10, completion_tokens=5, latency_s=0.2, ttft_s=0.1)
+    )
+    stats.add(
+        RowOutcome(1, "k1", OK, 2, "m", response="b", prompt_tokens=7, completion_tokens=3, latency_s=0.4, ttft_s=0.3)
+    )
     stats.add(RowOutcome(2, "k2", ERROR, 6, "m", error_type="server_error", error="HTTP 500"))
-    stats.add(RowOutcome(3, None, ERROR, 0, "m", error_type="invalid_input", error="empty"))
-    s = stats.summary(wall_s=2.0)
-    assert (s.rows, s.ok, s.errors) == (4, 2, 2)
+    rows = RowTally()
+    for status, error_type in [("ok", None)] * 4 + [
+        ("error", "server_error"),
+        ("error", "invalid_input"),
+        ("pending", None),
+    ]:
+        rows.add(status, error_type)
+    s = stats.summary(wall_s=2.0, rows=rows)
+    assert (s.rows, s.ok, s.errors, s.pending) == (7, 4, 2, 1)
     assert dict(s.error_types) == {"server_error": 1, "invalid_input": 1}
+    assert s.answered == 3 and s.rows_per_s == 1.5
     assert (s.prompt_tokens, s.completion_tokens, s.total_tokens) == (17, 8, 25)
-    assert s.latency_p50_s == pytest.approx(0.3)
-    assert s.rows_per_s == 2.0
+    assert s.latency_p50_s == pytest.approx(0.3) and s.ttft_p50_s == pytest.approx(0.2)

@@ -1,0 +1,73 @@
+"""One run per output: a lock file beside it, held with ``flock`` for the whole run.
+
+``flock`` rather than a bare "file exists" check because the operating system releases it when
+its holder dies, however it dies: a lock left behind by a killed run is simply taken over, and a
+live run is never mistaken for a dead one. The file names the holder's process so a second run
+can say which process to wait for.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from .errors import JobError
+
+
+class OutputLock:
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(output.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        for _ in range(10):  # another run may remove the file between our open and our lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read(fd)
+                os.close(fd)
+                raise JobError(
+                    f"another batchchat run is writing {self.path.name.removesuffix('.lock')} "
+                    f"({holder or 'process unknown'}); wait for it to finish or stop it, or choose "
+                    "another -o/--output"
+                ) from None
+            if _same_file(fd, self.path):
+                os.ftruncate(fd, 0)
+                os.write(
+                    fd,
+                    f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
+                )
+                self._fd = fd
+                return self
+            os.close(fd)  # we locked a file already unlinked by its last holder: try the new one
+        raise JobError(f"could not take the lock {self.path}; is another run starting at the same moment?")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held, so nobody locks a file on its way out
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,100 @@
+"""The journal file and the output lock, on their own."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from batchchat.errors import JobError
+from batchchat.journal import Journal
+from batchchat.lock import OutputLock
+from batchchat.records import RowOutcome
+
+
+def outcome(key: str, status: str = "ok", text: str = "answer") -> RowOutcome:
+    if status == "ok":
+        return RowOutcome(0, key, "ok", 1, "m", response=text, prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    return RowOutcome(0, key, "error", 2, "m", error_type="server_error", error="HTTP 500: boom")
+
+
+def test_records_are_on_disk_as_soon_as_they_are_added(tmp_path):
+    path = tmp_path / "out.parquet.journal"
+    journal = Journal(path)
+    assert not path.exists()  # nothing sent, nothing written
+    journal.add(outcome("k1", text="first"))
+    lines = path.read_bytes().splitlines()  # read by another handle while the journal is open
+    assert json.loads(lines[0]) == {"journal": "batchchat", "version": 1}
+    assert json.loads(lines[1])["key"] == "k1" and json.loads(lines[1])["response"] == "first"
+    journal.close()
+
+
+def test_a_journal_reopened_knows_what_finished_and_what_failed(tmp_path):
+    path = tmp_path / "j"
+    journal = Journal(path)
+    journal.add(outcome("a"))
+    journal.add(outcome("b", "error"))
+    journal.add(outcome("c", "error"))
+    journal.add(outcome("c", text="retried"))  # a later record wins
+    journal.close()
+    again = Journal(path)
+    assert len(again) == 3 and "a" in again and "z" not in again
+    assert [again.failed(k) for k in "abc"] == [False, True, False]
+    found = again.get_many(["a", "b", "c", "z"])
+    assert found["c"].response == "retried" and found["b"].error_type == "server_error" and "z" not in found
+    assert found["a"].total_tokens == 5 and found["a"].row == -1
+    again.close()
+
+
+def test_a_record_torn_by_a_kill_is_ignored_and_cut_away_before_appending(tmp_path):
+    path = tmp_path / "j"
+    journal = Journal(path)
+    journal.add(outcome("a"))
+    journal.add(outcome("b"))
+    journal.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"key": "c", "status": "ok", "resp')  # killed mid-write
+    again = Journal(path)
+    assert again.torn == 1 and len(again) == 2 and "c" not in again
+    assert path.read_bytes() == whole
+    again.add(outcome("c"))
+    again.close()
+    assert [json.loads(line).get("key") for line in path.read_bytes().splitlines()] == [None, "a", "b", "c"]
+
+
+def test_a_file_that_is_not_a_batchchat_journal_is_refused(tmp_path):
+    path = tmp_path / "j"
+    path.write_text('{"journal": "batchchat", "version": 99}\n')
+    with pytest.raises(JobError, match="--restart"):
+        Journal(path)
+
+
+def test_the_journal_never_holds_request_headers(tmp_path):
+    journal = Journal(tmp_path / "j")
+    journal.add(outcome("a"))
+    journal.close()
+    assert set(json.loads((tmp_path / "j").read_bytes().splitlines()[1])) == {
+        "key", "status", "attempts", "model", "response", "finish_reason", "prompt_tokens", "completion_tokens",
+        "total_tokens", "latency_s", "ttft_s", "error_type", "error", "request_id",
+    }  # fmt: skip
+
+
+HOLD = "import sys, time; from pathlib import Path; from batchchat.lock import OutputLock; " \
+       "OutputLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)"  # fmt: skip
+
+
+def test_a_live_lock_names_its_process_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    output = tmp_path / "out.parquet"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(JobError, match=rf"another batchchat run is writing out.parquet \(pid {holder.pid} on "):
+            OutputLock(output).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "out.parquet.lock").exists()  # left behind by the killed holder
+    with OutputLock(output) as lock:
+        assert f"pid {os.getpid()}" in lock.path.read_text()
+    assert not (tmp_path / "out.parquet.lock").exists()
