@@ -46,7 +46,29 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key, value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Batchchat(click.Group):
+    """Click, with its usage errors (a bad flag value, an unknown option) on one line, like ours."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # plain `batchchat`: the help, as click shows it
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx is not None else "batchchat"
+            click.echo(f"batchchat: error: {e.format_message()} See '{command} --help'.", err=True)
+            sys.exit(EXIT_JOB)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Batchchat, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchchat")
 def main() -> None:
     """Answer every row of a CSV, Parquet or JSONL table with a chat model.

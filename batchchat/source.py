@@ -12,7 +12,9 @@ any nested list or object, is carried as JSON text (so a messages column may hol
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,13 @@ def open_source(path: Path) -> TableSource:
     suffix = path.suffix.lower()
     if not path.is_file():
         raise JobError(f"input {path} does not exist or is not a file")
+    try:
+        with path.open("rb") as f:
+            empty = not f.read(1)
+    except OSError as e:
+        raise JobError(f"cannot read input {path}: {e.strerror}; check its permissions") from None
+    if empty:
+        raise JobError(f"input {path} is empty (0 bytes); it needs a header and at least one row")
     if suffix == ".csv":
         return CsvSource(path)
     if suffix == ".parquet":
@@ -86,7 +95,10 @@ class CsvSource(TableSource):
             with pcsv.open_csv(path, read_options=self._read, parse_options=self._parse) as reader:
                 names = reader.schema.names
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-            raise JobError(f"cannot read CSV {path}: {_arrow_message(e)}") from None
+            raise JobError(csv_problem(path, e)) from None
+        unclosed = unclosed_quote(path)
+        if unclosed:
+            raise JobError(unclosed)
         self._convert = pcsv.ConvertOptions(
             column_types={name: pa.string() for name in names},
             strings_can_be_null=False,
@@ -104,7 +116,7 @@ class CsvSource(TableSource):
             ) as reader:
                 yield from reader
         except pa.ArrowInvalid as e:
-            raise JobError(f"cannot read CSV {self.path}: {_arrow_message(e)}") from None
+            raise JobError(csv_problem(self.path, e)) from None
 
 
 class ParquetSource(TableSource):
@@ -163,8 +175,8 @@ class JsonlSource(TableSource):
                         rows = []
                 if rows:
                     yield rows
-        except UnicodeDecodeError as e:
-            raise JobError(f"{self.path} is not UTF-8 text (byte offset {e.start}); convert it to UTF-8") from None
+        except UnicodeDecodeError:
+            raise JobError(utf8_problem(self.path) or f"{self.path} is not UTF-8 text; convert it to UTF-8") from None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         schema = self.schema
@@ -208,6 +220,78 @@ def _as_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False)
+
+
+def csv_problem(path: Path, error: BaseException) -> str:
+    """What is wrong with a CSV file pyarrow could not read, with a line number where possible."""
+    text = _arrow_message(error)
+    if "UTF8" in text or "UTF-8" in text or isinstance(error, UnicodeDecodeError):
+        found = utf8_problem(path)
+        if found:
+            return found
+    found = _field_count_problem(path)
+    return found or f"cannot read CSV {path}: {text}"
+
+
+def utf8_problem(path: Path) -> str | None:
+    """The first line holding bytes that are not UTF-8, and how to convert the file."""
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                converted = path.with_name(f"{path.stem}-utf8{path.suffix}")
+                return (
+                    f"{path} is not UTF-8 text: line {number}, byte {e.start + 1} (0x{line[e.start]:02x}) "
+                    f"cannot be read. Convert the file, e.g. iconv -f latin1 -t utf-8 {path} > {converted} "
+                    "(or save it from Excel as 'CSV UTF-8')"
+                )
+    return None
+
+
+def _field_count_problem(path: Path) -> str | None:
+    """The first record whose number of cells differs from the header's."""
+    csv.field_size_limit(sys.maxsize)
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return None
+        start = reader.line_num + 1
+        for record in reader:
+            if record and len(record) != len(header):
+                return (
+                    f"{path}, line {start}: {len(record)} cells where the header has {len(header)}; "
+                    "a cell holding a comma must be in double quotes"
+                )
+            start = reader.line_num + 1
+    return None
+
+
+def unclosed_quote(path: Path) -> str | None:
+    """A quote opened and never closed swallows the rest of the file into one cell; say where.
+
+    Counting quote characters is cheap; only an odd count needs the strict (slower) look.
+    """
+    quotes = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            quotes += chunk.count(b'"')
+    if quotes % 2 == 0:
+        return None
+    csv.field_size_limit(sys.maxsize)
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        start = 1
+        try:
+            for _ in reader:
+                start = reader.line_num + 1
+        except csv.Error:
+            return (
+                f"{path}, line {start}: a double quote opened there is never closed, so the rest of the "
+                'file would be one cell; close it, or write a quote inside a quoted cell as ""'
+            )
+    return None
 
 
 def _arrow_message(e: BaseException) -> str:

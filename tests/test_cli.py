@@ -1,17 +1,11 @@
 """The command line: exit codes, messages, summary, and files left alone when a run cannot start."""
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from batchchat.cli import parse_param
-from batchchat.simulator import synthetic_reply
 from tests.helpers import cli, cli_subprocess, read_output, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,56 +59,9 @@ def test_a_missing_key_exits_2_naming_the_variable_before_anything_runs(sim, pro
     assert not output.exists()
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--concurrency", "-3"], "--concurrency must be at least 1, got -3"),
-        (["--temperature", "hot"], "'hot' is not a valid float"),
-        (["--prompt-column", "question"], "has no column 'question'"),
-        (["--template", "{topic}: {prompt"], "never closed"),
-        (["--param", "novalue"], "expected KEY=VALUE"),
-        (["--messages-column", "prompt"], "row 1, column 'prompt': not valid JSON"),
-    ],
-)
-def test_bad_input_exits_2_sends_nothing_and_leaves_the_old_output_untouched(sim, prompts, tmp_path, args, message):
-    output = tmp_path / "out.parquet"
-    output.write_bytes(b"yesterday's results")
-    result = cli("run", "-i", prompts, "-o", output, "-m", "sim-chat", "--base-url", sim.url, *args)
-    assert result.exit_code == 2
-    assert message in result.stderr
-    assert sim.requests == []
-    assert output.read_bytes() == b"yesterday's results"
-    assert sorted(os.listdir(tmp_path)) == ["in.csv", "out.parquet"]  # no temporary file left behind
-
-
-def test_an_input_column_named_like_an_output_column_is_refused(sim, tmp_path):
-    source = write_csv(tmp_path / "in.csv", ["prompt", "status"], [["hi", "draft"]])
-    result = cli("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url)
-    assert result.exit_code == 2 and "column(s) 'status', which batchchat adds" in result.stderr
-    assert sim.requests == []
-
-
-def test_a_header_without_rows_exits_2(sim, tmp_path):
-    source = write_csv(tmp_path / "in.csv", ["prompt"], [])
-    result = cli("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url)
-    assert result.exit_code == 2 and "has no rows" in result.stderr
-
-
-def test_debug_shows_the_traceback(prompts):
-    result = cli("run", "-i", prompts, "--provider", "sim", "--debug")
-    assert result.exit_code == 2 and "Traceback" in result.stderr and "no model" in result.stderr
-
-
 def test_quiet_prints_nothing_on_success(sim, prompts):
     result = cli("run", "-i", prompts, "-m", "sim-chat", "--base-url", sim.url, "--quiet")
     assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
-
-
-def test_empty_prompts_are_reported_before_the_run(sim, tmp_path):
-    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], [""], ["b"]])
-    result = cli("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url)
-    assert result.exit_code == 1
-    assert "1 rows have nothing to send (empty prompt; rows 2)" in result.stderr
 
 
 def test_the_key_never_appears_in_what_the_cli_prints(sim, tmp_path):
@@ -144,34 +91,6 @@ def test_the_demo_job_runs_offline_from_a_fresh_copy(tmp_path):
     rows = read_output(output)
     assert len(rows) == 40 and all(r["status"] == "ok" for r in rows)
     assert any(r["history"] for r in rows)
-
-
-def test_ctrl_c_keeps_the_finished_rows_and_marks_the_rest_pending(sim_factory, tmp_path):
-    server = sim_factory(latency_ms=300)
-    prompts = [f"question {i}" for i in range(200)]
-    source = write_csv(tmp_path / "in.csv", ["prompt"], [[p] for p in prompts])
-    output = tmp_path / "out.parquet"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
-         "--base-url", server.url, "--concurrency", "4"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while server.stats().get("answered", 0) < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    stderr = process.communicate(timeout=30)[1]
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "have status 'pending'" in stderr
-    rows = read_output(output)
-    assert len(rows) == 200
-    done = [r for r in rows if r["status"] == "ok"]
-    assert 6 <= len(done) < 200
-    assert {r["status"] for r in rows} == {"ok", "pending"}
-    for row in done:
-        body = {"model": "sim-chat", "messages": [{"role": "user", "content": row["prompt"]}]}
-        assert row["response"] == synthetic_reply(body)[0]
-    assert f"{len(done)} of 200 rows finished" in stderr
 
 
 def test_run_with_nothing_says_how_to_start():

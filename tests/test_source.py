@@ -74,7 +74,7 @@ def test_jsonl_consistent_columns_keep_types_and_mixed_or_nested_become_json_tex
         ("list.jsonl", b'["a"]\n', "line 1: expected a JSON object"),
         ("latin1.jsonl", '{"prompt": "caf\u00e9"}\n'.encode("latin-1"), "not UTF-8"),
         ("fake.parquet", b"not parquet at all", "cannot read .* as Parquet"),
-        ("empty.csv", b"", "cannot read CSV"),
+        ("empty.csv", b"", "is empty \\(0 bytes\\)"),
         ("dupes.csv", b"prompt,prompt\na,b\n", "more than one column named 'prompt'"),
     ],
 )
