@@ -87,7 +87,7 @@ class ChatClient:
             body["stream"] = True
             if self.stream_usage:
                 body.setdefault("stream_options", {"include_usage": True})
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         started = time.perf_counter()
         streaming = False
         try:

@@ -64,6 +64,7 @@ class Journal:
         self.torn = 0  # unreadable records skipped (a cut-off last line, normally)
         self._read_existing()
         self._file: IO[bytes] | None = None  # opened by the first record: a run that sends nothing writes nothing
+        self._size = 0
         self._reader: IO[bytes] | None = None
 
     def __len__(self) -> int:
@@ -80,11 +81,14 @@ class Journal:
         key = outcome.key
         assert key is not None
         if self._file is None:
-            self._file = self.path.open("ab")
-            if self._file.tell() == 0:
+            # Unbuffered: each record is one write() to the OS, which keeps it through a kill.
+            self._file = self.path.open("ab", buffering=0)
+            self._size = self.path.stat().st_size
+            if self._size == 0:
                 self._write(FORMAT)
-        offset = self._file.tell()
-        self._write({name: getattr(outcome, name) for name in RECORD_FIELDS})
+        offset = self._size
+        # Fields left out are null: an answer has no error, an error no answer.
+        self._write({name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None})
         self._offsets[key] = offset
         if outcome.status == OK:
             self._failed.discard(key)
@@ -115,8 +119,12 @@ class Journal:
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._file is not None
-        self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        self._file.flush()
+        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        written = self._file.write(data)
+        while written is not None and written < len(data):  # a raw write may take only part
+            more = self._file.write(data[written:])
+            written += more or 0
+        self._size += len(data)
 
     def _read_existing(self) -> None:
         """Index the records already there; cut away a last record left incomplete by a kill."""

@@ -27,6 +27,7 @@ BACKOFF_CAP_S = 60.0
 HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
 # Failures that would repeat for every row: no retry, and no more requests at all.
 FATAL_TYPES = frozenset({AUTH, NO_CREDIT})
+_JITTER = random.Random()  # one for the whole process: seeding a new one per request costs a syscall
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,21 +117,34 @@ async def with_retries(
     rng: random.Random | None = None,
     on_retry: Callable[[], None] | None = None,
 ) -> Attempted[T]:
-    """Run ``call`` until it succeeds, fails for good, or uses ``max_attempts`` (the first counts)."""
-    chance = rng or random.Random()
+    """Run ``call`` until it succeeds, fails for good, or uses ``max_attempts`` (the first counts).
+
+    The first attempt runs bare: almost every request succeeds at once, and tenacity's machinery
+    costs more per call than the rest of batchchat's own work. Only a request that failed in a way
+    worth retrying goes on to tenacity, for attempts 2 and up.
+    """
+    chance = rng or _JITTER
+    try:
+        return Attempted(await call(), None, 1)
+    except RequestError as error:
+        if max_attempts <= 1 or not error.retryable:
+            return Attempted(None, error, 1)
+        first_failure = error
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        return wait_seconds(error, state.attempt_number, chance)
+        return wait_seconds(error, state.attempt_number + 1, chance)
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry is not None:
             on_retry()
 
-    attempts = 0
+    before_sleep(RetryCallState(None, None, (), {}))
+    await sleep(wait_seconds(first_failure, 1, chance))
+    attempts = 1
     try:
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(max_attempts),
+            stop=stop_after_attempt(max_attempts - 1),
             wait=wait,
             retry=retry_if_exception(is_retryable),
             sleep=sleep,
@@ -138,7 +152,7 @@ async def with_retries(
             reraise=True,
         ):
             with attempt:
-                attempts = attempt.retry_state.attempt_number
+                attempts = attempt.retry_state.attempt_number + 1
                 result = await call()
     except RequestError as error:
         return Attempted(None, error, attempts)

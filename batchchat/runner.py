@@ -29,10 +29,9 @@ from .errors import AUTH, INVALID_INPUT, FatalAPIError, Interrupted, JobError, R
 from .job import Job, load_job
 from .journal import Journal, MemoryStore
 from .lock import OutputLock
-from .prompts import RequestBuilder
-from .records import ERROR, OK, PENDING, ChatRequest, InvalidRow, RowOutcome
+from .prompts import RequestBuilder, RowKeys
+from .records import ERROR, OK, PENDING, InvalidRow, RowOutcome
 from .scheduler import run_requests
-from .simulator import Simulator
 from .sink import check_columns, output_batches, output_schema, to_frame, write_output
 from .source import ArrowSource, TableSource, open_source
 from .stats import RowTally, Stats, Summary
@@ -157,15 +156,15 @@ async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None
     source = ArrowSource(_frame_table(frame, builder.columns), "the DataFrame")
     store = MemoryStore()
     watcher = observer or _Silent()
-    plan = _plan(job, source, builder, store, None)
+    plan, rows = _plan(job, source, builder, store, None)
     watcher.started(plan)
     try:
         if plan.to_send:
-            await _send(job, source, builder, store, Stats(plan.to_send), watcher, handle_signals=False)
+            await _send(job, source, builder, rows, store, Stats(plan.to_send), watcher, handle_signals=False)
     except FatalAPIError as fatal:
         raise FatalAPIError(f"stopped: {fatal}", fatal.error) from None
     tally = RowTally()
-    outcomes = [o for _, batch in _row_outcomes(source, builder, store, tally) for o in batch]
+    outcomes = [o for _, batch in _row_outcomes(source, rows, job.model, store, tally) for o in batch]
     return to_frame(frame, outcomes)
 
 
@@ -224,20 +223,20 @@ async def _run_file(
     schema: pa.Schema,
     observer: Observer,
 ) -> RunResult:
-    plan = _plan(job, source, builder, journal, output)
+    plan, rows = _plan(job, source, builder, journal, output)
     observer.started(plan)
     stats = Stats(plan.to_send)
 
     def write() -> RowTally:
         tally = RowTally()
-        write_output(output, output_batches(_row_outcomes(source, builder, journal, tally), schema), schema)
+        write_output(output, output_batches(_row_outcomes(source, rows, job.model, journal, tally), schema), schema)
         return tally
 
     started = time.perf_counter()
     try:
-        ending = (
-            await _send(job, source, builder, journal, stats, observer, handle_signals=True) if plan.to_send else "done"
-        )
+        ending = "done"
+        if plan.to_send:
+            ending = await _send(job, source, builder, rows, journal, stats, observer, handle_signals=True)
     except FatalAPIError as fatal:
         if len(journal):
             tally = write()
@@ -269,63 +268,74 @@ def _still_to_send(store: Store, key: str, retry_errors: bool) -> bool:
     return key not in store or (retry_errors and store.failed(key))
 
 
-def _plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, output: Path | None) -> Plan:
+@dataclass
+class _Rows:
+    """What the first pass learned of every row: its key, or why it has none, and which rows send.
+
+    ``sends`` marks the first row asking for each request still to be answered (one byte a row),
+    so the sending pass needs no set of keys and no journal lookups.
+    """
+
+    keys: RowKeys
+    invalid: dict[int, str]  # row -> why it has nothing to send
+    sends: bytearray
+
+
+def _plan(
+    job: Job, source: TableSource, builder: RequestBuilder, store: Store, output: Path | None
+) -> tuple[Plan, _Rows]:
     """One pass over every row: finds bad messages cells and empty prompts before any request,
-    and counts what is already answered and what identical rows can share."""
-    rows = 0
-    invalid: list[int] = []
+    works out each row's key once, and counts what is answered already and what rows can share."""
+    rows = _Rows(RowKeys(), {}, bytearray())
     done = 0
     to_send: set[str] = set()
     retry_errors = job.resume.retry_errors
-    for batch, items in builder.rows(source):
-        rows += batch.num_rows
-        for item in items:
-            if isinstance(item, InvalidRow):
-                invalid.append(item.row + 1)
-            elif _still_to_send(store, item.key, retry_errors):
-                to_send.add(item.key)
-            else:
-                done += 1
-    if rows == 0:
-        raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
-    endpoint = "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
-    return Plan(
-        source.name, rows, len(invalid), tuple(invalid[:SHOWN_INVALID_ROWS]), done, len(to_send), endpoint, output
-    )
-
-
-def _requests(source: TableSource, builder: RequestBuilder, store: Store, retry_errors: bool) -> Iterator[ChatRequest]:
-    """The requests this run sends, in input order: each distinct one once, none already answered."""
-    sent: set[str] = set()
     for _, items in builder.rows(source):
         for item in items:
-            if isinstance(item, InvalidRow) or item.key in sent:
-                continue
-            if _still_to_send(store, item.key, retry_errors):
-                sent.add(item.key)
-                yield item
+            first = False
+            if isinstance(item, InvalidRow):
+                rows.invalid[item.row] = item.reason
+                rows.keys.append(None)
+            else:
+                rows.keys.append(item.key)
+                if not _still_to_send(store, item.key, retry_errors):
+                    done += 1
+                elif item.key not in to_send:
+                    to_send.add(item.key)
+                    first = True
+            rows.sends.append(first)
+    total = len(rows.keys)
+    if total == 0:
+        raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
+    endpoint = "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
+    first_invalid = tuple(row + 1 for row in sorted(rows.invalid)[:SHOWN_INVALID_ROWS])
+    plan = Plan(source.name, total, len(rows.invalid), first_invalid, done, len(to_send), endpoint, output)
+    return plan, rows
 
 
 def _row_outcomes(
-    source: TableSource, builder: RequestBuilder, store: Store, tally: RowTally
+    source: TableSource, rows: _Rows, model: str, store: Store, tally: RowTally
 ) -> Iterator[tuple[pa.RecordBatch, list[RowOutcome | None]]]:
     """Each input batch with the outcome of each of its rows (None for a row not finished)."""
-    for batch, items in builder.rows(source):
-        records = store.get_many(item.key for item in items if isinstance(item, ChatRequest))
+    start = 0
+    for batch in source.batches():
+        keys = [rows.keys[row] for row in range(start, start + batch.num_rows)]
+        records = store.get_many(key for key in keys if key is not None)
         outcomes: list[RowOutcome | None] = []
-        for item in items:
-            if isinstance(item, InvalidRow):
+        for row, key in enumerate(keys, start):
+            if key is None:
                 outcome: RowOutcome | None = RowOutcome.failed(
-                    item.row, key=None, model=item.model, error_type=INVALID_INPUT, error=item.reason, attempts=0
+                    row, key=None, model=model, error_type=INVALID_INPUT, error=rows.invalid[row], attempts=0
                 )
             else:
-                outcome = records.get(item.key)
+                outcome = records.get(key)
             if outcome is None:
                 tally.add(PENDING, None)
             else:
                 tally.add(outcome.status, outcome.error_type)
             outcomes.append(outcome)
         yield batch, outcomes
+        start += batch.num_rows
 
 
 # --- sending ------------------------------------------------------------------------------------
@@ -335,6 +345,7 @@ async def _send(
     job: Job,
     source: TableSource,
     builder: RequestBuilder,
+    rows: _Rows,
     store: Store,
     stats: Stats,
     observer: Observer,
@@ -361,7 +372,7 @@ async def _send(
     async with open_client(job) as client:
         sending = asyncio.ensure_future(
             run_requests(
-                _requests(source, builder, store, job.resume.retry_errors),
+                builder.requests(source, rows.keys, rows.sends),
                 client.complete,
                 throttle=throttle,
                 max_attempts=job.retry.max_attempts,
@@ -425,9 +436,11 @@ def _fatal_message(job: Job, error: RequestError) -> str:
 @asynccontextmanager
 async def open_client(job: Job) -> AsyncIterator[ChatClient]:
     """The client for the job's endpoint; provider ``sim`` first starts a simulator in this loop."""
-    simulator: Simulator | None = None
+    simulator = None
     base_url = job.endpoint.base_url
     if job.endpoint.provider == "sim":
+        from .simulator import Simulator  # the web server is imported only when it is used
+
         simulator = Simulator(job.simulator)
         base_url = await simulator.start()
     assert base_url is not None

@@ -64,7 +64,8 @@ async def run_requests(
     async def attempt(request: ChatRequest) -> ChatResult:
         if stopping.is_set():
             raise Stopped
-        async with throttle.slot(request) as permit:
+        permit = await throttle.acquire(request)
+        try:
             if stopping.is_set():  # the stop came while this request waited for the limits
                 raise Stopped
             count.requests += 1
@@ -80,6 +81,8 @@ async def run_requests(
             throttle.succeeded(permit, result)
             count.rate = throttle.rate
             return result
+        finally:
+            throttle.release()
 
     async def worker() -> None:
         while not stopping.is_set():

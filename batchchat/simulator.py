@@ -152,6 +152,8 @@ class Simulator:
         self._tpm = _Bucket(self.config.tpm) if self.config.tpm else None
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
+        self._first_at: float | None = None  # when the first request arrived (monotonic)
+        self._last_at: float | None = None  # when the last answer was complete
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -181,9 +183,13 @@ class Simulator:
         """Counters for tests and benchmarks; ``answered_twice`` counts answers a client paid for more than once."""
         config = asdict(self.config)
         config["api_key"] = "***" if self.config.api_key else None
+        flowing = None
+        if self._first_at is not None and self._last_at is not None and self._last_at > self._first_at:
+            flowing = self.counts["answered"] / (self._last_at - self._first_at)
         return {
             **self.counts,
             "answered_twice": sum(n - 1 for n in self.answers.values() if n > 1),
+            "answered_per_s": flowing,  # while requests flowed: first arrival to last answer
             "config": config,
         }
 
@@ -199,6 +205,8 @@ class Simulator:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.counts["received"] += 1
+        if self._first_at is None:
+            self._first_at = time.monotonic()
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -263,6 +271,7 @@ class Simulator:
         if fault is None:
             self.counts["answered"] += 1
             self.answers[digest] += 1
+            self._last_at = time.monotonic()
         return response
 
     def _check_limits(self, cost: int) -> web.Response | None:

