@@ -22,7 +22,9 @@ def test_the_throughput_benchmark_runs_end_to_end():
     assert "`batchchat --help`:" in result.stdout
 
 
-def test_the_rate_limited_benchmark_parses_its_arguments():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rate_limited.py"), "--help"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0 and "--rpm" in result.stdout
+def test_the_rate_limited_benchmark_runs_end_to_end():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rate_limited.py"), "--rows", "30"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("--rpm 1200") for line in result.stdout.splitlines())
+    assert any(line.startswith("adaptive (no --rpm)") for line in result.stdout.splitlines())
