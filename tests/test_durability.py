@@ -197,3 +197,19 @@ def test_a_resumed_output_is_the_same_as_an_uninterrupted_one(sim_factory, tmp_p
     assert [{k: r[k] for k in same} for r in read_output(broken)] == [
         {k: r[k] for k in same} for r in read_output(straight)
     ]
+
+
+def test_requests_still_in_flight_when_the_grace_period_ends_are_cancelled_and_left_pending(sim_factory, tmp_path):
+    server = sim_factory(latency_ms=4000)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[t] for t in prompts(20)])
+    output = tmp_path / "out.parquet"
+    process = start(source, output, server.url, "--grace", "0.5")
+    deadline = time.monotonic() + 30
+    while server.stats().get("received", 0) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130 and time.monotonic() - stopped_at < 3.5  # not the 4 s the answers take
+    assert "those in flight have 0.5 s to finish" in stderr
+    assert {r["status"] for r in read_output(output)} == {"pending"}
