@@ -65,3 +65,34 @@ def test_run_frame_refuses_file_settings_and_missing_columns(sim):
         batchchat.run_frame(frame(), model="sim-chat", base_url=sim.url, output="x.parquet")
     with pytest.raises(JobError, match="no column 'question'"):
         batchchat.run_frame(frame(), model="sim-chat", base_url=sim.url, prompt_column="question")
+
+
+NOTEBOOK = r"""
+import asyncio, os, signal, sys, threading
+import pandas as pd
+import batchchat
+url = sys.argv[1]
+df = pd.DataFrame({"prompt": [f"slow question {i}" for i in range(40)]})
+async def cell():  # a notebook cell: a loop is running, and run_frame blocks it
+    return batchchat.run_frame(df, model="sim-chat", base_url=url, concurrency=4)
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # the user presses "interrupt"
+loop = asyncio.new_event_loop()  # like Jupyter: no asyncio.run, so SIGINT raises KeyboardInterrupt
+try:
+    loop.run_until_complete(cell())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    import time; time.sleep(4)  # the kernel lives on: a background loop left running would keep sending
+"""
+
+
+def test_interrupting_run_frame_in_a_notebook_stops_its_requests(sim_factory):
+    import subprocess
+    import sys
+    import time
+
+    server = sim_factory(latency_ms=3000)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", NOTEBOOK, server.url], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "interrupted", result.stderr
+    assert time.monotonic() - started < 15  # not the 30 s the 40 slow rows would take
+    assert server.stats()["received"] <= 8  # the first requests only: nothing went on being sent
