@@ -106,22 +106,8 @@ class ChatClient:
                 else f"no complete answer within {self._timeout_s:g} s"
             )
             raise E.RequestError(E.TIMEOUT, what, retryable=True) from None
-        except aiohttp.ClientPayloadError as e:
-            if streaming:
-                raise E.RequestError(
-                    E.STREAM_TRUNCATED, f"stream broke off: {_first_line(e)}", retryable=True
-                ) from None
-            raise E.RequestError(E.BAD_RESPONSE, f"response cut off: {_first_line(e)}", retryable=True) from None
-        except aiohttp.ClientConnectorError as e:
-            raise E.RequestError(
-                E.CONNECTION, f"cannot connect to {self.url}: {_first_line(e)}", retryable=True
-            ) from None
         except aiohttp.ClientError as e:
-            if streaming:
-                raise E.RequestError(
-                    E.STREAM_TRUNCATED, f"stream broke off: {_first_line(e)}", retryable=True
-                ) from None
-            raise E.RequestError(E.CONNECTION, f"connection failed: {_first_line(e)}", retryable=True) from None
+            raise _connection_error(e, streaming, self.url) from None
         latency = time.perf_counter() - started
         if status != 200:
             raise status_error(status, body_bytes, content_type, headers)
@@ -222,6 +208,18 @@ class StreamAssembly:
             ttft_s=self.ttft_s,
             headers=dict(headers),
         )
+
+
+def _connection_error(error: aiohttp.ClientError, streaming: bool, url: str) -> E.RequestError:
+    """What broke, by when it broke: once a stream has begun, any break cuts the answer short."""
+    detail = _first_line(error)
+    if streaming:
+        return E.RequestError(E.STREAM_TRUNCATED, f"stream broke off: {detail}", retryable=True)
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return E.RequestError(E.BAD_RESPONSE, f"response cut off: {detail}", retryable=True)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return E.RequestError(E.CONNECTION, f"cannot connect to {url}: {detail}", retryable=True)
+    return E.RequestError(E.CONNECTION, f"connection failed: {detail}", retryable=True)
 
 
 def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:

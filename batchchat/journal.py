@@ -44,9 +44,6 @@ class MemoryStore:
         assert outcome.key is not None
         self._outcomes[outcome.key] = outcome
 
-    def get(self, key: str) -> RowOutcome | None:
-        return self._outcomes.get(key)
-
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
         return {key: o for key in keys if (o := self._outcomes.get(key)) is not None}
 
@@ -94,9 +91,6 @@ class Journal:
             self._failed.discard(key)
         else:
             self._failed.add(key)
-
-    def get(self, key: str) -> RowOutcome | None:
-        return self.get_many([key]).get(key)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
         """Records for the keys that have one, read in file order (cheap, mostly sequential)."""
