@@ -307,7 +307,7 @@ def _plan(
     total = len(rows.keys)
     if total == 0:
         raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
-    endpoint = "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
+    endpoint = _endpoint_name(job)
     first_invalid = tuple(row + 1 for row in sorted(rows.invalid)[:SHOWN_INVALID_ROWS])
     plan = Plan(source.name, total, len(rows.invalid), first_invalid, done, len(to_send), endpoint, output)
     return plan, rows
@@ -424,8 +424,12 @@ def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
     return installed
 
 
+def _endpoint_name(job: Job) -> str:
+    return "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
+
+
 def _fatal_message(job: Job, error: RequestError) -> str:
-    where = "the built-in simulator" if job.endpoint.provider == "sim" else job.endpoint.base_url
+    where = _endpoint_name(job)
     if error.error_type == AUTH:
         key = job.endpoint.api_key_env
         fix = f"set a valid key in {key}" if key else "pass a key with --api-key-env NAME"
