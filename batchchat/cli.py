@@ -290,7 +290,7 @@ def summary_text(result: RunResult) -> str:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
         lines += [
-            f"this run: {s.answered:,} requests answered in {s.wall_s:.1f} s ({s.rows_per_s:,.1f}/s); "
+            f"this run: {s.answered:,} requests answered in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
             f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries",
             f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}",
         ]

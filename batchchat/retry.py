@@ -139,7 +139,8 @@ async def with_retries(
         if on_retry is not None:
             on_retry()
 
-    before_sleep(RetryCallState(None, None, (), {}))
+    if on_retry is not None:
+        on_retry()
     await sleep(wait_seconds(first_failure, 1, chance))
     attempts = 1
     try:

@@ -47,10 +47,6 @@ class TableSource:
     def batches(self) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
 
-    def row_count_hint(self) -> int | None:
-        """Rows known without reading the data, where the format stores it."""
-        return None
-
 
 def open_source(path: Path) -> TableSource:
     suffix = path.suffix.lower()
@@ -81,9 +77,6 @@ class ArrowSource(TableSource):
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         yield from self._table.to_batches(max_chunksize=BATCH_ROWS)
-
-    def row_count_hint(self) -> int | None:
-        return self._table.num_rows
 
 
 class CsvSource(TableSource):
@@ -133,9 +126,6 @@ class ParquetSource(TableSource):
             yield from self._file.iter_batches(batch_size=BATCH_ROWS)
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"cannot read {self.path} as Parquet: {_arrow_message(e)}") from None
-
-    def row_count_hint(self) -> int | None:
-        return self._file.metadata.num_rows
 
 
 class JsonlSource(TableSource):

@@ -67,7 +67,7 @@ class Summary:
         return self.prompt_tokens + self.completion_tokens
 
     @property
-    def rows_per_s(self) -> float:
+    def requests_per_s(self) -> float:
         return self.answered / self.wall_s if self.wall_s > 0 else 0.0
 
 

@@ -33,6 +33,6 @@ def test_the_summary_counts_this_runs_requests_and_the_outputs_rows():
     s = stats.summary(wall_s=2.0, rows=rows)
     assert (s.rows, s.ok, s.errors, s.pending) == (7, 4, 2, 1)
     assert dict(s.error_types) == {"server_error": 1, "invalid_input": 1}
-    assert s.answered == 3 and s.rows_per_s == 1.5
+    assert s.answered == 3 and s.requests_per_s == 1.5
     assert (s.prompt_tokens, s.completion_tokens, s.total_tokens) == (17, 8, 25)
     assert s.latency_p50_s == pytest.approx(0.3) and s.ttft_p50_s == pytest.approx(0.2)
