@@ -8,7 +8,6 @@ file, and ``concurrency=`` to a library caller.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import tomllib
@@ -21,13 +20,13 @@ from urllib.parse import urlparse
 from .errors import JobError
 from .records import SimConfig
 from .template import parse_template
+from .values import boolean, did_you_mean, flag, number, table, table_path, text, whole
 
 PROVIDERS: dict[str, tuple[str | None, str | None]] = {
     "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
     "sim": (None, None),
 }
-TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 # Body fields batchchat sets itself; a user setting them through params would break the run.
 RESERVED_PARAMS = {
     "model": "set the model with -m/--model or 'model' in the job file",
@@ -140,7 +139,7 @@ def build_job(
         base = job_path.parent
         for key, value in read_job_file(job_path).items():
             if key == "params":
-                params.update(_table(value, f"'params' in {job_path}"))
+                params.update(table(value, f"'params' in {job_path}"))
             elif key in ("input", "output") and isinstance(value, str):
                 settings[key] = str(base / value)
             else:
@@ -150,9 +149,9 @@ def build_job(
         if value is None:
             continue
         if key not in SETTINGS:
-            raise JobError(f"unknown setting {label(key)}{_did_you_mean(key, SETTINGS)}")
+            raise JobError(f"unknown setting {label(key)}{did_you_mean(key, SETTINGS)}")
         if key == "params":
-            params.update(_table(value, label(key)))
+            params.update(table(value, label(key)))
         else:
             settings[key] = value
             if key == "stream":  # the flag wins over the job file's legacy name too
@@ -177,7 +176,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
         raise JobError(f"job file {path} is not UTF-8 text; save it as UTF-8") from None
     for key in data:
         if key not in SETTINGS:
-            raise JobError(f"job file {path}: unknown key '{key}'{_did_you_mean(key, SETTINGS)}")
+            raise JobError(f"job file {path}: unknown key '{key}'{did_you_mean(key, SETTINGS)}")
     return data
 
 
@@ -185,13 +184,13 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
     def at(key: str) -> str:
         return where.get(key, key)
 
-    model = _text(s.get("model"), at("model"))
+    model = text(s.get("model"), at("model"))
     if model is None:
         raise JobError("no model: pass -m/--model NAME or set 'model' in the job file")
 
-    for key, value in (("max_tokens", _int(s.get("max_tokens"), at("max_tokens"), 1)),
-                       ("temperature", _number(s.get("temperature"), at("temperature"), 0.0)),
-                       ("top_p", _number(s.get("top_p"), at("top_p"), 0.0, 1.0))):  # fmt: skip
+    for key, value in (("max_tokens", whole(s.get("max_tokens"), at("max_tokens"), 1)),
+                       ("temperature", number(s.get("temperature"), at("temperature"), 0.0)),
+                       ("top_p", number(s.get("top_p"), at("top_p"), 0.0, 1.0))):  # fmt: skip
         if value is not None:
             params[key] = value
     for key, why in RESERVED_PARAMS.items():
@@ -204,8 +203,8 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
 
     prompt = _prompt(s, where)
     endpoint = _endpoint(s, at)
-    input_path = _path(s.get("input"), at("input"), "input")
-    output_path = _path(s.get("output"), at("output"), "output")
+    input_path = table_path(s.get("input"), at("input"), "input")
+    output_path = table_path(s.get("output"), at("output"), "output")
     if input_path is not None and not input_path.exists():
         raise JobError(f"input file {input_path} does not exist ({at('input')})")
     if input_path is not None and output_path is None:
@@ -225,21 +224,21 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
         params=tuple(sorted(params.items())),
         endpoint=endpoint,
         limits=Limits(
-            concurrency=_int(s.get("concurrency"), at("concurrency"), 1, 10_000) or 16,
-            rpm=_int(s.get("rpm"), at("rpm"), 1),
-            tpm=_int(s.get("tpm"), at("tpm"), 1),
+            concurrency=whole(s.get("concurrency"), at("concurrency"), 1, 10_000) or 16,
+            rpm=whole(s.get("rpm"), at("rpm"), 1),
+            tpm=whole(s.get("tpm"), at("tpm"), 1),
         ),
         retry=RetryPolicy(
-            max_attempts=_int(s.get("max_attempts"), at("max_attempts"), 1, 100) or 6,
-            timeout_s=_number(s.get("timeout"), at("timeout"), 0.001) or 300.0,
+            max_attempts=whole(s.get("max_attempts"), at("max_attempts"), 1, 100) or 6,
+            timeout_s=number(s.get("timeout"), at("timeout"), 0.001) or 300.0,
         ),
         resume=Resume(
-            restart=_flag(s.get("restart"), at("restart"), False),
-            retry_errors=_flag(s.get("retry_errors"), at("retry_errors"), False),
-            grace_s=_number(s.get("grace"), at("grace"), 0.0, 3600.0) if s.get("grace") is not None else 10.0,
+            restart=flag(s.get("restart"), at("restart"), False),
+            retry_errors=flag(s.get("retry_errors"), at("retry_errors"), False),
+            grace_s=number(s.get("grace"), at("grace"), 0.0, 3600.0) if s.get("grace") is not None else 10.0,
         ),
         stream=_stream(s, at),
-        dedup=_flag(s.get("dedup"), at("dedup"), True),
+        dedup=flag(s.get("dedup"), at("dedup"), True),
         simulator=_simulator(s.get("simulator"), at("simulator")),
     )
 
@@ -248,9 +247,9 @@ def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
     def at(key: str) -> str:
         return where.get(key, key)
 
-    column = _text(s.get("prompt_column"), at("prompt_column"))
-    template = _text(s.get("template"), at("template"))
-    messages_column = _text(s.get("messages_column"), at("messages_column"))
+    column = text(s.get("prompt_column"), at("prompt_column"))
+    template = text(s.get("template"), at("template"))
+    messages_column = text(s.get("messages_column"), at("messages_column"))
     system = s.get("system")
     if system is not None and not isinstance(system, str):
         raise JobError(f"{at('system')} must be text, got {system!r}")
@@ -267,15 +266,15 @@ def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
 
 
 def _endpoint(s: dict[str, Any], at: Callable[[str], str]) -> Endpoint:
-    provider = _text(s.get("provider"), at("provider")) or "together"
+    provider = text(s.get("provider"), at("provider")) or "together"
     if provider not in PROVIDERS:
         raise JobError(
             f"{at('provider')}: unknown provider '{provider}'; use one of "
-            f"{', '.join(PROVIDERS)}{_did_you_mean(provider, PROVIDERS)}"
+            f"{', '.join(PROVIDERS)}{did_you_mean(provider, PROVIDERS)}"
         )
     default_url, default_env = PROVIDERS[provider]
-    base_url = _text(s.get("base_url"), at("base_url"))
-    key_env = _text(s.get("api_key_env"), at("api_key_env"))
+    base_url = text(s.get("base_url"), at("base_url"))
+    key_env = text(s.get("api_key_env"), at("api_key_env"))
     if provider == "sim":
         if base_url is not None:
             raise JobError(
@@ -306,7 +305,7 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str]) -> Endpoint:
 
 def _stream(s: dict[str, Any], at: Callable[[str], str]) -> bool:
     """``stream``, or Together's legacy name ``stream_tokens``; they must not disagree."""
-    values = {key: _bool(s.get(key), at(key)) for key in ("stream", "stream_tokens") if s.get(key) is not None}
+    values = {key: boolean(s.get(key), at(key)) for key in ("stream", "stream_tokens") if s.get(key) is not None}
     if len(set(values.values())) > 1:
         raise JobError(f"{at('stream')} and {at('stream_tokens')} disagree; keep one of them")
     return any(values.values())
@@ -326,97 +325,17 @@ def is_loopback(url: str) -> bool:
 def _simulator(value: Any, at: str) -> SimConfig:
     if value is None:
         return SimConfig()
-    table = _table(value, at)
-    for key in table:
+    entries = table(value, at)
+    for key in entries:
         if key not in SIM_SETTINGS:
-            raise JobError(f"{at}: unknown simulator setting '{key}'{_did_you_mean(key, SIM_SETTINGS)}")
+            raise JobError(f"{at}: unknown simulator setting '{key}'{did_you_mean(key, SIM_SETTINGS)}")
     return SimConfig(
-        latency_ms=_number(table.get("latency_ms"), f"{at}.latency_ms", 0.0) or 0.0,
-        jitter_ms=_number(table.get("jitter_ms"), f"{at}.jitter_ms", 0.0) or 0.0,
-        tokens_per_s=_number(table.get("tokens_per_s"), f"{at}.tokens_per_s", 0.001),
-        rpm=_int(table.get("rpm"), f"{at}.rpm", 1),
-        tpm=_int(table.get("tpm"), f"{at}.tpm", 1),
-        fault_rate=_number(table.get("fault_rate"), f"{at}.fault_rate", 0.0, 1.0) or 0.0,
-        seed=_int(table.get("seed"), f"{at}.seed") or 0,
+        latency_ms=number(entries.get("latency_ms"), f"{at}.latency_ms", 0.0) or 0.0,
+        jitter_ms=number(entries.get("jitter_ms"), f"{at}.jitter_ms", 0.0) or 0.0,
+        tokens_per_s=number(entries.get("tokens_per_s"), f"{at}.tokens_per_s", 0.001),
+        rpm=whole(entries.get("rpm"), f"{at}.rpm", 1),
+        tpm=whole(entries.get("tpm"), f"{at}.tpm", 1),
+        fault_rate=number(entries.get("fault_rate"), f"{at}.fault_rate", 0.0, 1.0) or 0.0,
+        seed=whole(entries.get("seed"), f"{at}.seed") or 0,
     )
 
-
-# --- value checks -------------------------------------------------------------------------------
-
-
-def _text(value: Any, at: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise JobError(f"{at} must be non-empty text, got {value!r}")
-    return value
-
-
-def _path(value: Any, at: str, what: str) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise JobError(f"{at} must be a file path, got {value!r}")
-    path = Path(value)
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise JobError(
-            f"{at}: cannot tell the format of {what} file {path} from its suffix "
-            f"'{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}"
-        )
-    return path
-
-
-def _flag(value: Any, at: str, default: bool) -> bool:
-    return default if value is None else _bool(value, at)
-
-
-def _bool(value: Any, at: str) -> bool:
-    if not isinstance(value, bool):
-        raise JobError(f"{at} must be true or false, got {value!r}")
-    return value
-
-
-def _int(value: Any, at: str, low: int | None = None, high: int | None = None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise JobError(f"{at} must be a whole number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(f"{at} must be a whole number, got {value!r}")
-    _check_range(value, at, low, high)
-    return value
-
-
-def _number(value: Any, at: str, low: float | None = None, high: float | None = None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise JobError(f"{at} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise JobError(f"{at} must be a number, got {value!r}")
-    _check_range(value, at, low, high)
-    return float(value)
-
-
-def _check_range(value: float, at: str, low: float | None, high: float | None) -> None:
-    if low is not None and value < low:
-        raise JobError(f"{at} must be at least {low:g}, got {value!r}")
-    if high is not None and value > high:
-        raise JobError(f"{at} must be at most {high:g}, got {value!r}")
-
-
-def _table(value: Any, at: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise JobError(f"{at} must be a table of name = value pairs, got {value!r}")
-    return dict(value)
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""

@@ -1,0 +1,94 @@
+"""Checks for setting values, shared by every part of job validation.
+
+Each takes ``at``, the name of the setting the way its user wrote it (a flag, a job-file key or a
+keyword), so an error tells them exactly what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import JobError
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+
+def text(value: Any, at: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise JobError(f"{at} must be non-empty text, got {value!r}")
+    return value
+
+
+def table_path(value: Any, at: str, what: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise JobError(f"{at} must be a file path, got {value!r}")
+    path = Path(value)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise JobError(
+            f"{at}: cannot tell the format of {what} file {path} from its suffix "
+            f"'{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}"
+        )
+    return path
+
+
+def flag(value: Any, at: str, default: bool) -> bool:
+    return default if value is None else boolean(value, at)
+
+
+def boolean(value: Any, at: str) -> bool:
+    if not isinstance(value, bool):
+        raise JobError(f"{at} must be true or false, got {value!r}")
+    return value
+
+
+def whole(value: Any, at: str, low: int | None = None, high: int | None = None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise JobError(f"{at} must be a whole number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(f"{at} must be a whole number, got {value!r}")
+    check_range(value, at, low, high)
+    return value
+
+
+def number(value: Any, at: str, low: float | None = None, high: float | None = None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise JobError(f"{at} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise JobError(f"{at} must be a number, got {value!r}")
+    check_range(value, at, low, high)
+    return float(value)
+
+
+def check_range(value: float, at: str, low: float | None, high: float | None) -> None:
+    if low is not None and value < low:
+        raise JobError(f"{at} must be at least {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise JobError(f"{at} must be at most {high:g}, got {value!r}")
+
+
+def table(value: Any, at: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise JobError(f"{at} must be a table of name = value pairs, got {value!r}")
+    return dict(value)
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
