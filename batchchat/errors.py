@@ -36,6 +36,8 @@ FORBIDDEN = "forbidden"
 CONFLICT = "conflict"
 INVALID_INPUT = "invalid_input"
 HTTP_ERROR = "http_error"
+INVALID_OUTPUT = "invalid_output"  # the answer is not JSON, or breaks the schema, after its retries
+INVALID_LABEL = "invalid_label"  # the answer is none of the labels, after its retries
 
 
 class BatchchatError(Exception):

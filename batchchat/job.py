@@ -18,6 +18,20 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import JobError
+from .jobparts import (
+    Answers,
+    Price,
+    RowOptions,
+    Scoring,
+    Variant,
+    check_params,
+    parse_answers,
+    parse_models,
+    parse_prices,
+    parse_row_options,
+    parse_scoring,
+    parse_variants,
+)
 from .records import SimConfig
 from .template import parse_template
 from .values import boolean, did_you_mean, flag, number, table, table_path, text, whole
@@ -26,13 +40,6 @@ PROVIDERS: dict[str, tuple[str | None, str | None]] = {
     "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
     "sim": (None, None),
-}
-# Body fields batchchat sets itself; a user setting them through params would break the run.
-RESERVED_PARAMS = {
-    "model": "set the model with -m/--model or 'model' in the job file",
-    "messages": "messages are built from the input table (prompt column, template or messages column)",
-    "stream": "use --stream, or 'stream = true' in the job file",
-    "stream_tokens": "use --stream, or 'stream = true' in the job file",
 }
 
 
@@ -44,6 +51,7 @@ class Prompt:
     template: str | None = None
     messages_column: str | None = None
     system: str | None = None
+    turns_column: str | None = None  # a JSON list of user turns, sent one after another
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ class Resume:
 
 @dataclass(frozen=True)
 class Job:
-    model: str
+    models: tuple[str, ...]
     input: Path | None = None
     output: Path | None = None
     prompt: Prompt = field(default_factory=Prompt)
@@ -106,6 +114,25 @@ class Job:
     stream: bool = False
     dedup: bool = True  # identical requests are sent once and their answer given to every row
     simulator: SimConfig = field(default_factory=SimConfig)
+    variants: tuple[Variant, ...] = ()  # none: every row is sent once per model, with params
+    row_options: RowOptions = field(default_factory=RowOptions)
+    answers: Answers = field(default_factory=Answers)
+    scoring: Scoring = field(default_factory=Scoring)
+    prices: tuple[tuple[str, Price], ...] = ()
+    max_cost: float | None = None  # US dollars this run may spend
+
+    @property
+    def model(self) -> str:
+        """The first model (the only one, unless the job fans out)."""
+        return self.models[0]
+
+    @property
+    def fanout(self) -> int:
+        """Output rows per input row: one per model and variant."""
+        return len(self.models) * max(1, len(self.variants))
+
+    def price(self, model: str) -> Price | None:
+        return dict(self.prices).get(model)
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -114,7 +141,9 @@ SETTINGS = (
     "input", "output", "model", "prompt_column", "template", "messages_column", "system",
     "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p", "params",
     "concurrency", "rpm", "tpm", "max_attempts", "timeout", "stream", "stream_tokens", "dedup", "restart",
-    "retry_errors", "grace", "simulator",
+    "retry_errors", "grace", "simulator", "models", "variants", "option_columns", "options_column",
+    "response_format", "json_schema", "labels", "invalid_retries", "expected_column", "score",
+    "turns_column", "prices", "max_cost",
 )  # fmt: skip
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
@@ -128,8 +157,13 @@ def build_job(
     path: str | os.PathLike[str] | None,
     overrides: Mapping[str, Any],
     label: Callable[[str], str],
+    *,
+    check_key: bool = True,
 ) -> Job:
-    """Merge a job file with overrides; ``label(key)`` names an override the way its user set it."""
+    """Merge a job file with overrides; ``label(key)`` names an override the way its user set it.
+
+    ``check_key=False`` accepts a missing API key, for a dry run, which sends nothing.
+    """
     settings: dict[str, Any] = {}
     where: dict[str, str] = {}
     params: dict[str, Any] = {}
@@ -157,7 +191,7 @@ def build_job(
             if key == "stream":  # the flag wins over the job file's legacy name too
                 settings.pop("stream_tokens", None)
         where[key] = label(key)
-    return _job_from(settings, params, where)
+    return _job_from(settings, params, where, check_key)
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
@@ -180,29 +214,31 @@ def read_job_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) -> Job:
+def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], check_key: bool) -> Job:
     def at(key: str) -> str:
         return where.get(key, key)
 
-    model = text(s.get("model"), at("model"))
-    if model is None:
-        raise JobError("no model: pass -m/--model NAME or set 'model' in the job file")
+    models = parse_models(s.get("model"), s.get("models"), at)
+    if "response_format" in params:  # one place decides what a valid answer is
+        if s.get("response_format") is not None or s.get("json_schema") is not None:
+            raise JobError(f"response_format is set both in {at('params')} and on its own; keep one")
+        s["response_format"] = params.pop("response_format")
+        where["response_format"] = at("params")
+    answers, response_format = parse_answers(
+        s.get("response_format"), s.get("json_schema"), s.get("labels"), s.get("invalid_retries"), at
+    )
+    if response_format is not None:
+        params["response_format"] = response_format
 
     for key, value in (("max_tokens", whole(s.get("max_tokens"), at("max_tokens"), 1)),
                        ("temperature", number(s.get("temperature"), at("temperature"), 0.0)),
                        ("top_p", number(s.get("top_p"), at("top_p"), 0.0, 1.0))):  # fmt: skip
         if value is not None:
             params[key] = value
-    for key, why in RESERVED_PARAMS.items():
-        if key in params:
-            raise JobError(f"request option '{key}' cannot be set ({at('params')}): {why}")
-    if params.get("n", 1) != 1:
-        raise JobError(
-            f"request option n={params['n']!r} ({at('params')}): batchchat keeps one answer per row, so n must be 1"
-        )
+    check_params(params, at("params"))
 
     prompt = _prompt(s, where)
-    endpoint = _endpoint(s, at)
+    endpoint = _endpoint(s, at, check_key)
     input_path = table_path(s.get("input"), at("input"), "input")
     output_path = table_path(s.get("output"), at("output"), "output")
     if input_path is not None and not input_path.exists():
@@ -216,8 +252,17 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
         if not parent.is_dir():
             raise JobError(f"output folder {parent} does not exist; create it or choose another -o/--output")
 
+    prices = parse_prices(s.get("prices"), at("prices"))
+    max_cost = number(s.get("max_cost"), at("max_cost"), 0.0)
+    if max_cost is not None:
+        unpriced = [m for m in models if m not in dict(prices)]
+        if unpriced:
+            raise JobError(
+                f"{at('max_cost')} needs the price of every model, and {', '.join(map(repr, unpriced))} has "
+                'none; add [prices] to the job file: "MODEL" = { input = USD, output = USD } per million tokens'
+            )
     return Job(
-        model=model,
+        models=models,
         input=input_path,
         output=output_path,
         prompt=prompt,
@@ -240,6 +285,12 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str]) 
         stream=_stream(s, at),
         dedup=flag(s.get("dedup"), at("dedup"), True),
         simulator=_simulator(s.get("simulator"), at("simulator")),
+        variants=parse_variants(s.get("variants"), at("variants")),
+        row_options=parse_row_options(s.get("option_columns"), s.get("options_column"), at),
+        answers=answers,
+        scoring=parse_scoring(s.get("expected_column"), s.get("score"), at),
+        prices=prices,
+        max_cost=max_cost,
     )
 
 
@@ -250,6 +301,7 @@ def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
     column = text(s.get("prompt_column"), at("prompt_column"))
     template = text(s.get("template"), at("template"))
     messages_column = text(s.get("messages_column"), at("messages_column"))
+    turns_column = text(s.get("turns_column"), at("turns_column"))
     system = s.get("system")
     if system is not None and not isinstance(system, str):
         raise JobError(f"{at('system')} must be text, got {system!r}")
@@ -260,12 +312,23 @@ def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
         )
     if template is not None:
         parse_template(template, at("template"))  # syntax errors surface now, columns later
-    if column is None and template is None and messages_column is None:
+    if turns_column is not None and (column is not None or template is not None):
+        raise JobError(
+            f"{at('turns_column')} holds every user turn of a scripted conversation, so "
+            f"{at('prompt_column') if column else at('template')} has nothing to add; keep one"
+        )
+    if column is None and template is None and messages_column is None and turns_column is None:
         column = "prompt"
-    return Prompt(column=column, template=template, messages_column=messages_column, system=system or None)
+    return Prompt(
+        column=column,
+        template=template,
+        messages_column=messages_column,
+        system=system or None,
+        turns_column=turns_column,
+    )
 
 
-def _endpoint(s: dict[str, Any], at: Callable[[str], str]) -> Endpoint:
+def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> Endpoint:
     provider = text(s.get("provider"), at("provider")) or "together"
     if provider not in PROVIDERS:
         raise JobError(
@@ -294,7 +357,7 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str]) -> Endpoint:
     url = base_url or default_url
     assert url is not None
     key_env = key_env or default_env
-    if key_env is not None and not os.environ.get(key_env) and not is_loopback(url):
+    if check_key and key_env is not None and not os.environ.get(key_env) and not is_loopback(url):
         raise JobError(
             f"no API key: the variable {key_env} is not set. Export it (export {key_env}=...), "
             "name another variable with --api-key-env, or use --provider sim to try batchchat "
@@ -338,4 +401,3 @@ def _simulator(value: Any, at: str) -> SimConfig:
         fault_rate=number(entries.get("fault_rate"), f"{at}.fault_rate", 0.0, 1.0) or 0.0,
         seed=whole(entries.get("seed"), f"{at}.seed") or 0,
     )
-

@@ -10,14 +10,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
 
 from .errors import JobError
 from .job import Job
+from .jobparts import check_params
 from .records import ChatRequest, InvalidRow
 from .source import TableSource
 from .template import cell_text, parse_template
@@ -26,8 +29,22 @@ ROLES = ("system", "user", "assistant", "tool")
 MESSAGES_HELP = 'expected a JSON list of {"role": ..., "content": ...} objects'
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One of the requests each input row makes: a model and a variant of the request options."""
+
+    model: str
+    variant: str | None
+    params: dict[str, Any]
+
+
 class RequestBuilder:
-    """Builds one request per row; constructing it checks every named column exists."""
+    """Builds the requests of each row (one per model and variant); constructing it checks that
+    every named column exists.
+
+    Output rows are numbered ``input_row * fanout + slot``: a row's answers sit together, in the
+    order of the models, then the variants.
+    """
 
     def __init__(self, job: Job, columns: Sequence[str], source_name: str) -> None:
         self.job = job
@@ -36,22 +53,40 @@ class RequestBuilder:
         self.template = parse_template(prompt.template) if prompt.template else None
         self.prompt_column = prompt.column
         self.messages_column = prompt.messages_column
+        self.turns_column = prompt.turns_column
         self.system = prompt.system
-        self.params = job.params
+        self.row_options = job.row_options
+        self.scoring = job.scoring
+        base = dict(job.params)
+        variants = job.variants or (None,)
+        self.slots = tuple(
+            Slot(model, v.name if v else None, {**base, **dict(v.params)} if v else base)
+            for model in job.models
+            for v in variants
+        )
+        self.fanout = len(self.slots)
         needed: list[tuple[str, str]] = []
         if self.prompt_column:
             needed.append((self.prompt_column, "the prompt column (--prompt-column / prompt_column)"))
         if self.messages_column:
             needed.append((self.messages_column, "the messages column (--messages-column / messages_column)"))
+        if self.turns_column:
+            needed.append((self.turns_column, "the turns column (--turns-column / turns_column)"))
         if self.template:
             needed += [(name, "a placeholder in the template") for name in self.template.columns]
+        for field, column in self.row_options.columns:
+            needed.append((column, f"the column of request option '{field}' (option_columns)"))
+        if self.row_options.json_column:
+            needed.append((self.row_options.json_column, "the options column (--options-column / options_column)"))
+        if self.scoring.expected_column:
+            needed.append((self.scoring.expected_column, "the expected answers (--expected-column / expected_column)"))
         for name, role in needed:
             if name not in columns:
                 raise JobError(missing_column(source_name, name, role, columns))
         self.columns = list(dict.fromkeys(name for name, _ in needed))
 
     def rows(self, source: TableSource) -> Iterator[tuple[pa.RecordBatch, list[ChatRequest | InvalidRow]]]:
-        """Every input batch with the request (or reason for none) of each of its rows, in order.
+        """Every input batch with the request (or reason for none) of each of its output rows.
 
         Keys are the same on every pass over the same input. Without dedup, identical requests
         are told apart by their occurrence (the first keeps the plain key), so each is sent.
@@ -63,61 +98,82 @@ class RequestBuilder:
             start += batch.num_rows
 
     def requests(self, source: TableSource, keys: RowKeys, wanted: Sequence[int]) -> Iterator[ChatRequest]:
-        """The requests of the rows ``wanted`` marks (truthy by row), built one row at a time.
+        """The requests of the output rows ``wanted`` marks (truthy by row), built one at a time.
 
         Keys come from an earlier pass (``rows``), so nothing is hashed again, and the messages of
         rows not wanted (answered already, invalid, repeats) are never built. One row at a time
         keeps the event loop free: a whole batch at once would stall in-flight answers.
         """
         start = 0
-        model = self.job.model
+        fanout = self.fanout
         for batch in source.batches():
             values: dict[str, list[Any]] | None = None
             for i in range(batch.num_rows):
-                row = start + i
-                if not wanted[row]:
+                first = (start + i) * fanout
+                if not any(wanted[first : first + fanout]):
                     continue
-                key = keys[row]
-                assert key is not None, "a row with nothing to send is never wanted"
                 if values is None:
                     values = {name: batch.column(name).to_pylist() for name in self.columns}
-                messages = self._messages(row, {name: col[i] for name, col in values.items()})
-                assert not isinstance(messages, str), "a row valid in the first pass is valid now"
-                yield ChatRequest(row=row, key=key, model=model, messages=messages, params=self.params)
+                cells = {name: col[i] for name, col in values.items()}
+                content = self._content(start + i, cells)
+                assert not isinstance(content, str), "a row valid in the first pass is valid now"
+                options = self._options(start + i, cells)
+                for j, slot in enumerate(self.slots):
+                    if wanted[first + j]:
+                        key = keys[first + j]
+                        assert key is not None, "a row with nothing to send is never wanted"
+                        yield self._request(first + j, key, slot, content, options)
             start += batch.num_rows
 
     def build(
         self, batch: pa.RecordBatch, start: int, occurrences: Counter[str] | None = None
     ) -> list[ChatRequest | InvalidRow]:
-        """Requests for the rows of ``batch``, whose first row is input row ``start`` (0-based)."""
+        """Requests for the output rows of ``batch``, whose first row is input row ``start`` (0-based)."""
         values = {name: batch.column(name).to_pylist() for name in self.columns}
-        model = self.job.model
         items: list[ChatRequest | InvalidRow] = []
         for i in range(batch.num_rows):
             row = start + i
-            messages = self._messages(row, {name: col[i] for name, col in values.items()})
-            if isinstance(messages, str):
-                items.append(InvalidRow(row, model, messages))
-                continue
-            key = request_key(model, messages, self.params)
-            if occurrences is not None:
-                sample = occurrences[key]
-                occurrences[key] = sample + 1
-                if sample:
-                    key = request_key(model, messages, self.params, sample)
-            items.append(ChatRequest(row=row, key=key, model=model, messages=messages, params=self.params))
+            cells = {name: col[i] for name, col in values.items()}
+            content = self._content(row, cells)
+            options = self._options(row, cells)
+            if self.scoring.expected_column:
+                self._check_expected(row, cells[self.scoring.expected_column])
+            for j, slot in enumerate(self.slots):
+                out = row * self.fanout + j
+                if isinstance(content, str):
+                    items.append(InvalidRow(out, slot.model, content))
+                    continue
+                request = self._request(out, "", slot, content, options)
+                key = request_key(request.model, request.messages, request.params, turns=request.turns)
+                if occurrences is not None:
+                    sample = occurrences[key]
+                    occurrences[key] = sample + 1
+                    if sample:
+                        key = request_key(request.model, request.messages, request.params, sample, request.turns)
+                items.append(replace(request, key=key))
         return items
 
-    def _messages(self, row: int, cells: dict[str, Any]) -> tuple[dict[str, Any], ...] | str:
-        """The row's messages, or the reason it has none worth sending."""
+    def _request(
+        self, out: int, key: str, slot: Slot, content: _Content, options: dict[str, Any] | None
+    ) -> ChatRequest:
+        messages, turns = content
+        params = slot.params if not options else {**slot.params, **options}
+        return ChatRequest(
+            row=out, key=key, model=slot.model, messages=messages, params=tuple(sorted(params.items())), turns=turns
+        )
+
+    def _content(self, row: int, cells: dict[str, Any]) -> _Content | str:
+        """The row's messages and scripted turns, or the reason it has nothing worth sending."""
         history: list[dict[str, Any]] = []
         if self.messages_column:
-            history = parse_messages(
-                cells[self.messages_column],
-                where=f"{self.source_name}, row {row + 1}, column '{self.messages_column}'",
-            )
+            history = parse_messages(cells[self.messages_column], where=self._where(row, self.messages_column))
+        turns: tuple[str, ...] = ()
         prompt: str | None = None
-        if self.template:
+        if self.turns_column:
+            turns = parse_turns(cells[self.turns_column], where=self._where(row, self.turns_column))
+            if not turns:
+                return "no turns: the turns cell is empty"
+        elif self.template:
             prompt = self.template.render(cells)
         elif self.prompt_column:
             prompt = cell_text(cells[self.prompt_column])
@@ -125,7 +181,7 @@ class RequestBuilder:
             if not history:
                 return "empty prompt: the row has no text to send"
             prompt = None
-        if not history and prompt is None:
+        if not history and prompt is None and not turns:
             return "empty conversation: the messages cell is empty and there is no prompt"
         messages: list[dict[str, Any]] = []
         if self.system and not (history and history[0]["role"] == "system"):
@@ -133,7 +189,124 @@ class RequestBuilder:
         messages += history
         if prompt is not None:
             messages.append({"role": "user", "content": prompt})
-        return tuple(messages)
+        return tuple(messages), turns
+
+    def _options(self, row: int, cells: dict[str, Any]) -> dict[str, Any] | None:
+        """Request options the row sets for itself; they win over the job's and the variant's."""
+        spec = self.row_options
+        if not spec.columns and not spec.json_column:
+            return None
+        options: dict[str, Any] = {}
+        if spec.json_column:
+            options.update(parse_options(cells[spec.json_column], self._where(row, spec.json_column)))
+        for field, column in spec.columns:
+            value = option_value(cells[column])
+            if value is not None:
+                options[field] = value
+        where = self._where(row, spec.json_column or spec.columns[0][1])
+        try:
+            check_params(options, where)
+        except JobError as e:
+            raise JobError(f"{e}; fix the input") from None
+        for field, value in options.items():
+            problem = OPTION_CHECKS.get(field, lambda v: None)(value)
+            if problem:
+                column = next((c for f, c in spec.columns if f == field), spec.json_column)
+                raise JobError(
+                    f"{self._where(row, column or field)}: request option '{field}' {problem}, got {value!r}"
+                )
+        return options
+
+    def _check_expected(self, row: int, cell: Any) -> None:
+        """An expected answer that could never be compared is bad input, found before any request."""
+        if cell is None or (isinstance(cell, str) and not cell.strip()):
+            return
+        method = self.scoring.method
+        where = self._where(row, self.scoring.expected_column or "")
+        if method == "regex":
+            try:
+                re.compile(cell_text(cell) or "")
+            except re.error as e:
+                raise JobError(f'{where}: not a valid regular expression ({e}); score = "regex" needs one') from None
+        elif method == "json_equal" and isinstance(cell, str):
+            try:
+                json.loads(cell)
+            except json.JSONDecodeError as e:
+                raise JobError(f'{where}: not valid JSON ({e.msg}); score = "json_equal" compares JSON') from None
+
+    def _where(self, row: int, column: str) -> str:
+        return f"{self.source_name}, row {row + 1}, column '{column}'"
+
+
+_Content = tuple[tuple[dict[str, Any], ...], tuple[str, ...]]
+
+
+def _positive_int(value: Any) -> str | None:
+    return (
+        None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else "must be a whole number of at least 1"
+    )
+
+
+def _number_in(low: float, high: float | None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value
+        ok = ok and (high is None or value <= high)
+        return None if ok else f"must be a number from {low:g}" + (f" to {high:g}" if high is not None else "")
+
+    return check
+
+
+OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "max_tokens": _positive_int,
+    "temperature": _number_in(0.0, None),
+    "top_p": _number_in(0.0, 1.0),
+}
+
+
+def option_value(cell: Any) -> Any:
+    """A request option from a cell. CSV cells are text, so text is read as JSON when it parses:
+    "256" is the number 256, "true" is true, and anything else stays text. Empty means unset."""
+    if isinstance(cell, str):
+        cell = cell.strip()
+        if not cell:
+            return None
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError:
+            return cell
+    return cell
+
+
+def parse_options(cell: Any, where: str) -> dict[str, Any]:
+    """Request options from a JSON-object cell (or a struct, from Parquet or JSONL); empty is none."""
+    if cell is None or (isinstance(cell, str) and not cell.strip()):
+        return {}
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell)
+        except json.JSONDecodeError as e:
+            raise JobError(f'{where}: not valid JSON ({e.msg}); expected an object like {{"max_tokens": 64}}') from None
+    if not isinstance(cell, dict):
+        raise JobError(f"{where}: expected a JSON object of request options, got {type(cell).__name__}")
+    return {k: v for k, v in cell.items() if v is not None}
+
+
+def parse_turns(cell: Any, where: str) -> tuple[str, ...]:
+    """A scripted conversation's user turns: a JSON list of texts (or a list already)."""
+    if cell is None or (isinstance(cell, str) and not cell.strip()):
+        return ()
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell)
+        except json.JSONDecodeError as e:
+            raise JobError(
+                f'{where}: not valid JSON ({e.msg}); expected a list of user turns like ["Hi", "And then?"]'
+            ) from None
+    if not isinstance(cell, list) or not all(isinstance(t, str) and t.strip() for t in cell):
+        raise JobError(f"{where}: expected a JSON list of non-empty user turns (texts), got {cell!r}"[:300])
+    return tuple(cell)
 
 
 def parse_messages(cell: Any, where: str) -> list[dict[str, Any]]:
@@ -193,15 +366,22 @@ class RowKeys:
 
 
 def request_key(
-    model: str, messages: Sequence[dict[str, Any]], params: Sequence[tuple[str, Any]], sample: int = 0
+    model: str,
+    messages: Sequence[dict[str, Any]],
+    params: Sequence[tuple[str, Any]],
+    sample: int = 0,
+    turns: Sequence[str] = (),
 ) -> str:
     """A stable hash of exactly what is sent: equal requests get equal keys across runs.
 
-    ``sample`` tells apart repeats of one request that are each to be answered (no dedup).
+    ``sample`` tells apart repeats of one request that are each to be answered (no dedup);
+    ``turns`` are the user turns of a scripted conversation, sent after ``messages``.
     """
     parts: list[Any] = [model, messages, params]
-    if sample:
+    if sample or turns:
         parts.append(sample)
+    if turns:
+        parts.append(turns)
     # No sort_keys: rows are built the same way on every pass and every run, so the order is stable,
     # and sorting would be the costliest part of the key.
     payload = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))

@@ -20,6 +20,7 @@ class ChatRequest:
     model: str
     messages: tuple[dict[str, Any], ...]
     params: tuple[tuple[str, Any], ...] = ()
+    turns: tuple[str, ...] = ()  # a scripted conversation: user turns sent one by one after messages
 
     def body(self) -> dict[str, Any]:
         return {"model": self.model, "messages": list(self.messages), **dict(self.params)}
@@ -79,16 +80,21 @@ class RowOutcome:
     error_type: str | None = None
     error: str | None = None
     request_id: str | None = None
+    transcript: str | None = None  # a scripted conversation's messages, as JSON
 
     @classmethod
-    def answered(cls, request: ChatRequest, result: ChatResult, attempts: int) -> RowOutcome:
+    def answered(
+        cls, request: ChatRequest, result: ChatResult, attempts: int, *, transcript: str | None = None
+    ) -> RowOutcome:
+        """``model`` is the model asked, not the name the API echoes (which may be a dated
+        alias): it is what the row's price and its place in a fan-out are decided by."""
         usage = result.usage
         return cls(
             row=request.row,
             key=request.key,
             status=OK,
             attempts=attempts,
-            model=result.model or request.model,
+            model=request.model,
             response=result.content,
             finish_reason=result.finish_reason,
             prompt_tokens=usage.prompt_tokens,
@@ -97,6 +103,7 @@ class RowOutcome:
             latency_s=result.latency_s,
             ttft_s=result.ttft_s,
             request_id=result.request_id,
+            transcript=transcript,
         )
 
     @classmethod
@@ -110,6 +117,7 @@ class RowOutcome:
         error: str,
         attempts: int,
         latency_s: float | None = None,
+        transcript: str | None = None,
     ) -> RowOutcome:
         return cls(
             row=row,
@@ -120,6 +128,7 @@ class RowOutcome:
             latency_s=latency_s,
             error_type=error_type,
             error=error,
+            transcript=transcript,
         )
 
 

@@ -17,20 +17,24 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .answers import AnswerCheck
 from .client import ChatClient
-from .errors import AUTH, INVALID_INPUT, FatalAPIError, Interrupted, JobError, RequestError
+from .cost import Budget
+from .errors import AUTH, FatalAPIError, Interrupted, JobError, RequestError
 from .job import Job, load_job
 from .journal import Journal, MemoryStore
 from .lock import OutputLock
-from .prompts import RequestBuilder, RowKeys
-from .records import ERROR, OK, PENDING, InvalidRow, RowOutcome
+from .passes import Plan, Rows, derived_columns, row_outcomes
+from .passes import plan as make_plan
+from .prompts import RequestBuilder
+from .records import ERROR, OK, PENDING, RowOutcome
 from .scheduler import run_requests
 from .sink import check_columns, output_batches, output_schema, to_frame, write_output
 from .source import ArrowSource, TableSource, open_source
@@ -48,33 +52,15 @@ SHOWN_INVALID_ROWS = 5
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a job is about to do, known before its first request."""
-
-    source: str
-    rows: int
-    invalid_rows: int
-    first_invalid: tuple[int, ...]  # 1-based row numbers of the first few
-    done_rows: int  # rows whose request an earlier run already finished (the journal)
-    to_send: int  # requests this run sends: rows not done, each distinct request once
-    endpoint: str
-    output: Path | None
-
-    @property
-    def shared_rows(self) -> int:
-        """Rows that will take the answer of an identical request instead of sending their own."""
-        return self.rows - self.invalid_rows - self.done_rows - self.to_send
-
-
-@dataclass(frozen=True)
 class RunResult:
     output: Path | None
     summary: Summary
 
     @property
     def exit_code(self) -> int:
-        """0 when every row is ok, 1 when some rows ended in error."""
-        return 0 if self.summary.errors == 0 else 1
+        """0 when every row is ok, 1 when some rows ended in error or were left pending (the
+        cost cap stopped the run)."""
+        return 0 if self.summary.errors == 0 and self.summary.pending == 0 else 1
 
 
 class Observer(Protocol):
@@ -123,7 +109,7 @@ async def arun(
     if job.output is None:
         raise JobError("no output: pass -o/--output FILE or set 'output' in the job file")
     source = open_source(job.input)
-    schema = output_schema(source)
+    schema = output_schema(source, derived_columns(job))
     builder = RequestBuilder(job, source.columns, source.name)
     output = job.output
     with OutputLock(output):
@@ -150,22 +136,28 @@ async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None
         if settings.get(key) is not None:
             raise JobError(f"{key}= is not used by run_frame, which reads and returns a DataFrame; use run() for files")
     job = load_job(None, **settings)
+    derived = derived_columns(job)
     columns = [str(c) for c in frame.columns]
-    check_columns(columns, "the DataFrame")
+    check_columns(columns, "the DataFrame", [name for name, _ in derived.columns()])
     builder = RequestBuilder(job, columns, "the DataFrame")
     source = ArrowSource(_frame_table(frame, builder.columns), "the DataFrame")
     store = MemoryStore()
     watcher = observer or _Silent()
-    plan, rows = _plan(job, source, builder, store, None)
+    plan, rows = make_plan(job, source, builder, store, None, _endpoint_name(job))
     watcher.started(plan)
     try:
         if plan.to_send:
-            await _send(job, source, builder, rows, store, Stats(plan.to_send), watcher, handle_signals=False)
+            stats = Stats(plan.to_send, dict(job.prices))
+            await _send(job, source, builder, rows, store, stats, watcher, handle_signals=False)
     except FatalAPIError as fatal:
         raise FatalAPIError(f"stopped: {fatal}", fatal.error) from None
-    tally = RowTally()
-    outcomes = [o for _, batch in _row_outcomes(source, rows, job.model, store, tally) for o in batch]
-    return to_frame(frame, outcomes)
+    outcomes: list[RowOutcome | None] = []
+    extras: dict[str, list[Any]] = {name: [] for name, _ in derived.columns()}
+    for _, batch_outcomes, batch_extras in row_outcomes(source, rows, builder, store, RowTally(), derived):
+        outcomes += batch_outcomes
+        for name, values in batch_extras.items():
+            extras[name] += values
+    return to_frame(frame, outcomes, extras, derived, builder.fanout)
 
 
 def run_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, **settings: Any) -> pd.DataFrame:
@@ -223,13 +215,15 @@ async def _run_file(
     schema: pa.Schema,
     observer: Observer,
 ) -> RunResult:
-    plan, rows = _plan(job, source, builder, journal, output)
+    plan, rows = make_plan(job, source, builder, journal, output, _endpoint_name(job))
     observer.started(plan)
-    stats = Stats(plan.to_send)
+    stats = Stats(plan.to_send, dict(job.prices))
+    derived = derived_columns(job)
 
     def write() -> RowTally:
         tally = RowTally()
-        write_output(output, output_batches(_row_outcomes(source, rows, job.model, journal, tally), schema), schema)
+        assembled = row_outcomes(source, rows, builder, journal, tally, derived)
+        write_output(output, output_batches(assembled, schema, builder.fanout), schema)
         return tally
 
     started = time.perf_counter()
@@ -254,88 +248,11 @@ async def _run_file(
             f"stopped: {_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; "
             f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}"
         )
-    return RunResult(output, stats.summary(wall, tally))
+    return RunResult(output, stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending == "budget"))
 
 
 def _finished(tally: RowTally) -> int:
     return tally.statuses[OK] + tally.statuses[ERROR]
-
-
-# --- the passes over the input ------------------------------------------------------------------
-
-
-def _still_to_send(store: Store, key: str, retry_errors: bool) -> bool:
-    return key not in store or (retry_errors and store.failed(key))
-
-
-@dataclass
-class _Rows:
-    """What the first pass learned of every row: its key, or why it has none, and which rows send.
-
-    ``sends`` marks the first row asking for each request still to be answered (one byte a row),
-    so the sending pass needs no set of keys and no journal lookups.
-    """
-
-    keys: RowKeys
-    invalid: dict[int, str]  # row -> why it has nothing to send
-    sends: bytearray
-
-
-def _plan(
-    job: Job, source: TableSource, builder: RequestBuilder, store: Store, output: Path | None
-) -> tuple[Plan, _Rows]:
-    """One pass over every row: finds bad messages cells and empty prompts before any request,
-    works out each row's key once, and counts what is answered already and what rows can share."""
-    rows = _Rows(RowKeys(), {}, bytearray())
-    done = 0
-    to_send: set[str] = set()
-    retry_errors = job.resume.retry_errors
-    for _, items in builder.rows(source):
-        for item in items:
-            first = False
-            if isinstance(item, InvalidRow):
-                rows.invalid[item.row] = item.reason
-                rows.keys.append(None)
-            else:
-                rows.keys.append(item.key)
-                if not _still_to_send(store, item.key, retry_errors):
-                    done += 1
-                elif item.key not in to_send:
-                    to_send.add(item.key)
-                    first = True
-            rows.sends.append(first)
-    total = len(rows.keys)
-    if total == 0:
-        raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
-    endpoint = _endpoint_name(job)
-    first_invalid = tuple(row + 1 for row in sorted(rows.invalid)[:SHOWN_INVALID_ROWS])
-    plan = Plan(source.name, total, len(rows.invalid), first_invalid, done, len(to_send), endpoint, output)
-    return plan, rows
-
-
-def _row_outcomes(
-    source: TableSource, rows: _Rows, model: str, store: Store, tally: RowTally
-) -> Iterator[tuple[pa.RecordBatch, list[RowOutcome | None]]]:
-    """Each input batch with the outcome of each of its rows (None for a row not finished)."""
-    start = 0
-    for batch in source.batches():
-        keys = [rows.keys[row] for row in range(start, start + batch.num_rows)]
-        records = store.get_many(key for key in keys if key is not None)
-        outcomes: list[RowOutcome | None] = []
-        for row, key in enumerate(keys, start):
-            if key is None:
-                outcome: RowOutcome | None = RowOutcome.failed(
-                    row, key=None, model=model, error_type=INVALID_INPUT, error=rows.invalid[row], attempts=0
-                )
-            else:
-                outcome = records.get(key)
-            if outcome is None:
-                tally.add(PENDING, None)
-            else:
-                tally.add(outcome.status, outcome.error_type)
-            outcomes.append(outcome)
-        yield batch, outcomes
-        start += batch.num_rows
 
 
 # --- sending ------------------------------------------------------------------------------------
@@ -345,15 +262,16 @@ async def _send(
     job: Job,
     source: TableSource,
     builder: RequestBuilder,
-    rows: _Rows,
+    rows: Rows,
     store: Store,
     stats: Stats,
     observer: Observer,
     *,
     handle_signals: bool,
 ) -> str:
-    """Send what is still to send. Returns "done", "stopped" (Ctrl-C or SIGTERM: in-flight requests
-    had a grace period) or "at once" (a second signal); raises FatalAPIError.
+    """Send what is still to send. Returns "done", "budget" (the cost cap stopped dispatching;
+    in-flight requests finished), "stopped" (Ctrl-C or SIGTERM: in-flight requests had a grace
+    period) or "at once" (a second signal); raises FatalAPIError.
 
     Each finished request goes to the store at once (the journal flushes it), so whatever
     happens next, it is never sent again.
@@ -366,7 +284,8 @@ async def _send(
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    at_once = False
+    signalled = at_once = False
+    budget = Budget(job.max_cost, dict(job.prices)) if job.max_cost is not None else None
     limits = job.limits
     throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
     async with open_client(job) as client:
@@ -380,15 +299,19 @@ async def _send(
                 counters=stats.counters,
                 describe_fatal=partial(_fatal_message, job),
                 stop=stop,
+                check=AnswerCheck(job.answers) if job.answers.checked else None,
+                invalid_retries=job.answers.invalid_retries,
+                budget=budget,
             )
         )
 
         def on_signal() -> None:
-            nonlocal at_once
-            if stop.is_set():  # the second: stop now
+            nonlocal at_once, signalled
+            if signalled:  # the second: stop now
                 at_once = True
                 sending.cancel()
                 return
+            signalled = True
             stop.set()
             observer.stopping(job.resume.grace_s)
             loop.call_later(job.resume.grace_s, sending.cancel)
@@ -400,14 +323,16 @@ async def _send(
             except* FatalAPIError as group:
                 raise group.exceptions[0] from None
         except asyncio.CancelledError:
-            if not stop.is_set():
+            if not signalled:
                 raise  # cancelled from outside: not ours to handle
         finally:
             for number in installed:
                 loop.remove_signal_handler(number)
     if at_once:
         return "at once"
-    return "stopped" if stop.is_set() else "done"
+    if signalled:
+        return "stopped"
+    return "budget" if budget is not None and budget.exhausted else "done"
 
 
 def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> list[int]:

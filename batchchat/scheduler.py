@@ -7,28 +7,56 @@ twice as many workers as concurrency slots: a request waiting out a backoff hold
 the spare workers keep the slots busy meanwhile.
 
 Stopping: once ``stop`` is set, no worker takes a new request or starts another attempt; requests
-in flight run to their end, and the caller decides how long to wait for them.
+in flight run to their end, and the caller decides how long to wait for them. A budget that a
+request would overrun sets ``stop`` the same way.
+
+An answer that fails ``check`` (not the JSON or label asked for) is asked again, up to
+``invalid_retries`` times; a scripted conversation (a request with ``turns``) sends its turns in
+order, each with the whole history, as one unit of work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from functools import partial
 
+from .cost import Budget
 from .errors import RATE_LIMITED, FatalAPIError, RequestError
-from .records import ChatRequest, ChatResult, RowOutcome
+from .records import ERROR, ChatRequest, ChatResult, RowOutcome
 from .retry import is_fatal, with_retries
 from .stats import Counters
 from .throttle import Throttle
 
 Send = Callable[[ChatRequest], Awaitable[ChatResult]]
 Describe = Callable[[RequestError], str]
+Check = Callable[[str | None], tuple[str, str] | None]  # an answer -> None if valid, else (error_type, why)
 
 
 class Stopped(Exception):
     """The run is stopping: the request is left unfinished, to be sent by a later run."""
+
+
+@dataclass
+class _Asked:
+    """One request's end after every retry: the final answer or error, and what it all took."""
+
+    result: ChatResult | None = None
+    error: RequestError | None = None
+    invalid: tuple[str, str] | None = None  # (error_type, why) when the final answer was invalid
+    attempts: int = 0
+    prompt_tokens: int | None = None  # summed over every answer received (each was paid for)
+    completion_tokens: int | None = None
+
+    def add(self, result: ChatResult) -> None:
+        usage = result.usage
+        if usage.prompt_tokens is not None:
+            self.prompt_tokens = (self.prompt_tokens or 0) + usage.prompt_tokens
+        if usage.completion_tokens is not None:
+            self.completion_tokens = (self.completion_tokens or 0) + usage.completion_tokens
 
 
 async def run_requests(
@@ -41,6 +69,9 @@ async def run_requests(
     counters: Counters | None = None,
     describe_fatal: Describe = lambda error: error.message,
     stop: asyncio.Event | None = None,
+    check: Check | None = None,
+    invalid_retries: int = 0,
+    budget: Budget | None = None,
 ) -> None:
     """Send every request; each ends as exactly one ``RowOutcome`` passed to ``on_outcome``,
     unless ``stop`` is set first, in which case the requests not yet finished get none.
@@ -65,9 +96,16 @@ async def run_requests(
         if stopping.is_set():
             raise Stopped
         permit = await throttle.acquire(request)
+        held = None
+        result = None
         try:
             if stopping.is_set():  # the stop came while this request waited for the limits
                 raise Stopped
+            if budget is not None:
+                held = budget.reserve(request)
+                if held is None:
+                    stopping.set()
+                    raise Stopped
             count.requests += 1
             try:
                 result = await send(request)
@@ -83,6 +121,52 @@ async def run_requests(
             return result
         finally:
             throttle.release()
+            if budget is not None and held is not None:
+                budget.settle(held, request.model, result.usage if result is not None else None)
+
+    async def ask(request: ChatRequest, checked: bool) -> _Asked:
+        """Send one request; re-ask while the answer is invalid and re-asks are left."""
+        asked = _Asked()
+        for _ in range(1 + (invalid_retries if checked else 0)):
+            done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
+            asked.attempts += done.attempts
+            asked.result, asked.error = done.result, done.error
+            if done.result is None:
+                return asked
+            asked.add(done.result)
+            asked.invalid = check(done.result.content) if checked and check is not None else None
+            if asked.invalid is None:
+                return asked
+            count.invalid += 1
+        return asked
+
+    async def converse(request: ChatRequest) -> RowOutcome:
+        """Each user turn in order, each sent with the whole conversation so far."""
+        messages = list(request.messages)
+        total = _Asked()
+        latency = 0.0
+        ttft = None
+        for n, turn in enumerate(request.turns, 1):
+            messages.append({"role": "user", "content": turn})
+            step = replace(request, messages=tuple(messages), turns=())
+            asked = await ask(step, checked=n == len(request.turns))
+            total.attempts += asked.attempts
+            if asked.result is not None:
+                total.add(asked.result)
+                latency += asked.result.latency_s
+                ttft = ttft if ttft is not None else asked.result.ttft_s
+            total.result, total.error, total.invalid = asked.result, asked.error, asked.invalid
+            if asked.result is None or asked.invalid is not None:
+                break
+            messages.append({"role": "assistant", "content": asked.result.content or ""})
+        if total.result is not None and total.invalid is not None:
+            messages.append({"role": "assistant", "content": total.result.content or ""})
+        outcome = _outcome(request, total, transcript=json.dumps(messages, ensure_ascii=False))
+        if total.result is not None:
+            outcome = replace(outcome, latency_s=latency, ttft_s=ttft)
+        if total.error is not None and len(request.turns) > 1:
+            outcome = replace(outcome, error=f"turn {n} of {len(request.turns)}: {outcome.error}")
+        return outcome
 
     async def worker() -> None:
         while not stopping.is_set():
@@ -90,25 +174,40 @@ async def run_requests(
             if request is None:
                 return
             try:
-                done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
+                if request.turns:
+                    on_outcome(await converse(request))
+                else:
+                    on_outcome(_outcome(request, await ask(request, checked=True)))
             except Stopped:
                 return
-            if done.result is not None:
-                on_outcome(RowOutcome.answered(request, done.result, done.attempts))
-            else:
-                error = done.error
-                assert error is not None
-                on_outcome(
-                    RowOutcome.failed(
-                        request.row,
-                        key=request.key,
-                        model=request.model,
-                        error_type=error.error_type,
-                        error=error.message,
-                        attempts=done.attempts,
-                    )
-                )
 
     async with asyncio.TaskGroup() as group:
         for _ in range(2 * throttle.concurrency):
             group.create_task(worker())
+
+
+def _outcome(request: ChatRequest, asked: _Asked, transcript: str | None = None) -> RowOutcome:
+    result = asked.result
+    if result is None:
+        error = asked.error
+        assert error is not None
+        return RowOutcome.failed(
+            request.row,
+            key=request.key,
+            model=request.model,
+            error_type=error.error_type,
+            error=error.message,
+            attempts=asked.attempts,
+            transcript=transcript,
+        )
+    outcome = RowOutcome.answered(request, result, asked.attempts, transcript=transcript)
+    outcome = replace(outcome, prompt_tokens=asked.prompt_tokens, completion_tokens=asked.completion_tokens,
+                      total_tokens=_sum(asked.prompt_tokens, asked.completion_tokens))  # fmt: skip
+    if asked.invalid is not None:  # the raw answer is kept, so the user can see what went wrong
+        error_type, why = asked.invalid
+        outcome = replace(outcome, status=ERROR, error_type=error_type, error=why)
+    return outcome
+
+
+def _sum(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from .answers import Derived
 from .errors import JobError
 from .records import PENDING, RowOutcome
 from .source import TableSource
@@ -43,9 +44,12 @@ OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
 OUTPUT_COLUMNS = tuple(name for name, _ in OUTPUT_FIELDS)
 
 
-def check_columns(columns: list[str], source_name: str) -> None:
+KINDS = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+
+
+def check_columns(columns: list[str], source_name: str, added: Sequence[str] = ()) -> None:
     """An input column named like an outcome column would make the output ambiguous."""
-    clashes = [name for name in columns if name in OUTPUT_COLUMNS]
+    clashes = [name for name in columns if name in OUTPUT_COLUMNS or name in added]
     if clashes:
         raise JobError(
             f"{source_name} has column(s) {', '.join(map(repr, clashes))}, which batchchat adds to "
@@ -53,10 +57,15 @@ def check_columns(columns: list[str], source_name: str) -> None:
         )
 
 
-def output_schema(source: TableSource) -> pa.Schema:
-    """Input fields then outcome fields."""
-    check_columns(source.columns, source.name)
-    return pa.schema(list(source.schema) + [pa.field(name, kind) for name, kind in OUTPUT_FIELDS])
+def extra_fields(derived: Derived) -> list[pa.Field]:
+    return [pa.field(name, KINDS[kind]) for name, kind in derived.columns()]
+
+
+def output_schema(source: TableSource, derived: Derived) -> pa.Schema:
+    """Input fields, outcome fields, then the fields the job derives from answers."""
+    extras = extra_fields(derived)
+    check_columns(source.columns, source.name, [f.name for f in extras])
+    return pa.schema(list(source.schema) + [pa.field(name, kind) for name, kind in OUTPUT_FIELDS] + extras)
 
 
 def outcome_arrays(outcomes: Sequence[RowOutcome | None]) -> list[pa.Array]:
@@ -72,11 +81,18 @@ def outcome_arrays(outcomes: Sequence[RowOutcome | None]) -> list[pa.Array]:
 
 
 def output_batches(
-    rows: Iterable[tuple[pa.RecordBatch, Sequence[RowOutcome | None]]], schema: pa.Schema
+    rows: Iterable[tuple[pa.RecordBatch, Sequence[RowOutcome | None], Mapping[str, list[Any]]]],
+    schema: pa.Schema,
+    fanout: int = 1,
 ) -> Iterator[pa.RecordBatch]:
-    """Input batches joined with their rows' outcomes, in input order."""
-    for batch, outcomes in rows:
-        yield pa.RecordBatch.from_arrays(list(batch.columns) + outcome_arrays(outcomes), schema=schema)
+    """Input batches joined with their rows' outcomes and derived cells, in input order; with a
+    fan-out, each input row is repeated once per model and variant."""
+    for batch, outcomes, extras in rows:
+        if fanout > 1:
+            batch = batch.take(pa.array([i for i in range(batch.num_rows) for _ in range(fanout)], pa.int64()))
+        width = batch.num_columns + len(OUTPUT_FIELDS)
+        derived = [pa.array(extras[f.name], type=f.type) for f in list(schema)[width:]]
+        yield pa.RecordBatch.from_arrays(list(batch.columns) + outcome_arrays(outcomes) + derived, schema=schema)
 
 
 def write_output(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
@@ -105,15 +121,24 @@ def write_output(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schem
         temporary.unlink(missing_ok=True)
 
 
-def to_frame(frame: pd.DataFrame, outcomes: Sequence[RowOutcome | None]) -> pd.DataFrame:
-    """The caller's DataFrame (index and dtypes untouched) with the outcome columns added."""
+def to_frame(
+    frame: pd.DataFrame,
+    outcomes: Sequence[RowOutcome | None],
+    extras: Mapping[str, list[Any]],
+    derived: Derived,
+    fanout: int = 1,
+) -> pd.DataFrame:
+    """The caller's DataFrame (index and dtypes untouched; each row repeated once per model and
+    variant when the job fans out) with the outcome and derived columns added."""
     import pandas as pd
 
-    nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
-    result = frame.copy()
-    for (name, _), array in zip(OUTPUT_FIELDS, outcome_arrays(outcomes), strict=True):
+    nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(), pa.bool_(): pd.BooleanDtype()}
+    result = frame.loc[frame.index.repeat(fanout)] if fanout > 1 else frame.copy()
+    named = [(name, array) for (name, _), array in zip(OUTPUT_FIELDS, outcome_arrays(outcomes), strict=True)]
+    named += [(f.name, pa.array(extras[f.name], type=f.type)) for f in extra_fields(derived)]
+    for name, array in named:
         series = array.to_pandas(types_mapper=nullable.get)
-        series.index = frame.index
+        series.index = result.index
         result[name] = series
     return result
 

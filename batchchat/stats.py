@@ -10,22 +10,36 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .jobparts import Price
 from .records import ERROR, OK, PENDING, RowOutcome
 
 
 class Counters:
     """Live request counters the scheduler updates as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("rate", "rate_limited", "requests", "retries")
+    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries")
 
     def __init__(self) -> None:
+        self.invalid = 0  # answers not valid (JSON, schema, labels) and asked again
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
         self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
+
+
+class GroupTally:
+    """The rows of one model and variant: how they ended, their scores, latency and tokens."""
+
+    def __init__(self) -> None:
+        self.statuses: Counter[str] = Counter()
+        self.scored = 0
+        self.score_sum = 0.0
+        self.latencies = array("d")
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
 
 
 class RowTally:
@@ -35,12 +49,79 @@ class RowTally:
         self.rows = 0
         self.statuses: Counter[str] = Counter()
         self.error_types: Counter[str] = Counter()
+        self.groups: dict[tuple[str, str | None], GroupTally] = {}
 
     def add(self, status: str, error_type: str | None) -> None:
         self.rows += 1
         self.statuses[status] += 1
         if error_type:
             self.error_types[error_type] += 1
+
+    def add_row(self, outcome: RowOutcome | None, group: tuple[str, str | None], score: float | None,
+                first: bool) -> None:  # fmt: skip
+        """One output row; ``first`` is false for a row sharing the request of an earlier row,
+        whose tokens were paid once and are counted once."""
+        status = outcome.status if outcome is not None else PENDING
+        self.add(status, outcome.error_type if outcome is not None else None)
+        tally = self.groups.get(group)
+        if tally is None:
+            tally = self.groups[group] = GroupTally()
+        tally.statuses[status] += 1
+        if score is not None:
+            tally.scored += 1
+            tally.score_sum += score
+        if outcome is None:
+            return
+        if outcome.status == OK and outcome.latency_s is not None:
+            tally.latencies.append(outcome.latency_s)
+        if first:
+            tally.prompt_tokens += outcome.prompt_tokens or 0
+            tally.completion_tokens += outcome.completion_tokens or 0
+
+    def group_summaries(self, prices: Mapping[str, Price]) -> tuple[GroupSummary, ...]:
+        summaries = []
+        for (model, variant), t in self.groups.items():
+            latencies = sorted(t.latencies)
+            price = prices.get(model)
+            summaries.append(GroupSummary(
+                model=model,
+                variant=variant,
+                rows=sum(t.statuses.values()),
+                ok=t.statuses[OK],
+                errors=t.statuses[ERROR],
+                pending=t.statuses[PENDING],
+                scored=t.scored,
+                accuracy=t.score_sum / t.scored if t.scored else None,
+                latency_p50_s=percentile(latencies, 50),
+                latency_p95_s=percentile(latencies, 95),
+                prompt_tokens=t.prompt_tokens,
+                completion_tokens=t.completion_tokens,
+                cost=price.cost(t.prompt_tokens, t.completion_tokens) if price is not None else None,
+            ))  # fmt: skip
+        return tuple(summaries)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """One model and variant over every row of the output (earlier runs' answers included)."""
+
+    model: str
+    variant: str | None
+    rows: int
+    ok: int
+    errors: int
+    pending: int
+    scored: int  # rows with a score: an expected answer, and an answer (or an invalid one)
+    accuracy: float | None  # mean score of the scored rows
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None  # US dollars, when the model has a price
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +142,11 @@ class Summary:
     requests: int = 0
     rate_limited: int = 0
     retries: int = 0
+    invalid_answers: int = 0  # answers that were not the JSON or label asked for
+    cost: float | None = None  # US dollars this run spent, when every model asked has a price
+    cost_cap: float | None = None  # --max-cost, when set
+    budget_stopped: bool = False  # the cap stopped the run; the rows not sent are pending
+    groups: tuple[GroupSummary, ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -74,8 +160,11 @@ class Summary:
 class Stats:
     """This run's requests, updated once per finished request; cheap enough for the hot path."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, prices: Mapping[str, Price] | None = None) -> None:
         self.total = total  # requests this run is to send
+        self.prices = prices or {}
+        self.cost = 0.0
+        self.unpriced = 0  # answers from models without a price
         self.done = 0
         self.ok = 0
         self.errors = 0
@@ -97,12 +186,19 @@ class Stats:
             self.errors += 1
         self.prompt_tokens += outcome.prompt_tokens or 0
         self.completion_tokens += outcome.completion_tokens or 0
+        if outcome.prompt_tokens or outcome.completion_tokens:
+            price = self.prices.get(outcome.model or "")
+            if price is None:
+                self.unpriced += 1
+            else:
+                self.cost += price.cost(outcome.prompt_tokens or 0, outcome.completion_tokens or 0)
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def summary(self, wall_s: float, rows: RowTally) -> Summary:
+    def summary(self, wall_s: float, rows: RowTally, *, cost_cap: float | None = None,
+                budget_stopped: bool = False) -> Summary:  # fmt: skip
         latencies = sorted(self._latencies)
         ttfts = sorted(self._ttfts)
         return Summary(
@@ -122,6 +218,11 @@ class Stats:
             requests=self.counters.requests,
             rate_limited=self.counters.rate_limited,
             retries=self.counters.retries,
+            invalid_answers=self.counters.invalid,
+            cost=self.cost if self.prices and not self.unpriced else None,
+            cost_cap=cost_cap,
+            budget_stopped=budget_stopped,
+            groups=rows.group_summaries(self.prices),
         )
 
 

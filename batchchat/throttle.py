@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
+from .cost import DEFAULT_COMPLETION_TOKENS, estimate
 from .errors import RATE_LIMITED, RequestError
 from .records import ChatRequest, ChatResult
 from .retry import hint_seconds, reset_seconds
@@ -35,7 +36,6 @@ BETA = 0.7  # multiplicative decrease on a 429
 STEP_SHARE = 0.05  # additive increase per second of successes, as a share of the rate after the cut
 MIN_RATE = 0.05  # requests/s: never stop altogether
 DEFAULT_COOLDOWN_S = 1.0  # when a 429 carries no hint
-DEFAULT_COMPLETION_TOKENS = 256  # cost estimate of an answer when max_tokens is unset
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +102,8 @@ class TokenEstimator:
         self._answers = 0
 
     def raw(self, request: ChatRequest) -> float:
-        chars = 0
-        for message in request.messages:
-            content = message.get("content")
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
-        completion = next((value for name, value in request.params if name == "max_tokens"), None)
-        if not isinstance(completion, int) or isinstance(completion, bool) or completion <= 0:
-            completion = self.default_completion_tokens
-        return math.ceil(chars / 4) + completion
+        tokens = estimate(request, self.default_completion_tokens)
+        return tokens.prompt_tokens + tokens.completion_tokens
 
     @property
     def ratio(self) -> float:

@@ -16,6 +16,7 @@ from .errors import JobError
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
+
 def text(value: Any, at: str) -> str | None:
     if value is None:
         return None

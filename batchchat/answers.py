@@ -1,0 +1,193 @@
+"""What an answer means: whether it is valid, the columns read from it, and its score.
+
+An answer is checked as it arrives (an invalid one is asked again), but everything derived from it
+(labels, ``out_`` fields, scores) is worked out again when the output is assembled, from the
+response text the journal keeps. The journal therefore stays one record per request, and a
+changed scoring method applies to answers already paid for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import INVALID_LABEL, INVALID_OUTPUT
+from .jobparts import Answers, Scoring, normalize_label
+from .schema import output_fields, validate
+from .template import cell_text
+
+_FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
+SHOWN = 80
+
+
+class NotJSON(ValueError):
+    pass
+
+
+def parse_json_answer(text: str | None) -> Any:
+    """The JSON value of an answer; a Markdown code fence around it, as models like to add, is fine."""
+    if text is None:
+        raise NotJSON("the answer is empty")
+    fenced = _FENCE.match(text)
+    try:
+        return json.loads(fenced.group(1) if fenced else text)
+    except json.JSONDecodeError as e:
+        raise NotJSON(f"the answer is not valid JSON ({e.msg} at character {e.pos + 1})") from None
+
+
+def match_label(text: str | None, labels: Sequence[str]) -> str | None:
+    """The label an answer names, ignoring case, whitespace and punctuation; None if it names none."""
+    if text is None:
+        return None
+    said = normalize_label(text)
+    return next((label for label in labels if normalize_label(label) == said), None)
+
+
+class AnswerCheck:
+    """Judges an answer as it arrives: None when valid, else (error_type, why)."""
+
+    def __init__(self, answers: Answers) -> None:
+        self.answers = answers
+
+    def __call__(self, content: str | None) -> tuple[str, str] | None:
+        answers = self.answers
+        if answers.labels:
+            if match_label(content, answers.labels) is None:
+                return INVALID_LABEL, f"the answer {_quoted(content)} is none of the labels {', '.join(answers.labels)}"
+            return None
+        if answers.json_required:
+            try:
+                value = parse_json_answer(content)
+            except NotJSON as e:
+                return INVALID_OUTPUT, str(e)
+            problem = validate(value, answers.schema) if answers.schema is not None else None
+            if problem is None and answers.schema is None and not isinstance(value, dict):
+                problem = "expected a JSON object"
+            if problem:
+                return INVALID_OUTPUT, f"the answer does not match the schema: {problem}"
+        return None
+
+
+def _quoted(text: str | None) -> str:
+    if text is None:
+        return "(empty)"
+    text = " ".join(text.split())
+    return json.dumps(text if len(text) <= SHOWN else text[: SHOWN - 3] + "...", ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """The columns a job adds from each answer, after the standard outcome columns."""
+
+    answers: Answers
+    scoring: Scoring
+    variants: bool
+    transcripts: bool
+
+    @property
+    def out_fields(self) -> tuple[tuple[str, str], ...]:
+        return output_fields(self.answers.schema)
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(name, kind) in output order; kind is string, int64, float64 or bool."""
+        columns = [("variant", "string")] if self.variants else []
+        columns += [(f"out_{name}", _KINDS.get(kind, "string")) for name, kind in self.out_fields]
+        if self.answers.labels:
+            columns.append(("label", "string"))
+        if self.scoring.expected_column:
+            columns.append(("score", "float64"))
+        if self.transcripts:
+            columns.append(("transcript", "string"))
+        return columns
+
+    def values(self, status: str | None, response: str | None, error_type: str | None, expected: Any) -> dict[str, Any]:
+        """The derived cells of one output row (the variant and transcript are the caller's)."""
+        ok = status == "ok"
+        cells: dict[str, Any] = {}
+        parsed: Any = None
+        if self.out_fields:
+            try:
+                parsed = parse_json_answer(response) if ok else None
+            except NotJSON:
+                parsed = None
+            for name, kind in self.out_fields:
+                value = parsed.get(name) if isinstance(parsed, dict) else None
+                cells[f"out_{name}"] = _cell(value, _KINDS.get(kind, "string"))
+        label = match_label(response, self.answers.labels) if ok and self.answers.labels else None
+        if self.answers.labels:
+            cells["label"] = label
+        if self.scoring.expected_column:
+            cells["score"] = self._score(ok, label if self.answers.labels else response, error_type, expected)
+        return cells
+
+    def _score(self, ok: bool, answer: str | None, error_type: str | None, expected: Any) -> float | None:
+        """1 or 0; 0 for an answer that never became valid (the model's fault); None when there is
+        nothing to score: no expected answer, a row not finished, or a request that failed."""
+        if expected is None or (isinstance(expected, str) and not expected.strip()):
+            return None
+        if not ok:
+            return 0.0 if error_type in (INVALID_OUTPUT, INVALID_LABEL) else None
+        return 1.0 if score(self.scoring.method, answer, expected, labels=bool(self.answers.labels)) else 0.0
+
+
+_KINDS = {"string": "string", "integer": "int64", "number": "float64", "boolean": "bool"}
+
+
+def _cell(value: Any, kind: str) -> Any:
+    """A field of the answer as its column's type; nested values (and mismatches) as JSON text."""
+    if value is None:
+        return None
+    if (
+        kind == "int64"
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+    ):
+        return int(value)
+    if kind == "float64" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "string":
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return None
+
+
+def score(method: str, answer: str | None, expected: Any, *, labels: bool = False) -> bool:
+    """Whether ``answer`` is right.
+
+    exact: equal after trimming (for labels, after ignoring case and punctuation); contains: the
+    expected text appears in the answer, ignoring case; regex: the expected pattern is found in the
+    answer; json_equal: both are the same JSON value (key order and 1 vs 1.0 do not matter).
+    """
+    if answer is None:
+        return False
+    if method == "json_equal":
+        try:
+            want = json.loads(expected) if isinstance(expected, str) else expected
+            return json_equal(parse_json_answer(answer), want)
+        except (NotJSON, json.JSONDecodeError):
+            return False
+    text = cell_text(expected)
+    if method == "exact":
+        if labels:
+            return normalize_label(answer) == normalize_label(text)
+        return answer.strip() == text.strip()
+    if method == "contains":
+        return text.strip().casefold() in answer.casefold()
+    if method == "regex":
+        return re.search(text, answer) is not None
+    raise ValueError(f"unknown score method {method!r}")
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return (type(a) is type(b) and a == b) or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)

@@ -1,0 +1,168 @@
+"""The passes over the input: the plan before sending, and the assembly of the output after.
+
+Both read the input batch by batch. The plan pass builds every output row's request once, checks
+every cell that could fail, and works out each row's key; the assembly pass joins the input with
+the store of finished requests by those keys and derives the columns a job adds (label, ``out_``
+fields, score), counting per model and variant for the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .answers import Derived
+from .errors import INVALID_INPUT, JobError
+from .job import Job
+from .journal import Journal, MemoryStore
+from .prompts import RequestBuilder, RowKeys
+from .records import InvalidRow, RowOutcome
+from .source import TableSource
+from .stats import RowTally
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    Store = Journal | MemoryStore
+
+SHOWN_INVALID_ROWS = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job is about to do, known before its first request."""
+
+    source: str
+    rows: int  # output rows: input rows x models x variants
+    invalid_rows: int
+    first_invalid: tuple[int, ...]  # 1-based input row numbers of the first few
+    done_rows: int  # rows whose request an earlier run already finished (the journal)
+    to_send: int  # requests this run sends: rows not done, each distinct request once
+    endpoint: str
+    output: Path | None
+    input_rows: int = 0
+    models: int = 1
+    variants: int = 0
+
+    @property
+    def shared_rows(self) -> int:
+        """Rows that will take the answer of an identical request instead of sending their own."""
+        return self.rows - self.invalid_rows - self.done_rows - self.to_send
+
+
+@dataclass
+class Rows:
+    """What the plan pass learned of every output row: its key, or why it has none, and which
+    rows send (one byte a row each), so the sending pass needs no set of keys and no journal
+    lookups, and the summary counts a shared request's tokens once."""
+
+    keys: RowKeys
+    invalid: dict[int, str]  # output row -> why it has nothing to send
+    sends: bytearray  # the first row asking for each request still to be answered
+    first: bytearray  # the first row asking for each request
+
+
+def derived_columns(job: Job) -> Derived:
+    return Derived(
+        answers=job.answers,
+        scoring=job.scoring,
+        variants=bool(job.variants),
+        transcripts=job.prompt.turns_column is not None,
+    )
+
+
+def still_to_send(store: Store, key: str, retry_errors: bool) -> bool:
+    return key not in store or (retry_errors and store.failed(key))
+
+
+def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, output: Path | None,
+         endpoint: str) -> tuple[Plan, Rows]:  # fmt: skip
+    """One pass over every row: finds bad cells and empty prompts before any request, works out
+    each row's key once, and counts what is answered already and what rows can share."""
+    rows = Rows(RowKeys(), {}, bytearray(), bytearray())
+    done = 0
+    seen: set[str] = set()
+    retry_errors = job.resume.retry_errors
+    input_rows = 0
+    for batch, items in builder.rows(source):
+        input_rows += batch.num_rows
+        for item in items:
+            first = send = False
+            if isinstance(item, InvalidRow):
+                rows.invalid[item.row] = item.reason
+                rows.keys.append(None)
+            else:
+                rows.keys.append(item.key)
+                first = item.key not in seen
+                seen.add(item.key)
+                if not still_to_send(store, item.key, retry_errors):
+                    done += 1
+                else:
+                    send = first
+            rows.first.append(first)
+            rows.sends.append(send)
+    if input_rows == 0:
+        raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
+    fanout = builder.fanout
+    invalid_inputs = sorted({row // fanout + 1 for row in rows.invalid})
+    return Plan(
+        source=source.name,
+        rows=len(rows.keys),
+        invalid_rows=len(rows.invalid),
+        first_invalid=tuple(invalid_inputs[:SHOWN_INVALID_ROWS]),
+        done_rows=done,
+        to_send=rows.sends.count(1),
+        endpoint=endpoint,
+        output=output,
+        input_rows=input_rows,
+        models=len(job.models),
+        variants=len(job.variants),
+    ), rows
+
+
+Assembled = tuple["pa.RecordBatch", list[RowOutcome | None], dict[str, list[Any]]]
+
+
+def row_outcomes(
+    source: TableSource, rows: Rows, builder: RequestBuilder, store: Store, tally: RowTally, derived: Derived
+) -> Iterator[Assembled]:
+    """Each input batch with the outcome of each of its output rows (None for a row not finished)
+    and the cells of the columns the job derives from answers."""
+    fanout = builder.fanout
+    slots = builder.slots
+    expected_column = builder.scoring.expected_column
+    names = [name for name, _ in derived.columns()]
+    start = 0
+    for batch in source.batches():
+        first, end = start * fanout, (start + batch.num_rows) * fanout
+        keys = [rows.keys[row] for row in range(first, end)]
+        records = store.get_many(key for key in keys if key is not None)
+        expected = batch.column(expected_column).to_pylist() if expected_column else None
+        outcomes: list[RowOutcome | None] = []
+        extras: dict[str, list[Any]] = {name: [] for name in names}
+        for row, key in enumerate(keys, first):
+            slot = slots[row % fanout]
+            if key is None:
+                outcome: RowOutcome | None = RowOutcome.failed(
+                    row, key=None, model=slot.model, error_type=INVALID_INPUT, error=rows.invalid[row], attempts=0
+                )
+            else:
+                outcome = records.get(key)
+            cells = derived.values(
+                outcome.status if outcome else None,
+                outcome.response if outcome else None,
+                outcome.error_type if outcome else None,
+                expected[row // fanout - start] if expected is not None else None,
+            )
+            if derived.variants:
+                cells["variant"] = slot.variant
+            if derived.transcripts:
+                cells["transcript"] = outcome.transcript if outcome else None
+            for name in names:
+                extras[name].append(cells.get(name))
+            tally.add_row(outcome, (slot.model, slot.variant), cells.get("score"), bool(rows.first[row]))
+            outcomes.append(outcome)
+        yield batch, outcomes, extras
+        start += batch.num_rows
