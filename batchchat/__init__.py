@@ -1,7 +1,8 @@
 """batchchat: answer every row of a prompt table with a chat model, as fast as the rate limit allows.
 
 ``run``/``arun`` run a job (a job file, or settings such as ``input=``, ``model=``);
-``run_frame``/``arun_frame`` take and return a pandas DataFrame, and work in notebooks.
+``run_frame``/``arun_frame`` take and return a pandas DataFrame, and work in notebooks;
+``dry_run`` plans a job and estimates its tokens and cost without sending anything.
 
 The heavy parts (aiohttp, pyarrow, pandas) load on first use, so ``import batchchat`` and
 ``batchchat --help`` stay fast.
@@ -17,10 +18,12 @@ from .errors import BatchchatError, FatalAPIError, Interrupted, JobError, Reques
 from .job import Job, load_job
 
 if TYPE_CHECKING:
+    from .dryrun import DryRun, dry_run
     from .runner import RunResult, arun, arun_frame, run, run_frame
 
 __all__ = [
     "BatchchatError",
+    "DryRun",
     "FatalAPIError",
     "Interrupted",
     "Job",
@@ -30,17 +33,19 @@ __all__ = [
     "__version__",
     "arun",
     "arun_frame",
+    "dry_run",
     "load_job",
     "run",
     "run_frame",
 ]
 
-_LAZY = {"RunResult", "arun", "arun_frame", "run", "run_frame"}
+_LAZY = {"RunResult": "runner", "arun": "runner", "arun_frame": "runner", "run": "runner",
+         "run_frame": "runner", "DryRun": "dryrun", "dry_run": "dryrun"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import runner
+        import importlib
 
-        return getattr(runner, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'batchchat' has no attribute {name!r}")

@@ -18,10 +18,11 @@ import click
 
 from . import __version__
 from .errors import BatchchatError, Interrupted
+from .report import dry_run_text, live_counters, plan_lines, summary_text
 
 if TYPE_CHECKING:
     from .records import RowOutcome
-    from .runner import Plan, RunResult
+    from .runner import Plan
     from .stats import Stats
 
 EXIT_JOB = 2
@@ -81,7 +82,14 @@ def main() -> None:
 def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options ``run`` and ``chat`` share: model, system prompt, endpoint, request, retries."""
     options = [
-        click.option("-m", "--model", metavar="NAME", help="Model to ask (required; in `run`, a job file may set it)."),
+        click.option(
+            "-m",
+            "--model",
+            "models",
+            metavar="NAME",
+            multiple=True,
+            help="Model to ask (required; in `run`, a job file may set it; repeat it to compare models).",
+        ),
         click.option("--system", metavar="TEXT", help="System message sent first in every request."),
         click.option(
             "--provider",
@@ -163,9 +171,41 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
     metavar="SECONDS",
     help="After Ctrl-C or SIGTERM, how long requests in flight may finish [default: 10].",
 )
+@click.option(
+    "--option-column",
+    "option_columns",
+    metavar="NAME",
+    multiple=True,
+    help="A column whose cells set the request field of the same name (e.g. max_tokens). Repeatable.",
+)
+@click.option("--options-column", metavar="NAME", help="Column holding a JSON object of request fields per row.")
+@click.option("--turns-column", metavar="NAME", help="Column holding a JSON list of user turns, sent one by one.")
+@click.option(
+    "--json-schema",
+    metavar="JSON|FILE",
+    help="Ask for JSON fitting this schema (inline, or a .json file); fields become out_<field> columns.",
+)
+@click.option("--labels", metavar="A,B,...", help="Answers must be one of these labels; adds a `label` column.")
+@click.option(
+    "--invalid-retries", type=int, help="Asks again for an answer that breaks the schema or labels [default: 2]."
+)
+@click.option("--expected-column", metavar="NAME", help="Column of expected answers; adds a `score` column.")
+@click.option(
+    "--score",
+    type=click.Choice(["exact", "contains", "regex", "json_equal"]),
+    help="How answers are compared with the expected column [default: exact].",
+)
+@click.option(
+    "--max-cost",
+    type=float,
+    metavar="USD",
+    help="Stop sending before this run would spend more (needs [prices] in the job file).",
+)
+@click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
-        quiet: bool, debug: bool, **options: Any) -> None:  # fmt: skip
+        models: tuple[str, ...], json_schema: str | None, dry_run: bool, quiet: bool, debug: bool,
+        **options: Any) -> None:  # fmt: skip
     """Send every row of a table to a chat model and write the answers beside the input rows.
 
     JOB_FILE is an optional TOML job file; flags override what it sets.
@@ -187,8 +227,15 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
                 "(batchchat run -i prompts.csv -m MODEL)"
             )
         param_values = dict(parse_param(p) for p in params)
-        overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None}
-        job = build_job(job_file, overrides, flag_name)
+        options["option_columns"] = list(options["option_columns"]) or None
+        overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None,
+                     "model": _models(models), "json_schema": _json_schema(json_schema)}  # fmt: skip
+        job = build_job(job_file, overrides, flag_name, check_key=not dry_run)
+        if dry_run:
+            from .dryrun import dry_run as plan_only
+
+            click.echo(dry_run_text(plan_only(job)))
+            sys.exit(0)
         try:
             result = run_job(job, observer=observer)
         finally:
@@ -210,6 +257,35 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     sys.exit(result.exit_code)
 
 
+def _models(names: tuple[str, ...]) -> str | list[str] | None:
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else list(names)
+
+
+def _json_schema(value: str | None) -> dict[str, Any] | None:
+    """A schema given inline (JSON text) or as the path of a .json file."""
+    if value is None:
+        return None
+    where = "--json-schema"
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except OSError as e:
+            raise BatchchatError(
+                f"{where}: cannot read {value}: {e.strerror}; give a .json file or inline JSON"
+            ) from None
+        where = f"--json-schema file {value}"
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BatchchatError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(schema, dict):
+        raise BatchchatError(f"{where}: a schema is a JSON object, got {type(schema).__name__}")
+    return schema
+
+
 def _fail(message: str, debug: bool) -> NoReturn:
     if debug:
         traceback.print_exc()
@@ -228,22 +304,8 @@ class Progress:
     def started(self, plan: Plan) -> None:
         if self.quiet:
             return
-        click.echo(f"batchchat: {plan.rows:,} rows from {plan.source} -> {plan.endpoint}", err=True)
-        if plan.invalid_rows:
-            more = ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
-            shown = ", ".join(map(str, plan.first_invalid)) + more
-            click.echo(
-                f"batchchat: {plan.invalid_rows:,} rows have nothing to send (empty prompt; rows {shown}); "
-                "they become error rows (invalid_input) without a request",
-                err=True,
-            )
-        notes = []
-        if plan.done_rows:
-            notes.append(f"{plan.done_rows:,} rows answered by an earlier run (journal)")
-        if plan.shared_rows:
-            notes.append(f"{plan.shared_rows:,} rows share a request with an identical row")
-        if notes:
-            click.echo(f"batchchat: {'; '.join(notes)}; {plan.to_send:,} requests to send", err=True)
+        for line in plan_lines(plan):
+            click.echo(f"batchchat: {line}", err=True)
         if sys.stderr.isatty() and plan.to_send:
             from tqdm import tqdm
 
@@ -274,35 +336,6 @@ class Progress:
             self.bar = None
 
 
-def live_counters(stats: Stats) -> str:
-    c = stats.counters
-    rate = f"{c.rate:,.1f}/s" if c.rate is not None else "max"
-    return f"rate={rate} 429s={c.rate_limited:,} retries={c.retries:,} tokens={stats.tokens:,} errors={stats.errors:,}"
-
-
-def summary_text(result: RunResult) -> str:
-    s = result.summary
-    status = f"{s.ok:,} ok, {s.errors:,} error"
-    if s.error_types:
-        status += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
-    lines = [f"done: {s.rows:,} rows: {status}"]
-    if s.requests == 0:
-        lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
-    else:
-        lines += [
-            f"this run: {s.answered:,} requests answered in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
-            f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries",
-            f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}",
-        ]
-    if s.latency_p50_s is not None and s.latency_p95_s is not None:
-        latency = f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s"
-        if s.ttft_p50_s is not None and s.ttft_p95_s is not None:
-            latency += f"; first token: p50 {s.ttft_p50_s:.2f} s, p95 {s.ttft_p95_s:.2f} s"
-        lines.append(latency)
-    lines.append(f"output: {result.output}")
-    return "\n".join(lines)
-
-
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("prompt", required=False)
 @request_options
@@ -313,7 +346,8 @@ def summary_text(result: RunResult) -> str:
     metavar="FILE.jsonl",
     help='Append the conversation to this file as one JSONL row {"messages": [...]}.',
 )
-def chat(prompt: str | None, params: tuple[str, ...], save: str | None, debug: bool, **options: Any) -> None:
+def chat(prompt: str | None, params: tuple[str, ...], models: tuple[str, ...], save: str | None, debug: bool,
+         **options: Any) -> None:  # fmt: skip
     """Ask one question (PROMPT), or, without one, hold a conversation that keeps its history.
 
     In a conversation each line of input is a turn, until end of input (Ctrl-D). A file saved with
@@ -327,7 +361,9 @@ def chat(prompt: str | None, params: tuple[str, ...], save: str | None, debug: b
         from .runner import run_sync
 
         param_values = dict(parse_param(p) for p in params)
-        job = build_job(None, {**options, "params": param_values or None}, flag_name)
+        if len(models) > 1:
+            raise BatchchatError("-m/--model: a chat talks to one model; give it once")
+        job = build_job(None, {**options, "model": _models(models), "params": param_values or None}, flag_name)
         save_path = Path(save) if save else None
         if save_path is not None:
             check_save_path(save_path)

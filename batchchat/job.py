@@ -400,4 +400,14 @@ def _simulator(value: Any, at: str) -> SimConfig:
         tpm=whole(entries.get("tpm"), f"{at}.tpm", 1),
         fault_rate=number(entries.get("fault_rate"), f"{at}.fault_rate", 0.0, 1.0) or 0.0,
         seed=whole(entries.get("seed"), f"{at}.seed") or 0,
+        labels=_sim_labels(entries.get("labels"), f"{at}.labels"),
+        invalid_rate=number(entries.get("invalid_rate"), f"{at}.invalid_rate", 0.0, 1.0) or 0.0,
     )
+
+
+def _sim_labels(value: Any, at: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise JobError(f"{at} must be a list of labels, got {value!r}")
+    return tuple(text(label, at) or "" for label in value)

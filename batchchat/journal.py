@@ -54,8 +54,11 @@ class MemoryStore:
 class Journal:
     """The journal file of one output; open it while holding the output's lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """``read_only`` reads without taking over the file: a torn tail is skipped, not cut away
+        (a dry run may look while another run writes)."""
         self.path = path
+        self.read_only = read_only
         self._offsets: dict[str, int] = {}  # key -> offset of its latest record
         self._failed: set[str] = set()  # keys whose latest record is an error
         self.torn = 0  # unreadable records skipped (a cut-off last line, normally)
@@ -76,7 +79,7 @@ class Journal:
     def add(self, outcome: RowOutcome) -> None:
         """Append one finished request and flush it to the OS, so that a kill cannot lose it."""
         key = outcome.key
-        assert key is not None
+        assert key is not None and not self.read_only
         if self._file is None:
             # Unbuffered: each record is one write() to the OS, which keeps it through a kill.
             self._file = self.path.open("ab", buffering=0)
@@ -152,7 +155,7 @@ class Journal:
                         self._failed.discard(key)
                     else:
                         self._failed.add(key)
-        if end_of_good < offset:
+        if end_of_good < offset and not self.read_only:
             os.truncate(self.path, end_of_good)
 
 

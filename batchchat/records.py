@@ -147,6 +147,8 @@ class SimConfig:
     tpm: int | None = None
     fault_rate: float = 0.0
     seed: int = 0
+    labels: tuple[str, ...] = ()  # answer with one of these (a labeling model)
+    invalid_rate: float = 0.0  # share of answers that break the labels or the asked-for JSON
     api_key: str | None = None  # when set, requests without this bearer key get 401
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -143,7 +143,7 @@ async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None
     source = ArrowSource(_frame_table(frame, builder.columns), "the DataFrame")
     store = MemoryStore()
     watcher = observer or _Silent()
-    plan, rows = make_plan(job, source, builder, store, None, _endpoint_name(job))
+    plan, rows = make_plan(job, source, builder, store, None, endpoint_name(job))
     watcher.started(plan)
     try:
         if plan.to_send:
@@ -215,7 +215,7 @@ async def _run_file(
     schema: pa.Schema,
     observer: Observer,
 ) -> RunResult:
-    plan, rows = make_plan(job, source, builder, journal, output, _endpoint_name(job))
+    plan, rows = make_plan(job, source, builder, journal, output, endpoint_name(job))
     observer.started(plan)
     stats = Stats(plan.to_send, dict(job.prices))
     derived = derived_columns(job)
@@ -349,12 +349,12 @@ def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
     return installed
 
 
-def _endpoint_name(job: Job) -> str:
+def endpoint_name(job: Job) -> str:
     return "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
 
 
 def _fatal_message(job: Job, error: RequestError) -> str:
-    where = _endpoint_name(job)
+    where = endpoint_name(job)
     if error.error_type == AUTH:
         key = job.endpoint.api_key_env
         fix = f"set a valid key in {key}" if key else "pass a key with --api-key-env NAME"
@@ -370,7 +370,10 @@ async def open_client(job: Job) -> AsyncIterator[ChatClient]:
     if job.endpoint.provider == "sim":
         from .simulator import Simulator  # the web server is imported only when it is used
 
-        simulator = Simulator(job.simulator)
+        config = job.simulator
+        if job.answers.labels and not config.labels:  # a simulated labeler answers from the job's labels
+            config = replace(config, labels=job.answers.labels)
+        simulator = Simulator(config)
         base_url = await simulator.start()
     assert base_url is not None
     try:

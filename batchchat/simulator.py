@@ -10,7 +10,13 @@ same answer.
 Faults come two ways. ``fault_rate`` injects them at random, decided by a hash of the body and
 how many times that body has arrived, so a run is repeatable. A directive written in a message,
 ``[sim:fault=500,times=2]`` or ``[sim:delay_ms=300]``, scripts one row: ``times`` limits the
-fault to the first N arrivals of that exact request.
+fault to the first N arrivals of that exact request. ``[sim:reply=any text]`` makes the answer
+exactly that text.
+
+Like a model asked for them, it answers a ``response_format`` with JSON that fits the schema, and,
+given ``labels``, with one of them (in varied case and punctuation). ``invalid_rate`` makes that
+share of such answers wrong (broken JSON, a missing field, a label not in the set), decided per
+arrival, so asking again can get a valid answer.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from .records import SimConfig
+from .schema import schema_of
 
 MODELS = ("sim-chat", "sim-chat-large", "meta-llama/Llama-3.3-70B-Instruct-Turbo")
 RANDOM_FAULTS = ("500", "503", "html502", "drop", "truncate", "malformed")
@@ -67,6 +74,9 @@ def request_digest(body: dict[str, Any]) -> str:
 def synthetic_reply(body: dict[str, Any]) -> tuple[str, str, int, int]:
     """(content, finish_reason, prompt_tokens, completion_tokens) for a request body."""
     digest = request_digest(body)
+    reply = _directive(body).get("reply")
+    if reply is not None:
+        return _finish(body, reply.split(" "), "stop")
     last = _last_user_text(body.get("messages", []))
     quoted = " ".join(last.split())
     quoted = quoted if len(quoted) <= 60 else quoted[:57] + "..."
@@ -74,12 +84,94 @@ def synthetic_reply(body: dict[str, Any]) -> tuple[str, str, int, int]:
     words = [_WORDS[b % len(_WORDS)] for b in stream[1 : 9 + stream[0] % 24]]
     tokens = [f"[{digest[:8]}]", "Simulated", "answer", f"to \u201c{quoted}\u201d:", *words]
     tokens[-1] += "."
-    finish = "stop"
+    return _finish(body, tokens, "stop")
+
+
+def _finish(body: dict[str, Any], tokens: list[str], finish: str) -> tuple[str, str, int, int]:
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 < max_tokens < len(tokens):
         tokens, finish = tokens[:max_tokens], "length"
     prompt_tokens = sum(4 + math.ceil(len(_text_of(m)) / 4) for m in body.get("messages", []) if isinstance(m, dict))
     return " ".join(tokens), finish, prompt_tokens, len(tokens)
+
+
+def shaped_reply(body: dict[str, Any], config: SimConfig, arrival: int) -> tuple[str, str, int, int]:
+    """The reply, shaped like the answer asked for: JSON for a response_format, else a label
+    (when the simulator has labels), else free text. ``invalid_rate`` spoils some of them."""
+    if "reply" in _directive(body):
+        return synthetic_reply(body)
+    digest = request_digest(body)
+    invalid = config.invalid_rate > 0 and _unit(config.seed, digest, arrival, "invalid") < config.invalid_rate
+    pick = _unit(config.seed, digest, arrival, "pick")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+        schema = schema_of(response_format) or {"type": "object", "properties": {"answer": {"type": "string"}}}
+        value = _example(schema, digest, schema)
+        text = json.dumps(value, ensure_ascii=False)
+        if invalid:
+            spoiled = _spoiled(value, schema)
+            if spoiled is not None and pick < 0.5:
+                text = json.dumps(spoiled, ensure_ascii=False)
+            else:  # cut off mid-way
+                text = text[: max(1, len(text) // 2)]
+        return _finish(body, text.split(" "), "stop")
+    if config.labels:
+        label = config.labels[int(_unit(config.seed, digest, "label") * len(config.labels))]
+        text = ("I am not sure which fits." if invalid
+                else (label, label.upper() + ".", f" {label.capitalize()}!")[int(pick * 3)])  # fmt: skip
+        return _finish(body, text.split(" "), "stop")
+    return synthetic_reply(body)
+
+
+def _example(schema: Any, digest: str, root: dict[str, Any], path: str = "") -> Any:
+    """A value that fits ``schema``, varied by the request (``digest``) and the field's path."""
+    if not isinstance(schema, dict):
+        return None
+    if "$ref" in schema:
+        node: Any = root
+        for part in str(schema["$ref"])[2:].split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return _example(node, digest, root, path)
+    unit = _unit(digest, path)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][int(unit * len(schema["enum"]))]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return _example(schema[key][0], digest, root, path)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return {
+            name: _example(sub, digest, root, f"{path}.{name}") for name, sub in schema.get("properties", {}).items()
+        }
+    if kind == "array":
+        count = max(schema.get("minItems", 1), 1)
+        return [_example(schema.get("items", {}), digest, root, f"{path}[{i}]") for i in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 10))
+        value = low + unit * (high - low)
+        if kind == "integer":
+            return min(max(math.ceil(low), round(value)), math.floor(high))
+        return round(value, 3)
+    if kind == "boolean":
+        return unit < 0.5
+    if kind == "null":
+        return None
+    word = _WORDS[int(unit * len(_WORDS))]
+    return word if len(word) >= schema.get("minLength", 0) else word * schema.get("minLength", 1)
+
+
+def _spoiled(value: Any, schema: dict[str, Any]) -> Any:
+    """A near miss that parses but breaks the schema (a required field left out), or None when
+    the schema requires nothing."""
+    required = schema.get("required") or []
+    if isinstance(value, dict) and required:
+        return {k: v for k, v in value.items() if k != required[0]}
+    return None
 
 
 def _text_of(message: dict[str, Any]) -> str:
@@ -221,7 +313,7 @@ class Simulator:
         digest = request_digest(body)
         self.arrivals[digest] += 1
         arrival = self.arrivals[digest]
-        content, finish, prompt_tokens, completion_tokens = synthetic_reply(body)
+        content, finish, prompt_tokens, completion_tokens = shaped_reply(body, self.config, arrival)
 
         limited = self._check_limits(prompt_tokens + completion_tokens)
         if limited is not None:
@@ -435,9 +527,13 @@ def _invalid_body(body: Any) -> str | None:
 
 
 def _directive(body: dict[str, Any]) -> dict[str, str]:
-    for message in body["messages"]:
+    for message in body.get("messages", ()):
+        if not isinstance(message, dict):
+            continue
         match = _DIRECTIVE.search(_text_of(message))
         if match:
+            if match.group(1).startswith("reply="):  # the rest is the answer, spaces and all
+                return {"reply": match.group(1)[len("reply=") :]}
             options = {}
             for item in re.split(r"[,\s]+", match.group(1).strip()):
                 if "=" in item:

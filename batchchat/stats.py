@@ -23,7 +23,7 @@ class Counters:
     __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries")
 
     def __init__(self) -> None:
-        self.invalid = 0  # answers not valid (JSON, schema, labels) and asked again
+        self.invalid = 0  # answers that were not the JSON or label asked for (each re-asked while re-asks last)
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
         self.retries = 0  # attempts after a request's first

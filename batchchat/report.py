@@ -1,0 +1,153 @@
+"""What the CLI shows about a run, as text: the plan, the live counters, the summary, a dry run.
+
+Kept apart from ``cli.py`` so the wording can be tested without a terminal, and light to import:
+nothing here loads pyarrow or aiohttp.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .dryrun import DryRun
+    from .passes import Plan
+    from .runner import RunResult
+    from .stats import GroupSummary, Stats
+
+SHOWN_REQUEST_CHARS = 600
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """What a run is about to do: rows, fan-out, what earlier runs and dedup spare it."""
+    fanout = ""
+    if plan.models > 1 or plan.variants:
+        parts = [f"{plan.input_rows:,} rows", f"{plan.models} models" if plan.models > 1 else "",
+                 f"{plan.variants} variants" if plan.variants else ""]  # fmt: skip
+        fanout = f" ({' x '.join(p for p in parts if p)})"
+    lines = [f"{plan.rows:,} rows{fanout} from {plan.source} -> {plan.endpoint}"]
+    if plan.invalid_rows:
+        more = ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
+        shown = ", ".join(map(str, plan.first_invalid)) + more
+        lines.append(
+            f"{plan.invalid_rows:,} rows have nothing to send (empty prompt; input rows {shown}); "
+            "they become error rows (invalid_input) without a request"
+        )
+    notes = []
+    if plan.done_rows:
+        notes.append(f"{plan.done_rows:,} rows answered by an earlier run (journal)")
+    if plan.shared_rows:
+        notes.append(f"{plan.shared_rows:,} rows share a request with an identical row")
+    if notes:
+        lines.append(f"{'; '.join(notes)}; {plan.to_send:,} requests to send")
+    return lines
+
+
+def live_counters(stats: Stats) -> str:
+    c = stats.counters
+    rate = f"{c.rate:,.1f}/s" if c.rate is not None else "max"
+    text = f"rate={rate} 429s={c.rate_limited:,} retries={c.retries:,} tokens={stats.tokens:,} errors={stats.errors:,}"
+    if c.invalid:
+        text += f" invalid={c.invalid:,}"
+    if stats.prices and not stats.unpriced:
+        text += f" cost={money(stats.cost)}"
+    return text
+
+
+def summary_text(result: RunResult) -> str:
+    s = result.summary
+    status = f"{s.ok:,} ok, {s.errors:,} error"
+    if s.error_types:
+        status += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
+    if s.pending:
+        status += f", {s.pending:,} pending"
+    lines = [f"done: {s.rows:,} rows: {status}"]
+    if s.requests == 0:
+        lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
+    else:
+        invalid = f", {s.invalid_answers:,} invalid answers (JSON or label)" if s.invalid_answers else ""
+        lines += [
+            f"this run: {s.answered:,} requests answered in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
+            f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries{invalid}",
+            f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}"
+            + (f"; cost {money(s.cost)}" if s.cost is not None else ""),
+        ]
+    if s.latency_p50_s is not None and s.latency_p95_s is not None:
+        latency = f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s"
+        if s.ttft_p50_s is not None and s.ttft_p95_s is not None:
+            latency += f"; first token: p50 {s.ttft_p50_s:.2f} s, p95 {s.ttft_p95_s:.2f} s"
+        lines.append(latency)
+    if len(s.groups) > 1 or any(g.scored for g in s.groups):
+        lines += group_table(s.groups)
+    if s.budget_stopped:
+        lines.append(
+            f"stopped at the cost cap: spent {money(s.cost)} of {money(s.cost_cap)} this run; the "
+            f"{s.pending:,} rows not sent are 'pending'; run again to continue (each run may spend up to --max-cost)"
+        )
+    lines.append(f"output: {result.output}")
+    return "\n".join(lines)
+
+
+def group_table(groups: Sequence[GroupSummary]) -> list[str]:
+    """Per model and variant, over every row of the output."""
+    header = ("model", "variant", "rows", "ok", "errors", "accuracy", "p50 s", "p95 s", "tokens", "cost")
+    rows = [header]
+    for g in groups:
+        accuracy = f"{g.accuracy:.1%} of {g.scored:,}" if g.accuracy is not None else "-"
+        rows.append((g.model, g.variant or "-", f"{g.rows:,}", f"{g.ok:,}", f"{g.errors:,}", accuracy,
+                     _seconds(g.latency_p50_s), _seconds(g.latency_p95_s), f"{g.tokens:,}", money(g.cost)))  # fmt: skip
+    return _columns(rows)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned text columns, right-aligned numbers."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def dry_run_text(dry: DryRun) -> str:
+    plan = dry.plan
+    lines = ["dry run: nothing was sent", *plan_lines(plan)]
+    if not plan.done_rows and not plan.shared_rows:
+        lines.append(f"{plan.to_send:,} requests to send")
+    rows = [("model", "variant", "requests", "prompt tokens", "completion tokens", "cost")]
+    for g in dry.groups:
+        rows.append((g.model, g.variant or "-", f"{g.requests:,}", f"{g.prompt_tokens:,}",
+                     f"{g.completion_tokens:,}", money(g.cost)))  # fmt: skip
+    rows.append(("total", "", f"{plan.to_send:,}", f"{dry.prompt_tokens:,}", f"{dry.completion_tokens:,}",
+                 money(dry.cost)))  # fmt: skip
+    lines.append("estimate (prompt: characters / 4; completion: max_tokens per answer, or 256 when unset):")
+    lines += _columns(rows)
+    if dry.cost is None and plan.to_send:
+        lines.append(
+            'no price for some models: add [prices] to the job file, "MODEL" = { input = USD, output = USD } per million tokens'
+        )
+    if dry.first_request is not None:
+        request = dry.first_request
+        body = request.body()
+        if request.turns:
+            body["turns"] = list(request.turns)
+        text = json.dumps(body, ensure_ascii=False)
+        if len(text) > SHOWN_REQUEST_CHARS:
+            text = text[: SHOWN_REQUEST_CHARS - 3] + "..."
+        lines.append(f"first request: {text}")
+    if dry.missing_key:
+        lines.append(f"note: {dry.missing_key} is not set; a real run needs it (export {dry.missing_key}=...)")
+    if plan.output is not None:
+        lines.append(f"output would be: {plan.output}")
+    return "\n".join(lines)
