@@ -60,9 +60,10 @@ def usage_cost(price: Price | None, usage: Usage) -> float:
 
 
 class Budget:
-    """A run's spending cap: a request is sent only if what was spent, plus the estimate of what
-    is in flight, plus its own estimate stays within the cap. The first that does not fit stops
-    dispatching; the run then ends with the rest pending."""
+    """A run's spending cap. A request (a whole scripted conversation, or one re-ask of an invalid
+    answer) is dispatched only if what was spent, plus the estimates held for what is in flight,
+    plus its own estimate stays within the cap. The first that does not fit stops dispatching;
+    the run then ends with the rest pending."""
 
     def __init__(self, cap: float, prices: Mapping[str, Price]) -> None:
         self.cap = cap
@@ -72,7 +73,8 @@ class Budget:
         self.exhausted = False
 
     def reserve(self, request: ChatRequest) -> float | None:
-        """The amount held for one attempt, or None (and the budget is exhausted) if it would not fit."""
+        """The estimate held for ``request`` until ``release``, or None (and the budget is
+        exhausted) if it would not fit."""
         price = self.prices.get(request.model)
         tokens = estimate(request)
         held = price.cost(tokens.prompt_tokens, tokens.completion_tokens) if price else 0.0
@@ -82,7 +84,9 @@ class Budget:
         self.in_flight += held
         return held
 
-    def settle(self, held: float, model: str, usage: Usage | None) -> None:
+    def charge(self, model: str, usage: Usage) -> None:
+        """An answer arrived: it is paid for, whatever happens to its row next."""
+        self.spent += usage_cost(self.prices.get(model), usage)
+
+    def release(self, held: float) -> None:
         self.in_flight -= held
-        if usage is not None:
-            self.spent += usage_cost(self.prices.get(model), usage)

@@ -8,7 +8,7 @@ the spare workers keep the slots busy meanwhile.
 
 Stopping: once ``stop`` is set, no worker takes a new request or starts another attempt; requests
 in flight run to their end, and the caller decides how long to wait for them. A budget that a
-request would overrun sets ``stop`` the same way.
+request would overrun stops the taking of new requests; those under way finish.
 
 An answer that fails ``check`` (not the JSON or label asked for) is asked again, up to
 ``invalid_retries`` times; a scripted conversation (a request with ``turns``) sends its turns in
@@ -96,16 +96,9 @@ async def run_requests(
         if stopping.is_set():
             raise Stopped
         permit = await throttle.acquire(request)
-        held = None
-        result = None
         try:
             if stopping.is_set():  # the stop came while this request waited for the limits
                 raise Stopped
-            if budget is not None:
-                held = budget.reserve(request)
-                if held is None:
-                    stopping.set()
-                    raise Stopped
             count.requests += 1
             try:
                 result = await send(request)
@@ -118,16 +111,21 @@ async def run_requests(
                 raise
             throttle.succeeded(permit, result)
             count.rate = throttle.rate
+            if budget is not None:
+                budget.charge(request.model, result.usage)
             return result
         finally:
             throttle.release()
-            if budget is not None and held is not None:
-                budget.settle(held, request.model, result.usage if result is not None else None)
 
     async def ask(request: ChatRequest, checked: bool) -> _Asked:
         """Send one request; re-ask while the answer is invalid and re-asks are left."""
         asked = _Asked()
-        for _ in range(1 + (invalid_retries if checked else 0)):
+        for round in range(1 + (invalid_retries if checked else 0)):
+            if round and budget is not None:  # a re-ask is paid again: it must fit the budget too
+                held = budget.reserve(request)
+                if held is None:
+                    return asked  # the invalid answer stands
+                budget.release(held)  # charged as it is answered; held only to check it fits
             done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
             asked.attempts += done.attempts
             asked.result, asked.error = done.result, done.error
@@ -169,10 +167,15 @@ async def run_requests(
         return outcome
 
     async def worker() -> None:
-        while not stopping.is_set():
+        # An exhausted budget stops new work only: what is under way (a conversation's later
+        # turns included) finishes, since abandoning it would waste what it already cost.
+        while not stopping.is_set() and not (budget is not None and budget.exhausted):
             request = next(pending, None)
             if request is None:
                 return
+            held = budget.reserve(request) if budget is not None else 0.0
+            if held is None:
+                return  # the request is not sent: its row stays pending
             try:
                 if request.turns:
                     on_outcome(await converse(request))
@@ -180,6 +183,9 @@ async def run_requests(
                     on_outcome(_outcome(request, await ask(request, checked=True)))
             except Stopped:
                 return
+            finally:
+                if budget is not None:
+                    budget.release(held)
 
     async with asyncio.TaskGroup() as group:
         for _ in range(2 * throttle.concurrency):
