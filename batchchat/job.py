@@ -145,6 +145,14 @@ SETTINGS = (
     "response_format", "json_schema", "labels", "invalid_retries", "expected_column", "score",
     "turns_column", "prices", "max_cost",
 )  # fmt: skip
+# Settings that say one thing two ways; the job file may use one while a flag sets the other.
+SAME_SETTING = {
+    "stream": ("stream_tokens",),
+    "model": ("models",),
+    "models": ("model",),
+    "json_schema": ("response_format",),
+    "response_format": ("json_schema",),
+}
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
 
@@ -188,8 +196,8 @@ def build_job(
             params.update(table(value, label(key)))
         else:
             settings[key] = value
-            if key == "stream":  # the flag wins over the job file's legacy name too
-                settings.pop("stream_tokens", None)
+            for other in SAME_SETTING.get(key, ()):  # an override wins over the file's other spelling too
+                settings.pop(other, None)
         where[key] = label(key)
     return _job_from(settings, params, where, check_key)
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .errors import JobError
 from .job import Job
-from .jobparts import check_params
+from .jobparts import RESERVED_PARAMS
 from .records import ChatRequest, InvalidRow
 from .source import TableSource
 from .template import cell_text, parse_template
@@ -203,15 +203,15 @@ class RequestBuilder:
             value = option_value(cells[column])
             if value is not None:
                 options[field] = value
-        where = self._where(row, spec.json_column or spec.columns[0][1])
-        try:
-            check_params(options, where)
-        except JobError as e:
-            raise JobError(f"{e}; fix the input") from None
         for field, value in options.items():
+            column = next((c for f, c in spec.columns if f == field), spec.json_column)
+            if field in RESERVED_PARAMS or (field == "n" and value != 1):
+                raise JobError(
+                    f"{self._where(row, column or field)}: request option '{field}' cannot be set per row "
+                    f"({RESERVED_PARAMS.get(field, 'batchchat keeps one answer per row, so n must be 1')})"
+                )
             problem = OPTION_CHECKS.get(field, lambda v: None)(value)
             if problem:
-                column = next((c for f, c in spec.columns if f == field), spec.json_column)
                 raise JobError(
                     f"{self._where(row, column or field)}: request option '{field}' {problem}, got {value!r}"
                 )

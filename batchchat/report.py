@@ -37,7 +37,8 @@ def plan_lines(plan: Plan) -> list[str]:
         more = ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
         shown = ", ".join(map(str, plan.first_invalid)) + more
         lines.append(
-            f"{plan.invalid_rows:,} rows have nothing to send (empty prompt; input rows {shown}); "
+            f"{plan.invalid_rows:,} rows have nothing to send (empty prompt; "
+            f"{'input rows' if plan.rows != plan.input_rows else 'rows'} {shown}); "
             "they become error rows (invalid_input) without a request"
         )
     notes = []

@@ -53,6 +53,7 @@ STATUS_FAULTS = {
     "504": ("server_error", "simulated gateway timeout"),
 }
 _DIRECTIVE = re.compile(r"\[sim:([^\]]*)\]")
+_REPLY = "[sim:reply="
 _WORDS = (
     "the", "answer", "depends", "on", "context", "but", "in", "short", "it", "is", "worth",
     "noting", "that", "several", "factors", "matter", "here", "first", "second", "finally",
@@ -530,10 +531,12 @@ def _directive(body: dict[str, Any]) -> dict[str, str]:
     for message in body.get("messages", ()):
         if not isinstance(message, dict):
             continue
-        match = _DIRECTIVE.search(_text_of(message))
+        text = _text_of(message)
+        start = text.find(_REPLY)
+        if start >= 0 and text.rfind("]") > start:  # up to the last ']': the answer, brackets and all
+            return {"reply": text[start + len(_REPLY) : text.rfind("]")]}
+        match = _DIRECTIVE.search(text)
         if match:
-            if match.group(1).startswith("reply="):  # the rest is the answer, spaces and all
-                return {"reply": match.group(1)[len("reply=") :]}
             options = {}
             for item in re.split(r"[,\s]+", match.group(1).strip()):
                 if "=" in item:
