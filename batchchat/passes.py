@@ -18,7 +18,7 @@ from .errors import INVALID_INPUT, JobError
 from .job import Job
 from .journal import Journal, MemoryStore
 from .prompts import RequestBuilder, RowKeys
-from .records import InvalidRow, RowOutcome
+from .records import PENDING, InvalidRow, RowOutcome
 from .source import TableSource
 from .stats import RowTally
 
@@ -122,14 +122,14 @@ def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, o
     ), rows
 
 
-Assembled = tuple["pa.RecordBatch", list[RowOutcome | None], dict[str, list[Any]]]
+Assembled = tuple["pa.RecordBatch", list[RowOutcome], dict[str, list[Any]]]
 
 
 def row_outcomes(
     source: TableSource, rows: Rows, builder: RequestBuilder, store: Store, tally: RowTally, derived: Derived
 ) -> Iterator[Assembled]:
-    """Each input batch with the outcome of each of its output rows (None for a row not finished)
-    and the cells of the columns the job derives from answers."""
+    """Each input batch with the outcome of each of its output rows (status ``pending`` for a row
+    not finished) and the cells of the columns the job derives from answers."""
     fanout = builder.fanout
     slots = builder.slots
     expected_column = builder.scoring.expected_column
@@ -140,26 +140,26 @@ def row_outcomes(
         keys = [rows.keys[row] for row in range(first, end)]
         records = store.get_many(key for key in keys if key is not None)
         expected = batch.column(expected_column).to_pylist() if expected_column else None
-        outcomes: list[RowOutcome | None] = []
+        outcomes: list[RowOutcome] = []
         extras: dict[str, list[Any]] = {name: [] for name in names}
         for row, key in enumerate(keys, first):
             slot = slots[row % fanout]
             if key is None:
-                outcome: RowOutcome | None = RowOutcome.failed(
+                outcome = RowOutcome.failed(
                     row, key=None, model=slot.model, error_type=INVALID_INPUT, error=rows.invalid[row], attempts=0
                 )
             else:
-                outcome = records.get(key)
+                outcome = records.get(key) or RowOutcome(row, key, PENDING, 0, slot.model)
             cells = derived.values(
-                outcome.status if outcome else None,
-                outcome.response if outcome else None,
-                outcome.error_type if outcome else None,
+                outcome.status,
+                outcome.response,
+                outcome.error_type,
                 expected[row // fanout - start] if expected is not None else None,
             )
             if derived.variants:
                 cells["variant"] = slot.variant
             if derived.transcripts:
-                cells["transcript"] = outcome.transcript if outcome else None
+                cells["transcript"] = outcome.transcript
             for name in names:
                 extras[name].append(cells.get(name))
             tally.add_row(outcome, (slot.model, slot.variant), cells.get("score"), bool(rows.first[row]))

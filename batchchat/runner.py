@@ -151,7 +151,7 @@ async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None
             await _send(job, source, builder, rows, store, stats, watcher, handle_signals=False)
     except FatalAPIError as fatal:
         raise FatalAPIError(f"stopped: {fatal}", fatal.error) from None
-    outcomes: list[RowOutcome | None] = []
+    outcomes: list[RowOutcome] = []
     extras: dict[str, list[Any]] = {name: [] for name, _ in derived.columns()}
     for _, batch_outcomes, batch_extras in row_outcomes(source, rows, builder, store, RowTally(), derived):
         outcomes += batch_outcomes

@@ -262,3 +262,28 @@ def test_run_frame_fans_out_and_adds_the_derived_columns(sim_factory: Any) -> No
     assert list(out.model) == ["sim-chat", "sim-chat-large"] * 3
     assert set(out.label) <= {"yes", "no"}
     assert list(out.score) == [1.0 if label == gold else 0.0 for label, gold in zip(out.label, out.gold, strict=True)]
+
+
+def test_the_nightly_labeling_job_is_safe_to_repeat_and_labels_only_new_rows(tmp_path: Path) -> None:
+    import shutil
+
+    from .helpers import cli_subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("*.parquet", "*.journal"))
+    night = ("run", "jobs/label-sentiment.toml", "--provider", "sim")
+    first = cli_subprocess(*night, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    labeled = read_output(tmp_path / "jobs" / "reviews_labeled.parquet")
+    assert len(labeled) == 20 and all(r["label"] in LABELS for r in labeled)
+    again = cli_subprocess(*night, cwd=tmp_path)
+    assert again.returncode == 0
+    assert "nothing to send" in again.stderr
+    assert read_output(tmp_path / "jobs" / "reviews_labeled.parquet") == labeled
+    with (tmp_path / "jobs" / "reviews.csv").open("a", encoding="utf-8") as f:
+        f.write("r021,Works as advertised.\nr022,Awful.\n")
+    third = cli_subprocess(*night, cwd=tmp_path)
+    assert third.returncode == 0
+    assert "20 rows answered by an earlier run (journal); 2 requests to send" in third.stderr
+    rows = read_output(tmp_path / "jobs" / "reviews_labeled.parquet")
+    assert rows[:20] == labeled and len(rows) == 22 and rows[21]["label"] in LABELS

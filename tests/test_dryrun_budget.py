@@ -1,0 +1,160 @@
+"""--dry-run (plan and estimate, send nothing) and --max-cost (stop before the cap)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import batchchat
+from batchchat.report import money
+from batchchat.simulator import BackgroundSimulator
+
+from .helpers import cli, read_output, write_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def priced_job(folder: Path, url: str, rows: int = 20, extra: str = "") -> Path:
+    write_csv(folder / "in.csv", ["prompt"], [[f"question number {i:03d}"] for i in range(rows)])  # 19 chars
+    path = folder / "job.toml"
+    path.write_text(f"""input = "in.csv"
+output = "out.csv"
+base_url = "{url}"
+models = ["sim-chat", "sim-chat-large"]
+max_tokens = 100
+[prices]
+"sim-chat" = {{ input = 1000.0, output = 2000.0 }}
+"sim-chat-large" = {{ input = 3000.0, output = 6000.0 }}
+{extra}""", encoding="utf-8")  # fmt: skip
+    return path
+
+
+def test_a_dry_run_plans_estimates_and_sends_nothing(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    job = priced_job(tmp_path, sim.url)
+    result = cli("run", job, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "dry run: nothing was sent" in out
+    assert "40 rows (20 rows x 2 models)" in out and "40 requests to send" in out
+    prompt, completion = 20 * math.ceil(len("question number 000") / 4), 20 * 100
+    small = (prompt * 1000 + completion * 2000) / 1e6
+    large = (prompt * 3000 + completion * 6000) / 1e6
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
+    assert lines["sim-chat"][2:] == ["20", f"{prompt:,}", f"{completion:,}", f"${small:.2f}"]
+    assert lines["sim-chat-large"][2:] == ["20", f"{prompt:,}", f"{completion:,}", f"${large:,.2f}"]
+    assert lines["total"][1:] == ["40", f"{2 * prompt:,}", f"{2 * completion:,}", f"${small + large:,.2f}"]
+    assert (
+        'first request: {"model": "sim-chat", "messages": [{"role": "user", "content": "question number 000"}]' in out
+    )
+    assert sim.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "job.toml"]
+
+
+def test_a_dry_run_counts_what_resume_and_dedup_spare_and_leaves_the_output_alone(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    job = priced_job(tmp_path, sim.url, rows=10)
+    assert cli("run", job).exit_code == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    write_csv(tmp_path / "in.csv", ["prompt"],
+              [[f"question number {i:03d}"] for i in range(10)] + [["new"], ["new"], ["newer"]])  # fmt: skip
+    before["in.csv"] = (tmp_path / "in.csv").read_bytes()
+    sent = len(sim.requests)
+    result = cli("run", job, "--dry-run")
+    assert result.exit_code == 0
+    assert (
+        "20 rows answered by an earlier run (journal); 2 rows share a request with an identical row; 4 requests to send"
+        in result.stdout
+    )
+    assert len(sim.requests) == sent
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_dry_run_needs_no_key_and_says_a_run_will(tmp_path: Path) -> None:
+    write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    result = cli("run", "-i", tmp_path / "in.csv", "-m", "meta-llama/Llama-3.3-70B-Instruct-Turbo", "--dry-run")
+    assert result.exit_code == 0
+    assert "note: TOGETHER_API_KEY is not set; a real run needs it" in result.stdout
+    assert "no price for some models" in result.stdout
+    assert cli("run", "-i", tmp_path / "in.csv", "-m", "x").exit_code == 2
+
+
+def test_a_dry_run_still_refuses_bad_input(tmp_path: Path) -> None:
+    write_csv(tmp_path / "in.csv", ["text"], [["hi"]])
+    result = cli("run", "-i", tmp_path / "in.csv", "-m", "m", "--provider", "sim", "--dry-run")
+    assert result.exit_code == 2 and "has no column 'prompt'" in result.stderr
+
+
+def test_dry_run_from_the_library(tmp_path: Path) -> None:
+    write_csv(tmp_path / "in.csv", ["prompt"], [["abcd" * 10], ["x"]])
+    plan = batchchat.dry_run(input=str(tmp_path / "in.csv"), model=["a", "b"], max_tokens=7,
+                             provider="together")  # fmt: skip
+    assert plan.plan.to_send == 4
+    assert plan.prompt_tokens == 2 * (10 + 1) and plan.completion_tokens == 4 * 7
+    assert plan.cost is None and plan.missing_key == "TOGETHER_API_KEY"
+
+
+@pytest.mark.parametrize("job", sorted(p.name for p in (ROOT / "jobs").glob("*.toml")))
+def test_every_example_job_passes_a_dry_run(job: str) -> None:
+    result = cli("run", ROOT / "jobs" / job, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "requests to send" in result.stdout
+
+
+PRICES = {"sim-chat": (1000, 2000), "sim-chat-large": (3000, 6000)}
+ESTIMATE = {"sim-chat": 0.205, "sim-chat-large": 0.615}  # 5 prompt + 100 completion tokens (max_tokens)
+
+
+def cost_of(rows: list[dict[str, Any]]) -> float:
+    return sum((int(r["prompt_tokens"]) * PRICES[r["model"]][0] + int(r["completion_tokens"]) * PRICES[r["model"]][1])
+               / 1e6 for r in rows)  # fmt: skip
+
+
+def test_the_cost_cap_stops_dispatching_leaves_rows_pending_and_a_rerun_continues(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    job = priced_job(tmp_path, sim.url, rows=20)
+    # one at a time: each request is dispatched knowing what the earlier ones cost
+    result = cli("run", job, "--max-cost", "1", "--concurrency", "1")
+    assert result.exit_code == 1
+    rows = read_output(tmp_path / "out.csv")
+    finished = [r for r in rows if r["status"] != "pending"]
+    pending = [r for r in rows if r["status"] == "pending"]
+    assert finished and pending and rows[: len(finished)] == finished
+    assert len(sim.requests) == len(finished)
+    spent = cost_of(finished)
+    # it stopped when the next request's estimate, with the one waiting its turn (the scheduler
+    # keeps a spare worker per slot), would have passed the cap
+    assert spent <= 1 < spent + ESTIMATE[pending[0]["model"]] + max(ESTIMATE.values())
+    assert (
+        f"stopped at the cost cap: spent {money(spent)} of $1.00 this run; the {len(pending)} rows not sent are 'pending'"
+        in result.stderr
+    )
+    again = cli("run", job)
+    assert again.exit_code == 0
+    assert len(sim.requests) == 40
+    assert all(r["status"] == "ok" for r in read_output(tmp_path / "out.csv"))
+
+
+def test_the_cost_cap_holds_with_requests_in_flight(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(latency_ms=30)
+    job = priced_job(tmp_path, sim.url, rows=20)
+    assert cli("run", job, "--max-cost", "2", "--concurrency", "8").exit_code == 1
+    rows = [r for r in read_output(tmp_path / "out.csv") if r["status"] != "pending"]
+    # estimates are upper bounds (max_tokens), so what was in flight together never passed the cap
+    assert sum(ESTIMATE[r["model"]] for r in rows[:8]) <= 2
+    assert cost_of(rows) <= 2
+
+
+def test_a_cost_cap_needs_prices(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    result = cli("run", "-i", tmp_path / "in.csv", "-m", "m", "--base-url", sim.url, "--max-cost", "1")
+    assert result.exit_code == 2 and "--max-cost needs the price of every model" in result.stderr
+
+
+def test_the_summary_reports_the_actual_cost(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    result = cli("run", priced_job(tmp_path, sim.url, rows=3))
+    assert f"; cost {money(cost_of(read_output(tmp_path / 'out.csv')))}" in result.stderr
