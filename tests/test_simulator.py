@@ -208,3 +208,67 @@ def test_serve_command_prints_its_url_and_answers_until_stopped():
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
+
+
+def answer_of(url: str, request: dict) -> str:
+    status, _, raw = post(url, request)
+    assert status == 200
+    return json.loads(raw)["choices"][0]["message"]["content"]
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "negative"]},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+        "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        "spam": {"type": "boolean"},
+        "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+    "required": ["sentiment", "stars"],
+}
+
+
+def test_a_response_format_gets_json_that_fits_its_schema(sim_factory):
+    from batchchat.schema import validate
+
+    sim = sim_factory()
+    openai_form = {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}}
+    answers = [json.loads(answer_of(sim.url, body(f"review {i}", response_format=openai_form))) for i in range(30)]
+    assert all(validate(a, SCHEMA) is None for a in answers)
+    assert {a["sentiment"] for a in answers} == {"positive", "negative"}  # varied by the request
+    together_form = {"type": "json_object", "schema": SCHEMA}
+    assert validate(json.loads(answer_of(sim.url, body(response_format=together_form))), SCHEMA) is None
+    assert isinstance(json.loads(answer_of(sim.url, body(response_format={"type": "json_object"}))), dict)
+
+
+def test_given_labels_it_answers_one_in_varied_spelling(sim_factory):
+    from batchchat.answers import match_label
+
+    labels = ("positive", "negative", "neutral")
+    sim = sim_factory(labels=labels)
+    answers = [answer_of(sim.url, body(f"text {i}")) for i in range(40)]
+    assert all(match_label(a, labels) in labels for a in answers)
+    assert {match_label(a, labels) for a in answers} == set(labels)
+    assert len(set(answers)) > 3  # not only the bare labels: "NEGATIVE.", " Neutral!"
+
+
+def test_the_invalid_rate_spoils_that_share_and_asking_again_can_succeed(sim_factory):
+    from batchchat.answers import AnswerCheck
+    from batchchat.jobparts import Answers
+
+    check = AnswerCheck(Answers(schema=SCHEMA, json_required=True))
+    sim = sim_factory(invalid_rate=0.3, seed=5)
+    form = {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}}
+    requests = [body(f"review {i}", response_format=form) for i in range(200)]
+    bad = [r for r in requests if check(answer_of(sim.url, r)) is not None]
+    assert 40 < len(bad) < 80
+    assert any(check(answer_of(sim.url, r)) is None for r in bad)  # the second arrival is decided afresh
+    label_sim = sim_factory(labels=("yes", "no"), invalid_rate=1.0)
+    assert answer_of(label_sim.url, body()) == "I am not sure which fits."
+
+
+def test_a_reply_directive_answers_exactly_that_text(sim):
+    assert answer_of(sim.url, body("Capital? [sim:reply=Paris, of course]")) == "Paris, of course"
+    assert answer_of(sim.url, body('JSON [sim:reply={"a": [1, 2]}]')) == '{"a": [1, 2]}'
