@@ -463,13 +463,20 @@ async def _turn(conversation: Any, text: str) -> int:
     help="Share of requests that fail (500, 503, HTML 502, dropped, truncated, malformed).",
 )
 @click.option("--seed", default=0, type=int, help="Seed for latency jitter and fault choice.")
+@click.option("--labels", metavar="A,B,...", help="Answer with one of these labels, like a labeling model.")
+@click.option(
+    "--invalid-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of label and JSON answers that are wrong (no label, broken JSON, a missing field).",
+)
 @click.option(
     "--api-key-env",
     "api_key_env",
     metavar="NAME",
     help="Require the key held by this environment variable; other keys get 401.",
 )
-def serve(host: str, port: int, api_key_env: str | None, **options: Any) -> None:
+def serve(host: str, port: int, api_key_env: str | None, labels: str | None, **options: Any) -> None:
     """Run the built-in simulator: a Together/OpenAI-compatible endpoint with synthetic answers.
 
     Answers are synthetic and deterministic (the same request gets the same answer); use it to try
@@ -485,6 +492,7 @@ def serve(host: str, port: int, api_key_env: str | None, **options: Any) -> None
         click.echo(f"batchchat simulator on {url} (synthetic answers; Ctrl-C to stop)")
         sys.stdout.flush()
 
+    options["labels"] = tuple(label.strip() for label in labels.split(",") if label.strip()) if labels else ()
     if api_key_env:
         options["api_key"] = os.environ.get(api_key_env)
         if not options["api_key"]:

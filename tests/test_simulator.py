@@ -194,14 +194,17 @@ def test_models_and_stats_endpoints(sim):
 
 def test_serve_command_prints_its_url_and_answers_until_stopped():
     process = subprocess.Popen(
-        [sys.executable, "-m", "batchchat", "serve", "--port", "0", "--latency-ms", "5", "--api-key-env", "SIM_KEY"],
+        [sys.executable, "-m", "batchchat", "serve", "--port", "0", "--latency-ms", "5", "--api-key-env", "SIM_KEY",
+         "--labels", "spam, ham"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SIM_KEY": "k-123"},
     )  # fmt: skip
     try:
         line = process.stdout.readline()
         assert "synthetic answers" in line and "k-123" not in line
         url = line.split(" on ")[1].split(" ")[0]
-        assert post(url, body(), key="k-123")[0] == 200
+        status, _, raw = post(url, body(), key="k-123")
+        assert status == 200
+        assert json.loads(raw)["choices"][0]["message"]["content"].strip(" .!").lower() in ("spam", "ham")
         status, _, raw = post(url, body(), key="wrong")
         assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
         assert post(url, body())[0] == 401
