@@ -13,7 +13,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +36,10 @@ class Slot:
     model: str
     variant: str | None
     params: dict[str, Any]
+
+    @property
+    def body_params(self) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted(self.params.items()))
 
 
 class RequestBuilder:
@@ -65,6 +69,7 @@ class RequestBuilder:
             for v in variants
         )
         self.fanout = len(self.slots)
+        self._slot_params = [slot.body_params for slot in self.slots]  # built once, shared by every row
         needed: list[tuple[str, str]] = []
         if self.prompt_column:
             needed.append((self.prompt_column, "the prompt column (--prompt-column / prompt_column)"))
@@ -122,7 +127,9 @@ class RequestBuilder:
                     if wanted[first + j]:
                         key = keys[first + j]
                         assert key is not None, "a row with nothing to send is never wanted"
-                        yield self._request(first + j, key, slot, content, options)
+                        messages, turns = content
+                        params = self._params(j, options)
+                        yield ChatRequest(first + j, key, slot.model, messages, params, turns)
             start += batch.num_rows
 
     def build(
@@ -143,24 +150,24 @@ class RequestBuilder:
                 if isinstance(content, str):
                     items.append(InvalidRow(out, slot.model, content))
                     continue
-                request = self._request(out, "", slot, content, options)
-                key = request_key(request.model, request.messages, request.params, turns=request.turns)
+                messages, turns = content
+                params = self._params(j, options)
+                key = request_key(slot.model, messages, params, turns=turns)
                 if occurrences is not None:
                     sample = occurrences[key]
                     occurrences[key] = sample + 1
                     if sample:
-                        key = request_key(request.model, request.messages, request.params, sample, request.turns)
-                items.append(replace(request, key=key))
+                        key = request_key(slot.model, messages, params, sample, turns)
+                items.append(
+                    ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns)
+                )
         return items
 
-    def _request(
-        self, out: int, key: str, slot: Slot, content: _Content, options: dict[str, Any] | None
-    ) -> ChatRequest:
-        messages, turns = content
-        params = slot.params if not options else {**slot.params, **options}
-        return ChatRequest(
-            row=out, key=key, model=slot.model, messages=messages, params=tuple(sorted(params.items())), turns=turns
-        )
+    def _params(self, slot: int, options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+        """The slot's request options, with the row's own over them."""
+        if not options:
+            return self._slot_params[slot]
+        return tuple(sorted({**self.slots[slot].params, **options}.items()))
 
     def _content(self, row: int, cells: dict[str, Any]) -> _Content | str:
         """The row's messages and scripted turns, or the reason it has nothing worth sending."""

@@ -50,13 +50,17 @@ class _Asked:
     attempts: int = 0
     prompt_tokens: int | None = None  # summed over every answer received (each was paid for)
     completion_tokens: int | None = None
+    answers: int = 0
 
     def add(self, result: ChatResult) -> None:
-        usage = result.usage
-        if usage.prompt_tokens is not None:
-            self.prompt_tokens = (self.prompt_tokens or 0) + usage.prompt_tokens
-        if usage.completion_tokens is not None:
-            self.completion_tokens = (self.completion_tokens or 0) + usage.completion_tokens
+        self.count(1, result.usage.prompt_tokens, result.usage.completion_tokens)
+
+    def count(self, answers: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        self.answers += answers
+        if prompt_tokens is not None:
+            self.prompt_tokens = (self.prompt_tokens or 0) + prompt_tokens
+        if completion_tokens is not None:
+            self.completion_tokens = (self.completion_tokens or 0) + completion_tokens
 
 
 async def run_requests(
@@ -149,8 +153,8 @@ async def run_requests(
             step = replace(request, messages=tuple(messages), turns=())
             asked = await ask(step, checked=n == len(request.turns))
             total.attempts += asked.attempts
+            total.count(asked.answers, asked.prompt_tokens, asked.completion_tokens)
             if asked.result is not None:
-                total.add(asked.result)
                 latency += asked.result.latency_s
                 ttft = ttft if ttft is not None else asked.result.ttft_s
             total.result, total.error, total.invalid = asked.result, asked.error, asked.invalid
@@ -207,8 +211,9 @@ def _outcome(request: ChatRequest, asked: _Asked, transcript: str | None = None)
             transcript=transcript,
         )
     outcome = RowOutcome.answered(request, result, asked.attempts, transcript=transcript)
-    outcome = replace(outcome, prompt_tokens=asked.prompt_tokens, completion_tokens=asked.completion_tokens,
-                      total_tokens=_sum(asked.prompt_tokens, asked.completion_tokens))  # fmt: skip
+    if asked.answers > 1:  # re-asks and turns were paid for too: the row's tokens count them all
+        outcome = replace(outcome, prompt_tokens=asked.prompt_tokens, completion_tokens=asked.completion_tokens,
+                          total_tokens=_sum(asked.prompt_tokens, asked.completion_tokens))  # fmt: skip
     if asked.invalid is not None:  # the raw answer is kept, so the user can see what went wrong
         error_type, why = asked.invalid
         outcome = replace(outcome, status=ERROR, error_type=error_type, error=why)

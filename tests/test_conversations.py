@@ -100,3 +100,27 @@ def test_empty_or_bad_turn_cells(tmp_path: Path, sim: BackgroundSimulator) -> No
     result = run(tmp_path, sim.url)
     assert result.exit_code == 2
     assert "scripts.csv, row 2, column 'turns': expected a JSON list of non-empty user turns" in result.stderr
+
+
+def test_the_last_turn_is_checked_and_re_asked_and_every_turn_paid_for_is_counted(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(labels=("yes", "no"), invalid_rate=0.5, seed=2)
+    conversations(tmp_path, [[f"c{i} first", f"c{i} so, yes or no?"] for i in range(12)])
+    run(tmp_path, sim.url, "--labels", "yes,no", "--invalid-retries", "3")
+    rows = read_output(tmp_path / "out.jsonl")
+    assert any(r["attempts"] > 2 for r in rows)  # some last turns were asked again
+    for row in rows:
+        sent = [
+            r["body"]
+            for r in sim.requests
+            if r["body"]["messages"][1]["content"] == json.loads(row["transcript"])[1]["content"]
+        ]
+        assert len(sent) == row["attempts"]
+        assert row["prompt_tokens"] == sum(
+            4 * len(b["messages"]) + sum(-(-len(m["content"]) // 4) for m in b["messages"]) for b in sent
+        )
+        if row["status"] == "ok":
+            assert row["label"] in ("yes", "no")
+        else:
+            assert row["error_type"] == "invalid_label" and row["attempts"] == 5

@@ -117,6 +117,25 @@ def test_a_labeling_job_with_a_fifth_of_answers_invalid_ends_with_every_row_labe
     assert "invalid_label" in result.stderr
 
 
+def test_every_answer_a_row_paid_for_counts_in_its_tokens(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(labels=tuple(LABELS), invalid_rate=0.5, seed=4)
+    write_csv(tmp_path / "in.csv", ["prompt"], [[f"p{i}"] for i in range(40)])
+    result = cli("run", "-i", tmp_path / "in.csv", "-o", tmp_path / "out.jsonl", "-m", "sim-chat",
+                 "--base-url", sim.url, "--labels", ",".join(LABELS), "--invalid-retries", "3")  # fmt: skip
+    rows = read_output(tmp_path / "out.jsonl")
+    one_prompt = 4 + 1  # the simulator's count for a two-character prompt
+    assert {r["attempts"] for r in rows} >= {1, 2}
+    for row in rows:
+        assert row["prompt_tokens"] == row["attempts"] * one_prompt
+        assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    assert prompt == len(sim.requests) * one_prompt
+    assert (
+        f"tokens this run: {prompt:,} prompt + {sum(r['completion_tokens'] for r in rows):,} completion"
+        in result.stderr
+    )
+
+
 def test_re_asks_are_counted_in_tokens_and_attempts(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(labels=tuple(LABELS), invalid_rate=0.5, seed=1)
     write_csv(tmp_path / "in.csv", ["prompt"], [[f"p{i}"] for i in range(40)])
