@@ -150,11 +150,15 @@ def row_outcomes(
                 )
             else:
                 outcome = records.get(key) or RowOutcome(row, key, PENDING, 0, slot.model)
-            cells = derived.values(
-                outcome.status,
-                outcome.response,
-                outcome.error_type,
-                expected[row // fanout - start] if expected is not None else None,
+            cells = (
+                derived.values(
+                    outcome.status,
+                    outcome.response,
+                    outcome.error_type,
+                    expected[row // fanout - start] if expected is not None else None,
+                )
+                if names
+                else {}
             )
             if derived.variants:
                 cells["variant"] = slot.variant

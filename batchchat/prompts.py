@@ -115,7 +115,7 @@ class RequestBuilder:
             values: dict[str, list[Any]] | None = None
             for i in range(batch.num_rows):
                 first = (start + i) * fanout
-                if not any(wanted[first : first + fanout]):
+                if not (wanted[first] if fanout == 1 else any(wanted[first : first + fanout])):
                     continue
                 if values is None:
                     values = {name: batch.column(name).to_pylist() for name in self.columns}
