@@ -124,8 +124,8 @@ async def run_requests(
     async def ask(request: ChatRequest, checked: bool) -> _Asked:
         """Send one request; re-ask while the answer is invalid and re-asks are left."""
         asked = _Asked()
-        for round in range(1 + (invalid_retries if checked else 0)):
-            if round and budget is not None:  # a re-ask is paid again: it must fit the budget too
+        for asking in range(1 + (invalid_retries if checked else 0)):
+            if asking and budget is not None:  # a re-ask is paid again: it must fit the budget too
                 held = budget.reserve(request)
                 if held is None:
                     return asked  # the invalid answer stands
