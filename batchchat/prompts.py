@@ -286,31 +286,34 @@ def option_value(cell: Any) -> Any:
     return cell
 
 
+def json_cell(cell: Any, where: str, expected: str) -> Any:
+    """A cell's JSON value: text is parsed, a list or struct (from Parquet or JSONL) is taken as
+    it is. An empty cell is None."""
+    if not isinstance(cell, str):
+        return cell
+    if not cell.strip():
+        return None
+    try:
+        return json.loads(cell)
+    except json.JSONDecodeError as e:
+        raise JobError(f"{where}: not valid JSON ({e.msg} at character {e.pos + 1}); {expected}") from None
+
+
 def parse_options(cell: Any, where: str) -> dict[str, Any]:
-    """Request options from a JSON-object cell (or a struct, from Parquet or JSONL); empty is none."""
-    if cell is None or (isinstance(cell, str) and not cell.strip()):
+    """Request options from a JSON-object cell; empty is none."""
+    cell = json_cell(cell, where, 'expected an object like {"max_tokens": 64}')
+    if cell is None:
         return {}
-    if isinstance(cell, str):
-        try:
-            cell = json.loads(cell)
-        except json.JSONDecodeError as e:
-            raise JobError(f'{where}: not valid JSON ({e.msg}); expected an object like {{"max_tokens": 64}}') from None
     if not isinstance(cell, dict):
         raise JobError(f"{where}: expected a JSON object of request options, got {type(cell).__name__}")
     return {k: v for k, v in cell.items() if v is not None}
 
 
 def parse_turns(cell: Any, where: str) -> tuple[str, ...]:
-    """A scripted conversation's user turns: a JSON list of texts (or a list already)."""
-    if cell is None or (isinstance(cell, str) and not cell.strip()):
+    """A scripted conversation's user turns: a JSON list of texts."""
+    cell = json_cell(cell, where, 'expected a list of user turns like ["Hi", "And then?"]')
+    if cell is None:
         return ()
-    if isinstance(cell, str):
-        try:
-            cell = json.loads(cell)
-        except json.JSONDecodeError as e:
-            raise JobError(
-                f'{where}: not valid JSON ({e.msg}); expected a list of user turns like ["Hi", "And then?"]'
-            ) from None
     if not isinstance(cell, list) or not all(isinstance(t, str) and t.strip() for t in cell):
         raise JobError(f"{where}: expected a JSON list of non-empty user turns (texts), got {cell!r}"[:300])
     return tuple(cell)
@@ -318,15 +321,9 @@ def parse_turns(cell: Any, where: str) -> tuple[str, ...]:
 
 def parse_messages(cell: Any, where: str) -> list[dict[str, Any]]:
     """A conversation from a cell: JSON text, or a list already (Parquet lists, JSONL arrays)."""
+    cell = json_cell(cell, where, MESSAGES_HELP)
     if cell is None:
         return []
-    if isinstance(cell, str):
-        if not cell.strip():
-            return []
-        try:
-            cell = json.loads(cell)
-        except json.JSONDecodeError as e:
-            raise JobError(f"{where}: not valid JSON ({e.msg} at character {e.pos + 1}); {MESSAGES_HELP}") from None
     if not isinstance(cell, list):
         raise JobError(f"{where}: got a JSON {type(cell).__name__}; {MESSAGES_HELP}")
     messages = []
