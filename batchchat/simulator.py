@@ -239,6 +239,7 @@ class Simulator:
         self.record = record
         self.requests: list[dict[str, Any]] = []  # {"body": ..., "authorization": ...} when recording
         self.counts: Counter[str] = Counter()
+        self._in_flight = 0  # requests being answered now; the most at once is counted
         self.arrivals: Counter[str] = Counter()  # per request digest
         self.answers: Counter[str] = Counter()  # per request digest, complete 200 answers
         self._rpm = _Bucket(self.config.rpm) if self.config.rpm else None
@@ -296,6 +297,14 @@ class Simulator:
         return web.json_response(self.stats())
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self._in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.counts["received"] += 1
         if self._first_at is None:

@@ -306,3 +306,11 @@ def test_the_nightly_labeling_job_is_safe_to_repeat_and_labels_only_new_rows(tmp
     assert "20 rows answered by an earlier run (journal); 2 requests to send" in third.stderr
     rows = read_output(tmp_path / "jobs" / "reviews_labeled.parquet")
     assert rows[:20] == labeled and len(rows) == 22 and rows[21]["label"] in LABELS
+
+
+def test_the_fan_out_shares_one_concurrency_limit(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(latency_ms=40, labels=tuple(LABELS))
+    result = cli("run", eval_job(tmp_path, sim.url, rows=6), "--concurrency", "3")
+    assert result.exit_code == 0
+    assert len(sim.requests) == 24
+    assert sim.stats()["max_in_flight"] == 3  # not 3 per model or per variant
