@@ -213,8 +213,11 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     Finished requests are kept in OUTPUT.journal as they finish: run the same command again after a
     crash or Ctrl-C and only what is missing is sent. One run at a time per output.
 
-    Exit codes: 0 every row ok, 1 some rows ended in error, 2 the job could not run,
-    130 stopped by Ctrl-C or SIGTERM.
+    Several -m, or [[variants]] in a job file, send every row to each model and variant; see
+    jobs/README.md for labels, JSON schemas, scoring, scripted conversations and prices.
+
+    Exit codes: 0 every row ok, 1 some rows ended in error (or stayed pending at --max-cost),
+    2 the job could not run, 130 stopped by Ctrl-C or SIGTERM.
     """
     observer = Progress(quiet)
     try:
