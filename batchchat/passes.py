@@ -17,7 +17,8 @@ from .answers import Derived
 from .errors import INVALID_INPUT, JobError
 from .job import Job
 from .journal import Journal, MemoryStore
-from .prompts import RequestBuilder, RowKeys
+from .keys import RowKeys
+from .prompts import RequestBuilder
 from .records import PENDING, InvalidRow, RowOutcome
 from .source import TableSource
 from .stats import RowTally

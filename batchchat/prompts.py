@@ -8,7 +8,6 @@ part may be absent, but a row must send at least one message of its own.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ import pyarrow as pa
 from .errors import JobError
 from .job import Job
 from .jobparts import RESERVED_PARAMS
+from .keys import RowKeys, request_key
 from .records import ChatRequest, InvalidRow
 from .source import TableSource
 from .template import cell_text, parse_template
@@ -344,52 +344,6 @@ def parse_messages(cell: Any, where: str) -> list[dict[str, Any]]:
             raise JobError(f"{where}: message {n} (tool) needs a tool_call_id")
         messages.append(message)
     return messages
-
-
-class RowKeys:
-    """Every input row's request key, 16 bytes a row, worked out once and read by later passes.
-
-    Hashing a request costs more than sending it takes batchchat otherwise; a million rows' keys
-    take 16 MB here. A row with nothing to send has no key (stored as zeros).
-    """
-
-    _NONE = bytes(16)
-
-    def __init__(self) -> None:
-        self._data = bytearray()
-
-    def append(self, key: str | None) -> None:
-        self._data += bytes.fromhex(key) if key is not None else self._NONE
-
-    def __len__(self) -> int:
-        return len(self._data) // 16
-
-    def __getitem__(self, row: int) -> str | None:
-        chunk = self._data[16 * row : 16 * row + 16]
-        return None if chunk == self._NONE else chunk.hex()
-
-
-def request_key(
-    model: str,
-    messages: Sequence[dict[str, Any]],
-    params: Sequence[tuple[str, Any]],
-    sample: int = 0,
-    turns: Sequence[str] = (),
-) -> str:
-    """A stable hash of exactly what is sent: equal requests get equal keys across runs.
-
-    ``sample`` tells apart repeats of one request that are each to be answered (no dedup);
-    ``turns`` are the user turns of a scripted conversation, sent after ``messages``.
-    """
-    parts: list[Any] = [model, messages, params]
-    if sample or turns:
-        parts.append(sample)
-    if turns:
-        parts.append(turns)
-    # No sort_keys: rows are built the same way on every pass and every run, so the order is stable,
-    # and sorting would be the costliest part of the key.
-    payload = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
 def missing_column(source: str, name: str, role: str, columns: Sequence[str]) -> str:

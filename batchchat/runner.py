@@ -302,6 +302,8 @@ async def _send(
                 check=AnswerCheck(job.answers) if job.answers.checked else None,
                 invalid_retries=job.answers.invalid_retries,
                 budget=budget,
+                recall=lambda key: store.get_many((key,)).get(key),
+                on_turn=store.add,
             )
         )
 

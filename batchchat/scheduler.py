@@ -26,7 +26,8 @@ from functools import partial
 
 from .cost import Budget
 from .errors import RATE_LIMITED, FatalAPIError, RequestError
-from .records import ERROR, ChatRequest, ChatResult, RowOutcome
+from .keys import request_key
+from .records import ERROR, OK, ChatRequest, ChatResult, RowOutcome, Usage
 from .retry import is_fatal, with_retries
 from .stats import Counters
 from .throttle import Throttle
@@ -76,6 +77,8 @@ async def run_requests(
     check: Check | None = None,
     invalid_retries: int = 0,
     budget: Budget | None = None,
+    recall: Callable[[str], RowOutcome | None] | None = None,
+    on_turn: Callable[[RowOutcome], None] | None = None,
 ) -> None:
     """Send every request; each ends as exactly one ``RowOutcome`` passed to ``on_outcome``,
     unless ``stop`` is set first, in which case the requests not yet finished get none.
@@ -83,6 +86,10 @@ async def run_requests(
     A failed request is an outcome, not an exception. An error that would fail every request (bad
     key, no credit) raises ``FatalAPIError`` (in an ExceptionGroup) after cancelling all in-flight
     requests: sending more would only fail the same way.
+
+    Each answered turn of a scripted conversation goes to ``on_turn`` under its own key, and
+    ``recall`` finds turns answered before, so a conversation cut short resumes at its first
+    unanswered turn instead of paying again for the others.
     """
     pending = iter(requests)
     count = counters or Counters()
@@ -142,6 +149,18 @@ async def run_requests(
             count.invalid += 1
         return asked
 
+    def recalled(step: ChatRequest, last: bool) -> _Asked | None:
+        """A turn answered by an earlier run (that still passes the check, if it is the last)."""
+        prior = recall(step.key) if recall is not None else None
+        if prior is None or prior.status != OK or (last and check is not None and check(prior.response)):
+            return None
+        usage = Usage(prior.prompt_tokens, prior.completion_tokens, prior.total_tokens)
+        result = ChatResult(prior.response, prior.finish_reason, usage, prior.request_id, prior.model,
+                            prior.latency_s or 0.0, prior.ttft_s)  # fmt: skip
+        asked = _Asked(result=result)
+        asked.add(result)
+        return asked
+
     async def converse(request: ChatRequest) -> RowOutcome:
         """Each user turn in order, each sent with the whole conversation so far."""
         messages = list(request.messages)
@@ -150,8 +169,12 @@ async def run_requests(
         ttft = None
         for n, turn in enumerate(request.turns, 1):
             messages.append({"role": "user", "content": turn})
-            step = replace(request, messages=tuple(messages), turns=())
-            asked = await ask(step, checked=n == len(request.turns))
+            sent = tuple(messages)
+            step = replace(request, messages=sent, key=request_key(request.model, sent, request.params), turns=())
+            last = n == len(request.turns)
+            asked = recalled(step, last) or await ask(step, checked=last)
+            if on_turn is not None and asked.result is not None and asked.invalid is None and asked.attempts:
+                on_turn(RowOutcome.answered(step, asked.result, asked.attempts))
             total.attempts += asked.attempts
             total.count(asked.answers, asked.prompt_tokens, asked.completion_tokens)
             if asked.result is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from batchchat.client import ChatClient
 from batchchat.errors import RequestError
-from batchchat.prompts import request_key
+from batchchat.keys import request_key
 from batchchat.records import ChatRequest
 from batchchat.simulator import synthetic_reply
 

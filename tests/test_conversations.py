@@ -76,7 +76,7 @@ def test_a_failed_turn_ends_the_conversation_as_an_error_with_the_transcript_so_
     assert ok["status"] == "ok"
 
 
-def test_a_finished_conversation_is_not_sent_again_and_an_edited_one_is(
+def test_a_finished_conversation_is_not_sent_again_and_an_edited_one_resends_from_the_edit(
     tmp_path: Path, sim: BackgroundSimulator
 ) -> None:
     conversations(tmp_path, [["a", "b"], ["c", "d"]])
@@ -84,7 +84,9 @@ def test_a_finished_conversation_is_not_sent_again_and_an_edited_one_is(
     first = read_output(tmp_path / "out.jsonl")
     conversations(tmp_path, [["a", "b"], ["c", "e"]])
     assert run(tmp_path, sim.url).exit_code == 0
-    assert len(sim.requests) == 6  # 4, then only the edited conversation's two turns
+    # 4, then only the edited turn: the turn before it was answered already, with the same history
+    assert len(sim.requests) == 5
+    assert sim.requests[-1]["body"]["messages"][-1]["content"] == "e"
     second = read_output(tmp_path / "out.jsonl")
     assert second[0] == first[0]
     assert json.loads(second[1]["transcript"])[-2]["content"] == "e"
@@ -124,3 +126,34 @@ def test_the_last_turn_is_checked_and_re_asked_and_every_turn_paid_for_is_counte
             assert row["label"] in ("yes", "no")
         else:
             assert row["error_type"] == "invalid_label" and row["attempts"] == 5
+
+
+def test_a_conversation_killed_mid_way_resumes_at_its_first_unanswered_turn(tmp_path: Path, sim_factory: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = sim_factory(latency_ms=40)
+    conversations(tmp_path, [[f"c{i} turn {t}" for t in range(6)] for i in range(8)])
+    args = [sys.executable, "-m", "batchchat", "run", "-i", str(tmp_path / "scripts.csv"), "-o", str(tmp_path / "out.jsonl"),
+            "-m", "sim-chat", "--base-url", sim.url, "--turns-column", "turns", "--system", "Be brief.",
+            "--concurrency", "8"]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while sim.stats().get("answered", 0) < 20:  # every conversation is part-way through
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    answered_before = sim.stats()["answered"]
+    assert answered_before < 48
+    assert run(tmp_path, sim.url).exit_code == 0
+    stats = sim.stats()
+    assert stats["answered_twice"] <= 8  # at most the turns in flight at the kill; finished turns are never repaid
+    assert stats["answered"] <= 48 + 8
+    rows = read_output(tmp_path / "out.jsonl")
+    for i, row in enumerate(rows):
+        transcript = json.loads(row["transcript"])
+        assert [m["content"] for m in transcript if m["role"] == "user"] == [f"c{i} turn {t}" for t in range(6)]
+        assert row["status"] == "ok"

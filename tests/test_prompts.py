@@ -5,7 +5,8 @@ import pytest
 
 from batchchat.errors import JobError
 from batchchat.job import load_job
-from batchchat.prompts import RequestBuilder, request_key
+from batchchat.keys import request_key
+from batchchat.prompts import RequestBuilder
 from batchchat.records import ChatRequest, InvalidRow
 
 
