@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import batchchat
+from batchchat.report import money
 from batchchat.simulator import BackgroundSimulator
+from batchchat.stats import percentile
 
 from .helpers import cli, read_output, write_csv
 
@@ -83,7 +85,11 @@ def test_two_models_by_two_variants_give_every_row_four_scored_rows_and_a_summar
         assert f"{accuracy:.1%} of 50" in line, line
         assert line.split()[2:5] == ["50", "50", "0"]
         tokens = sum(r["total_tokens"] for r in group)
-        assert f"{tokens:,}" in line
+        price_in, price_out = (0.2, 0.6) if model == "sim-chat" else (1.0, 3.0)
+        cost = sum(r["prompt_tokens"] * price_in + r["completion_tokens"] * price_out for r in group) / 1e6
+        latencies = sorted(r["latency_s"] for r in group)
+        assert line.split()[-4:] == [f"{percentile(latencies, 50):.2f}", f"{percentile(latencies, 95):.2f}",
+                                     f"{tokens:,}", money(cost)]  # fmt: skip
     prompt = sum(r["prompt_tokens"] for r in rows if r["model"] == "sim-chat")
     completion = sum(r["completion_tokens"] for r in rows if r["model"] == "sim-chat")
     large_prompt = sum(r["prompt_tokens"] for r in rows if r["model"] == "sim-chat-large")
