@@ -57,7 +57,7 @@ def live_counters(stats: Stats) -> str:
     text = f"rate={rate} 429s={c.rate_limited:,} retries={c.retries:,} tokens={stats.tokens:,} errors={stats.errors:,}"
     if c.invalid:
         text += f" invalid={c.invalid:,}"
-    if stats.prices and not stats.unpriced:
+    if stats.cost is not None:
         text += f" cost={money(stats.cost)}"
     return text
 

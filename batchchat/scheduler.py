@@ -122,6 +122,7 @@ async def run_requests(
                 raise
             throttle.succeeded(permit, result)
             count.rate = throttle.rate
+            count.add_usage(request.model, result.usage)
             if budget is not None:
                 budget.charge(request.model, result.usage)
             return result

@@ -14,20 +14,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .jobparts import Price
-from .records import ERROR, OK, PENDING, RowOutcome
+from .records import ERROR, OK, PENDING, RowOutcome, Usage
 
 
 class Counters:
     """Live request counters the scheduler updates as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries")
+    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries", "usage")
 
     def __init__(self) -> None:
+        self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
         self.invalid = 0  # answers that were not the JSON or label asked for (each re-asked while re-asks last)
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
         self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
+
+    def add_usage(self, model: str, usage: Usage) -> None:
+        """An answer arrived and is paid for, whatever becomes of it (a re-ask, a conversation's turn)."""
+        tokens = self.usage.setdefault(model, [0, 0])
+        tokens[0] += usage.prompt_tokens or 0
+        tokens[1] += usage.completion_tokens or 0
 
 
 class GroupTally:
@@ -163,13 +170,9 @@ class Stats:
     def __init__(self, total: int, prices: Mapping[str, Price] | None = None) -> None:
         self.total = total  # requests this run is to send
         self.prices = prices or {}
-        self.cost = 0.0
-        self.unpriced = 0  # answers from models without a price
         self.done = 0
         self.ok = 0
         self.errors = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
         self.counters = Counters()
         self._latencies = array("d")
         self._ttfts = array("d")
@@ -184,18 +187,25 @@ class Stats:
                 self._ttfts.append(outcome.ttft_s)
         else:
             self.errors += 1
-        self.prompt_tokens += outcome.prompt_tokens or 0
-        self.completion_tokens += outcome.completion_tokens or 0
-        if outcome.prompt_tokens or outcome.completion_tokens:
-            price = self.prices.get(outcome.model or "")
-            if price is None:
-                self.unpriced += 1
-            else:
-                self.cost += price.cost(outcome.prompt_tokens or 0, outcome.completion_tokens or 0)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(tokens[0] for tokens in self.counters.usage.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(tokens[1] for tokens in self.counters.usage.values())
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost(self) -> float | None:
+        """US dollars this run spent, when every model that answered has a price."""
+        if not self.prices or any(model not in self.prices for model in self.counters.usage):
+            return None
+        return sum(self.prices[model].cost(*tokens) for model, tokens in self.counters.usage.items())
 
     def summary(self, wall_s: float, rows: RowTally, *, cost_cap: float | None = None,
                 budget_stopped: bool = False) -> Summary:  # fmt: skip
@@ -219,7 +229,7 @@ class Stats:
             rate_limited=self.counters.rate_limited,
             retries=self.counters.retries,
             invalid_answers=self.counters.invalid,
-            cost=self.cost if self.prices and not self.unpriced else None,
+            cost=self.cost,
             cost_cap=cost_cap,
             budget_stopped=budget_stopped,
             groups=rows.group_summaries(self.prices),

@@ -100,11 +100,12 @@ def test_run_with_nothing_says_how_to_start():
 
 def test_the_progress_bar_shows_rate_429s_retries_tokens_and_errors():
     from batchchat.cli import live_counters
-    from batchchat.records import RowOutcome
+    from batchchat.records import RowOutcome, Usage
     from batchchat.stats import Stats
 
     stats = Stats(total=3)
     stats.add(RowOutcome(0, "k", "ok", 2, "m", response="a", prompt_tokens=1000, completion_tokens=234))
+    stats.counters.add_usage("m", Usage(1000, 234))
     stats.add(RowOutcome(1, "k", "error", 1, "m", error_type="bad_request", error="x"))
     stats.counters.rate, stats.counters.rate_limited, stats.counters.retries = 18.25, 12, 14
     assert live_counters(stats) == "rate=18.2/s 429s=12 retries=14 tokens=1,234 errors=1"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from batchchat.simulator import BackgroundSimulator
+from batchchat.simulator import BackgroundSimulator, synthetic_reply
 
 from .helpers import cli, read_output, write_csv
 
@@ -148,7 +148,13 @@ def test_a_conversation_killed_mid_way_resumes_at_its_first_unanswered_turn(tmp_
     process.wait()
     answered_before = sim.stats()["answered"]
     assert answered_before < 48
-    assert run(tmp_path, sim.url).exit_code == 0
+    sent_before = len(sim.requests)
+    resumed = run(tmp_path, sim.url)
+    assert resumed.exit_code == 0
+    # this run's tokens are those of the turns it sent, not of the turns recalled from the journal
+    replies = [synthetic_reply(r["body"]) for r in sim.requests[sent_before:]]
+    prompt, completion = sum(r[2] for r in replies), sum(r[3] for r in replies)
+    assert f"tokens this run: {prompt:,} prompt + {completion:,} completion" in resumed.stderr
     stats = sim.stats()
     assert stats["answered_twice"] <= 8  # at most the turns in flight at the kill; finished turns are never repaid
     assert stats["answered"] <= 48 + 8

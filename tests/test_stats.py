@@ -1,6 +1,6 @@
 import pytest
 
-from batchchat.records import ERROR, OK, RowOutcome
+from batchchat.records import ERROR, OK, RowOutcome, Usage
 from batchchat.stats import RowTally, Stats, percentile
 
 
@@ -30,9 +30,25 @@ def test_the_summary_counts_this_runs_requests_and_the_outputs_rows():
         ("pending", None),
     ]:
         rows.add(status, error_type)
+    stats.counters.add_usage("m", Usage(10, 5))
+    stats.counters.add_usage("m", Usage(7, 3))
     s = stats.summary(wall_s=2.0, rows=rows)
     assert (s.rows, s.ok, s.errors, s.pending) == (7, 4, 2, 1)
     assert dict(s.error_types) == {"server_error": 1, "invalid_input": 1}
     assert s.answered == 3 and s.requests_per_s == 1.5
     assert (s.prompt_tokens, s.completion_tokens, s.total_tokens) == (17, 8, 25)
     assert s.latency_p50_s == pytest.approx(0.3) and s.ttft_p50_s == pytest.approx(0.2)
+
+
+def test_this_runs_tokens_and_cost_count_every_answer_received_by_model():
+    from batchchat.jobparts import Price
+
+    stats = Stats(total=2, prices={"a": Price(1.0, 2.0), "b": Price(10.0, 20.0)})
+    stats.counters.add_usage("a", Usage(1_000, 500))
+    stats.counters.add_usage("a", Usage(1_000, 500))  # a re-ask: paid again
+    stats.counters.add_usage("b", Usage(100, None))
+    assert (stats.prompt_tokens, stats.completion_tokens) == (2_100, 1_000)
+    assert stats.cost == pytest.approx((2_000 * 1 + 1_000 * 2 + 100 * 10) / 1e6)
+    stats.counters.add_usage("c", Usage(1, 1))  # a model without a price: the total is unknown
+    assert stats.cost is None
+    assert Stats(total=1).cost is None
