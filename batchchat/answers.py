@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import INVALID_LABEL, INVALID_OUTPUT
 from .jobparts import Answers, Scoring, normalize_label
-from .schema import output_fields, validate
+from .schema import json_equal, output_fields, validate
 from .template import cell_text
 
 _FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
@@ -181,13 +181,3 @@ def score(method: str, answer: str | None, expected: Any, *, labels: bool = Fals
     if method == "regex":
         return re.search(text, answer) is not None
     raise ValueError(f"unknown score method {method!r}")
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return (type(a) is type(b) and a == b) or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)

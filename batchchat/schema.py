@@ -104,9 +104,9 @@ def validate(
         kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         if not any(_is(value, kind) for kind in kinds):
             return f"{path}: expected {' or '.join(kinds)}, got {_shown(value)}"
-    if "enum" in schema and not any(_equal(value, option) for option in schema["enum"]):
+    if "enum" in schema and not any(json_equal(value, option) for option in schema["enum"]):
         return f"{path}: {_shown(value)} is not one of {json.dumps(schema['enum'], ensure_ascii=False)}"
-    if "const" in schema and not _equal(value, schema["const"]):
+    if "const" in schema and not json_equal(value, schema["const"]):
         return f"{path}: expected {json.dumps(schema['const'], ensure_ascii=False)}, got {_shown(value)}"
     problem = _bounds(value, schema, path)
     if problem:
@@ -179,11 +179,17 @@ def _is(value: Any, kind: str) -> bool:
     return isinstance(value, python)
 
 
-def _equal(a: Any, b: Any) -> bool:
-    """JSON equality: 1 == 1.0, but true is not 1."""
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: key order and 1 vs 1.0 do not matter, but true is not 1, at any depth."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
-    return bool(a == b)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(json_equal, a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 def _shown(value: Any) -> str:
