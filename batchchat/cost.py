@@ -7,11 +7,15 @@ unset): an upper bound for answers that respect ``max_tokens``, which is what a 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .jobparts import Price
-from .records import ChatRequest, Usage
+from .records import ChatRequest
+
+if TYPE_CHECKING:
+    from .stats import Counters
 
 DEFAULT_COMPLETION_TOKENS = 256  # an answer's estimate when max_tokens is unset
 
@@ -53,40 +57,51 @@ def estimate(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_
     return Estimate(prompt, answer * len(request.turns))
 
 
-def usage_cost(price: Price | None, usage: Usage) -> float:
-    if price is None:
-        return 0.0
-    return price.cost(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+def spending(prices: Mapping[str, Price], usage: Mapping[str, Sequence[int]]) -> float | None:
+    """US dollars for tokens by model (``[prompt, completion]``); None when a model has no price."""
+    if any(model not in prices for model in usage):
+        return None
+    return sum(prices[model].cost(prompt, completion) for model, (prompt, completion) in usage.items())
 
 
 class Budget:
     """A run's spending cap. A request (a whole scripted conversation, or one re-ask of an invalid
     answer) is dispatched only if what was spent, plus the estimates held for what is in flight,
     plus its own estimate stays within the cap. The first that does not fit stops dispatching;
-    the run then ends with the rest pending."""
+    the run then ends with the rest pending.
 
-    def __init__(self, cap: float, prices: Mapping[str, Price]) -> None:
+    What was spent is read from the run's counters of every answer received, the same figures the
+    summary reports, so the two cannot disagree.
+    """
+
+    def __init__(self, cap: float, prices: Mapping[str, Price], counters: Counters) -> None:
         self.cap = cap
         self.prices = prices
-        self.spent = 0.0
+        self.counters = counters
         self.in_flight = 0.0
         self.exhausted = False
 
-    def reserve(self, request: ChatRequest) -> float | None:
-        """The estimate held for ``request`` until ``release``, or None (and the budget is
-        exhausted) if it would not fit."""
+    @property
+    def spent(self) -> float:
+        return spending(self.prices, self.counters.usage) or 0.0  # a capped job prices every model
+
+    def fits(self, request: ChatRequest) -> float | None:
+        """``request``'s estimated cost if it fits beside what is spent and held, else None (and
+        the budget is exhausted)."""
         price = self.prices.get(request.model)
         tokens = estimate(request)
-        held = price.cost(tokens.prompt_tokens, tokens.completion_tokens) if price else 0.0
-        if self.spent + self.in_flight + held > self.cap:
+        cost = price.cost(tokens.prompt_tokens, tokens.completion_tokens) if price else 0.0
+        if self.spent + self.in_flight + cost > self.cap:
             self.exhausted = True
             return None
-        self.in_flight += held
-        return held
+        return cost
 
-    def charge(self, model: str, usage: Usage) -> None:
-        """An answer arrived: it is paid for, whatever happens to its row next."""
-        self.spent += usage_cost(self.prices.get(model), usage)
+    def reserve(self, request: ChatRequest) -> float | None:
+        """The estimate held for ``request`` until ``release``, or None if it would not fit."""
+        held = self.fits(request)
+        if held is not None:
+            self.in_flight += held
+        return held
 
     def release(self, held: float) -> None:
         self.in_flight -= held

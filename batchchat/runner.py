@@ -285,7 +285,7 @@ async def _send(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signalled = at_once = False
-    budget = Budget(job.max_cost, dict(job.prices)) if job.max_cost is not None else None
+    budget = Budget(job.max_cost, dict(job.prices), stats.counters) if job.max_cost is not None else None
     limits = job.limits
     throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
     async with open_client(job) as client:

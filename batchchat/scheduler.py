@@ -122,9 +122,7 @@ async def run_requests(
                 raise
             throttle.succeeded(permit, result)
             count.rate = throttle.rate
-            count.add_usage(request.model, result.usage)
-            if budget is not None:
-                budget.charge(request.model, result.usage)
+            count.add_usage(request.model, result.usage)  # paid for: the budget reads it from here
             return result
         finally:
             throttle.release()
@@ -133,11 +131,8 @@ async def run_requests(
         """Send one request; re-ask while the answer is invalid and re-asks are left."""
         asked = _Asked()
         for asking in range(1 + (invalid_retries if checked else 0)):
-            if asking and budget is not None:  # a re-ask is paid again: it must fit the budget too
-                held = budget.reserve(request)
-                if held is None:
-                    return asked  # the invalid answer stands
-                budget.release(held)  # charged as it is answered; held only to check it fits
+            if asking and budget is not None and budget.fits(request) is None:  # a re-ask is paid again
+                return asked  # the invalid answer stands
             done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
             asked.attempts += done.attempts
             asked.result, asked.error = done.result, done.error

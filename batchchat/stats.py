@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .cost import spending
 from .jobparts import Price
 from .records import ERROR, OK, PENDING, RowOutcome, Usage
 
@@ -203,9 +204,7 @@ class Stats:
     @property
     def cost(self) -> float | None:
         """US dollars this run spent, when every model that answered has a price."""
-        if not self.prices or any(model not in self.prices for model in self.counters.usage):
-            return None
-        return sum(self.prices[model].cost(*tokens) for model, tokens in self.counters.usage.items())
+        return spending(self.prices, self.counters.usage) if self.prices else None
 
     def summary(self, wall_s: float, rows: RowTally, *, cost_cap: float | None = None,
                 budget_stopped: bool = False) -> Summary:  # fmt: skip
