@@ -12,7 +12,7 @@ from typing import Any
 
 from .cost import estimate
 from .errors import JobError
-from .job import Job, build_job, is_loopback
+from .job import Job, build_job
 from .journal import Journal, MemoryStore
 from .passes import Plan, derived_columns
 from .passes import plan as make_plan
@@ -90,8 +90,4 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         price = job.price(model)
         cost = price.cost(prompt, completion) if price is not None else None
         groups.append(GroupEstimate(model, variant, count, prompt, completion, cost))
-    key = job.endpoint.api_key_env
-    base_url = job.endpoint.base_url
-    needs_key = key and base_url is not None and not is_loopback(base_url) and not job.endpoint.api_key()
-    missing = key if needs_key else None
-    return DryRun(plan, tuple(groups), first, missing)
+    return DryRun(plan, tuple(groups), first, job.endpoint.missing_key)

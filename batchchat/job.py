@@ -68,6 +68,14 @@ class Endpoint:
         return os.environ.get(self.api_key_env) or None
 
     @property
+    def missing_key(self) -> str | None:
+        """The key variable that requests here need and that is not set; a server on this machine
+        (and the simulator) needs none."""
+        if self.api_key_env is None or self.base_url is None or is_loopback(self.base_url) or self.api_key():
+            return None
+        return self.api_key_env
+
+    @property
     def stream_usage(self) -> bool:
         """Whether streams must ask for usage (OpenAI's ``stream_options``). Together and the
         simulator send usage on the final chunk unasked; vLLM and OpenAI send it only when asked,
@@ -362,16 +370,15 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
                 "expected something like https://api.together.xyz/v1"
             )
         base_url = base_url.rstrip("/")
-    url = base_url or default_url
-    assert url is not None
-    key_env = key_env or default_env
-    if check_key and key_env is not None and not os.environ.get(key_env) and not is_loopback(url):
+    endpoint = Endpoint(provider=provider, base_url=base_url or default_url, api_key_env=key_env or default_env)
+    missing = endpoint.missing_key
+    if check_key and missing:
         raise JobError(
-            f"no API key: the variable {key_env} is not set. Export it (export {key_env}=...), "
+            f"no API key: the variable {missing} is not set. Export it (export {missing}=...), "
             "name another variable with --api-key-env, or use --provider sim to try batchchat "
             "offline"
         )
-    return Endpoint(provider=provider, base_url=url, api_key_env=key_env)
+    return endpoint
 
 
 def _stream(s: dict[str, Any], at: Callable[[str], str]) -> bool:
