@@ -72,10 +72,13 @@ def request_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def synthetic_reply(body: dict[str, Any]) -> tuple[str, str, int, int]:
-    """(content, finish_reason, prompt_tokens, completion_tokens) for a request body."""
-    digest = request_digest(body)
-    reply = _directive(body).get("reply")
+def synthetic_reply(
+    body: dict[str, Any], digest: str | None = None, options: dict[str, str] | None = None
+) -> tuple[str, str, int, int]:
+    """(content, finish_reason, prompt_tokens, completion_tokens) for a request body; the server
+    passes the body's ``digest`` and directive ``options``, worked out once per request."""
+    digest = digest or request_digest(body)
+    reply = (_directive(body) if options is None else options).get("reply")
     if reply is not None:
         return _finish(body, reply.split(" "), "stop")
     last = _last_user_text(body.get("messages", []))
@@ -96,12 +99,13 @@ def _finish(body: dict[str, Any], tokens: list[str], finish: str) -> tuple[str, 
     return " ".join(tokens), finish, prompt_tokens, len(tokens)
 
 
-def shaped_reply(body: dict[str, Any], config: SimConfig, arrival: int) -> tuple[str, str, int, int]:
+def shaped_reply(
+    body: dict[str, Any], config: SimConfig, arrival: int, digest: str, options: dict[str, str]
+) -> tuple[str, str, int, int]:
     """The reply, shaped like the answer asked for: JSON for a response_format, else a label
     (when the simulator has labels), else free text. ``invalid_rate`` spoils some of them."""
-    if "reply" in _directive(body):
-        return synthetic_reply(body)
-    digest = request_digest(body)
+    if "reply" in options:
+        return synthetic_reply(body, digest, options)
     invalid = config.invalid_rate > 0 and _unit(config.seed, digest, arrival, "invalid") < config.invalid_rate
     pick = _unit(config.seed, digest, arrival, "pick")
     response_format = body.get("response_format")
@@ -121,7 +125,7 @@ def shaped_reply(body: dict[str, Any], config: SimConfig, arrival: int) -> tuple
         text = ("I am not sure which fits." if invalid
                 else (label, label.upper() + ".", f" {label.capitalize()}!")[int(pick * 3)])  # fmt: skip
         return _finish(body, text.split(" "), "stop")
-    return synthetic_reply(body)
+    return synthetic_reply(body, digest, options)
 
 
 def _example(schema: Any, digest: str, root: dict[str, Any], path: str = "") -> Any:
@@ -323,14 +327,14 @@ class Simulator:
         digest = request_digest(body)
         self.arrivals[digest] += 1
         arrival = self.arrivals[digest]
-        content, finish, prompt_tokens, completion_tokens = shaped_reply(body, self.config, arrival)
+        options = _directive(body)
+        content, finish, prompt_tokens, completion_tokens = shaped_reply(body, self.config, arrival, digest, options)
 
         limited = self._check_limits(prompt_tokens + completion_tokens)
         if limited is not None:
             return limited
 
         streaming = bool(body.get("stream") or body.get("stream_tokens"))
-        options = _directive(body)
         delay_ms = _float_option(options, "delay_ms")
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000.0)
