@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 from .errors import INVALID_LABEL, INVALID_OUTPUT
@@ -42,8 +43,16 @@ def match_label(text: str | None, labels: Sequence[str]) -> str | None:
     """The label an answer names, ignoring case, whitespace and punctuation; None if it names none."""
     if text is None:
         return None
-    said = normalize_label(text)
-    return next((label for label in labels if normalize_label(label) == said), None)
+    return _label_index(tuple(labels)).get(normalize_label(text))
+
+
+@lru_cache(maxsize=16)
+def _label_index(labels: tuple[str, ...]) -> dict[str, str]:
+    """Each label by its normalised form, worked out once per set of labels, not once per answer."""
+    index: dict[str, str] = {}
+    for label in labels:
+        index.setdefault(normalize_label(label), label)
+    return index
 
 
 class AnswerCheck:
@@ -87,8 +96,9 @@ class Derived:
     variants: bool
     transcripts: bool
 
-    @property
+    @cached_property
     def out_fields(self) -> tuple[tuple[str, str], ...]:
+        """Read from the schema once: every output row asks for them."""
         return output_fields(self.answers.schema)
 
     def columns(self) -> list[tuple[str, str]]:
