@@ -43,11 +43,6 @@ class RowOptions:
     columns: tuple[tuple[str, str], ...] = ()  # (request field, input column)
     json_column: str | None = None
 
-    @property
-    def input_columns(self) -> tuple[str, ...]:
-        named = tuple(column for _, column in self.columns)
-        return named + ((self.json_column,) if self.json_column else ())
-
 
 @dataclass(frozen=True)
 class Answers:
@@ -171,14 +166,15 @@ def parse_answers(
         if schema is not None:
             check_schema(schema, where)
     label_list = _labels(labels, at("labels"))
-    if label_list and response_format is not None and response_format.get("type") != "text":
+    json_required = response_format is not None and response_format.get("type") != "text"
+    if label_list and json_required:
         raise JobError(
             f"both {at('labels')} and {where} are set; use one (for a label inside a JSON answer, give "
             "its field an enum in the schema)"
         )
     answers = Answers(
         schema=schema,
-        json_required=response_format is not None and response_format.get("type") != "text",
+        json_required=json_required,
         labels=label_list,
         invalid_retries=whole(retries, at("invalid_retries"), 0, 100)
         if retries is not None
