@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
 from .errors import INVALID_LABEL, INVALID_OUTPUT
 from .jobparts import Answers, Scoring, normalize_label
+from .records import ERROR, OK, PENDING, RowOutcome
 from .schema import json_equal, output_fields, validate
 from .template import cell_text
 
@@ -60,6 +61,21 @@ class AnswerCheck:
 
     def __init__(self, answers: Answers) -> None:
         self.answers = answers
+
+    def rejudge(self, stored: RowOutcome) -> RowOutcome:
+        """A stored outcome judged by these checks, when it was judged by others (a changed label
+        set, schema or number of re-asks): an answer that passes is ``ok``; one that fails is
+        ``pending``, to be asked again (it counts as the first answer of that re-ask), or, with
+        no re-asks allowed, an error with today's reason. A failed request stays as it was."""
+        if stored.status != OK and stored.error_type not in (INVALID_LABEL, INVALID_OUTPUT):
+            return stored
+        verdict = self(stored.response) if self.answers.checked else None
+        if verdict is None:
+            return replace(stored, status=OK, error_type=None, error=None)
+        if self.answers.invalid_retries:
+            return RowOutcome(stored.row, stored.key, PENDING, 0, stored.model)
+        error_type, why = verdict
+        return replace(stored, status=ERROR, error_type=error_type, error=why)
 
     def __call__(self, content: str | None) -> tuple[str, str] | None:
         answers = self.answers
@@ -143,6 +159,22 @@ class Derived:
         return 1.0 if score(self.scoring.method, answer, expected, labels=bool(self.answers.labels)) else 0.0
 
 
+def _contains(answer: str, expected: str) -> bool:
+    want = " ".join(expected.casefold().split())
+    if not want:
+        return False
+    return _whole(want).search(" ".join(answer.casefold().split())) is not None
+
+
+@lru_cache(maxsize=4096)
+def _whole(text: str) -> re.Pattern[str]:
+    """``text`` standing on its own: not inside a longer word, and a number not inside a longer
+    number (``6`` is not in ``16``, ``6.5`` or ``6,000``)."""
+    before = r"(?<!\w)" + (r"(?<!\d[.,])" if text[0].isdigit() else "")
+    after = r"(?!\w)" + (r"(?![.,]\d)" if text[-1].isdigit() else "")
+    return re.compile(before + re.escape(text) + after)
+
+
 _KINDS = {"string": "string", "integer": "int64", "number": "float64", "boolean": "bool"}
 
 
@@ -170,8 +202,10 @@ def score(method: str, answer: str | None, expected: Any, *, labels: bool = Fals
     """Whether ``answer`` is right.
 
     exact: equal after trimming (for labels, after ignoring case and punctuation); contains: the
-    expected text appears in the answer, ignoring case; regex: the expected pattern is found in the
-    answer; json_equal: both are the same JSON value (key order and 1 vs 1.0 do not matter).
+    expected text appears in the answer as whole words, ignoring case and runs of whitespace (``6``
+    is in "6 sides" and "It is 6." but not in "16", "6.5" or "0x6f"); regex: the expected pattern
+    is found in the answer; json_equal: both are the same JSON value (key order and 1 vs 1.0 do
+    not matter).
     """
     if answer is None:
         return False
@@ -187,7 +221,7 @@ def score(method: str, answer: str | None, expected: Any, *, labels: bool = Fals
             return normalize_label(answer) == normalize_label(text)
         return answer.strip() == text.strip()
     if method == "contains":
-        return text.strip().casefold() in answer.casefold()
+        return _contains(answer, text)
     if method == "regex":
         return re.search(text, answer) is not None
     raise ValueError(f"unknown score method {method!r}")

@@ -23,6 +23,8 @@ from .sse import Event, SSEDecoder
 # Response headers the retry policy and the throttle read; everything else is dropped.
 RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-retry")
 
+CONNECT_TIMEOUT_S = 30.0
+
 # status -> (error_type, retryable)
 STATUS_ERRORS: dict[int, tuple[str, bool]] = {
     400: (E.BAD_REQUEST, False),
@@ -61,10 +63,13 @@ class ChatClient:
         self.stream_usage = stream_usage
         self._timeout_s = timeout_s
         # A stream may run long; what must not happen is silence, so the limit is between reads.
+        # Connecting gets at most CONNECT_TIMEOUT_S, so an endpoint that swallows connections is
+        # found out in seconds rather than after every attempt's whole timeout.
+        connect = min(timeout_s, CONNECT_TIMEOUT_S)
         self._timeout = (
-            aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+            aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout_s)
             if stream
-            else aiohttp.ClientTimeout(total=timeout_s)
+            else aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
         )
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
@@ -99,6 +104,11 @@ class ChatClient:
                     streaming = True
                     return await _read_stream(response, started, headers, on_text)
                 body_bytes = await response.read()
+        except aiohttp.ConnectionTimeoutError:
+            raise E.RequestError(
+                E.CONNECTION, f"cannot connect to {self.url}: no connection within {self._timeout.sock_connect:g} s",
+                retryable=True, unreachable=True,
+            ) from None  # fmt: skip
         except TimeoutError:  # aiohttp's timeout errors subclass it
             what = (
                 f"no data for {self._timeout_s:g} s"
@@ -217,8 +227,8 @@ def _connection_error(error: aiohttp.ClientError, streaming: bool, url: str) -> 
         return E.RequestError(E.STREAM_TRUNCATED, f"stream broke off: {detail}", retryable=True)
     if isinstance(error, aiohttp.ClientPayloadError):
         return E.RequestError(E.BAD_RESPONSE, f"response cut off: {detail}", retryable=True)
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return E.RequestError(E.CONNECTION, f"cannot connect to {url}: {detail}", retryable=True)
+    if isinstance(error, aiohttp.ClientConnectorError):  # refused, DNS or TLS: no connection at all
+        return E.RequestError(E.CONNECTION, f"cannot connect to {url}: {detail}", retryable=True, unreachable=True)
     return E.RequestError(E.CONNECTION, f"connection failed: {detail}", retryable=True)
 
 

@@ -1,15 +1,26 @@
 """Money: what requests are estimated to cost before they are sent, and the cap on a run's spending.
 
-Estimates count prompt characters / 4 and, for the answer, ``max_tokens`` (or a default when it is
-unset): an upper bound for answers that respect ``max_tokens``, which is what a cap needs.
+A prompt's estimate is an upper bound for the tokenizers chat models use: a byte-level BPE
+(Llama 3, GPT, Mistral's Tekken) or a SentencePiece with byte fallback (Llama 2, Mistral) never
+makes more tokens of a text than it has UTF-8 bytes, give or take one word marker; the chat
+template adds a few tokens per message (role headers, end markers) and some per request (begin
+of text, the assistant's header, default system text such as Llama 3.1's date lines or Qwen's
+introduction). Request fields that servers render into the prompt (tools, a JSON schema) count
+by their bytes too. An answer's estimate is ``max_tokens``, or a default that is no bound when
+it is unset (a cost cap therefore needs ``max_tokens``).
+
+Typical text uses far fewer tokens than bytes (about four bytes a token in English), so the
+bound is loose; ``likely`` gives the usual characters / 4, for pacing a tokens/min limit and for
+a dry run to show beside the bound.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .jobparts import Price
 from .records import ChatRequest
@@ -18,14 +29,38 @@ if TYPE_CHECKING:
     from .stats import Counters
 
 DEFAULT_COMPLETION_TOKENS = 256  # an answer's estimate when max_tokens is unset
+PER_REQUEST_TOKENS = 64  # the chat template's own: begin of text, the answer's header, default system text
+PER_MESSAGE_TOKENS = 8  # a message's role header and end marker, and a word marker for its first word
+IMAGE_TOKENS = 2048  # an image part: providers charge by its size, which is not known here
+# Request fields a server may render into the prompt, counted by the bytes of their JSON.
+PROMPT_PARAMS = ("tools", "functions", "tool_choice", "response_format")
 
 
-def _chars(message: Mapping[str, object]) -> int:
+def _bytes(message: Mapping[str, Any]) -> int:
+    """The UTF-8 bytes of what a message puts in the prompt (its text, tool calls, name)."""
+    total = 0
+    for field, value in message.items():
+        if field == "role":
+            continue
+        if isinstance(value, str):
+            total += len(value.encode("utf-8"))
+        elif field == "content" and isinstance(value, list):
+            for part in value:
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                    total += len(part["text"].encode("utf-8"))
+                else:
+                    total += IMAGE_TOKENS
+        elif value is not None:
+            total += len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    return total
+
+
+def _chars(message: Mapping[str, Any]) -> int:
     content = message.get("content")
     if isinstance(content, str):
         return len(content)
     if isinstance(content, list):
-        return sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
+        return sum(len(str(part.get("text", ""))) for part in content if isinstance(part, Mapping))
     return 0
 
 
@@ -44,8 +79,34 @@ class Estimate:
     completion_tokens: int
 
 
+def prompt_bound(request: ChatRequest) -> int:
+    """At most this many prompt tokens for the request as it stands (without scripted turns)."""
+    params = dict(request.params)
+    extra = sum(len(json.dumps(params[name], ensure_ascii=False).encode("utf-8")) for name in PROMPT_PARAMS
+                if name in params)  # fmt: skip
+    messages = request.messages
+    return PER_REQUEST_TOKENS + extra + sum(_bytes(m) + PER_MESSAGE_TOKENS for m in messages)
+
+
 def estimate(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_TOKENS) -> Estimate:
-    """For a scripted conversation, every turn resends the history, answers included."""
+    """Upper bounds for one request. For a scripted conversation, every turn resends the history,
+    earlier answers included, whose text is not known yet: each counts twice ``max_tokens``
+    (the cap is kept turn by turn, on each turn's real text)."""
+    answer = completion_budget(request, default_completion)
+    prompt = prompt_bound(request)
+    if not request.turns:
+        return Estimate(prompt, answer)
+    total = 0
+    for n, turn in enumerate(request.turns):
+        prompt += len(turn.encode("utf-8")) + PER_MESSAGE_TOKENS
+        total += prompt + n * (2 * answer + PER_MESSAGE_TOKENS)
+    return Estimate(total, answer * len(request.turns))
+
+
+def likely(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_TOKENS) -> Estimate:
+    """What a request most likely takes for typical text, prompt characters / 4 (no bound): how
+    providers count tokens against a tokens/min limit before answering, and what a dry run shows
+    beside the bound."""
     answer = completion_budget(request, default_completion)
     chars = sum(_chars(m) for m in request.messages)
     if not request.turns:
@@ -65,10 +126,11 @@ def spending(prices: Mapping[str, Price], usage: Mapping[str, Sequence[int]]) ->
 
 
 class Budget:
-    """A run's spending cap. A request (a whole scripted conversation, or one re-ask of an invalid
-    answer) is dispatched only if what was spent, plus the estimates held for what is in flight,
-    plus its own estimate stays within the cap. The first that does not fit stops dispatching;
-    the run then ends with the rest pending.
+    """A run's spending cap. A request (a row's, a conversation's turn, or one re-ask of an
+    invalid answer) is dispatched only if what was spent, plus the estimates held for what is in
+    flight, plus its own estimate stays within the cap. Estimates are upper bounds, so the cap is
+    never passed. The first that does not fit stops dispatching; the run then ends with the rest
+    pending.
 
     What was spent is read from the run's counters of every answer received, the same figures the
     summary reports, so the two cannot disagree.
@@ -83,25 +145,24 @@ class Budget:
 
     @property
     def spent(self) -> float:
-        return spending(self.prices, self.counters.usage) or 0.0  # a capped job prices every model
+        """What the answers received cost; where a server did not report usage, at most this."""
+        counters = self.counters
+        spent = spending(self.prices, counters.usage) or 0.0  # a capped job prices every model
+        if counters.unreported_bound:
+            spent += spending(self.prices, counters.unreported_bound) or 0.0
+        return spent
 
-    def fits(self, request: ChatRequest) -> float | None:
-        """``request``'s estimated cost if it fits beside what is spent and held, else None (and
-        the budget is exhausted)."""
+    def reserve(self, request: ChatRequest) -> float | None:
+        """The estimate held for ``request`` until ``release``, or None (and the budget is
+        exhausted) if it does not fit beside what is spent and held."""
         price = self.prices.get(request.model)
         tokens = estimate(request)
         cost = price.cost(tokens.prompt_tokens, tokens.completion_tokens) if price else 0.0
         if self.spent + self.in_flight + cost > self.cap:
             self.exhausted = True
             return None
+        self.in_flight += cost
         return cost
-
-    def reserve(self, request: ChatRequest) -> float | None:
-        """The estimate held for ``request`` until ``release``, or None if it would not fit."""
-        held = self.fits(request)
-        if held is not None:
-            self.in_flight += held
-        return held
 
     def release(self, held: float) -> None:
         self.in_flight -= held

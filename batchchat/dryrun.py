@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .cost import estimate
+from .cost import estimate, likely
 from .errors import JobError
 from .job import Job, build_job
 from .journal import Journal, MemoryStore
@@ -18,7 +18,7 @@ from .passes import Plan, derived_columns
 from .passes import plan as make_plan
 from .prompts import RequestBuilder
 from .records import ChatRequest
-from .runner import endpoint_name, journal_path_for
+from .runner import endpoint_name, journal_path_for, journal_scope
 from .sink import output_schema
 from .source import open_source
 
@@ -41,6 +41,9 @@ class DryRun:
     groups: tuple[GroupEstimate, ...]
     first_request: ChatRequest | None  # what the first request would send
     missing_key: str | None  # the API key variable a real run needs and that is not set
+    messages_from: str = ""  # which settings and columns make each row's messages
+    likely_prompt_tokens: int = 0  # characters / 4: what typical text takes (the groups hold upper bounds)
+    completion_bounded: bool = True  # max_tokens is set, so completion estimates are upper bounds
 
     @property
     def prompt_tokens(self) -> int:
@@ -71,16 +74,20 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     builder = RequestBuilder(job, source.columns, source.name)
     store: Journal | MemoryStore = MemoryStore()
     if job.output is not None and not job.resume.restart and journal_path_for(job.output).exists():
-        store = Journal(journal_path_for(job.output), read_only=True)
+        store = Journal(journal_path_for(job.output), journal_scope(job), read_only=True)
     try:
         plan, rows = make_plan(job, source, builder, store, job.output, endpoint_name(job))
     finally:
         store.close()
     totals: dict[tuple[str, str | None], list[int]] = {(s.model, s.variant): [0, 0, 0] for s in builder.slots}
     first = None
+    likely_tokens = 0
+    bounded = True
     for request in builder.requests(source, rows.keys, rows.sends):
         first = first or request
         tokens = estimate(request)
+        likely_tokens += likely(request).prompt_tokens
+        bounded = bounded and "max_tokens" in dict(request.params)
         total = totals[(request.model, builder.slots[request.row % builder.fanout].variant)]
         total[0] += 1
         total[1] += tokens.prompt_tokens
@@ -90,4 +97,4 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         price = job.price(model)
         cost = price.cost(prompt, completion) if price is not None else None
         groups.append(GroupEstimate(model, variant, count, prompt, completion, cost))
-    return DryRun(plan, tuple(groups), first, job.endpoint.missing_key)
+    return DryRun(plan, tuple(groups), first, job.endpoint.missing_key, builder.describe(), likely_tokens, bounded)

@@ -75,13 +75,16 @@ class RequestError(BatchchatError):
         status: int | None = None,
         retryable: bool = False,
         headers: Mapping[str, str] | None = None,
+        unreachable: bool = False,
     ) -> None:
+        """``unreachable``: no connection could be made at all (refused, DNS, TLS, connect timeout)."""
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.status = status
         self.retryable = retryable
         self.headers: Mapping[str, str] = headers or {}
+        self.unreachable = unreachable
 
     def __repr__(self) -> str:
         return f"RequestError({self.error_type!r}, {self.message!r}, status={self.status})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -52,6 +53,7 @@ class Prompt:
     messages_column: str | None = None
     system: str | None = None
     turns_column: str | None = None  # a JSON list of user turns, sent one after another
+    column_optional: bool = False  # the default prompt column beside a messages column: used where it exists
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,16 @@ class Endpoint:
         if self.api_key_env is None or self.base_url is None or is_loopback(self.base_url) or self.api_key():
             return None
         return self.api_key_env
+
+    @property
+    def identity(self) -> str:
+        """Where requests are answered, as part of what identifies a request: an answer from one
+        endpoint is never reused for a job sent to another. The URL is normalised (case, default
+        port, trailing slash; Together's two host names are one API) and never holds the key or
+        URL credentials. The simulator is one endpoint, whatever port it starts on."""
+        if self.provider == "sim" or self.base_url is None:
+            return "sim"
+        return normalized_url(self.base_url)
 
     @property
     def stream_usage(self) -> bool:
@@ -269,6 +281,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
             raise JobError(f"output folder {parent} does not exist; create it or choose another -o/--output")
 
     prices = parse_prices(s.get("prices"), at("prices"))
+    variants = parse_variants(s.get("variants"), at("variants"))
     max_cost = number(s.get("max_cost"), at("max_cost"), 0.0)
     if max_cost is not None:
         unpriced = [m for m in models if m not in dict(prices)]
@@ -276,6 +289,12 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
             raise JobError(
                 f"{at('max_cost')} needs the price of every model, and {', '.join(map(repr, unpriced))} has "
                 'none; add [prices] to the job file: "MODEL" = { input = USD, output = USD } per million tokens'
+            )
+        if "max_tokens" not in params and not (variants and all("max_tokens" in dict(v.params) for v in variants)):
+            raise JobError(
+                f"{at('max_cost')} needs max_tokens (--max-tokens, or max_tokens in the job file; rows and "
+                "variants may still set their own): without it an answer's length has no bound, and the cap "
+                "could not be kept"
             )
     return Job(
         models=models,
@@ -301,7 +320,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         stream=_stream(s, at),
         dedup=flag(s.get("dedup"), at("dedup"), True),
         simulator=_simulator(s.get("simulator"), at("simulator")),
-        variants=parse_variants(s.get("variants"), at("variants")),
+        variants=variants,
         row_options=parse_row_options(s.get("option_columns"), s.get("options_column"), at),
         answers=answers,
         scoring=parse_scoring(s.get("expected_column"), s.get("score"), at),
@@ -333,14 +352,17 @@ def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
             f"{at('turns_column')} holds every user turn of a scripted conversation, so "
             f"{at('prompt_column') if column else at('template')} has nothing to add; keep one"
         )
-    if column is None and template is None and messages_column is None and turns_column is None:
-        column = "prompt"
+    optional = False
+    if column is None and template is None and turns_column is None:
+        column = "prompt"  # each row is [system] + [history] + [user prompt]: the prompt by default too
+        optional = messages_column is not None  # ... but history alone is a whole request
     return Prompt(
         column=column,
         template=template,
         messages_column=messages_column,
         system=system or None,
         turns_column=turns_column,
+        column_optional=optional,
     )
 
 
@@ -387,6 +409,29 @@ def _stream(s: dict[str, Any], at: Callable[[str], str]) -> bool:
     if len(set(values.values())) > 1:
         raise JobError(f"{at('stream')} and {at('stream_tokens')} disagree; keep one of them")
     return any(values.values())
+
+
+# Host names that serve one and the same API.
+SAME_HOST = {"api.together.ai": "api.together.xyz"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalized_url(url: str) -> str:
+    """``scheme://host[:port]/path``, lower-cased where case does not matter, without credentials,
+    query, fragment, a default port or a trailing slash."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    host = (parsed.hostname or "").lower()
+    host = SAME_HOST.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    shown_port = f":{port}" if port is not None and port != DEFAULT_PORTS.get(scheme) else ""
+    path = re.sub(r"/+", "/", parsed.path).rstrip("/")
+    return f"{scheme}://{host}{shown_port}{path}"
 
 
 def is_loopback(url: str) -> bool:

@@ -7,6 +7,7 @@ against an expected column, and prices. Each is parsed and checked here, before 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -56,6 +57,17 @@ class Answers:
     @property
     def checked(self) -> bool:
         return self.json_required or bool(self.labels)
+
+    @property
+    def signature(self) -> str:
+        """Short for the whole contract an answer is judged by. The journal keeps it beside the
+        answers a run stored, so a later run with other checks judges those answers again
+        instead of trusting a verdict given under the old ones."""
+        if not self.checked:
+            return "none"
+        contract = [self.labels, self.json_required, self.schema, self.invalid_retries]
+        text = json.dumps(contract, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

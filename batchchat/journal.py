@@ -6,8 +6,15 @@ loses at most the requests that were in flight, and a run started again sends on
 journal lacks. A record cut off mid-write by the kill is ignored on reading and cut away before
 new records are appended. Records hold answers and metadata, never the API key.
 
-In memory the index holds only each key's byte offset and whether it ended in error, so a
-million-row job does not hold a million answers; the output is assembled by reading records back.
+A run's records follow a line naming its *scope*: the endpoint that answered them and the answer
+checks they were judged by. A journal opened for one scope sees only the answers of its endpoint
+(an answer from the simulator is never an answer from Together), and marks those judged by other
+checks as *stale*, to be judged again by the caller. Records written before scopes existed carry
+none: they are taken as the endpoint's of the first run that opens the journal to write, which
+records that assumption once, and they are always judged again.
+
+In memory the index holds only each key's byte offset and how it ended, so a million-row job does
+not hold a million answers; the output is assembled by reading records back.
 """
 
 from __future__ import annotations
@@ -15,23 +22,36 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import JobError
 from .records import OK, RowOutcome
 
-FORMAT = {"journal": "batchchat", "version": 1}
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no scope lines
 # Everything of an outcome but its row: rows asking the same thing share one record.
 RECORD_FIELDS = tuple(f.name for f in fields(RowOutcome) if f.name != "row")
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a stored answer is valid for: the endpoint that gave it, and the signature of the
+    answer checks it was judged by."""
+
+    endpoint: str
+    checks: str = "none"
+
+
 class MemoryStore:
-    """Outcomes by key, for runs with no output file (``run_frame``)."""
+    """Outcomes by key, for runs with no output file (``run_frame``): one run, one scope."""
 
     def __init__(self) -> None:
         self._outcomes: dict[str, RowOutcome] = {}
+        self.legacy = 0
+        self.elsewhere: dict[str, int] = {}
+        self.assumed_endpoint: str | None = None
 
     def __contains__(self, key: str) -> bool:
         return key in self._outcomes
@@ -39,6 +59,16 @@ class MemoryStore:
     def failed(self, key: str) -> bool:
         outcome = self._outcomes.get(key)
         return outcome is not None and outcome.status != OK
+
+    def stale(self, key: str) -> bool:
+        return False
+
+    def earlier(self, key: str) -> bool:
+        return False
+
+    @property
+    def has_stale(self) -> bool:
+        return False
 
     def add(self, outcome: RowOutcome) -> None:
         assert outcome.key is not None
@@ -52,20 +82,27 @@ class MemoryStore:
 
 
 class Journal:
-    """The journal file of one output; open it while holding the output's lock."""
+    """The journal file of one output, seen from one scope; open it while holding the output's lock."""
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
-        """``read_only`` reads without taking over the file: a torn tail is skipped, not cut away
-        (a dry run may look while another run writes)."""
+    def __init__(self, path: Path, scope: Scope | None = None, *, read_only: bool = False) -> None:
+        """``read_only`` reads without taking over the file: a torn tail is skipped, not cut away,
+        and nothing is recorded (a dry run may look while another run writes)."""
         self.path = path
+        self.scope = scope or Scope("unknown")
         self.read_only = read_only
-        self._offsets: dict[str, int] = {}  # key -> offset of its latest record
+        self._offsets: dict[str, int] = {}  # key -> offset of its latest record in this scope
         self._failed: set[str] = set()  # keys whose latest record is an error
+        self._stale: set[str] = set()  # keys whose latest record was judged by other checks
         self.torn = 0  # unreadable records skipped (a cut-off last line, normally)
-        self._read_existing()
+        self.legacy = 0  # records from before scopes, taken as this endpoint's
+        self.assumed_endpoint: str | None = None  # set when this run made that assumption
+        self.elsewhere: dict[str, int] = {}  # endpoint -> keys answered there and not here
         self._file: IO[bytes] | None = None  # opened by the first record: a run that sends nothing writes nothing
+        self._scoped = False  # whether this run's scope line is written
         self._size = 0
         self._reader: IO[bytes] | None = None
+        self._read_existing()
+        self._earlier_end = self._size if self._file is not None else self._end_of_good  # records before: earlier runs'
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -76,24 +113,32 @@ class Journal:
     def failed(self, key: str) -> bool:
         return key in self._failed
 
+    def stale(self, key: str) -> bool:
+        """Whether the answer stored for ``key`` was judged by other checks than this scope's."""
+        return key in self._stale
+
+    def earlier(self, key: str) -> bool:
+        """Whether the record kept for ``key`` was written by an earlier run."""
+        offset = self._offsets.get(key)
+        return offset is not None and offset < self._earlier_end
+
+    @property
+    def has_stale(self) -> bool:
+        return bool(self._stale)
+
     def add(self, outcome: RowOutcome) -> None:
         """Append one finished request and flush it to the OS, so that a kill cannot lose it."""
         key = outcome.key
         assert key is not None and not self.read_only
-        if self._file is None:
-            # Unbuffered: each record is one write() to the OS, which keeps it through a kill.
-            self._file = self.path.open("ab", buffering=0)
-            self._size = self.path.stat().st_size
-            if self._size == 0:
-                self._write(FORMAT)
+        if not self._scoped:  # this run's records follow the line naming their scope
+            if self._file is None:
+                self._open_for_append()
+            self._write({"scope": {"endpoint": self.scope.endpoint, "checks": self.scope.checks}})
+            self._scoped = True
         offset = self._size
         # Fields left out are null: an answer has no error, an error no answer.
         self._write({name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None})
-        self._offsets[key] = offset
-        if outcome.status == OK:
-            self._failed.discard(key)
-        else:
-            self._failed.add(key)
+        self._index(key, offset, outcome.status, stale=False)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
         """Records for the keys that have one, read in file order (cheap, mostly sequential)."""
@@ -114,6 +159,24 @@ class Journal:
             if f is not None:
                 f.close()
 
+    def _open_for_append(self) -> None:
+        # Unbuffered: each record is one write() to the OS, which keeps it through a kill.
+        self._file = self.path.open("ab", buffering=0)
+        self._size = self.path.stat().st_size
+        if self._size == 0:
+            self._write({"journal": "batchchat", "version": VERSION})
+
+    def _index(self, key: str, offset: int, status: Any, *, stale: bool) -> None:
+        self._offsets[key] = offset
+        if status == OK:
+            self._failed.discard(key)
+        else:
+            self._failed.add(key)
+        if stale:
+            self._stale.add(key)
+        else:
+            self._stale.discard(key)
+
     def _write(self, record: dict[str, Any]) -> None:
         assert self._file is not None
         data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
@@ -124,11 +187,16 @@ class Journal:
         self._size += len(data)
 
     def _read_existing(self) -> None:
-        """Index the records already there; cut away a last record left incomplete by a kill."""
+        """Index the records of this scope; cut away a last record left incomplete by a kill."""
+        self._end_of_good = 0
         if not self.path.exists():
             return
         offset = 0
         end_of_good = 0
+        scope: Scope | None = None  # of the records being read; None: written before scopes
+        legacy: list[tuple[str, int, Any]] = []
+        legacy_endpoint: str | None = None
+        others: dict[str, set[str]] = {}
         with self.path.open("rb") as f:
             for line in f:
                 start, offset = offset, offset + len(line)
@@ -144,19 +212,53 @@ class Journal:
                 if not isinstance(record, dict):
                     continue
                 if "journal" in record:
-                    if record != FORMAT:
+                    if record.get("journal") != "batchchat" or record.get("version") not in READABLE_VERSIONS:
                         raise JobError(f"{self.path} is not a journal this version of batchchat can read; "
                                        "move it away, or use --restart to discard it")  # fmt: skip
                     continue
+                if isinstance(record.get("legacy"), dict):
+                    legacy_endpoint = str(record["legacy"].get("endpoint"))
+                    continue
+                if isinstance(record.get("scope"), dict):
+                    scope = Scope(str(record["scope"].get("endpoint")), str(record["scope"].get("checks")))
+                    continue
                 key = record.get("key")
-                if isinstance(key, str):
-                    self._offsets[key] = start
-                    if record.get("status") == OK:
-                        self._failed.discard(key)
-                    else:
-                        self._failed.add(key)
+                if not isinstance(key, str):
+                    continue
+                if scope is None:
+                    legacy.append((key, start, record.get("status")))
+                elif scope.endpoint == self.scope.endpoint:
+                    self._index(key, start, record.get("status"), stale=scope.checks != self.scope.checks)
+                else:
+                    others.setdefault(scope.endpoint, set()).add(key)
         if end_of_good < offset and not self.read_only:
             os.truncate(self.path, end_of_good)
+        self._end_of_good = end_of_good
+        self._adopt(legacy, legacy_endpoint)
+        for endpoint, keys in others.items():
+            unanswered_here = len(keys - self._offsets.keys())
+            if unanswered_here:
+                self.elsewhere[endpoint] = unanswered_here
+
+    def _adopt(self, legacy: list[tuple[str, int, Any]], endpoint: str | None) -> None:
+        """Records from before scopes: this endpoint's if the journal says so or says nothing
+        yet; in that case the assumption is written down (when writing), so it is made once."""
+        if not legacy:
+            return
+        if endpoint is None:
+            endpoint = self.scope.endpoint
+            self.assumed_endpoint = endpoint
+            if not self.read_only:
+                self._open_for_append()
+                self._write({"legacy": {"endpoint": endpoint}})
+        if endpoint != self.scope.endpoint:
+            self.elsewhere[endpoint] = len({key for key, _, _ in legacy})
+            return
+        self.legacy = len({key for key, _, _ in legacy})
+        later = dict(self._offsets)  # records of this scope written after these win
+        for key, offset, status in legacy:
+            if key not in later:
+                self._index(key, offset, status, stale=True)
 
 
 def _outcome(record: dict[str, Any]) -> RowOutcome:

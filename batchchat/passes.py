@@ -8,18 +8,18 @@ fields, score), counting per model and variant for the summary.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .answers import Derived
+from .answers import AnswerCheck, Derived
 from .errors import INVALID_INPUT, JobError
 from .job import Job
 from .journal import Journal, MemoryStore
 from .keys import RowKeys
 from .prompts import RequestBuilder
-from .records import PENDING, InvalidRow, RowOutcome
+from .records import OK, PENDING, ChatRequest, InvalidRow, RowOutcome
 from .source import TableSource
 from .stats import RowTally
 
@@ -46,6 +46,10 @@ class Plan:
     input_rows: int = 0
     models: int = 1
     variants: int = 0
+    reasked: int = 0  # stored answers that fail the job's changed checks, to be asked again
+    legacy: int = 0  # journal records from before endpoints were recorded, taken as this endpoint's
+    assumed_endpoint: str | None = None  # set when this run made that assumption (said once)
+    elsewhere: tuple[tuple[str, int], ...] = ()  # (endpoint, requests answered there, not here)
 
     @property
     def shared_rows(self) -> int:
@@ -74,8 +78,15 @@ def derived_columns(job: Job) -> Derived:
     )
 
 
-def still_to_send(store: Store, key: str, retry_errors: bool) -> bool:
-    return key not in store or (retry_errors and store.failed(key))
+def stale_outcomes(store: Store, keys: Iterable[str], check: AnswerCheck) -> dict[str, RowOutcome]:
+    """The stored outcomes of ``keys`` that were judged by other checks than the job's, judged
+    again. Only answers need it: a failed request stays failed whatever the checks, and without
+    checks an ``ok`` answer stays ``ok``."""
+    if not store.has_stale:
+        return {}
+    checked = check.answers.checked
+    stale = [key for key in keys if store.stale(key) and (checked or store.failed(key))]
+    return {key: check.rejudge(stored) for key, stored in store.get_many(stale).items()}
 
 
 def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, output: Path | None,
@@ -83,25 +94,35 @@ def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, o
     """One pass over every row: finds bad cells and empty prompts before any request, works out
     each row's key once, and counts what is answered already and what rows can share."""
     rows = Rows(RowKeys(), {}, bytearray(), bytearray())
-    done = 0
+    done = reasked = 0
     seen: set[str] = set()
     retry_errors = job.resume.retry_errors
+    check = AnswerCheck(job.answers)
     input_rows = 0
     for batch, items in builder.rows(source):
         input_rows += batch.num_rows
+        judged = stale_outcomes(store, (i.key for i in items if isinstance(i, ChatRequest) and i.key in store), check)
         for item in items:
             first = send = False
             if isinstance(item, InvalidRow):
                 rows.invalid[item.row] = item.reason
                 rows.keys.append(None)
             else:
-                rows.keys.append(item.key)
-                first = item.key not in seen
-                seen.add(item.key)
-                if not still_to_send(store, item.key, retry_errors):
-                    done += 1
-                else:
+                key = item.key
+                rows.keys.append(key)
+                first = key not in seen
+                seen.add(key)
+                if key not in store:
                     send = first
+                else:
+                    again = judged.get(key)
+                    if again is not None and again.status == PENDING:
+                        send = first
+                        reasked += first
+                    elif retry_errors and (again.status != OK if again is not None else store.failed(key)):
+                        send = first
+                    else:
+                        done += 1
             rows.first.append(first)
             rows.sends.append(send)
     if input_rows == 0:
@@ -120,6 +141,10 @@ def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, o
         input_rows=input_rows,
         models=len(job.models),
         variants=len(job.variants),
+        reasked=reasked,
+        legacy=store.legacy,
+        assumed_endpoint=store.assumed_endpoint,
+        elsewhere=tuple(sorted(store.elsewhere.items())),
     ), rows
 
 
@@ -135,11 +160,14 @@ def row_outcomes(
     slots = builder.slots
     expected_column = builder.scoring.expected_column
     names = [name for name, _ in derived.columns()]
+    check = AnswerCheck(derived.answers)
     start = 0
     for batch in source.batches():
         first, end = start * fanout, (start + batch.num_rows) * fanout
         keys = [rows.keys[row] for row in range(first, end)]
         records = store.get_many(key for key in keys if key is not None)
+        if store.has_stale:  # answers judged by other checks are judged by the job's
+            records.update(stale_outcomes(store, records, check))
         expected = batch.column(expected_column).to_pylist() if expected_column else None
         outcomes: list[RowOutcome] = []
         extras: dict[str, list[Any]] = {name: [] for name in names}
@@ -168,6 +196,8 @@ def row_outcomes(
             for name in names:
                 extras[name].append(cells.get(name))
             tally.add_row(outcome, (slot.model, slot.variant), cells.get("score"), bool(rows.first[row]))
+            if outcome.status == OK and outcome.ttft_s is None and key is not None and store.earlier(key):
+                tally.earlier_without_ttft += 1
             outcomes.append(outcome)
         yield batch, outcomes, extras
         start += batch.num_rows

@@ -56,6 +56,8 @@ class RequestBuilder:
         prompt = job.prompt
         self.template = parse_template(prompt.template) if prompt.template else None
         self.prompt_column = prompt.column
+        if prompt.column_optional and prompt.column not in columns:
+            self.prompt_column = None
         self.messages_column = prompt.messages_column
         self.turns_column = prompt.turns_column
         self.system = prompt.system
@@ -89,6 +91,21 @@ class RequestBuilder:
             if name not in columns:
                 raise JobError(missing_column(source_name, name, role, columns))
         self.columns = list(dict.fromkeys(name for name, _ in needed))
+
+    def describe(self) -> str:
+        """Which settings and columns make each row's messages, in the order they are sent."""
+        parts = []
+        if self.system:
+            parts.append("the system prompt")
+        if self.messages_column:
+            parts.append(f"the history in column '{self.messages_column}'")
+        if self.turns_column:
+            parts.append(f"each user turn in column '{self.turns_column}', one request after another")
+        elif self.template:
+            parts.append(f"the template over column(s) {', '.join(map(repr, self.template.columns))}")
+        elif self.prompt_column:
+            parts.append(f"the prompt in column '{self.prompt_column}'")
+        return " + ".join(parts)
 
     def rows(self, source: TableSource) -> Iterator[tuple[pa.RecordBatch, list[ChatRequest | InvalidRow]]]:
         """Every input batch with the request (or reason for none) of each of its output rows.

@@ -41,14 +41,39 @@ def plan_lines(plan: Plan) -> list[str]:
             f"{'input rows' if plan.rows != plan.input_rows else 'rows'} {shown}); "
             "they become error rows (invalid_input) without a request"
         )
+    if plan.assumed_endpoint is not None:
+        lines.append(
+            f"the journal was written by an earlier batchchat, which did not record where answers came from: "
+            f"its {plural(plan.legacy, 'answer')} are taken as answers from {endpoint_label(plan.assumed_endpoint)} "
+            "(said once; --restart sends everything again)"
+        )
+    for endpoint, count in plan.elsewhere:
+        lines.append(
+            f"the journal holds {plural(count, 'answer')} from {endpoint_label(endpoint)}; "
+            "they are not reused for this endpoint"
+        )
     notes = []
     if plan.done_rows:
-        notes.append(f"{plan.done_rows:,} rows answered by an earlier run (journal)")
+        notes.append(f"{plural(plan.done_rows, 'row')} answered by an earlier run (journal)")
+    if plan.reasked:
+        notes.append(
+            f"{plural(plan.reasked, 'stored answer')} {'fails' if plan.reasked == 1 else 'fail'} the job's "
+            "changed checks and will be asked again"
+        )
     if plan.shared_rows:
-        notes.append(f"{plan.shared_rows:,} rows share a request with an identical row")
+        notes.append(f"{plural(plan.shared_rows, 'row')} share a request with an identical row")
     if notes:
-        lines.append(f"{'; '.join(notes)}; {plan.to_send:,} requests to send")
+        lines.append(f"{'; '.join(notes)}; {plural(plan.to_send, 'request')} to send")
     return lines
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``1,000 rows``."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def endpoint_label(identity: str) -> str:
+    return "the built-in simulator" if identity == "sim" else identity
 
 
 def live_counters(stats: Stats) -> str:
@@ -85,6 +110,11 @@ def summary_text(result: RunResult) -> str:
         if s.ttft_p50_s is not None and s.ttft_p95_s is not None:
             latency += f"; first token: p50 {s.ttft_p50_s:.2f} s, p95 {s.ttft_p95_s:.2f} s"
         lines.append(latency)
+    if s.earlier_without_ttft:
+        lines.append(
+            f"{plural(s.earlier_without_ttft, 'row')} answered by earlier runs without streaming: "
+            f"{'its' if s.earlier_without_ttft == 1 else 'their'} ttft_s is empty"
+        )
     if len(s.groups) > 1 or any(g.scored for g in s.groups):
         lines += group_table(s.groups)
     if s.budget_stopped:
@@ -132,12 +162,21 @@ def dry_run_text(dry: DryRun) -> str:
                      f"{g.completion_tokens:,}", money(g.cost)))  # fmt: skip
     rows.append(("total", "", f"{plan.to_send:,}", f"{dry.prompt_tokens:,}", f"{dry.completion_tokens:,}",
                  money(dry.cost)))  # fmt: skip
-    lines.append("estimate (prompt: characters / 4; completion: max_tokens per answer, or 256 when unset):")
+    completion = "max_tokens per answer" if dry.completion_bounded else (
+        "max_tokens per answer, or 256 where it is unset, which bounds nothing")
+    lines.append(f"estimate, upper bounds (prompt: UTF-8 bytes + the chat template's tokens; completion: {completion}):")
     lines += _columns(rows)
+    if plan.to_send:
+        lines.append(
+            f"typical text takes far fewer prompt tokens than that bound: about {dry.likely_prompt_tokens:,} "
+            "(characters / 4)"
+        )
     if dry.cost is None and plan.to_send:
         lines.append(
             'no price for some models: add [prices] to the job file, "MODEL" = { input = USD, output = USD } per million tokens'
         )
+    if dry.messages_from:
+        lines.append(f"each row sends: {dry.messages_from}")
     if dry.first_request is not None:
         request = dry.first_request
         body = request.body()

@@ -29,7 +29,7 @@ from .client import ChatClient
 from .cost import Budget
 from .errors import AUTH, FatalAPIError, Interrupted, JobError, RequestError
 from .job import Job, load_job
-from .journal import Journal, MemoryStore
+from .journal import Journal, MemoryStore, Scope
 from .lock import OutputLock
 from .passes import Plan, Rows, derived_columns, row_outcomes
 from .passes import plan as make_plan
@@ -116,7 +116,7 @@ async def arun(
         journal_path = journal_path_for(output)
         if job.resume.restart:
             journal_path.unlink(missing_ok=True)
-        journal = Journal(journal_path)
+        journal = Journal(journal_path, journal_scope(job))
         try:
             return await _run_file(job, source, builder, journal, output, schema, observer or _Silent())
         finally:
@@ -203,6 +203,11 @@ def journal_path_for(output: Path) -> Path:
     return output.with_name(output.name + ".journal")
 
 
+def journal_scope(job: Job) -> Scope:
+    """A stored answer is reused only for a request to the same endpoint, judged by the same checks."""
+    return Scope(job.endpoint.identity, job.answers.signature)
+
+
 # --- a file run ---------------------------------------------------------------------------------
 
 
@@ -237,7 +242,7 @@ async def _run_file(
             kept = f"{_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; the others have status 'pending'"
         else:
             kept = "no row finished, so nothing was written"
-        raise FatalAPIError(f"stopped: {fatal}. {kept}", fatal.error) from None
+        raise FatalAPIError(f"stopped: {fatal}; {kept}", fatal.error) from None
     wall = time.perf_counter() - started
     resume = f"run the same command again to resume: the {len(journal):,} requests in {journal.path} are not sent again"
     if ending == "at once":
@@ -248,7 +253,8 @@ async def _run_file(
             f"stopped: {_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; "
             f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}"
         )
-    return RunResult(output, stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending == "budget"))
+    summary = stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending == "budget", streamed=job.stream)
+    return RunResult(output, summary)
 
 
 def _finished(tally: RowTally) -> int:
@@ -286,6 +292,13 @@ async def _send(
     stop = asyncio.Event()
     signalled = at_once = False
     budget = Budget(job.max_cost, dict(job.prices), stats.counters) if job.max_cost is not None else None
+    check = AnswerCheck(job.answers) if job.answers.checked else None
+
+    def prior(key: str) -> RowOutcome | None:
+        """The stored answer of a request whose answers the job's changed checks judge again."""
+        if not store.stale(key):
+            return None
+        return store.get_many((key,)).get(key)
     limits = job.limits
     throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
     async with open_client(job) as client:
@@ -299,11 +312,12 @@ async def _send(
                 counters=stats.counters,
                 describe_fatal=partial(_fatal_message, job),
                 stop=stop,
-                check=AnswerCheck(job.answers) if job.answers.checked else None,
+                check=check,
                 invalid_retries=job.answers.invalid_retries,
                 budget=budget,
                 recall=lambda key: store.get_many((key,)).get(key),
                 on_turn=store.add,
+                prior=prior,
             )
         )
 
@@ -357,6 +371,11 @@ def endpoint_name(job: Job) -> str:
 
 def _fatal_message(job: Job, error: RequestError) -> str:
     where = endpoint_name(job)
+    if error.unreachable:
+        return (
+            f"nothing answers at {where} ({error.message}); check the URL (--base-url, --provider) and that "
+            "the server is running, then run again"
+        )
     if error.error_type == AUTH:
         key = job.endpoint.api_key_env
         fix = f"set a valid key in {key}" if key else "pass a key with --api-key-env NAME"

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 
-from .cost import Budget
+from .cost import Budget, estimate
 from .errors import RATE_LIMITED, FatalAPIError, RequestError
 from .keys import request_key
 from .records import ERROR, OK, ChatRequest, ChatResult, RowOutcome, Usage
@@ -32,6 +32,7 @@ from .retry import is_fatal, with_retries
 from .stats import Counters
 from .throttle import Throttle
 
+UNREACHABLE_ATTEMPTS = 3  # attempts that cannot connect, with no answer ever, before the run stops
 Send = Callable[[ChatRequest], Awaitable[ChatResult]]
 Describe = Callable[[RequestError], str]
 Check = Callable[[str | None], tuple[str, str] | None]  # an answer -> None if valid, else (error_type, why)
@@ -39,6 +40,10 @@ Check = Callable[[str | None], tuple[str, str] | None]  # an answer -> None if v
 
 class Stopped(Exception):
     """The run is stopping: the request is left unfinished, to be sent by a later run."""
+
+
+class OverBudget(Stopped):
+    """The next request would pass the cost cap: it is not sent, and its row stays pending."""
 
 
 @dataclass
@@ -52,6 +57,17 @@ class _Asked:
     prompt_tokens: int | None = None  # summed over every answer received (each was paid for)
     completion_tokens: int | None = None
     answers: int = 0
+
+    @classmethod
+    def before(cls, stored: RowOutcome) -> _Asked:
+        """An answer a run before this one paid for, taken up again (a resumed turn, or an answer
+        the job's changed checks reject, to be asked again)."""
+        usage = Usage(stored.prompt_tokens, stored.completion_tokens, stored.total_tokens)
+        result = ChatResult(stored.response, stored.finish_reason, usage, stored.request_id, stored.model,
+                            stored.latency_s or 0.0, stored.ttft_s)  # fmt: skip
+        asked = cls(result=result)
+        asked.add(result)
+        return asked
 
     def add(self, result: ChatResult) -> None:
         self.count(1, result.usage.prompt_tokens, result.usage.completion_tokens)
@@ -79,6 +95,7 @@ async def run_requests(
     budget: Budget | None = None,
     recall: Callable[[str], RowOutcome | None] | None = None,
     on_turn: Callable[[RowOutcome], None] | None = None,
+    prior: Callable[[str], RowOutcome | None] | None = None,
 ) -> None:
     """Send every request; each ends as exactly one ``RowOutcome`` passed to ``on_outcome``,
     unless ``stop`` is set first, in which case the requests not yet finished get none.
@@ -89,11 +106,27 @@ async def run_requests(
 
     Each answered turn of a scripted conversation goes to ``on_turn`` under its own key, and
     ``recall`` finds turns answered before, so a conversation cut short resumes at its first
-    unanswered turn instead of paying again for the others.
+    unanswered turn instead of paying again for the others. ``prior`` gives a stored answer the
+    job's checks now reject: it counts as the first answer, and only the re-asks are sent.
+
+    With a ``budget``, every ask (a request, a conversation's turn, a re-ask) is sent only if its
+    estimate fits; the first that does not stops the taking of new requests.
     """
     pending = iter(requests)
     count = counters or Counters()
     stopping = stop or asyncio.Event()
+    reached = False  # whether the endpoint ever answered, anything at all
+    unreachable = 0  # attempts that could not connect, while it never had
+
+    def give_up_unreachable(error: RequestError) -> None:
+        """An endpoint that has never answered and cannot be connected to would fail every row:
+        stop, as for a bad key, rather than turn rows into errors (they stay pending)."""
+        nonlocal unreachable
+        if reached or not error.unreachable:
+            return
+        unreachable += 1
+        if unreachable >= UNREACHABLE_ATTEMPTS or not error.retryable:
+            raise FatalAPIError(describe_fatal(error), error) from None
 
     def note_retry() -> None:
         count.retries += 1
@@ -104,6 +137,7 @@ async def run_requests(
             await asyncio.wait_for(stopping.wait(), seconds)
 
     async def attempt(request: ChatRequest) -> ChatResult:
+        nonlocal reached
         if stopping.is_set():
             raise Stopped
         permit = await throttle.acquire(request)
@@ -114,28 +148,48 @@ async def run_requests(
             try:
                 result = await send(request)
             except RequestError as error:
+                reached = reached or error.status is not None
                 throttle.failed(permit, error)
                 count.rate_limited += error.error_type == RATE_LIMITED
                 count.rate = throttle.rate
                 if is_fatal(error):
                     raise FatalAPIError(describe_fatal(error), error) from None
+                give_up_unreachable(error)
                 raise
+            reached = True
             throttle.succeeded(permit, result)
             count.rate = throttle.rate
             count.add_usage(request.model, result.usage)  # paid for: the budget reads it from here
+            usage = result.usage
+            if usage.prompt_tokens is None or usage.completion_tokens is None:  # a server that does not say
+                count.add_unreported(request.model, usage, estimate(request))
             return result
         finally:
             throttle.release()
 
-    async def ask(request: ChatRequest, checked: bool) -> _Asked:
-        """Send one request; re-ask while the answer is invalid and re-asks are left."""
-        asked = _Asked()
-        for asking in range(1 + (invalid_retries if checked else 0)):
-            if asking and budget is not None and budget.fits(request) is None:  # a re-ask is paid again
-                return asked  # the invalid answer stands
-            done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
+    async def ask(request: ChatRequest, checked: bool, before: RowOutcome | None = None) -> _Asked:
+        """Send one request; re-ask while the answer is invalid and re-asks are left. An answer
+        from ``before`` that the check rejects counts as the first; only re-asks are sent."""
+        asked, first = _Asked(), 0
+        if before is not None and checked and check is not None and check(before.response) is not None:
+            asked, first = _Asked.before(before), 1
+            asked.attempts = before.attempts
+            asked.invalid = check(before.response)
+        for asking in range(first, 1 + (invalid_retries if checked else 0)):
+            held = budget.reserve(request) if budget is not None else 0.0
+            if held is None:
+                if asking == first:  # nothing sent for it in this run: it stays pending
+                    raise OverBudget
+                return asked  # a re-ask is paid again and does not fit: the invalid answer stands
+            try:
+                done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
+            finally:
+                if budget is not None:
+                    budget.release(held)
             asked.attempts += done.attempts
             asked.result, asked.error = done.result, done.error
+            if done.error is not None and done.error.unreachable and not reached:  # its last attempt too
+                raise FatalAPIError(describe_fatal(done.error), done.error)
             if done.result is None:
                 return asked
             asked.add(done.result)
@@ -145,17 +199,10 @@ async def run_requests(
             count.invalid += 1
         return asked
 
-    def recalled(step: ChatRequest, last: bool) -> _Asked | None:
-        """A turn answered by an earlier run (that still passes the check, if it is the last)."""
-        prior = recall(step.key) if recall is not None else None
-        if prior is None or prior.status != OK or (last and check is not None and check(prior.response)):
-            return None
-        usage = Usage(prior.prompt_tokens, prior.completion_tokens, prior.total_tokens)
-        result = ChatResult(prior.response, prior.finish_reason, usage, prior.request_id, prior.model,
-                            prior.latency_s or 0.0, prior.ttft_s)  # fmt: skip
-        asked = _Asked(result=result)
-        asked.add(result)
-        return asked
+    def recalled(step: ChatRequest) -> RowOutcome | None:
+        """A turn answered by an earlier run."""
+        stored = recall(step.key) if recall is not None else None
+        return stored if stored is not None and stored.status == OK else None
 
     async def converse(request: ChatRequest) -> RowOutcome:
         """Each user turn in order, each sent with the whole conversation so far."""
@@ -168,7 +215,11 @@ async def run_requests(
             sent = tuple(messages)
             step = replace(request, messages=sent, key=request_key(request.model, sent, request.params), turns=())
             last = n == len(request.turns)
-            asked = recalled(step, last) or await ask(step, checked=last)
+            stored = recalled(step)
+            if stored is not None and not (last and check is not None and check(stored.response)):
+                asked = _Asked.before(stored)  # answered before, and still good: not sent again
+            else:  # the last turn's answer that the checks now reject is asked again
+                asked = await ask(step, checked=last, before=stored)
             if on_turn is not None and asked.result is not None and asked.invalid is None and asked.attempts:
                 on_turn(RowOutcome.answered(step, asked.result, asked.attempts))
             total.attempts += asked.attempts
@@ -190,25 +241,20 @@ async def run_requests(
         return outcome
 
     async def worker() -> None:
-        # An exhausted budget stops new work only: what is under way (a conversation's later
-        # turns included) finishes, since abandoning it would waste what it already cost.
+        # An exhausted budget stops new work: no request is taken, and a conversation whose next
+        # turn does not fit stops there (its answered turns are journaled; its row stays pending).
         while not stopping.is_set() and not (budget is not None and budget.exhausted):
             request = next(pending, None)
             if request is None:
                 return
-            held = budget.reserve(request) if budget is not None else 0.0
-            if held is None:
-                return  # the request is not sent: its row stays pending
             try:
                 if request.turns:
                     on_outcome(await converse(request))
                 else:
-                    on_outcome(_outcome(request, await ask(request, checked=True)))
+                    before = prior(request.key) if prior is not None else None
+                    on_outcome(_outcome(request, await ask(request, checked=True, before=before)))
             except Stopped:
                 return
-            finally:
-                if budget is not None:
-                    budget.release(held)
 
     async with asyncio.TaskGroup() as group:
         for _ in range(2 * throttle.concurrency):

@@ -591,15 +591,16 @@ class BackgroundSimulator:
     ``with BackgroundSimulator() as sim: ... sim.url ...``
     """
 
-    def __init__(self, config: SimConfig | None = None, *, record: bool = True) -> None:
+    def __init__(self, config: SimConfig | None = None, *, record: bool = True, port: int = 0) -> None:
         self.simulator = Simulator(config, record=record)
+        self.port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="batchchat-sim", daemon=True)
         self.url = ""
 
     def __enter__(self) -> BackgroundSimulator:
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self.simulator.start(port=self.port), self._loop)
         self.url = future.result(timeout=30)
         return self
 

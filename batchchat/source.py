@@ -6,8 +6,8 @@ however many rows there are.
 
 CSV cells are always text: type inference would turn ``NA`` or ``null`` into a missing value
 and ``007`` into 7, and a prompt must reach the API exactly as the cell holds it.
-JSONL values keep their JSON types where a column is consistent; a column that mixes types, and
-any nested list or object, is carried as JSON text (so a messages column may hold real lists).
+JSONL values keep their JSON types where a column's values share one, lists and objects included
+(a history list is a list, as from Parquet); a column that mixes types is carried as text.
 """
 
 from __future__ import annotations
@@ -129,18 +129,33 @@ class ParquetSource(TableSource):
 
 
 class JsonlSource(TableSource):
-    """JSON Lines, one object per line; the column types are settled by one pass over the file."""
+    """JSON Lines, one object per line; the column types are settled by one pass over the file.
+
+    Each column gets the Arrow type of its values, lists and objects included, so a history list
+    comes out a list, as from Parquet. A column whose values have no common type (a number here,
+    text there) is carried as text, non-text values as JSON.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        kinds: dict[str, set[str]] = {}
+        types: dict[str, pa.DataType | None] = {}  # None: no value seen yet
+        text: set[str] = set()  # columns whose values have no common type
         for rows in self._row_chunks():
-            for row in rows:
-                for key, value in row.items():
-                    kinds.setdefault(key, set()).add(_kind(value))
-        schema = pa.schema([(name, _arrow_type(k)) for name, k in kinds.items()])
-        super().__init__(schema, str(path))
-        self._as_text = {name for name, t in zip(schema.names, schema.types, strict=True) if t == pa.string()}
+            for name in dict.fromkeys(key for row in rows for key in row):
+                types.setdefault(name, None)
+            for name, known in types.items():
+                if name in text:
+                    continue
+                kind = _infer([row.get(name) for row in rows])
+                kind = _unify(known, kind) if kind is not None else None
+                if kind is None:
+                    text.add(name)
+                else:
+                    types[name] = kind
+        fields = [(name, pa.string() if name in text or t is None or pa.types.is_null(t) else t)
+                  for name, t in types.items()]  # fmt: skip
+        super().__init__(pa.schema(fields), str(path))
+        self._as_text = {name for name, t in fields if t == pa.string()}
 
     def _row_chunks(self) -> Iterator[list[dict[str, Any]]]:
         try:
@@ -173,37 +188,45 @@ class JsonlSource(TableSource):
         as_text = self._as_text
         for rows in self._row_chunks():
             columns = []
-            for name in schema.names:
-                values = [row.get(name) for row in rows]
-                if name in as_text:
+            for field in schema:
+                values = [row.get(field.name) for row in rows]
+                if field.name in as_text:
                     values = [_as_text(v) for v in values]
-                columns.append(values)
+                columns.append(pa.array(values, type=field.type))
             yield pa.record_batch(columns, schema=schema)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int" if -(2**63) <= value < 2**63 else "text"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    return "text"  # lists and objects travel as JSON text
+def _infer(values: list[Any]) -> pa.DataType | None:
+    """The Arrow type of a column's values, or None when they have none in common."""
+    try:
+        kind = pa.array(values).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError):
+        return None
+    return kind if _storable(kind) else None
 
 
-def _arrow_type(kinds: set[str]) -> pa.DataType:
-    kinds = kinds - {"null"}
-    if kinds == {"bool"}:
-        return pa.bool_()
-    if kinds == {"int"}:
-        return pa.int64()
-    if kinds and kinds <= {"int", "float"}:
-        return pa.float64()
-    return pa.string()
+def _unify(known: pa.DataType | None, new: pa.DataType) -> pa.DataType | None:
+    """One type for two chunks of a column (``null`` fits anything; ints widen to floats; objects
+    gather every field), or None when there is none."""
+    if known is None or known == new or pa.types.is_null(known):
+        return new
+    if pa.types.is_null(new):
+        return known
+    try:
+        merged = pa.unify_schemas([pa.schema([("c", known)]), pa.schema([("c", new)])], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):
+        return None
+    kind = merged.field("c").type
+    return kind if _storable(kind) else None
+
+
+def _storable(kind: pa.DataType) -> bool:
+    """Every output format can hold it: no empty object (Parquet refuses a struct without fields)."""
+    if pa.types.is_struct(kind):
+        return kind.num_fields > 0 and all(_storable(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _storable(kind.value_type)
+    return True
 
 
 def _as_text(value: Any) -> str | None:

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .cost import spending
+from .cost import Estimate, spending
 from .jobparts import Price
 from .records import ERROR, OK, PENDING, RowOutcome, Usage
 
@@ -21,10 +21,14 @@ from .records import ERROR, OK, PENDING, RowOutcome, Usage
 class Counters:
     """Live request counters the scheduler updates as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries", "usage")
+    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries", "unreported", "unreported_bound", "usage")
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
+        self.unreported = 0  # answers that came without (complete) usage
+        # model -> [prompt, completion]: upper bounds of the tokens those answers did not report,
+        # so a cost cap stays kept against servers that never say (llama.cpp's streams)
+        self.unreported_bound: dict[str, list[int]] = {}
         self.invalid = 0  # answers that were not the JSON or label asked for (each re-asked while re-asks last)
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
@@ -36,6 +40,13 @@ class Counters:
         tokens = self.usage.setdefault(model, [0, 0])
         tokens[0] += usage.prompt_tokens or 0
         tokens[1] += usage.completion_tokens or 0
+
+    def add_unreported(self, model: str, usage: Usage, bound: Estimate) -> None:
+        """An answer whose usage is missing (in part): the missing part counts at its estimate."""
+        self.unreported += 1
+        tokens = self.unreported_bound.setdefault(model, [0, 0])
+        tokens[0] += bound.prompt_tokens if usage.prompt_tokens is None else 0
+        tokens[1] += bound.completion_tokens if usage.completion_tokens is None else 0
 
 
 class GroupTally:
@@ -58,6 +69,7 @@ class RowTally:
         self.statuses: Counter[str] = Counter()
         self.error_types: Counter[str] = Counter()
         self.groups: dict[tuple[str, str | None], GroupTally] = {}
+        self.earlier_without_ttft = 0  # ok rows an earlier run answered without time to first token
 
     def add(self, status: str, error_type: str | None) -> None:
         self.rows += 1
@@ -155,6 +167,7 @@ class Summary:
     cost_cap: float | None = None  # --max-cost, when set
     budget_stopped: bool = False  # the cap stopped the run; the rows not sent are pending
     groups: tuple[GroupSummary, ...] = ()
+    earlier_without_ttft: int = 0  # in a streamed run, ok rows answered by earlier runs that did not stream
 
     @property
     def total_tokens(self) -> int:
@@ -207,7 +220,7 @@ class Stats:
         return spending(self.prices, self.counters.usage) if self.prices else None
 
     def summary(self, wall_s: float, rows: RowTally, *, cost_cap: float | None = None,
-                budget_stopped: bool = False) -> Summary:  # fmt: skip
+                budget_stopped: bool = False, streamed: bool = False) -> Summary:  # fmt: skip
         latencies = sorted(self._latencies)
         ttfts = sorted(self._ttfts)
         return Summary(
@@ -232,6 +245,7 @@ class Stats:
             cost_cap=cost_cap,
             budget_stopped=budget_stopped,
             groups=rows.group_summaries(self.prices),
+            earlier_without_ttft=rows.earlier_without_ttft if streamed else 0,
         )
 
 

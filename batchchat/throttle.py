@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from .cost import DEFAULT_COMPLETION_TOKENS, estimate
+from .cost import DEFAULT_COMPLETION_TOKENS, likely
 from .errors import RATE_LIMITED, RequestError
 from .records import ChatRequest, ChatResult
 from .retry import hint_seconds, reset_seconds
@@ -102,7 +102,7 @@ class TokenEstimator:
         self._answers = 0
 
     def raw(self, request: ChatRequest) -> float:
-        tokens = estimate(request, self.default_completion_tokens)
+        tokens = likely(request, self.default_completion_tokens)
         return tokens.prompt_tokens + tokens.completion_tokens
 
     @property

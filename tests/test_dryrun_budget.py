@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import batchchat
+from batchchat.cost import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from batchchat.report import money
 from batchchat.simulator import BackgroundSimulator
 
 from .helpers import cli, read_output, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def bound(*messages: str) -> int:
+    """The prompt estimate: UTF-8 bytes, plus the chat template's tokens per message and request."""
+    return PER_REQUEST_TOKENS + sum(len(m.encode("utf-8")) + PER_MESSAGE_TOKENS for m in messages)
 
 
 def priced_job(folder: Path, url: str, rows: int = 20, extra: str = "") -> Path:
@@ -39,7 +44,7 @@ def test_a_dry_run_plans_estimates_and_sends_nothing(tmp_path: Path, sim: Backgr
     out = result.stdout
     assert "dry run: nothing was sent" in out
     assert "40 rows (20 rows x 2 models)" in out and "40 requests to send" in out
-    prompt, completion = 20 * math.ceil(len("question number 000") / 4), 20 * 100
+    prompt, completion = 20 * bound("question number 000"), 20 * 100
     small = (prompt * 1000 + completion * 2000) / 1e6
     large = (prompt * 3000 + completion * 6000) / 1e6
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
@@ -93,7 +98,8 @@ def test_dry_run_from_the_library(tmp_path: Path) -> None:
     plan = batchchat.dry_run(input=str(tmp_path / "in.csv"), model=["a", "b"], max_tokens=7,
                              provider="together")  # fmt: skip
     assert plan.plan.to_send == 4
-    assert plan.prompt_tokens == 2 * (10 + 1) and plan.completion_tokens == 4 * 7
+    assert plan.prompt_tokens == 2 * (bound("abcd" * 10) + bound("x")) and plan.completion_tokens == 4 * 7
+    assert plan.likely_prompt_tokens == 2 * (10 + 1)  # characters / 4
     assert plan.cost is None and plan.missing_key == "TOGETHER_API_KEY"
 
 
@@ -105,7 +111,8 @@ def test_every_example_job_passes_a_dry_run(job: str) -> None:
 
 
 PRICES = {"sim-chat": (1000, 2000), "sim-chat-large": (3000, 6000)}
-ESTIMATE = {"sim-chat": 0.205, "sim-chat-large": 0.615}  # 5 prompt + 100 completion tokens (max_tokens)
+# the prompt's bound and 100 completion tokens (max_tokens)
+ESTIMATE = {model: (bound("question number 000") * p + 100 * c) / 1e6 for model, (p, c) in PRICES.items()}
 
 
 def cost_of(rows: list[dict[str, Any]]) -> float:

@@ -123,7 +123,7 @@ def test_a_changed_prompt_is_sent_again_and_nothing_else_is(sim, tmp_path):
     write_csv(source, ["prompt"], [[t] for t in texts])
     result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
     assert result.exit_code == 0
-    assert "19 rows answered by an earlier run (journal); 1 requests to send" in result.stderr
+    assert "19 rows answered by an earlier run (journal); 1 request to send" in result.stderr
     assert [r["body"]["messages"][-1]["content"] for r in sim.requests[20:]] == ["a question edited since"]
     check_complete(output, texts)
 

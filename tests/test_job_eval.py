@@ -117,6 +117,7 @@ options_column = "opts"
 expected_column = "expected"
 score = "contains"
 max_cost = 2.5
+max_tokens = 64
 [prices]
 "m/x" = { input = 0.5, output = 1.5 }
 """))  # fmt: skip

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from batchchat.errors import JobError
-from batchchat.journal import Journal
+from batchchat.journal import Journal, Scope
 from batchchat.lock import OutputLock
 from batchchat.records import RowOutcome
 
@@ -25,8 +25,9 @@ def test_records_are_on_disk_as_soon_as_they_are_added(tmp_path):
     assert not path.exists()  # nothing sent, nothing written
     journal.add(outcome("k1", text="first"))
     lines = path.read_bytes().splitlines()  # read by another handle while the journal is open
-    assert json.loads(lines[0]) == {"journal": "batchchat", "version": 1}
-    assert json.loads(lines[1])["key"] == "k1" and json.loads(lines[1])["response"] == "first"
+    assert json.loads(lines[0]) == {"journal": "batchchat", "version": 2}
+    assert json.loads(lines[1]) == {"scope": {"endpoint": "unknown", "checks": "none"}}
+    assert json.loads(lines[2])["key"] == "k1" and json.loads(lines[2])["response"] == "first"
     journal.close()
 
 
@@ -60,7 +61,7 @@ def test_a_record_torn_by_a_kill_is_ignored_and_cut_away_before_appending(tmp_pa
     assert path.read_bytes() == whole
     again.add(outcome("c"))
     again.close()
-    assert [json.loads(line).get("key") for line in path.read_bytes().splitlines()] == [None, "a", "b", "c"]
+    assert [json.loads(line).get("key") for line in path.read_bytes().splitlines()] == [None, None, "a", "b", None, "c"]
 
 
 def test_a_file_that_is_not_a_batchchat_journal_is_refused(tmp_path):
@@ -75,8 +76,8 @@ def test_the_journal_holds_the_outcome_fields_and_nothing_else(tmp_path):
     journal.add(outcome("a"))
     journal.add(outcome("b", "error"))
     journal.close()
-    lines = (tmp_path / "j").read_bytes().splitlines()
-    assert set(json.loads(lines[1])) == {
+    lines = (tmp_path / "j").read_bytes().splitlines()[2:]
+    assert set(json.loads(lines[0])) == {
         "key",
         "status",
         "attempts",
@@ -86,7 +87,62 @@ def test_the_journal_holds_the_outcome_fields_and_nothing_else(tmp_path):
         "completion_tokens",
         "total_tokens",
     }  # fmt: skip  (null fields are left out; there is never a header, a URL or a key)
-    assert set(json.loads(lines[2])) == {"key", "status", "attempts", "model", "error_type", "error"}
+    assert set(json.loads(lines[1])) == {"key", "status", "attempts", "model", "error_type", "error"}
+
+
+SIM, TOGETHER = Scope("sim", "none"), Scope("https://api.together.xyz/v1", "none")
+
+
+def test_a_journal_sees_only_the_answers_of_its_endpoint(tmp_path):
+    path = tmp_path / "j"
+    journal = Journal(path, SIM)
+    journal.add(outcome("a", text="simulated"))
+    journal.add(outcome("b", text="simulated"))
+    journal.close()
+    together = Journal(path, TOGETHER)
+    assert len(together) == 0 and "a" not in together and together.elsewhere == {"sim": 2}
+    together.add(outcome("a", text="real"))
+    together.close()
+    again = Journal(path, TOGETHER)
+    assert again.get_many(["a", "b"])["a"].response == "real" and "b" not in again
+    assert again.elsewhere == {"sim": 1}  # b was answered only there
+    again.close()
+    sim = Journal(path, SIM)
+    assert sim.get_many(["a"])["a"].response == "simulated" and len(sim) == 2
+    sim.close()
+
+
+def test_answers_judged_by_other_checks_are_stale_until_stored_again(tmp_path):
+    path = tmp_path / "j"
+    journal = Journal(path, Scope("sim", "labels-1"))
+    journal.add(outcome("a"))
+    journal.close()
+    assert not Journal(path, Scope("sim", "labels-1")).stale("a")
+    changed = Journal(path, Scope("sim", "labels-2"))
+    assert changed.stale("a") and changed.has_stale
+    changed.add(outcome("a", text="asked again"))
+    assert not changed.stale("a")
+    changed.close()
+
+
+def test_a_journal_from_before_scopes_is_taken_as_the_first_writers_endpoint_once(tmp_path):
+    path = tmp_path / "j"
+    old = [{"journal": "batchchat", "version": 1}, {"key": "a", "status": "ok", "attempts": 1, "response": "x"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in old))
+    looking = Journal(path, TOGETHER, read_only=True)  # a dry run assumes too, and writes nothing
+    assert looking.assumed_endpoint == TOGETHER.endpoint and "a" in looking and looking.stale("a")
+    looking.close()
+    assert len(path.read_text().splitlines()) == 2
+    first = Journal(path, SIM)
+    assert first.assumed_endpoint == "sim" and first.legacy == 1 and "a" in first and first.stale("a")
+    first.close()
+    assert json.loads(path.read_text().splitlines()[-1]) == {"legacy": {"endpoint": "sim"}}
+    again = Journal(path, SIM)  # the assumption is not made, nor said, again
+    assert again.assumed_endpoint is None and "a" in again
+    again.close()
+    elsewhere = Journal(path, TOGETHER)
+    assert "a" not in elsewhere and elsewhere.elsewhere == {"sim": 1}
+    elsewhere.close()
 
 
 HOLD = "import sys, time; from pathlib import Path; from batchchat.lock import OutputLock; " \
