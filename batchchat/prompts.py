@@ -72,6 +72,10 @@ class RequestBuilder:
         )
         self.fanout = len(self.slots)
         self._slot_params = [slot.body_params for slot in self.slots]  # built once, shared by every row
+        # The response_format that asks for the job's JSON belongs to its answer checks: a changed
+        # schema judges stored answers again (the journal's scope) rather than making new requests.
+        self._check_format = dict(job.params).get("response_format") if job.answers.json_required else None
+        self._slot_key_params = [self.key_params(params) for params in self._slot_params]
         needed: list[tuple[str, str]] = []
         if self.prompt_column:
             needed.append((self.prompt_column, "the prompt column (--prompt-column / prompt_column)"))
@@ -169,16 +173,27 @@ class RequestBuilder:
                     continue
                 messages, turns = content
                 params = self._params(j, options)
-                key = request_key(slot.model, messages, params, turns=turns)
+                key_params = self._slot_key_params[j] if not options else self.key_params(params)
+                key = request_key(slot.model, messages, key_params, turns=turns)
                 if occurrences is not None:
                     sample = occurrences[key]
                     occurrences[key] = sample + 1
                     if sample:
-                        key = request_key(slot.model, messages, params, sample, turns)
+                        key = request_key(slot.model, messages, key_params, sample, turns)
                 items.append(
                     ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns)
                 )
         return items
+
+    def key_params(self, params: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+        """The request options that identify a request: all but the job's own response_format."""
+        if self._check_format is None or ("response_format", self._check_format) not in params:
+            return params
+        return tuple(item for item in params if item[0] != "response_format")
+
+    def turn_key(self, request: ChatRequest, messages: tuple[dict[str, Any], ...]) -> str:
+        """The key of one turn of a scripted conversation: its messages so far, sent alone."""
+        return request_key(request.model, messages, self.key_params(request.params))
 
     def _params(self, slot: int, options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
         """The slot's request options, with the row's own over them."""

@@ -318,6 +318,7 @@ async def _send(
                 recall=lambda key: store.get_many((key,)).get(key),
                 on_turn=store.add,
                 prior=prior,
+                turn_key=builder.turn_key,
             )
         )
 

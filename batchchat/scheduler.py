@@ -23,6 +23,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 from .cost import Budget, estimate
 from .errors import RATE_LIMITED, FatalAPIError, RequestError
@@ -96,6 +97,7 @@ async def run_requests(
     recall: Callable[[str], RowOutcome | None] | None = None,
     on_turn: Callable[[RowOutcome], None] | None = None,
     prior: Callable[[str], RowOutcome | None] | None = None,
+    turn_key: Callable[[ChatRequest, tuple[dict[str, Any], ...]], str] | None = None,
 ) -> None:
     """Send every request; each ends as exactly one ``RowOutcome`` passed to ``on_outcome``,
     unless ``stop`` is set first, in which case the requests not yet finished get none.
@@ -114,6 +116,7 @@ async def run_requests(
     """
     pending = iter(requests)
     count = counters or Counters()
+    turn_key = turn_key or (lambda request, messages: request_key(request.model, messages, request.params))
     stopping = stop or asyncio.Event()
     reached = False  # whether the endpoint ever answered, anything at all
     unreachable = 0  # attempts that could not connect, while it never had
@@ -213,7 +216,7 @@ async def run_requests(
         for n, turn in enumerate(request.turns, 1):
             messages.append({"role": "user", "content": turn})
             sent = tuple(messages)
-            step = replace(request, messages=sent, key=request_key(request.model, sent, request.params), turns=())
+            step = replace(request, messages=sent, key=turn_key(request, sent), turns=())
             last = n == len(request.turns)
             stored = recalled(step)
             if stored is not None and not (last and check is not None and check(stored.response)):

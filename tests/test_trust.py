@@ -240,3 +240,28 @@ def test_a_streamed_rerun_says_which_rows_have_no_time_to_first_token(tmp_path: 
     assert [r["ttft_s"] is None for r in rows] == [True] * 4 + [False] * 2
     plain = cli("run", *common)  # not streaming: nothing to say
     assert "ttft_s" not in plain.stderr
+
+
+def test_a_changed_schema_judges_stored_answers_again_instead_of_sending_every_row(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    source = questions(tmp_path, 30)
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+    loose = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer", "maximum": 10}}}
+    assert cli("run", *common, "--json-schema", json.dumps(loose)).exit_code == 0
+    first = read_output(output)
+    required = {**loose, "required": ["a", "b"]}  # every stored answer has both: nothing to send
+    same = cli("run", *common, "--json-schema", json.dumps(required))
+    assert same.exit_code == 0 and "nothing to send" in same.stderr and len(sim.requests) == 30
+    tight = {**required, "properties": {"a": {"type": "string"}, "b": {"type": "integer", "maximum": 5}}}
+    too_big = [r for r in first if r["out_b"] > 5]
+    assert too_big
+    result = cli("run", *common, "--json-schema", json.dumps(tight))
+    assert result.exit_code == 0, result.stderr
+    assert len(sim.requests) == 30 + len(too_big)  # only the answers the tighter schema rejects
+    assert all(r["body"]["response_format"]["json_schema"]["schema"] == tight for r in sim.requests[30:])
+    rows = read_output(output)
+    assert all(r["status"] == "ok" and r["out_b"] <= 5 for r in rows)
+    assert [r["response"] for r in rows if r["out_b"] is not None and r["prompt"] not in
+            {t["prompt"] for t in too_big}] == [r["response"] for r in first if r["out_b"] <= 5]
