@@ -12,13 +12,14 @@ from typing import Any
 
 from .cost import estimate, likely
 from .errors import JobError
+from .files import OutputFiles
 from .job import Job, build_job
 from .journal import Journal, MemoryStore
 from .passes import Plan, derived_columns
 from .passes import plan as make_plan
 from .prompts import RequestBuilder
 from .records import ChatRequest
-from .runner import endpoint_name, journal_path_for, journal_scope
+from .runner import endpoint_name, journal_scope
 from .sink import output_schema
 from .source import open_source
 
@@ -73,8 +74,11 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     output_schema(source, derived_columns(job))  # input columns that clash with output columns
     builder = RequestBuilder(job, source.columns, source.name)
     store: Journal | MemoryStore = MemoryStore()
-    if job.output is not None and not job.resume.restart and journal_path_for(job.output).exists():
-        store = Journal(journal_path_for(job.output), journal_scope(job), read_only=True)
+    if job.output is not None:
+        files = OutputFiles.of(job.output)
+        files.check()  # what a run would find only after paying
+        if not job.resume.restart and files.journal.exists():
+            store = Journal(files.journal, journal_scope(job), read_only=True)
     try:
         plan, rows = make_plan(job, source, builder, store, job.output, endpoint_name(job))
     finally:

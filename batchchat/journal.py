@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import JobError
+from .files import open_nofollow
 from .records import OK, RowOutcome
 
 VERSION = 2
@@ -146,7 +147,7 @@ class Journal:
         if not wanted:
             return {}
         if self._reader is None:
-            self._reader = self.path.open("rb")
+            self._reader = os.fdopen(open_nofollow(self.path, os.O_RDONLY), "rb")
         found = {}
         for offset, key in wanted:
             self._reader.seek(offset)
@@ -160,8 +161,10 @@ class Journal:
                 f.close()
 
     def _open_for_append(self) -> None:
-        # Unbuffered: each record is one write() to the OS, which keeps it through a kill.
-        self._file = self.path.open("ab", buffering=0)
+        # Unbuffered: each record is one write() to the OS, which keeps it through a kill. A
+        # symlink planted at the journal's name is refused rather than written through.
+        handle = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._file = os.fdopen(handle, "ab", buffering=0)
         self._size = self.path.stat().st_size
         if self._size == 0:
             self._write({"journal": "batchchat", "version": VERSION})
@@ -189,7 +192,7 @@ class Journal:
     def _read_existing(self) -> None:
         """Index the records of this scope; cut away a last record left incomplete by a kill."""
         self._end_of_good = 0
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             return
         offset = 0
         end_of_good = 0
@@ -197,7 +200,7 @@ class Journal:
         legacy: list[tuple[str, int, Any]] = []
         legacy_endpoint: str | None = None
         others: dict[str, set[str]] = {}
-        with self.path.open("rb") as f:
+        with os.fdopen(open_nofollow(self.path, os.O_RDONLY), "rb") as f:
             for line in f:
                 start, offset = offset, offset + len(line)
                 if not line.endswith(b"\n"):

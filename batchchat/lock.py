@@ -15,16 +15,20 @@ import time
 from pathlib import Path
 
 from .errors import JobError
+from .files import OutputFiles, open_nofollow
 
 
 class OutputLock:
+    """The lock of an output, beside the table it names (through symlinks: two names of one table
+    share one lock); a symlink planted at the lock's name is refused, never written through."""
+
     def __init__(self, output: Path) -> None:
-        self.path = output.with_name(output.name + ".lock")
+        self.path = OutputFiles.of(output).lock
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
         for _ in range(10):  # another run may remove the file between our open and our lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

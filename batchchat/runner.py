@@ -28,6 +28,7 @@ from .answers import AnswerCheck
 from .client import ChatClient
 from .cost import Budget
 from .errors import AUTH, FatalAPIError, Interrupted, JobError, RequestError
+from .files import OutputFiles
 from .job import Job, load_job
 from .journal import Journal, MemoryStore, Scope
 from .lock import OutputLock
@@ -111,14 +112,15 @@ async def arun(
     source = open_source(job.input)
     schema = output_schema(source, derived_columns(job))
     builder = RequestBuilder(job, source.columns, source.name)
-    output = job.output
-    with OutputLock(output):
-        journal_path = journal_path_for(output)
+    files = OutputFiles.of(job.output)
+    files.check()
+    with OutputLock(job.output):
+        files.remove_stale_temps()
         if job.resume.restart:
-            journal_path.unlink(missing_ok=True)
-        journal = Journal(journal_path, journal_scope(job))
+            files.journal.unlink(missing_ok=True)
+        journal = Journal(files.journal, journal_scope(job))
         try:
-            return await _run_file(job, source, builder, journal, output, schema, observer or _Silent())
+            return await _run_file(job, source, builder, journal, files, schema, observer or _Silent())
         finally:
             journal.close()
 
@@ -199,10 +201,6 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
         task.cancel()
 
 
-def journal_path_for(output: Path) -> Path:
-    return output.with_name(output.name + ".journal")
-
-
 def journal_scope(job: Job) -> Scope:
     """A stored answer is reused only for a request to the same endpoint, judged by the same checks."""
     return Scope(job.endpoint.identity, job.answers.signature)
@@ -216,10 +214,11 @@ async def _run_file(
     source: TableSource,
     builder: RequestBuilder,
     journal: Journal,
-    output: Path,
+    files: OutputFiles,
     schema: pa.Schema,
     observer: Observer,
 ) -> RunResult:
+    output = files.output
     plan, rows = make_plan(job, source, builder, journal, output, endpoint_name(job))
     observer.started(plan)
     stats = Stats(plan.to_send, dict(job.prices))
@@ -228,7 +227,7 @@ async def _run_file(
     def write() -> RowTally:
         tally = RowTally()
         assembled = row_outcomes(source, rows, builder, journal, tally, derived)
-        write_output(output, output_batches(assembled, schema, builder.fanout), schema)
+        write_output(files, output_batches(assembled, schema, builder.fanout), schema)
         return tally
 
     started = time.perf_counter()

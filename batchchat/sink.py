@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 
 from .answers import Derived
 from .errors import JobError
+from .files import OutputFiles
 from .records import PENDING, RowOutcome
 from .source import TableSource
 
@@ -95,27 +95,32 @@ def output_batches(
         yield pa.RecordBatch.from_arrays(list(batch.columns) + outcome_arrays(outcomes) + derived, schema=schema)
 
 
-def write_output(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
-    """Write the whole table to a temporary file, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_output(files: OutputFiles, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    """Write the whole table to a new temporary file beside the output, then rename it over the
+    output, which keeps its permissions. The temporary file has an unpredictable name and is
+    written through its own descriptor, so nothing planted beside the output is written to."""
+    path = files.target
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv", ".jsonl"):  # job validation refuses others; this guards library misuse
+        raise JobError(f"output {files.output}: unsupported suffix '{path.suffix}'; use .parquet, .csv or .jsonl")
+    handle, temporary = files.open_temp()
     try:
-        if suffix == ".parquet":
-            with pq.ParquetWriter(temporary, schema) as writer:
+        with os.fdopen(handle, "wb") as f:
+            if suffix == ".parquet":
+                with pq.ParquetWriter(f, schema) as writer:
+                    for batch in batches:
+                        writer.write_batch(batch)
+            elif suffix == ".csv":
+                csv_schema = pa.schema([pa.field(field.name, _csv_type(field.type)) for field in schema])
+                with pcsv.CSVWriter(f, csv_schema) as writer:
+                    for batch in batches:
+                        writer.write_batch(_csv_ready(batch, csv_schema))
+            else:
                 for batch in batches:
-                    writer.write_batch(batch)
-        elif suffix == ".csv":
-            csv_schema = pa.schema([pa.field(f.name, _csv_type(f.type)) for f in schema])
-            with pcsv.CSVWriter(temporary, csv_schema) as writer:
-                for batch in batches:
-                    writer.write_batch(_csv_ready(batch, csv_schema))
-        elif suffix == ".jsonl":
-            with temporary.open("w", encoding="utf-8", newline="\n") as f:
-                for batch in batches:
-                    f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in batch.to_pylist())
-        else:  # job validation refuses other suffixes; this guards library misuse
-            raise JobError(f"output {path}: unsupported suffix '{path.suffix}'; use .parquet, .csv or .jsonl")
-        _fsync(temporary)
+                    f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n"
+                                    for row in batch.to_pylist()).encode("utf-8"))  # fmt: skip
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -164,11 +169,3 @@ def _json_text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

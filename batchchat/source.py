@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,7 @@ class TableSource:
     def __init__(self, schema: pa.Schema, name: str) -> None:
         self.schema = schema
         self.name = name
-        names = schema.names
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(name for name, count in Counter(schema.names).items() if count > 1)
         if dupes:
             raise JobError(f"{name} has more than one column named {', '.join(map(repr, dupes))}; rename them")
 

@@ -7,6 +7,7 @@ keyword), so an error tells them exactly what to change.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,8 +72,14 @@ def number(value: Any, at: str, low: float | None = None, high: float | None = N
             value = float(value.strip())
         except ValueError:
             raise JobError(f"{at} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise JobError(f"{at} must be a number, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise JobError(f"{at} must be a finite number, got {value!r}")
     check_range(value, at, low, high)
     return float(value)
 

@@ -1,0 +1,121 @@
+"""The files of one output: the table, its journal, its lock and the temporary file it is written
+through, and the checks that must pass before anything is paid for.
+
+Everything is placed beside the output *resolved through symlinks*: two names for one table (a
+symlink to another run's output) share one lock and one journal, so two runs can never write one
+table. The journal, the lock and the temporary file are opened without following symlinks, so a
+link planted at one of those names cannot make batchchat write through it to another file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import JobError
+
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    output: Path  # as the user named it, for messages
+    target: Path  # the table itself, through any symlinks
+
+    @classmethod
+    def of(cls, output: Path) -> OutputFiles:
+        return cls(output, output.resolve())
+
+    @property
+    def journal(self) -> Path:
+        return self._beside(".journal")
+
+    @property
+    def lock(self) -> Path:
+        return self._beside(".lock")
+
+    @property
+    def temp_prefix(self) -> str:
+        """Temporary files of this output are ``.NAME.<unpredictable>.tmp`` beside it."""
+        return f".{self.target.name}."
+
+    def _beside(self, suffix: str) -> Path:
+        return self.target.with_name(self.target.name + suffix)
+
+    def check(self) -> None:
+        """What would fail only after requests were paid for, found before the first: an output
+        that is a folder, a journal or lock name taken by something else, a folder that cannot be
+        written."""
+        if self.target.is_dir():
+            raise JobError(
+                f"the output {self.output} is a folder; give a file in it, e.g. {self.output / 'answers.parquet'}"
+            )
+        if self.target.exists() and not self.target.is_file():
+            raise JobError(f"the output {self.output} exists and is not a regular file; choose another -o/--output")
+        for path, what in ((self.journal, "journal"), (self.lock, "lock")):
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise JobError(
+                    f"{path} (the output's {what}) is a symlink or not a regular file; batchchat will not write "
+                    "through it: remove it, or choose another -o/--output"
+                )
+        folder = self.target.parent
+        try:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=self.temp_prefix, suffix=".probe")
+        except OSError as e:
+            raise JobError(
+                f"cannot write in the output folder {folder} ({e.strerror}); fix its permissions or choose "
+                "another -o/--output"
+            ) from None
+        os.close(handle)
+        os.unlink(probe)
+
+    def remove_stale_temps(self) -> int:
+        """Temporary files left by runs that died while writing this output (call with the lock
+        held: then no live run owns one). Removed without following symlinks."""
+        removed = 0
+        for path in self.target.parent.glob(f"{glob_escape(self.temp_prefix)}*{TEMP_SUFFIX}"):
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed += 1
+        return removed
+
+    def open_temp(self) -> tuple[int, Path]:
+        """A new temporary file beside the output, with an unpredictable name, created exclusively,
+        with the permissions the output has (or would get) so replacing it keeps them."""
+        handle, name = tempfile.mkstemp(dir=self.target.parent, prefix=self.temp_prefix, suffix=TEMP_SUFFIX)
+        try:
+            os.fchmod(handle, self._mode())
+        except OSError:
+            os.close(handle)
+            os.unlink(name)
+            raise
+        return handle, Path(name)
+
+    def _mode(self) -> int:
+        try:
+            return stat.S_IMODE(os.stat(self.target).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            return 0o666 & ~umask
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symlink at ``path`` (ELOOP), with a message that says so."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if path.is_symlink():
+            raise JobError(
+                f"{path} is a symlink; batchchat will not write through it to another file: remove it"
+            ) from None
+        raise e
