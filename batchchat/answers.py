@@ -68,7 +68,7 @@ class AnswerCheck:
         ``pending``, to be asked again (it counts as the first answer of that re-ask), or, with
         no re-asks allowed, an error with today's reason. A failed request stays as it was."""
         if stored.status != OK and stored.error_type not in (INVALID_LABEL, INVALID_OUTPUT):
-            return stored
+            return stored  # a request that failed: no answer to judge
         verdict = self(stored.response) if self.answers.checked else None
         if verdict is None:
             return replace(stored, status=OK, error_type=None, error=None)
@@ -169,8 +169,8 @@ def _contains(answer: str, expected: str) -> bool:
 @lru_cache(maxsize=4096)
 def _whole(text: str) -> re.Pattern[str]:
     """``text`` standing on its own: not inside a longer word, and a number not inside a longer
-    number (``6`` is not in ``16``, ``6.5`` or ``6,000``)."""
-    before = r"(?<!\w)" + (r"(?<!\d[.,])" if text[0].isdigit() else "")
+    number, nor negated (``6`` is not in ``16``, ``6.5``, ``6,000`` or ``-6``)."""
+    before = r"(?<!\w)" + (r"(?<!\d[.,])(?<![-\u2212])" if text[0].isdigit() else "")
     after = r"(?!\w)" + (r"(?![.,]\d)" if text[-1].isdigit() else "")
     return re.compile(before + re.escape(text) + after)
 

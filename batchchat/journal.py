@@ -20,6 +20,7 @@ not hold a million answers; the output is assembled by reading records back.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -28,7 +29,7 @@ from typing import IO, Any
 
 from .errors import JobError
 from .files import open_nofollow
-from .records import OK, RowOutcome
+from .records import ERROR, OK, PENDING, RowOutcome
 
 VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no scope lines
@@ -51,6 +52,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._outcomes: dict[str, RowOutcome] = {}
         self.legacy = 0
+        self.invalid = 0
         self.elsewhere: dict[str, int] = {}
         self.assumed_endpoint: str | None = None
 
@@ -66,6 +68,10 @@ class MemoryStore:
 
     def earlier(self, key: str) -> bool:
         return False
+
+    def unfinished(self, key: str) -> bool:
+        outcome = self._outcomes.get(key)
+        return outcome is not None and outcome.status == PENDING
 
     @property
     def has_stale(self) -> bool:
@@ -94,7 +100,9 @@ class Journal:
         self._offsets: dict[str, int] = {}  # key -> offset of its latest record in this scope
         self._failed: set[str] = set()  # keys whose latest record is an error
         self._stale: set[str] = set()  # keys whose latest record was judged by other checks
+        self._unfinished: set[str] = set()  # keys whose answer failed its checks, with re-asks to go
         self.torn = 0  # unreadable records skipped (a cut-off last line, normally)
+        self.invalid = 0  # records of the wrong shape or types (edited by hand, or damaged), skipped
         self.legacy = 0  # records from before scopes, taken as this endpoint's
         self.assumed_endpoint: str | None = None  # set when this run made that assumption
         self.elsewhere: dict[str, int] = {}  # endpoint -> keys answered there and not here
@@ -118,6 +126,10 @@ class Journal:
         """Whether the answer stored for ``key`` was judged by other checks than this scope's."""
         return key in self._stale
 
+    def unfinished(self, key: str) -> bool:
+        """Whether the answer kept for ``key`` failed its checks and is to be asked again."""
+        return key in self._unfinished
+
     def earlier(self, key: str) -> bool:
         """Whether the record kept for ``key`` was written by an earlier run."""
         offset = self._offsets.get(key)
@@ -134,12 +146,14 @@ class Journal:
         if not self._scoped:  # this run's records follow the line naming their scope
             if self._file is None:
                 self._open_for_append()
+            if self.assumed_endpoint is not None:  # the endpoint answered: it claims the old records
+                self._write({"legacy": {"endpoint": self.assumed_endpoint}})
             self._write({"scope": {"endpoint": self.scope.endpoint, "checks": self.scope.checks}})
             self._scoped = True
         offset = self._size
         # Fields left out are null: an answer has no error, an error no answer.
         self._write({name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None})
-        self._index(key, offset, outcome.status, stale=False)
+        self._index(key, offset, outcome.status, fresh=True)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
         """Records for the keys that have one, read in file order (cheap, mostly sequential)."""
@@ -169,16 +183,18 @@ class Journal:
         if self._size == 0:
             self._write({"journal": "batchchat", "version": VERSION})
 
-    def _index(self, key: str, offset: int, status: Any, *, stale: bool) -> None:
+    def _index(self, key: str, offset: int, status: Any, *, fresh: bool) -> None:
+        """Keep the record at ``offset`` as ``key``'s: the latest judged by this scope's checks
+        wins; one judged by others only where no such record exists (changing the checks and
+        changing them back finds the answers judged by them first)."""
+        if not fresh and key in self._offsets and key not in self._stale:
+            return
         self._offsets[key] = offset
-        if status == OK:
-            self._failed.discard(key)
-        else:
-            self._failed.add(key)
-        if stale:
-            self._stale.add(key)
-        else:
-            self._stale.discard(key)
+        for flags, on in ((self._failed, status != OK), (self._stale, not fresh), (self._unfinished, status == PENDING)):
+            if on:
+                flags.add(key)
+            else:
+                flags.discard(key)
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._file is not None
@@ -225,43 +241,68 @@ class Journal:
                 if isinstance(record.get("scope"), dict):
                     scope = Scope(str(record["scope"].get("endpoint")), str(record["scope"].get("checks")))
                     continue
-                key = record.get("key")
-                if not isinstance(key, str):
+                if not valid_record(record):
+                    self.invalid += 1  # skipped: its request is sent again
                     continue
+                key = record["key"]
                 if scope is None:
-                    legacy.append((key, start, record.get("status")))
+                    legacy.append((key, start, record["status"]))
                 elif scope.endpoint == self.scope.endpoint:
-                    self._index(key, start, record.get("status"), stale=scope.checks != self.scope.checks)
+                    self._index(key, start, record["status"], fresh=scope.checks == self.scope.checks)
                 else:
                     others.setdefault(scope.endpoint, set()).add(key)
         if end_of_good < offset and not self.read_only:
             os.truncate(self.path, end_of_good)
         self._end_of_good = end_of_good
-        self._adopt(legacy, legacy_endpoint)
+        self._adopt(legacy, legacy_endpoint, others)
         for endpoint, keys in others.items():
             unanswered_here = len(keys - self._offsets.keys())
             if unanswered_here:
                 self.elsewhere[endpoint] = unanswered_here
 
-    def _adopt(self, legacy: list[tuple[str, int, Any]], endpoint: str | None) -> None:
-        """Records from before scopes: this endpoint's if the journal says so or says nothing
-        yet; in that case the assumption is written down (when writing), so it is made once."""
+    def _adopt(self, legacy: list[tuple[str, int, Any]], endpoint: str | None, others: dict[str, set[str]]) -> None:
+        """Records from before scopes: this endpoint's if the journal says so, or says nothing
+        yet. In that case the assumption is written down with this run's first record: only a
+        run the endpoint answered claims them (a run against a mistyped URL claims nothing)."""
         if not legacy:
             return
         if endpoint is None:
-            endpoint = self.scope.endpoint
-            self.assumed_endpoint = endpoint
-            if not self.read_only:
-                self._open_for_append()
-                self._write({"legacy": {"endpoint": endpoint}})
+            endpoint = self.assumed_endpoint = self.scope.endpoint
         if endpoint != self.scope.endpoint:
-            self.elsewhere[endpoint] = len({key for key, _, _ in legacy})
+            others.setdefault(endpoint, set()).update(key for key, _, _ in legacy)
             return
         self.legacy = len({key for key, _, _ in legacy})
-        later = dict(self._offsets)  # records of this scope written after these win
-        for key, offset, status in legacy:
-            if key not in later:
-                self._index(key, offset, status, stale=True)
+        for key, offset, status in legacy:  # judged by unknown checks: never over a record of this scope
+            self._index(key, offset, status, fresh=False)
+
+
+STATUSES = (OK, ERROR, PENDING)  # pending: an answer paid for, failing its checks, with re-asks to go
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+TEXT_FIELDS = ("model", "response", "finish_reason", "error_type", "error", "request_id", "transcript")
+COUNT_FIELDS = {"attempts": INT32, "prompt_tokens": INT64, "completion_tokens": INT64, "total_tokens": INT64,
+                "answers": INT32}  # fmt: skip
+
+
+def valid_record(record: dict[str, Any]) -> bool:
+    """Whether a record has the shape and types batchchat writes, so that reading it back can
+    neither crash a run nor put a wrong cell in the output."""
+    if not isinstance(record.get("key"), str) or not record["key"] or record.get("status") not in STATUSES:
+        return False
+    if record["status"] == ERROR and not isinstance(record.get("error_type"), str):
+        return False
+    if any(not isinstance(record.get(name, ""), str) for name in TEXT_FIELDS if record.get(name) is not None):
+        return False
+    for name, top in COUNT_FIELDS.items():
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
+            return False
+    for name in ("latency_s", "ttft_s"):
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):  # fmt: skip
+            return False
+    return record.get("attempts") is not None
 
 
 def _outcome(record: dict[str, Any]) -> RowOutcome:

@@ -46,7 +46,7 @@ class Plan:
     input_rows: int = 0
     models: int = 1
     variants: int = 0
-    reasked: int = 0  # stored answers that fail the job's changed checks, to be asked again
+    reasked: int = 0  # stored answers that fail the job's checks, with re-asks to go
     legacy: int = 0  # journal records from before endpoints were recorded, taken as this endpoint's
     assumed_endpoint: str | None = None  # set when this run made that assumption (said once)
     elsewhere: tuple[tuple[str, int], ...] = ()  # (endpoint, requests answered there, not here)
@@ -112,17 +112,16 @@ def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, o
                 rows.keys.append(key)
                 first = key not in seen
                 seen.add(key)
+                again = judged.get(key)
                 if key not in store:
                     send = first
+                elif (again.status == PENDING) if again is not None else store.unfinished(key):
+                    send = first  # an answer the checks reject, with re-asks to go
+                    reasked += first
+                elif retry_errors and (again.status != OK if again is not None else store.failed(key)):
+                    send = first
                 else:
-                    again = judged.get(key)
-                    if again is not None and again.status == PENDING:
-                        send = first
-                        reasked += first
-                    elif retry_errors and (again.status != OK if again is not None else store.failed(key)):
-                        send = first
-                    else:
-                        done += 1
+                    done += 1
             rows.first.append(first)
             rows.sends.append(send)
     if input_rows == 0:
@@ -179,6 +178,8 @@ def row_outcomes(
                 )
             else:
                 outcome = records.get(key) or RowOutcome(row, key, PENDING, 0, slot.model)
+                if outcome.status == PENDING:  # not sent, or an answer with re-asks still to go
+                    outcome = RowOutcome(row, key, PENDING, 0, slot.model)
             cells = (
                 derived.values(
                     outcome.status,

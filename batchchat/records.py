@@ -58,7 +58,8 @@ class ChatResult:
 
 OK = "ok"
 ERROR = "error"
-PENDING = "pending"  # not finished: the run stopped before this row's request did
+PENDING = "pending"  # not finished: the run stopped before this row's request did (in the journal: an
+# answer paid for that failed its checks, with re-asks still to go)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class RowOutcome:
     error: str | None = None
     request_id: str | None = None
     transcript: str | None = None  # a scripted conversation's messages, as JSON
+    answers: int | None = None  # answers paid for, when more than one (re-asks); not an output column
 
     @classmethod
     def answered(

@@ -45,7 +45,7 @@ def plan_lines(plan: Plan) -> list[str]:
         lines.append(
             f"the journal was written by an earlier batchchat, which did not record where answers came from: "
             f"its {plural(plan.legacy, 'answer')} are taken as answers from {endpoint_label(plan.assumed_endpoint)} "
-            "(said once; --restart sends everything again)"
+            "(recorded with this run's first answer; --restart sends everything again)"
         )
     for endpoint, count in plan.elsewhere:
         lines.append(

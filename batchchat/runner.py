@@ -37,7 +37,7 @@ from .passes import plan as make_plan
 from .prompts import RequestBuilder
 from .records import ERROR, OK, PENDING, RowOutcome
 from .scheduler import run_requests
-from .sink import check_columns, output_batches, output_schema, to_frame, write_output
+from .sink import check_columns, output_batches, output_schema, to_frame, typed_output, write_output
 from .source import ArrowSource, TableSource, open_source
 from .stats import RowTally, Stats, Summary
 from .throttle import Throttle
@@ -110,7 +110,8 @@ async def arun(
     if job.output is None:
         raise JobError("no output: pass -o/--output FILE or set 'output' in the job file")
     source = open_source(job.input)
-    schema = output_schema(source, derived_columns(job))
+    typed = typed_output(job.output)
+    schema = output_schema(source, derived_columns(job), typed)
     builder = RequestBuilder(job, source.columns, source.name)
     files = OutputFiles.of(job.output)
     files.check()
@@ -227,7 +228,8 @@ async def _run_file(
     def write() -> RowTally:
         tally = RowTally()
         assembled = row_outcomes(source, rows, builder, journal, tally, derived)
-        write_output(files, output_batches(assembled, schema, builder.fanout), schema)
+        restore = source.for_output if typed_output(files.target) else None
+        write_output(files, output_batches(assembled, schema, builder.fanout, restore), schema)
         return tally
 
     started = time.perf_counter()
@@ -291,13 +293,15 @@ async def _send(
     stop = asyncio.Event()
     signalled = at_once = False
     budget = Budget(job.max_cost, dict(job.prices), stats.counters) if job.max_cost is not None else None
-    check = AnswerCheck(job.answers) if job.answers.checked else None
+    judge = AnswerCheck(job.answers)
+    check = judge if job.answers.checked else None
 
     def prior(key: str) -> RowOutcome | None:
-        """The stored answer of a request whose answers the job's changed checks judge again."""
-        if not store.stale(key):
+        """A stored answer the checks reject, with re-asks to go: they start from it."""
+        if not (store.stale(key) or store.unfinished(key)):
             return None
-        return store.get_many((key,)).get(key)
+        stored = store.get_many((key,)).get(key)
+        return stored if stored is not None and judge.rejudge(stored).status == PENDING else None
     limits = job.limits
     throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
     async with open_client(job) as client:
@@ -315,7 +319,7 @@ async def _send(
                 invalid_retries=job.answers.invalid_retries,
                 budget=budget,
                 recall=lambda key: store.get_many((key,)).get(key),
-                on_turn=store.add,
+                keep=store.add,
                 prior=prior,
                 turn_key=builder.turn_key,
             )

@@ -28,7 +28,7 @@ from typing import Any
 from .cost import Budget, estimate
 from .errors import RATE_LIMITED, FatalAPIError, RequestError
 from .keys import request_key
-from .records import ERROR, OK, ChatRequest, ChatResult, RowOutcome, Usage
+from .records import ERROR, OK, PENDING, ChatRequest, ChatResult, RowOutcome, Usage
 from .retry import is_fatal, with_retries
 from .stats import Counters
 from .throttle import Throttle
@@ -61,13 +61,13 @@ class _Asked:
 
     @classmethod
     def before(cls, stored: RowOutcome) -> _Asked:
-        """An answer a run before this one paid for, taken up again (a resumed turn, or an answer
-        the job's changed checks reject, to be asked again)."""
+        """Answers a run before this one paid for, taken up again (a resumed turn, or an answer
+        the checks reject, to be asked again); its tokens already count every one of them."""
         usage = Usage(stored.prompt_tokens, stored.completion_tokens, stored.total_tokens)
         result = ChatResult(stored.response, stored.finish_reason, usage, stored.request_id, stored.model,
                             stored.latency_s or 0.0, stored.ttft_s)  # fmt: skip
         asked = cls(result=result)
-        asked.add(result)
+        asked.count(stored.answers or 1, usage.prompt_tokens, usage.completion_tokens)
         return asked
 
     def add(self, result: ChatResult) -> None:
@@ -95,7 +95,7 @@ async def run_requests(
     invalid_retries: int = 0,
     budget: Budget | None = None,
     recall: Callable[[str], RowOutcome | None] | None = None,
-    on_turn: Callable[[RowOutcome], None] | None = None,
+    keep: Callable[[RowOutcome], None] | None = None,
     prior: Callable[[str], RowOutcome | None] | None = None,
     turn_key: Callable[[ChatRequest, tuple[dict[str, Any], ...]], str] | None = None,
 ) -> None:
@@ -106,7 +106,7 @@ async def run_requests(
     key, no credit) raises ``FatalAPIError`` (in an ExceptionGroup) after cancelling all in-flight
     requests: sending more would only fail the same way.
 
-    Each answered turn of a scripted conversation goes to ``on_turn`` under its own key, and
+    Each answered turn of a scripted conversation goes to ``keep`` under its own key, and
     ``recall`` finds turns answered before, so a conversation cut short resumes at its first
     unanswered turn instead of paying again for the others. ``prior`` gives a stored answer the
     job's checks now reject: it counts as the first answer, and only the re-asks are sent.
@@ -171,41 +171,49 @@ async def run_requests(
             throttle.release()
 
     async def ask(request: ChatRequest, checked: bool, before: RowOutcome | None = None) -> _Asked:
-        """Send one request; re-ask while the answer is invalid and re-asks are left. An answer
-        from ``before`` that the check rejects counts as the first; only re-asks are sent."""
-        asked, first = _Asked(), 0
-        if before is not None and checked and check is not None and check(before.response) is not None:
-            asked, first = _Asked.before(before), 1
+        """Send one request; re-ask while the answer is invalid and re-asks are left.
+
+        ``before`` is an answer paid for earlier that failed the checks (an earlier run's, or one
+        the job's changed checks reject): it counts among the answers, and only the re-asks left
+        are sent. Each invalid answer with re-asks to go is kept (``keep``) as unfinished, so a
+        crash or the cost cap resumes from it rather than paying for it again.
+        """
+        asked = _Asked()
+        if before is not None:
+            asked = _Asked.before(before)
             asked.attempts = before.attempts
-            asked.invalid = check(before.response)
-        for asking in range(first, 1 + (invalid_retries if checked else 0)):
+            asked.invalid = check(before.response) if checked and check is not None else None
+        allowed = 1 + (invalid_retries if checked else 0)
+        while asked.answers < allowed and (asked.answers == 0 or asked.invalid is not None):
             held = budget.reserve(request) if budget is not None else 0.0
             if held is None:
-                if asking == first:  # nothing sent for it in this run: it stays pending
-                    raise OverBudget
-                return asked  # a re-ask is paid again and does not fit: the invalid answer stands
+                raise OverBudget  # the row stays pending; an invalid answer paid for is kept
             try:
                 done = await with_retries(partial(attempt, request), max_attempts, sleep=backoff, on_retry=note_retry)
             finally:
                 if budget is not None:
                     budget.release(held)
             asked.attempts += done.attempts
-            asked.result, asked.error = done.result, done.error
             if done.error is not None and done.error.unreachable and not reached:  # its last attempt too
                 raise FatalAPIError(describe_fatal(done.error), done.error)
             if done.result is None:
-                return asked
+                if asked.result is None:  # nothing answered: the row ends with this error
+                    asked.error = done.error
+                return asked  # a re-ask that failed leaves the invalid answer standing
+            asked.result = done.result
             asked.add(done.result)
             asked.invalid = check(done.result.content) if checked and check is not None else None
             if asked.invalid is None:
                 return asked
             count.invalid += 1
+            if asked.answers < allowed and keep is not None:
+                keep(replace(_outcome(request, asked), status=PENDING))
         return asked
 
     def recalled(step: ChatRequest) -> RowOutcome | None:
-        """A turn answered by an earlier run."""
+        """A turn answered by an earlier run (or its last answer, still to be re-asked)."""
         stored = recall(step.key) if recall is not None else None
-        return stored if stored is not None and stored.status == OK else None
+        return stored if stored is not None and stored.status in (OK, PENDING) else None
 
     async def converse(request: ChatRequest) -> RowOutcome:
         """Each user turn in order, each sent with the whole conversation so far."""
@@ -219,12 +227,12 @@ async def run_requests(
             step = replace(request, messages=sent, key=turn_key(request, sent), turns=())
             last = n == len(request.turns)
             stored = recalled(step)
-            if stored is not None and not (last and check is not None and check(stored.response)):
+            if stored is not None and stored.status == OK and not (last and check is not None and check(stored.response)):
                 asked = _Asked.before(stored)  # answered before, and still good: not sent again
-            else:  # the last turn's answer that the checks now reject is asked again
+            else:  # the last turn's answer that the checks reject is asked again
                 asked = await ask(step, checked=last, before=stored)
-            if on_turn is not None and asked.result is not None and asked.invalid is None and asked.attempts:
-                on_turn(RowOutcome.answered(step, asked.result, asked.attempts))
+            if keep is not None and asked.result is not None and asked.invalid is None and asked.attempts:
+                keep(RowOutcome.answered(step, asked.result, asked.attempts))
             total.attempts += asked.attempts
             total.count(asked.answers, asked.prompt_tokens, asked.completion_tokens)
             if asked.result is not None:
@@ -281,7 +289,8 @@ def _outcome(request: ChatRequest, asked: _Asked, transcript: str | None = None)
     outcome = RowOutcome.answered(request, result, asked.attempts, transcript=transcript)
     if asked.answers > 1:  # re-asks and turns were paid for too: the row's tokens count them all
         outcome = replace(outcome, prompt_tokens=asked.prompt_tokens, completion_tokens=asked.completion_tokens,
-                          total_tokens=_sum(asked.prompt_tokens, asked.completion_tokens))  # fmt: skip
+                          total_tokens=_sum(asked.prompt_tokens, asked.completion_tokens),
+                          answers=asked.answers)  # fmt: skip
     if asked.invalid is not None:  # the raw answer is kept, so the user can see what went wrong
         error_type, why = asked.invalid
         outcome = replace(outcome, status=ERROR, error_type=error_type, error=why)

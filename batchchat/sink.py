@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -21,7 +22,7 @@ from .answers import Derived
 from .errors import JobError
 from .files import OutputFiles
 from .records import PENDING, RowOutcome
-from .source import TableSource
+from .source import JSON_TEXT, TableSource
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,11 +62,18 @@ def extra_fields(derived: Derived) -> list[pa.Field]:
     return [pa.field(name, KINDS[kind]) for name, kind in derived.columns()]
 
 
-def output_schema(source: TableSource, derived: Derived) -> pa.Schema:
-    """Input fields, outcome fields, then the fields the job derives from answers."""
+def output_schema(source: TableSource, derived: Derived, typed: bool = True) -> pa.Schema:
+    """Input fields, outcome fields, then the fields the job derives from answers. ``typed``
+    outputs (Parquet) carry the input's lists and objects with their types (``for_output``);
+    CSV and JSONL carry them as the JSON they were read as."""
     extras = extra_fields(derived)
     check_columns(source.columns, source.name, [f.name for f in extras])
-    return pa.schema(list(source.schema) + [pa.field(name, kind) for name, kind in OUTPUT_FIELDS] + extras)
+    inputs = source.output_schema if typed else source.schema
+    return pa.schema(list(inputs) + [pa.field(name, kind) for name, kind in OUTPUT_FIELDS] + extras)
+
+
+def typed_output(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet"
 
 
 def outcome_arrays(outcomes: Sequence[RowOutcome | None]) -> list[pa.Array]:
@@ -84,10 +92,14 @@ def output_batches(
     rows: Iterable[tuple[pa.RecordBatch, Sequence[RowOutcome | None], Mapping[str, list[Any]]]],
     schema: pa.Schema,
     fanout: int = 1,
+    restore: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Input batches joined with their rows' outcomes and derived cells, in input order; with a
-    fan-out, each input row is repeated once per model and variant."""
+    fan-out, each input row is repeated once per model and variant. ``restore`` gives the input
+    columns the types the output carries (``TableSource.for_output``)."""
     for batch, outcomes, extras in rows:
+        if restore is not None:
+            batch = restore(batch)
         if fanout > 1:
             batch = batch.take(pa.array([i for i in range(batch.num_rows) for _ in range(fanout)], pa.int64()))
         width = batch.num_columns + len(OUTPUT_FIELDS)
@@ -116,9 +128,14 @@ def write_output(files: OutputFiles, batches: Iterator[pa.RecordBatch], schema: 
                     for batch in batches:
                         writer.write_batch(_csv_ready(batch, csv_schema))
             else:
+                as_json = [field.name for field in schema if field.metadata == JSON_TEXT]
                 for batch in batches:
+                    rows = batch.to_pylist()
+                    for row in rows:  # lists and objects read from JSONL go back as they were
+                        for name in as_json:
+                            row[name] = json.loads(row[name]) if row[name] is not None else None
                     f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n"
-                                    for row in batch.to_pylist()).encode("utf-8"))  # fmt: skip
+                                    for row in rows).encode("utf-8"))  # fmt: skip
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)

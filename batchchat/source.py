@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 from .errors import JobError
 
 BATCH_ROWS = 8192
+# Field metadata of a text column holding each cell's JSON (a JSONL list or object): a JSONL
+# output writes it back as JSON, exactly as it was read.
+JSON_TEXT = {b"batchchat": b"json"}
 CSV_BLOCK_BYTES = 1 << 20
 
 
@@ -43,6 +46,15 @@ class TableSource:
     @property
     def columns(self) -> list[str]:
         return list(self.schema.names)
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        """The input columns with the types a typed output (Parquet) gives them."""
+        return self.schema
+
+    def for_output(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A batch of ``batches()`` with its columns as ``output_schema`` types them."""
+        return batch
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
@@ -131,31 +143,58 @@ class ParquetSource(TableSource):
 class JsonlSource(TableSource):
     """JSON Lines, one object per line; the column types are settled by one pass over the file.
 
-    Each column gets the Arrow type of its values, lists and objects included, so a history list
-    comes out a list, as from Parquet. A column whose values have no common type (a number here,
-    text there) is carried as text, non-text values as JSON.
+    A column of numbers, booleans or text keeps that type; one mixing them is text. A column of
+    lists or objects is read as each cell's JSON text, so a cell reads the same whatever the other
+    rows hold (its prompt, and so its request's key, never change when rows are added), and is
+    written to the output as the list or object it is (``for_output``), as from Parquet.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         types: dict[str, pa.DataType | None] = {}  # None: no value seen yet
-        text: set[str] = set()  # columns whose values have no common type
+        shapes: dict[str, set[bool]] = {}  # per column: whether values are lists/objects (True) or not
+        mixed: set[str] = set()  # no common type: text, in and out
         for rows in self._row_chunks():
             for name in dict.fromkeys(key for row in rows for key in row):
                 types.setdefault(name, None)
+                shapes.setdefault(name, set())
             for name, known in types.items():
-                if name in text:
+                if name in mixed:
                     continue
-                kind = _infer([row.get(name) for row in rows])
+                values = [row.get(name) for row in rows]
+                shapes[name].update(isinstance(v, (list, dict)) for v in values if v is not None)
+                kind = _infer(values) if len(shapes[name]) < 2 else None
                 kind = _unify(known, kind) if kind is not None else None
                 if kind is None:
-                    text.add(name)
+                    mixed.add(name)
                 else:
                     types[name] = kind
-        fields = [(name, pa.string() if name in text or t is None or pa.types.is_null(t) else t)
-                  for name, t in types.items()]  # fmt: skip
-        super().__init__(pa.schema(fields), str(path))
-        self._as_text = {name for name, t in fields if t == pa.string()}
+        read: list[pa.Field] = []
+        self._restored: dict[str, pa.DataType] = {}  # nested columns: JSON text in, their type out
+        for name, kind in types.items():
+            nested = True in shapes[name]
+            if name in mixed or kind is None or pa.types.is_null(kind) or nested:
+                read.append(pa.field(name, pa.string(), metadata=JSON_TEXT if nested else None))
+                if nested and name not in mixed and kind is not None:
+                    self._restored[name] = kind
+            else:
+                read.append(pa.field(name, kind))
+        super().__init__(pa.schema(read), str(path))
+        self._as_text = {field.name for field in read if field.type == pa.string()}
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(f.name, self._restored.get(f.name, f.type)) for f in self.schema])
+
+    def for_output(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not self._restored:
+            return batch
+        columns = [
+            pa.array([None if v is None else json.loads(v) for v in column.to_pylist()], type=self._restored[name])
+            if name in self._restored else column
+            for name, column in zip(batch.schema.names, batch.columns, strict=True)
+        ]  # fmt: skip
+        return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
 
     def _row_chunks(self) -> Iterator[list[dict[str, Any]]]:
         try:

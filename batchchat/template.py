@@ -9,6 +9,7 @@ template is parsed, before any row is read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +35,14 @@ class Template:
 
 
 def cell_text(value: Any) -> str:
-    """How a cell reads inside a template: text as is, a missing value as nothing."""
+    """How a cell reads inside a template: text as is, a missing value as nothing, a list or an
+    object (from Parquet) as JSON."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
     if isinstance(value, float) and value.is_integer():
         return str(int(value)) if abs(value) < 2**53 else str(value)
     return str(value)

@@ -125,24 +125,74 @@ def test_answers_judged_by_other_checks_are_stale_until_stored_again(tmp_path):
     changed.close()
 
 
-def test_a_journal_from_before_scopes_is_taken_as_the_first_writers_endpoint_once(tmp_path):
+def test_a_journal_from_before_scopes_is_claimed_by_the_first_endpoint_that_answers(tmp_path):
     path = tmp_path / "j"
     old = [{"journal": "batchchat", "version": 1}, {"key": "a", "status": "ok", "attempts": 1, "response": "x"}]
     path.write_text("".join(json.dumps(line) + "\n" for line in old))
     looking = Journal(path, TOGETHER, read_only=True)  # a dry run assumes too, and writes nothing
     assert looking.assumed_endpoint == TOGETHER.endpoint and "a" in looking and looking.stale("a")
     looking.close()
+    unanswered = Journal(path, TOGETHER)  # a run that gets no answer (a mistyped URL) claims nothing
+    unanswered.close()
     assert len(path.read_text().splitlines()) == 2
     first = Journal(path, SIM)
     assert first.assumed_endpoint == "sim" and first.legacy == 1 and "a" in first and first.stale("a")
+    first.add(outcome("b"))  # the endpoint answered: the assumption is written with its first record
     first.close()
-    assert json.loads(path.read_text().splitlines()[-1]) == {"legacy": {"endpoint": "sim"}}
+    assert json.loads(path.read_text().splitlines()[2]) == {"legacy": {"endpoint": "sim"}}
     again = Journal(path, SIM)  # the assumption is not made, nor said, again
-    assert again.assumed_endpoint is None and "a" in again
+    assert again.assumed_endpoint is None and "a" in again and "b" in again
     again.close()
     elsewhere = Journal(path, TOGETHER)
-    assert "a" not in elsewhere and elsewhere.elsewhere == {"sim": 1}
+    assert "a" not in elsewhere and elsewhere.elsewhere == {"sim": 2}
     elsewhere.close()
+
+
+def test_changing_the_checks_and_changing_them_back_finds_the_first_answers(tmp_path):
+    path = tmp_path / "j"
+    one, two = Scope("sim", "labels-1"), Scope("sim", "labels-2")
+    journal = Journal(path, one)
+    journal.add(outcome("a", text="judged by one"))
+    journal.close()
+    journal = Journal(path, two)
+    journal.add(outcome("a", text="judged by two"))
+    journal.close()
+    back = Journal(path, one)
+    assert not back.stale("a") and back.get_many(["a"])["a"].response == "judged by one"
+    back.close()
+    other = Journal(path, Scope("sim", "labels-3"))  # judged by neither: the latest, to judge again
+    assert other.stale("a") and other.get_many(["a"])["a"].response == "judged by two"
+    other.close()
+
+
+BAD_RECORDS = [
+    {"key": "x", "status": "ok", "attempts": 1, "prompt_tokens": "abc"},
+    {"key": "x", "status": "ok", "attempts": 1, "response": 123},
+    {"key": "x", "status": "ok", "attempts": 2**40},
+    {"key": "x", "status": None, "attempts": 1},
+    {"key": "x", "status": "done", "attempts": 1},
+    {"key": 7, "status": "ok", "attempts": 1},
+    {"key": "x", "status": "ok"},
+    {"key": "x", "status": "ok", "attempts": True},
+    {"key": "x", "status": "ok", "attempts": 1, "latency_s": "fast"},
+    {"key": "x", "status": "ok", "attempts": 1, "latency_s": -1},
+    {"key": "x", "status": "error", "attempts": 1},
+    {"key": "x", "status": "ok", "attempts": 1, "completion_tokens": -5},
+    ["not", "an", "object"],
+]
+
+
+def test_records_of_the_wrong_types_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "j"
+    good = {"key": "g", "status": "ok", "attempts": 1, "response": "fine", "latency_s": 0.5}
+    lines = [{"journal": "batchchat", "version": 2}, {"scope": {"endpoint": "sim", "checks": "none"}}, good,
+             *BAD_RECORDS]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    journal = Journal(path, SIM)
+    assert "g" in journal and "x" not in journal
+    assert journal.invalid == len(BAD_RECORDS) - 1  # a line that is not an object is not a record at all
+    assert journal.get_many(["g"])["g"].response == "fine"
+    journal.close()
 
 
 HOLD = "import sys, time; from pathlib import Path; from batchchat.lock import OutputLock; " \

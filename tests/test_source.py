@@ -46,27 +46,27 @@ def test_parquet_keeps_its_types(tmp_path):
     assert rows_of(source) == [{"prompt": "a", "n": 1}, {"prompt": None, "n": 2}]
 
 
-def test_jsonl_columns_keep_their_types_nested_ones_too_and_mixed_ones_become_text(tmp_path):
+def test_jsonl_columns_keep_their_types_nested_ones_on_output_and_mixed_ones_become_text(tmp_path):
     history = [{"role": "user", "content": "hi"}]
     path = write_jsonl(tmp_path / "in.jsonl", [
         {"prompt": "a", "n": 1, "x": 1.5, "mixed": 1, "history": history, "meta": {"a": 1}, "odd": [1]},
         {"prompt": "b", "n": 2, "x": 2, "mixed": "two", "meta": {"b": "x"}, "odd": {"k": 1}},
     ])  # fmt: skip
     source = open_source(path)
-    types = dict(zip(source.columns, source.schema.types, strict=True))
-    assert types == {
-        "prompt": pa.string(),
-        "n": pa.int64(),
-        "x": pa.float64(),
-        "mixed": pa.string(),
-        "history": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
-        "meta": pa.struct([("a", pa.int64()), ("b", pa.string())]),
-        "odd": pa.string(),
-    }
+    read = dict(zip(source.columns, source.schema.types, strict=True))
+    assert read == {"prompt": pa.string(), "n": pa.int64(), "x": pa.float64(), "mixed": pa.string(),
+                    "history": pa.string(), "meta": pa.string(), "odd": pa.string()}  # fmt: skip
     rows = rows_of(source)
     assert rows[0]["mixed"] == "1" and rows[1]["mixed"] == "two"
-    assert rows[0]["history"] == history and rows[1]["history"] is None
-    assert rows[1]["meta"] == {"a": None, "b": "x"} and json.loads(rows[1]["odd"]) == {"k": 1}
+    # each cell reads as its own JSON, whatever the other rows hold
+    assert json.loads(rows[0]["history"]) == history and rows[1]["history"] is None
+    assert rows[1]["meta"] == '{"b": "x"}' and json.loads(rows[1]["odd"]) == {"k": 1}
+    written = dict(zip(source.output_schema.names, source.output_schema.types, strict=True))
+    assert written["history"] == pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    assert written["meta"] == pa.struct([("a", pa.int64()), ("b", pa.string())])
+    assert written["odd"] == pa.string()  # a list here, an object there: text
+    out = source.for_output(next(iter(source.batches()))).to_pylist()
+    assert out[0]["history"] == history and out[1]["meta"] == {"a": None, "b": "x"}
 
 
 def test_jsonl_types_are_settled_over_the_whole_file(tmp_path, monkeypatch):
@@ -77,11 +77,12 @@ def test_jsonl_types_are_settled_over_the_whole_file(tmp_path, monkeypatch):
     ])  # fmt: skip
     source = open_source(path)
     assert source.schema.field("n").type == pa.string()  # a text value at the end: the column is text
-    assert source.schema.field("h").type == pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
-                                                                ("name", pa.string())]))  # fmt: skip
+    assert source.output_schema.field("h").type == pa.list_(
+        pa.struct([("role", pa.string()), ("content", pa.string()), ("name", pa.string())])
+    )
     rows = rows_of(source)
     assert [r["n"] for r in rows] == [None, "1", "2.5", "3", "four"]
-    assert rows[3]["h"] == [{"role": "user", "content": "y", "name": "z"}]
+    assert json.loads(rows[3]["h"]) == [{"role": "user", "content": "y", "name": "z"}]
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ def test_answers_from_one_endpoint_are_never_reused_for_another(tmp_path: Path, 
     assert back.exit_code == 0 and f"{2 * ROWS} rows answered by an earlier run" in back.stdout
 
 
-def test_a_journal_from_before_endpoints_were_recorded_is_assumed_once_and_said(
+def test_a_journal_from_before_endpoints_were_recorded_is_claimed_by_the_endpoint_that_answers(
     tmp_path: Path, sim: BackgroundSimulator
 ) -> None:
     source = questions(tmp_path, 3)
@@ -58,8 +58,11 @@ def test_a_journal_from_before_endpoints_were_recorded_is_assumed_once_and_said(
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     old = [{"journal": "batchchat", "version": 1}] + [line for line in lines if "key" in line]
     journal.write_text("".join(json.dumps(line) + "\n" for line in old))  # as the previous release wrote it
+    questions(tmp_path, 4)
+    typo = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", "http://127.0.0.1:9/v1")
+    assert typo.exit_code == 2  # a mistyped URL answers nothing, and claims nothing
     first = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
-    assert first.exit_code == 0 and "nothing to send" in first.stderr
+    assert first.exit_code == 0 and len(sim.requests) == 4  # only the new row
     assert (
         "did not record where answers came from: its 3 answers are taken as answers from "
         f"{sim.url.rstrip('/')}" in first.stderr
@@ -67,7 +70,7 @@ def test_a_journal_from_before_endpoints_were_recorded_is_assumed_once_and_said(
     second = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
     assert second.exit_code == 0 and "did not record" not in second.stderr  # said once
     elsewhere = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--provider", "sim", "--dry-run")
-    assert "3 requests to send" in elsewhere.stdout  # the assumption holds for later runs, elsewhere too
+    assert "4 requests to send" in elsewhere.stdout  # the claim holds for later runs, elsewhere too
 
 
 LABELS_BEFORE, LABELS_AFTER = ("positive", "negative"), ("good", "bad")
@@ -265,3 +268,121 @@ def test_a_changed_schema_judges_stored_answers_again_instead_of_sending_every_r
     assert all(r["status"] == "ok" and r["out_b"] <= 5 for r in rows)
     assert [r["response"] for r in rows if r["out_b"] is not None and r["prompt"] not in
             {t["prompt"] for t in too_big}] == [r["response"] for r in first if r["out_b"] <= 5]
+
+
+def test_changing_the_labels_and_back_reuses_the_first_answers(tmp_path: Path, sim_factory: Any) -> None:
+    server = sim_factory(labels=LABELS_BEFORE)
+    source = questions(tmp_path)
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", server.url)
+    assert cli("run", *common, "--labels", ",".join(LABELS_BEFORE)).exit_code == 0
+    first = read_output(output)
+    server.simulator.config = replace(server.simulator.config, labels=LABELS_AFTER)
+    assert cli("run", *common, "--labels", ",".join(LABELS_AFTER)).exit_code == 0
+    assert server.stats()["received"] == 2 * ROWS
+    back = cli("run", *common, "--labels", ",".join(LABELS_BEFORE))
+    assert back.exit_code == 0 and "nothing to send" in back.stderr  # judged by these labels already
+    assert server.stats()["received"] == 2 * ROWS
+    assert [r["label"] for r in read_output(output)] == [r["label"] for r in first]
+
+
+def test_retry_errors_with_changed_checks_sends_failed_requests_again_and_keeps_their_error_type(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    server = sim_factory(labels=("pos", "neg", "neu"))
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["alpha"], ["beta [sim:fault=500,times=1]"], ["gamma"]])
+    output = tmp_path / "out.csv"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", server.url)
+    assert cli("run", *common, "--labels", "pos,neg,neu", "--max-attempts", "1").exit_code == 1
+    before = read_output(output)
+    assert [r["error_type"] for r in before].count("server_error") == 1
+    received = server.stats()["received"]
+    again = cli("run", *common, "--labels", "pos,neg", "--invalid-retries", "0", "--retry-errors")
+    rows = read_output(output)
+    beta = rows[1]
+    assert beta["status"] == "ok" or beta["error_type"] == "invalid_label"  # sent again, and answered
+    assert beta["response"] != ""
+    neu = [r for r, b in zip(rows, before, strict=True) if b["label"] == "neu"]
+    resent = server.stats()["received"] - received
+    assert resent == 1 + len(neu)  # the failed request, and each stored "neu" answer, sent from scratch
+    assert again.exit_code in (0, 1)
+
+
+def test_the_cap_stopping_re_asks_leaves_the_row_pending_and_a_rerun_finishes_them(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    server = sim_factory(labels=("maybe",))  # never one of the job's labels: every answer is re-asked
+    questions(tmp_path, 6)
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "in.csv"\noutput = "out.csv"\nmodel = "sim-chat"\nbase_url = "{server.url}"\n'
+                   'max_tokens = 5\nconcurrency = 1\nlabels = ["yes", "no"]\ninvalid_retries = 2\n'
+                   '[prices]\n"sim-chat" = { input = 1000.0, output = 1000.0 }\n')  # fmt: skip
+    capped = cli("run", job, "--max-cost", "0.3")
+    assert capped.exit_code == 1, capped.stderr
+    rows = read_output(tmp_path / "out.csv")
+    finished = [r for r in rows if r["status"] != "pending"]
+    assert all(r["error_type"] == "invalid_label" and r["attempts"] == "3" for r in finished)
+    paid = server.stats()["received"]
+    assert paid > 3 * len(finished)  # the cap stopped a row part-way through its re-asks
+    done = cli("run", job)
+    assert done.exit_code == 1
+    rows = read_output(tmp_path / "out.csv")
+    assert all(r["error_type"] == "invalid_label" and r["attempts"] == "3" for r in rows)
+    assert server.stats()["received"] == 3 * 6  # every answer paid once: three per row, no more
+
+
+def test_a_kill_during_re_asks_does_not_pay_again_for_the_answers_already_received(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .helpers import KEY_VARIABLES
+
+    server = sim_factory(labels=("maybe",), latency_ms=30)  # every answer is re-asked, twice
+    source = questions(tmp_path, 40)
+    output = tmp_path / "out.parquet"
+    command = [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
+               "--base-url", server.url, "--labels", "yes,no", "--concurrency", "4"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while server.stats().get("answered", 0) < 50:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert subprocess.run(command, capture_output=True, env=env, timeout=120).returncode == 1
+    rows = read_output(output)
+    assert all(r["error_type"] == "invalid_label" and r["attempts"] == 3 for r in rows)
+    assert server.stats()["answered"] <= 3 * 40 + 4  # at most what was in flight at the kill, paid twice
+
+
+def test_adding_jsonl_rows_never_changes_how_the_old_rows_read(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    from .helpers import write_jsonl
+
+    rows: list[dict[str, Any]] = [{"meta": {"k": 1}, "tags": ["a"]}, {"meta": {"k": 2}, "tags": ["b"]}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    common = ("-i", source, "-o", tmp_path / "out.jsonl", "-m", "sim-chat", "--base-url", sim.url,
+              "--template", "Describe {meta} and {tags}")  # fmt: skip
+    assert cli("run", *common).exit_code == 0
+    assert [r["body"]["messages"][-1]["content"] for r in sim.requests] == [
+        'Describe {"k": 1} and ["a"]', 'Describe {"k": 2} and ["b"]']  # JSON, as written
+    write_jsonl(source, [*rows, {"meta": {"k": 3, "j": "new"}, "tags": [1]}])
+    more = cli("run", *common)
+    assert more.exit_code == 0 and len(sim.requests) == 3  # only the new row
+    assert [r["meta"] for r in read_output(tmp_path / "out.jsonl")][:2] == [{"k": 1}, {"k": 2}]
+
+
+def test_json_equal_scores_jsonl_objects_with_different_keys(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    from .helpers import write_jsonl
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": '[sim:reply={"a": 1}]', "exp": {"a": 1}},
+                                                  {"prompt": '[sim:reply={"b": 2}]', "exp": {"b": 2}}])  # fmt: skip
+    result = cli("run", "-i", source, "-o", tmp_path / "out.parquet", "-m", "sim-chat", "--base-url", sim.url,
+                 "--expected-column", "exp", "--score", "json_equal")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert [r["score"] for r in read_output(tmp_path / "out.parquet")] == [1.0, 1.0]
