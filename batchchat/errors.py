@@ -4,7 +4,8 @@
 
     BatchchatError
     ├── JobError        the job cannot run as given: bad flags, job file, input file, missing key.
-    │                   Raised before the first request; the CLI exits 2 with its one-line message.
+    │   │               Raised before the first request; the CLI exits 2 with its one-line message.
+    │   └── InputChanged  the input file changed while a run read it (answers kept in the journal).
     ├── FatalAPIError   the API refuses every request (bad key, no credit): the run stops at once,
     │                   keeps the rows already finished, and the CLI exits 2 saying what to fix.
     ├── Interrupted     Ctrl-C or SIGTERM stopped the run; finished work is kept. The CLI exits 130.
@@ -46,6 +47,18 @@ class BatchchatError(Exception):
 
 class JobError(BatchchatError):
     """The job cannot run: the message names the file, row or setting and says what to do."""
+
+
+class InputChanged(JobError):
+    """The input file changed while a run read it: its rows can no longer be matched to their
+    answers by position. Answers received are kept in the journal; nothing else is written."""
+
+    def __init__(self, path: object, what: str) -> None:
+        super().__init__(
+            f"the input {path} changed while the run was going ({what}), so its rows could no longer be "
+            "matched to their answers; the output was not written. Every answer received is kept in the "
+            "journal: run again once the file is complete, and only what is missing will be sent"
+        )
 
 
 class FatalAPIError(BatchchatError):

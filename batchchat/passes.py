@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .answers import AnswerCheck, Derived
-from .errors import INVALID_INPUT, JobError
+from .errors import INVALID_INPUT, InputChanged, JobError
 from .job import Job
 from .journal import Journal, MemoryStore
 from .keys import RowKeys
@@ -50,6 +50,7 @@ class Plan:
     legacy: int = 0  # journal records from before endpoints were recorded, taken as this endpoint's
     assumed_endpoint: str | None = None  # set when this run made that assumption (said once)
     elsewhere: tuple[tuple[str, int], ...] = ()  # (endpoint, requests answered there, not here)
+    damaged_records: int = 0  # journal records of the wrong shape or types, skipped
 
     @property
     def shared_rows(self) -> int:
@@ -144,6 +145,7 @@ def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, o
         legacy=store.legacy,
         assumed_endpoint=store.assumed_endpoint,
         elsewhere=tuple(sorted(store.elsewhere.items())),
+        damaged_records=store.invalid,
     ), rows
 
 
@@ -163,6 +165,8 @@ def row_outcomes(
     start = 0
     for batch in source.batches():
         first, end = start * fanout, (start + batch.num_rows) * fanout
+        if end > len(rows.keys):
+            raise InputChanged(source.name, "it has more rows than when the run began")
         keys = [rows.keys[row] for row in range(first, end)]
         records = store.get_many(key for key in keys if key is not None)
         if store.has_stale:  # answers judged by other checks are judged by the job's

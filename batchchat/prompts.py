@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import JobError
+from .errors import InputChanged, JobError
 from .job import Job
 from .jobparts import RESERVED_PARAMS
 from .keys import RowKeys, request_key
@@ -95,6 +95,7 @@ class RequestBuilder:
             if name not in columns:
                 raise JobError(missing_column(source_name, name, role, columns))
         self.columns = list(dict.fromkeys(name for name, _ in needed))
+        self.samples: dict[int, int] = {}  # without dedup: the occurrence of each repeated request, by row
 
     def describe(self) -> str:
         """Which settings and columns make each row's messages, in the order they are sent."""
@@ -119,6 +120,7 @@ class RequestBuilder:
         """
         start = 0
         occurrences: Counter[str] | None = None if self.job.dedup else Counter()
+        self.samples = {}
         for batch in source.batches():
             yield batch, self.build(batch, start, occurrences)
             start += batch.num_rows
@@ -126,14 +128,19 @@ class RequestBuilder:
     def requests(self, source: TableSource, keys: RowKeys, wanted: Sequence[int]) -> Iterator[ChatRequest]:
         """The requests of the output rows ``wanted`` marks (truthy by row), built one at a time.
 
-        Keys come from an earlier pass (``rows``), so nothing is hashed again, and the messages of
-        rows not wanted (answered already, invalid, repeats) are never built. One row at a time
-        keeps the event loop free: a whole batch at once would stall in-flight answers.
+        The messages of rows not wanted (answered already, invalid, repeats) are never built. One
+        row at a time keeps the event loop free: a whole batch at once would stall in-flight
+        answers. Each request is hashed again and must have the key the plan gave its row: an
+        input that changed since cannot send one row's prompt under another row's key, which
+        would put a wrong answer in the journal for good.
         """
         start = 0
         fanout = self.fanout
+        planned = len(keys)
         for batch in source.batches():
             values: dict[str, list[Any]] | None = None
+            if (start + batch.num_rows) * fanout > planned:
+                raise InputChanged(self.source_name, "it has more rows than when the run began")
             for i in range(batch.num_rows):
                 first = (start + i) * fanout
                 if not (wanted[first] if fanout == 1 else any(wanted[first : first + fanout])):
@@ -142,14 +149,18 @@ class RequestBuilder:
                     values = {name: batch.column(name).to_pylist() for name in self.columns}
                 cells = {name: col[i] for name, col in values.items()}
                 content = self._content(start + i, cells)
-                assert not isinstance(content, str), "a row valid in the first pass is valid now"
+                if isinstance(content, str):
+                    raise InputChanged(self.source_name, f"row {start + i + 1} no longer has anything to send")
                 options = self._options(start + i, cells)
                 for j, slot in enumerate(self.slots):
                     if wanted[first + j]:
                         key = keys[first + j]
-                        assert key is not None, "a row with nothing to send is never wanted"
                         messages, turns = content
                         params = self._params(j, options)
+                        sample = self.samples.get(first + j, 0)
+                        again = request_key(slot.model, messages, self.key_params(params), sample, turns)
+                        if key != again:
+                            raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
                         yield ChatRequest(first + j, key, slot.model, messages, params, turns)
             start += batch.num_rows
 
@@ -180,6 +191,7 @@ class RequestBuilder:
                     occurrences[key] = sample + 1
                     if sample:
                         key = request_key(slot.model, messages, key_params, sample, turns)
+                        self.samples[out] = sample
                 items.append(
                     ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns)
                 )

@@ -47,6 +47,11 @@ def plan_lines(plan: Plan) -> list[str]:
             f"its {plural(plan.legacy, 'answer')} are taken as answers from {endpoint_label(plan.assumed_endpoint)} "
             "(recorded with this run's first answer; --restart sends everything again)"
         )
+    if plan.damaged_records:
+        lines.append(
+            f"the journal holds {plural(plan.damaged_records, 'damaged record')} (wrong shape or types): "
+            "skipped, so their requests are sent again"
+        )
     for endpoint, count in plan.elsewhere:
         lines.append(
             f"the journal holds {plural(count, 'answer')} from {endpoint_label(endpoint)}; "

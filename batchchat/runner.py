@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from .answers import AnswerCheck
 from .client import ChatClient
 from .cost import Budget
-from .errors import AUTH, FatalAPIError, Interrupted, JobError, RequestError
+from .errors import AUTH, FatalAPIError, InputChanged, Interrupted, JobError, RequestError
 from .files import OutputFiles
 from .job import Job, load_job
 from .journal import Journal, MemoryStore, Scope
@@ -35,10 +35,10 @@ from .lock import OutputLock
 from .passes import Plan, Rows, derived_columns, row_outcomes
 from .passes import plan as make_plan
 from .prompts import RequestBuilder
-from .records import ERROR, OK, PENDING, RowOutcome
+from .records import ERROR, OK, PENDING, ChatRequest, RowOutcome
 from .scheduler import run_requests
 from .sink import check_columns, output_batches, output_schema, to_frame, typed_output, write_output
-from .source import ArrowSource, TableSource, open_source
+from .source import ArrowSource, FileSource, TableSource, open_source
 from .stats import RowTally, Stats, Summary
 from .throttle import Throttle
 
@@ -220,6 +220,8 @@ async def _run_file(
     observer: Observer,
 ) -> RunResult:
     output = files.output
+    if isinstance(source, FileSource):
+        source.seal()  # what every pass must read again
     plan, rows = make_plan(job, source, builder, journal, output, endpoint_name(job))
     observer.started(plan)
     stats = Stats(plan.to_send, dict(job.prices))
@@ -229,7 +231,8 @@ async def _run_file(
         tally = RowTally()
         assembled = row_outcomes(source, rows, builder, journal, tally, derived)
         restore = source.for_output if typed_output(files.target) else None
-        write_output(files, output_batches(assembled, schema, builder.fanout, restore), schema)
+        unchanged = source.verify if isinstance(source, FileSource) else None  # before it replaces the output
+        write_output(files, output_batches(assembled, schema, builder.fanout, restore), schema, unchanged)
         return tally
 
     started = time.perf_counter()
@@ -302,12 +305,24 @@ async def _send(
             return None
         stored = store.get_many((key,)).get(key)
         return stored if stored is not None and judge.rejudge(stored).status == PENDING else None
+
+    changed: list[InputChanged] = []
+
+    def requests() -> Iterator[ChatRequest]:
+        """An input that changes stops the taking of requests: those in flight finish and are
+        journaled, then the run raises."""
+        try:
+            yield from builder.requests(source, rows.keys, rows.sends)
+        except InputChanged as e:
+            changed.append(e)
+            stop.set()
+
     limits = job.limits
     throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
     async with open_client(job) as client:
         sending = asyncio.ensure_future(
             run_requests(
-                builder.requests(source, rows.keys, rows.sends),
+                requests(),
                 client.complete,
                 throttle=throttle,
                 max_attempts=job.retry.max_attempts,
@@ -348,6 +363,8 @@ async def _send(
         finally:
             for number in installed:
                 loop.remove_signal_handler(number)
+    if changed:
+        raise changed[0]
     if at_once:
         return "at once"
     if signalled:

@@ -107,10 +107,17 @@ def output_batches(
         yield pa.RecordBatch.from_arrays(list(batch.columns) + outcome_arrays(outcomes) + derived, schema=schema)
 
 
-def write_output(files: OutputFiles, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+def write_output(
+    files: OutputFiles,
+    batches: Iterator[pa.RecordBatch],
+    schema: pa.Schema,
+    check: Callable[[], None] | None = None,
+) -> None:
     """Write the whole table to a new temporary file beside the output, then rename it over the
     output, which keeps its permissions. The temporary file has an unpredictable name and is
-    written through its own descriptor, so nothing planted beside the output is written to."""
+    written through its own descriptor, so nothing planted beside the output is written to.
+    ``check`` runs once the table is written and before it replaces the output; if it raises,
+    the output is left as it was."""
     path = files.target
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv", ".jsonl"):  # job validation refuses others; this guards library misuse
@@ -138,6 +145,8 @@ def write_output(files: OutputFiles, batches: Iterator[pa.RecordBatch], schema: 
                                     for row in rows).encode("utf-8"))  # fmt: skip
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check()
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -13,7 +13,9 @@ JSONL values keep their JSON types where a column's values share one, lists and 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from .errors import JobError
+from .errors import InputChanged, JobError
 
 BATCH_ROWS = 8192
 # Field metadata of a text column holding each cell's JSON (a JSONL list or object): a JSONL
@@ -91,9 +93,74 @@ class ArrowSource(TableSource):
         yield from self._table.to_batches(max_chunksize=BATCH_ROWS)
 
 
-class CsvSource(TableSource):
-    def __init__(self, path: Path) -> None:
+class FileSource(TableSource):
+    """An input file. A run reads it several times (plan, send, assemble) and matches its rows by
+    position, so it must be the same file every time: each read checks its size, modification and
+    change times and inode against what they were when it was opened, and ``verify`` compares a
+    hash of its whole content with the one ``seal`` took before the first pass. A change raises
+    ``InputChanged`` rather than pair an answer with another row."""
+
+    path: Path
+
+    def _begin(self, path: Path) -> None:
         self.path = path
+        self._stamp = _stamp(path)
+        self._digest: bytes | None = None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        for batch in self._read_batches():
+            self.check()
+            yield batch
+        self.check()
+
+    def _read_batches(self) -> Iterator[pa.RecordBatch]:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise ``InputChanged`` if the file is no longer the one opened."""
+        now = _stamp(self.path)
+        if now != self._stamp:
+            before, after = self._stamp, now
+            if after is None:
+                what = "it was removed"
+            elif before is not None and after[0] != before[0]:
+                what = f"it was {before[0]:,} bytes and is now {after[0]:,}"
+            else:
+                what = "it was rewritten"
+            raise InputChanged(self.path, what)
+
+    def seal(self) -> None:
+        """Take the hash of the content the run is about to read (before its first pass)."""
+        self.check()
+        self._digest = _digest(self.path)
+        self.check()
+
+    def verify(self) -> None:
+        """Raise ``InputChanged`` unless the file still holds what ``seal`` hashed."""
+        self.check()
+        if self._digest is not None and _digest(self.path) != self._digest:
+            raise InputChanged(self.path, "its content is not what it was")
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _digest(path: Path) -> bytes:
+    hasher = hashlib.blake2b(digest_size=32)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.digest()
+
+
+class CsvSource(FileSource):
+    def __init__(self, path: Path) -> None:
+        self._begin(path)
         self._parse = pcsv.ParseOptions(newlines_in_values=True)
         self._read = pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
         try:
@@ -111,7 +178,7 @@ class CsvSource(TableSource):
         )
         super().__init__(pa.schema([(name, pa.string()) for name in names]), str(path))
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def _read_batches(self) -> Iterator[pa.RecordBatch]:
         try:
             with pcsv.open_csv(
                 self.path,
@@ -124,23 +191,23 @@ class CsvSource(TableSource):
             raise JobError(csv_problem(self.path, e)) from None
 
 
-class ParquetSource(TableSource):
+class ParquetSource(FileSource):
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self._begin(path)
         try:
             self._file = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"cannot read {path} as Parquet: {_arrow_message(e)}") from None
         super().__init__(self._file.schema_arrow, str(path))
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def _read_batches(self) -> Iterator[pa.RecordBatch]:
         try:
             yield from self._file.iter_batches(batch_size=BATCH_ROWS)
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"cannot read {self.path} as Parquet: {_arrow_message(e)}") from None
 
 
-class JsonlSource(TableSource):
+class JsonlSource(FileSource):
     """JSON Lines, one object per line; the column types are settled by one pass over the file.
 
     A column of numbers, booleans or text keeps that type; one mixing them is text. A column of
@@ -150,7 +217,7 @@ class JsonlSource(TableSource):
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self._begin(path)
         types: dict[str, pa.DataType | None] = {}  # None: no value seen yet
         shapes: dict[str, set[bool]] = {}  # per column: whether values are lists/objects (True) or not
         mixed: set[str] = set()  # no common type: text, in and out
@@ -222,7 +289,7 @@ class JsonlSource(TableSource):
         except UnicodeDecodeError:
             raise JobError(utf8_problem(self.path) or f"{self.path} is not UTF-8 text; convert it to UTF-8") from None
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def _read_batches(self) -> Iterator[pa.RecordBatch]:
         schema = self.schema
         as_text = self._as_text
         for rows in self._row_chunks():
