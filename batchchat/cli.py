@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -220,6 +221,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     2 the job could not run, 130 stopped by Ctrl-C or SIGTERM.
     """
     observer = Progress(quiet)
+    stop_on_sigterm()  # before anything takes the lock: a SIGTERM now stops as cleanly as Ctrl-C
     try:
         from .job import build_job
         from .runner import run as run_job
@@ -248,8 +250,12 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         sys.exit(EXIT_INTERRUPTED)
     except BatchchatError as e:  # a bad job, or an API that refuses every request
         _fail(str(e), debug)
-    except KeyboardInterrupt:  # before sending began: nothing to keep
-        click.echo("\nbatchchat: interrupted before any request was sent; nothing written", err=True)
+    except KeyboardInterrupt:  # before sending began, or while the output was written
+        if observer.answered:
+            click.echo(f"\nbatchchat: interrupted; the output was not written. The {observer.answered:,} answers "
+                       "received are kept in the journal: run the same command again to resume", err=True)  # fmt: skip
+        else:
+            click.echo("\nbatchchat: interrupted before any request was answered; nothing written", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException:
         raise
@@ -258,6 +264,17 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     if not quiet:
         click.echo(summary_text(result), err=True)
     sys.exit(result.exit_code)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so the lock is released and the exit
+    code and message are the same; while requests are sent the run's own handler stops it
+    gracefully instead."""
+
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _models(names: tuple[str, ...]) -> str | list[str] | None:
@@ -303,6 +320,7 @@ class Progress:
         self.quiet = quiet
         self.bar: Any = None
         self._next_postfix = 0.0
+        self.answered = 0  # requests this run finished
 
     def started(self, plan: Plan) -> None:
         if self.quiet:
@@ -315,6 +333,7 @@ class Progress:
             self.bar = tqdm(total=plan.to_send, unit="req", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
+        self.answered += 1
         bar = self.bar
         if bar is None:
             return

@@ -361,8 +361,7 @@ async def _send(
             if not signalled:
                 raise  # cancelled from outside: not ours to handle
         finally:
-            for number in installed:
-                loop.remove_signal_handler(number)
+            _restore_signals(loop, installed)
     if changed:
         raise changed[0]
     if at_once:
@@ -372,18 +371,29 @@ async def _send(
     return "budget" if budget is not None and budget.exhausted else "done"
 
 
-def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> list[int]:
-    """Ctrl-C and SIGTERM stop the run gracefully, where this thread may handle signals."""
+def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> list[tuple[int, Any]]:
+    """Ctrl-C and SIGTERM stop the run gracefully, where this thread may handle signals. Returns
+    each signal with the handler it had, which ``_restore_signals`` puts back."""
     if threading.current_thread() is not threading.main_thread():
         return []
     installed = []
     for number in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(number)
         try:
             loop.add_signal_handler(number, callback)
         except (NotImplementedError, RuntimeError):  # not on this platform or loop
             continue
-        installed.append(number)
+        installed.append((number, previous))
     return installed
+
+
+def _restore_signals(loop: asyncio.AbstractEventLoop, installed: list[tuple[int, Any]]) -> None:
+    """asyncio resets a signal to its default on removal; the caller's handler (the CLI's, which
+    turns SIGTERM into a clean stop while the output is written) is put back instead."""
+    for number, previous in installed:
+        loop.remove_signal_handler(number)
+        if previous is not None:
+            signal.signal(number, previous)
 
 
 def endpoint_name(job: Job) -> str:

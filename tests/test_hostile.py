@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -112,3 +113,134 @@ def test_a_request_is_never_sent_under_another_rows_key(tmp_path: Path) -> None:
     assert next(requests).messages[-1]["content"] == "a"
     with pytest.raises(InputChanged, match="row 2 is not what it was"):
         next(requests)
+
+
+def probe_folder(path: Path) -> bool:
+    """Whether a file can be created in ``path`` (root ignores permissions, not immutability)."""
+    try:
+        (path / ".probe").touch()
+    except OSError:
+        return False
+    (path / ".probe").unlink()
+    return True
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry run"])
+def test_what_would_fail_after_paying_is_refused_before_the_first_request(
+    tmp_path: Path, sim: BackgroundSimulator, dry: bool
+) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
+    flags = ["--dry-run"] if dry else []
+    folder_output = tmp_path / "taken.parquet"
+    folder_output.mkdir()
+    result = cli("run", "-i", source, "-o", folder_output, "-m", "m", "--base-url", sim.url, *flags)
+    assert result.exit_code == 2 and f"the output {folder_output} is a folder" in result.stderr
+    for bad in ("inf", "1e309", "nan", "-inf"):
+        result = cli("run", "-i", source, "-o", tmp_path / "o.parquet", "-m", "m", "--base-url", sim.url,
+                     "--timeout", bad, *flags)  # fmt: skip
+        assert result.exit_code == 2 and "--timeout must be a finite number" in result.stderr, bad
+    for setting in ("--temperature", "--max-cost", "--grace"):
+        result = cli("run", "-i", source, "-o", tmp_path / "o.parquet", "-m", "m", "--base-url", sim.url,
+                     setting, "inf", *flags)  # fmt: skip
+        assert result.exit_code == 2 and f"{setting} must be a finite number" in result.stderr
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    subprocess.run(["chattr", "+i", str(locked)], capture_output=True)
+    try:
+        if probe_folder(locked):
+            pytest.skip("cannot make a folder unwritable here (chattr +i is not permitted)")
+        result = cli("run", "-i", source, "-o", locked / "out.parquet", "-m", "m", "--base-url", sim.url, *flags)
+        assert result.exit_code == 2 and f"cannot write in the output folder {locked}" in result.stderr
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
+    assert sim.requests == []  # nothing was paid for
+
+
+def test_symlinks_at_the_journal_lock_and_temp_names_are_never_written_through(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
+    output = tmp_path / "out.parquet"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in ("out.parquet.journal", "out.parquet.lock"):
+        planted = tmp_path / name
+        planted.symlink_to(victim)
+        result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+        assert result.exit_code == 2 and "symlink" in result.stderr, result.stderr
+        assert victim.read_text() == "precious"
+        planted.unlink()
+    for pid in (os.getpid(), 1, 99999):  # the old predictable temp names
+        (tmp_path / f".out.parquet.{pid}.tmp").symlink_to(victim)
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 0, result.stderr
+    assert victim.read_text() == "precious" and len(read_output(output)) == 2
+    assert not list(tmp_path.glob(".out.parquet.*"))  # temp files of dead runs (or planted) are removed
+
+
+def test_an_output_symlinked_to_another_runs_output_shares_its_lock(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    from batchchat.lock import OutputLock
+
+    real = tmp_path / "real.parquet"
+    alias = tmp_path / "alias.parquet"
+    real.write_bytes(b"")
+    alias.symlink_to(real)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"]])
+    with OutputLock(real):  # another run writes the real table
+        result = cli("run", "-i", source, "-o", alias, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 2 and "another batchchat run is writing real.parquet" in result.stderr
+    assert cli("run", "-i", source, "-o", alias, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    assert alias.is_symlink() and len(read_output(real)) == 1  # the table behind the name was written
+
+
+def test_rewriting_an_output_keeps_its_permissions(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"]])
+    output = tmp_path / "out.parquet"
+    assert cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    output.chmod(0o600)
+    write_csv(source, ["prompt"], [["a"], ["b"]])
+    assert cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    assert output.stat().st_mode & 0o777 == 0o600 and len(read_output(output)) == 2
+    fresh = tmp_path / "fresh.parquet"
+    assert cli("run", "-i", source, "-o", fresh, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # a new table gets the usual permissions
+
+
+def test_a_very_wide_csv_is_read_in_time_linear_in_its_columns(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    """100,000 columns once took 92 s (each column name was counted in the whole header)."""
+    columns = 100_000
+    header = ",".join(["prompt"] + [f"c{i}" for i in range(columns)])
+    line = ",".join(["hi"] + ["x"] * columns)
+    source = tmp_path / "wide.csv"
+    source.write_text(f"{header}\n{line}\n{line}\n")
+    env = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
+    result = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o",
+                             str(tmp_path / "out.csv"), "-m", "sim-chat", "--base-url", sim.url],
+                            capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(sim.requests) == 1  # the two rows are one request
+
+
+@pytest.mark.parametrize("when", ["starting", "holding the lock"])
+def test_sigterm_during_validation_exits_cleanly_and_leaves_no_lock(
+    tmp_path: Path, sim: BackgroundSimulator, when: str
+) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"question {i}"] for i in range(300_000)])
+    output = tmp_path / "out.parquet"
+    process = start_run(source, output, sim.url)
+    lock = tmp_path / "out.parquet.lock"
+    deadline = time.monotonic() + 60
+    while when == "holding the lock" and not lock.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(0.3 if when == "starting" else 0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == -signal.SIGTERM:  # so early that Python was still starting: nothing to clean
+        assert when == "starting" and not stderr
+    else:
+        assert process.returncode == 130, stderr
+        assert "interrupted before any request was answered; nothing written" in stderr
+    assert not lock.exists() and not output.exists() and "Traceback" not in stderr
