@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
-from .errors import BatchchatError, Interrupted
+from .errors import BatchchatError, Interrupted, StorageError
 from .report import dry_run_text, live_counters, plan_lines, summary_text
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .stats import Stats
 
 EXIT_JOB = 2
+EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused what the run wrote
 EXIT_INTERRUPTED = 130
 SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model"}
 
@@ -248,6 +249,8 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     except Interrupted as e:  # Ctrl-C or SIGTERM: finished work was kept
         click.echo(f"batchchat: {e}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except StorageError as e:  # disk full or read-only: not "nothing changed", so not exit 2
+        _fail(str(e), debug, EXIT_STORAGE)
     except BatchchatError as e:  # a bad job, or an API that refuses every request
         _fail(str(e), debug)
     except KeyboardInterrupt:  # before sending began, or while the output was written
@@ -306,11 +309,11 @@ def _json_schema(value: str | None) -> dict[str, Any] | None:
     return schema
 
 
-def _fail(message: str, debug: bool) -> NoReturn:
+def _fail(message: str, debug: bool, code: int = EXIT_JOB) -> NoReturn:
     if debug:
         traceback.print_exc()
     click.echo(f"batchchat: error: {message}", err=True)
-    sys.exit(EXIT_JOB)
+    sys.exit(code)
 
 
 class Progress:

@@ -8,6 +8,8 @@
     │   └── InputChanged  the input file changed while a run read it (answers kept in the journal).
     ├── FatalAPIError   the API refuses every request (bad key, no credit): the run stops at once,
     │                   keeps the rows already finished, and the CLI exits 2 saying what to fix.
+    ├── StorageError    disk full, read-only or failing while writing the journal or the output:
+    │                   the run stops, the journal keeps what reached it. The CLI exits 74.
     ├── Interrupted     Ctrl-C or SIGTERM stopped the run; finished work is kept. The CLI exits 130.
     └── RequestError    one request failed. Never escapes a run: it becomes an error row whose
                         ``error_type`` is one of the names below and whose ``error`` is the
@@ -67,6 +69,31 @@ class FatalAPIError(BatchchatError):
     def __init__(self, message: str, error: RequestError) -> None:
         super().__init__(message)
         self.error = error
+
+
+class StorageError(BatchchatError):
+    """The machine would not keep what the run wrote (disk full, read-only, I/O error): the run
+    stops; what reached the journal before is kept. The CLI exits 74 (sysexits' EX_IOERR)."""
+
+    def __init__(self, what: str, path: object, error: OSError) -> None:
+        reason = error.strerror or str(error) or type(error).__name__
+        if what == "the journal":
+            after = ("the run stopped; the answers journaled before are kept and not sent again (those in flight "
+                     "were lost); make room and run the same command again")  # fmt: skip
+        else:
+            after = ("the output was left as it was, and every answer is in the journal; make room and run the "
+                     "same command again: nothing is sent again")  # fmt: skip
+        super().__init__(f"{_storage_word(error)} ({reason}) while writing {what} {path}: {after}")
+        self.what = what
+        self.path = path
+
+
+def _storage_word(error: OSError) -> str:
+    import errno
+
+    return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EROFS: "the file system is read-only", errno.EFBIG: "the file grew too large"}.get(
+        error.errno or 0, "the disk failed")  # fmt: skip
 
 
 class Interrupted(BatchchatError):

@@ -19,6 +19,7 @@ not hold a million answers; the output is assembled by reading records back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import JobError
+from .errors import JobError, StorageError
 from .files import open_nofollow
 from .records import ERROR, OK, PENDING, RowOutcome
 
@@ -140,7 +141,23 @@ class Journal:
         return bool(self._stale)
 
     def add(self, outcome: RowOutcome) -> None:
-        """Append one finished request and flush it to the OS, so that a kill cannot lose it."""
+        """Append one finished request and flush it to the OS, so that a kill cannot lose it.
+
+        Raises ``StorageError`` when the disk will not take it; the journal is then cut back to
+        its last whole record, so it stays readable and true.
+        """
+        try:
+            self._add(outcome)
+        except OSError as e:
+            self._cut_back()
+            raise StorageError("the journal", self.path, e) from None
+
+    def _cut_back(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # else the torn record is cut away when next opened
+                os.ftruncate(self._file.fileno(), self._size)
+
+    def _add(self, outcome: RowOutcome) -> None:
         key = outcome.key
         assert key is not None and not self.read_only
         if not self._scoped:  # this run's records follow the line naming their scope
@@ -203,7 +220,7 @@ class Journal:
         while written is not None and written < len(data):  # a raw write may take only part
             more = self._file.write(data[written:])
             written += more or 0
-        self._size += len(data)
+        self._size += len(data)  # only once all of it is written: a failure cuts back to here
 
     def _read_existing(self) -> None:
         """Index the records of this scope; cut away a last record left incomplete by a kill."""

@@ -8,6 +8,7 @@ can say which process to wait for.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -52,7 +53,10 @@ class OutputLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while still held, so nobody locks a file on its way out
+            # While still held, so nobody locks a file on its way out. A folder turned read-only
+            # keeps the file: it is only a name, and the next run takes it over.
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from .answers import AnswerCheck
 from .client import ChatClient
 from .cost import Budget
-from .errors import AUTH, FatalAPIError, InputChanged, Interrupted, JobError, RequestError
+from .errors import AUTH, FatalAPIError, InputChanged, Interrupted, JobError, RequestError, StorageError
 from .files import OutputFiles
 from .job import Job, load_job
 from .journal import Journal, MemoryStore, Scope
@@ -356,6 +356,8 @@ async def _send(
             try:
                 await sending
             except* FatalAPIError as group:
+                raise group.exceptions[0] from None
+            except* StorageError as group:  # the journal could not keep an answer: stop at once
                 raise group.exceptions[0] from None
         except asyncio.CancelledError:
             if not signalled:

@@ -8,18 +8,19 @@ never leaves a half-written table where an older, complete one stood.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .answers import Derived
-from .errors import JobError
+from .errors import JobError, StorageError
 from .files import OutputFiles
 from .records import PENDING, RowOutcome
 from .source import JSON_TEXT, TableSource
@@ -122,34 +123,43 @@ def write_output(
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv", ".jsonl"):  # job validation refuses others; this guards library misuse
         raise JobError(f"output {files.output}: unsupported suffix '{path.suffix}'; use .parquet, .csv or .jsonl")
-    handle, temporary = files.open_temp()
+    try:
+        handle, temporary = files.open_temp()
+    except OSError as e:
+        raise StorageError("the output", files.output, e) from None
     try:
         with os.fdopen(handle, "wb") as f:
-            if suffix == ".parquet":
-                with pq.ParquetWriter(f, schema) as writer:
-                    for batch in batches:
-                        writer.write_batch(batch)
-            elif suffix == ".csv":
-                csv_schema = pa.schema([pa.field(field.name, _csv_type(field.type)) for field in schema])
-                with pcsv.CSVWriter(f, csv_schema) as writer:
-                    for batch in batches:
-                        writer.write_batch(_csv_ready(batch, csv_schema))
-            else:
-                as_json = [field.name for field in schema if field.metadata == JSON_TEXT]
-                for batch in batches:
-                    rows = batch.to_pylist()
-                    for row in rows:  # lists and objects read from JSONL go back as they were
-                        for name in as_json:
-                            row[name] = json.loads(row[name]) if row[name] is not None else None
-                    f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n"
-                                    for row in rows).encode("utf-8"))  # fmt: skip
+            _write_table(f, suffix, batches, schema)
             f.flush()
             os.fsync(f.fileno())
         if check is not None:
             check()
         os.replace(temporary, path)
+    except OSError as e:  # the input's own errors are JobErrors; an OSError here is the disk's
+        raise StorageError("the output", files.output, e) from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: the next run removes it
+            temporary.unlink(missing_ok=True)
+
+
+def _write_table(f: BinaryIO, suffix: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    if suffix == ".parquet":
+        with pq.ParquetWriter(f, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+    elif suffix == ".csv":
+        csv_schema = pa.schema([pa.field(field.name, _csv_type(field.type)) for field in schema])
+        with pcsv.CSVWriter(f, csv_schema) as writer:
+            for batch in batches:
+                writer.write_batch(_csv_ready(batch, csv_schema))
+    else:
+        as_json = [field.name for field in schema if field.metadata == JSON_TEXT]
+        for batch in batches:
+            rows = batch.to_pylist()
+            for row in rows:  # lists and objects read from JSONL go back as they were
+                for name in as_json:
+                    row[name] = json.loads(row[name]) if row[name] is not None else None
+            f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows).encode("utf-8"))
 
 
 def to_frame(

@@ -75,7 +75,7 @@ def test_an_input_changed_mid_run_is_refused_and_a_rerun_pays_nothing_twice(
     output.write_bytes(b"an older table")
     process = start_run(source, output, server.url)
     wait_answered(server, 40, process)
-    changed = random.Random(1).sample(texts, len(texts)) if change == "shuffled" else texts + ["new 1", "new 2"]
+    changed = random.Random(1).sample(texts, len(texts)) if change == "shuffled" else [*texts, "new 1", "new 2"]
     write_csv(tmp_path / "next.csv", ["prompt"], [[t] for t in changed])
     shutil.copyfile(tmp_path / "next.csv", source)  # like cp: the same file, rewritten in place
     _, stderr = process.communicate(timeout=60)
@@ -244,3 +244,104 @@ def test_sigterm_during_validation_exits_cleanly_and_leaves_no_lock(
         assert process.returncode == 130, stderr
         assert "interrupted before any request was answered; nothing written" in stderr
     assert not lock.exists() and not output.exists() and "Traceback" not in stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A real file system of ``size`` bytes (tmpfs), mounted for the test; skipped where mounting
+    is not permitted (it needs root)."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small file system here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Take every free byte of the file system ``folder`` is on."""
+    filler = folder / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+    return filler
+
+
+def journal_is_whole(path: Path) -> None:
+    for line in path.read_bytes().splitlines(keepends=True):
+        assert line.endswith(b"\n")
+        json.loads(line)
+
+
+def test_a_full_disk_mid_run_stops_with_exit_74_and_a_whole_journal(
+    tmp_path: Path, sim_factory: Any, small_disk: Any
+) -> None:
+    disk = small_disk("2m")
+    server = sim_factory(latency_ms=20)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"disk question {i}"] for i in range(2000)])
+    output = disk / "out.parquet"
+    process = start_run(source, output, server.url)
+    wait_answered(server, 40, process)
+    filler = fill(disk)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 74, stderr
+    assert f"the disk is full (No space left on device) while writing the journal {output}.journal" in stderr
+    assert "internal error" not in stderr and "ExceptionGroup" not in stderr
+    journal_is_whole(Path(f"{output}.journal"))
+    filler.unlink()
+    rerun = start_run(source, output, server.url)
+    _, stderr = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, stderr
+    assert all(r["status"] == "ok" for r in read_output(output))
+    assert server.stats()["answered_twice"] <= 8 + 1  # the answer the disk refused, and those in flight
+
+
+def test_a_folder_turned_read_only_mid_run_stops_with_exit_74_and_keeps_the_journal(
+    tmp_path: Path, sim_factory: Any, small_disk: Any
+) -> None:
+    disk = small_disk("8m")
+    server = sim_factory(latency_ms=5)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"ro question {i}"] for i in range(300)])
+    output = disk / "out.parquet"
+    process = start_run(source, output, server.url)
+    wait_answered(server, 40, process)
+    # Linux will not remount a file system read-only while a run holds files open on it; a
+    # read-only bind mount over the folder turns every new file there read-only, as a failing
+    # disk does (the journal, already open, goes on)
+    subprocess.run(["mount", "-o", "bind,ro", str(disk), str(disk)], check=True)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert process.returncode == 74, stderr
+    assert f"the file system is read-only (Read-only file system) while writing the output {output}" in stderr
+    assert not output.exists()
+    journal_is_whole(Path(f"{output}.journal"))
+    paid = server.stats()["answered"]
+    rerun = start_run(source, output, server.url)
+    assert rerun.wait(timeout=120) == 0
+    assert server.stats()["answered"] == paid == 300  # the journal kept every answer: nothing paid twice
+
+
+def test_no_room_for_the_output_leaves_the_old_one_and_says_so(
+    tmp_path: Path, sim: BackgroundSimulator, small_disk: Any
+) -> None:
+    disk = small_disk("256k")
+    source = tmp_path / "in.csv"
+    output = disk / "out.parquet"
+    write_csv(source, ["prompt", "notes"], [[f"q{i}", "short"] for i in range(20)])
+    assert cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    before = output.read_bytes()
+    write_csv(source, ["prompt", "notes"], [[f"q{i}", os.urandom(15_000).hex()] for i in range(20)])
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 74, result.stderr
+    assert f"while writing the output {output}: the output was left as it was" in result.stderr
+    assert output.read_bytes() == before and len(sim.requests) == 20  # nothing was sent again
+    assert not list(disk.glob(".out.parquet.*"))  # no half-written temporary file left behind
