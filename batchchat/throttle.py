@@ -4,15 +4,17 @@ Every attempt, first or retry, passes here before it is sent:
 
 1. a concurrency slot, held only while the request is in flight (a row waiting out a backoff holds
    none, so the slot serves other rows meanwhile);
-2. the shared cool-down: after a 429, *no* request goes out until the server's hint has passed;
+2. the shared cool-down: after a 429 our rate caused, *no* request goes out until the server's hint has passed;
    retrying workers each waiting on their own would otherwise come back together and trip it again;
 3. ``--rpm`` and ``--tpm``, fixed limits on aiolimiter. Requests/min is a bucket of half a second's
    requests, because providers enforce per second (Together: 60 RPM is one request a second); tokens/min is
    the per-minute budget, and a request costing more than all of it waits for an empty bucket and
    goes alone rather than never;
 4. a pacer that spaces requests at the adaptive rate: unbounded at first, cut multiplicatively on a
-   429 (once per congestion event, not once per rejected request), raised additively after a
-   second's worth of successes, and never above the ceiling the provider's rate-limit headers state.
+   429 our rate caused (once per congestion event, not once per rejected request; ``Congestion``
+   tells those from the background 429s providers send anyway, which only delay their own
+   request, and undoes at once a cut that cost answers), raised additively after a second's worth
+   of successes, and never above the ceiling the provider's rate-limit headers state.
    It is a reservation clock rather than aiolimiter because its rate changes all the time and
    aiolimiter fixes the rate when it is built.
 """
@@ -136,6 +138,100 @@ class Pacer:
         return at - now
 
 
+class Congestion:
+    """Tells the 429s our own rate causes from those it does not.
+
+    Providers answer some requests 429 even under the limit (Together does, in bursts, when
+    capacity is short). Cutting the rate and holding every request for each of those collapses a
+    job. So a 429 counts as ours only with company: of the requests sent lately (the last
+    ``WINDOW_S`` seconds, or the last ``WINDOW_REQUESTS`` when that is more), at least ``MIN_429``
+    answered 429, at a share above the background by ``FLOOR``; with no background known, any
+    429 is ours. The others only delay their own request. Shares count requests by when they
+    were sent, not when answers came: a 429 comes back at once, an answer takes seconds.
+
+    Every cut is judged a little later, by whether the 429s track our rate. Over a limit, the
+    share of 429s is ``1 - limit/rate``: slowing down makes it fall clearly, or it stays high
+    while the rate is still far over. Background 429s keep their share whatever the rate. A cut
+    after which the share did neither is undone at once (with the cuts made while it was judged),
+    and that share becomes the background.
+    """
+
+    WINDOW_S = 2.0
+    WINDOW_REQUESTS = 20
+    MIN_429 = 2
+    FLOOR = 0.1  # a share of 429s above the background that means "too fast"
+    BEFORE_S = 10.0  # a cut is judged against the share over this long before it ...
+    REVIEW_S = 2.0  # ... and this long after it (once its cool-down ended), at the soonest ...
+    REVIEW_REQUESTS = 60  # ... on as many requests sent at least, each side (if there were)
+    FELL = 2.0  # the cut was right if the share fell by this many standard errors ...
+    STILL_OVER = 0.5  # ... or stayed above this (still far over the limit)
+    KEPT = 4096  # events remembered of each kind
+
+    def __init__(self) -> None:
+        self._sent: deque[float] = deque(maxlen=self.KEPT)  # when requests departed
+        self._limited: deque[float] = deque(maxlen=self.KEPT)  # when the requests answered 429 departed
+        self._sent_ever = 0
+        self.background = 0.0  # the share of 429s that slowing down did not remove
+        self._review: tuple[float, float, float | None] | None = None  # (cut at, judged from, rate before)
+
+    def departed(self, now: float) -> None:
+        self._sent.append(now)
+        self._sent_ever += 1
+
+    def limited(self, sent_at: float) -> None:
+        """A 429, to the request sent at ``sent_at``."""
+        self._limited.append(sent_at)
+
+    def _count(self, since: float, until: float = math.inf) -> tuple[int, int]:
+        """Of the requests sent in [since, until]: how many were answered 429, how many sent."""
+        sent = sum(1 for when in self._sent if since <= when <= until)
+        return sum(1 for when in self._limited if since <= when <= until), sent
+
+    def _start(self, until: float, seconds: float, requests: int) -> float:
+        """The start of the last ``seconds`` before ``until``, or of its last ``requests`` sent."""
+        sent = [when for when in self._sent if when <= until]
+        since = until - seconds
+        return min(since, sent[-requests]) if len(sent) >= requests else -math.inf
+
+    def ours(self, now: float) -> bool:
+        """Whether the latest 429 is one our rate caused."""
+        limited, sent = self._count(self._start(now, self.WINDOW_S, self.WINDOW_REQUESTS))
+        ours = limited >= self.MIN_429 and limited >= (self.background + self.FLOOR) * sent
+        return ours
+
+    def cut(self, now: float, rate_before: float | None, held_until: float) -> None:
+        """A cut from ``rate_before`` (None: unbounded), judged from the end of its cool-down
+        (``held_until``) against the requests sent before it."""
+        if self._review is None:  # cuts made while one is judged are judged with it
+            self._review = (now, max(now, held_until), rate_before)
+
+    def review(self, now: float) -> tuple[bool, float | None]:
+        """Once a cut can be judged: whether it was wrong, and the rate to go back to."""
+        if self._review is None or now - self._review[1] < self.REVIEW_S:
+            return False, None
+        at, since, rate = self._review
+        limited_after, sent_after = self._count(since)
+        if sent_after < self.REVIEW_REQUESTS:
+            return False, None
+        self._review = None
+        # the requests sent before the cut: their answers are all in by now
+        limited_before, sent_before = self._count(self._start(at, self.BEFORE_S, self.REVIEW_REQUESTS), at)
+        after = limited_after / sent_after
+        if after >= self.STILL_OVER or not sent_before or _fell(
+                limited_before, sent_before, limited_after, sent_after) >= self.FELL:  # fmt: skip
+            return False, None
+        self.background = max(self.background, after)  # not ours: ignored from now on
+        return True, rate
+
+
+def _fell(limited_before: int, sent_before: int, limited_after: int, sent_after: int) -> float:
+    """How many standard errors the share of 429s fell by (a two-proportion z statistic)."""
+    pooled = (limited_before + limited_after) / (sent_before + sent_after)
+    error = math.sqrt(pooled * (1 - pooled) * (1 / sent_before + 1 / sent_after))
+    drop = limited_before / sent_before - limited_after / sent_after
+    return drop / error if error else (math.inf if drop > 0 else 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Permit:
     dispatched_at: float
@@ -161,6 +257,7 @@ class Throttle:
         self._pacer = Pacer()
         self.adaptive_rate: float | None = None  # requests/s; None until the first 429
         self._step = 0.0
+        self._congestion = Congestion()
         self._successes = 0
         self._last_cut_at = -math.inf
         self.resume_at = 0.0  # the shared cool-down: nothing departs before this loop time
@@ -168,6 +265,7 @@ class Throttle:
         self.request_ceiling: float | None = None  # requests/s, from headers
         self.token_ceiling: float | None = None  # tokens/s, from headers
         self._recent: deque[float] = deque()  # departure times within the last second
+
         self._pace: float | None = None  # the pacer's rate, requests/s; None: not paced
         self.rate: float | None = None  # the departure rate now allowed; None: only concurrency bounds it
         self._repace()
@@ -198,6 +296,7 @@ class Throttle:
             raise
         now = asyncio.get_running_loop().time()
         self._recent.append(now)
+        self._congestion.departed(now)
         self._recent_rate(now)  # drop departures older than a second, so memory stays flat
         return Permit(now, raw)
 
@@ -231,6 +330,8 @@ class Throttle:
             self.estimator.observe(permit.raw_cost, total)
             if self.token_ceiling is not None:  # the mean answer size sets the pace
                 self._repace()
+        now = asyncio.get_running_loop().time()
+        self._answered(now)
         if self.adaptive_rate is not None:
             self._successes += 1
             if self._successes >= max(1.0, self.adaptive_rate):  # about a second's worth
@@ -243,20 +344,36 @@ class Throttle:
     def failed(self, permit: Permit, error: RequestError) -> None:
         if error.headers:
             self._learn(error.headers)
+        now = asyncio.get_running_loop().time()
+        if error.status is not None and error.error_type != RATE_LIMITED:
+            self._answered(now)
         if error.error_type != RATE_LIMITED:
             return
-        now = asyncio.get_running_loop().time()
+        self._answered(now, limited_sent_at=permit.dispatched_at)
+        ceiling = self.request_ceiling
+        over_ceiling = ceiling is not None and self._recent_rate(now) > ceiling
+        if not (over_ceiling or self._congestion.ours(now)):
+            return  # a 429 our rate did not cause: only its own request waits (the retry policy)
         hint = hint_seconds(error.headers)
         self._hold_until(now + (hint if hint is not None else DEFAULT_COOLDOWN_S))
-        if permit.dispatched_at >= self._last_cut_at:  # the first 429 of a new congestion event
-            base = self.adaptive_rate if self.adaptive_rate is not None else self._recent_rate(now)
-            ceiling = self.request_ceiling
+        if permit.dispatched_at > self._last_cut_at:  # the first 429 of a new congestion event
+            before = self.adaptive_rate
+            base = before if before is not None else self._recent_rate(now)
             # Faster than the limit the headers state: that limit is the answer. At or under it,
             # the stated limit is not the whole story (dynamic limits, shared keys): cut.
             self.adaptive_rate = ceiling if ceiling is not None and base > ceiling else max(MIN_RATE, base * BETA)
             self._step = max(MIN_RATE, self.adaptive_rate * STEP_SHARE)
             self._successes = 0
             self._last_cut_at = now
+            self._congestion.cut(now, before, self.resume_at)
+            self._repace()
+
+    def _answered(self, now: float, *, limited_sent_at: float | None = None) -> None:
+        if limited_sent_at is not None:
+            self._congestion.limited(limited_sent_at)
+        wrong, rate = self._congestion.review(now)
+        if wrong:  # the cut did not lessen the 429s: back to the rate before it
+            self.adaptive_rate = rate
             self._repace()
 
     def _hold_until(self, when: float) -> None:
