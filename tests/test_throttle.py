@@ -97,7 +97,8 @@ def test_a_lone_429_among_answers_delays_only_its_own_request():
     api = FakeAPI(latency=0.1, script=lambda request, attempt: error(429, {"retry-after": "2"})
                   if request.row == 20 and attempt == 1 else None)  # fmt: skip
     throttle = Throttle(4)
-    outcomes, counters, elapsed = run(api, requests(80), throttle)
+    outcomes, counters, _ = run(api, requests(80), throttle)
+    assert counters.rate_limited == 1
     rejected_at = next(t for t, row in zip(api.departures, api.departed_rows, strict=True) if row == 20)
     assert [t for t in api.departures if rejected_at < t < rejected_at + 2.0]  # the others went on
     retried_at = [t for t, row in zip(api.departures, api.departed_rows, strict=True) if row == 20][1]
