@@ -19,7 +19,7 @@ import click
 
 from . import __version__
 from .errors import BatchchatError, Interrupted, StorageError
-from .report import dry_run_text, live_counters, plan_lines, summary_text
+from .report import dry_run_text, live_counters, plan_lines, printable, summary_text
 
 if TYPE_CHECKING:
     from .records import RowOutcome
@@ -30,6 +30,12 @@ EXIT_JOB = 2
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused what the run wrote
 EXIT_INTERRUPTED = 130
 SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model"}
+
+
+def say(text: str = "", err: bool = False, nl: bool = True) -> None:
+    """Every line the CLI prints goes through here: text from a server (answers, error bodies) is
+    stripped of control characters, so an escape sequence can never drive the terminal."""
+    click.echo(printable(text), err=err, nl=nl)
 
 
 def flag_name(key: str) -> str:
@@ -61,13 +67,13 @@ class Batchchat(click.Group):
             sys.exit(e.exit_code)
         except click.UsageError as e:
             command = e.ctx.command_path if e.ctx is not None else "batchchat"
-            click.echo(f"batchchat: error: {e.format_message()} See '{command} --help'.", err=True)
+            say(f"batchchat: error: {e.format_message()} See '{command} --help'.", err=True)
             sys.exit(EXIT_JOB)
         except click.ClickException as e:
             e.show()
             sys.exit(e.exit_code)
         except click.exceptions.Abort:
-            click.echo("Aborted!", err=True)
+            say("Aborted!", err=True)
             sys.exit(1)
 
 
@@ -240,14 +246,14 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         if dry_run:
             from .dryrun import dry_run as plan_only
 
-            click.echo(dry_run_text(plan_only(job)))
+            say(dry_run_text(plan_only(job)))
             sys.exit(0)
         try:
             result = run_job(job, observer=observer)
         finally:
             observer.close()
     except Interrupted as e:  # Ctrl-C or SIGTERM: finished work was kept
-        click.echo(f"batchchat: {e}", err=True)
+        say(f"batchchat: {e}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except StorageError as e:  # disk full or read-only: not "nothing changed", so not exit 2
         _fail(str(e), debug, EXIT_STORAGE)
@@ -255,17 +261,17 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         _fail(str(e), debug)
     except KeyboardInterrupt:  # before sending began, or while the output was written
         if observer.answered:
-            click.echo(f"\nbatchchat: interrupted; the output was not written. The {observer.answered:,} answers "
+            say(f"\nbatchchat: interrupted; the output was not written. The {observer.answered:,} answers "
                        "received are kept in the journal: run the same command again to resume", err=True)  # fmt: skip
         else:
-            click.echo("\nbatchchat: interrupted before any request was answered; nothing written", err=True)
+            say("\nbatchchat: interrupted before any request was answered; nothing written", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException:
         raise
     except Exception as e:  # a bug, not a user error: say so, keep the message short
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", debug)
     if not quiet:
-        click.echo(summary_text(result), err=True)
+        say(summary_text(result), err=True)
     sys.exit(result.exit_code)
 
 
@@ -312,7 +318,7 @@ def _json_schema(value: str | None) -> dict[str, Any] | None:
 def _fail(message: str, debug: bool, code: int = EXIT_JOB) -> NoReturn:
     if debug:
         traceback.print_exc()
-    click.echo(f"batchchat: error: {message}", err=True)
+    say(f"batchchat: error: {message}", err=True)
     sys.exit(code)
 
 
@@ -329,7 +335,7 @@ class Progress:
         if self.quiet:
             return
         for line in plan_lines(plan):
-            click.echo(f"batchchat: {line}", err=True)
+            say(f"batchchat: {line}", err=True)
         if sys.stderr.isatty() and plan.to_send:
             from tqdm import tqdm
 
@@ -349,7 +355,7 @@ class Progress:
     def stopping(self, grace_s: float) -> None:
         if self.bar is not None:
             self.bar.clear()
-        click.echo(
+        say(
             f"\nbatchchat: stopping: no new requests; those in flight have {grace_s:g} s to finish "
             "(Ctrl-C again to stop at once)",
             err=True,
@@ -396,7 +402,7 @@ def chat(prompt: str | None, params: tuple[str, ...], models: tuple[str, ...], s
     except BatchchatError as e:
         _fail(str(e), debug)
     except KeyboardInterrupt:
-        click.echo("", err=True)
+        say("", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code)
 
@@ -434,7 +440,7 @@ def _read_turn(interactive: bool) -> str | None:
         try:
             return input("> ")
         except EOFError:
-            click.echo("", err=True)
+            say("", err=True)
             return None
     line = sys.stdin.readline()
     return line.rstrip("\r\n") if line else None
@@ -448,22 +454,22 @@ async def _turn(conversation: Any, text: str) -> int:
     streaming = conversation.client.stream
 
     def show(piece: str) -> None:
-        click.echo(piece, nl=False)
+        say(piece, nl=False)
         sys.stdout.flush()
 
     def retrying() -> None:
         if streaming:
-            click.echo("", err=True)
-        click.echo("batchchat: that attempt failed; trying again", err=True)
+            say("", err=True)
+        say("batchchat: that attempt failed; trying again", err=True)
 
     try:
         result = await conversation.ask(text, on_text=show if streaming else None, on_retry=retrying)
     except RequestError as error:
         if streaming:
-            click.echo()
-        click.echo(f"batchchat: error: {error.error_type}: {error.message}", err=True)
+            say()
+        say(f"batchchat: error: {error.error_type}: {error.message}", err=True)
         return EXIT_JOB if is_fatal(error) else 1
-    click.echo("" if streaming else (result.content or ""))
+    say("" if streaming else (result.content or ""))
     return 0
 
 
@@ -514,7 +520,7 @@ def serve(host: str, port: int, api_key_env: str | None, labels: str | None, **o
     from .simulator import serve as serve_forever
 
     def ready(url: str) -> None:
-        click.echo(f"batchchat simulator on {url} (synthetic answers; Ctrl-C to stop)")
+        say(f"batchchat simulator on {url} (synthetic answers; Ctrl-C to stop)")
         sys.stdout.flush()
 
     options["labels"] = tuple(label.strip() for label in labels.split(",") if label.strip()) if labels else ()

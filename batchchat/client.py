@@ -2,16 +2,27 @@
 
 Every way an attempt can fail becomes a ``RequestError`` with a stable ``error_type``; nothing
 aiohttp-specific leaves this module. Error messages carry the provider's own words but never
-request headers, so the API key cannot leak into an output table.
+request headers; and since a server may echo the key back (an error page quoting the
+Authorization header), every text that leaves here, answers included, has the key, URL
+credentials and any ``Bearer ...`` token redacted, so none can reach an output table, the journal
+or the terminal.
+
+A server is trusted no further than it must be: redirects are not followed (a POST turned into a
+GET, or a prompt and its key sent to another host, is never what a batch job wants), only a chat
+completion counts as an answer, and bodies are read up to a cap (a 200 MB error page must not
+take a gigabyte of memory).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -24,6 +35,10 @@ from .sse import Event, SSEDecoder
 RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-retry")
 
 CONNECT_TIMEOUT_S = 30.0
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer (or a whole stream) larger than this is refused
+MAX_ERROR_BYTES = 64 * 1024  # an error body is read this far: the message is at its start
+REDACTED = "[redacted]"
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 # status -> (error_type, retryable)
 STATUS_ERRORS: dict[int, tuple[str, bool]] = {
@@ -53,11 +68,22 @@ class ChatClient:
         stream_usage: bool = False,
     ) -> None:
         """``stream`` asks for SSE; ``stream_usage`` also asks for usage the OpenAI way
-        (``stream_options.include_usage``), which Together does not need: it sends usage anyway."""
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        (``stream_options.include_usage``), which Together does not need: it sends usage anyway.
+        Credentials in ``base_url`` (``https://user:pass@host/v1``) are sent as basic auth."""
+        url, user, password = split_credentials(base_url)
+        self.url = url.rstrip("/") + "/chat/completions"
         headers = {"Content-Type": "application/json", "User-Agent": f"batchchat/{__version__}"}
+        if api_key and user is not None:
+            raise E.JobError(
+                "the base URL carries credentials (user:password@) and an API key is set too; both would be the "
+                "Authorization header: keep one (drop them from the URL, or unset the key variable)"
+            )
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        elif user is not None:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {token}"
+        self._secrets = tuple(sorted({s for s in (api_key, password) if s}, key=len, reverse=True))
         self._headers = headers
         self.stream = stream
         self.stream_usage = stream_usage
@@ -86,6 +112,30 @@ class ChatClient:
 
     async def complete(self, request: ChatRequest, on_text: Callable[[str], None] | None = None) -> ChatResult:
         """One attempt. With streaming, ``on_text`` gets each piece of the answer as it arrives."""
+        try:
+            result = await self._attempt(request, on_text)
+        except E.RequestError as error:
+            raise self._redacted_error(error) from None
+        content = result.content
+        if content is not None and any(secret in content for secret in self._secrets):
+            result = replace(result, content=self.redact(content, bearer=False))
+        return result
+
+    def redact(self, text: str, *, bearer: bool = True) -> str:
+        """``text`` without the key or URL password, and (``bearer``) without any token after
+        "Bearer"/"Basic": a server echoing them must not put them on disk or screen."""
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text) if bearer else text
+
+    def _redacted_error(self, error: E.RequestError) -> E.RequestError:
+        message = self.redact(error.message)
+        if message == error.message:
+            return error
+        return E.RequestError(error.error_type, message, status=error.status, retryable=error.retryable,
+                              headers=error.headers, unreachable=error.unreachable)  # fmt: skip
+
+    async def _attempt(self, request: ChatRequest, on_text: Callable[[str], None] | None) -> ChatResult:
         assert self._session is not None, "use ChatClient as an async context manager"
         body = request.body()
         if self.stream:
@@ -96,14 +146,16 @@ class ChatClient:
         started = time.perf_counter()
         streaming = False
         try:
-            async with self._session.post(self.url, data=data) as response:
+            async with self._session.post(self.url, data=data, allow_redirects=False) as response:
                 status = response.status
                 headers = rate_headers(response.headers)
                 content_type = response.headers.get("Content-Type", "")
+                if 300 <= status < 400:
+                    raise redirect_error(status, response.headers.get("Location"))
                 if status == 200 and self.stream and content_type.startswith("text/event-stream"):
                     streaming = True
                     return await _read_stream(response, started, headers, on_text)
-                body_bytes = await response.read()
+                body_bytes = await read_capped(response, MAX_ANSWER_BYTES if status == 200 else MAX_ERROR_BYTES)
         except aiohttp.ConnectionTimeoutError:
             raise E.RequestError(
                 E.CONNECTION, f"cannot connect to {self.url}: no connection within {self._timeout.sock_connect:g} s",
@@ -124,6 +176,52 @@ class ChatClient:
         return parse_completion(body_bytes, latency, headers)
 
 
+async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, or its first ``cap`` bytes; an answer larger than that is refused (it would be
+    again), an error body is only cut (its message is at its start)."""
+    declared = response.content_length
+    if response.status == 200 and declared is not None and declared > cap:
+        raise _too_large(declared)
+    parts: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await response.content.readany()
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+    if response.status == 200:
+        raise _too_large(size)
+    response.close()  # the rest is never read: drop the connection rather than drain it
+    return b"".join(parts)[:cap]
+
+
+def _too_large(size: int) -> E.RequestError:
+    return E.RequestError(E.BAD_RESPONSE, f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MB ({size:,} "
+                          "bytes or more); refused", status=200, retryable=False)  # fmt: skip
+
+
+def redirect_error(status: int, location: str | None) -> E.RequestError:
+    """A redirect is an error that names where it points: following it would turn the POST into a
+    GET (301-303) or send the prompt and the key to another origin (307, 308)."""
+    where = _snippet((location or "an unnamed place").encode(), limit=300)
+    return E.RequestError(
+        E.REDIRECT, f"HTTP {status}: the endpoint redirects to {where}; batchchat does not follow redirects for "
+        "API calls. If that address is right, use it as the base URL", status=status, retryable=False,
+    )  # fmt: skip
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """The URL without ``user:password@``, the user and the password."""
+    parsed = urlsplit(url)
+    if parsed.username is None and parsed.password is None:
+        return url, None, None
+    host = parsed.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parsed.port}" if parsed.port else "")
+    return urlunsplit(parsed._replace(netloc=netloc)), unquote(parsed.username or ""), (
+        unquote(parsed.password) if parsed.password is not None else None)  # fmt: skip
+
+
 async def _read_stream(
     response: aiohttp.ClientResponse,
     started: float,
@@ -132,12 +230,23 @@ async def _read_stream(
 ) -> ChatResult:
     decoder = SSEDecoder()
     stream = StreamAssembly(on_text)
-    async for chunk in response.content.iter_any():
-        elapsed = time.perf_counter() - started
-        for event in decoder.feed(chunk):
-            stream.add(event, elapsed)
-    for event in decoder.close():
-        stream.add(event, time.perf_counter() - started)
+    size = 0
+    try:
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _too_large(size)
+            elapsed = time.perf_counter() - started
+            for event in decoder.feed(chunk):
+                stream.add(event, elapsed)
+            if stream.complete:  # finish_reason and usage are in: whatever follows cannot spoil it
+                break
+    except aiohttp.ClientError:
+        if not stream.complete:
+            raise
+    if not stream.complete:
+        for event in decoder.close():
+            stream.add(event, time.perf_counter() - started)
     return stream.result(time.perf_counter() - started, headers)
 
 
@@ -147,7 +256,9 @@ class StreamAssembly:
     Together puts usage on the chunk that carries ``finish_reason``; OpenAI sends it on an extra
     chunk with empty ``choices``, and only when asked; some servers never send it, and then usage
     stays unknown rather than guessed. An answer counts only once both ``finish_reason`` and
-    ``[DONE]`` have arrived: anything less may be cut short, and partial text is never an answer.
+    ``[DONE]`` have arrived, or ``finish_reason`` and usage: anything less may be cut short, and
+    partial text is never an answer. Once an answer is complete, what follows (a malformed chunk,
+    a dropped connection) is ignored: the answer was delivered and paid for.
     """
 
     def __init__(self, on_text: Callable[[str], None] | None = None) -> None:
@@ -159,9 +270,14 @@ class StreamAssembly:
         self.model: str | None = None
         self.ttft_s: float | None = None
         self.done = False
+        self.usage_received = False
+
+    @property
+    def complete(self) -> bool:
+        return self.finish_reason is not None and (self.done or self.usage_received)
 
     def add(self, event: Event, elapsed_s: float) -> None:
-        if self.done:
+        if self.done or self.complete:
             return
         if event.data.strip() == "[DONE]":
             self.done = True
@@ -192,6 +308,7 @@ class StreamAssembly:
             self._text(chunk["token"].get("text"), elapsed_s)
         if isinstance(chunk.get("usage"), dict):
             self.usage = parse_usage(chunk["usage"])
+            self.usage_received = True
 
     def _text(self, text: object, elapsed_s: float) -> None:
         if not isinstance(text, str) or not text:
@@ -203,7 +320,7 @@ class StreamAssembly:
             self.on_text(text)
 
     def result(self, latency_s: float, headers: Mapping[str, str]) -> ChatResult:
-        if not self.done or self.finish_reason is None:
+        if not self.complete:
             missing = " and ".join(
                 m for m, ok in (("[DONE]", self.done), ("a finish_reason", self.finish_reason)) if not ok
             )
@@ -258,6 +375,12 @@ def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] |
         raise E.RequestError(
             E.SERVER_ERROR, f"HTTP 200 carrying an error: {_error_message(data)}", status=200, retryable=True
         )
+    kind = data.get("object")
+    if kind is not None and kind != "chat.completion":  # a model list, a text completion: not an answer
+        raise E.RequestError(
+            E.BAD_RESPONSE, f"HTTP 200 with a {_snippet(str(kind).encode(), limit=40)} instead of a chat completion: "
+            f"{_snippet(body)}", status=200, retryable=False,
+        )  # fmt: skip
     try:
         choice = data["choices"][0]
         message = choice["message"]

@@ -39,6 +39,7 @@ FORBIDDEN = "forbidden"
 CONFLICT = "conflict"
 INVALID_INPUT = "invalid_input"
 HTTP_ERROR = "http_error"
+REDIRECT = "redirect"  # the endpoint answered with a redirect, which is never followed
 INVALID_OUTPUT = "invalid_output"  # the answer is not JSON, or breaks the schema, after its retries
 INVALID_LABEL = "invalid_label"  # the answer is none of the labels, after its retries
 

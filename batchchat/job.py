@@ -388,11 +388,17 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
         parsed = urlparse(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise JobError(
-                f"{at('base_url')}: '{base_url}' is not an http(s) URL; "
+                f"{at('base_url')}: '{shown_url(base_url)}' is not an http(s) URL; "
                 "expected something like https://api.together.xyz/v1"
             )
         base_url = base_url.rstrip("/")
     endpoint = Endpoint(provider=provider, base_url=base_url or default_url, api_key_env=key_env or default_env)
+    if base_url is not None and urlparse(base_url).username is not None and endpoint.api_key():
+        raise JobError(
+            f"{at('base_url')} carries credentials (user:password@) and {endpoint.api_key_env} holds an API key: "
+            "both would be the Authorization header; keep one (drop them from the URL, or name an unset "
+            "variable with --api-key-env)"
+        )
     missing = endpoint.missing_key
     if check_key and missing:
         raise JobError(
@@ -432,6 +438,14 @@ def normalized_url(url: str) -> str:
     shown_port = f":{port}" if port is not None and port != DEFAULT_PORTS.get(scheme) else ""
     path = re.sub(r"/+", "/", parsed.path).rstrip("/")
     return f"{scheme}://{host}{shown_port}{path}"
+
+
+def shown_url(url: str) -> str:
+    """A URL as it may be printed: a password in it is masked."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@", 1)
 
 
 def is_loopback(url: str) -> bool:

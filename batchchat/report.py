@@ -7,6 +7,7 @@ nothing here loads pyarrow or aiohttp.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,14 @@ if TYPE_CHECKING:
     from .stats import GroupSummary, Stats
 
 SHOWN_REQUEST_CHARS = 600
+# C0 and C1 control characters (but tab and newline), DEL, and the bidirectional overrides that
+# can make text read other than it is.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters and escape sequences removed."""
+    return _UNPRINTABLE.sub("", text)
 
 
 def money(value: float | None) -> str:

@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from .errors import AUTH, NO_CREDIT, RequestError
+from .errors import AUTH, NO_CREDIT, REDIRECT, RequestError
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
 HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
 # Failures that would repeat for every row: no retry, and no more requests at all.
-FATAL_TYPES = frozenset({AUTH, NO_CREDIT})
+FATAL_TYPES = frozenset({AUTH, NO_CREDIT, REDIRECT})
 _JITTER = random.Random()  # one for the whole process: seeding a new one per request costs a syscall
 
 

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from .answers import AnswerCheck
 from .client import ChatClient
 from .cost import Budget
-from .errors import AUTH, FatalAPIError, InputChanged, Interrupted, JobError, RequestError, StorageError
+from .errors import AUTH, REDIRECT, FatalAPIError, InputChanged, Interrupted, JobError, RequestError, StorageError
 from .files import OutputFiles
-from .job import Job, load_job
+from .job import Job, load_job, shown_url
 from .journal import Journal, MemoryStore, Scope
 from .lock import OutputLock
 from .passes import Plan, Rows, derived_columns, row_outcomes
@@ -399,7 +399,7 @@ def _restore_signals(loop: asyncio.AbstractEventLoop, installed: list[tuple[int,
 
 
 def endpoint_name(job: Job) -> str:
-    return "the built-in simulator" if job.endpoint.provider == "sim" else str(job.endpoint.base_url)
+    return "the built-in simulator" if job.endpoint.provider == "sim" else shown_url(str(job.endpoint.base_url))
 
 
 def _fatal_message(job: Job, error: RequestError) -> str:
@@ -409,6 +409,8 @@ def _fatal_message(job: Job, error: RequestError) -> str:
             f"nothing answers at {where} ({error.message}); check the URL (--base-url, --provider) and that "
             "the server is running, then run again"
         )
+    if error.error_type == REDIRECT:
+        return f"{where} {error.message.split(': ', 1)[-1]}"
     if error.error_type == AUTH:
         key = job.endpoint.api_key_env
         fix = f"set a valid key in {key}" if key else "pass a key with --api-key-env NAME"

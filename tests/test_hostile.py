@@ -3,6 +3,7 @@ real subprocesses where the condition needs one (signals, kills, mounts)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from batchchat.errors import InputChanged
 from batchchat.simulator import BackgroundSimulator, synthetic_reply
 
 from .helpers import KEY_VARIABLES, cli, read_output, write_csv
+from .hostile_server import HostileServer, completion, json_response
 
 
 def body(text: str) -> dict[str, Any]:
@@ -345,3 +348,155 @@ def test_no_room_for_the_output_leaves_the_old_one_and_says_so(
     assert f"while writing the output {output}: the output was left as it was" in result.stderr
     assert output.read_bytes() == before and len(sim.requests) == 20  # nothing was sent again
     assert not list(disk.glob(".out.parquet.*"))  # no half-written temporary file left behind
+
+
+CANARY = "sk-canary-0123456789abcdef"
+
+
+def test_a_key_a_server_echoes_back_never_reaches_the_output_the_journal_or_the_terminal(tmp_path: Path) -> None:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        prompt = json.loads(await request.read())["messages"][-1]["content"]
+        if prompt == "answer":
+            return json_response(completion(f"your key is {auth.removeprefix('Bearer ')}"))
+        if prompt == "html":
+            return web.Response(status=502, text=f"<html>proxy saw {auth}</html>", content_type="text/html")
+        return json_response({"error": {"message": f"bad request; headers were Authorization: {auth}"}}, 400)
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["answer"], ["error"], ["html"]])
+    output = tmp_path / "out.csv"
+    with HostileServer(echo) as server:
+        result = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output),
+                                 "-m", "m", "--base-url", server.url, "--max-attempts", "1"],
+                                capture_output=True, text=True, env={**clean_env(), "TOGETHER_API_KEY": CANARY})  # fmt: skip
+    assert server.requests[0]["authorization"] == f"Bearer {CANARY}"  # it was sent, and echoed
+    written = output.read_text() + Path(f"{output}.journal").read_text() + result.stdout + result.stderr
+    assert CANARY not in written and "[redacted]" in output.read_text()
+    rows = read_output(output)
+    assert rows[0]["response"] == "your key is [redacted]"
+    assert "Bearer [redacted]" in rows[1]["error"] and "Bearer [redacted]" in rows[2]["error"]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
+
+
+def test_url_credentials_are_sent_as_basic_auth_and_never_shown(tmp_path: Path) -> None:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return json_response({"error": {"message": f"no such model; you are {request.headers['Authorization']}"}},
+                             404)  # fmt: skip
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    with HostileServer(refuse) as server:
+        url = server.url.replace("http://", "http://alice:s3cr3t-pw@")
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", url)
+        assert server.requests[0]["authorization"].startswith("Basic ")
+        shown = result.stdout + result.stderr + (tmp_path / "out.csv").read_text()
+        assert "s3cr3t-pw" not in shown and "alice:***@" in result.stderr
+        both = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-m", "m",
+                               "--base-url", url], capture_output=True, text=True,
+                              env={**clean_env(), "TOGETHER_API_KEY": CANARY})  # fmt: skip
+    assert both.returncode == 2 and "carries credentials (user:password@)" in both.stderr
+    assert "ExceptionGroup" not in both.stderr and "s3cr3t-pw" not in both.stderr and CANARY not in both.stderr
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_not_followed_and_stop_the_run_naming_where_they_point(tmp_path: Path, status: int) -> None:
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        return json_response(completion("an answer from somewhere else"))
+
+    with HostileServer(elsewhere) as other:
+        async def moved(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=status, headers={"Location": f"{other.url}/chat/completions"})
+
+        source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"q{i}"] for i in range(5)])
+        with HostileServer(moved) as server:
+            result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", server.url)
+    assert result.exit_code == 2
+    assert f"redirects to {other.url}/chat/completions" in result.stderr and "base URL" in result.stderr
+    assert other.requests == []  # the prompt never went to the other origin, nor a GET anywhere
+    assert not (tmp_path / "out.csv").exists() or all(r["status"] != "ok" for r in read_output(tmp_path / "out.csv"))
+
+
+def test_only_a_chat_completion_is_an_answer(tmp_path: Path) -> None:
+    async def listing(request: web.Request) -> web.StreamResponse:
+        return json_response({"object": "list", "data": [{"id": "m"}], "choices": [{"message": {"content": "x"}}]})
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    with HostileServer(listing) as server:
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", server.url)
+    assert result.exit_code == 1
+    row = read_output(tmp_path / "out.csv")[0]
+    assert row["status"] == "error" and row["error_type"] == "bad_response" and "instead of a chat completion" in row["error"]
+    assert len(server.requests) == 1  # the same would come again: not retried
+
+
+def test_huge_bodies_are_read_only_as_far_as_needed(tmp_path: Path) -> None:
+    async def enormous(request: web.Request) -> web.StreamResponse:
+        prompt = json.loads(await request.read())["messages"][-1]["content"]
+        response = web.StreamResponse(status=500 if prompt == "error" else 200,
+                                      headers={"Content-Type": "application/json"})  # fmt: skip
+        await response.prepare(request)
+        chunk = b'{"error": {"message": "' + b"x" * (1 << 20)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for _ in range(200):  # 200 MB, never all in memory on either side
+                await response.write(chunk)
+        return response
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["error"], ["answer"]])
+    with HostileServer(enormous) as server:
+        process = subprocess.Popen([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o",
+                                    str(tmp_path / "out.csv"), "-m", "m", "--base-url", server.url, "--max-attempts",
+                                    "1", "--concurrency", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=clean_env())  # fmt: skip
+        peak_mb = 0.0
+        while process.poll() is None:  # the high-water mark of the process's own memory (VmHWM)
+            with contextlib.suppress(OSError, IndexError):  # gone, or a zombie without memory
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                peak_mb = max(peak_mb, int(status.split("VmHWM:")[1].split()[0]) / 1024)
+            time.sleep(0.01)
+    assert process.returncode == 1
+    rows = read_output(tmp_path / "out.csv")
+    assert rows[0]["error_type"] == "server_error" and len(rows[0]["error"]) < 1000
+    assert rows[1]["error_type"] == "bad_response" and "larger than 64 MB" in rows[1]["error"]
+    assert peak_mb < 250, f"peak memory {peak_mb:.0f} MB"
+
+
+def test_escape_sequences_from_a_server_are_never_printed_raw(tmp_path: Path) -> None:
+    async def painter(request: web.Request) -> web.StreamResponse:
+        prompt = json.loads(await request.read())["messages"][-1]["content"]
+        if prompt == "fail":
+            return json_response({"error": {"message": "\x1b[2J\x1b[31mcleared your screen\x1b[0m\x07"}}, 400)
+        return json_response(completion("\x1b]0;new title\x07hello \x1b[1mbold\x1b[0m\u202eevil"))
+
+    with HostileServer(painter) as server:
+        answer = subprocess.run([sys.executable, "-m", "batchchat", "chat", "hi", "-m", "m", "--base-url", server.url],
+                                capture_output=True, text=True, env=clean_env())  # fmt: skip
+        failure = subprocess.run([sys.executable, "-m", "batchchat", "chat", "fail", "-m", "m", "--base-url",
+                                  server.url], capture_output=True, text=True, env=clean_env())  # fmt: skip
+    assert answer.returncode == 0 and "hello" in answer.stdout and "bold" in answer.stdout
+    assert failure.returncode == 1 and "cleared your screen" in failure.stderr
+    for printed in (answer.stdout, answer.stderr, failure.stdout, failure.stderr):
+        assert "\x1b" not in printed and "\x07" not in printed and "\u202e" not in printed
+
+
+def test_a_complete_stream_is_kept_whatever_follows_it(tmp_path: Path) -> None:
+    async def sloppy(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "s-1", "object": "chat.completion.chunk", "model": "m"}
+        for chunk in ({**base, "choices": [{"index": 0, "delta": {"content": "whole answer"}, "finish_reason": None}]},
+                      {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}):  # fmt: skip
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b'data: {"choices": [{"delta": {"content": \n\n')  # garbage, then the line drops
+        request.transport.close()
+        return response
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    with HostileServer(sloppy) as server:
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", server.url, "--stream")
+    assert result.exit_code == 0, result.stderr
+    row = read_output(tmp_path / "out.csv")[0]
+    assert row["response"] == "whole answer" and row["attempts"] == "1" and row["total_tokens"] == "5"
+    assert len(server.requests) == 1  # kept, not paid for again
