@@ -42,6 +42,8 @@ PROVIDERS: dict[str, tuple[str | None, str | None]] = {
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
     "sim": (None, None),
 }
+# Read as the providers' SDKs read them: the base URL when neither a flag nor the job file sets one.
+URL_VARIABLES = {"together": "TOGETHER_BASE_URL", "openai": "OPENAI_BASE_URL"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Endpoint:
     provider: str = "together"
     base_url: str | None = None  # None only for provider "sim", whose URL exists once it starts
     api_key_env: str | None = None
+    base_url_env: str | None = None  # the environment variable the base URL came from, if it did
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -375,6 +378,12 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
         )
     default_url, default_env = PROVIDERS[provider]
     base_url = text(s.get("base_url"), at("base_url"))
+    url_env = URL_VARIABLES.get(provider)
+    if base_url is None and url_env and os.environ.get(url_env, "").strip():
+        base_url = os.environ[url_env].strip()
+        at = _naming("base_url", f"{url_env} (in the environment)", at)
+    else:
+        url_env = None
     key_env = text(s.get("api_key_env"), at("api_key_env"))
     if provider == "sim":
         if base_url is not None:
@@ -392,7 +401,8 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
                 "expected something like https://api.together.xyz/v1"
             )
         base_url = base_url.rstrip("/")
-    endpoint = Endpoint(provider=provider, base_url=base_url or default_url, api_key_env=key_env or default_env)
+    endpoint = Endpoint(provider=provider, base_url=base_url or default_url, api_key_env=key_env or default_env,
+                        base_url_env=url_env)  # fmt: skip
     if base_url is not None and urlparse(base_url).username is not None and endpoint.api_key():
         raise JobError(
             f"{at('base_url')} carries credentials (user:password@) and {endpoint.api_key_env} holds an API key: "
@@ -407,6 +417,11 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
             "offline"
         )
     return endpoint
+
+
+def _naming(key: str, name: str, at: Callable[[str], str]) -> Callable[[str], str]:
+    """``at``, but naming ``key`` as ``name`` (a setting that came from elsewhere)."""
+    return lambda other: name if other == key else at(other)
 
 
 def _stream(s: dict[str, Any], at: Callable[[str], str]) -> bool:

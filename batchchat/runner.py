@@ -399,7 +399,11 @@ def _restore_signals(loop: asyncio.AbstractEventLoop, installed: list[tuple[int,
 
 
 def endpoint_name(job: Job) -> str:
-    return "the built-in simulator" if job.endpoint.provider == "sim" else shown_url(str(job.endpoint.base_url))
+    endpoint = job.endpoint
+    if endpoint.provider == "sim":
+        return "the built-in simulator"
+    shown = shown_url(str(endpoint.base_url))
+    return f"{shown} (from {endpoint.base_url_env})" if endpoint.base_url_env else shown
 
 
 def _fatal_message(job: Job, error: RequestError) -> str:

@@ -111,3 +111,20 @@ def test_the_progress_bar_shows_rate_429s_retries_tokens_and_errors():
     assert live_counters(stats) == "rate=18.2/s 429s=12 retries=14 tokens=1,234 errors=1"
     stats.counters.rate = None
     assert live_counters(stats).startswith("rate=max ")
+
+
+def test_the_sdks_base_url_variables_are_read_and_flags_win(sim, tmp_path):
+    result = cli_subprocess("chat", "hi", "-m", "sim-chat", env={"TOGETHER_BASE_URL": sim.url})
+    assert result.returncode == 0, result.stderr
+    assert len(sim.requests) == 1  # went to the simulator, not to Together, and needed no key
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"]])
+    run = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--dry-run", env={"TOGETHER_BASE_URL": sim.url})
+    assert f"-> {sim.url} (from TOGETHER_BASE_URL)" in run.stdout
+    openai = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--provider", "openai", "--dry-run",
+                            env={"OPENAI_BASE_URL": sim.url, "TOGETHER_BASE_URL": "http://127.0.0.1:9/v1"})  # fmt: skip
+    assert f"-> {sim.url} (from OPENAI_BASE_URL)" in openai.stdout
+    flag = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--base-url", sim.url, "--dry-run",
+                          env={"TOGETHER_BASE_URL": "http://127.0.0.1:9/v1"})  # fmt: skip
+    assert f"-> {sim.url}\n" in flag.stdout
+    bad = cli_subprocess("run", "-i", source, "-m", "m", env={"TOGETHER_BASE_URL": "ftp://nowhere"})
+    assert bad.returncode == 2 and "TOGETHER_BASE_URL (in the environment): 'ftp://nowhere' is not an http(s) URL" in bad.stderr
