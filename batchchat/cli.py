@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 EXIT_JOB = 2
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused what the run wrote
 EXIT_INTERRUPTED = 130
-SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model"}
+# Settings whose flag is not --setting-name: a message names the flag the user typed.
+SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model", "models": "-m/--model",
+               "params": "--param", "simulator": "--sim", "variants": "--variant",
+               "option_columns": "--option-column", "json_schema": "--json-schema"}  # fmt: skip
 
 
 def say(text: str = "", err: bool = False, nl: bool = True) -> None:
@@ -42,17 +45,36 @@ def flag_name(key: str) -> str:
     return SHORT_FLAGS.get(key, "--" + key.replace("_", "-"))
 
 
-def parse_param(text: str) -> tuple[str, Any]:
+def parse_param(text: str, flag: str = "--param") -> tuple[str, Any]:
     """``KEY=VALUE``: VALUE as JSON when it parses (numbers, lists, objects), else as text."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--param")
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint=flag)
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
     return key, value
+
+
+def parse_pairs(text: str, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE,KEY=VALUE``; a comma inside brackets, braces or quotes belongs to its value."""
+    pairs: dict[str, Any] = {}
+    depth, quoted, start = 0, False, 0
+    for i, char in enumerate(text + ","):
+        if char == '"' and text[i - 1 : i] != "\\":
+            quoted = not quoted
+        elif not quoted and char in "[{":
+            depth += 1
+        elif not quoted and char in "]}":
+            depth -= 1
+        elif char == "," and not quoted and depth == 0:
+            if text[start:i].strip():
+                key, value = parse_param(text[start:i].strip(), flag)
+                pairs[key] = value
+            start = i + 1
+    return pairs
 
 
 class Batchchat(click.Group):
@@ -180,6 +202,22 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="After Ctrl-C or SIGTERM, how long requests in flight may finish [default: 10].",
 )
 @click.option(
+    "--variant",
+    "variants",
+    metavar="KEY=VALUE,...",
+    multiple=True,
+    help="Also send every row with these request options (name=... names it). Repeatable: "
+    "--variant temperature=0 --variant temperature=0.7.",
+)
+@click.option(
+    "--sim",
+    "sim_settings",
+    metavar="KEY=VALUE,...",
+    multiple=True,
+    help="A simulator setting, with --provider sim (latency_ms, jitter_ms, tokens_per_s, rpm, tpm, fault_rate, "
+    "seed, labels, invalid_rate). Repeatable.",
+)
+@click.option(
     "--option-column",
     "option_columns",
     metavar="NAME",
@@ -209,11 +247,12 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
     metavar="USD",
     help="Stop sending before this run would spend more (needs [prices] in the job file).",
 )
+@click.option("--limit", type=int, metavar="N", help="Only the first N input rows (a trial of a large job).")
 @click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
         models: tuple[str, ...], json_schema: str | None, dry_run: bool, quiet: bool, debug: bool,
-        **options: Any) -> None:  # fmt: skip
+        variants: tuple[str, ...], sim_settings: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Send every row of a table to a chat model and write the answers beside the input rows.
 
     JOB_FILE is an optional TOML job file; flags override what it sets.
@@ -240,8 +279,11 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
             )
         param_values = dict(parse_param(p) for p in params)
         options["option_columns"] = list(options["option_columns"]) or None
+        simulator = {k: v for text in sim_settings for k, v in parse_pairs(text, "--sim").items()}
         overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None,
-                     "model": _models(models), "json_schema": _json_schema(json_schema)}  # fmt: skip
+                     "model": _models(models), "json_schema": _json_schema(json_schema),
+                     "variants": [parse_pairs(text, "--variant") for text in variants] or None,
+                     "simulator": simulator or None}  # fmt: skip
         job = build_job(job_file, overrides, flag_name, check_key=not dry_run)
         if dry_run:
             from .dryrun import dry_run as plan_only

@@ -70,7 +70,7 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         raise TypeError("pass either a Job or settings, not both")
     if job.input is None:
         raise JobError("no input: pass -i/--input FILE or set 'input' in the job file")
-    source = open_source(job.input)
+    source = open_source(job.input, job.limit)
     output_schema(source, derived_columns(job))  # input columns that clash with output columns
     builder = RequestBuilder(job, source.columns, source.name)
     store: Journal | MemoryStore = MemoryStore()

@@ -143,6 +143,7 @@ class Job:
     scoring: Scoring = field(default_factory=Scoring)
     prices: tuple[tuple[str, Price], ...] = ()
     max_cost: float | None = None  # US dollars this run may spend
+    limit: int | None = None  # only the first input rows: a trial of a large job
 
     @property
     def model(self) -> str:
@@ -166,7 +167,7 @@ SETTINGS = (
     "concurrency", "rpm", "tpm", "max_attempts", "timeout", "stream", "stream_tokens", "dedup", "restart",
     "retry_errors", "grace", "simulator", "models", "variants", "option_columns", "options_column",
     "response_format", "json_schema", "labels", "invalid_retries", "expected_column", "score",
-    "turns_column", "prices", "max_cost",
+    "turns_column", "prices", "max_cost", "limit",
 )  # fmt: skip
 # Settings that say one thing two ways; the job file may use one while a flag sets the other.
 SAME_SETTING = {
@@ -217,6 +218,8 @@ def build_job(
             raise JobError(f"unknown setting {label(key)}{did_you_mean(key, SETTINGS)}")
         if key == "params":
             params.update(table(value, label(key)))
+        elif key == "simulator":  # setting by setting, over the job file's table
+            settings[key] = {**table(settings.get(key) or {}, where.get(key, key)), **table(value, label(key))}
         else:
             settings[key] = value
             for other in SAME_SETTING.get(key, ()):  # an override wins over the file's other spelling too
@@ -270,6 +273,8 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
 
     prompt = _prompt(s, where)
     endpoint = _endpoint(s, at, check_key)
+    if endpoint.provider != "sim" and s.get("simulator") and "'simulator' in" not in at("simulator"):
+        raise JobError(f"{at('simulator')} sets the built-in simulator, which only --provider sim uses")
     input_path = table_path(s.get("input"), at("input"), "input")
     output_path = table_path(s.get("output"), at("output"), "output")
     if input_path is not None and not input_path.exists():
@@ -329,6 +334,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         scoring=parse_scoring(s.get("expected_column"), s.get("score"), at),
         prices=prices,
         max_cost=max_cost,
+        limit=whole(s.get("limit"), at("limit"), 1),
     )
 
 

@@ -51,6 +51,7 @@ class Plan:
     assumed_endpoint: str | None = None  # set when this run made that assumption (said once)
     elsewhere: tuple[tuple[str, int], ...] = ()  # (endpoint, requests answered there, not here)
     damaged_records: int = 0  # journal records of the wrong shape or types, skipped
+    limit: int | None = None  # only the first input rows were taken (--limit)
 
     @property
     def shared_rows(self) -> int:
@@ -146,6 +147,7 @@ def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, o
         assumed_endpoint=store.assumed_endpoint,
         elsewhere=tuple(sorted(store.elsewhere.items())),
         damaged_records=store.invalid,
+        limit=job.limit,
     ), rows
 
 

@@ -41,7 +41,10 @@ def plan_lines(plan: Plan) -> list[str]:
         parts = [f"{plan.input_rows:,} rows", f"{plan.models} models" if plan.models > 1 else "",
                  f"{plan.variants} variants" if plan.variants else ""]  # fmt: skip
         fanout = f" ({' x '.join(p for p in parts if p)})"
-    lines = [f"{plan.rows:,} rows{fanout} from {plan.source} -> {plan.endpoint}"]
+    lines = [f"{plural(plan.rows, 'row')}{fanout} from {plan.source} -> {plan.endpoint}"]
+    if plan.limit is not None and plan.input_rows >= plan.limit:
+        lines.append(f"only the first {plural(plan.limit, 'input row')} (--limit); run without it to go on: "
+                     "what is answered now is not sent again")  # fmt: skip
     if plan.invalid_rows:
         more = ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
         shown = ", ".join(map(str, plan.first_invalid)) + more

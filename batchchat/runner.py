@@ -109,7 +109,7 @@ async def arun(
         raise JobError("no input: pass -i/--input FILE or set 'input' in the job file")
     if job.output is None:
         raise JobError("no output: pass -o/--output FILE or set 'output' in the job file")
-    source = open_source(job.input)
+    source = open_source(job.input, job.limit)
     typed = typed_output(job.output)
     schema = output_schema(source, derived_columns(job), typed)
     builder = RequestBuilder(job, source.columns, source.name)

@@ -58,11 +58,32 @@ class TableSource:
         """A batch of ``batches()`` with its columns as ``output_schema`` types them."""
         return batch
 
+    limit: int | None = None  # only the first rows (--limit): a trial of a large job
+
     def batches(self) -> Iterator[pa.RecordBatch]:
+        """The rows in order, in Arrow batches; no more than ``limit`` of them."""
+        left = self.limit
+        for batch in self._read_batches():
+            if left is not None:
+                if left <= 0:
+                    return
+                if batch.num_rows > left:
+                    batch = batch.slice(0, left)
+                left -= batch.num_rows
+            yield batch
+
+    def _read_batches(self) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
 
 
-def open_source(path: Path) -> TableSource:
+def open_source(path: Path, limit: int | None = None) -> TableSource:
+    """The input file ``path``; ``limit``: only its first rows."""
+    source = _open(path)
+    source.limit = limit
+    return source
+
+
+def _open(path: Path) -> TableSource:
     suffix = path.suffix.lower()
     if not path.is_file():
         raise JobError(f"input {path} does not exist or is not a file")
@@ -89,7 +110,7 @@ class ArrowSource(TableSource):
         super().__init__(table.schema, name)
         self._table = table
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def _read_batches(self) -> Iterator[pa.RecordBatch]:
         yield from self._table.to_batches(max_chunksize=BATCH_ROWS)
 
 
@@ -108,13 +129,10 @@ class FileSource(TableSource):
         self._digest: bytes | None = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        for batch in self._read_batches():
+        for batch in super().batches():
             self.check()
             yield batch
         self.check()
-
-    def _read_batches(self) -> Iterator[pa.RecordBatch]:
-        raise NotImplementedError
 
     def check(self) -> None:
         """Raise ``InputChanged`` if the file is no longer the one opened."""

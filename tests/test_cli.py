@@ -128,3 +128,41 @@ def test_the_sdks_base_url_variables_are_read_and_flags_win(sim, tmp_path):
     assert f"-> {sim.url}\n" in flag.stdout
     bad = cli_subprocess("run", "-i", source, "-m", "m", env={"TOGETHER_BASE_URL": "ftp://nowhere"})
     assert bad.returncode == 2 and "TOGETHER_BASE_URL (in the environment): 'ftp://nowhere' is not an http(s) URL" in bad.stderr
+
+
+def test_a_limit_tries_the_first_rows_and_a_run_without_it_goes_on(sim, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"q{i}"] for i in range(50)])
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "-m", "sim-chat-large", "--base-url", sim.url)
+    dry = cli("run", *common, "--limit", "20", "--dry-run")
+    assert "40 rows (20 rows x 2 models)" in dry.stdout and "40 requests to send" in dry.stdout
+    trial = cli("run", *common, "--limit", "20")
+    assert trial.exit_code == 0, trial.stderr
+    assert "only the first 20 input rows (--limit)" in trial.stderr
+    rows = read_output(output)
+    assert len(rows) == 40 and [r["prompt"] for r in rows[::2]] == [f"q{i}" for i in range(20)]
+    assert len(sim.requests) == 40  # every model for each of the 20 rows
+    whole = cli("run", *common)
+    assert whole.exit_code == 0 and len(read_output(output)) == 100
+    assert len(sim.requests) == 100  # the first 20 rows were not paid for twice
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "in.csv"\noutput = "j.csv"\nmodel = "sim-chat"\nbase_url = "{sim.url}"\nlimit = 3\n')
+    assert cli("run", job).exit_code == 0 and len(read_output(tmp_path / "j.csv")) == 3
+    assert cli("run", job, "--limit", "0").exit_code == 2
+
+
+def test_variants_and_simulator_settings_from_flags(tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--provider", "sim",
+                 "--variant", "temperature=0", "--variant", 'name=hot,temperature=0.7,stop=["\\n", ","]',
+                 "--sim", "latency_ms=5,seed=3", "--sim", 'labels=["yes", "no"]', "--labels", "yes,no")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    rows = read_output(output)
+    assert [(r["prompt"], r["variant"]) for r in rows] == [
+        ("a", "temperature=0"), ("a", "hot"), ("b", "temperature=0"), ("b", "hot")]
+    assert {r["label"] for r in rows} <= {"yes", "no"}
+    wrong = cli("run", "-i", source, "-m", "m", "--base-url", "http://127.0.0.1:9/v1", "--sim", "latency_ms=5")
+    assert wrong.exit_code == 2 and "--sim sets the built-in simulator, which only --provider sim uses" in wrong.stderr
+    bad = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--variant", "temperature")
+    assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.stderr
