@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import click
 
 from . import __version__
 from .errors import BatchchatError, Interrupted, StorageError
-from .report import dry_run_text, live_counters, plan_lines, printable, summary_text
+from .report import dry_run_text, live_counters, plan_lines, printable, progress_line, summary_text
 
 if TYPE_CHECKING:
     from .records import RowOutcome
@@ -250,9 +251,17 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--limit", type=int, metavar="N", help="Only the first N input rows (a trial of a large job).")
 @click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(0.05),
+    default=30.0,
+    metavar="SECONDS",
+    help="Without a terminal (cron, nohup, CI), print a progress line this often [default: 30].",
+)
 def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
         models: tuple[str, ...], json_schema: str | None, dry_run: bool, quiet: bool, debug: bool,
-        variants: tuple[str, ...], sim_settings: tuple[str, ...], **options: Any) -> None:  # fmt: skip
+        variants: tuple[str, ...], sim_settings: tuple[str, ...], progress_every: float,
+        **options: Any) -> None:  # fmt: skip
     """Send every row of a table to a chat model and write the answers beside the input rows.
 
     JOB_FILE is an optional TOML job file; flags override what it sets.
@@ -266,7 +275,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     Exit codes: 0 every row ok, 1 some rows ended in error (or stayed pending at --max-cost),
     2 the job could not run, 130 stopped by Ctrl-C or SIGTERM.
     """
-    observer = Progress(quiet)
+    observer = Progress(quiet, progress_every)
     stop_on_sigterm()  # before anything takes the lock: a SIGTERM now stops as cleanly as Ctrl-C
     try:
         from .job import build_job
@@ -295,6 +304,8 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         finally:
             observer.close()
     except Interrupted as e:  # Ctrl-C or SIGTERM: finished work was kept
+        if e.result is not None and not quiet:
+            say(summary_text(e.result, finished=False), err=True)
         say(f"batchchat: {e}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except StorageError as e:  # disk full or read-only: not "nothing changed", so not exit 2
@@ -365,26 +376,47 @@ def _fail(message: str, debug: bool, code: int = EXIT_JOB) -> NoReturn:
 
 
 class Progress:
-    """Progress bar on stderr, only when stderr is a terminal and the user did not ask for quiet."""
+    """Progress on stderr unless quiet: a bar on a terminal; elsewhere (cron, nohup, CI logs) one
+    plain line every ``every_s`` seconds, from a thread, so a log shows the run alive even while
+    no request finishes."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, every_s: float = 30.0) -> None:
         self.quiet = quiet
+        self.every_s = every_s
         self.bar: Any = None
         self._next_postfix = 0.0
         self.answered = 0  # requests this run finished
+        self.stats: Stats | None = None
+        self._plan: Plan | None = None
+        self._began = 0.0
+        self._done = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def started(self, plan: Plan) -> None:
         if self.quiet:
             return
         for line in plan_lines(plan):
             say(f"batchchat: {line}", err=True)
-        if sys.stderr.isatty() and plan.to_send:
+        if not plan.to_send:
+            return
+        if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=plan.to_send, unit="req", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        else:
+            self._plan, self._began = plan, time.monotonic()
+            self._ticker = threading.Thread(target=self._tick, name="batchchat-progress", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._done.wait(self.every_s):
+            assert self._plan is not None
+            say(f"batchchat: {progress_line(self._plan.to_send, self.stats, time.monotonic() - self._began)}",
+                err=True)  # fmt: skip
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
         self.answered += 1
+        self.stats = stats
         bar = self.bar
         if bar is None:
             return
@@ -404,6 +436,10 @@ class Progress:
         )
 
     def close(self) -> None:
+        self._done.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -98,7 +98,12 @@ def _storage_word(error: OSError) -> str:
 
 
 class Interrupted(BatchchatError):
-    """The run was stopped before it finished; the message says what was kept and how to resume."""
+    """The run was stopped before it finished; the message says what was kept and how to resume.
+    ``result`` is what the run did until then (its summary, and the output or frame written)."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class RequestError(BatchchatError):

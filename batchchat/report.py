@@ -84,9 +84,9 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def plural(count: int, noun: str) -> str:
-    """``1 row``, ``2 rows``, ``1,000 rows``."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 row``, ``2 rows``, ``1,000 rows`` (``nouns`` where adding an s is wrong)."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {nouns or noun + 's'}"
 
 
 def endpoint_label(identity: str) -> str:
@@ -104,14 +104,39 @@ def live_counters(stats: Stats) -> str:
     return text
 
 
-def summary_text(result: RunResult) -> str:
+def progress_line(total: int, stats: Stats | None, elapsed_s: float) -> str:
+    """One plain line of progress, for logs: requests done, rate, trouble, tokens, cost, time left."""
+    done = stats.done if stats is not None else 0
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    line = f"progress: {done:,} of {plural(total, 'request')} ({done / max(total, 1):.0%}), {rate:,.1f}/s"
+    if stats is not None:
+        c = stats.counters
+        line += (f"; {plural(c.rate_limited, '429')}, {plural(c.retries, 'retry', 'retries')}, "
+                 f"{plural(stats.errors, 'error')}; {plural(stats.tokens, 'token')}")  # fmt: skip
+        if stats.cost is not None:
+            line += f"; cost {money(stats.cost)}"
+    if 0 < done < total and rate > 0:
+        line += f"; about {duration((total - done) / rate)} left"
+    return line
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def summary_text(result: RunResult, finished: bool = True) -> str:
+    """The summary of a run; ``finished=False`` for one that was stopped."""
     s = result.summary
-    status = f"{s.ok:,} ok, {s.errors:,} error"
+    status = f"{s.ok:,} ok, {plural(s.errors, 'error')}"
     if s.error_types:
         status += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
     if s.pending:
         status += f", {s.pending:,} pending"
-    lines = [f"done: {s.rows:,} rows: {status}"]
+    lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
     if s.requests == 0:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
@@ -139,7 +164,8 @@ def summary_text(result: RunResult) -> str:
             f"stopped at the cost cap: spent {money(s.cost)} of {money(s.cost_cap)} this run; the "
             f"{s.pending:,} rows not sent are 'pending'; run again to continue (each run may spend up to --max-cost)"
         )
-    lines.append(f"output: {result.output}")
+    if result.output is not None:
+        lines.append(f"output: {result.output}")
     return "\n".join(lines)
 
 

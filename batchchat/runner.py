@@ -250,14 +250,16 @@ async def _run_file(
     wall = time.perf_counter() - started
     resume = f"run the same command again to resume: the {len(journal):,} requests in {journal.path} are not sent again"
     if ending == "at once":
-        raise Interrupted(f"stopped at once; the output was not written; {resume}")
+        raise Interrupted(f"stopped at once; the output was not written; {resume}",
+                          RunResult(None, stats.summary(wall, RowTally(), streamed=job.stream)))  # fmt: skip
     tally = write()
+    summary = stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending == "budget", streamed=job.stream)
     if ending == "stopped":
         raise Interrupted(
             f"stopped: {_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; "
-            f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}"
+            f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}",
+            RunResult(output, summary),
         )
-    summary = stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending == "budget", streamed=job.stream)
     return RunResult(output, summary)
 
 

@@ -1,5 +1,6 @@
 """The command line: exit codes, messages, summary, and files left alone when a run cannot start."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def test_all_rows_ok_exits_0_and_the_summary_names_the_output(sim, prompts, tmp_
     output = tmp_path / "answers.csv"
     result = cli("run", "-i", prompts, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
     assert result.exit_code == 0, result.stderr
-    assert "done: 2 rows" in result.stderr and "2 ok, 0 error" in result.stderr
+    assert "done: 2 rows" in result.stderr and "2 ok, 0 errors" in result.stderr
     assert f"output: {output}" in result.stderr
     assert "tokens this run:" in result.stderr and "latency: p50" in result.stderr
     assert len(read_output(output)) == 2
@@ -166,3 +167,16 @@ def test_variants_and_simulator_settings_from_flags(tmp_path):
     assert wrong.exit_code == 2 and "--sim sets the built-in simulator, which only --provider sim uses" in wrong.stderr
     bad = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--variant", "temperature")
     assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.stderr
+
+
+def test_without_a_terminal_progress_is_a_plain_line_at_a_steady_interval(sim_factory, tmp_path):
+    server = sim_factory(latency_ms=50)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"q{i}"] for i in range(60)])
+    result = cli_subprocess("run", "-i", source, "-m", "sim-chat", "--base-url", server.url, "--concurrency", "2",
+                            "--progress-every", "0.3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("batchchat: progress: ")]
+    assert len(lines) >= 3
+    assert re.match(r"batchchat: progress: [\d,]+ of 60 requests \(\d+%\), [\d.,]+/s; \d+ 429s, \d+ retries, "
+                    r"\d+ errors; [\d,]+ tokens(; about .+ left)?$", lines[-1]), lines[-1]  # fmt: skip
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr  # no bar drawn into a log

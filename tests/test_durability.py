@@ -88,6 +88,9 @@ def test_ctrl_c_lets_requests_in_flight_finish_keeps_everything_and_resumes(sim_
     assert len(rows) == 120 and {r["status"] for r in rows} == {"ok", "pending"}
     assert len(finished) == server.stats()["answered"]  # every answer the server gave was kept
     assert f"{len(finished)} of 120 rows finished" in stderr
+    # the summary comes as at the end of a run: what was done, tokens, then how to resume
+    assert f"stopped: 120 rows: {len(finished)} ok, 0 errors, {120 - len(finished)} pending" in stderr
+    assert "tokens this run:" in stderr and stderr.index("tokens this run:") < stderr.index("to resume")
     # a pending row has no answer, but says which model it waits for
     assert all(r["response"] is None and r["model"] == "sim-chat" for r in rows if r["status"] == "pending")
     resumed = start(source, output, server.url)
