@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
 from .errors import INVALID_LABEL, INVALID_OUTPUT
-from .jobparts import Answers, Scoring, normalize_label
+from .jobparts import Answers, Price, Scoring, normalize_label
 from .records import ERROR, OK, PENDING, RowOutcome
 from .schema import json_equal, output_fields, validate
 from .template import cell_text
@@ -38,6 +38,8 @@ def parse_json_answer(text: str | None) -> Any:
         return json.loads(fenced.group(1) if fenced else text)
     except json.JSONDecodeError as e:
         raise NotJSON(f"the answer is not valid JSON ({e.msg} at character {e.pos + 1})") from None
+    except RecursionError:
+        raise NotJSON("the answer is JSON nested too deeply to read") from None
 
 
 def match_label(text: str | None, labels: Sequence[str]) -> str | None:
@@ -88,7 +90,10 @@ class AnswerCheck:
                 value = parse_json_answer(content)
             except NotJSON as e:
                 return INVALID_OUTPUT, str(e)
-            problem = validate(value, answers.schema) if answers.schema is not None else None
+            try:
+                problem = validate(value, answers.schema) if answers.schema is not None else None
+            except RecursionError:
+                problem = "nested too deeply to check"
             if problem is None and answers.schema is None and not isinstance(value, dict):
                 problem = "expected a JSON object"
             if problem:
@@ -111,6 +116,7 @@ class Derived:
     scoring: Scoring
     variants: bool
     transcripts: bool
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     @cached_property
     def out_fields(self) -> tuple[tuple[str, str], ...]:
@@ -127,7 +133,20 @@ class Derived:
             columns.append(("score", "float64"))
         if self.transcripts:
             columns.append(("transcript", "string"))
+        columns.append(("cost", "float64"))
         return columns
+
+    def cost(self, outcome: RowOutcome, model: str, shared: bool) -> float | None:
+        """US dollars this row's answers cost (re-asks and turns included); None without a price,
+        or when the server did not say how many tokens; 0 for a row that took the answer of an
+        identical row (paid once, so the column sums to what was paid) or got no answer."""
+        price = self.prices.get(model)
+        if price is None:
+            return None
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        if prompt is None and completion is None:
+            return None if outcome.status == OK and outcome.response is not None else 0.0
+        return 0.0 if shared else price.cost(prompt or 0, completion or 0)
 
     def values(self, status: str | None, response: str | None, error_type: str | None, expected: Any) -> dict[str, Any]:
         """The derived cells of one output row (the variant and transcript are the caller's)."""
@@ -141,7 +160,10 @@ class Derived:
                 parsed = None
             for name, kind in self.out_fields:
                 value = parsed.get(name) if isinstance(parsed, dict) else None
-                cells[f"out_{name}"] = _cell(value, _KINDS.get(kind, "string"))
+                try:
+                    cells[f"out_{name}"] = _cell(value, _KINDS.get(kind, "string"))
+                except RecursionError:  # nested past writing as JSON text
+                    cells[f"out_{name}"] = None
         label = match_label(response, self.answers.labels) if ok and self.answers.labels else None
         if self.answers.labels:
             cells["label"] = label
@@ -213,7 +235,7 @@ def score(method: str, answer: str | None, expected: Any, *, labels: bool = Fals
         try:
             want = json.loads(expected) if isinstance(expected, str) else expected
             return json_equal(parse_json_answer(answer), want)
-        except (NotJSON, json.JSONDecodeError):
+        except (NotJSON, json.JSONDecodeError, RecursionError):
             return False
     text = cell_text(expected)
     if method == "exact":

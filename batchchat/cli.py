@@ -33,7 +33,7 @@ EXIT_INTERRUPTED = 130
 # Settings whose flag is not --setting-name: a message names the flag the user typed.
 SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model", "models": "-m/--model",
                "params": "--param", "simulator": "--sim", "variants": "--variant",
-               "option_columns": "--option-column", "json_schema": "--json-schema"}  # fmt: skip
+               "option_columns": "--option-column", "json_schema": "--json-schema", "prices": "--price"}  # fmt: skip
 
 
 def say(text: str = "", err: bool = False, nl: bool = True) -> None:
@@ -53,10 +53,27 @@ def parse_param(text: str, flag: str = "--param") -> tuple[str, Any]:
     if not sep or not key:
         raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint=flag)
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError):
         value = raw
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: NaN and Infinity are not JSON numbers", param_hint=flag) from None
     return key, value
+
+
+def _no_constant(name: str) -> None:
+    """NaN and Infinity are not JSON, and no server reads them."""
+    raise ValueError(name)
+
+
+def parse_price(text: str) -> tuple[str, dict[str, Any]]:
+    """``MODEL=IN,OUT``: US dollars per million input and output tokens (a model name may hold '=')."""
+    model, sep, pair = text.rpartition("=")
+    parts = pair.split(",")
+    if not sep or not model.strip() or len(parts) != 2:
+        raise click.BadParameter(f"expected MODEL=IN,OUT (dollars per million tokens), got {text!r}",
+                                 param_hint="--price")  # fmt: skip
+    return model.strip(), {"input": parts[0].strip(), "output": parts[1].strip()}
 
 
 def parse_pairs(text: str, flag: str) -> dict[str, Any]:
@@ -243,10 +260,18 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="How answers are compared with the expected column [default: exact].",
 )
 @click.option(
+    "--price",
+    "price_flags",
+    metavar="MODEL=IN,OUT",
+    multiple=True,
+    help="US dollars per million input and output tokens of MODEL, over the job file's and the catalogue's. "
+    "Repeatable.",
+)
+@click.option(
     "--max-cost",
     type=float,
     metavar="USD",
-    help="Stop sending before this run would spend more (needs [prices] in the job file).",
+    help="Stop sending before this run would spend more (needs a price for every model, and --max-tokens).",
 )
 @click.option("--limit", type=int, metavar="N", help="Only the first N input rows (a trial of a large job).")
 @click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
@@ -261,7 +286,7 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
         models: tuple[str, ...], json_schema: str | None, dry_run: bool, quiet: bool, debug: bool,
         variants: tuple[str, ...], sim_settings: tuple[str, ...], progress_every: float,
-        **options: Any) -> None:  # fmt: skip
+        price_flags: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Send every row of a table to a chat model and write the answers beside the input rows.
 
     JOB_FILE is an optional TOML job file; flags override what it sets.
@@ -292,7 +317,8 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None,
                      "model": _models(models), "json_schema": _json_schema(json_schema),
                      "variants": [parse_pairs(text, "--variant") for text in variants] or None,
-                     "simulator": simulator or None}  # fmt: skip
+                     "simulator": simulator or None,
+                     "prices": dict(parse_price(text) for text in price_flags) or None}  # fmt: skip
         job = build_job(job_file, overrides, flag_name, check_key=not dry_run)
         if dry_run:
             from .dryrun import dry_run as plan_only
@@ -363,6 +389,8 @@ def _json_schema(value: str | None) -> dict[str, Any] | None:
         schema = json.loads(text)
     except json.JSONDecodeError as e:
         raise BatchchatError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise BatchchatError(f"{where}: nested too deeply to read") from None
     if not isinstance(schema, dict):
         raise BatchchatError(f"{where}: a schema is a JSON object, got {type(schema).__name__}")
     return schema
@@ -530,8 +558,11 @@ async def _turn(conversation: Any, text: str) -> int:
     from .retry import is_fatal
 
     streaming = conversation.client.stream
+    shown = False
 
     def show(piece: str) -> None:
+        nonlocal shown
+        shown = True
         say(piece, nl=False)
         sys.stdout.flush()
 
@@ -547,7 +578,8 @@ async def _turn(conversation: Any, text: str) -> int:
             say()
         say(f"batchchat: error: {error.error_type}: {error.message}", err=True)
         return EXIT_JOB if is_fatal(error) else 1
-    say("" if streaming else (result.content or ""))
+    # a server that ignored the stream request answered whole: print it whole
+    say("" if streaming and shown else (result.content or ""))
     return 0
 
 

@@ -78,12 +78,14 @@ class ChatClient:
                 "the base URL carries credentials (user:password@) and an API key is set too; both would be the "
                 "Authorization header: keep one (drop them from the URL, or unset the key variable)"
             )
+        token = None
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         elif user is not None:
             token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
             headers["Authorization"] = f"Basic {token}"
-        self._secrets = tuple(sorted({s for s in (api_key, password) if s}, key=len, reverse=True))
+        # Longest first, so a secret holding another is replaced whole.
+        self._secrets = tuple(sorted({s for s in (api_key, password, token) if s}, key=len, reverse=True))
         self._headers = headers
         self.stream = stream
         self.stream_usage = stream_usage
@@ -112,13 +114,20 @@ class ChatClient:
 
     async def complete(self, request: ChatRequest, on_text: Callable[[str], None] | None = None) -> ChatResult:
         """One attempt. With streaming, ``on_text`` gets each piece of the answer as it arrives."""
+        shown = Redacting(on_text, self._secrets, self.redact) if on_text is not None and self._secrets else None
         try:
-            result = await self._attempt(request, on_text)
+            result = await self._attempt(request, shown.feed if shown is not None else on_text)
         except E.RequestError as error:
             raise self._redacted_error(error) from None
-        content = result.content
-        if content is not None and any(secret in content for secret in self._secrets):
-            result = replace(result, content=self.redact(content, bearer=False))
+        finally:
+            if shown is not None:
+                shown.flush()
+        if self._secrets:  # every text the server chose; the key must not reach the output through any
+            texts = {name: getattr(result, name) for name in ("content", "finish_reason", "request_id", "model")}
+            dirty = {name: self.redact(text, bearer=False) for name, text in texts.items()
+                     if text is not None and any(secret in text for secret in self._secrets)}  # fmt: skip
+            if dirty:
+                result = replace(result, **dirty)
         return result
 
     def redact(self, text: str, *, bearer: bool = True) -> str:
@@ -174,6 +183,30 @@ class ChatClient:
         if status != 200:
             raise status_error(status, body_bytes, content_type, headers)
         return parse_completion(body_bytes, latency, headers)
+
+
+class Redacting:
+    """Pieces of a streamed answer, passed on with the secrets redacted. The tail that could be
+    the start of a secret split across two pieces is held back until the next piece (or the end)."""
+
+    def __init__(self, show: Callable[[str], None], secrets: tuple[str, ...],
+                 redact: Callable[..., str]) -> None:  # fmt: skip
+        self.show = show
+        self.redact = redact
+        self.hold = max(len(secret) for secret in secrets) - 1
+        self.pending = ""
+
+    def feed(self, piece: str) -> None:
+        text = self.redact(self.pending + piece, bearer=False)
+        cut = max(len(text) - self.hold, 0)
+        self.pending = text[cut:]
+        if cut:
+            self.show(text[:cut])
+
+    def flush(self) -> None:
+        if self.pending:
+            self.show(self.redact(self.pending, bearer=False))
+            self.pending = ""
 
 
 async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
@@ -284,7 +317,7 @@ class StreamAssembly:
             return
         try:
             chunk = json.loads(event.data)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             chunk = None
         if not isinstance(chunk, dict):
             raise E.RequestError(
@@ -363,7 +396,7 @@ def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] |
     """A 200 answer; anything that is not a well-formed completion is a retryable bad response."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise E.RequestError(
             E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {_snippet(body)}", status=200, retryable=True
         ) from None
@@ -421,7 +454,7 @@ def status_error(status: int, body: bytes, content_type: str, headers: Mapping[s
     if "html" not in content_type.lower():
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             data = None
     if isinstance(data, dict) and "error" in data:
         detail = _error_message(data)

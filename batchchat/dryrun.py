@@ -14,6 +14,7 @@ from .cost import estimate, likely
 from .errors import JobError
 from .files import OutputFiles
 from .job import Job, build_job
+from .jobparts import Price
 from .journal import Journal, MemoryStore
 from .passes import Plan, derived_columns
 from .passes import plan as make_plan
@@ -45,6 +46,7 @@ class DryRun:
     messages_from: str = ""  # which settings and columns make each row's messages
     likely_prompt_tokens: int = 0  # characters / 4: what typical text takes (the groups hold upper bounds)
     completion_bounded: bool = True  # max_tokens is set, so completion estimates are upper bounds
+    prices: tuple[tuple[str, Price], ...] = ()  # of the models asked
 
     @property
     def prompt_tokens(self) -> int:
@@ -101,4 +103,5 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         price = job.price(model)
         cost = price.cost(prompt, completion) if price is not None else None
         groups.append(GroupEstimate(model, variant, count, prompt, completion, cost))
-    return DryRun(plan, tuple(groups), first, job.endpoint.missing_key, builder.describe(), likely_tokens, bounded)
+    return DryRun(plan, tuple(groups), first, job.endpoint.missing_key, builder.describe(), likely_tokens, bounded,
+                  job.prices)  # fmt: skip

@@ -81,6 +81,8 @@ class StorageError(BatchchatError):
         if what == "the journal":
             after = ("the run stopped; the answers journaled before are kept and not sent again (those in flight "
                      "were lost); make room and run the same command again")  # fmt: skip
+        elif what != "the output":
+            after = "nothing was sent; make room and run again"
         else:
             after = ("the output was left as it was, and every answer is in the journal; make room and run the "
                      "same command again: nothing is sent again")  # fmt: skip

@@ -9,6 +9,7 @@ link planted at one of those names cannot make batchchat write through it to ano
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from .errors import JobError
 
 TEMP_SUFFIX = ".tmp"
+PROBE_BYTES = 64 * 1024  # written (and removed) before the first request: room for the first records
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,10 @@ class OutputFiles:
         if self.target.exists() and not self.target.is_file():
             raise JobError(f"the output {self.output} exists and is not a regular file; choose another -o/--output")
         for path, what in ((self.journal, "journal"), (self.lock, "lock")):
-            if path.is_symlink() or (path.exists() and not path.is_file()):
+            if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_nlink > 1)):
                 raise JobError(
-                    f"{path} (the output's {what}) is a symlink or not a regular file; batchchat will not write "
-                    "through it: remove it, or choose another -o/--output"
+                    f"{path} (the output's {what}) is a symlink, a hard link or not a regular file; batchchat "
+                    "will not write through it to another file: remove it, or choose another -o/--output"
                 )
         folder = self.target.parent
         try:
@@ -69,8 +71,16 @@ class OutputFiles:
                 f"cannot write in the output folder {folder} ({e.strerror}); fix its permissions or choose "
                 "another -o/--output"
             ) from None
-        os.close(handle)
-        os.unlink(probe)
+        try:  # a disk with no room for a few records would take the first answers and keep none
+            os.write(handle, bytes(PROBE_BYTES))
+            os.fsync(handle)
+        except OSError as e:
+            raise JobError(
+                f"the output folder {folder} has no room ({e.strerror}); make room or choose another -o/--output"
+            ) from None
+        finally:
+            os.close(handle)
+            os.unlink(probe)
 
     def remove_stale_temps(self) -> int:
         """Temporary files left by runs that died while writing this output (call with the lock
@@ -89,20 +99,21 @@ class OutputFiles:
         with the permissions the output has (or would get) so replacing it keeps them."""
         handle, name = tempfile.mkstemp(dir=self.target.parent, prefix=self.temp_prefix, suffix=TEMP_SUFFIX)
         try:
-            os.fchmod(handle, self._mode())
+            try:
+                old = os.stat(self.target)
+            except FileNotFoundError:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(handle, 0o666 & ~umask)
+            else:
+                with contextlib.suppress(PermissionError):  # only root may give a file away
+                    os.fchown(handle, old.st_uid, old.st_gid)
+                os.fchmod(handle, stat.S_IMODE(old.st_mode))
         except OSError:
             os.close(handle)
             os.unlink(name)
             raise
         return handle, Path(name)
-
-    def _mode(self) -> int:
-        try:
-            return stat.S_IMODE(os.stat(self.target).st_mode)
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            return 0o666 & ~umask
 
 
 def glob_escape(text: str) -> str:
@@ -110,12 +121,17 @@ def glob_escape(text: str) -> str:
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` that refuses a symlink at ``path`` (ELOOP), with a message that says so."""
+    """``os.open`` that refuses a symlink at ``path`` (ELOOP) and, for writing, a hard link (a
+    second name of another file), with a message that says so."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        handle = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as e:
         if path.is_symlink():
             raise JobError(
                 f"{path} is a symlink; batchchat will not write through it to another file: remove it"
             ) from None
         raise e
+    if flags & (os.O_WRONLY | os.O_RDWR) and os.fstat(handle).st_nlink > 1:
+        os.close(handle)
+        raise JobError(f"{path} is a hard link to another file; batchchat will not write through it: remove it")
+    return handle

@@ -33,6 +33,7 @@ from .jobparts import (
     parse_scoring,
     parse_variants,
 )
+from .prices import prices_for
 from .records import SimConfig
 from .template import parse_template
 from .values import boolean, did_you_mean, flag, number, table, table_path, text, whole
@@ -68,9 +69,10 @@ class Endpoint:
     base_url_env: str | None = None  # the environment variable the base URL came from, if it did
 
     def api_key(self) -> str | None:
+        """The key, without the spaces or line break a file it was read from may leave around it."""
         if not self.api_key_env:
             return None
-        return os.environ.get(self.api_key_env) or None
+        return (os.environ.get(self.api_key_env) or "").strip() or None
 
     @property
     def missing_key(self) -> str | None:
@@ -218,7 +220,7 @@ def build_job(
             raise JobError(f"unknown setting {label(key)}{did_you_mean(key, SETTINGS)}")
         if key == "params":
             params.update(table(value, label(key)))
-        elif key == "simulator":  # setting by setting, over the job file's table
+        elif key in ("simulator", "prices"):  # entry by entry, over the job file's table
             settings[key] = {**table(settings.get(key) or {}, where.get(key, key)), **table(value, label(key))}
         else:
             settings[key] = value
@@ -288,7 +290,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         if not parent.is_dir():
             raise JobError(f"output folder {parent} does not exist; create it or choose another -o/--output")
 
-    prices = parse_prices(s.get("prices"), at("prices"))
+    prices = tuple(prices_for(models, dict(parse_prices(s.get("prices"), at("prices"))), endpoint.base_url).items())
     variants = parse_variants(s.get("variants"), at("variants"))
     max_cost = number(s.get("max_cost"), at("max_cost"), 0.0)
     if max_cost is not None:
@@ -296,7 +298,8 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         if unpriced:
             raise JobError(
                 f"{at('max_cost')} needs the price of every model, and {', '.join(map(repr, unpriced))} has "
-                'none; add [prices] to the job file: "MODEL" = { input = USD, output = USD } per million tokens'
+                'none; pass --price MODEL=IN,OUT, or add [prices] to the job file: "MODEL" = { input = USD, '
+                "output = USD } per million tokens"
             )
         if "max_tokens" not in params and not (variants and all("max_tokens" in dict(v.params) for v in variants)):
             raise JobError(
@@ -415,6 +418,10 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
             "both would be the Authorization header; keep one (drop them from the URL, or name an unset "
             "variable with --api-key-env)"
         )
+    key = endpoint.api_key()
+    if key is not None and (not key.isprintable() or any(char.isspace() for char in key)):
+        raise JobError(f"the API key in {endpoint.api_key_env} holds spaces or control characters (a line break "
+                       "copied with it?); set it to the key alone")  # fmt: skip
     missing = endpoint.missing_key
     if check_key and missing:
         raise JobError(

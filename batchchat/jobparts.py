@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import JobError
@@ -78,21 +79,71 @@ class Scoring:
 
 @dataclass(frozen=True)
 class Price:
-    """US dollars per million tokens."""
+    """US dollars per million tokens; ``source`` says where the price came from."""
 
     input: float
     output: float
+    source: str = field(default="job", compare=False)
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
 
 
+def _positive_int(value: Any) -> str | None:
+    return (
+        None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else "must be a whole number of at least 1"
+    )
+
+
+def _number_in(low: float, high: float | None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value
+        ok = ok and (high is None or value <= high)
+        return None if ok else f"must be a number from {low:g}" + (f" to {high:g}" if high is not None else "")
+
+    return check
+
+
+OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "max_tokens": _positive_int,
+    "temperature": _number_in(0.0, None),
+    "top_p": _number_in(0.0, 1.0),
+}
+
+
+def finite(value: Any) -> bool:
+    """Whether a JSON value holds no NaN or infinity (no server reads them; JSON has none)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(finite(v) for v in value)
+    return True
+
+
+def check_fields(fields: Iterable[str], at: str) -> None:
+    """None of the request fields batchchat sets itself."""
+    for key in fields:
+        if key in RESERVED_PARAMS:
+            raise JobError(f"request option '{key}' cannot be set ({at}): {RESERVED_PARAMS[key]}")
+
+
 def check_params(params: Mapping[str, Any], at: str) -> None:
-    for key, why in RESERVED_PARAMS.items():
-        if key in params:
-            raise JobError(f"request option '{key}' cannot be set ({at}): {why}")
+    """Request options set for the whole job (``--param``, ``[params]``, a variant): not the
+    fields batchchat sets itself, and the common ones within their bounds (a cost cap relies on a
+    whole ``max_tokens``)."""
+    check_fields(params, at)
     if params.get("n", 1) != 1:
         raise JobError(f"request option n={params['n']!r} ({at}): batchchat keeps one answer per row, so n must be 1")
+    for key, value in params.items():
+        problem = OPTION_CHECKS[key](value) if key in OPTION_CHECKS else None
+        if problem is None and not finite(value):
+            problem = "must be a finite number (NaN and Infinity are not JSON)"
+        if problem:
+            raise JobError(f"request option '{key}' ({at}) {problem}, got {value!r}")
 
 
 def parse_models(model: Any, models: Any, at: Callable[[str], str]) -> tuple[str, ...]:
@@ -148,7 +199,7 @@ def parse_row_options(columns: Any, json_column: Any, at: Callable[[str], str]) 
             pairs = [(field, text(column, f"{where}.{field}") or "") for field, column in table(columns, where).items()]
         else:
             raise JobError(f"{where} must be a list of column names or a table of field = column, got {columns!r}")
-        check_params(dict(pairs), where)
+        check_fields((field for field, _ in pairs), where)
     return RowOptions(tuple(pairs), text(json_column, at("options_column")))
 
 

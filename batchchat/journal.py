@@ -109,6 +109,7 @@ class Journal:
         self.elsewhere: dict[str, int] = {}  # endpoint -> keys answered there and not here
         self._file: IO[bytes] | None = None  # opened by the first record: a run that sends nothing writes nothing
         self._scoped = False  # whether this run's scope line is written
+        self._created = False  # whether this run made the file
         self._size = 0
         self._reader: IO[bytes] | None = None
         self._read_existing()
@@ -157,16 +158,33 @@ class Journal:
             with contextlib.suppress(OSError):  # else the torn record is cut away when next opened
                 os.ftruncate(self._file.fileno(), self._size)
 
+    def begin(self) -> None:
+        """Open the journal for this run's records before the first request (a disk that cannot
+        take it is then found before anything is paid for)."""
+        try:
+            self._begin()
+        except OSError as e:
+            self._cut_back()
+            raise StorageError("the journal", self.path, e) from None
+
+    def _begin(self) -> None:
+        if self._file is None:
+            self._open_for_append()
+
+    def _scope_line(self) -> None:
+        """This run's records follow the line naming their scope."""
+        if self._scoped:
+            return
+        self._begin()
+        if self.assumed_endpoint is not None:  # the endpoint answered: it claims the old records
+            self._write({"legacy": {"endpoint": self.assumed_endpoint}})
+        self._write({"scope": {"endpoint": self.scope.endpoint, "checks": self.scope.checks}})
+        self._scoped = True
+
     def _add(self, outcome: RowOutcome) -> None:
         key = outcome.key
         assert key is not None and not self.read_only
-        if not self._scoped:  # this run's records follow the line naming their scope
-            if self._file is None:
-                self._open_for_append()
-            if self.assumed_endpoint is not None:  # the endpoint answered: it claims the old records
-                self._write({"legacy": {"endpoint": self.assumed_endpoint}})
-            self._write({"scope": {"endpoint": self.scope.endpoint, "checks": self.scope.checks}})
-            self._scoped = True
+        self._scope_line()
         offset = self._size
         # Fields left out are null: an answer has no error, an error no answer.
         self._write({name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None})
@@ -190,6 +208,9 @@ class Journal:
         for f in (self._file, self._reader):
             if f is not None:
                 f.close()
+        if self._created and not self._scoped:  # made for a run that got no answer: nothing to keep
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
     def _open_for_append(self) -> None:
         # Unbuffered: each record is one write() to the OS, which keeps it through a kill. A
@@ -199,6 +220,7 @@ class Journal:
         self._size = self.path.stat().st_size
         if self._size == 0:
             self._write({"journal": "batchchat", "version": VERSION})
+            self._created = True
 
     def _index(self, key: str, offset: int, status: Any, *, fresh: bool) -> None:
         """Keep the record at ``offset`` as ``key``'s: the latest judged by this scope's checks
@@ -244,8 +266,13 @@ class Journal:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     self.torn += 1
                     continue
+                except RecursionError:  # whole, but nested past reading: damaged
+                    end_of_good = offset
+                    self.invalid += 1
+                    continue
                 end_of_good = offset
                 if not isinstance(record, dict):
+                    self.invalid += 1
                     continue
                 if "journal" in record:
                     if record.get("journal") != "batchchat" or record.get("version") not in READABLE_VERSIONS:

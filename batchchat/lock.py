@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import JobError
+from .errors import JobError, StorageError
 from .files import OutputFiles, open_nofollow
 
 
@@ -29,7 +29,10 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         for _ in range(10):  # another run may remove the file between our open and our lock
-            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise StorageError("the lock", self.path, e) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -41,12 +44,17 @@ class OutputLock:
                     "another -o/--output"
                 ) from None
             if _same_file(fd, self.path):
-                os.ftruncate(fd, 0)
-                os.write(
-                    fd,
-                    f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
-                )
-                self._fd = fd
+                self._fd = fd  # from here, release() cleans up, whatever interrupts what follows
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())  # fmt: skip
+                except OSError as e:
+                    self.release()
+                    raise StorageError("the lock", self.path, e) from None
+                except BaseException:
+                    self.release()
+                    raise
                 return self
             os.close(fd)  # we locked a file already unlinked by its last holder: try the new one
         raise JobError(f"could not take the lock {self.path}; is another run starting at the same moment?")

@@ -77,6 +77,7 @@ def derived_columns(job: Job) -> Derived:
         scoring=job.scoring,
         variants=bool(job.variants),
         transcripts=job.prompt.turns_column is not None,
+        prices=dict(job.prices),
     )
 
 
@@ -163,6 +164,7 @@ def row_outcomes(
     slots = builder.slots
     expected_column = builder.scoring.expected_column
     names = [name for name, _ in derived.columns()]
+    derives = bool(derived.out_fields or derived.answers.labels or derived.scoring.expected_column)
     check = AnswerCheck(derived.answers)
     start = 0
     for batch in source.batches():
@@ -193,16 +195,18 @@ def row_outcomes(
                     outcome.error_type,
                     expected[row // fanout - start] if expected is not None else None,
                 )
-                if names
+                if derives
                 else {}
             )
+            cells["cost"] = derived.cost(outcome, slot.model, shared=not rows.first[row])
             if derived.variants:
                 cells["variant"] = slot.variant
             if derived.transcripts:
                 cells["transcript"] = outcome.transcript
             for name in names:
                 extras[name].append(cells.get(name))
-            tally.add_row(outcome, (slot.model, slot.variant), cells.get("score"), bool(rows.first[row]))
+            tally.add_row(outcome, (slot.model, slot.variant), cells.get("score"), bool(rows.first[row]),
+                          cells["cost"], cells.get("label"))  # fmt: skip
             if outcome.status == OK and outcome.ttft_s is None and key is not None and store.earlier(key):
                 tally.earlier_without_ttft += 1
             outcomes.append(outcome)

@@ -11,7 +11,7 @@ import difflib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from .errors import InputChanged, JobError
 from .job import Job
-from .jobparts import RESERVED_PARAMS
+from .jobparts import OPTION_CHECKS, RESERVED_PARAMS
 from .keys import RowKeys, request_key
 from .records import ChatRequest, InvalidRow
 from .source import TableSource
@@ -282,6 +282,8 @@ class RequestBuilder:
         elif method == "json_equal" and isinstance(cell, str):
             try:
                 json.loads(cell)
+            except RecursionError:
+                raise JobError(f'{where}: JSON nested too deeply to read; score = "json_equal" compares JSON') from None
             except json.JSONDecodeError as e:
                 raise JobError(f'{where}: not valid JSON ({e.msg}); score = "json_equal" compares JSON') from None
 
@@ -290,30 +292,6 @@ class RequestBuilder:
 
 
 _Content = tuple[tuple[dict[str, Any], ...], tuple[str, ...]]
-
-
-def _positive_int(value: Any) -> str | None:
-    return (
-        None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        else "must be a whole number of at least 1"
-    )
-
-
-def _number_in(low: float, high: float | None) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value
-        ok = ok and (high is None or value <= high)
-        return None if ok else f"must be a number from {low:g}" + (f" to {high:g}" if high is not None else "")
-
-    return check
-
-
-OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "max_tokens": _positive_int,
-    "temperature": _number_in(0.0, None),
-    "top_p": _number_in(0.0, 1.0),
-}
 
 
 def option_value(cell: Any) -> Any:
@@ -325,7 +303,7 @@ def option_value(cell: Any) -> Any:
             return None
         try:
             return json.loads(cell)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return cell
     return cell
 
@@ -341,6 +319,8 @@ def json_cell(cell: Any, where: str, expected: str) -> Any:
         return json.loads(cell)
     except json.JSONDecodeError as e:
         raise JobError(f"{where}: not valid JSON ({e.msg} at character {e.pos + 1}); {expected}") from None
+    except RecursionError:
+        raise JobError(f"{where}: JSON nested too deeply to read; {expected}") from None
 
 
 def parse_options(cell: Any, where: str) -> dict[str, Any]:

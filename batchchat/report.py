@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from .dryrun import DryRun
     from .passes import Plan
     from .runner import RunResult
-    from .stats import GroupSummary, Stats
+    from .stats import GroupSummary, Stats, Summary
 
 SHOWN_REQUEST_CHARS = 600
 # C0 and C1 control characters (but tab and newline), DEL, and the bidirectional overrides that
@@ -101,6 +102,9 @@ def live_counters(stats: Stats) -> str:
         text += f" invalid={c.invalid:,}"
     if stats.cost is not None:
         text += f" cost={money(stats.cost)}"
+    waiting = c.waiting_until - time.time()
+    if waiting >= 1:
+        text += f" waiting={waiting:.0f}s"
     return text
 
 
@@ -115,6 +119,9 @@ def progress_line(total: int, stats: Stats | None, elapsed_s: float) -> str:
                  f"{plural(stats.errors, 'error')}; {plural(stats.tokens, 'token')}")  # fmt: skip
         if stats.cost is not None:
             line += f"; cost {money(stats.cost)}"
+        waiting = c.waiting_until - time.time()
+        if waiting >= 1:
+            line += f"; waiting {duration(waiting)} for the server's rate limit to reset"
     if 0 < done < total and rate > 0:
         line += f"; about {duration((total - done) / rate)} left"
     return line
@@ -144,14 +151,17 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         lines += [
             f"this run: {s.answered:,} requests answered in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
             f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries{invalid}",
-            f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}"
-            + (f"; cost {money(s.cost)}" if s.cost is not None else ""),
+            tokens_line(s),
         ]
     if s.latency_p50_s is not None and s.latency_p95_s is not None:
         latency = f"latency: p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s"
         if s.ttft_p50_s is not None and s.ttft_p95_s is not None:
             latency += f"; first token: p50 {s.ttft_p50_s:.2f} s, p95 {s.ttft_p95_s:.2f} s"
         lines.append(latency)
+    if s.labels:
+        lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in s.labels))
+    if s.output_cost is not None and s.output_cost != s.cost:
+        lines.append(f"the output's rows cost {money(s.output_cost)} in all (its cost column, earlier runs included)")
     if s.earlier_without_ttft:
         lines.append(
             f"{plural(s.earlier_without_ttft, 'row')} answered by earlier runs without streaming: "
@@ -167,6 +177,20 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if result.output is not None:
         lines.append(f"output: {result.output}")
     return "\n".join(lines)
+
+
+def tokens_line(s: Summary) -> str:
+    """This run's tokens and cost; answers whose server reported no usage are said, not counted
+    as zero."""
+    reported = s.total_tokens > 0 or not s.unreported
+    line = "tokens this run: "
+    if reported:
+        line += f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}"
+    if s.unreported:
+        line += ("; " if reported else "") + f"usage not reported for {plural(s.unreported, 'answer')}"
+    if s.cost is not None:
+        line += f"; cost {money(s.cost)}" + (" for the answers that reported usage" if s.unreported else "")
+    return line
 
 
 def group_table(groups: Sequence[GroupSummary]) -> list[str]:
@@ -216,8 +240,13 @@ def dry_run_text(dry: DryRun) -> str:
         )
     if dry.cost is None and plan.to_send:
         lines.append(
-            'no price for some models: add [prices] to the job file, "MODEL" = { input = USD, output = USD } per million tokens'
+            "no price for some models: pass --price MODEL=IN,OUT, or add [prices] to the job file, "
+            '"MODEL" = { input = USD, output = USD } per million tokens'
         )
+    for model, price in dry.prices:
+        if price.source != "job":
+            lines.append(f"price of {model}: ${price.input:g} input, ${price.output:g} output per million tokens "
+                         f"(from the {price.source}; --price or [prices] overrides it)")  # fmt: skip
     if dry.messages_from:
         lines.append(f"each row sends: {dry.messages_from}")
     if dry.first_request is not None:

@@ -77,6 +77,8 @@ def reset_seconds(text: str, now: float | None = None) -> float | None:
     value = _float(raw)
     if value is None:
         return duration_seconds(raw)
+    if value > 1e12:  # an epoch timestamp in milliseconds
+        value /= 1000.0
     if value > 1e9:  # an epoch timestamp rather than a number of seconds
         value -= time.time() if now is None else now
     return max(value, 0.0)

@@ -239,6 +239,7 @@ async def _run_file(
     try:
         ending = "done"
         if plan.to_send:
+            journal.begin()
             ending = await _send(job, source, builder, rows, journal, stats, observer, handle_signals=True)
     except FatalAPIError as fatal:
         if len(journal):

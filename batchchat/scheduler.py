@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -155,6 +156,7 @@ async def run_requests(
                 throttle.failed(permit, error)
                 count.rate_limited += error.error_type == RATE_LIMITED
                 count.rate = throttle.rate
+                count.waiting_until = time.time() + throttle.held_s
                 if is_fatal(error):
                     raise FatalAPIError(describe_fatal(error), error) from None
                 give_up_unreachable(error)
@@ -162,6 +164,8 @@ async def run_requests(
             reached = True
             throttle.succeeded(permit, result)
             count.rate = throttle.rate
+            if result.headers:  # a limit that says it is used up holds everyone
+                count.waiting_until = time.time() + throttle.held_s
             count.add_usage(request.model, result.usage)  # paid for: the budget reads it from here
             usage = result.usage
             if usage.prompt_tokens is None or usage.completion_tokens is None:  # a server that does not say

@@ -315,7 +315,7 @@ class Simulator:
             self._first_at = time.monotonic()
         try:
             body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return self._error(400, "invalid_request_error", "request body is not valid JSON")
         problem = _invalid_body(body)
         if problem:

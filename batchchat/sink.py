@@ -59,33 +59,45 @@ def check_columns(columns: list[str], source_name: str, added: Sequence[str] = (
         )
 
 
-def extra_fields(derived: Derived) -> list[pa.Field]:
-    return [pa.field(name, KINDS[kind]) for name, kind in derived.columns()]
+def added_fields(derived: Derived) -> list[pa.Field]:
+    """Every column batchchat adds, in output order: the outcome's, the variant beside the model,
+    then what the job derives from answers, and the cost last."""
+    fields = [pa.field(name, kind) for name, kind in OUTPUT_FIELDS]
+    for name, kind in derived.columns():
+        field = pa.field(name, KINDS[kind])
+        if name == "variant":
+            fields.insert(OUTPUT_COLUMNS.index("model") + 1, field)
+        else:
+            fields.append(field)
+    return fields
 
 
 def output_schema(source: TableSource, derived: Derived, typed: bool = True) -> pa.Schema:
-    """Input fields, outcome fields, then the fields the job derives from answers. ``typed``
-    outputs (Parquet) carry the input's lists and objects with their types (``for_output``);
-    CSV and JSONL carry them as the JSON they were read as."""
-    extras = extra_fields(derived)
-    check_columns(source.columns, source.name, [f.name for f in extras])
+    """Input fields, then the fields batchchat adds. ``typed`` outputs (Parquet) carry the
+    input's lists and objects with their types (``for_output``); CSV and JSONL carry them as the
+    JSON they were read as."""
+    added = added_fields(derived)
+    check_columns(source.columns, source.name, [f.name for f in added])
     inputs = source.output_schema if typed else source.schema
-    return pa.schema(list(inputs) + [pa.field(name, kind) for name, kind in OUTPUT_FIELDS] + extras)
+    return pa.schema(list(inputs) + added)
 
 
 def typed_output(path: Path) -> bool:
     return path.suffix.lower() == ".parquet"
 
 
-def outcome_arrays(outcomes: Sequence[RowOutcome | None]) -> list[pa.Array]:
-    """The outcome columns for a run of rows; None is a row not finished (``pending``)."""
+def added_arrays(outcomes: Sequence[RowOutcome | None], extras: Mapping[str, list[Any]],
+                 fields: Sequence[pa.Field]) -> list[pa.Array]:  # fmt: skip
+    """The added columns of a run of rows; an outcome of None is a row not finished (``pending``)."""
     arrays = []
-    for name, kind in OUTPUT_FIELDS:
-        if name == "status":
+    for field in fields:
+        if field.name in extras:
+            values = extras[field.name]
+        elif field.name == "status":
             values = [o.status if o is not None else PENDING for o in outcomes]
         else:
-            values = [getattr(o, name) if o is not None else None for o in outcomes]
-        arrays.append(pa.array(values, type=kind))
+            values = [getattr(o, field.name) if o is not None else None for o in outcomes]
+        arrays.append(pa.array(values, type=field.type))
     return arrays
 
 
@@ -103,9 +115,8 @@ def output_batches(
             batch = restore(batch)
         if fanout > 1:
             batch = batch.take(pa.array([i for i in range(batch.num_rows) for _ in range(fanout)], pa.int64()))
-        width = batch.num_columns + len(OUTPUT_FIELDS)
-        derived = [pa.array(extras[f.name], type=f.type) for f in list(schema)[width:]]
-        yield pa.RecordBatch.from_arrays(list(batch.columns) + outcome_arrays(outcomes) + derived, schema=schema)
+        added = list(schema)[batch.num_columns :]
+        yield pa.RecordBatch.from_arrays(list(batch.columns) + added_arrays(outcomes, extras, added), schema=schema)
 
 
 def write_output(
@@ -175,12 +186,11 @@ def to_frame(
 
     nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(), pa.bool_(): pd.BooleanDtype()}
     result = frame.loc[frame.index.repeat(fanout)] if fanout > 1 else frame.copy()
-    named = [(name, array) for (name, _), array in zip(OUTPUT_FIELDS, outcome_arrays(outcomes), strict=True)]
-    named += [(f.name, pa.array(extras[f.name], type=f.type)) for f in extra_fields(derived)]
-    for name, array in named:
+    fields = added_fields(derived)
+    for field, array in zip(fields, added_arrays(outcomes, extras, fields), strict=True):
         series = array.to_pandas(types_mapper=nullable.get)
         series.index = result.index
-        result[name] = series
+        result[field.name] = series
     return result
 
 

@@ -180,7 +180,8 @@ class CsvSource(FileSource):
     def __init__(self, path: Path) -> None:
         self._begin(path)
         self._parse = pcsv.ParseOptions(newlines_in_values=True)
-        self._read = pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
+        # A block must hold the header line whole: a very wide table's can pass a megabyte.
+        self._read = pcsv.ReadOptions(block_size=max(CSV_BLOCK_BYTES, 2 * _first_line_bytes(path)))
         try:
             with pcsv.open_csv(path, read_options=self._read, parse_options=self._parse) as reader:
                 names = reader.schema.names
@@ -294,6 +295,8 @@ class JsonlSource(FileSource):
                         raise JobError(
                             f"{self.path}, line {number}: not valid JSON ({e.msg}, column {e.colno})"
                         ) from None
+                    except RecursionError:
+                        raise JobError(f"{self.path}, line {number}: JSON nested too deeply to read") from None
                     if not isinstance(row, dict):
                         raise JobError(
                             f"{self.path}, line {number}: expected a JSON object per line, got {type(row).__name__}"
@@ -357,6 +360,19 @@ def _as_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False)
+
+
+def _first_line_bytes(path: Path, limit: int = 1 << 30) -> int:
+    """The length of a file's first line (up to ``limit``)."""
+    size = 0
+    with path.open("rb") as f:
+        while size < limit:
+            chunk = f.read(1 << 20)
+            newline = chunk.find(b"\n")
+            if newline >= 0 or not chunk:
+                return size + (newline if newline >= 0 else 0)
+            size += len(chunk)
+    return size
 
 
 def csv_problem(path: Path, error: BaseException) -> str:

@@ -21,7 +21,8 @@ from .records import ERROR, OK, PENDING, RowOutcome, Usage
 class Counters:
     """Live request counters the scheduler updates as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries", "unreported", "unreported_bound", "usage")
+    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries", "unreported", "unreported_bound", "usage",
+                 "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
@@ -34,6 +35,7 @@ class Counters:
         self.rate_limited = 0  # of which answered 429
         self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
+        self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
 
     def add_usage(self, model: str, usage: Usage) -> None:
         """An answer arrived and is paid for, whatever becomes of it (a re-ask, a conversation's turn)."""
@@ -70,6 +72,9 @@ class RowTally:
         self.error_types: Counter[str] = Counter()
         self.groups: dict[tuple[str, str | None], GroupTally] = {}
         self.earlier_without_ttft = 0  # ok rows an earlier run answered without time to first token
+        self.cost = 0.0  # the cost column's sum
+        self.unpriced = 0  # rows whose cost is unknown (no price, or usage not reported)
+        self.labels: Counter[str] = Counter()  # rows by their label
 
     def add(self, status: str, error_type: str | None) -> None:
         self.rows += 1
@@ -78,11 +83,17 @@ class RowTally:
             self.error_types[error_type] += 1
 
     def add_row(self, outcome: RowOutcome | None, group: tuple[str, str | None], score: float | None,
-                first: bool) -> None:  # fmt: skip
+                first: bool, cost: float | None = 0.0, label: str | None = None) -> None:  # fmt: skip
         """One output row; ``first`` is false for a row sharing the request of an earlier row,
         whose tokens were paid once and are counted once."""
         status = outcome.status if outcome is not None else PENDING
         self.add(status, outcome.error_type if outcome is not None else None)
+        if cost is None:
+            self.unpriced += 1
+        else:
+            self.cost += cost
+        if label is not None:
+            self.labels[label] += 1
         tally = self.groups.get(group)
         if tally is None:
             tally = self.groups[group] = GroupTally()
@@ -168,6 +179,9 @@ class Summary:
     budget_stopped: bool = False  # the cap stopped the run; the rows not sent are pending
     groups: tuple[GroupSummary, ...] = ()
     earlier_without_ttft: int = 0  # in a streamed run, ok rows answered by earlier runs that did not stream
+    output_cost: float | None = None  # the cost column's sum (earlier runs' answers included), when all priced
+    labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
+    unreported: int = 0  # answers this run whose server did not report usage
 
     @property
     def total_tokens(self) -> int:
@@ -246,6 +260,9 @@ class Stats:
             budget_stopped=budget_stopped,
             groups=rows.group_summaries(self.prices),
             earlier_without_ttft=rows.earlier_without_ttft if streamed else 0,
+            output_cost=rows.cost if self.prices and not rows.unpriced else None,
+            labels=tuple(rows.labels.most_common()),
+            unreported=self.counters.unreported,
         )
 
 

@@ -32,7 +32,7 @@ from aiolimiter import AsyncLimiter
 from .cost import DEFAULT_COMPLETION_TOKENS, likely
 from .errors import RATE_LIMITED, RequestError
 from .records import ChatRequest, ChatResult
-from .retry import hint_seconds, reset_seconds
+from .retry import HINT_CAP_S, hint_seconds, reset_seconds
 
 BETA = 0.7  # multiplicative decrease on a 429
 STEP_SHARE = 0.05  # additive increase per second of successes, as a share of the rate after the cut
@@ -303,6 +303,11 @@ class Throttle:
     def release(self) -> None:
         self._slots.release()
 
+    @property
+    def held_s(self) -> float:
+        """How long every request still waits for the server's limit to reset (0: none)."""
+        return max(0.0, self.resume_at - asyncio.get_running_loop().time())
+
     async def _admit(self, cost: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -400,12 +405,13 @@ class Throttle:
         if info.request_limit or info.token_limit:
             self._repace()
         now = asyncio.get_running_loop().time()
-        # Out of requests or tokens until a stated reset: hold everyone until then (no rate cut).
+        # Out of requests or tokens until a stated reset: hold everyone until then (no rate cut),
+        # for HINT_CAP_S at most: a reset further off is more likely a wrong header than a plan.
         if info.requests_remaining == 0 and info.requests_reset_s:
-            self._hold_until(now + info.requests_reset_s)
+            self._hold_until(now + min(info.requests_reset_s, HINT_CAP_S))
         mean = self.estimator.mean_tokens or 1.0
         if info.tokens_remaining is not None and info.tokens_remaining < mean and info.tokens_reset_s:
-            self._hold_until(now + info.tokens_reset_s)
+            self._hold_until(now + min(info.tokens_reset_s, HINT_CAP_S))
 
 
 def _half_second_bucket(rpm: int) -> tuple[float, float]:

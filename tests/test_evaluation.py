@@ -170,10 +170,11 @@ def test_structured_output_fields_become_typed_columns_and_bad_json_ends_as_inva
     result = cli("run", "-i", tmp_path / "in.csv", "-o", tmp_path / "out.parquet", "-m", "sim-chat",
                  "--base-url", sim.url, "--json-schema", tmp_path / "schema.json", "--invalid-retries", "1")  # fmt: skip
     schema = pq.read_schema(tmp_path / "out.parquet")
-    assert [(f.name, str(f.type)) for f in schema][-3:] == [
+    assert [(f.name, str(f.type)) for f in schema][-4:] == [
         ("out_sentiment", "string"),
         ("out_confidence", "double"),
         ("out_stars", "int64"),
+        ("cost", "double"),
     ]
     frame = pd.read_parquet(tmp_path / "out.parquet")
     ok = frame[frame.status == "ok"]

@@ -3,6 +3,7 @@ real subprocesses where the condition needs one (signals, kills, mounts)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -500,3 +501,139 @@ def test_a_complete_stream_is_kept_whatever_follows_it(tmp_path: Path) -> None:
     row = read_output(tmp_path / "out.csv")[0]
     assert row["response"] == "whole answer" and row["attempts"] == "1" and row["total_tokens"] == "5"
     assert len(server.requests) == 1  # kept, not paid for again
+
+
+def test_hard_links_at_the_journal_and_lock_names_are_refused(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"]])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in ("out.csv.lock", "out.csv.journal"):
+        os.link(victim, tmp_path / name)
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url", sim.url)
+        assert result.exit_code == 2 and "hard link" in result.stderr, result.stderr
+        assert victim.read_text() == "precious"
+        (tmp_path / name).unlink()
+    assert sim.requests == []
+
+
+def test_rewriting_an_output_keeps_its_owner(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"]])
+    output = tmp_path / "out.csv"
+    assert cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    os.chown(output, 65534, 65534)
+    write_csv(source, ["prompt"], [["a"], ["b"]])
+    assert cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    assert (output.stat().st_uid, output.stat().st_gid) == (65534, 65534)
+
+
+def test_a_disk_with_no_room_is_found_before_anything_is_paid_for(tmp_path: Path, sim: BackgroundSimulator,
+                                                                 small_disk: Any) -> None:  # fmt: skip
+    disk = small_disk("256k")
+    fill(disk)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"q{i}"] for i in range(20)])
+    result = cli("run", "-i", source, "-o", disk / "out.csv", "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 2 and f"the output folder {disk} has no room" in result.stderr
+    assert sim.requests == [] and not list(disk.glob("out.csv*"))
+
+
+def test_deeply_nested_json_from_a_server_is_a_bad_answer_not_a_crash(tmp_path: Path) -> None:
+    async def deep(request: web.Request) -> web.StreamResponse:
+        prompt = json.loads(await request.read())["messages"][-1]["content"]
+        text = "[" * 200_000 + "]" * 200_000 if prompt == "deep" else json.dumps(completion("fine"))
+        return web.Response(text=text, content_type="application/json")
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["plain"], ["deep"]])
+    with HostileServer(deep) as server:
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", server.url,
+                     "--max-attempts", "1")  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    rows = read_output(tmp_path / "out.csv")
+    assert rows[0]["status"] == "ok" and rows[1]["error_type"] == "bad_response"
+    journal = Path(f"{tmp_path / 'out.csv'}.journal")
+    with journal.open("a") as f:
+        f.write('{"key": ' + "[" * 100_000 + "]" * 100_000 + ', "status": "ok"}\n')
+    again = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", server.url, "--dry-run")
+    assert again.exit_code == 0 and "1 damaged record" in again.stdout
+
+
+def test_param_values_a_cap_relies_on_are_checked(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    for param, message in (("max_tokens=100000.0", "must be a whole number of at least 1"),
+                           ("temperature=Infinity", "NaN and Infinity are not JSON numbers"),
+                           ("seed=NaN", "NaN and Infinity are not JSON numbers")):  # fmt: skip
+        result = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--param", param)
+        assert result.exit_code == 2 and message in result.stderr, (param, result.stderr)
+    job = tmp_path / "job.toml"
+    job.write_text('input = "in.csv"\nmodel = "m"\nprovider = "sim"\n[params]\nseed = nan\n')
+    result = cli("run", job)
+    assert result.exit_code == 2 and "must be a finite number" in result.stderr
+
+
+def test_a_header_wider_than_a_megabyte_is_read(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    names = [f"a_rather_long_column_name_{i}" for i in range(60_000)]  # about 1.9 MB of header
+    source = tmp_path / "wide.csv"
+    source.write_text(",".join(["prompt", *names]) + "\n" + ",".join(["hi"] + ["x"] * len(names)) + "\n")
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url", sim.url)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_key_read_with_its_line_break_is_trimmed_or_refused(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    trimmed = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-m", "sim-chat",
+                              "--base-url", sim.url], capture_output=True, text=True,
+                             env={**clean_env(), "TOGETHER_API_KEY": f"{CANARY}\r\n"})  # fmt: skip
+    assert trimmed.returncode == 0 and sim.requests[-1]["authorization"] == f"Bearer {CANARY}"
+    broken = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-m", "sim-chat",
+                             "--base-url", sim.url], capture_output=True, text=True,
+                            env={**clean_env(), "TOGETHER_API_KEY": "sk-one\nsk-two"})  # fmt: skip
+    assert broken.returncode == 2 and "holds spaces or control characters" in broken.stderr
+    assert "sk-one" not in broken.stderr and "ExceptionGroup" not in broken.stderr
+
+
+def test_chat_prints_an_answer_a_server_sent_whole_when_asked_to_stream() -> None:
+    async def whole(request: web.Request) -> web.StreamResponse:
+        return json_response(completion("the whole answer"))
+
+    with HostileServer(whole) as server:
+        result = subprocess.run([sys.executable, "-m", "batchchat", "chat", "hi", "--stream", "-m", "m",
+                                 "--base-url", server.url], capture_output=True, text=True, env=clean_env())  # fmt: skip
+    assert result.returncode == 0 and "the whole answer" in result.stdout
+
+
+def test_a_key_echoed_in_any_field_or_streamed_in_pieces_is_redacted(tmp_path: Path) -> None:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        token = auth.split(" ", 1)[1]
+        prompt = json.loads(await request.read())["messages"][-1]["content"]
+        if prompt == "stream":
+            response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            text = f"your key: {token}!"
+            pieces = [text[i : i + 3] for i in range(0, len(text), 3)]  # the key split across chunks
+            for piece in pieces:
+                chunk = {"id": "s", "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}  # fmt: skip
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            last = {"id": "s", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+            return response
+        body = completion(f"token {token}", id=f"id-{auth}", model=f"m-{token}")
+        body["choices"][0]["finish_reason"] = f"stop {auth}"
+        return json_response(body)
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["fields"]])
+    with HostileServer(echo) as server:
+        url = server.url.replace("http://", "http://alice:hunter2pass@")
+        run = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o",
+                              str(tmp_path / "out.csv"), "-m", "m", "--base-url", url],
+                             capture_output=True, text=True, env=clean_env())  # fmt: skip
+        streamed = subprocess.run([sys.executable, "-m", "batchchat", "chat", "stream", "--stream", "-m", "m",
+                                   "--base-url", server.url], capture_output=True, text=True,
+                                  env={**clean_env(), "TOGETHER_API_KEY": CANARY})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    basic = base64.b64encode(b"alice:hunter2pass").decode()
+    written = (tmp_path / "out.csv").read_text() + Path(f"{tmp_path / 'out.csv'}.journal").read_text()
+    assert "hunter2pass" not in written and basic not in written
+    assert streamed.returncode == 0 and CANARY not in streamed.stdout and "your key: [redacted]!" in streamed.stdout
