@@ -20,9 +20,10 @@ import click
 
 from . import __version__
 from .errors import BatchchatError, Interrupted, StorageError
-from .report import dry_run_text, live_counters, plan_lines, printable, progress_line, summary_text
+from .report import dry_run_text, plan_lines, plural, printable, progress_line, summary_text
 
 if TYPE_CHECKING:
+    from .progress import Bar
     from .records import RowOutcome
     from .runner import Plan
     from .stats import Stats
@@ -127,16 +128,58 @@ def main() -> None:
     """
 
 
-def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
+# `batchchat run --help` shows its options in these groups, in this order (the rest under "Other").
+OPTION_GROUPS = {
+    "Input and prompts": ["input_path", "prompt_column", "template", "messages_column", "turns_column", "system",
+                          "option_columns", "options_column", "limit"],
+    "Model and request": ["models", "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p",
+                          "params", "variants", "stream"],
+    "Limits and retries": ["concurrency", "rpm", "tpm", "max_attempts", "timeout", "price_flags", "max_cost"],
+    "Output and resume": ["output_path", "restart", "retry_errors", "dedup", "grace"],
+    "Evaluation": ["json_schema", "labels", "invalid_retries", "expected_column", "score"],
+}  # fmt: skip
+RUN_EXAMPLES = """\b
+  batchchat run jobs/demo.toml                       the demo, on the built-in simulator
+  batchchat run -i questions.csv -m meta-llama/Llama-3.3-70B-Instruct-Turbo
+  batchchat run -i big.parquet -m MODEL --limit 20   try the first 20 rows; run again without it to go on
+  batchchat run -i q.csv -m A -m B --expected-column answer --score contains   compare two models
+  batchchat run -i reviews.csv -m MODEL --template 'Label: {review}' --labels positive,negative
+  batchchat run jobs/eval-models.toml --dry-run      rows, requests and cost, sending nothing"""
+
+
+class GroupedCommand(click.Command):
+    """A command whose --help lists its options in groups (``OPTION_GROUPS``) and ends with examples."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {param.name: param.get_help_record(ctx) for param in self.get_params(ctx)}
+        placed: set[str | None] = set()
+        for title, names in [*OPTION_GROUPS.items(), ("Other", None)]:
+            chosen = names if names is not None else [name for name in records if name not in placed]
+            rows = [records[name] for name in chosen if records.get(name) is not None]
+            placed.update(chosen)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)  # type: ignore[arg-type]
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Examples"):
+            formatter.write_text(RUN_EXAMPLES)
+
+
+def request_options(command: Callable[..., Any] | None = None, *, several_models: bool = True) -> Any:
     """The options ``run`` and ``chat`` share: model, system prompt, endpoint, request, retries."""
+    if command is None:
+        return lambda command: request_options(command, several_models=several_models)
     options = [
         click.option(
             "-m",
             "--model",
             "models",
             metavar="NAME",
-            multiple=True,
-            help="Model to ask (required; in `run`, a job file may set it; repeat it to compare models).",
+            multiple=several_models,
+            help="Model to ask (required unless the job file sets it; repeat it to compare models)."
+            if several_models
+            else "Model to ask (required).",
         ),
         click.option("--system", metavar="TEXT", help="System message sent first in every request."),
         click.option(
@@ -173,7 +216,7 @@ def request_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-@main.command(context_settings={"max_content_width": 100})
+@main.command(cls=GroupedCommand, context_settings={"max_content_width": 100})
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False))
 @click.option("-i", "--input", "input_path", metavar="PATH", help="Prompt table: .csv, .parquet or .jsonl.")
 @click.option(
@@ -340,7 +383,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         _fail(str(e), debug)
     except KeyboardInterrupt:  # before sending began, or while the output was written
         if observer.answered:
-            say(f"\nbatchchat: interrupted; the output was not written. The {observer.answered:,} answers "
+            say(f"\nbatchchat: interrupted; the output was not written. The {plural(observer.answered, 'answer')} "
                        "received are kept in the journal: run the same command again to resume", err=True)  # fmt: skip
         else:
             say("\nbatchchat: interrupted before any request was answered; nothing written", err=True)
@@ -411,8 +454,7 @@ class Progress:
     def __init__(self, quiet: bool, every_s: float = 30.0) -> None:
         self.quiet = quiet
         self.every_s = every_s
-        self.bar: Any = None
-        self._next_postfix = 0.0
+        self.bar: Bar | None = None
         self.answered = 0  # requests this run finished
         self.stats: Stats | None = None
         self._plan: Plan | None = None
@@ -428,9 +470,10 @@ class Progress:
         if not plan.to_send:
             return
         if sys.stderr.isatty():
-            from tqdm import tqdm
+            from .progress import Bar
 
-            self.bar = tqdm(total=plan.to_send, unit="req", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+            self.bar = Bar(sys.stderr)
+            self.bar.started(plan)
         else:
             self._plan, self._began = plan, time.monotonic()
             self._ticker = threading.Thread(target=self._tick, name="batchchat-progress", daemon=True)
@@ -445,18 +488,12 @@ class Progress:
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
         self.answered += 1
         self.stats = stats
-        bar = self.bar
-        if bar is None:
-            return
-        now = time.monotonic()
-        if now >= self._next_postfix or stats.done == stats.total:
-            self._next_postfix = now + 0.25
-            bar.set_postfix_str(live_counters(stats), refresh=False)
-        bar.update(1)
+        if self.bar is not None:
+            self.bar.row_done(outcome, stats)
 
     def stopping(self, grace_s: float) -> None:
         if self.bar is not None:
-            self.bar.clear()
+            self.bar.stopping(grace_s)
         say(
             f"\nbatchchat: stopping: no new requests; those in flight have {grace_s:g} s to finish "
             "(Ctrl-C again to stop at once)",
@@ -475,7 +512,7 @@ class Progress:
 
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("prompt", required=False)
-@request_options
+@request_options(several_models=False)
 @click.option("--stream/--no-stream", default=None, help="Print the answer as it arrives [default: no].")
 @click.option(
     "--save",
@@ -483,7 +520,7 @@ class Progress:
     metavar="FILE.jsonl",
     help='Append the conversation to this file as one JSONL row {"messages": [...]}.',
 )
-def chat(prompt: str | None, params: tuple[str, ...], models: tuple[str, ...], save: str | None, debug: bool,
+def chat(prompt: str | None, params: tuple[str, ...], models: str | None, save: str | None, debug: bool,
          **options: Any) -> None:  # fmt: skip
     """Ask one question (PROMPT), or, without one, hold a conversation that keeps its history.
 
@@ -498,9 +535,7 @@ def chat(prompt: str | None, params: tuple[str, ...], models: tuple[str, ...], s
         from .runner import run_sync
 
         param_values = dict(parse_param(p) for p in params)
-        if len(models) > 1:
-            raise BatchchatError("-m/--model: a chat talks to one model; give it once")
-        job = build_job(None, {**options, "model": _models(models), "params": param_values or None}, flag_name)
+        job = build_job(None, {**options, "model": models, "params": param_values or None}, flag_name)
         save_path = Path(save) if save else None
         if save_path is not None:
             check_save_path(save_path)
@@ -554,8 +589,9 @@ def _read_turn(interactive: bool) -> str | None:
 
 async def _turn(conversation: Any, text: str) -> int:
     """Ask, print the answer (as it arrives when streaming); 0 answered, 1 failed, 2 fatal."""
-    from .errors import RequestError
+    from .errors import AUTH, RequestError
     from .retry import is_fatal
+    from .runner import auth_problem
 
     streaming = conversation.client.stream
     shown = False
@@ -576,7 +612,10 @@ async def _turn(conversation: Any, text: str) -> int:
     except RequestError as error:
         if streaming:
             say()
-        say(f"batchchat: error: {error.error_type}: {error.message}", err=True)
+        if error.error_type == AUTH:
+            say(f"batchchat: error: the endpoint {auth_problem(conversation.job.endpoint, error)}", err=True)
+        else:
+            say(f"batchchat: error: {error.error_type}: {error.message}", err=True)
         return EXIT_JOB if is_fatal(error) else 1
     # a server that ignored the stream request answered whole: print it whole
     say("" if streaming and shown else (result.content or ""))

@@ -71,13 +71,13 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     elif settings:
         raise TypeError("pass either a Job or settings, not both")
     if job.input is None:
-        raise JobError("no input: pass -i/--input FILE or set 'input' in the job file")
+        raise JobError(f"no input: give the table with {job.names('input')} (or 'input' in a job file)")
     source = open_source(job.input, job.limit)
     output_schema(source, derived_columns(job))  # input columns that clash with output columns
     builder = RequestBuilder(job, source.columns, source.name)
     store: Journal | MemoryStore = MemoryStore()
     if job.output is not None:
-        files = OutputFiles.of(job.output)
+        files = OutputFiles.of(job.output, job.names("output"))
         files.check()  # what a run would find only after paying
         if not job.resume.restart and files.journal.exists():
             store = Journal(files.journal, journal_scope(job), read_only=True)

@@ -99,9 +99,10 @@ def _storage_word(error: OSError) -> str:
         error.errno or 0, "the disk failed")  # fmt: skip
 
 
-class Interrupted(BatchchatError):
+class Interrupted(BatchchatError, KeyboardInterrupt):
     """The run was stopped before it finished; the message says what was kept and how to resume.
-    ``result`` is what the run did until then (its summary, and the output or frame written)."""
+    ``result`` is what the run did until then (its summary, and the output or frame written).
+    It is a KeyboardInterrupt too: code that stops on Ctrl-C stops on it."""
 
     def __init__(self, message: str, result: object = None) -> None:
         super().__init__(message)

@@ -26,10 +26,11 @@ PROBE_BYTES = 64 * 1024  # written (and removed) before the first request: room 
 class OutputFiles:
     output: Path  # as the user named it, for messages
     target: Path  # the table itself, through any symlinks
+    setting: str = "-o/--output"  # how the user names the output: a flag, or output= in code
 
     @classmethod
-    def of(cls, output: Path) -> OutputFiles:
-        return cls(output, output.resolve())
+    def of(cls, output: Path, setting: str = "-o/--output") -> OutputFiles:
+        return cls(output, output.resolve(), setting)
 
     @property
     def journal(self) -> Path:
@@ -56,12 +57,12 @@ class OutputFiles:
                 f"the output {self.output} is a folder; give a file in it, e.g. {self.output / 'answers.parquet'}"
             )
         if self.target.exists() and not self.target.is_file():
-            raise JobError(f"the output {self.output} exists and is not a regular file; choose another -o/--output")
+            raise JobError(f"the output {self.output} exists and is not a regular file; choose another {self.setting}")
         for path, what in ((self.journal, "journal"), (self.lock, "lock")):
             if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_nlink > 1)):
                 raise JobError(
                     f"{path} (the output's {what}) is a symlink, a hard link or not a regular file; batchchat "
-                    "will not write through it to another file: remove it, or choose another -o/--output"
+                    f"will not write through it to another file: remove it, or choose another {self.setting}"
                 )
         folder = self.target.parent
         try:
@@ -69,14 +70,14 @@ class OutputFiles:
         except OSError as e:
             raise JobError(
                 f"cannot write in the output folder {folder} ({e.strerror}); fix its permissions or choose "
-                "another -o/--output"
+                f"another {self.setting}"
             ) from None
         try:  # a disk with no room for a few records would take the first answers and keep none
             os.write(handle, bytes(PROBE_BYTES))
             os.fsync(handle)
         except OSError as e:
             raise JobError(
-                f"the output folder {folder} has no room ({e.strerror}); make room or choose another -o/--output"
+                f"the output folder {folder} has no room ({e.strerror}); make room or choose another {self.setting}"
             ) from None
         finally:
             os.close(handle)

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -146,6 +146,8 @@ class Job:
     prices: tuple[tuple[str, Price], ...] = ()
     max_cost: float | None = None  # US dollars this run may spend
     limit: int | None = None  # only the first input rows: a trial of a large job
+    # How a setting is named to whoever made the job: a flag (-o/--output) or a keyword (output=).
+    names: Callable[[str], str] = field(default=lambda key: f"{key}=", compare=False, repr=False)
 
     @property
     def model(self) -> str:
@@ -227,7 +229,7 @@ def build_job(
             for other in SAME_SETTING.get(key, ()):  # an override wins over the file's other spelling too
                 settings.pop(other, None)
         where[key] = label(key)
-    return _job_from(settings, params, where, check_key)
+    return replace(_job_from(settings, params, where, check_key, label), names=label)
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
@@ -250,11 +252,12 @@ def read_job_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], check_key: bool) -> Job:
+def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], check_key: bool,
+              name: Callable[[str], str]) -> Job:  # fmt: skip
     def at(key: str) -> str:
         return where.get(key, key)
 
-    models = parse_models(s.get("model"), s.get("models"), at)
+    models = parse_models(s.get("model"), s.get("models"), at, name)
     if "response_format" in params:  # one place decides what a valid answer is
         if s.get("response_format") is not None or s.get("json_schema") is not None:
             raise JobError(f"response_format is set both in {at('params')} and on its own; keep one")
@@ -274,9 +277,9 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
     check_params(params, at("params"))
 
     prompt = _prompt(s, where)
-    endpoint = _endpoint(s, at, check_key)
+    endpoint = _endpoint(s, at, check_key, name)
     if endpoint.provider != "sim" and s.get("simulator") and "'simulator' in" not in at("simulator"):
-        raise JobError(f"{at('simulator')} sets the built-in simulator, which only --provider sim uses")
+        raise JobError(f"{at('simulator')} sets the built-in simulator, which only provider sim ({name('provider')}) uses")
     input_path = table_path(s.get("input"), at("input"), "input")
     output_path = table_path(s.get("output"), at("output"), "output")
     if input_path is not None and not input_path.exists():
@@ -285,10 +288,10 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         output_path = input_path.with_name(input_path.stem + ".out.parquet")
     if output_path is not None:
         if input_path is not None and output_path.resolve() == input_path.resolve():
-            raise JobError(f"the output {output_path} is the input file; choose another -o/--output")
+            raise JobError(f"the output {output_path} is the input file; choose another {name('output')}")
         parent = output_path.parent
         if not parent.is_dir():
-            raise JobError(f"output folder {parent} does not exist; create it or choose another -o/--output")
+            raise JobError(f"output folder {parent} does not exist; create it or choose another {name('output')}")
 
     prices = tuple(prices_for(models, dict(parse_prices(s.get("prices"), at("prices"))), endpoint.base_url).items())
     variants = parse_variants(s.get("variants"), at("variants"))
@@ -298,14 +301,12 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         if unpriced:
             raise JobError(
                 f"{at('max_cost')} needs the price of every model, and {', '.join(map(repr, unpriced))} has "
-                'none; pass --price MODEL=IN,OUT, or add [prices] to the job file: "MODEL" = { input = USD, '
-                "output = USD } per million tokens"
+                f"none; give one with {name('prices')} (US dollars per million input and output tokens)"
             )
         if "max_tokens" not in params and not (variants and all("max_tokens" in dict(v.params) for v in variants)):
             raise JobError(
-                f"{at('max_cost')} needs max_tokens (--max-tokens, or max_tokens in the job file; rows and "
-                "variants may still set their own): without it an answer's length has no bound, and the cap "
-                "could not be kept"
+                f"{at('max_cost')} needs {name('max_tokens')} (rows and variants may still set their own): "
+                "without it an answer's length has no bound, and the cap could not be kept"
             )
     return Job(
         models=models,
@@ -334,7 +335,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         variants=variants,
         row_options=parse_row_options(s.get("option_columns"), s.get("options_column"), at),
         answers=answers,
-        scoring=parse_scoring(s.get("expected_column"), s.get("score"), at),
+        scoring=parse_scoring(s.get("expected_column"), s.get("score"), at, name),
         prices=prices,
         max_cost=max_cost,
         limit=whole(s.get("limit"), at("limit"), 1),
@@ -378,7 +379,7 @@ def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
     )
 
 
-def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> Endpoint:
+def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool, name: Callable[[str], str]) -> Endpoint:
     provider = text(s.get("provider"), at("provider")) or "together"
     if provider not in PROVIDERS:
         raise JobError(
@@ -415,8 +416,8 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
     if base_url is not None and urlparse(base_url).username is not None and endpoint.api_key():
         raise JobError(
             f"{at('base_url')} carries credentials (user:password@) and {endpoint.api_key_env} holds an API key: "
-            "both would be the Authorization header; keep one (drop them from the URL, or name an unset "
-            "variable with --api-key-env)"
+            f"both would be the Authorization header; keep one (drop them from the URL, or name an unset "
+            f"variable with {name('api_key_env')})"
         )
     key = endpoint.api_key()
     if key is not None and (not key.isprintable() or any(char.isspace() for char in key)):
@@ -426,8 +427,8 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool) -> E
     if check_key and missing:
         raise JobError(
             f"no API key: the variable {missing} is not set. Export it (export {missing}=...), "
-            "name another variable with --api-key-env, or use --provider sim to try batchchat "
-            "offline"
+            f"name another variable with {name('api_key_env')}, or try batchchat offline with provider sim "
+            f"({name('provider')})"
         )
     return endpoint
 

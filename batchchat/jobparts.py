@@ -21,10 +21,10 @@ from .values import did_you_mean, number, table, text, whole
 
 # Body fields batchchat sets itself; a user setting them through options would break the run.
 RESERVED_PARAMS = {
-    "model": "set the model with -m/--model or 'model' in the job file",
+    "model": "the model is a setting of its own (model)",
     "messages": "messages are built from the input table (prompt column, template or messages column)",
-    "stream": "use --stream, or 'stream = true' in the job file",
-    "stream_tokens": "use --stream, or 'stream = true' in the job file",
+    "stream": "streaming is a setting of its own (stream)",
+    "stream_tokens": "streaming is a setting of its own (stream)",
 }
 SCORES = ("exact", "contains", "regex", "json_equal")
 DEFAULT_INVALID_RETRIES = 2
@@ -146,14 +146,15 @@ def check_params(params: Mapping[str, Any], at: str) -> None:
             raise JobError(f"request option '{key}' ({at}) {problem}, got {value!r}")
 
 
-def parse_models(model: Any, models: Any, at: Callable[[str], str]) -> tuple[str, ...]:
+def parse_models(model: Any, models: Any, at: Callable[[str], str],
+                 name: Callable[[str], str] = lambda key: f"{key}=") -> tuple[str, ...]:  # fmt: skip
     """``model`` (a name or a list) or ``models`` (a list); not both."""
     if model is not None and models is not None:
         raise JobError(f"both {at('model')} and {at('models')} are set; keep one (either may be a list)")
     key = "model" if model is not None else "models"
     value = model if model is not None else models
     if value is None:
-        raise JobError("no model: pass -m/--model NAME or set 'model' in the job file")
+        raise JobError(f"no model: give one with {name('model')} (or 'model' in a job file)")
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, (list, tuple)) or not names:
         raise JobError(f"{at(key)} must be a model name or a list of them, got {value!r}")
@@ -272,16 +273,17 @@ def normalize_label(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]|_", " ", text).casefold().split())
 
 
-def parse_scoring(expected: Any, method: Any, at: Callable[[str], str]) -> Scoring:
+def parse_scoring(expected: Any, method: Any, at: Callable[[str], str],
+                  name: Callable[[str], str] = lambda key: f"{key}=") -> Scoring:  # fmt: skip
     column = text(expected, at("expected_column"))
-    name = text(method, at("score"))
-    if name is not None and name not in SCORES:
+    score = text(method, at("score"))
+    if score is not None and score not in SCORES:
         raise JobError(
-            f"{at('score')}: unknown score '{name}'; use one of {', '.join(SCORES)}{did_you_mean(name, SCORES)}"
+            f"{at('score')}: unknown score '{score}'; use one of {', '.join(SCORES)}{did_you_mean(score, SCORES)}"
         )
-    if name is not None and column is None:
-        raise JobError(f"{at('score')} needs the column of expected answers: set expected_column (--expected-column)")
-    return Scoring(column, name or "exact")
+    if score is not None and column is None:
+        raise JobError(f"{at('score')} needs the column of expected answers: set {name('expected_column')}")
+    return Scoring(column, score or "exact")
 
 
 def parse_prices(value: Any, at: str) -> tuple[tuple[str, Price], ...]:

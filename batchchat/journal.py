@@ -277,7 +277,7 @@ class Journal:
                 if "journal" in record:
                     if record.get("journal") != "batchchat" or record.get("version") not in READABLE_VERSIONS:
                         raise JobError(f"{self.path} is not a journal this version of batchchat can read; "
-                                       "move it away, or use --restart to discard it")  # fmt: skip
+                                       "move it away (or restart, to discard it)")  # fmt: skip
                     continue
                 if isinstance(record.get("legacy"), dict):
                     legacy_endpoint = str(record["legacy"].get("endpoint"))

@@ -23,8 +23,10 @@ class OutputLock:
     """The lock of an output, beside the table it names (through symlinks: two names of one table
     share one lock); a symlink planted at the lock's name is refused, never written through."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, setting: str = "-o/--output") -> None:
+        """``setting``: how the user names the output (a flag, or output= in code)."""
         self.path = OutputFiles.of(output).lock
+        self.setting = setting
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
@@ -41,7 +43,7 @@ class OutputLock:
                 raise JobError(
                     f"another batchchat run is writing {self.path.name.removesuffix('.lock')} "
                     f"({holder or 'process unknown'}); wait for it to finish or stop it, or choose "
-                    "another -o/--output"
+                    f"another {self.setting}"
                 ) from None
             if _same_file(fd, self.path):
                 self._fd = fd  # from here, release() cleans up, whatever interrupts what follows

@@ -78,19 +78,19 @@ class RequestBuilder:
         self._slot_key_params = [self.key_params(params) for params in self._slot_params]
         needed: list[tuple[str, str]] = []
         if self.prompt_column:
-            needed.append((self.prompt_column, "the prompt column (--prompt-column / prompt_column)"))
+            needed.append((self.prompt_column, f"the prompt column, {job.names('prompt_column')}"))
         if self.messages_column:
-            needed.append((self.messages_column, "the messages column (--messages-column / messages_column)"))
+            needed.append((self.messages_column, f"the messages column, {job.names('messages_column')}"))
         if self.turns_column:
-            needed.append((self.turns_column, "the turns column (--turns-column / turns_column)"))
+            needed.append((self.turns_column, f"the turns column, {job.names('turns_column')}"))
         if self.template:
             needed += [(name, "a placeholder in the template") for name in self.template.columns]
         for field, column in self.row_options.columns:
             needed.append((column, f"the column of request option '{field}' (option_columns)"))
         if self.row_options.json_column:
-            needed.append((self.row_options.json_column, "the options column (--options-column / options_column)"))
+            needed.append((self.row_options.json_column, f"the options column, {job.names('options_column')}"))
         if self.scoring.expected_column:
-            needed.append((self.scoring.expected_column, "the expected answers (--expected-column / expected_column)"))
+            needed.append((self.scoring.expected_column, f"the expected answers, {job.names('expected_column')}"))
         for name, role in needed:
             if name not in columns:
                 raise JobError(missing_column(source_name, name, role, columns))

@@ -39,8 +39,8 @@ def plan_lines(plan: Plan) -> list[str]:
     """What a run is about to do: rows, fan-out, what earlier runs and dedup spare it."""
     fanout = ""
     if plan.models > 1 or plan.variants:
-        parts = [f"{plan.input_rows:,} rows", f"{plan.models} models" if plan.models > 1 else "",
-                 f"{plan.variants} variants" if plan.variants else ""]  # fmt: skip
+        parts = [plural(plan.input_rows, "row"), f"{plan.models} models" if plan.models > 1 else "",
+                 plural(plan.variants, "variant") if plan.variants else ""]  # fmt: skip
         fanout = f" ({' x '.join(p for p in parts if p)})"
     lines = [f"{plural(plan.rows, 'row')}{fanout} from {plan.source} -> {plan.endpoint}"]
     if plan.limit is not None and plan.input_rows >= plan.limit:
@@ -50,7 +50,7 @@ def plan_lines(plan: Plan) -> list[str]:
         more = ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
         shown = ", ".join(map(str, plan.first_invalid)) + more
         lines.append(
-            f"{plan.invalid_rows:,} rows have nothing to send (empty prompt; "
+            f"{plural(plan.invalid_rows, 'row')} {'has' if plan.invalid_rows == 1 else 'have'} nothing to send (empty prompt; "
             f"{'input rows' if plan.rows != plan.input_rows else 'rows'} {shown}); "
             "they become error rows (invalid_input) without a request"
         )
@@ -147,10 +147,10 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if s.requests == 0:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
-        invalid = f", {s.invalid_answers:,} invalid answers (JSON or label)" if s.invalid_answers else ""
+        invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
         lines += [
-            f"this run: {s.answered:,} requests answered in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
-            f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {s.retries:,} retries{invalid}",
+            f"this run: {plural(s.answered, 'request')} answered in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
+            f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {plural(s.retries, 'retry', 'retries')}{invalid}",
             tokens_line(s),
         ]
     if s.latency_p50_s is not None and s.latency_p95_s is not None:
@@ -172,7 +172,8 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if s.budget_stopped:
         lines.append(
             f"stopped at the cost cap: spent {money(s.cost)} of {money(s.cost_cap)} this run; the "
-            f"{s.pending:,} rows not sent are 'pending'; run again to continue (each run may spend up to --max-cost)"
+            f"{plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to continue "
+            "(each run may spend up to the cap)"
         )
     if result.output is not None:
         lines.append(f"output: {result.output}")
@@ -222,7 +223,7 @@ def dry_run_text(dry: DryRun) -> str:
     plan = dry.plan
     lines = ["dry run: nothing was sent", *plan_lines(plan)]
     if not plan.done_rows and not plan.shared_rows:
-        lines.append(f"{plan.to_send:,} requests to send")
+        lines.append(f"{plural(plan.to_send, 'request')} to send")
     rows = [("model", "variant", "requests", "prompt tokens", "completion tokens", "cost")]
     for g in dry.groups:
         rows.append((g.model, g.variant or "-", f"{g.requests:,}", f"{g.prompt_tokens:,}",

@@ -24,18 +24,20 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .answers import AnswerCheck
+from .answers import AnswerCheck, Derived
 from .client import ChatClient
 from .cost import Budget
 from .errors import AUTH, REDIRECT, FatalAPIError, InputChanged, Interrupted, JobError, RequestError, StorageError
 from .files import OutputFiles
-from .job import Job, load_job, shown_url
+from .job import Endpoint, Job, load_job, shown_url
 from .journal import Journal, MemoryStore, Scope
 from .lock import OutputLock
 from .passes import Plan, Rows, derived_columns, row_outcomes
 from .passes import plan as make_plan
+from .progress import Bar
 from .prompts import RequestBuilder
 from .records import ERROR, OK, PENDING, ChatRequest, RowOutcome
+from .report import plural
 from .scheduler import run_requests
 from .sink import check_columns, output_batches, output_schema, to_frame, typed_output, write_output
 from .source import ArrowSource, FileSource, TableSource, open_source
@@ -54,8 +56,12 @@ SHOWN_INVALID_ROWS = 5
 
 @dataclass(frozen=True)
 class RunResult:
+    """What a run did: its summary, and the output file it wrote, or the frame (``run`` of a
+    DataFrame)."""
+
     output: Path | None
     summary: Summary
+    frame: pd.DataFrame | None = None
 
     @property
     def exit_code(self) -> int:
@@ -106,16 +112,16 @@ async def arun(
     """
     job = as_job(job, settings)
     if job.input is None:
-        raise JobError("no input: pass -i/--input FILE or set 'input' in the job file")
+        raise JobError(f"no input: give the table with {job.names('input')} (or 'input' in a job file)")
     if job.output is None:
-        raise JobError("no output: pass -o/--output FILE or set 'output' in the job file")
+        raise JobError(f"no output: give a file with {job.names('output')} (or 'output' in a job file)")
     source = open_source(job.input, job.limit)
     typed = typed_output(job.output)
     schema = output_schema(source, derived_columns(job), typed)
     builder = RequestBuilder(job, source.columns, source.name)
-    files = OutputFiles.of(job.output)
+    files = OutputFiles.of(job.output, job.names("output"))
     files.check()
-    with OutputLock(job.output):
+    with OutputLock(job.output, job.names("output")):
         files.remove_stale_temps()
         if job.resume.restart:
             files.journal.unlink(missing_ok=True)
@@ -127,14 +133,51 @@ async def arun(
 
 
 def run(
-    job: Job | str | os.PathLike[str] | None = None, /, *, observer: Observer | None = None, **settings: Any
+    job: Job | str | os.PathLike[str] | pd.DataFrame | None = None, /, *, observer: Observer | None = None,
+    **settings: Any,
 ) -> RunResult:
-    """``arun`` for code without an event loop, and for notebooks, whose loop is already running."""
-    return run_sync(arun(job, observer=observer, **settings))
+    """``arun`` for code without an event loop, and for notebooks, whose loop is already running.
+    Given a DataFrame, answers its rows and returns the frame with the summary (``result.frame``)."""
+    if _is_frame(job):
+        return run_sync(_run_frame(job, observer=observer, **settings))
+    return run_sync(arun(job, observer=observer, **settings))  # type: ignore[arg-type]
 
 
-async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, **settings: Any) -> pd.DataFrame:
-    """Answer every row of a DataFrame; returns a copy with the outcome columns added."""
+async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, progress: bool = False,
+                     journal: str | os.PathLike[str] | None = None, **settings: Any) -> pd.DataFrame:  # fmt: skip
+    """Answer every row of a DataFrame; returns a copy with the outcome columns added, the run's
+    summary in its ``attrs["batchchat"]``.
+
+    ``progress=True`` draws a bar (in a notebook too). ``journal=PATH`` keeps every answer in that
+    file as it comes, so calling again with the same settings resumes, paying nothing twice. An
+    interrupt (Ctrl-C, the notebook's stop button) raises ``Interrupted`` carrying the rows
+    answered so far: ``e.result.frame``.
+    """
+    result = await _run_frame(frame, observer=observer, progress=progress, journal=journal, **settings)
+    assert result.frame is not None
+    return result.frame
+
+
+def run_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, progress: bool = False,
+              journal: str | os.PathLike[str] | None = None, **settings: Any) -> pd.DataFrame:  # fmt: skip
+    """``arun_frame`` that works in scripts and inside a running loop (a Jupyter cell) alike."""
+    return run_sync(arun_frame(frame, observer=observer, progress=progress, journal=journal, **settings))
+
+
+def _is_frame(value: object) -> bool:
+    import pandas as pd
+
+    return isinstance(value, pd.DataFrame)
+
+
+async def _run_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, progress: bool = False,
+                     journal: str | os.PathLike[str] | None = None, **settings: Any) -> RunResult:  # fmt: skip
+    if not _is_frame(frame):
+        kind = type(frame).__name__
+        raise TypeError(
+            f"run_frame takes a pandas DataFrame, not a {kind}; for a list of prompts, "
+            "pd.DataFrame({'prompt': prompts}); for a Series, series.to_frame('prompt')"
+        )
     for key in ("input", "output"):
         if settings.get(key) is not None:
             raise JobError(f"{key}= is not used by run_frame, which reads and returns a DataFrame; use run() for files")
@@ -144,28 +187,60 @@ async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None
     check_columns(columns, "the DataFrame", [name for name, _ in derived.columns()])
     builder = RequestBuilder(job, columns, "the DataFrame")
     source = ArrowSource(_frame_table(frame, builder.columns), "the DataFrame")
-    store = MemoryStore()
-    watcher = observer or _Silent()
-    plan, rows = make_plan(job, source, builder, store, None, endpoint_name(job))
-    watcher.started(plan)
+    bar = Bar(notebook=True) if progress else None
+    watcher = observer or bar or _Silent()
+    if journal is None:
+        return await _frame_rows(job, frame, source, builder, derived, MemoryStore(), watcher, bar)
+    journal_path = Path(journal)
+    with OutputLock(journal_path, "journal="):  # journal.lock beside it
+        store = Journal(journal_path, journal_scope(job))
+        try:
+            return await _frame_rows(job, frame, source, builder, derived, store, watcher, bar)
+        finally:
+            store.close()
+
+
+async def _frame_rows(job: Job, frame: pd.DataFrame, source: TableSource, builder: RequestBuilder, derived: Derived,
+                      store: Store, observer: Observer, bar: Bar | None) -> RunResult:  # fmt: skip
+    started = time.perf_counter()
+    stats = Stats(0, dict(job.prices))
+    stopped = False
+    rows: Rows | None = None
     try:
-        if plan.to_send:
-            stats = Stats(plan.to_send, dict(job.prices))
-            await _send(job, source, builder, rows, store, stats, watcher, handle_signals=False)
+        if len(frame):
+            plan, rows = make_plan(job, source, builder, store, None, endpoint_name(job))
+            observer.started(plan)
+            stats.total = plan.to_send
+            if plan.to_send:
+                if isinstance(store, Journal):
+                    store.begin()
+                await _send(job, source, builder, rows, store, stats, observer, handle_signals=False)
     except FatalAPIError as fatal:
         raise FatalAPIError(f"stopped: {fatal}", fatal.error) from None
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        stopped = True  # the rows answered so far are the caller's all the same
+    finally:
+        if bar is not None:
+            bar.close()
+    tally = RowTally()
     outcomes: list[RowOutcome] = []
     extras: dict[str, list[Any]] = {name: [] for name, _ in derived.columns()}
-    for _, batch_outcomes, batch_extras in row_outcomes(source, rows, builder, store, RowTally(), derived):
-        outcomes += batch_outcomes
-        for name, values in batch_extras.items():
-            extras[name] += values
-    return to_frame(frame, outcomes, extras, derived, builder.fanout)
-
-
-def run_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, **settings: Any) -> pd.DataFrame:
-    """``arun_frame`` that works in scripts and inside a running loop (a Jupyter cell) alike."""
-    return run_sync(arun_frame(frame, observer=observer, **settings))
+    if rows is not None:
+        for _, batch_outcomes, batch_extras in row_outcomes(source, rows, builder, store, tally, derived):
+            outcomes += batch_outcomes
+            for name, values in batch_extras.items():
+                extras[name] += values
+    summary = stats.summary(time.perf_counter() - started, tally, streamed=job.stream)
+    answers = to_frame(frame, outcomes, extras, derived, builder.fanout)
+    answers.attrs["batchchat"] = summary
+    result = RunResult(None, summary, answers)
+    if stopped:
+        raise Interrupted(
+            f"interrupted: {_finished(tally):,} of {plural(tally.rows, 'row')} answered; the frame with them (the "
+            "others pending) is e.result.frame" + (", and the journal keeps them" if isinstance(store, Journal) else ""),
+            result,
+        )
+    return result
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -194,6 +269,9 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
             if loops:
                 loops[0].call_soon_threadsafe(_cancel_all, loops[0])
             concurrent.futures.wait([future])
+            stopped = future.exception()
+            if isinstance(stopped, Interrupted):  # the run kept what it had: hand that over
+                raise stopped from None
             raise
 
 
@@ -244,12 +322,12 @@ async def _run_file(
     except FatalAPIError as fatal:
         if len(journal):
             tally = write()
-            kept = f"{_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; the others have status 'pending'"
+            kept = f"{_finished(tally):,} of {plural(tally.rows, 'row')} finished and are in {output}; the others have status 'pending'"
         else:
             kept = "no row finished, so nothing was written"
         raise FatalAPIError(f"stopped: {fatal}; {kept}", fatal.error) from None
     wall = time.perf_counter() - started
-    resume = f"run the same command again to resume: the {len(journal):,} requests in {journal.path} are not sent again"
+    resume = f"run the same command again to resume: what {journal.path} holds is not sent again"
     if ending == "at once":
         raise Interrupted(f"stopped at once; the output was not written; {resume}",
                           RunResult(None, stats.summary(wall, RowTally(), streamed=job.stream)))  # fmt: skip
@@ -257,7 +335,7 @@ async def _run_file(
     summary = stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending == "budget", streamed=job.stream)
     if ending == "stopped":
         raise Interrupted(
-            f"stopped: {_finished(tally):,} of {tally.rows:,} rows finished and are in {output}; "
+            f"stopped: {_finished(tally):,} of {plural(tally.rows, 'row')} finished and are in {output}; "
             f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}",
             RunResult(output, summary),
         )
@@ -409,19 +487,27 @@ def endpoint_name(job: Job) -> str:
     return f"{shown} (from {endpoint.base_url_env})" if endpoint.base_url_env else shown
 
 
+def auth_problem(endpoint: Endpoint, error: RequestError) -> str:
+    """What a 401 means and what to do: a key was refused, or none was sent."""
+    variable = endpoint.api_key_env
+    if endpoint.api_key() is None:
+        ask = f"set the variable {variable}" if variable else "name the variable holding a key with --api-key-env"
+        return f"wants an API key, and none was sent ({error.message}); {ask}"
+    fix = f"set a valid key in {variable}" if variable else "pass a valid key"
+    return f"refused the API key ({error.message}); {fix}"
+
+
 def _fatal_message(job: Job, error: RequestError) -> str:
     where = endpoint_name(job)
     if error.unreachable:
         return (
-            f"nothing answers at {where} ({error.message}); check the URL (--base-url, --provider) and that "
-            "the server is running, then run again"
+            f"nothing answers at {where} ({error.message}); check the URL ({job.names('base_url')}, "
+            f"{job.names('provider')}) and that the server is running, then run again"
         )
     if error.error_type == REDIRECT:
         return f"{where} {error.message.split(': ', 1)[-1]}"
     if error.error_type == AUTH:
-        key = job.endpoint.api_key_env
-        fix = f"set a valid key in {key}" if key else "pass a key with --api-key-env NAME"
-        return f"{where} refused the API key ({error.message}); {fix} and run again"
+        return f"{where} {auth_problem(job.endpoint, error)} and run again"
     return f"{where} says the account has no credit ({error.message}); add credit or raise the spending limit, then run again"
 
 

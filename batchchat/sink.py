@@ -153,9 +153,30 @@ def write_output(
             temporary.unlink(missing_ok=True)
 
 
+NULLABLE = {pa.int64(): "Int64", pa.int32(): "Int32", pa.bool_(): "boolean"}
+
+
+def pandas_metadata(schema: pa.Schema, added: Sequence[str] | None = None) -> dict[bytes, bytes]:
+    """The pandas description of a table whose columns batchchat added (``added``; by default the
+    ones after the input's) are read back with nullable dtypes, as ``run_frame`` gives them:
+    ``pd.read_parquet`` of the output then has ``Int64`` token counts, not floats with NaN."""
+
+    names = set(added) if added is not None else {f.name for f in added_like(schema)}
+    empty = schema.empty_table().to_pandas()
+    for field in schema:
+        if field.name in names and field.type in NULLABLE:
+            empty[field.name] = empty[field.name].astype(NULLABLE[field.type])
+    return {**(schema.metadata or {}), **pa.Schema.from_pandas(empty, preserve_index=False).metadata}
+
+
+def added_like(schema: pa.Schema) -> list[pa.Field]:
+    """The fields of ``schema`` named like the columns batchchat adds."""
+    return [f for f in schema if f.name in OUTPUT_COLUMNS or f.name.startswith("out_") or f.name in ("score", "cost")]
+
+
 def _write_table(f: BinaryIO, suffix: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
     if suffix == ".parquet":
-        with pq.ParquetWriter(f, schema) as writer:
+        with pq.ParquetWriter(f, schema.with_metadata(pandas_metadata(schema))) as writer:
             for batch in batches:
                 writer.write_batch(batch)
     elif suffix == ".csv":
@@ -182,15 +203,16 @@ def to_frame(
 ) -> pd.DataFrame:
     """The caller's DataFrame (index and dtypes untouched; each row repeated once per model and
     variant when the job fans out) with the outcome and derived columns added."""
-    import pandas as pd
 
-    nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(), pa.bool_(): pd.BooleanDtype()}
     result = frame.loc[frame.index.repeat(fanout)] if fanout > 1 else frame.copy()
     fields = added_fields(derived)
-    for field, array in zip(fields, added_arrays(outcomes, extras, fields), strict=True):
-        series = array.to_pandas(types_mapper=nullable.get)
-        series.index = result.index
-        result[field.name] = series
+    schema = pa.schema(fields)
+    # Converted as pd.read_parquet converts the output file, so both give the same dtypes.
+    schema = schema.with_metadata(pandas_metadata(schema, [f.name for f in fields]))
+    added = pa.Table.from_arrays(added_arrays(outcomes, extras, fields), schema=schema).to_pandas()
+    added.index = result.index
+    for name in added.columns:
+        result[name] = added[name]
     return result
 
 

@@ -34,7 +34,7 @@ CASES = [
     ("empty-file", {"in.csv": ""}, ["-i", "{d}/in.csv"], "input {d}/in.csv is empty (0 bytes)"),
     ("header-only", {"in.csv": "id,prompt\n"}, ["-i", "{d}/in.csv"], "{d}/in.csv has no rows"),
     ("no-prompt-column", {"in.csv": "id,question\n1,hi\n"}, ["-i", "{d}/in.csv"],
-     "has no column 'prompt' (the prompt column (--prompt-column / prompt_column)); its columns are 'id', 'question'"),
+     "has no column 'prompt' (the prompt column, --prompt-column); its columns are 'id', 'question'"),
     ("prompt-column-typo", {"in.csv": GOOD_CSV}, ["-i", "{d}/in.csv", "--prompt-column", "promt"],
      "has no column 'promt'"),
     ("closest-column", {"in.csv": "id,prompts\n1,hi\n"}, ["-i", "{d}/in.csv"], "did you mean 'prompts'?"),
@@ -82,7 +82,7 @@ CASES = [
      ["{d}/job.toml"], "unknown key 'temprature'; did you mean 'temperature'?"),
     ("toml-wrong-type", {"in.csv": GOOD_CSV, "job.toml": 'input = "in.csv"\nmodel = "sim-chat"\nconcurrency = "many"\n'},
      ["{d}/job.toml"], "'concurrency' in {d}/job.toml must be a whole number, got 'many'"),
-    ("no-model", {"in.csv": GOOD_CSV}, ["-i", "{d}/in.csv", "--no-model"], "no model: pass -m/--model NAME"),
+    ("no-model", {"in.csv": GOOD_CSV}, ["-i", "{d}/in.csv", "--no-model"], "no model: give one with -m/--model"),
     ("no-key", {"in.csv": GOOD_CSV}, ["-i", "{d}/in.csv", "--remote"],
      "no API key: the variable TOGETHER_API_KEY is not set"),
 ]  # fmt: skip

@@ -100,8 +100,8 @@ def test_run_with_nothing_says_how_to_start():
 
 
 def test_the_progress_bar_shows_rate_429s_retries_tokens_and_errors():
-    from batchchat.cli import live_counters
     from batchchat.records import RowOutcome, Usage
+    from batchchat.report import live_counters
     from batchchat.stats import Stats
 
     stats = Stats(total=3)
@@ -164,7 +164,7 @@ def test_variants_and_simulator_settings_from_flags(tmp_path):
         ("a", "temperature=0"), ("a", "hot"), ("b", "temperature=0"), ("b", "hot")]
     assert {r["label"] for r in rows} <= {"yes", "no"}
     wrong = cli("run", "-i", source, "-m", "m", "--base-url", "http://127.0.0.1:9/v1", "--sim", "latency_ms=5")
-    assert wrong.exit_code == 2 and "--sim sets the built-in simulator, which only --provider sim uses" in wrong.stderr
+    assert wrong.exit_code == 2 and "--sim sets the built-in simulator, which only provider sim (--provider) uses" in wrong.stderr
     bad = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--variant", "temperature")
     assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.stderr
 

@@ -83,3 +83,133 @@ def test_a_labeling_run_says_how_many_rows_got_each_label(tmp_path: Path, sim_fa
     counts = {label: sum(r["label"] == label for r in rows) for label in ("yes", "no")}
     line = next(line for line in result.stderr.splitlines() if line.startswith("labels: "))
     assert all(f"{label} {count}" in line for label, count in counts.items() if count)
+
+
+FRAME_RUN = r"""
+import os, signal, sys, threading, time
+import pandas as pd
+import batchchat
+url, journal = sys.argv[1], sys.argv[2]
+df = pd.DataFrame({"prompt": [f"frame question {i}" for i in range(40)]})
+if sys.argv[3] == "interrupt":
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    out = batchchat.run_frame(df, model="sim-chat", base_url=url, concurrency=4, journal=journal)
+    print("done", (out.status == "ok").sum())
+except batchchat.Interrupted as e:
+    frame = e.result.frame
+    print("interrupted", len(frame), (frame.status == "ok").sum(), (frame.status == "pending").sum())
+"""
+
+
+def test_an_interrupted_run_frame_keeps_its_answers_and_resumes_from_its_journal(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    import subprocess
+    import sys
+
+    server = sim_factory(latency_ms=200)
+    journal = tmp_path / "frame.journal"
+    first = subprocess.run([sys.executable, "-c", FRAME_RUN, server.url, str(journal), "interrupt"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    word, rows, ok, pending = first.stdout.split()
+    assert word == "interrupted" and rows == "40" and int(ok) > 0 and int(ok) + int(pending) == 40, first.stderr
+    again = subprocess.run([sys.executable, "-c", FRAME_RUN, server.url, str(journal), "finish"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert again.stdout.split() == ["done", "40"], again.stderr
+    assert server.stats()["answered_twice"] <= 4  # at most what was in flight when interrupted
+
+
+def test_run_frame_draws_a_bar_on_request_and_gives_the_summary(sim: BackgroundSimulator, capsys: Any) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    df = pd.DataFrame({"prompt": ["a", "b", "c"]})
+    out = batchchat.run_frame(df, model="sim-chat", base_url=sim.url, progress=True)
+    assert "3/3" in capsys.readouterr().err  # the bar, drawn where a notebook shows it
+    summary = out.attrs["batchchat"]
+    assert summary.ok == 3 and summary.rows == 3
+    result = batchchat.run(df, model="sim-chat", base_url=sim.url)
+    assert result.summary.ok == 3 and list(result.frame.status) == ["ok"] * 3 and result.output is None
+    quiet = batchchat.run_frame(df, model="sim-chat", base_url=sim.url)
+    assert capsys.readouterr().err == "" and list(quiet.status) == ["ok"] * 3  # the library prints nothing unasked
+
+
+def test_run_frame_refuses_a_list_or_a_series_and_takes_an_empty_frame(sim: BackgroundSimulator) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    for wrong in (["a", "b"], pd.Series(["a", "b"], name="prompt")):
+        with pytest.raises(TypeError, match="run_frame takes a pandas DataFrame, not a"):
+            batchchat.run_frame(wrong, model="sim-chat", base_url=sim.url)  # type: ignore[arg-type]
+    empty = batchchat.run_frame(pd.DataFrame({"prompt": pd.Series([], dtype=str)}), model="sim-chat", base_url=sim.url)
+    assert len(empty) == 0 and {"response", "status", "cost"} <= set(empty.columns)
+    assert sim.requests == []
+
+
+def test_library_errors_name_library_arguments(tmp_path: Path) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    with pytest.raises(batchchat.JobError, match="give one with model="):
+        batchchat.run_frame(pd.DataFrame({"prompt": ["a"]}), provider="sim")
+    with pytest.raises(batchchat.JobError, match=r"\(the prompt column, prompt_column=\)"):
+        batchchat.run_frame(pd.DataFrame({"text": ["a"]}), model="m", provider="sim")
+    write_csv(tmp_path / "in.csv", ["prompt"], [["a"]])
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(batchchat.JobError, match="choose another output="):
+        batchchat.run(input=str(tmp_path / "in.csv"), output=str(tmp_path / "in.csv"), model="m", provider="sim")
+
+
+def test_the_output_read_by_pandas_has_the_dtypes_run_frame_gives(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    df = pd.DataFrame({"prompt": ["a", "b", "[sim:fault=400]"]})
+    df.to_csv(tmp_path / "in.csv", index=False)
+    settings: dict[str, Any] = {"model": "sim-chat", "base_url": sim.url, "json_schema": {
+        "type": "object", "properties": {"n": {"type": "integer"}, "flag": {"type": "boolean"}}}}  # fmt: skip
+    batchchat.run(input=str(tmp_path / "in.csv"), output=str(tmp_path / "out.parquet"), **settings)
+    read = pd.read_parquet(tmp_path / "out.parquet")
+    framed = batchchat.run_frame(df, **settings)
+    assert {c: str(read[c].dtype) for c in framed.columns} == {c: str(framed[c].dtype) for c in framed.columns}
+    assert str(read["prompt_tokens"].dtype) == "Int64" and str(read["out_flag"].dtype) == "boolean"
+
+
+def test_a_401_when_no_key_was_sent_says_so_and_which_variable_to_set(tmp_path: Path, sim_factory: Any) -> None:
+    server = sim_factory(api_key="the-right-key")  # a local server that wants a key: none is sent to loopback
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    run = cli("run", "-i", source, "-m", "sim-chat", "--base-url", server.url)
+    assert run.exit_code == 2
+    assert "wants an API key, and none was sent (HTTP 401: Invalid API key provided); set the variable " \
+           "TOGETHER_API_KEY and run again" in run.stderr  # fmt: skip
+    chat = cli("chat", "hi", "-m", "sim-chat", "--base-url", server.url, "--api-key-env", "MY_LOCAL_KEY")
+    assert chat.exit_code == 2 and "none was sent" in chat.stderr and "set the variable MY_LOCAL_KEY" in chat.stderr
+
+
+def test_run_help_groups_its_options_and_ends_with_examples() -> None:
+    text = cli("run", "--help").stdout
+    titles = ["Input and prompts:", "Model and request:", "Limits and retries:", "Output and resume:",
+              "Evaluation:", "Other:", "Examples:"]  # fmt: skip
+    positions = [text.index(title) for title in titles]
+    assert positions == sorted(positions)
+    assert text.index("--limit N") < text.index("Model and request:") < text.index("--max-tokens")
+    assert text.index("Evaluation:") < text.index("--labels") < text.index("Other:") < text.index("--dry-run")
+    assert "batchchat run jobs/demo.toml" in text[positions[-1]:]
+
+
+def test_chat_help_does_not_offer_several_models() -> None:
+    text = cli("chat", "--help").stdout
+    line = next(line for line in text.splitlines() if "--model" in line)
+    assert "repeat" not in line.lower() and "compare" not in text
+
+
+def test_the_readme_shows_the_demo_job_as_it_is() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("See `jobs/demo.toml`:\n\n```toml\n", 1)[1].split("```", 1)[0]
+    assert shown == (root / "jobs" / "demo.toml").read_text(encoding="utf-8")

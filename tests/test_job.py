@@ -46,7 +46,7 @@ def test_output_defaults_to_a_parquet_file_beside_the_input(prompts):
 
 
 def test_model_is_required_with_no_silent_default(prompts):
-    with pytest.raises(JobError, match="no model: pass -m/--model"):
+    with pytest.raises(JobError, match="no model: give one with model="):  # the library's name for it
         load_job(input=prompts, provider="sim")
 
 

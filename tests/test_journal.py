@@ -67,7 +67,7 @@ def test_a_record_torn_by_a_kill_is_ignored_and_cut_away_before_appending(tmp_pa
 def test_a_file_that_is_not_a_batchchat_journal_is_refused(tmp_path):
     path = tmp_path / "j"
     path.write_text('{"journal": "batchchat", "version": 99}\n')
-    with pytest.raises(JobError, match="--restart"):
+    with pytest.raises(JobError, match="restart, to discard it"):
         Journal(path)
 
 

@@ -1,0 +1,53 @@
+"""A progress bar fed by a run's observer calls: tqdm's, in a terminal or (``tqdm.auto``) a
+Jupyter notebook. The library draws one only when asked (``progress=True``); the CLI draws one on
+a terminal."""
+
+from __future__ import annotations
+
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from .report import live_counters
+
+if TYPE_CHECKING:
+    from .passes import Plan
+    from .records import RowOutcome
+    from .stats import Stats
+
+
+class Bar:
+    """Requests done of those to send, with the live counters beside them."""
+
+    def __init__(self, file: IO[str] | None = None, *, notebook: bool = False) -> None:
+        self.file = file
+        self.notebook = notebook
+        self.bar: Any = None
+        self._next_postfix = 0.0
+
+    def started(self, plan: Plan) -> None:
+        if not plan.to_send:
+            return
+        if self.notebook:
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
+        self.bar = tqdm(total=plan.to_send, unit="req", file=self.file, dynamic_ncols=True, smoothing=0.1)
+
+    def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_postfix or stats.done == stats.total:  # a few times a second, not every row
+            self._next_postfix = now + 0.25
+            bar.set_postfix_str(live_counters(stats), refresh=False)
+        bar.update(1)
+
+    def stopping(self, grace_s: float) -> None:
+        if self.bar is not None:
+            self.bar.clear()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
