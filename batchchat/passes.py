@@ -37,7 +37,8 @@ class Plan:
 
     source: str
     rows: int  # output rows: input rows x models x variants
-    invalid_rows: int
+    invalid_rows: int  # output rows with nothing to send
+    invalid_inputs: int  # the input rows they come from
     first_invalid: tuple[int, ...]  # 1-based input row numbers of the first few
     done_rows: int  # rows whose request an earlier run already finished (the journal)
     to_send: int  # requests this run sends: rows not done, each distinct request once
@@ -135,6 +136,7 @@ def plan(job: Job, source: TableSource, builder: RequestBuilder, store: Store, o
         source=source.name,
         rows=len(rows.keys),
         invalid_rows=len(rows.invalid),
+        invalid_inputs=len(invalid_inputs),
         first_invalid=tuple(invalid_inputs[:SHOWN_INVALID_ROWS]),
         done_rows=done,
         to_send=rows.sends.count(1),

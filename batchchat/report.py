@@ -47,12 +47,16 @@ def plan_lines(plan: Plan) -> list[str]:
         lines.append(f"only the first {plural(plan.limit, 'input row')} (--limit); run without it to go on: "
                      "what is answered now is not sent again")  # fmt: skip
     if plan.invalid_rows:
-        more = ", ..." if plan.invalid_rows > len(plan.first_invalid) else ""
+        more = ", ..." if plan.invalid_inputs > len(plan.first_invalid) else ""
         shown = ", ".join(map(str, plan.first_invalid)) + more
+        one = plan.invalid_inputs == 1
         lines.append(
-            f"{plural(plan.invalid_rows, 'row')} {'has' if plan.invalid_rows == 1 else 'have'} nothing to send (empty prompt; "
-            f"{'input rows' if plan.rows != plan.input_rows else 'rows'} {shown}); "
-            "they become error rows (invalid_input) without a request"
+            f"{plural(plan.invalid_inputs, 'input row')} {'has' if one else 'have'} nothing to send, an empty "
+            f"prompt ({'row' if one else 'rows'} {shown}): "
+            + (f"{'its' if one else 'their'} {plural(plan.invalid_rows, 'output row')} become error rows"
+               if plan.rows != plan.input_rows
+               else f"{'it becomes an error row' if one else 'they become error rows'}")
+            + " (invalid_input) without a request"
         )
     if plan.assumed_endpoint is not None:
         lines.append(

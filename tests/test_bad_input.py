@@ -126,7 +126,7 @@ def test_empty_prompt_cells_are_counted_before_the_run_and_become_invalid_input_
     output = tmp_path / "out.jsonl"
     result = cli("run", "-i", tmp_path / "in.csv", "-o", output, "-m", "sim-chat", "--base-url", sim.url)
     assert result.exit_code == 1
-    assert "2 rows have nothing to send (empty prompt; rows 2, 3)" in result.stderr
+    assert "2 input rows have nothing to send, an empty prompt (rows 2, 3): they become error rows" in result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(r["status"], r["error_type"], r["attempts"]) for r in rows] == [
         ("ok", None, 1), ("error", "invalid_input", 0), ("error", "invalid_input", 0), ("ok", None, 1),

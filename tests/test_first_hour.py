@@ -213,3 +213,21 @@ def test_the_readme_shows_the_demo_job_as_it_is() -> None:
     readme = (root / "README.md").read_text(encoding="utf-8")
     shown = readme.split("See `jobs/demo.toml`:\n\n```toml\n", 1)[1].split("```", 1)[0]
     assert shown == (root / "jobs" / "demo.toml").read_text(encoding="utf-8")
+
+
+def test_messages_count_in_good_grammar(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], [""]])
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "sim-chat", "-m", "sim-chat-large",
+                 "--variant", "temperature=0", "--base-url", sim.url)  # fmt: skip
+    err = result.stderr
+    assert "4 rows (2 rows x 2 models x 1 variant)" in err
+    assert "1 input row has nothing to send, an empty prompt (row 2): its 2 output rows become error rows (invalid_input)" in err
+    assert "this run: 2 requests answered" in err and "0 retries" in err
+    assert "2 ok, 2 errors (invalid_input 2)" in err
+    for wrong in ("1 requests", "1 rows", "0 error ", "1 variants", "1 retries", "((", "))"):
+        assert wrong not in err, wrong
+    header = read_output(tmp_path / "out.csv")[0]
+    names = list(header)
+    assert names.index("variant") == names.index("model") + 1  # side by side
+    bad = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--param", "stream=true")
+    assert "(--param)" in bad.stderr and "--params" not in bad.stderr
