@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from .errors import BatchchatError, FatalAPIError, Interrupted, JobError, RequestError
 from .job import Job, load_job
+from .version import __version__
 
 if TYPE_CHECKING:
     from .dryrun import DryRun, dry_run

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from . import __version__
 from .errors import BatchchatError, Interrupted, StorageError
 from .report import dry_run_text, plan_lines, plural, printable, progress_line, summary_text
+from .version import __version__
 
 if TYPE_CHECKING:
     from .progress import Bar
