@@ -13,12 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchchatError, FatalAPIError, Interrupted, JobError, RequestError
-from .job import Job, load_job
+from .jobfile import load_job
+from .spec import Job
 from .version import __version__
 
 if TYPE_CHECKING:
     from .dryrun import DryRun, dry_run
-    from .runner import RunResult, arun, arun_frame, run, run_frame
+    from .frames import arun_frame, run_frame
+    from .pipeline import RunResult
+    from .runfile import arun, run
 
 __all__ = [
     "BatchchatError",
@@ -38,8 +41,8 @@ __all__ = [
     "run_frame",
 ]
 
-_LAZY = {"RunResult": "runner", "arun": "runner", "arun_frame": "runner", "run": "runner",
-         "run_frame": "runner", "DryRun": "dryrun", "dry_run": "dryrun"}  # fmt: skip
+_LAZY = {"RunResult": "pipeline", "arun": "runfile", "run": "runfile", "arun_frame": "frames", "run_frame": "frames",
+         "DryRun": "dryrun", "dry_run": "dryrun"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

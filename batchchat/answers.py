@@ -4,22 +4,28 @@ An answer is checked as it arrives (an invalid one is asked again), but everythi
 (labels, ``out_`` fields, scores) is worked out again when the output is assembled, from the
 response text the journal keeps. The journal therefore stays one record per request, and a
 changed scoring method applies to answers already paid for.
+
+``derive_batch`` is that for one Arrow batch, a pure function of the batch, its rows' outcomes
+and the ``Derived`` columns (the parts of the job it needs), so any engine can call it on a shard.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import INVALID_LABEL, INVALID_OUTPUT
-from .jobparts import Answers, Price, Scoring, normalize_label
 from .records import ERROR, OK, PENDING, RowOutcome
 from .schema import json_equal, output_fields, validate
+from .spec import NO_PRICES, Answers, Job, Prices, Scoring, normalize_label
 from .template import cell_text
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
 SHOWN = 80
@@ -116,7 +122,17 @@ class Derived:
     scoring: Scoring
     variants: bool
     transcripts: bool
-    prices: Mapping[str, Price] = field(default_factory=dict)
+    prices: Prices = field(default_factory=lambda: NO_PRICES)
+
+    @classmethod
+    def of(cls, job: Job) -> Derived:
+        return cls(
+            answers=job.answers,
+            scoring=job.scoring,
+            variants=bool(job.variants),
+            transcripts=job.prompt.turns_column is not None,
+            prices=job.prices,
+        )
 
     @cached_property
     def out_fields(self) -> tuple[tuple[str, str], ...]:
@@ -179,6 +195,35 @@ class Derived:
         if not ok:
             return 0.0 if error_type in (INVALID_OUTPUT, INVALID_LABEL) else None
         return 1.0 if score(self.scoring.method, answer, expected, labels=bool(self.answers.labels)) else 0.0
+
+
+def derive_batch(derived: Derived, batch: pa.RecordBatch, outcomes: Sequence[RowOutcome],
+                 slots: Sequence[tuple[str, str | None]], shared: Sequence[bool]) -> dict[str, list[Any]]:  # fmt: skip
+    """The derived cells (``Derived.columns``) of the output rows of ``batch``: ``outcomes`` holds
+    each input row's outcomes, one per (model, variant) of ``slots`` in order; ``shared`` marks
+    the rows that took the answer of an identical row (paid once: their cost is 0)."""
+    fanout = len(slots)
+    names = [name for name, _ in derived.columns()]
+    derives = bool(derived.out_fields or derived.answers.labels or derived.scoring.expected_column)
+    expected_column = derived.scoring.expected_column
+    expected = batch.column(expected_column).to_pylist() if expected_column else None
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for i, outcome in enumerate(outcomes):
+        model, variant = slots[i % fanout]
+        cells = (
+            derived.values(outcome.status, outcome.response, outcome.error_type,
+                           expected[i // fanout] if expected is not None else None)
+            if derives
+            else {}
+        )  # fmt: skip
+        cells["cost"] = derived.cost(outcome, model, shared=shared[i])
+        if derived.variants:
+            cells["variant"] = variant
+        if derived.transcripts:
+            cells["transcript"] = outcome.transcript
+        for name in names:
+            columns[name].append(cells.get(name))
+    return columns
 
 
 def _contains(answer: str, expected: str) -> bool:

@@ -1,7 +1,9 @@
 """A conversation with a model, one turn at a time: what ``batchchat chat`` drives.
 
 The history is the conversation: each turn sends every earlier message, as in Together's
-multi-turn example. A turn that fails leaves the history as it was, so the user can ask again.
+multi-turn example. A turn is asked as a run asks a request (``unit.Asker``: retries, and a stop
+for an endpoint that cannot answer at all); a turn that fails leaves the history as it was, so
+the user can ask again.
 """
 
 from __future__ import annotations
@@ -11,42 +13,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .client import ChatClient
-from .errors import JobError
-from .job import Job
+from .errors import JobError, RequestError
 from .records import ChatRequest, ChatResult
-from .retry import with_retries
+from .spec import Params
+from .unit import Asker, Dialogue, Send
 
 
 class Conversation:
-    def __init__(self, job: Job, client: ChatClient) -> None:
-        self.job = job
-        self.client = client
-        self.messages: list[dict[str, Any]] = []
-        if job.prompt.system:
-            self.messages.append({"role": "system", "content": job.prompt.system})
+    def __init__(self, send: Send, model: str, params: Params = (), *, system: str | None = None,
+                 max_attempts: int = 6, on_retry: Callable[[RequestError], None] | None = None) -> None:  # fmt: skip
+        self.model = model
+        self.params = params
+        self.dialogue = Dialogue([{"role": "system", "content": system}] if system else [])
+        self.asker = Asker(send, max_attempts=max_attempts, on_retry=on_retry)
 
-    async def ask(
-        self,
-        text: str,
-        on_text: Callable[[str], None] | None = None,
-        on_retry: Callable[[], None] | None = None,
-    ) -> ChatResult:
-        """Send ``text`` after the history; raises the last RequestError if every attempt fails."""
-        turn = {"role": "user", "content": text}
-        request = ChatRequest(
-            row=0, key="", model=self.job.model, messages=(*self.messages, turn), params=self.job.params
-        )
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.dialogue.messages
 
-        async def attempt() -> ChatResult:
-            return await self.client.complete(request, on_text)
+    @property
+    def started(self) -> bool:
+        """Whether any turn was answered."""
+        return any(message["role"] == "assistant" for message in self.messages)
 
-        done = await with_retries(attempt, self.job.retry.max_attempts, on_retry=on_retry)
-        if done.error is not None:
-            raise done.error
-        assert done.result is not None
-        self.messages += [turn, {"role": "assistant", "content": done.result.content or ""}]
-        return done.result
+    async def ask(self, text: str) -> ChatResult:
+        """Send ``text`` after the history; raises the last RequestError if every attempt fails,
+        FatalAPIError if no request could succeed (a refused key, nothing answering)."""
+        request = ChatRequest(row=0, key="", model=self.model, messages=self.dialogue.asking(text), params=self.params)
+        asked = await self.asker.ask(request, checked=False)
+        if asked.result is None:
+            assert asked.error is not None
+            raise asked.error
+        self.dialogue.answered(text, asked.result.content)
+        return asked.result
 
     def save(self, path: Path) -> None:
         """Append the conversation as one JSONL row, ``{"messages": [...]}``, which

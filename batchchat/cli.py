@@ -9,24 +9,24 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
 
-from .errors import BatchchatError, Interrupted, StorageError
-from .report import dry_run_text, plan_lines, plural, printable, progress_line, summary_text
+from .console import Progress, Shown, say
+from .errors import BatchchatError, FatalAPIError, Interrupted, RequestError, StorageError
+from .text import dry_run_text, summary_text
 from .version import __version__
+from .words import plural
 
 if TYPE_CHECKING:
-    from .progress import Bar
-    from .records import RowOutcome
-    from .runner import Plan
-    from .stats import Stats
+    from .chat import Conversation
+    from .pipeline import RunResult
+    from .spec import Job
 
 EXIT_JOB = 2
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused what the run wrote
@@ -35,12 +35,6 @@ EXIT_INTERRUPTED = 130
 SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model", "models": "-m/--model",
                "params": "--param", "simulator": "--sim", "variants": "--variant",
                "option_columns": "--option-column", "json_schema": "--json-schema", "prices": "--price"}  # fmt: skip
-
-
-def say(text: str = "", err: bool = False, nl: bool = True) -> None:
-    """Every line the CLI prints goes through here: text from a server (answers, error bodies) is
-    stripped of control characters, so an escape sequence can never drive the terminal."""
-    click.echo(printable(text), err=err, nl=nl)
 
 
 def flag_name(key: str) -> str:
@@ -346,8 +340,8 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     observer = Progress(quiet, progress_every)
     stop_on_sigterm()  # before anything takes the lock: a SIGTERM now stops as cleanly as Ctrl-C
     try:
-        from .job import build_job
-        from .runner import run as run_job
+        from .jobfile import build_job
+        from .runfile import run as run_job
 
         if job_file is None and input_path is None:
             raise BatchchatError(
@@ -374,7 +368,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
             observer.close()
     except Interrupted as e:  # Ctrl-C or SIGTERM: finished work was kept
         if e.result is not None and not quiet:
-            say(summary_text(e.result, finished=False), err=True)
+            say(summary_text(cast("RunResult", e.result), finished=False), err=True)
         say(f"batchchat: {e}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except StorageError as e:  # disk full or read-only: not "nothing changed", so not exit 2
@@ -446,70 +440,6 @@ def _fail(message: str, debug: bool, code: int = EXIT_JOB) -> NoReturn:
     sys.exit(code)
 
 
-class Progress:
-    """Progress on stderr unless quiet: a bar on a terminal; elsewhere (cron, nohup, CI logs) one
-    plain line every ``every_s`` seconds, from a thread, so a log shows the run alive even while
-    no request finishes."""
-
-    def __init__(self, quiet: bool, every_s: float = 30.0) -> None:
-        self.quiet = quiet
-        self.every_s = every_s
-        self.bar: Bar | None = None
-        self.answered = 0  # requests this run finished
-        self.stats: Stats | None = None
-        self._plan: Plan | None = None
-        self._began = 0.0
-        self._done = threading.Event()
-        self._ticker: threading.Thread | None = None
-
-    def started(self, plan: Plan) -> None:
-        if self.quiet:
-            return
-        for line in plan_lines(plan):
-            say(f"batchchat: {line}", err=True)
-        if not plan.to_send:
-            return
-        if sys.stderr.isatty():
-            from .progress import Bar
-
-            self.bar = Bar(sys.stderr)
-            self.bar.started(plan)
-        else:
-            self._plan, self._began = plan, time.monotonic()
-            self._ticker = threading.Thread(target=self._tick, name="batchchat-progress", daemon=True)
-            self._ticker.start()
-
-    def _tick(self) -> None:
-        while not self._done.wait(self.every_s):
-            assert self._plan is not None
-            say(f"batchchat: {progress_line(self._plan.to_send, self.stats, time.monotonic() - self._began)}",
-                err=True)  # fmt: skip
-
-    def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
-        self.answered += 1
-        self.stats = stats
-        if self.bar is not None:
-            self.bar.row_done(outcome, stats)
-
-    def stopping(self, grace_s: float) -> None:
-        if self.bar is not None:
-            self.bar.stopping(grace_s)
-        say(
-            f"\nbatchchat: stopping: no new requests; those in flight have {grace_s:g} s to finish "
-            "(Ctrl-C again to stop at once)",
-            err=True,
-        )
-
-    def close(self) -> None:
-        self._done.set()
-        if self._ticker is not None:
-            self._ticker.join()
-            self._ticker = None
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("prompt", required=False)
 @request_options(several_models=False)
@@ -531,8 +461,8 @@ def chat(prompt: str | None, params: tuple[str, ...], models: str | None, save: 
     """
     try:
         from .chat import check_save_path
-        from .job import build_job
-        from .runner import run_sync
+        from .jobfile import build_job
+        from .sync import run_sync
 
         param_values = dict(parse_param(p) for p in params)
         job = build_job(None, {**options, "model": models, "params": param_values or None}, flag_name)
@@ -548,17 +478,21 @@ def chat(prompt: str | None, params: tuple[str, ...], models: str | None, save: 
     sys.exit(code)
 
 
-async def _chat(job: Any, prompt: str | None, save: Path | None) -> int:
+async def _chat(job: Job, prompt: str | None, save: Path | None) -> int:
     import asyncio
 
     from .chat import Conversation
-    from .runner import open_client
+    from .connect import open_client
 
-    async with open_client(job) as client:
-        conversation = Conversation(job, client)
+    async with open_client(job.endpoint, concurrency=job.limits.concurrency, retry=job.retry, stream=job.stream,
+                           simulator=job.simulator_config) as client:  # fmt: skip
+        shown = Shown(client.stream)
+        conversation = Conversation(partial(client.complete, on_text=shown.piece if client.stream else None),
+                                    job.model, job.params, system=job.prompt.system,
+                                    max_attempts=job.retry.max_attempts, on_retry=shown.retrying)  # fmt: skip
         try:
             if prompt is not None:
-                return await _turn(conversation, prompt)
+                return await _turn(job, conversation, shown, prompt)
             interactive = sys.stdin.isatty()
             worst = 0
             while True:
@@ -567,11 +501,11 @@ async def _chat(job: Any, prompt: str | None, save: Path | None) -> int:
                     return worst
                 if not line.strip():
                     continue
-                worst = max(worst, await _turn(conversation, line))
+                worst = max(worst, await _turn(job, conversation, shown, line))
                 if worst == EXIT_JOB:
                     return worst
         finally:
-            if save is not None and len(conversation.messages) > (1 if job.prompt.system else 0):
+            if save is not None and conversation.started:
                 conversation.save(save)
 
 
@@ -587,38 +521,23 @@ def _read_turn(interactive: bool) -> str | None:
     return line.rstrip("\r\n") if line else None
 
 
-async def _turn(conversation: Any, text: str) -> int:
+async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -> int:
     """Ask, print the answer (as it arrives when streaming); 0 answered, 1 failed, 2 fatal."""
-    from .errors import AUTH, RequestError
-    from .retry import is_fatal
-    from .runner import auth_problem
-
-    streaming = conversation.client.stream
-    shown = False
-
-    def show(piece: str) -> None:
-        nonlocal shown
-        shown = True
-        say(piece, nl=False)
-        sys.stdout.flush()
-
-    def retrying() -> None:
-        if streaming:
-            say("", err=True)
-        say("batchchat: that attempt failed; trying again", err=True)
-
+    shown.any = False
     try:
-        result = await conversation.ask(text, on_text=show if streaming else None, on_retry=retrying)
-    except RequestError as error:
-        if streaming:
+        result = await conversation.ask(text)
+    except FatalAPIError as fatal:
+        if shown.any:
             say()
-        if error.error_type == AUTH:
-            say(f"batchchat: error: the endpoint {auth_problem(conversation.job.endpoint, error)}", err=True)
-        else:
-            say(f"batchchat: error: {error.error_type}: {error.message}", err=True)
-        return EXIT_JOB if is_fatal(error) else 1
+        say(f"batchchat: error: {job.endpoint.refusal(fatal.error, flag_name)}", err=True)
+        return EXIT_JOB
+    except RequestError as error:
+        if shown.any:
+            say()
+        say(f"batchchat: error: {error.error_type}: {error.message}", err=True)
+        return 1
     # a server that ignored the stream request answered whole: print it whole
-    say("" if streaming and shown else (result.content or ""))
+    say("" if shown.streaming and shown.any else (result.content or ""))
     return 0
 
 
@@ -665,8 +584,8 @@ def serve(host: str, port: int, api_key_env: str | None, labels: str | None, **o
     """
     import asyncio
 
-    from .records import SimConfig
     from .simulator import serve as serve_forever
+    from .spec import SimConfig
 
     def ready(url: str) -> None:
         say(f"batchchat simulator on {url} (synthetic answers; Ctrl-C to stop)")

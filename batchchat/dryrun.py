@@ -6,61 +6,58 @@ of it is going.
 
 from __future__ import annotations
 
+import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .cost import estimate, likely
 from .errors import JobError
 from .files import OutputFiles
-from .job import Job, build_job
-from .jobparts import Price
-from .journal import Journal, MemoryStore
-from .passes import Plan, derived_columns
-from .passes import plan as make_plan
-from .prompts import RequestBuilder
+from .jobfile import build_job
+from .journal import Journal, MemoryStore, Store
+from .money import Estimates, GroupEstimate, estimate_all
+from .pipeline import journal_scope
+from .plan import Plan, Setup
 from .records import ChatRequest
-from .runner import endpoint_name, journal_scope
-from .sink import output_schema
 from .source import open_source
-
-
-@dataclass(frozen=True)
-class GroupEstimate:
-    """The requests one model and variant would send, and their estimated tokens and cost."""
-
-    model: str
-    variant: str | None
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int  # max_tokens per answer (or the default estimate): an upper bound
-    cost: float | None  # US dollars; None when the model has no price
+from .spec import NO_PRICES, Job, Prices
 
 
 @dataclass(frozen=True)
 class DryRun:
     plan: Plan
-    groups: tuple[GroupEstimate, ...]
+    estimates: Estimates
     first_request: ChatRequest | None  # what the first request would send
     missing_key: str | None  # the API key variable a real run needs and that is not set
     messages_from: str = ""  # which settings and columns make each row's messages
-    likely_prompt_tokens: int = 0  # characters / 4: what typical text takes (the groups hold upper bounds)
-    completion_bounded: bool = True  # max_tokens is set, so completion estimates are upper bounds
-    prices: tuple[tuple[str, Price], ...] = ()  # of the models asked
+    prices: Prices = field(default_factory=lambda: NO_PRICES)  # of the models asked
+
+    @property
+    def groups(self) -> tuple[GroupEstimate, ...]:
+        return self.estimates.groups
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(g.prompt_tokens for g in self.groups)
+        return self.estimates.prompt_tokens
 
     @property
     def completion_tokens(self) -> int:
-        return sum(g.completion_tokens for g in self.groups)
+        return self.estimates.completion_tokens
+
+    @property
+    def likely_prompt_tokens(self) -> int:
+        """Characters / 4: what typical text takes (the groups hold upper bounds)."""
+        return self.estimates.likely_prompt_tokens
+
+    @property
+    def completion_bounded(self) -> bool:
+        """max_tokens is set, so completion estimates are upper bounds."""
+        return self.estimates.completion_bounded
 
     @property
     def cost(self) -> float | None:
         """The whole run's estimate, when every model sending something has a price."""
-        costs = [g.cost for g in self.groups if g.requests]
-        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+        return self.estimates.cost
 
 
 def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any) -> DryRun:
@@ -73,35 +70,21 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     if job.input is None:
         raise JobError(f"no input: give the table with {job.names('input')} (or 'input' in a job file)")
     source = open_source(job.input, job.limit)
-    output_schema(source, derived_columns(job))  # input columns that clash with output columns
-    builder = RequestBuilder(job, source.columns, source.name)
-    store: Journal | MemoryStore = MemoryStore()
+    setup = Setup.of(job, source.columns, source.name)
+    store: Store = MemoryStore()
     if job.output is not None:
         files = OutputFiles.of(job.output, job.names("output"))
         files.check()  # what a run would find only after paying
         if not job.resume.restart and files.journal.exists():
             store = Journal(files.journal, journal_scope(job), read_only=True)
     try:
-        plan, rows = make_plan(job, source, builder, store, job.output, endpoint_name(job))
+        plan, rows = setup.plan(source, store, job.output)
     finally:
         store.close()
-    totals: dict[tuple[str, str | None], list[int]] = {(s.model, s.variant): [0, 0, 0] for s in builder.slots}
-    first = None
-    likely_tokens = 0
-    bounded = True
-    for request in builder.requests(source, rows.keys, rows.sends):
-        first = first or request
-        tokens = estimate(request)
-        likely_tokens += likely(request).prompt_tokens
-        bounded = bounded and "max_tokens" in dict(request.params)
-        total = totals[(request.model, builder.slots[request.row % builder.fanout].variant)]
-        total[0] += 1
-        total[1] += tokens.prompt_tokens
-        total[2] += tokens.completion_tokens
-    groups = []
-    for (model, variant), (count, prompt, completion) in totals.items():
-        price = job.price(model)
-        cost = price.cost(prompt, completion) if price is not None else None
-        groups.append(GroupEstimate(model, variant, count, prompt, completion, cost))
-    return DryRun(plan, tuple(groups), first, job.endpoint.missing_key, builder.describe(), likely_tokens, bounded,
-                  job.prices)  # fmt: skip
+    builder = setup.builder
+    requests = builder.requests(source, rows.keys, rows.sends)
+    first = next(requests, None)
+    slots = [(s.model, s.variant) for s in builder.slots]
+    everything = itertools.chain([first] if first is not None else [], requests)
+    estimates = estimate_all(everything, lambda r: slots[r.row % builder.fanout], slots, job.prices)
+    return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices)

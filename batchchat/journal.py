@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from .errors import JobError, StorageError
 from .files import open_nofollow
@@ -47,6 +47,48 @@ class Scope:
     checks: str = "none"
 
 
+class Store(Protocol):
+    """Where finished requests are kept, by key, and the only place any executor puts them."""
+
+    legacy: int  # records from before scopes, taken as this endpoint's
+    invalid: int  # damaged records, skipped
+    elsewhere: dict[str, int]  # requests answered at other endpoints, by endpoint
+    assumed_endpoint: str | None  # the endpoint legacy records were taken as, when this run assumed it
+
+    def __contains__(self, key: str) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def failed(self, key: str) -> bool:
+        """Whether the request ended in error."""
+        ...
+
+    def stale(self, key: str) -> bool:
+        """Whether its outcome was judged by other checks than this run's."""
+        ...
+
+    def unfinished(self, key: str) -> bool:
+        """Whether it holds an answer the checks reject, with re-asks still to go."""
+        ...
+
+    def earlier(self, key: str) -> bool:
+        """Whether a run before this one finished it."""
+        ...
+
+    @property
+    def has_stale(self) -> bool: ...
+
+    def begin(self) -> None:
+        """Ready to take this run's outcomes."""
+        ...
+
+    def add(self, outcome: RowOutcome) -> None: ...
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]: ...
+
+    def close(self) -> None: ...
+
+
 class MemoryStore:
     """Outcomes by key, for runs with no output file (``run_frame``): one run, one scope."""
 
@@ -59,6 +101,9 @@ class MemoryStore:
 
     def __contains__(self, key: str) -> bool:
         return key in self._outcomes
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
 
     def failed(self, key: str) -> bool:
         outcome = self._outcomes.get(key)
@@ -77,6 +122,9 @@ class MemoryStore:
     @property
     def has_stale(self) -> bool:
         return False
+
+    def begin(self) -> None:
+        pass
 
     def add(self, outcome: RowOutcome) -> None:
         assert outcome.key is not None

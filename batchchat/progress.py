@@ -1,18 +1,53 @@
-"""A progress bar fed by a run's observer calls: tqdm's, in a terminal or (``tqdm.auto``) a
-Jupyter notebook. The library draws one only when asked (``progress=True``); the CLI draws one on
-a terminal."""
+"""Progress: what a run tells whoever watches it (an ``Observer``), and a tqdm progress bar that
+draws it, in a terminal or (``tqdm.auto``) a Jupyter notebook. The library draws a bar only when
+asked (``progress=True``); the CLI draws one on a terminal. Library code prints nothing."""
 
 from __future__ import annotations
 
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from .report import live_counters
+from .words import dollars
 
 if TYPE_CHECKING:
-    from .passes import Plan
+    from .plan import Plan
     from .records import RowOutcome
     from .stats import Stats
+
+
+class Observer(Protocol):
+    """Receives a run's progress."""
+
+    def started(self, plan: Plan) -> None: ...
+
+    def row_done(self, outcome: RowOutcome, stats: Stats) -> None: ...
+
+    def stopping(self, grace_s: float) -> None: ...
+
+
+class Silent:
+    def started(self, plan: Plan) -> None:
+        pass
+
+    def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
+        pass
+
+    def stopping(self, grace_s: float) -> None:
+        pass
+
+
+def live_counters(stats: Stats) -> str:
+    c = stats.counters
+    rate = f"{c.rate:,.1f}/s" if c.rate is not None else "max"
+    text = f"rate={rate} 429s={c.rate_limited:,} retries={c.retries:,} tokens={stats.tokens:,} errors={stats.errors:,}"
+    if c.invalid:
+        text += f" invalid={c.invalid:,}"
+    if stats.cost is not None:
+        text += f" cost={dollars(stats.cost)}"
+    waiting = c.waiting_until - time.time()
+    if waiting >= 1:
+        text += f" waiting={waiting:.0f}s"
+    return text
 
 
 class Bar:

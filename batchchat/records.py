@@ -56,6 +56,10 @@ class ChatResult:
     headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers, for the throttle
 
 
+# The columns every output row has after the input's, in order (the sink gives their Arrow types).
+OUTPUT_COLUMNS = ("response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "latency_s",
+                  "ttft_s", "attempts", "status", "error_type", "error", "model", "request_id")  # fmt: skip
+
 OK = "ok"
 ERROR = "error"
 PENDING = "pending"  # not finished: the run stopped before this row's request did (in the journal: an
@@ -131,30 +135,4 @@ class RowOutcome:
             error_type=error_type,
             error=error,
             transcript=transcript,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    """How the built-in simulator behaves: latency, speed, limits and injected faults.
-
-    Kept here rather than in ``simulator.py`` so that job validation can check a job file's
-    ``[simulator]`` table without importing the web server.
-    """
-
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    tokens_per_s: float | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    fault_rate: float = 0.0
-    seed: int = 0
-    labels: tuple[str, ...] = ()  # answer with one of these (a labeling model)
-    invalid_rate: float = 0.0  # share of answers that break the labels or the asked-for JSON
-    api_key: str | None = None  # when set, requests without this bearer key get 401
-
-    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
-        shown = {f: getattr(self, f) for f in self.__slots__ if f != "api_key"}
-        return (
-            f"SimConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())}, api_key={'***' if self.api_key else None})"
         )

@@ -117,13 +117,14 @@ async def with_retries(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
-    on_retry: Callable[[], None] | None = None,
+    on_retry: Callable[[RequestError], None] | None = None,
 ) -> Attempted[T]:
     """Run ``call`` until it succeeds, fails for good, or uses ``max_attempts`` (the first counts).
 
     The first attempt runs bare: almost every request succeeds at once, and tenacity's machinery
     costs more per call than the rest of batchchat's own work. Only a request that failed in a way
-    worth retrying goes on to tenacity, for attempts 2 and up.
+    worth retrying goes on to tenacity, for attempts 2 and up. ``on_retry`` hears each failure that
+    is to be tried again.
     """
     chance = rng or _JITTER
     try:
@@ -138,11 +139,12 @@ async def with_retries(
         return wait_seconds(error, state.attempt_number + 1, chance)
 
     def before_sleep(state: RetryCallState) -> None:
-        if on_retry is not None:
-            on_retry()
+        failure = state.outcome.exception() if state.outcome else None
+        if on_retry is not None and isinstance(failure, RequestError):
+            on_retry(failure)
 
     if on_retry is not None:
-        on_retry()
+        on_retry(first_failure)
     await sleep(wait_seconds(first_failure, 1, chance))
     attempts = 1
     try:

@@ -35,8 +35,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .records import SimConfig
 from .schema import schema_of
+from .spec import SimConfig
 
 MODELS = ("sim-chat", "sim-chat-large", "meta-llama/Llama-3.3-70B-Instruct-Turbo")
 RANDOM_FAULTS = ("500", "503", "html502", "drop", "truncate", "malformed")

@@ -22,41 +22,16 @@ import pyarrow.parquet as pq
 from .answers import Derived
 from .errors import JobError, StorageError
 from .files import OutputFiles
-from .records import PENDING, RowOutcome
+from .records import OUTPUT_COLUMNS, PENDING, RowOutcome
 from .source import JSON_TEXT, TableSource
 
 if TYPE_CHECKING:
     import pandas as pd
 
-OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
-    ("response", pa.string()),
-    ("finish_reason", pa.string()),
-    ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()),
-    ("total_tokens", pa.int64()),
-    ("latency_s", pa.float64()),
-    ("ttft_s", pa.float64()),
-    ("attempts", pa.int32()),
-    ("status", pa.string()),
-    ("error_type", pa.string()),
-    ("error", pa.string()),
-    ("model", pa.string()),
-    ("request_id", pa.string()),
-)
-OUTPUT_COLUMNS = tuple(name for name, _ in OUTPUT_FIELDS)
-
-
+_TYPES = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "total_tokens": pa.int64(),
+          "latency_s": pa.float64(), "ttft_s": pa.float64(), "attempts": pa.int32()}  # fmt: skip
+OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = tuple((name, _TYPES.get(name, pa.string())) for name in OUTPUT_COLUMNS)
 KINDS = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
-
-
-def check_columns(columns: list[str], source_name: str, added: Sequence[str] = ()) -> None:
-    """An input column named like an outcome column would make the output ambiguous."""
-    clashes = [name for name in columns if name in OUTPUT_COLUMNS or name in added]
-    if clashes:
-        raise JobError(
-            f"{source_name} has column(s) {', '.join(map(repr, clashes))}, which batchchat adds to "
-            "the output; rename them in the input"
-        )
 
 
 def added_fields(derived: Derived) -> list[pa.Field]:
@@ -76,10 +51,8 @@ def output_schema(source: TableSource, derived: Derived, typed: bool = True) -> 
     """Input fields, then the fields batchchat adds. ``typed`` outputs (Parquet) carry the
     input's lists and objects with their types (``for_output``); CSV and JSONL carry them as the
     JSON they were read as."""
-    added = added_fields(derived)
-    check_columns(source.columns, source.name, [f.name for f in added])
     inputs = source.output_schema if typed else source.schema
-    return pa.schema(list(inputs) + added)
+    return pa.schema(list(inputs) + added_fields(derived))
 
 
 def typed_output(path: Path) -> bool:

@@ -18,15 +18,18 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .errors import InputChanged, JobError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BATCH_ROWS = 8192
 # Field metadata of a text column holding each cell's JSON (a JSONL list or object): a JSONL
@@ -109,6 +112,18 @@ class ArrowSource(TableSource):
     def __init__(self, table: pa.Table, name: str = "the DataFrame") -> None:
         super().__init__(table.schema, name)
         self._table = table
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, columns: Sequence[str], name: str = "the DataFrame") -> ArrowSource:
+        """The ``columns`` of a DataFrame that the prompts need; the rest of it is never converted."""
+        arrays = []
+        for column in columns:
+            series = frame[next(c for c in frame.columns if str(c) == column)]
+            try:
+                arrays.append(pa.array(series, from_pandas=True))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise JobError(f"DataFrame column '{column}' cannot be read as prompts: {e}") from None
+        return cls(pa.table(arrays, names=list(columns)), name)
 
     def _read_batches(self) -> Iterator[pa.RecordBatch]:
         yield from self._table.to_batches(max_chunksize=BATCH_ROWS)

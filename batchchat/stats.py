@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .cost import Estimate, spending
-from .jobparts import Price
+from .money import Estimate, spending
 from .records import ERROR, OK, PENDING, RowOutcome, Usage
+from .spec import NO_PRICES, Prices
 
 
 class Counters:
@@ -109,7 +109,7 @@ class RowTally:
             tally.prompt_tokens += outcome.prompt_tokens or 0
             tally.completion_tokens += outcome.completion_tokens or 0
 
-    def group_summaries(self, prices: Mapping[str, Price]) -> tuple[GroupSummary, ...]:
+    def group_summaries(self, prices: Prices) -> tuple[GroupSummary, ...]:
         summaries = []
         for (model, variant), t in self.groups.items():
             latencies = sorted(t.latencies)
@@ -195,9 +195,9 @@ class Summary:
 class Stats:
     """This run's requests, updated once per finished request; cheap enough for the hot path."""
 
-    def __init__(self, total: int, prices: Mapping[str, Price] | None = None) -> None:
+    def __init__(self, total: int, prices: Prices = NO_PRICES) -> None:
         self.total = total  # requests this run is to send
-        self.prices = prices or {}
+        self.prices = prices
         self.done = 0
         self.ok = 0
         self.errors = 0

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from .cost import DEFAULT_COMPLETION_TOKENS, likely
 from .errors import RATE_LIMITED, RequestError
+from .money import DEFAULT_COMPLETION_TOKENS, likely
 from .records import ChatRequest, ChatResult
 from .retry import HINT_CAP_S, hint_seconds, reset_seconds
 

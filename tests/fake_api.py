@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 from batchchat.client import status_error
 from batchchat.errors import RequestError
-from batchchat.records import ChatRequest, ChatResult, Usage
-from batchchat.scheduler import run_requests
+from batchchat.executors.pool import drain
+from batchchat.money import Budget
+from batchchat.records import ChatRequest, ChatResult, RowOutcome, Usage
 from batchchat.stats import Counters
 from batchchat.throttle import Throttle
+from batchchat.unit import Asker, Send
 
 Script = Callable[[ChatRequest, int], RequestError | None]  # (request, attempt number) -> error or None
 
@@ -112,3 +114,12 @@ async def drive(api: FakeAPI, items, throttle: Throttle, max_attempts: int = 6, 
     await run_requests(items, api.complete, throttle=throttle, max_attempts=max_attempts,
                        on_outcome=lambda o: outcomes.__setitem__(o.row, o), counters=counters)  # fmt: skip
     return outcomes
+
+
+async def run_requests(items, send: Send, *, throttle: Throttle, max_attempts: int,
+                       on_outcome: Callable[[RowOutcome], None], counters: Counters | None = None,
+                       budget: Budget | None = None) -> None:  # fmt: skip
+    """The live engine's pool and units, without a client or a store: what its workers do."""
+    stop = asyncio.Event()
+    asker = Asker(send, max_attempts=max_attempts, throttle=throttle, counters=counters, budget=budget, stop=stop)
+    await drain(items, asker.unit, on_outcome, workers=2 * throttle.concurrency, stop=stop, budget=budget)

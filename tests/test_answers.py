@@ -6,7 +6,7 @@ import pytest
 
 from batchchat.answers import AnswerCheck, Derived, match_label, parse_json_answer, score
 from batchchat.errors import INVALID_LABEL, INVALID_OUTPUT, SERVER_ERROR
-from batchchat.jobparts import Answers, Scoring
+from batchchat.spec import Answers, Scoring
 
 LABELS = ("positive", "negative", "neutral", "very negative")
 SCHEMA = {

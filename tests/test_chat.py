@@ -74,7 +74,9 @@ def test_a_failed_turn_exits_1_and_a_refused_key_exits_2(sim):
     failed = cli("chat", "[sim:fault=404]", "-m", "sim-chat", "--base-url", sim.url)
     assert failed.exit_code == 1 and "error: not_found: HTTP 404" in failed.stderr
     refused = cli("chat", "[sim:fault=401] hello", "-m", "sim-chat", "--base-url", sim.url)
-    assert refused.exit_code == 2 and "the endpoint wants an API key, and none was sent (HTTP 401" in refused.stderr
+    assert refused.exit_code == 2
+    assert f"error: {sim.url} wants an API key, and none was sent (HTTP 401" in refused.stderr  # names where
+    assert refused.stderr.rstrip().endswith("and run again")
 
 
 def test_a_transient_failure_is_retried(sim):

@@ -100,8 +100,8 @@ def test_run_with_nothing_says_how_to_start():
 
 
 def test_the_progress_bar_shows_rate_429s_retries_tokens_and_errors():
+    from batchchat.progress import live_counters
     from batchchat.records import RowOutcome, Usage
-    from batchchat.report import live_counters
     from batchchat.stats import Stats
 
     stats = Stats(total=3)

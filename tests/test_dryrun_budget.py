@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 import batchchat
-from batchchat.cost import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
-from batchchat.report import money
+from batchchat.money import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from batchchat.simulator import BackgroundSimulator
+from batchchat.words import dollars as money
 
 from .helpers import cli, read_output, write_csv
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from batchchat.cost import Budget, estimate, prompt_bound
-from batchchat.jobparts import Price
+from batchchat.money import Budget, estimate, prompt_bound
 from batchchat.records import ChatRequest, ChatResult, Usage
-from batchchat.scheduler import run_requests
+from batchchat.spec import Price
 from batchchat.stats import Counters
 from batchchat.throttle import Throttle
+from tests.fake_api import run_requests
 from tests.virtual_time import run_virtual
 
 mistral_common = pytest.importorskip("mistral_common", reason="the test extra installs mistral-common")

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batchchat.report import money
 from batchchat.simulator import BackgroundSimulator
+from batchchat.words import dollars as money
 
 from .helpers import cli, read_output, write_csv
 from .hostile_server import HostileServer

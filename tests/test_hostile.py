@@ -101,16 +101,16 @@ def test_an_input_changed_mid_run_is_refused_and_a_rerun_pays_nothing_twice(
 def test_a_request_is_never_sent_under_another_rows_key(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from batchchat.job import load_job
+    from batchchat.jobfile import load_job
     from batchchat.journal import MemoryStore
-    from batchchat.passes import plan
-    from batchchat.prompts import RequestBuilder
+    from batchchat.plan import Setup
     from batchchat.source import ArrowSource
 
     job = load_job(None, model="m", provider="sim")
     before = ArrowSource(pa.table({"prompt": ["a", "b", "c"]}))
-    builder = RequestBuilder(job, before.columns, "in.csv")
-    _, rows = plan(job, before, builder, MemoryStore(), None, "sim")
+    setup = Setup.of(job, before.columns, "in.csv")
+    builder = setup.builder
+    _, rows = setup.plan(before, MemoryStore(), None)
     assert [r.messages[-1]["content"] for r in builder.requests(before, rows.keys, rows.sends)] == ["a", "b", "c"]
     after = ArrowSource(pa.table({"prompt": ["a", "c", "b"]}))  # what a rewrite nobody noticed would give
     requests = builder.requests(after, rows.keys, rows.sends)

@@ -4,7 +4,7 @@ import pytest
 
 from batchchat.cli import flag_name
 from batchchat.errors import JobError
-from batchchat.job import build_job, load_job
+from batchchat.jobfile import build_job, load_job
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 
 from batchchat.cli import flag_name
 from batchchat.errors import JobError
-from batchchat.job import build_job, load_job
-from batchchat.jobparts import Price, Variant
+from batchchat.jobfile import build_job, load_job
+from batchchat.spec import Price, Variant
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ max_tokens = 64
     assert job.answers.labels == ("positive", "negative") and job.answers.checked
     assert job.row_options.columns == (("max_tokens", "limit"),) and job.row_options.json_column == "opts"
     assert (job.scoring.expected_column, job.scoring.method) == ("expected", "contains")
-    assert job.price("m/x") == Price(0.5, 1.5) and job.price("other") is None
+    assert job.prices.get("m/x") == Price(0.5, 1.5) and job.prices.get("other") is None
     assert job.max_cost == 2.5
     assert Price(0.5, 1.5).cost(1_000_000, 2_000_000) == pytest.approx(3.5)
 

@@ -4,17 +4,17 @@ import pyarrow as pa
 import pytest
 
 from batchchat.errors import JobError
-from batchchat.job import load_job
+from batchchat.jobfile import load_job
 from batchchat.keys import request_key
-from batchchat.prompts import RequestBuilder
 from batchchat.records import ChatRequest, InvalidRow
+from batchchat.rows import RequestBuilder, row_requests
 
 
 def build(rows: list[dict], **settings):
     job = load_job(model="m", provider="sim", **settings)
     batch = pa.RecordBatch.from_pylist(rows)
-    builder = RequestBuilder(job, batch.schema.names, "in.csv")
-    return list(builder.build(batch, 0))
+    builder = RequestBuilder.for_job(job, batch.schema.names, "in.csv")  # checks the columns
+    return row_requests(builder.spec, batch, 0, "in.csv")
 
 
 def test_prompt_column_becomes_one_user_message():

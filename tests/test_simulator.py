@@ -259,7 +259,7 @@ def test_given_labels_it_answers_one_in_varied_spelling(sim_factory):
 
 def test_the_invalid_rate_spoils_that_share_and_asking_again_can_succeed(sim_factory):
     from batchchat.answers import AnswerCheck
-    from batchchat.jobparts import Answers
+    from batchchat.spec import Answers
 
     check = AnswerCheck(Answers(schema=SCHEMA, json_required=True))
     sim = sim_factory(invalid_rate=0.3, seed=5)

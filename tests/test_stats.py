@@ -41,7 +41,7 @@ def test_the_summary_counts_this_runs_requests_and_the_outputs_rows():
 
 
 def test_this_runs_tokens_and_cost_count_every_answer_received_by_model():
-    from batchchat.jobparts import Price
+    from batchchat.spec import Price
 
     stats = Stats(total=2, prices={"a": Price(1.0, 2.0), "b": Price(10.0, 20.0)})
     stats.counters.add_usage("a", Usage(1_000, 500))

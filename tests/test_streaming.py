@@ -8,7 +8,7 @@ import pytest
 import batchchat
 from batchchat.client import ChatClient, StreamAssembly
 from batchchat.errors import RequestError
-from batchchat.job import load_job
+from batchchat.jobfile import load_job
 from batchchat.simulator import synthetic_reply
 from batchchat.sse import Event
 from tests.helpers import read_output, write_csv

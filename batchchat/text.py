@@ -1,4 +1,4 @@
-"""What the CLI shows about a run, as text: the plan, the live counters, the summary, a dry run.
+"""What the CLI shows about a run, as text: the plan, progress lines, the summary, a dry run.
 
 Kept apart from ``cli.py`` so the wording can be tested without a terminal, and light to import:
 nothing here loads pyarrow or aiohttp.
@@ -7,34 +7,20 @@ nothing here loads pyarrow or aiohttp.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .endpoint import endpoint_label
+from .words import dollars, duration, plural
+
 if TYPE_CHECKING:
     from .dryrun import DryRun
-    from .passes import Plan
-    from .runner import RunResult
+    from .pipeline import RunResult
+    from .plan import Plan
     from .stats import GroupSummary, Stats, Summary
 
 SHOWN_REQUEST_CHARS = 600
-# C0 and C1 control characters (but tab and newline), DEL, and the bidirectional overrides that
-# can make text read other than it is.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: control characters and escape sequences removed."""
-    return _UNPRINTABLE.sub("", text)
-
-
-def money(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
-
-
 def plan_lines(plan: Plan) -> list[str]:
     """What a run is about to do: rows, fan-out, what earlier runs and dedup spare it."""
     fanout = ""
@@ -89,29 +75,6 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """``1 row``, ``2 rows``, ``1,000 rows`` (``nouns`` where adding an s is wrong)."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {nouns or noun + 's'}"
-
-
-def endpoint_label(identity: str) -> str:
-    return "the built-in simulator" if identity == "sim" else identity
-
-
-def live_counters(stats: Stats) -> str:
-    c = stats.counters
-    rate = f"{c.rate:,.1f}/s" if c.rate is not None else "max"
-    text = f"rate={rate} 429s={c.rate_limited:,} retries={c.retries:,} tokens={stats.tokens:,} errors={stats.errors:,}"
-    if c.invalid:
-        text += f" invalid={c.invalid:,}"
-    if stats.cost is not None:
-        text += f" cost={money(stats.cost)}"
-    waiting = c.waiting_until - time.time()
-    if waiting >= 1:
-        text += f" waiting={waiting:.0f}s"
-    return text
-
-
 def progress_line(total: int, stats: Stats | None, elapsed_s: float) -> str:
     """One plain line of progress, for logs: requests done, rate, trouble, tokens, cost, time left."""
     done = stats.done if stats is not None else 0
@@ -122,21 +85,13 @@ def progress_line(total: int, stats: Stats | None, elapsed_s: float) -> str:
         line += (f"; {plural(c.rate_limited, '429')}, {plural(c.retries, 'retry', 'retries')}, "
                  f"{plural(stats.errors, 'error')}; {plural(stats.tokens, 'token')}")  # fmt: skip
         if stats.cost is not None:
-            line += f"; cost {money(stats.cost)}"
+            line += f"; cost {dollars(stats.cost)}"
         waiting = c.waiting_until - time.time()
         if waiting >= 1:
             line += f"; waiting {duration(waiting)} for the server's rate limit to reset"
     if 0 < done < total and rate > 0:
         line += f"; about {duration((total - done) / rate)} left"
     return line
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def summary_text(result: RunResult, finished: bool = True) -> str:
@@ -165,7 +120,7 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if s.labels:
         lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in s.labels))
     if s.output_cost is not None and s.output_cost != s.cost:
-        lines.append(f"the output's rows cost {money(s.output_cost)} in all (its cost column, earlier runs included)")
+        lines.append(f"the output's rows cost {dollars(s.output_cost)} in all (its cost column, earlier runs included)")
     if s.earlier_without_ttft:
         lines.append(
             f"{plural(s.earlier_without_ttft, 'row')} answered by earlier runs without streaming: "
@@ -175,7 +130,7 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         lines += group_table(s.groups)
     if s.budget_stopped:
         lines.append(
-            f"stopped at the cost cap: spent {money(s.cost)} of {money(s.cost_cap)} this run; the "
+            f"stopped at the cost cap: spent {dollars(s.cost)} of {dollars(s.cost_cap)} this run; the "
             f"{plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to continue "
             "(each run may spend up to the cap)"
         )
@@ -194,7 +149,7 @@ def tokens_line(s: Summary) -> str:
     if s.unreported:
         line += ("; " if reported else "") + f"usage not reported for {plural(s.unreported, 'answer')}"
     if s.cost is not None:
-        line += f"; cost {money(s.cost)}" + (" for the answers that reported usage" if s.unreported else "")
+        line += f"; cost {dollars(s.cost)}" + (" for the answers that reported usage" if s.unreported else "")
     return line
 
 
@@ -205,7 +160,7 @@ def group_table(groups: Sequence[GroupSummary]) -> list[str]:
     for g in groups:
         accuracy = f"{g.accuracy:.1%} of {g.scored:,}" if g.accuracy is not None else "-"
         rows.append((g.model, g.variant or "-", f"{g.rows:,}", f"{g.ok:,}", f"{g.errors:,}", accuracy,
-                     _seconds(g.latency_p50_s), _seconds(g.latency_p95_s), f"{g.tokens:,}", money(g.cost)))  # fmt: skip
+                     _seconds(g.latency_p50_s), _seconds(g.latency_p95_s), f"{g.tokens:,}", dollars(g.cost)))  # fmt: skip
     return _columns(rows)
 
 
@@ -231,9 +186,9 @@ def dry_run_text(dry: DryRun) -> str:
     rows = [("model", "variant", "requests", "prompt tokens", "completion tokens", "cost")]
     for g in dry.groups:
         rows.append((g.model, g.variant or "-", f"{g.requests:,}", f"{g.prompt_tokens:,}",
-                     f"{g.completion_tokens:,}", money(g.cost)))  # fmt: skip
+                     f"{g.completion_tokens:,}", dollars(g.cost)))  # fmt: skip
     rows.append(("total", "", f"{plan.to_send:,}", f"{dry.prompt_tokens:,}", f"{dry.completion_tokens:,}",
-                 money(dry.cost)))  # fmt: skip
+                 dollars(dry.cost)))  # fmt: skip
     completion = "max_tokens per answer" if dry.completion_bounded else (
         "max_tokens per answer, or 256 where it is unset, which bounds nothing")
     lines.append(f"estimate, upper bounds (prompt: UTF-8 bytes + the chat template's tokens; completion: {completion}):")
@@ -248,7 +203,7 @@ def dry_run_text(dry: DryRun) -> str:
             "no price for some models: pass --price MODEL=IN,OUT, or add [prices] to the job file, "
             '"MODEL" = { input = USD, output = USD } per million tokens'
         )
-    for model, price in dry.prices:
+    for model, price in dry.prices.items():
         if price.source != "job":
             lines.append(f"price of {model}: ${price.input:g} input, ${price.output:g} output per million tokens "
                          f"(from the {price.source}; --price or [prices] overrides it)")  # fmt: skip

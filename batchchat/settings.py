@@ -1,6 +1,6 @@
-"""Checks for setting values, shared by every part of job validation.
+"""The settings a job has, and how one setting's value is checked.
 
-Each takes ``at``, the name of the setting the way its user wrote it (a flag, a job-file key or a
+Each check takes ``at``, the setting's name as its user wrote it (a flag, a job-file key or a
 keyword), so an error tells them exactly what to change.
 """
 
@@ -14,6 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JobError
+
+SETTINGS = (
+    "input", "output", "model", "prompt_column", "template", "messages_column", "system",
+    "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p", "params",
+    "concurrency", "rpm", "tpm", "max_attempts", "timeout", "stream", "stream_tokens", "dedup", "restart",
+    "retry_errors", "grace", "simulator", "models", "variants", "option_columns", "options_column",
+    "response_format", "json_schema", "labels", "invalid_retries", "expected_column", "score",
+    "turns_column", "prices", "max_cost", "limit",
+)  # fmt: skip
+# Settings that say one thing two ways; the job file may use one while a flag sets the other.
+SAME_SETTING = {
+    "stream": ("stream_tokens",),
+    "model": ("models",),
+    "models": ("model",),
+    "json_schema": ("response_format",),
+    "response_format": ("json_schema",),
+}
+
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 

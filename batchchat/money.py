@@ -1,4 +1,5 @@
-"""Money: what requests are estimated to cost before they are sent, and the cap on a run's spending.
+"""Money: what requests are estimated to cost before they are sent, what models cost, and the cap
+on a run's spending.
 
 A prompt's estimate is an upper bound for the tokenizers chat models use: a byte-level BPE
 (Llama 3, GPT, Mistral's Tekken) or a SentencePiece with byte fallback (Llama 2, Mistral) never
@@ -12,21 +13,26 @@ it is unset (a cost cap therefore needs ``max_tokens``).
 Typical text uses far fewer tokens than bytes (about four bytes a token in English), so the
 bound is loose; ``likely`` gives the usual characters / 4, for pacing a tokens/min limit and for
 a dry run to show beside the bound.
+
+Prices are the job's own first, then a maintained catalogue, ``genai-prices`` (Pydantic's, kept
+up to date with the providers' price pages), used offline from the snapshot in its package:
+batchchat never lets it fetch updates, so a run's estimate does not change under it. It is
+consulted only for the providers it knows (Together, OpenAI) and only for models the job does
+not price itself, so a local server's model that happens to share a name with a hosted one is
+never given the hosted price.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+from urllib.parse import urlparse
 
-from .jobparts import Price
 from .records import ChatRequest
-
-if TYPE_CHECKING:
-    from .stats import Counters
+from .spec import Price, Prices
 
 DEFAULT_COMPLETION_TOKENS = 256  # an answer's estimate when max_tokens is unset
 PER_REQUEST_TOKENS = 64  # the chat template's own: begin of text, the answer's header, default system text
@@ -118,11 +124,27 @@ def likely(request: ChatRequest, default_completion: int = DEFAULT_COMPLETION_TO
     return Estimate(prompt, answer * len(request.turns))
 
 
-def spending(prices: Mapping[str, Price], usage: Mapping[str, Sequence[int]]) -> float | None:
+def spending(prices: Prices, usage: Mapping[str, Sequence[int]]) -> float | None:
     """US dollars for tokens by model (``[prompt, completion]``); None when a model has no price."""
     if any(model not in prices for model in usage):
         return None
     return sum(prices[model].cost(prompt, completion) for model, (prompt, completion) in usage.items())
+
+
+class Paid(Protocol):
+    """Tokens of every answer received, by model (``[prompt, completion]``), and upper bounds of
+    those the server did not report: what a run has paid for (the run's counters)."""
+
+    usage: Mapping[str, Sequence[int]]
+    unreported_bound: Mapping[str, Sequence[int]]
+
+
+def paid(prices: Prices, counters: Paid) -> float:
+    """What the answers received cost; where a server did not report usage, at most this."""
+    spent = spending(prices, counters.usage) or 0.0
+    if counters.unreported_bound:
+        spent += spending(prices, counters.unreported_bound) or 0.0
+    return spent
 
 
 class Budget:
@@ -136,7 +158,7 @@ class Budget:
     summary reports, so the two cannot disagree.
     """
 
-    def __init__(self, cap: float, prices: Mapping[str, Price], counters: Counters) -> None:
+    def __init__(self, cap: float, prices: Prices, counters: Paid) -> None:
         self.cap = cap
         self.prices = prices
         self.counters = counters
@@ -145,12 +167,7 @@ class Budget:
 
     @property
     def spent(self) -> float:
-        """What the answers received cost; where a server did not report usage, at most this."""
-        counters = self.counters
-        spent = spending(self.prices, counters.usage) or 0.0  # a capped job prices every model
-        if counters.unreported_bound:
-            spent += spending(self.prices, counters.unreported_bound) or 0.0
-        return spent
+        return paid(self.prices, self.counters)
 
     def reserve(self, request: ChatRequest) -> float | None:
         """The estimate held for ``request`` until ``release``, or None (and the budget is
@@ -166,3 +183,95 @@ class Budget:
 
     def release(self, held: float) -> None:
         self.in_flight -= held
+
+
+# The catalogue's provider for an API host.
+CATALOGUE_PROVIDERS = {"api.together.xyz": "together", "api.together.ai": "together", "api.openai.com": "openai"}
+
+
+def catalogue_provider(base_url: str | None) -> str | None:
+    """The catalogue's name for the provider at ``base_url``, if it knows it."""
+    host = (urlparse(base_url).hostname or "") if base_url else ""
+    return CATALOGUE_PROVIDERS.get(host.lower())
+
+
+def catalogue_prices(models: Iterable[str], provider: str) -> dict[str, Price]:
+    """The catalogue's price of each model it knows at ``provider``, in US dollars per million tokens."""
+    from genai_prices import Usage, calc_price  # loaded only when a price is looked up
+
+    million = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    found = {}
+    for model in models:
+        try:
+            price = calc_price(million, model, provider_id=provider)
+        except LookupError:
+            continue
+        found[model] = Price(float(price.input_price), float(price.output_price), source="catalogue")
+    return found
+
+
+def prices_for(models: Iterable[str], own: dict[str, Price], base_url: str | None) -> dict[str, Price]:
+    """``own`` prices, completed from the catalogue for the models it lacks."""
+    missing = [model for model in models if model not in own]
+    provider = catalogue_provider(base_url)
+    if not missing or provider is None:
+        return dict(own)
+    return {**catalogue_prices(missing, provider), **own}
+
+
+@dataclass(frozen=True)
+class GroupEstimate:
+    """The requests one model and variant would send, and their estimated tokens and cost."""
+
+    model: str
+    variant: str | None
+    requests: int
+    prompt_tokens: int  # upper bounds
+    completion_tokens: int  # max_tokens per answer (or the default estimate)
+    cost: float | None  # US dollars; None when the model has no price
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """What a set of requests would take: per model and variant, upper bounds and typical text."""
+
+    groups: tuple[GroupEstimate, ...]
+    likely_prompt_tokens: int  # characters / 4: what typical text takes
+    completion_bounded: bool  # every request sets max_tokens, so completion figures are bounds
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(g.prompt_tokens for g in self.groups)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(g.completion_tokens for g in self.groups)
+
+    @property
+    def cost(self) -> float | None:
+        """The whole estimate, when every model sending something has a price."""
+        costs = [g.cost for g in self.groups if g.requests]
+        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+
+
+def estimate_all(requests: Iterable[ChatRequest], group: Callable[[ChatRequest], tuple[str, str | None]],
+                 groups: Iterable[tuple[str, str | None]], prices: Prices) -> Estimates:  # fmt: skip
+    """Estimates of ``requests``, by the (model, variant) ``group`` gives each; every group of
+    ``groups`` is listed, even one with nothing to send."""
+    totals: dict[tuple[str, str | None], list[int]] = {g: [0, 0, 0] for g in groups}
+    likely_tokens = 0
+    bounded = True
+    for request in requests:
+        tokens = estimate(request)
+        likely_tokens += likely(request).prompt_tokens
+        bounded = bounded and "max_tokens" in dict(request.params)
+        total = totals.setdefault(group(request), [0, 0, 0])
+        total[0] += 1
+        total[1] += tokens.prompt_tokens
+        total[2] += tokens.completion_tokens
+    estimates = []
+    for (model, variant), (count, prompt, completion) in totals.items():
+        price = prices.get(model)
+        cost = price.cost(prompt, completion) if price is not None else None
+        estimates.append(GroupEstimate(model, variant, count, prompt, completion, cost))
+    return Estimates(tuple(estimates), likely_tokens, bounded)

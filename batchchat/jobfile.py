@@ -1,188 +1,62 @@
-"""A job: everything one run needs, validated before anything runs.
+"""Loading a job: a TOML job file and overrides (CLI flags or keyword arguments) into a ``Job``,
+every setting checked before anything runs.
 
-Settings come from a TOML job file and from overrides (CLI flags or keyword arguments); an
-override wins. Each setting remembers where it came from, so an error can say
-``--concurrency`` to a CLI user, ``'concurrency' in jobs/x.toml`` to someone editing a job
-file, and ``concurrency=`` to a library caller.
+An override wins over the file. Each setting remembers where it came from, so an error can say
+``--concurrency`` to a CLI user, ``'concurrency' in jobs/x.toml`` to someone editing a job file,
+and ``concurrency=`` to a library caller: every check takes ``at``, the setting's name as its
+user wrote it.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import os
-import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlparse
 
+from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, shown_url
 from .errors import JobError
-from .jobparts import (
+from .money import prices_for
+from .schema import check_schema, schema_of
+from .settings import (
+    SAME_SETTING,
+    SETTINGS,
+    boolean,
+    did_you_mean,
+    flag,
+    number,
+    table,
+    table_path,
+    text,
+    whole,
+)
+from .spec import (
+    DEFAULT_INVALID_RETRIES,
+    OPTION_CHECKS,
+    RESERVED_PARAMS,
+    SCORES,
     Answers,
+    Job,
+    Limits,
     Price,
+    Prompt,
+    Resume,
+    RetryPolicy,
     RowOptions,
     Scoring,
+    SimConfig,
     Variant,
-    check_params,
-    parse_answers,
-    parse_models,
-    parse_prices,
-    parse_row_options,
-    parse_scoring,
-    parse_variants,
+    finite,
+    normalize_label,
 )
-from .prices import prices_for
-from .records import SimConfig
 from .template import parse_template
-from .values import boolean, did_you_mean, flag, number, table, table_path, text, whole
 
-PROVIDERS: dict[str, tuple[str | None, str | None]] = {
-    "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "sim": (None, None),
-}
-# Read as the providers' SDKs read them: the base URL when neither a flag nor the job file sets one.
-URL_VARIABLES = {"together": "TOGETHER_BASE_URL", "openai": "OPENAI_BASE_URL"}
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """How each row becomes messages: [system] + [history from messages_column] + [user prompt]."""
-
-    column: str | None = "prompt"
-    template: str | None = None
-    messages_column: str | None = None
-    system: str | None = None
-    turns_column: str | None = None  # a JSON list of user turns, sent one after another
-    column_optional: bool = False  # the default prompt column beside a messages column: used where it exists
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where requests go. Holds the *name* of the key variable, never the key itself."""
-
-    provider: str = "together"
-    base_url: str | None = None  # None only for provider "sim", whose URL exists once it starts
-    api_key_env: str | None = None
-    base_url_env: str | None = None  # the environment variable the base URL came from, if it did
-
-    def api_key(self) -> str | None:
-        """The key, without the spaces or line break a file it was read from may leave around it."""
-        if not self.api_key_env:
-            return None
-        return (os.environ.get(self.api_key_env) or "").strip() or None
-
-    @property
-    def missing_key(self) -> str | None:
-        """The key variable that requests here need and that is not set; a server on this machine
-        (and the simulator) needs none."""
-        if self.api_key_env is None or self.base_url is None or is_loopback(self.base_url) or self.api_key():
-            return None
-        return self.api_key_env
-
-    @property
-    def identity(self) -> str:
-        """Where requests are answered, as part of what identifies a request: an answer from one
-        endpoint is never reused for a job sent to another. The URL is normalised (case, default
-        port, trailing slash; Together's two host names are one API) and never holds the key or
-        URL credentials. The simulator is one endpoint, whatever port it starts on."""
-        if self.provider == "sim" or self.base_url is None:
-            return "sim"
-        return normalized_url(self.base_url)
-
-    @property
-    def stream_usage(self) -> bool:
-        """Whether streams must ask for usage (OpenAI's ``stream_options``). Together and the
-        simulator send usage on the final chunk unasked; vLLM and OpenAI send it only when asked,
-        and servers that do not know the option ignore it."""
-        if self.provider == "sim" or self.base_url is None:
-            return False
-        host = urlparse(self.base_url).hostname or ""
-        return not (host == "together.xyz" or host.endswith((".together.xyz", ".together.ai")))
-
-
-@dataclass(frozen=True)
-class Limits:
-    concurrency: int = 16
-    rpm: int | None = None  # requests/min; None adapts to the provider's 429s and headers
-    tpm: int | None = None  # tokens/min
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 6
-    timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class Resume:
-    """What a run does with the journal of earlier runs, and how it stops."""
-
-    restart: bool = False  # discard the journal: send everything again
-    retry_errors: bool = False  # send again the requests that ended in error
-    grace_s: float = 10.0  # after Ctrl-C or SIGTERM, how long in-flight requests may finish
-
-
-@dataclass(frozen=True)
-class Job:
-    models: tuple[str, ...]
-    input: Path | None = None
-    output: Path | None = None
-    prompt: Prompt = field(default_factory=Prompt)
-    params: tuple[tuple[str, Any], ...] = ()
-    endpoint: Endpoint = field(default_factory=Endpoint)
-    limits: Limits = field(default_factory=Limits)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    resume: Resume = field(default_factory=Resume)
-    stream: bool = False
-    dedup: bool = True  # identical requests are sent once and their answer given to every row
-    simulator: SimConfig = field(default_factory=SimConfig)
-    variants: tuple[Variant, ...] = ()  # none: every row is sent once per model, with params
-    row_options: RowOptions = field(default_factory=RowOptions)
-    answers: Answers = field(default_factory=Answers)
-    scoring: Scoring = field(default_factory=Scoring)
-    prices: tuple[tuple[str, Price], ...] = ()
-    max_cost: float | None = None  # US dollars this run may spend
-    limit: int | None = None  # only the first input rows: a trial of a large job
-    # How a setting is named to whoever made the job: a flag (-o/--output) or a keyword (output=).
-    names: Callable[[str], str] = field(default=lambda key: f"{key}=", compare=False, repr=False)
-
-    @property
-    def model(self) -> str:
-        """The first model (the only one, unless the job fans out)."""
-        return self.models[0]
-
-    @property
-    def fanout(self) -> int:
-        """Output rows per input row: one per model and variant."""
-        return len(self.models) * max(1, len(self.variants))
-
-    def price(self, model: str) -> Price | None:
-        return dict(self.prices).get(model)
-
-
-# --- settings -------------------------------------------------------------------------------
-
-SETTINGS = (
-    "input", "output", "model", "prompt_column", "template", "messages_column", "system",
-    "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p", "params",
-    "concurrency", "rpm", "tpm", "max_attempts", "timeout", "stream", "stream_tokens", "dedup", "restart",
-    "retry_errors", "grace", "simulator", "models", "variants", "option_columns", "options_column",
-    "response_format", "json_schema", "labels", "invalid_retries", "expected_column", "score",
-    "turns_column", "prices", "max_cost", "limit",
-)  # fmt: skip
-# Settings that say one thing two ways; the job file may use one while a flag sets the other.
-SAME_SETTING = {
-    "stream": ("stream_tokens",),
-    "model": ("models",),
-    "models": ("model",),
-    "json_schema": ("response_format",),
-    "response_format": ("json_schema",),
-}
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
-
 
 def load_job(path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Job:
     """Load a job file (optional) and apply keyword overrides, which win."""
@@ -263,11 +137,10 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
             raise JobError(f"response_format is set both in {at('params')} and on its own; keep one")
         s["response_format"] = params.pop("response_format")
         where["response_format"] = at("params")
-    answers, response_format = parse_answers(
-        s.get("response_format"), s.get("json_schema"), s.get("labels"), s.get("invalid_retries"), at
-    )
-    if response_format is not None:
-        params["response_format"] = response_format
+    answers = parse_answers(s.get("response_format"), s.get("json_schema"), s.get("labels"),
+                            s.get("invalid_retries"), at)  # fmt: skip
+    if answers.response_format is not None:
+        params["response_format"] = answers.response_format
 
     for key, value in (("max_tokens", whole(s.get("max_tokens"), at("max_tokens"), 1)),
                        ("temperature", number(s.get("temperature"), at("temperature"), 0.0)),
@@ -293,11 +166,11 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         if not parent.is_dir():
             raise JobError(f"output folder {parent} does not exist; create it or choose another {name('output')}")
 
-    prices = tuple(prices_for(models, dict(parse_prices(s.get("prices"), at("prices"))), endpoint.base_url).items())
+    prices = prices_for(models, parse_prices(s.get("prices"), at("prices")), endpoint.base_url)
     variants = parse_variants(s.get("variants"), at("variants"))
     max_cost = number(s.get("max_cost"), at("max_cost"), 0.0)
     if max_cost is not None:
-        unpriced = [m for m in models if m not in dict(prices)]
+        unpriced = [m for m in models if m not in prices]
         if unpriced:
             raise JobError(
                 f"{at('max_cost')} needs the price of every model, and {', '.join(map(repr, unpriced))} has "
@@ -336,7 +209,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         row_options=parse_row_options(s.get("option_columns"), s.get("options_column"), at),
         answers=answers,
         scoring=parse_scoring(s.get("expected_column"), s.get("score"), at, name),
-        prices=prices,
+        prices=MappingProxyType(prices),
         max_cost=max_cost,
         limit=whole(s.get("limit"), at("limit"), 1),
     )
@@ -446,48 +319,6 @@ def _stream(s: dict[str, Any], at: Callable[[str], str]) -> bool:
     return any(values.values())
 
 
-# Host names that serve one and the same API.
-SAME_HOST = {"api.together.ai": "api.together.xyz"}
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def normalized_url(url: str) -> str:
-    """``scheme://host[:port]/path``, lower-cased where case does not matter, without credentials,
-    query, fragment, a default port or a trailing slash."""
-    parsed = urlparse(url)
-    scheme = parsed.scheme.lower()
-    host = (parsed.hostname or "").lower()
-    host = SAME_HOST.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    shown_port = f":{port}" if port is not None and port != DEFAULT_PORTS.get(scheme) else ""
-    path = re.sub(r"/+", "/", parsed.path).rstrip("/")
-    return f"{scheme}://{host}{shown_port}{path}"
-
-
-def shown_url(url: str) -> str:
-    """A URL as it may be printed: a password in it is masked."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    return url.replace(f":{parsed.password}@", ":***@", 1)
-
-
-def is_loopback(url: str) -> bool:
-    """A server on this machine (vLLM, llama.cpp, Ollama, the simulator) needs no key."""
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _simulator(value: Any, at: str) -> SimConfig:
     if value is None:
         return SimConfig()
@@ -514,3 +345,177 @@ def _sim_labels(value: Any, at: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise JobError(f"{at} must be a list of labels, got {value!r}")
     return tuple(text(label, at) or "" for label in value)
+
+
+# --- the parts of a job ----------------------------------------------------------------------
+
+
+def check_fields(fields: Iterable[str], at: str) -> None:
+    """None of the request fields batchchat sets itself."""
+    for key in fields:
+        if key in RESERVED_PARAMS:
+            raise JobError(f"request option '{key}' cannot be set ({at}): {RESERVED_PARAMS[key]}")
+
+
+def check_params(params: Mapping[str, Any], at: str) -> None:
+    """Request options set for the whole job (``--param``, ``[params]``, a variant): not the
+    fields batchchat sets itself, and the common ones within their bounds (a cost cap relies on a
+    whole ``max_tokens``)."""
+    check_fields(params, at)
+    if params.get("n", 1) != 1:
+        raise JobError(f"request option n={params['n']!r} ({at}): batchchat keeps one answer per row, so n must be 1")
+    for key, value in params.items():
+        problem = OPTION_CHECKS[key](value) if key in OPTION_CHECKS else None
+        if problem is None and not finite(value):
+            problem = "must be a finite number (NaN and Infinity are not JSON)"
+        if problem:
+            raise JobError(f"request option '{key}' ({at}) {problem}, got {value!r}")
+
+
+def parse_models(model: Any, models: Any, at: Callable[[str], str],
+                 name: Callable[[str], str] = lambda key: f"{key}=") -> tuple[str, ...]:  # fmt: skip
+    """``model`` (a name or a list) or ``models`` (a list); not both."""
+    if model is not None and models is not None:
+        raise JobError(f"both {at('model')} and {at('models')} are set; keep one (either may be a list)")
+    key = "model" if model is not None else "models"
+    value = model if model is not None else models
+    if value is None:
+        raise JobError(f"no model: give one with {name('model')} (or 'model' in a job file)")
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names:
+        raise JobError(f"{at(key)} must be a model name or a list of them, got {value!r}")
+    checked = tuple(text(name, at(key)) or "" for name in names)
+    repeated = sorted({name for name in checked if checked.count(name) > 1})
+    if repeated:
+        raise JobError(f"{at(key)} names {', '.join(map(repr, repeated))} more than once")
+    return checked
+
+
+def parse_variants(value: Any, at: str) -> tuple[Variant, ...]:
+    """``[[variants]]``: each an optional ``name`` and request options."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise JobError(f"{at} must be a list of tables ([[variants]] in TOML), got {value!r}")
+    variants = []
+    for n, entry in enumerate(value, 1):
+        where = f"{at}, variant {n}"
+        options = table(entry, where)
+        name = text(options.pop("name", None), f"{where}: 'name'")
+        check_params(options, where)
+        if name is None:
+            name = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items())) or "default"
+        variants.append(Variant(name, tuple(sorted(options.items()))))
+    names = [v.name for v in variants]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise JobError(f"{at}: variant name(s) {', '.join(map(repr, repeated))} used twice; give each a unique 'name'")
+    return tuple(variants)
+
+
+def parse_row_options(columns: Any, json_column: Any, at: Callable[[str], str]) -> RowOptions:
+    """``option_columns``: a list of columns named like request fields, or a table field -> column."""
+    pairs: list[tuple[str, str]] = []
+    if columns is not None:
+        where = at("option_columns")
+        if isinstance(columns, str):
+            columns = [c.strip() for c in columns.split(",")]
+        if isinstance(columns, list):
+            pairs = [(text(c, where) or "", c) for c in columns]
+        elif isinstance(columns, Mapping):
+            pairs = [(field, text(column, f"{where}.{field}") or "") for field, column in table(columns, where).items()]
+        else:
+            raise JobError(f"{where} must be a list of column names or a table of field = column, got {columns!r}")
+        check_fields((field for field, _ in pairs), where)
+    return RowOptions(tuple(pairs), text(json_column, at("options_column")))
+
+
+def parse_answers(response_format: Any, json_schema: Any, labels: Any, retries: Any,
+                  at: Callable[[str], str]) -> Answers:  # fmt: skip
+    """What a valid answer is, with the ``response_format`` request field that asks for it."""
+    if response_format is not None and json_schema is not None:
+        raise JobError(
+            f"both {at('response_format')} and {at('json_schema')} are set; json_schema is a short "
+            "way to write response_format, keep one"
+        )
+    schema: Mapping[str, Any] | None = None
+    where = at("response_format")
+    if json_schema is not None:
+        where = at("json_schema")
+        schema = table(json_schema, where)
+        response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    elif response_format is not None:
+        response_format = table(response_format, where)
+        kind = response_format.get("type")
+        if kind not in ("json_object", "json_schema", "text"):
+            raise JobError(f"{where}: 'type' must be json_object, json_schema or text, got {kind!r}")
+        schema = schema_of(response_format)
+        if kind == "json_schema" and schema is None:
+            raise JobError(f"{where}: a json_schema response_format needs its schema under json_schema.schema")
+    if schema is not None:
+        check_schema(schema, where)
+    label_list = _labels(labels, at("labels"))
+    json_required = response_format is not None and response_format.get("type") != "text"
+    if label_list and json_required:
+        raise JobError(
+            f"both {at('labels')} and {where} are set; use one (for a label inside a JSON answer, give "
+            "its field an enum in the schema)"
+        )
+    return Answers(
+        schema=schema,
+        json_required=json_required,
+        labels=label_list,
+        invalid_retries=whole(retries, at("invalid_retries"), 0, 100)
+        if retries is not None
+        else DEFAULT_INVALID_RETRIES,
+        response_format=response_format,
+    )
+
+
+def _labels(value: Any, at: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, list) or not value:
+        raise JobError(f'{at} must be a list of labels, e.g. ["positive", "negative"], got {value!r}')
+    labels = tuple(text(label, at) or "" for label in value)
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = normalize_label(label)
+        if not key:
+            raise JobError(f"{at}: label {label!r} has no letters or digits, so no answer could match it")
+        if key in seen:
+            raise JobError(
+                f"{at}: labels {seen[key]!r} and {label!r} are the same once case and punctuation are ignored"
+            )
+        seen[key] = label
+    return labels
+
+
+def parse_scoring(expected: Any, method: Any, at: Callable[[str], str],
+                  name: Callable[[str], str] = lambda key: f"{key}=") -> Scoring:  # fmt: skip
+    column = text(expected, at("expected_column"))
+    score = text(method, at("score"))
+    if score is not None and score not in SCORES:
+        raise JobError(
+            f"{at('score')}: unknown score '{score}'; use one of {', '.join(SCORES)}{did_you_mean(score, SCORES)}"
+        )
+    if score is not None and column is None:
+        raise JobError(f"{at('score')} needs the column of expected answers: set {name('expected_column')}")
+    return Scoring(column, score or "exact")
+
+
+def parse_prices(value: Any, at: str) -> dict[str, Price]:
+    """``[prices]``: ``"model" = { input = 0.88, output = 0.88 }``, dollars per million tokens."""
+    prices: dict[str, Price] = {}
+    for model, entry in table(value, at).items() if value is not None else ():
+        where = f"{at}.{json.dumps(model)}"
+        pair = table(entry, where)
+        if set(pair) != {"input", "output"}:
+            raise JobError(f"{where} must be {{ input = USD, output = USD }} per million tokens, got {entry!r}")
+        prices[model] = Price(
+            input=number(pair["input"], f"{where}.input", 0.0) or 0.0,
+            output=number(pair["output"], f"{where}.output", 0.0) or 0.0,
+        )
+    return prices

@@ -1,8 +1,15 @@
-"""Rows into requests: the messages each row sends, and the key that identifies the request.
+"""Rows into requests: the messages each row sends, the options it sends them with, and the key
+that identifies the request.
 
 A row's messages are ``[system] + [history] + [user prompt]``: the system prompt from the job,
 the history from the messages column, and the prompt from the prompt column or template. Any
 part may be absent, but a row must send at least one message of its own.
+
+``row_requests`` is the whole of it for one Arrow batch, a pure function of the batch and the
+``RowSpec`` (the parts of the job it needs), so any engine can call it on a shard of the input.
+``RequestBuilder`` adds what a pass over a whole input needs: the check that every named
+column exists, the numbering of rows across batches, and the lazy rebuild of the requests to
+send, each checked against the key the plan gave its row.
 """
 
 from __future__ import annotations
@@ -11,22 +18,25 @@ import difflib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputChanged, JobError
-from .job import Job
-from .jobparts import OPTION_CHECKS, RESERVED_PARAMS
 from .keys import RowKeys, request_key
 from .records import ChatRequest, InvalidRow
-from .source import TableSource
-from .template import cell_text, parse_template
+from .spec import OPTION_CHECKS, RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring
+from .template import Template, cell_text, parse_template
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .source import TableSource
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGES_HELP = 'expected a JSON list of {"role": ..., "content": ...} objects'
+Messages = tuple[dict[str, Any], ...]
+Content = tuple[Messages, tuple[str, ...]]  # a row's messages, and its scripted user turns
 
 
 @dataclass(frozen=True)
@@ -35,94 +45,188 @@ class Slot:
 
     model: str
     variant: str | None
-    params: dict[str, Any]
-
-    @property
-    def body_params(self) -> tuple[tuple[str, Any], ...]:
-        return tuple(sorted(self.params.items()))
+    params: Params  # the job's options, the variant's over them
 
 
-class RequestBuilder:
-    """Builds the requests of each row (one per model and variant); constructing it checks that
-    every named column exists.
+@dataclass(frozen=True)
+class RowSpec:
+    """What turns a row into its requests: the parts of a job this module needs, and no more.
 
     Output rows are numbered ``input_row * fanout + slot``: a row's answers sit together, in the
     order of the models, then the variants.
     """
 
-    def __init__(self, job: Job, columns: Sequence[str], source_name: str) -> None:
-        self.job = job
-        self.source_name = source_name
-        prompt = job.prompt
-        self.template = parse_template(prompt.template) if prompt.template else None
-        self.prompt_column = prompt.column
-        if prompt.column_optional and prompt.column not in columns:
-            self.prompt_column = None
-        self.messages_column = prompt.messages_column
-        self.turns_column = prompt.turns_column
-        self.system = prompt.system
-        self.row_options = job.row_options
-        self.scoring = job.scoring
+    system: str | None
+    prompt_column: str | None  # None: no prompt column (a template, turns, or history alone)
+    template: Template | None
+    messages_column: str | None
+    turns_column: str | None
+    slots: tuple[Slot, ...]
+    row_options: RowOptions
+    scoring: Scoring
+    dedup: bool
+    # The response_format that asks for the job's JSON belongs to its answer checks: a changed
+    # schema judges stored answers again (the journal's scope) rather than making new requests.
+    check_format: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(cls, job: Job, columns: Sequence[str]) -> RowSpec:
+        """The job's row parts, for an input with ``columns`` (the default prompt column beside a
+        messages column is used only where the input has it)."""
+        prompt: Prompt = job.prompt
+        column = prompt.column
+        if prompt.column_optional and column not in columns:
+            column = None
         base = dict(job.params)
         variants = job.variants or (None,)
-        self.slots = tuple(
-            Slot(model, v.name if v else None, {**base, **dict(v.params)} if v else base)
+        slots = tuple(
+            Slot(model, v.name if v else None, tuple(sorted({**base, **dict(v.params)}.items())) if v else job.params)
             for model in job.models
             for v in variants
         )
-        self.fanout = len(self.slots)
-        self._slot_params = [slot.body_params for slot in self.slots]  # built once, shared by every row
-        # The response_format that asks for the job's JSON belongs to its answer checks: a changed
-        # schema judges stored answers again (the journal's scope) rather than making new requests.
-        self._check_format = dict(job.params).get("response_format") if job.answers.json_required else None
-        self._slot_key_params = [self.key_params(params) for params in self._slot_params]
+        return cls(
+            system=prompt.system,
+            prompt_column=column,
+            template=parse_template(prompt.template) if prompt.template else None,
+            messages_column=prompt.messages_column,
+            turns_column=prompt.turns_column,
+            slots=slots,
+            row_options=job.row_options,
+            scoring=job.scoring,
+            dedup=job.dedup,
+            check_format=job.answers.response_format if job.answers.json_required else None,
+        )
+
+    @property
+    def fanout(self) -> int:
+        return len(self.slots)
+
+    def key_params(self, params: Params) -> Params:
+        """The request options that identify a request: all but the job's own response_format."""
+        if self.check_format is None or ("response_format", self.check_format) not in params:
+            return params
+        return tuple(item for item in params if item[0] != "response_format")
+
+    def turn_key(self, request: ChatRequest, messages: Messages) -> str:
+        """The key of one turn of a scripted conversation: its messages so far, sent alone."""
+        return request_key(request.model, messages, self.key_params(request.params))
+
+    def columns(self, names: Callable[[str], str] = lambda key: f"{key}=") -> list[tuple[str, str]]:
+        """Every input column a row is read from, with its role (``names`` names the setting)."""
         needed: list[tuple[str, str]] = []
         if self.prompt_column:
-            needed.append((self.prompt_column, f"the prompt column, {job.names('prompt_column')}"))
+            needed.append((self.prompt_column, f"the prompt column, {names('prompt_column')}"))
         if self.messages_column:
-            needed.append((self.messages_column, f"the messages column, {job.names('messages_column')}"))
+            needed.append((self.messages_column, f"the messages column, {names('messages_column')}"))
         if self.turns_column:
-            needed.append((self.turns_column, f"the turns column, {job.names('turns_column')}"))
+            needed.append((self.turns_column, f"the turns column, {names('turns_column')}"))
         if self.template:
             needed += [(name, "a placeholder in the template") for name in self.template.columns]
         for field, column in self.row_options.columns:
             needed.append((column, f"the column of request option '{field}' (option_columns)"))
         if self.row_options.json_column:
-            needed.append((self.row_options.json_column, f"the options column, {job.names('options_column')}"))
+            needed.append((self.row_options.json_column, f"the options column, {names('options_column')}"))
         if self.scoring.expected_column:
-            needed.append((self.scoring.expected_column, f"the expected answers, {job.names('expected_column')}"))
+            needed.append((self.scoring.expected_column, f"the expected answers, {names('expected_column')}"))
+        return needed
+
+
+def row_requests(spec: RowSpec, batch: pa.RecordBatch, start: int, source_name: str,
+                 occurrences: Counter[str] | None = None,
+                 samples: dict[int, int] | None = None) -> list[ChatRequest | InvalidRow]:  # fmt: skip
+    """The request (or the reason for none) of each output row of ``batch``, whose first row is
+    input row ``start`` (0-based); raises JobError for a cell that could never be sent.
+
+    Without dedup, ``occurrences`` counts each request over every batch so far, and identical
+    requests are told apart by their occurrence (the first keeps the plain key, so each is
+    sent); ``samples`` then receives the occurrence of each output row that is a repeat.
+    """
+    reader = _Reader(spec, source_name)
+    values = {name: batch.column(name).to_pylist() for name in reader.columns}
+    slot_key_params = [spec.key_params(slot.params) for slot in spec.slots]
+    fanout = spec.fanout
+    items: list[ChatRequest | InvalidRow] = []
+    for i in range(batch.num_rows):
+        row = start + i
+        cells = {name: col[i] for name, col in values.items()}
+        content = reader.content(row, cells)
+        options = reader.options(row, cells)
+        if spec.scoring.expected_column:
+            reader.check_expected(row, cells[spec.scoring.expected_column])
+        for j, slot in enumerate(spec.slots):
+            out = row * fanout + j
+            if isinstance(content, str):
+                items.append(InvalidRow(out, slot.model, content))
+                continue
+            messages, turns = content
+            params = _params(slot, options)
+            key_params = slot_key_params[j] if not options else spec.key_params(params)
+            key = request_key(slot.model, messages, key_params, turns=turns)
+            if occurrences is not None:
+                sample = occurrences[key]
+                occurrences[key] = sample + 1
+                if sample:
+                    key = request_key(slot.model, messages, key_params, sample, turns)
+                    if samples is not None:
+                        samples[out] = sample
+            items.append(ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns))
+    return items
+
+
+def _params(slot: Slot, options: dict[str, Any] | None) -> Params:
+    """The slot's request options, with the row's own over them."""
+    if not options:
+        return slot.params
+    return tuple(sorted({**dict(slot.params), **options}.items()))
+
+
+class RequestBuilder:
+    """The requests of a whole input, pass after pass; constructing it checks that every column a
+    row is read from exists."""
+
+    def __init__(self, spec: RowSpec, columns: Sequence[str], source_name: str,
+                 names: Callable[[str], str] = lambda key: f"{key}=") -> None:  # fmt: skip
+        self.spec = spec
+        self.source_name = source_name
+        needed = spec.columns(names)
         for name, role in needed:
             if name not in columns:
                 raise JobError(missing_column(source_name, name, role, columns))
         self.columns = list(dict.fromkeys(name for name, _ in needed))
+        self.slots = spec.slots
+        self.fanout = spec.fanout
         self.samples: dict[int, int] = {}  # without dedup: the occurrence of each repeated request, by row
+
+    @classmethod
+    def for_job(cls, job: Job, columns: Sequence[str], source_name: str) -> RequestBuilder:
+        return cls(RowSpec.of(job, columns), columns, source_name, job.names)
 
     def describe(self) -> str:
         """Which settings and columns make each row's messages, in the order they are sent."""
+        spec = self.spec
         parts = []
-        if self.system:
+        if spec.system:
             parts.append("the system prompt")
-        if self.messages_column:
-            parts.append(f"the history in column '{self.messages_column}'")
-        if self.turns_column:
-            parts.append(f"each user turn in column '{self.turns_column}', one request after another")
-        elif self.template:
-            parts.append(f"the template over column(s) {', '.join(map(repr, self.template.columns))}")
-        elif self.prompt_column:
-            parts.append(f"the prompt in column '{self.prompt_column}'")
+        if spec.messages_column:
+            parts.append(f"the history in column '{spec.messages_column}'")
+        if spec.turns_column:
+            parts.append(f"each user turn in column '{spec.turns_column}', one request after another")
+        elif spec.template:
+            parts.append(f"the template over column(s) {', '.join(map(repr, spec.template.columns))}")
+        elif spec.prompt_column:
+            parts.append(f"the prompt in column '{spec.prompt_column}'")
         return " + ".join(parts)
 
     def rows(self, source: TableSource) -> Iterator[tuple[pa.RecordBatch, list[ChatRequest | InvalidRow]]]:
         """Every input batch with the request (or reason for none) of each of its output rows.
 
-        Keys are the same on every pass over the same input. Without dedup, identical requests
-        are told apart by their occurrence (the first keeps the plain key), so each is sent.
+        Keys are the same on every pass over the same input.
         """
         start = 0
-        occurrences: Counter[str] | None = None if self.job.dedup else Counter()
+        occurrences: Counter[str] | None = None if self.spec.dedup else Counter()
         self.samples = {}
         for batch in source.batches():
-            yield batch, self.build(batch, start, occurrences)
+            yield batch, row_requests(self.spec, batch, start, self.source_name, occurrences, self.samples)
             start += batch.num_rows
 
     def requests(self, source: TableSource, keys: RowKeys, wanted: Sequence[int]) -> Iterator[ChatRequest]:
@@ -134,6 +238,8 @@ class RequestBuilder:
         input that changed since cannot send one row's prompt under another row's key, which
         would put a wrong answer in the journal for good.
         """
+        spec = self.spec
+        reader = _Reader(spec, self.source_name)
         start = 0
         fanout = self.fanout
         planned = len(keys)
@@ -146,88 +252,49 @@ class RequestBuilder:
                 if not (wanted[first] if fanout == 1 else any(wanted[first : first + fanout])):
                     continue
                 if values is None:
-                    values = {name: batch.column(name).to_pylist() for name in self.columns}
+                    values = {name: batch.column(name).to_pylist() for name in reader.columns}
                 cells = {name: col[i] for name, col in values.items()}
-                content = self._content(start + i, cells)
+                content = reader.content(start + i, cells)
                 if isinstance(content, str):
                     raise InputChanged(self.source_name, f"row {start + i + 1} no longer has anything to send")
-                options = self._options(start + i, cells)
+                options = reader.options(start + i, cells)
                 for j, slot in enumerate(self.slots):
                     if wanted[first + j]:
                         key = keys[first + j]
                         messages, turns = content
-                        params = self._params(j, options)
+                        params = _params(slot, options)
                         sample = self.samples.get(first + j, 0)
-                        again = request_key(slot.model, messages, self.key_params(params), sample, turns)
+                        again = request_key(slot.model, messages, spec.key_params(params), sample, turns)
                         if key != again:
                             raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
                         yield ChatRequest(first + j, key, slot.model, messages, params, turns)
             start += batch.num_rows
 
-    def build(
-        self, batch: pa.RecordBatch, start: int, occurrences: Counter[str] | None = None
-    ) -> list[ChatRequest | InvalidRow]:
-        """Requests for the output rows of ``batch``, whose first row is input row ``start`` (0-based)."""
-        values = {name: batch.column(name).to_pylist() for name in self.columns}
-        items: list[ChatRequest | InvalidRow] = []
-        for i in range(batch.num_rows):
-            row = start + i
-            cells = {name: col[i] for name, col in values.items()}
-            content = self._content(row, cells)
-            options = self._options(row, cells)
-            if self.scoring.expected_column:
-                self._check_expected(row, cells[self.scoring.expected_column])
-            for j, slot in enumerate(self.slots):
-                out = row * self.fanout + j
-                if isinstance(content, str):
-                    items.append(InvalidRow(out, slot.model, content))
-                    continue
-                messages, turns = content
-                params = self._params(j, options)
-                key_params = self._slot_key_params[j] if not options else self.key_params(params)
-                key = request_key(slot.model, messages, key_params, turns=turns)
-                if occurrences is not None:
-                    sample = occurrences[key]
-                    occurrences[key] = sample + 1
-                    if sample:
-                        key = request_key(slot.model, messages, key_params, sample, turns)
-                        self.samples[out] = sample
-                items.append(
-                    ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns)
-                )
-        return items
 
-    def key_params(self, params: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
-        """The request options that identify a request: all but the job's own response_format."""
-        if self._check_format is None or ("response_format", self._check_format) not in params:
-            return params
-        return tuple(item for item in params if item[0] != "response_format")
+class _Reader:
+    """One row's cells into its messages and options, with errors that name the cell."""
 
-    def turn_key(self, request: ChatRequest, messages: tuple[dict[str, Any], ...]) -> str:
-        """The key of one turn of a scripted conversation: its messages so far, sent alone."""
-        return request_key(request.model, messages, self.key_params(request.params))
+    def __init__(self, spec: RowSpec, source_name: str) -> None:
+        self.spec = spec
+        self.source_name = source_name
+        self.columns = list(dict.fromkeys(name for name, _ in spec.columns()))
 
-    def _params(self, slot: int, options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-        """The slot's request options, with the row's own over them."""
-        if not options:
-            return self._slot_params[slot]
-        return tuple(sorted({**self.slots[slot].params, **options}.items()))
-
-    def _content(self, row: int, cells: dict[str, Any]) -> _Content | str:
+    def content(self, row: int, cells: dict[str, Any]) -> Content | str:
         """The row's messages and scripted turns, or the reason it has nothing worth sending."""
+        spec = self.spec
         history: list[dict[str, Any]] = []
-        if self.messages_column:
-            history = parse_messages(cells[self.messages_column], where=self._where(row, self.messages_column))
+        if spec.messages_column:
+            history = parse_messages(cells[spec.messages_column], where=self.where(row, spec.messages_column))
         turns: tuple[str, ...] = ()
         prompt: str | None = None
-        if self.turns_column:
-            turns = parse_turns(cells[self.turns_column], where=self._where(row, self.turns_column))
+        if spec.turns_column:
+            turns = parse_turns(cells[spec.turns_column], where=self.where(row, spec.turns_column))
             if not turns:
                 return "no turns: the turns cell is empty"
-        elif self.template:
-            prompt = self.template.render(cells)
-        elif self.prompt_column:
-            prompt = cell_text(cells[self.prompt_column])
+        elif spec.template:
+            prompt = spec.template.render(cells)
+        elif spec.prompt_column:
+            prompt = cell_text(cells[spec.prompt_column])
         if prompt is not None and not prompt.strip():
             if not history:
                 return "empty prompt: the row has no text to send"
@@ -235,21 +302,21 @@ class RequestBuilder:
         if not history and prompt is None and not turns:
             return "empty conversation: the messages cell is empty and there is no prompt"
         messages: list[dict[str, Any]] = []
-        if self.system and not (history and history[0]["role"] == "system"):
-            messages.append({"role": "system", "content": self.system})
+        if spec.system and not (history and history[0]["role"] == "system"):
+            messages.append({"role": "system", "content": spec.system})
         messages += history
         if prompt is not None:
             messages.append({"role": "user", "content": prompt})
         return tuple(messages), turns
 
-    def _options(self, row: int, cells: dict[str, Any]) -> dict[str, Any] | None:
+    def options(self, row: int, cells: dict[str, Any]) -> dict[str, Any] | None:
         """Request options the row sets for itself; they win over the job's and the variant's."""
-        spec = self.row_options
+        spec = self.spec.row_options
         if not spec.columns and not spec.json_column:
             return None
         options: dict[str, Any] = {}
         if spec.json_column:
-            options.update(parse_options(cells[spec.json_column], self._where(row, spec.json_column)))
+            options.update(parse_options(cells[spec.json_column], self.where(row, spec.json_column)))
         for field, column in spec.columns:
             value = option_value(cells[column])
             if value is not None:
@@ -258,22 +325,21 @@ class RequestBuilder:
             column = next((c for f, c in spec.columns if f == field), spec.json_column)
             if field in RESERVED_PARAMS or (field == "n" and value != 1):
                 raise JobError(
-                    f"{self._where(row, column or field)}: request option '{field}' cannot be set per row "
+                    f"{self.where(row, column or field)}: request option '{field}' cannot be set per row "
                     f"({RESERVED_PARAMS.get(field, 'batchchat keeps one answer per row, so n must be 1')})"
                 )
-            problem = OPTION_CHECKS.get(field, lambda v: None)(value)
+            check = OPTION_CHECKS.get(field)
+            problem = check(value) if check is not None else None
             if problem:
-                raise JobError(
-                    f"{self._where(row, column or field)}: request option '{field}' {problem}, got {value!r}"
-                )
+                raise JobError(f"{self.where(row, column or field)}: request option '{field}' {problem}, got {value!r}")
         return options
 
-    def _check_expected(self, row: int, cell: Any) -> None:
+    def check_expected(self, row: int, cell: Any) -> None:
         """An expected answer that could never be compared is bad input, found before any request."""
         if cell is None or (isinstance(cell, str) and not cell.strip()):
             return
-        method = self.scoring.method
-        where = self._where(row, self.scoring.expected_column or "")
+        method = self.spec.scoring.method
+        where = self.where(row, self.spec.scoring.expected_column or "")
         if method == "regex":
             try:
                 re.compile(cell_text(cell) or "")
@@ -287,11 +353,8 @@ class RequestBuilder:
             except json.JSONDecodeError as e:
                 raise JobError(f'{where}: not valid JSON ({e.msg}); score = "json_equal" compares JSON') from None
 
-    def _where(self, row: int, column: str) -> str:
+    def where(self, row: int, column: str) -> str:
         return f"{self.source_name}, row {row + 1}, column '{column}'"
-
-
-_Content = tuple[tuple[dict[str, Any], ...], tuple[str, ...]]
 
 
 def option_value(cell: Any) -> Any:

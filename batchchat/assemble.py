@@ -1,0 +1,67 @@
+"""Assembly: the input joined with the store, batch by batch, into the output's rows.
+
+Each output row takes the outcome stored under its key (``pending`` when there is none yet),
+judged again where it was judged by other checks, and the cells the job derives from it; the
+rows are counted for the summary as they pass. Nothing here sends or writes: the sink writes the
+batches, whatever executor filled the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .answers import AnswerCheck, Derived, derive_batch
+from .errors import INVALID_INPUT, InputChanged
+from .journal import Store
+from .plan import Rows, stale_outcomes
+from .records import OK, PENDING, RowOutcome
+from .stats import RowTally
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .source import TableSource
+
+# An input batch, the outcome of each of its output rows, and the derived cells by column.
+Assembled = tuple["pa.RecordBatch", list[RowOutcome], dict[str, list[Any]]]
+
+
+def assemble(source: TableSource, rows: Rows, slots: Sequence[tuple[str, str | None]], store: Store,
+             tally: RowTally, derived: Derived) -> Iterator[Assembled]:  # fmt: skip
+    """Each input batch with the outcome of each of its output rows, one per (model, variant) of
+    ``slots``, and the cells of the columns the job derives from answers."""
+    fanout = len(slots)
+    check = AnswerCheck(derived.answers)
+    start = 0
+    for batch in source.batches():
+        first, end = start * fanout, (start + batch.num_rows) * fanout
+        if end > len(rows.keys):
+            raise InputChanged(source.name, "it has more rows than when the run began")
+        keys = [rows.keys[row] for row in range(first, end)]
+        records = store.get_many(key for key in keys if key is not None)
+        if store.has_stale:  # answers judged by other checks are judged by the job's
+            records.update(stale_outcomes(store, records, check))
+        outcomes: list[RowOutcome] = []
+        for row, key in enumerate(keys, first):
+            model = slots[row % fanout][0]
+            if key is None:
+                outcome = RowOutcome.failed(
+                    row, key=None, model=model, error_type=INVALID_INPUT, error=rows.invalid[row], attempts=0
+                )
+            else:
+                outcome = records.get(key) or RowOutcome(row, key, PENDING, 0, model)
+                if outcome.status == PENDING:  # not sent, or an answer with re-asks still to go
+                    outcome = RowOutcome(row, key, PENDING, 0, model)
+            outcomes.append(outcome)
+        shared = [not rows.first[row] for row in range(first, end)]
+        cells = derive_batch(derived, batch, outcomes, slots, shared)
+        for i, outcome in enumerate(outcomes):
+            row = first + i
+            tally.add_row(outcome, slots[row % fanout], cells["score"][i] if "score" in cells else None,
+                          bool(rows.first[row]), cells["cost"][i], cells["label"][i] if "label" in cells else None)  # fmt: skip
+            key = outcome.key
+            if outcome.status == OK and outcome.ttft_s is None and key is not None and store.earlier(key):
+                tally.earlier_without_ttft += 1
+        yield batch, outcomes, cells
+        start += batch.num_rows

@@ -1,0 +1,156 @@
+"""The live engine: requests sent from this process, as fast as the limits allow.
+
+Workers (the pool) run units of work (``unit.py``: attempts through the throttle, retries,
+re-asks, scripted turns) against one HTTP client, under one budget. Each finished unit goes to
+the ledger at once (the journal flushes it), so whatever happens next, it is never sent again.
+
+Stopping: Ctrl-C or SIGTERM (where this thread may handle signals) stops the taking of new
+requests; those in flight have the grace period to finish, and a second signal abandons them.
+An input that changes under the run stops the taking of requests too: those in flight finish
+and are kept, then the run raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..connect import open_client
+from ..endpoint import Endpoint
+from ..errors import FatalAPIError, InputChanged, StorageError
+from ..money import Budget
+from ..records import ChatRequest
+from ..spec import NO_PRICES, Answers, Job, Limits, Prices, RetryPolicy, SimConfig
+from ..throttle import Throttle
+from ..unit import Asker, Send
+from .base import Ending, Ledger, Work
+from .pool import drain
+
+
+@dataclass(frozen=True)
+class LiveExecutor:
+    """The parts of a job the live engine needs, and whether it may take over Ctrl-C and SIGTERM."""
+
+    endpoint: Endpoint
+    limits: Limits = field(default_factory=Limits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stream: bool = False
+    answers: Answers = field(default_factory=Answers)
+    max_cost: float | None = None
+    prices: Prices = field(default_factory=lambda: NO_PRICES)
+    simulator: SimConfig = field(default_factory=SimConfig)
+    grace_s: float = 10.0
+    handle_signals: bool = False
+
+    @classmethod
+    def for_job(cls, job: Job, *, handle_signals: bool) -> LiveExecutor:
+        return cls(
+            endpoint=job.endpoint,
+            limits=job.limits,
+            retry=job.retry,
+            stream=job.stream,
+            answers=job.answers,
+            max_cost=job.max_cost,
+            prices=job.prices,
+            simulator=job.simulator_config,
+            grace_s=job.resume.grace_s,
+            handle_signals=handle_signals,
+        )
+
+    async def execute(self, work: Work, ledger: Ledger) -> Ending:
+        async with open_client(self.endpoint, concurrency=self.limits.concurrency, retry=self.retry,
+                               stream=self.stream, simulator=self.simulator) as client:  # fmt: skip
+            return await self.send(work, ledger, client.complete)
+
+    async def send(self, work: Work, ledger: Ledger, send: Send) -> Ending:
+        """Every request of ``work`` through ``send`` (one attempt at a time)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signalled = at_once = False
+        limits = self.limits
+        budget = Budget(self.max_cost, self.prices, ledger.counters) if self.max_cost is not None else None
+        asker = Asker(
+            send,
+            max_attempts=self.retry.max_attempts,
+            throttle=Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm),
+            counters=ledger.counters,
+            check=ledger.check if self.answers.checked else None,
+            invalid_retries=self.answers.invalid_retries,
+            budget=budget,
+            stop=stop,
+            memory=ledger,
+            turn_key=work.turn_key,
+        )
+        changed: list[InputChanged] = []
+
+        def requests() -> Iterator[ChatRequest]:
+            try:
+                yield from work.requests
+            except InputChanged as e:
+                changed.append(e)
+                stop.set()
+
+        sending = asyncio.ensure_future(
+            drain(requests(), asker.unit, ledger.finished, workers=2 * limits.concurrency, stop=stop, budget=budget)
+        )
+
+        def on_signal() -> None:
+            nonlocal at_once, signalled
+            if signalled:  # the second: stop now
+                at_once = True
+                sending.cancel()
+                return
+            signalled = True
+            stop.set()
+            ledger.stopping(self.grace_s)
+            loop.call_later(self.grace_s, sending.cancel)
+
+        installed = _catch_signals(loop, on_signal) if self.handle_signals else []
+        try:
+            try:
+                await sending
+            except* FatalAPIError as group:
+                raise group.exceptions[0] from None
+            except* StorageError as group:  # the journal could not keep an answer: stop at once
+                raise group.exceptions[0] from None
+        except asyncio.CancelledError:
+            if not signalled:
+                raise  # cancelled from outside: not ours to handle
+        finally:
+            _restore_signals(loop, installed)
+        if changed:
+            raise changed[0]
+        if at_once:
+            return Ending.AT_ONCE
+        if signalled:
+            return Ending.STOPPED
+        return Ending.BUDGET if budget is not None and budget.exhausted else Ending.DONE
+
+
+def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> list[tuple[int, Any]]:
+    """Ctrl-C and SIGTERM stop the run gracefully, where this thread may handle signals. Returns
+    each signal with the handler it had, which ``_restore_signals`` puts back."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    installed: list[tuple[int, Any]] = []
+    for number in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(number)
+        try:
+            loop.add_signal_handler(number, callback)
+        except (NotImplementedError, RuntimeError):  # not on this platform or loop
+            continue
+        installed.append((number, previous))
+    return installed
+
+
+def _restore_signals(loop: asyncio.AbstractEventLoop, installed: list[tuple[int, Any]]) -> None:
+    """asyncio resets a signal to its default on removal; the caller's handler (the CLI's, which
+    turns SIGTERM into a clean stop while the output is written) is put back instead."""
+    for number, previous in installed:
+        loop.remove_signal_handler(number)
+        if previous is not None:
+            signal.signal(number, previous)

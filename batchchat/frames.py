@@ -1,0 +1,137 @@
+"""Running a job on a pandas DataFrame, in a script or a notebook: the frame comes back with the
+outcome columns added, and the run's summary in its ``attrs["batchchat"]``.
+
+Only the columns the prompts need are converted to Arrow; the rest of the frame is never touched.
+Answers are kept in memory, or in a journal file when one is named, so calling again resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .assemble import assemble
+from .errors import FatalAPIError, Interrupted, JobError
+from .executors.base import Executor
+from .executors.live import LiveExecutor
+from .jobfile import load_job
+from .journal import Journal, MemoryStore, Store
+from .lock import OutputLock
+from .pipeline import RunResult, execute, finished, journal_scope
+from .plan import Rows, Setup
+from .progress import Bar, Observer, Silent
+from .records import RowOutcome
+from .sink import to_frame
+from .source import ArrowSource
+from .spec import Job
+from .stats import RowTally, Stats
+from .sync import run_sync
+from .words import plural
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SOURCE_NAME = "the DataFrame"
+
+
+def is_frame(value: object) -> bool:
+    import pandas as pd
+
+    return isinstance(value, pd.DataFrame)
+
+
+async def arun_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, progress: bool = False,
+                     journal: str | os.PathLike[str] | None = None, **settings: Any) -> pd.DataFrame:  # fmt: skip
+    """Answer every row of a DataFrame; returns a copy with the outcome columns added, the run's
+    summary in its ``attrs["batchchat"]``.
+
+    ``progress=True`` draws a bar (in a notebook too). ``journal=PATH`` keeps every answer in that
+    file as it comes, so calling again with the same settings resumes, paying nothing twice. An
+    interrupt (Ctrl-C, the notebook's stop button) raises ``Interrupted`` carrying the rows
+    answered so far: ``e.result.frame``.
+    """
+    result = await frame_result(frame, observer=observer, progress=progress, journal=journal, **settings)
+    assert result.frame is not None
+    return result.frame
+
+
+def run_frame(frame: pd.DataFrame, /, *, observer: Observer | None = None, progress: bool = False,
+              journal: str | os.PathLike[str] | None = None, **settings: Any) -> pd.DataFrame:  # fmt: skip
+    """``arun_frame`` that works in scripts and inside a running loop (a Jupyter cell) alike."""
+    return run_sync(arun_frame(frame, observer=observer, progress=progress, journal=journal, **settings))
+
+
+async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = None, progress: bool = False,
+                       journal: str | os.PathLike[str] | None = None, executor: Executor | None = None,
+                       **settings: Any) -> RunResult:  # fmt: skip
+    """The run of a DataFrame, its frame in ``result.frame``."""
+    if not is_frame(frame):
+        kind = type(frame).__name__
+        raise TypeError(
+            f"run_frame takes a pandas DataFrame, not a {kind}; for a list of prompts, "
+            "pd.DataFrame({'prompt': prompts}); for a Series, series.to_frame('prompt')"
+        )
+    for key in ("input", "output"):
+        if settings.get(key) is not None:
+            raise JobError(f"{key}= is not used by run_frame, which reads and returns a DataFrame; use run() for files")
+    job = load_job(None, **settings)
+    setup = Setup.of(job, [str(c) for c in frame.columns], SOURCE_NAME)
+    source = ArrowSource.from_frame(frame, setup.builder.columns, SOURCE_NAME)
+    bar = Bar(notebook=True) if progress else None
+    watcher = observer or bar or Silent()
+    executor = executor or LiveExecutor.for_job(job, handle_signals=False)
+    if journal is None:
+        return await _frame_rows(job, frame, source, setup, MemoryStore(), watcher, bar, executor)
+    journal_path = Path(journal)
+    with OutputLock(journal_path, "journal="):  # journal.lock beside it
+        store = Journal(journal_path, journal_scope(job))
+        try:
+            return await _frame_rows(job, frame, source, setup, store, watcher, bar, executor)
+        finally:
+            store.close()
+
+
+async def _frame_rows(job: Job, frame: pd.DataFrame, source: ArrowSource, setup: Setup, store: Store,
+                      observer: Observer, bar: Bar | None, executor: Executor) -> RunResult:  # fmt: skip
+    started = time.perf_counter()
+    stats = Stats(0, job.prices)
+    stopped = False
+    rows: Rows | None = None
+    try:
+        if len(frame):
+            plan, rows = setup.plan(source, store, None)
+            observer.started(plan)
+            stats.total = plan.to_send
+            if plan.to_send:
+                await execute(executor, setup, source, rows, store, stats, observer)
+    except FatalAPIError as fatal:
+        raise FatalAPIError(f"stopped: {job.endpoint.refusal(fatal.error, job.names)}", fatal.error) from None
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        stopped = True  # the rows answered so far are the caller's all the same
+    finally:
+        if bar is not None:
+            bar.close()
+    tally = RowTally()
+    derived = setup.derived
+    outcomes: list[RowOutcome] = []
+    extras: dict[str, list[Any]] = {name: [] for name, _ in derived.columns()}
+    if rows is not None:
+        slots = [(s.model, s.variant) for s in setup.builder.slots]
+        for _, batch_outcomes, batch_extras in assemble(source, rows, slots, store, tally, derived):
+            outcomes += batch_outcomes
+            for name, values in batch_extras.items():
+                extras[name] += values
+    summary = stats.summary(time.perf_counter() - started, tally, streamed=job.stream)
+    answers = to_frame(frame, outcomes, extras, derived, setup.builder.fanout)
+    answers.attrs["batchchat"] = summary
+    result = RunResult(None, summary, answers)
+    if stopped:
+        raise Interrupted(
+            f"interrupted: {finished(tally):,} of {plural(tally.rows, 'row')} answered; the frame with them (the "
+            "others pending) is e.result.frame" + (", and the journal keeps them" if isinstance(store, Journal) else ""),
+            result,
+        )
+    return result

@@ -1,0 +1,181 @@
+"""The plan: one pass over the input, before any request, that finds what every output row will
+ask and what is still to send.
+
+The pass builds every output row's request once, checks every cell that could fail, works out
+each row's key, and looks each key up in the store: answered by an earlier run (nothing to
+send), shared with an identical row (sent once), or to send. ``Setup`` gathers what a job's
+row stages need for one input, and is the one way every kind of run (a file, a DataFrame, a dry
+run) gets from a job to its plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .answers import AnswerCheck, Derived
+from .errors import JobError
+from .journal import Store
+from .keys import RowKeys
+from .records import OK, OUTPUT_COLUMNS, PENDING, ChatRequest, InvalidRow, RowOutcome
+from .rows import RequestBuilder, RowSpec
+from .spec import Job
+
+if TYPE_CHECKING:
+    from .source import TableSource
+
+SHOWN_INVALID_ROWS = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job is about to do, known before its first request."""
+
+    source: str
+    rows: int  # output rows: input rows x models x variants
+    invalid_rows: int  # output rows with nothing to send
+    invalid_inputs: int  # the input rows they come from
+    first_invalid: tuple[int, ...]  # 1-based input row numbers of the first few
+    done_rows: int  # rows whose request an earlier run already finished (the journal)
+    to_send: int  # requests this run sends: rows not done, each distinct request once
+    endpoint: str
+    output: Path | None
+    input_rows: int = 0
+    models: int = 1
+    variants: int = 0
+    reasked: int = 0  # stored answers that fail the job's checks, with re-asks to go
+    legacy: int = 0  # journal records from before endpoints were recorded, taken as this endpoint's
+    assumed_endpoint: str | None = None  # set when this run made that assumption (said once)
+    elsewhere: tuple[tuple[str, int], ...] = ()  # (endpoint, requests answered there, not here)
+    damaged_records: int = 0  # journal records of the wrong shape or types, skipped
+    limit: int | None = None  # only the first input rows were taken (--limit)
+
+    @property
+    def shared_rows(self) -> int:
+        """Rows that will take the answer of an identical request instead of sending their own."""
+        return self.rows - self.invalid_rows - self.done_rows - self.to_send
+
+
+@dataclass
+class Rows:
+    """What the plan pass learned of every output row: its key, or why it has none, and which
+    rows send (one byte a row each), so the sending pass needs no set of keys and no journal
+    lookups, and the summary counts a shared request's tokens once."""
+
+    keys: RowKeys
+    invalid: dict[int, str]  # output row -> why it has nothing to send
+    sends: bytearray  # the first row asking for each request still to be answered
+    first: bytearray  # the first row asking for each request
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A job's row stages for one input: how rows become requests, how answers are judged and what
+    the output derives from them, and the plan's own settings. Making one checks the input's
+    columns: every column a row is read from exists, and none is named like an output column."""
+
+    builder: RequestBuilder
+    derived: Derived
+    check: AnswerCheck
+    retry_errors: bool  # requests that ended in error are sent again
+    endpoint: str  # where requests go, as messages name it
+    models: int
+    variants: int
+    limit: int | None
+
+    @classmethod
+    def of(cls, job: Job, columns: Sequence[str], source_name: str) -> Setup:
+        derived = Derived.of(job)
+        check_columns(columns, source_name, [name for name, _ in derived.columns()])
+        return cls(
+            builder=RequestBuilder(RowSpec.of(job, columns), columns, source_name, job.names),
+            derived=derived,
+            check=AnswerCheck(job.answers),
+            retry_errors=job.resume.retry_errors,
+            endpoint=job.endpoint.shown,
+            models=len(job.models),
+            variants=len(job.variants),
+            limit=job.limit,
+        )
+
+    def plan(self, source: TableSource, store: Store, output: Path | None) -> tuple[Plan, Rows]:
+        """One pass over every row: finds bad cells and empty prompts before any request, works
+        out each row's key once, and counts what is answered already and what rows can share."""
+        rows = Rows(RowKeys(), {}, bytearray(), bytearray())
+        done = reasked = 0
+        seen: set[str] = set()
+        retry_errors = self.retry_errors
+        input_rows = 0
+        for batch, items in self.builder.rows(source):
+            input_rows += batch.num_rows
+            stored = (i.key for i in items if isinstance(i, ChatRequest) and i.key in store)
+            judged = stale_outcomes(store, stored, self.check)
+            for item in items:
+                first = send = False
+                if isinstance(item, InvalidRow):
+                    rows.invalid[item.row] = item.reason
+                    rows.keys.append(None)
+                else:
+                    key = item.key
+                    rows.keys.append(key)
+                    first = key not in seen
+                    seen.add(key)
+                    again = judged.get(key)
+                    if key not in store:
+                        send = first
+                    elif (again.status == PENDING) if again is not None else store.unfinished(key):
+                        send = first  # an answer the checks reject, with re-asks to go
+                        reasked += first
+                    elif retry_errors and (again.status != OK if again is not None else store.failed(key)):
+                        send = first
+                    else:
+                        done += 1
+                rows.first.append(first)
+                rows.sends.append(send)
+        if input_rows == 0:
+            raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
+        fanout = self.builder.fanout
+        invalid_inputs = sorted({row // fanout + 1 for row in rows.invalid})
+        return Plan(
+            source=source.name,
+            rows=len(rows.keys),
+            invalid_rows=len(rows.invalid),
+            invalid_inputs=len(invalid_inputs),
+            first_invalid=tuple(invalid_inputs[:SHOWN_INVALID_ROWS]),
+            done_rows=done,
+            to_send=rows.sends.count(1),
+            endpoint=self.endpoint,
+            output=output,
+            input_rows=input_rows,
+            models=self.models,
+            variants=self.variants,
+            reasked=reasked,
+            legacy=store.legacy,
+            assumed_endpoint=store.assumed_endpoint,
+            elsewhere=tuple(sorted(store.elsewhere.items())),
+            damaged_records=store.invalid,
+            limit=self.limit,
+        ), rows
+
+
+def check_columns(columns: Sequence[str], source_name: str, added: Sequence[str] = ()) -> None:
+    """An input column named like an outcome column would make the output ambiguous."""
+    clashes = [name for name in columns if name in OUTPUT_COLUMNS or name in added]
+    if clashes:
+        raise JobError(
+            f"{source_name} has column(s) {', '.join(map(repr, clashes))}, which batchchat adds to "
+            "the output; rename them in the input"
+        )
+
+
+def stale_outcomes(store: Store, keys: Iterable[str], check: AnswerCheck) -> dict[str, RowOutcome]:
+    """The stored outcomes of ``keys`` that were judged by other checks than the job's, judged
+    again. Only answers need it: a failed request stays failed whatever the checks, and without
+    checks an ``ok`` answer stays ``ok``."""
+    if not store.has_stale:
+        return {}
+    checked = check.answers.checked
+    stale = [key for key in keys if store.stale(key) and (checked or store.failed(key))]
+    return {key: check.rejudge(stored) for key, stored in store.get_many(stale).items()}

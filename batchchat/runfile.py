@@ -1,0 +1,135 @@
+"""Running a job on files: check everything, send what is not yet answered, write the table.
+
+Everything that can be checked is checked before the first request: the job, the input's columns
+and every row's messages (the plan's one cheap pass over the file), the output's columns.
+
+A file run holds the output's lock for its whole length and keeps every finished request in the
+journal beside the output. The output table is assembled from the input and the journal at the
+end, so a run that was killed and started again writes exactly what one uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .assemble import assemble
+from .errors import FatalAPIError, Interrupted, JobError
+from .executors.base import Ending, Executor
+from .executors.live import LiveExecutor
+from .files import OutputFiles
+from .frames import frame_result, is_frame
+from .jobfile import load_job
+from .journal import Journal
+from .lock import OutputLock
+from .pipeline import RunResult, execute, finished, journal_scope
+from .plan import Setup
+from .progress import Observer, Silent
+from .records import PENDING
+from .sink import output_batches, output_schema, typed_output, write_output
+from .source import FileSource, TableSource, open_source
+from .spec import Job
+from .stats import RowTally, Stats
+from .sync import run_sync
+from .words import plural
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+
+def as_job(job: Job | str | os.PathLike[str] | None, settings: dict[str, Any]) -> Job:
+    if isinstance(job, Job):
+        if settings:
+            raise TypeError("pass either a Job or settings, not both; load_job(path, **settings) merges them")
+        return job
+    return load_job(job, **settings)
+
+
+async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: Observer | None = None,
+               executor: Executor | None = None, **settings: Any) -> RunResult:  # fmt: skip
+    """Run a job: a ``Job``, a job file path, or settings such as ``input=``, ``model=``.
+
+    ``executor`` answers the requests (by default the live engine, from this process). Raises
+    ``JobError`` before sending anything if the job cannot run, ``FatalAPIError`` if the API
+    refuses every request, ``Interrupted`` after Ctrl-C or SIGTERM (finished work is kept).
+    """
+    job = as_job(job, settings)
+    if job.input is None:
+        raise JobError(f"no input: give the table with {job.names('input')} (or 'input' in a job file)")
+    if job.output is None:
+        raise JobError(f"no output: give a file with {job.names('output')} (or 'output' in a job file)")
+    source = open_source(job.input, job.limit)
+    setup = Setup.of(job, source.columns, source.name)
+    schema = output_schema(source, setup.derived, typed_output(job.output))
+    files = OutputFiles.of(job.output, job.names("output"))
+    files.check()
+    with OutputLock(job.output, job.names("output")):
+        files.remove_stale_temps()
+        if job.resume.restart:
+            files.journal.unlink(missing_ok=True)
+        journal = Journal(files.journal, journal_scope(job))
+        try:
+            executor = executor or LiveExecutor.for_job(job, handle_signals=True)
+            return await _run_file(job, source, setup, journal, files, schema, observer or Silent(), executor)
+        finally:
+            journal.close()
+
+
+def run(job: Job | str | os.PathLike[str] | pd.DataFrame | None = None, /, *, observer: Observer | None = None,
+        **settings: Any) -> RunResult:  # fmt: skip
+    """``arun`` for code without an event loop, and for notebooks, whose loop is already running.
+    Given a DataFrame, answers its rows and returns the frame with the summary (``result.frame``)."""
+    if is_frame(job):
+        return run_sync(frame_result(job, observer=observer, **settings))
+    return run_sync(arun(job, observer=observer, **settings))  # type: ignore[arg-type]
+
+
+async def _run_file(job: Job, source: TableSource, setup: Setup, journal: Journal, files: OutputFiles,
+                    schema: pa.Schema, observer: Observer, executor: Executor) -> RunResult:  # fmt: skip
+    output = files.output
+    if isinstance(source, FileSource):
+        source.seal()  # what every pass must read again
+    plan, rows = setup.plan(source, journal, output)
+    observer.started(plan)
+    stats = Stats(plan.to_send, job.prices)
+    builder = setup.builder
+
+    def write() -> RowTally:
+        tally = RowTally()
+        assembled = assemble(source, rows, [(s.model, s.variant) for s in builder.slots], journal, tally,
+                             setup.derived)  # fmt: skip
+        restore = source.for_output if typed_output(files.target) else None
+        unchanged = source.verify if isinstance(source, FileSource) else None  # before it replaces the output
+        write_output(files, output_batches(assembled, schema, builder.fanout, restore), schema, unchanged)
+        return tally
+
+    started = time.perf_counter()
+    try:
+        ending = Ending.DONE
+        if plan.to_send:
+            ending = await execute(executor, setup, source, rows, journal, stats, observer)
+    except FatalAPIError as fatal:
+        if len(journal):
+            tally = write()
+            kept = (f"{finished(tally):,} of {plural(tally.rows, 'row')} finished and are in {output}; the others "
+                    "have status 'pending'")  # fmt: skip
+        else:
+            kept = "no row finished, so nothing was written"
+        raise FatalAPIError(f"stopped: {job.endpoint.refusal(fatal.error, job.names)}; {kept}", fatal.error) from None
+    wall = time.perf_counter() - started
+    resume = f"run the same command again to resume: what {journal.path} holds is not sent again"
+    if ending is Ending.AT_ONCE:
+        raise Interrupted(f"stopped at once; the output was not written; {resume}",
+                          RunResult(None, stats.summary(wall, RowTally(), streamed=job.stream)))  # fmt: skip
+    tally = write()
+    summary = stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending is Ending.BUDGET,
+                            streamed=job.stream)  # fmt: skip
+    if ending is Ending.STOPPED:
+        raise Interrupted(
+            f"stopped: {finished(tally):,} of {plural(tally.rows, 'row')} finished and are in {output}; "
+            f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}",
+            RunResult(output, summary),
+        )
+    return RunResult(output, summary)

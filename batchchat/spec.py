@@ -1,0 +1,239 @@
+"""What a job is: its frozen parts, each handed to the stage that needs it and to no other.
+
+Loading and checking a job (TOML, flags, keyword arguments) is ``jobfile.py``'s; this module
+only says what the parts are, so every stage can import it without pulling in the loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .endpoint import Endpoint
+
+# Body fields batchchat sets itself; a user setting them through options would break the run.
+RESERVED_PARAMS = {
+    "model": "the model is a setting of its own (model)",
+    "messages": "messages are built from the input table (prompt column, template or messages column)",
+    "stream": "streaming is a setting of its own (stream)",
+    "stream_tokens": "streaming is a setting of its own (stream)",
+}
+SCORES = ("exact", "contains", "regex", "json_equal")
+DEFAULT_INVALID_RETRIES = 2
+Params = tuple[tuple[str, Any], ...]  # request options, sorted by name: hashable and in a stable order
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """How each row becomes messages: [system] + [history from messages_column] + [user prompt]."""
+
+    column: str | None = "prompt"
+    template: str | None = None
+    messages_column: str | None = None
+    system: str | None = None
+    turns_column: str | None = None  # a JSON list of user turns, sent one after another
+    column_optional: bool = False  # the default prompt column beside a messages column: used where it exists
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 16
+    rpm: int | None = None  # requests/min; None adapts to the provider's 429s and headers
+    tpm: int | None = None  # tokens/min
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a run does with the journal of earlier runs, and how it stops."""
+
+    restart: bool = False  # discard the journal: send everything again
+    retry_errors: bool = False  # send again the requests that ended in error
+    grace_s: float = 10.0  # after Ctrl-C or SIGTERM, how long in-flight requests may finish
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One set of request options every row is also sent with (``[[variants]]``)."""
+
+    name: str
+    params: Params = ()
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """Request options read from each row, over the job's: named columns, or a JSON-object column."""
+
+    columns: tuple[tuple[str, str], ...] = ()  # (request field, input column)
+    json_column: str | None = None
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What counts as a valid answer. An invalid one is asked again, then ends as an error row."""
+
+    schema: Mapping[str, Any] | None = None  # the JSON schema answers must fit; None for free text
+    json_required: bool = False  # response_format asks for JSON (with or without a schema)
+    labels: tuple[str, ...] = ()
+    invalid_retries: int = DEFAULT_INVALID_RETRIES
+    # The request's response_format that asks for this JSON: part of the checks, not of what
+    # identifies a request, so a changed schema judges stored answers again rather than re-asking.
+    response_format: Mapping[str, Any] | None = None
+
+    @property
+    def checked(self) -> bool:
+        return self.json_required or bool(self.labels)
+
+    @property
+    def signature(self) -> str:
+        """Short for the whole contract an answer is judged by. The journal keeps it beside the
+        answers a run stored, so a later run with other checks judges those answers again
+        instead of trusting a verdict given under the old ones."""
+        if not self.checked:
+            return "none"
+        contract = [self.labels, self.json_required, self.schema, self.invalid_retries]
+        text = json.dumps(contract, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def normalize_label(text: str) -> str:
+    """Case, whitespace and punctuation do not matter: ' Positive.' is 'positive'."""
+    return " ".join(re.sub(r"[^\w\s]|_", " ", text).casefold().split())
+
+
+@dataclass(frozen=True)
+class Scoring:
+    expected_column: str | None = None
+    method: str = "exact"
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens; ``source`` says where the price came from."""
+
+    input: float
+    output: float
+    source: str = field(default="job", compare=False)
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+Prices = Mapping[str, Price]  # by model
+NO_PRICES: Prices = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How the built-in simulator behaves: latency, speed, limits and injected faults."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    tokens_per_s: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    fault_rate: float = 0.0
+    seed: int = 0
+    labels: tuple[str, ...] = ()  # answer with one of these (a labeling model)
+    invalid_rate: float = 0.0  # share of answers that break the labels or the asked-for JSON
+    api_key: str | None = None  # when set, requests without this bearer key get 401
+
+    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
+        shown = {f: getattr(self, f) for f in self.__slots__ if f != "api_key"}
+        return (
+            f"SimConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())}, api_key={'***' if self.api_key else None})"
+        )
+
+
+def _flag_or_keyword(key: str) -> str:
+    return f"{key}="
+
+
+@dataclass(frozen=True)
+class Job:
+    models: tuple[str, ...]
+    input: Path | None = None
+    output: Path | None = None
+    prompt: Prompt = field(default_factory=Prompt)
+    params: Params = ()
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    limits: Limits = field(default_factory=Limits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    resume: Resume = field(default_factory=Resume)
+    stream: bool = False
+    dedup: bool = True  # identical requests are sent once and their answer given to every row
+    simulator: SimConfig = field(default_factory=SimConfig)
+    variants: tuple[Variant, ...] = ()  # none: every row is sent once per model, with params
+    row_options: RowOptions = field(default_factory=RowOptions)
+    answers: Answers = field(default_factory=Answers)
+    scoring: Scoring = field(default_factory=Scoring)
+    prices: Prices = field(default_factory=lambda: NO_PRICES)  # of the models asked that have one
+    max_cost: float | None = None  # US dollars this run may spend
+    limit: int | None = None  # only the first input rows: a trial of a large job
+    # How a setting is named to whoever made the job: a flag (-o/--output) or a keyword (output=).
+    names: Callable[[str], str] = field(default=_flag_or_keyword, compare=False, repr=False)
+
+    @property
+    def model(self) -> str:
+        """The first model (the only one, unless the job fans out)."""
+        return self.models[0]
+
+    @property
+    def fanout(self) -> int:
+        """Output rows per input row: one per model and variant."""
+        return len(self.models) * max(1, len(self.variants))
+
+    @property
+    def simulator_config(self) -> SimConfig:
+        """The simulator a ``sim`` run starts: a simulated labeler answers from the job's labels."""
+        if self.answers.labels and not self.simulator.labels:
+            return replace(self.simulator, labels=self.answers.labels)
+        return self.simulator
+
+
+def _positive_int(value: Any) -> str | None:
+    return (
+        None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else "must be a whole number of at least 1"
+    )
+
+
+def _number_in(low: float, high: float | None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value
+        ok = ok and (high is None or value <= high)
+        return None if ok else f"must be a number from {low:g}" + (f" to {high:g}" if high is not None else "")
+
+    return check
+
+
+# The request options whose values batchchat checks itself, wherever they are set (job, variant, row).
+OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "max_tokens": _positive_int,
+    "temperature": _number_in(0.0, None),
+    "top_p": _number_in(0.0, 1.0),
+}
+
+
+def finite(value: Any) -> bool:
+    """Whether a JSON value holds no NaN or infinity (no server reads them; JSON has none)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(finite(v) for v in value)
+    return True

@@ -1,0 +1,35 @@
+"""How numbers and server text read in messages: counts with their nouns, dollars, durations, and
+text made safe for a terminal. Shared by the library's messages and the CLI's lines, so both say
+the same thing the same way."""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 control characters (but tab and newline), DEL, and the bidirectional overrides that
+# can make text read other than it is.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters and escape sequences removed."""
+    return _UNPRINTABLE.sub("", text)
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 row``, ``2 rows``, ``1,000 rows`` (``nouns`` where adding an s is wrong)."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {nouns or noun + 's'}"
+
+
+def dollars(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
