@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .pipeline import RunResult
     from .spec import Job
 
+Command = TypeVar("Command", bound=Callable[..., Any])
 EXIT_JOB = 2
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused what the run wrote
 EXIT_INTERRUPTED = 130
@@ -160,10 +161,8 @@ class GroupedCommand(click.Command):
             formatter.write_text(RUN_EXAMPLES)
 
 
-def request_options(command: Callable[..., Any] | None = None, *, several_models: bool = True) -> Any:
+def request_options(*, several_models: bool = True) -> Callable[[Command], Command]:
     """The options ``run`` and ``chat`` share: model, system prompt, endpoint, request, retries."""
-    if command is None:
-        return lambda command: request_options(command, several_models=several_models)
     options = [
         click.option(
             "-m",
@@ -205,9 +204,13 @@ def request_options(command: Callable[..., Any] | None = None, *, several_models
         ),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    def decorate(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @main.command(cls=GroupedCommand, context_settings={"max_content_width": 100})
@@ -229,7 +232,7 @@ def request_options(command: Callable[..., Any] | None = None, *, several_models
     metavar="NAME",
     help="Column holding a JSON list of {role, content} messages (conversation history).",
 )
-@request_options
+@request_options()
 @click.option("--concurrency", type=int, help="Requests in flight at once [default: 16].")
 @click.option(
     "--rpm", type=int, help="Requests per minute, never exceeded [default: adapt to 429s and rate-limit headers]."

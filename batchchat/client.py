@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -38,6 +38,7 @@ CONNECT_TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer (or a whole stream) larger than this is refused
 MAX_ERROR_BYTES = 64 * 1024  # an error body is read this far: the message is at its start
 REDACTED = "[redacted]"
+MIN_ANSWER_SECRET = 12  # shorter keys and passwords are placeholders: answers are not searched for them
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 # status -> (error_type, retryable)
@@ -86,6 +87,9 @@ class ChatClient:
             headers["Authorization"] = f"Basic {token}"
         # Longest first, so a secret holding another is replaced whole.
         self._secrets = tuple(sorted({s for s in (api_key, password, token) if s}, key=len, reverse=True))
+        # Answers are the model's words: a key this short is a placeholder (local servers take
+        # "EMPTY", "ollama", "x"), and replacing it inside answers would change them.
+        self._answer_secrets = tuple(s for s in self._secrets if len(s) >= MIN_ANSWER_SECRET)
         self._headers = headers
         self.stream = stream
         self.stream_usage = stream_usage
@@ -114,7 +118,8 @@ class ChatClient:
 
     async def complete(self, request: ChatRequest, on_text: Callable[[str], None] | None = None) -> ChatResult:
         """One attempt. With streaming, ``on_text`` gets each piece of the answer as it arrives."""
-        shown = Redacting(on_text, self._secrets, self.redact) if on_text is not None and self._secrets else None
+        secrets = self._answer_secrets
+        shown = Redacting(on_text, secrets, self._redact_answer) if on_text is not None and secrets else None
         try:
             result = await self._attempt(request, shown.feed if shown is not None else on_text)
         except E.RequestError as error:
@@ -122,20 +127,34 @@ class ChatClient:
         finally:
             if shown is not None:
                 shown.flush()
-        if self._secrets:  # every text the server chose; the key must not reach the output through any
-            texts = {name: getattr(result, name) for name in ("content", "finish_reason", "request_id", "model")}
-            dirty = {name: self.redact(text, bearer=False) for name, text in texts.items()
-                     if text is not None and any(secret in text for secret in self._secrets)}  # fmt: skip
-            if dirty:
-                result = replace(result, **dirty)
+        if secrets:  # every text the server chose; the key must not reach the output through any
+            result = replace(result, content=self._redact_answer(result.content),
+                             finish_reason=self._redact_answer(result.finish_reason),
+                             request_id=self._redact_answer(result.request_id),
+                             model=self._redact_answer(result.model))  # fmt: skip
         return result
 
-    def redact(self, text: str, *, bearer: bool = True) -> str:
-        """``text`` without the key or URL password, and (``bearer``) without any token after
+    def redact(self, text: str) -> str:
+        """A server's error text without the key or URL password, nor any token after
         "Bearer"/"Basic": a server echoing them must not put them on disk or screen."""
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text) if bearer else text
+        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+    @overload
+    def _redact_answer(self, text: str) -> str: ...
+
+    @overload
+    def _redact_answer(self, text: None) -> None: ...
+
+    def _redact_answer(self, text: str | None) -> str | None:
+        """A text of the answer without the key or URL password, where they are long enough to
+        be secrets rather than placeholders."""
+        if text is None:
+            return None
+        for secret in self._answer_secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
     def _redacted_error(self, error: E.RequestError) -> E.RequestError:
         message = self.redact(error.message)
@@ -190,14 +209,14 @@ class Redacting:
     the start of a secret split across two pieces is held back until the next piece (or the end)."""
 
     def __init__(self, show: Callable[[str], None], secrets: tuple[str, ...],
-                 redact: Callable[..., str]) -> None:  # fmt: skip
+                 redact: Callable[[str], str]) -> None:  # fmt: skip
         self.show = show
         self.redact = redact
         self.hold = max(len(secret) for secret in secrets) - 1
         self.pending = ""
 
     def feed(self, piece: str) -> None:
-        text = self.redact(self.pending + piece, bearer=False)
+        text = self.redact(self.pending + piece)
         cut = max(len(text) - self.hold, 0)
         self.pending = text[cut:]
         if cut:
@@ -205,7 +224,7 @@ class Redacting:
 
     def flush(self) -> None:
         if self.pending:
-            self.show(self.redact(self.pending, bearer=False))
+            self.show(self.redact(self.pending))
             self.pending = ""
 
 

@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .assemble import assemble
 from .errors import FatalAPIError, Interrupted, JobError
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 SOURCE_NAME = "the DataFrame"
 
 
-def is_frame(value: object) -> bool:
+def is_frame(value: object) -> TypeGuard[pd.DataFrame]:
     import pandas as pd
 
     return isinstance(value, pd.DataFrame)

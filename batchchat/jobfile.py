@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, shown_url
@@ -56,6 +56,7 @@ from .spec import (
 )
 from .template import parse_template
 
+T = TypeVar("T")
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
 def load_job(path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Job:
@@ -200,7 +201,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         resume=Resume(
             restart=flag(s.get("restart"), at("restart"), False),
             retry_errors=flag(s.get("retry_errors"), at("retry_errors"), False),
-            grace_s=number(s.get("grace"), at("grace"), 0.0, 3600.0) if s.get("grace") is not None else 10.0,
+            grace_s=_default(number(s.get("grace"), at("grace"), 0.0, 3600.0), 10.0),
         ),
         stream=_stream(s, at),
         dedup=flag(s.get("dedup"), at("dedup"), True),
@@ -304,6 +305,11 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool, name
             f"({name('provider')})"
         )
     return endpoint
+
+
+def _default(value: T | None, default: T) -> T:
+    """A setting's value, or its default where it is not set (0 is a value, not unset)."""
+    return default if value is None else value
 
 
 def _naming(key: str, name: str, at: Callable[[str], str]) -> Callable[[str], str]:
@@ -465,9 +471,7 @@ def parse_answers(response_format: Any, json_schema: Any, labels: Any, retries: 
         schema=schema,
         json_required=json_required,
         labels=label_list,
-        invalid_retries=whole(retries, at("invalid_retries"), 0, 100)
-        if retries is not None
-        else DEFAULT_INVALID_RETRIES,
+        invalid_retries=_default(whole(retries, at("invalid_retries"), 0, 100), DEFAULT_INVALID_RETRIES),
         response_format=response_format,
     )
 

@@ -398,4 +398,5 @@ def valid_record(record: dict[str, Any]) -> bool:
 
 
 def _outcome(record: dict[str, Any]) -> RowOutcome:
-    return RowOutcome(row=-1, **{name: record.get(name) for name in RECORD_FIELDS})
+    fields: dict[str, Any] = {name: record.get(name) for name in RECORD_FIELDS}  # checked by valid_record
+    return RowOutcome(row=-1, **fields)

@@ -135,8 +135,11 @@ class Paid(Protocol):
     """Tokens of every answer received, by model (``[prompt, completion]``), and upper bounds of
     those the server did not report: what a run has paid for (the run's counters)."""
 
-    usage: Mapping[str, Sequence[int]]
-    unreported_bound: Mapping[str, Sequence[int]]
+    @property
+    def usage(self) -> Mapping[str, Sequence[int]]: ...
+
+    @property
+    def unreported_bound(self) -> Mapping[str, Sequence[int]]: ...
 
 
 def paid(prices: Prices, counters: Paid) -> float:

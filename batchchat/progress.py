@@ -63,10 +63,13 @@ class Bar:
         if not plan.to_send:
             return
         if self.notebook:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm as notebook_bar
+
+            self.bar = notebook_bar(total=plan.to_send, unit="req", dynamic_ncols=True, smoothing=0.1)
         else:
             from tqdm import tqdm
-        self.bar = tqdm(total=plan.to_send, unit="req", file=self.file, dynamic_ncols=True, smoothing=0.1)
+
+            self.bar = tqdm(total=plan.to_send, unit="req", file=self.file, dynamic_ncols=True, smoothing=0.1)
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
         bar = self.bar

@@ -322,16 +322,16 @@ class _Reader:
             if value is not None:
                 options[field] = value
         for field, value in options.items():
-            column = next((c for f, c in spec.columns if f == field), spec.json_column)
+            cell = self.where(row, next((c for f, c in spec.columns if f == field), spec.json_column) or field)
             if field in RESERVED_PARAMS or (field == "n" and value != 1):
                 raise JobError(
-                    f"{self.where(row, column or field)}: request option '{field}' cannot be set per row "
+                    f"{cell}: request option '{field}' cannot be set per row "
                     f"({RESERVED_PARAMS.get(field, 'batchchat keeps one answer per row, so n must be 1')})"
                 )
             check = OPTION_CHECKS.get(field)
             problem = check(value) if check is not None else None
             if problem:
-                raise JobError(f"{self.where(row, column or field)}: request option '{field}' {problem}, got {value!r}")
+                raise JobError(f"{cell}: request option '{field}' {problem}, got {value!r}")
         return options
 
     def check_expected(self, row: int, cell: Any) -> None:

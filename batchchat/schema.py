@@ -28,8 +28,9 @@ ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", 
 def schema_of(response_format: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The schema inside a response_format: OpenAI's ``json_schema.schema`` or Together's ``schema``."""
     inner = response_format.get("json_schema")
-    if isinstance(inner, Mapping) and isinstance(inner.get("schema"), Mapping):
-        return inner["schema"]
+    schema = inner.get("schema") if isinstance(inner, Mapping) else None
+    if isinstance(schema, Mapping):
+        return schema
     schema = response_format.get("schema")
     return schema if isinstance(schema, Mapping) else None
 

@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -128,7 +128,7 @@ def shaped_reply(
     return synthetic_reply(body, digest, options)
 
 
-def _example(schema: Any, digest: str, root: dict[str, Any], path: str = "") -> Any:
+def _example(schema: Any, digest: str, root: Mapping[str, Any], path: str = "") -> Any:
     """A value that fits ``schema``, varied by the request (``digest``) and the field's path."""
     if not isinstance(schema, dict):
         return None
@@ -156,8 +156,9 @@ def _example(schema: Any, digest: str, root: dict[str, Any], path: str = "") -> 
         count = max(schema.get("minItems", 1), 1)
         return [_example(schema.get("items", {}), digest, root, f"{path}[{i}]") for i in range(count)]
     if kind in ("integer", "number"):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
-        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 10))
+        bounds: dict[str, Any] = schema
+        low = float(bounds.get("minimum", bounds.get("exclusiveMinimum", 0)))
+        high = float(bounds.get("maximum", bounds.get("exclusiveMaximum", low + 10)))
         value = low + unit * (high - low)
         if kind == "integer":
             return min(max(math.ceil(low), round(value)), math.floor(high))
@@ -170,7 +171,7 @@ def _example(schema: Any, digest: str, root: dict[str, Any], path: str = "") -> 
     return word if len(word) >= schema.get("minLength", 0) else word * schema.get("minLength", 1)
 
 
-def _spoiled(value: Any, schema: dict[str, Any]) -> Any:
+def _spoiled(value: Any, schema: Mapping[str, Any]) -> Any:
     """A near miss that parses but breaks the schema (a required field left out), or None when
     the schema requires nothing."""
     required = schema.get("required") or []

@@ -28,13 +28,13 @@ from .source import JSON_TEXT, TableSource
 if TYPE_CHECKING:
     import pandas as pd
 
-_TYPES = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "total_tokens": pa.int64(),
-          "latency_s": pa.float64(), "ttft_s": pa.float64(), "attempts": pa.int32()}  # fmt: skip
+_TYPES: dict[str, pa.DataType] = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "total_tokens": pa.int64(),
+                                   "latency_s": pa.float64(), "ttft_s": pa.float64(), "attempts": pa.int32()}  # fmt: skip
 OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = tuple((name, _TYPES.get(name, pa.string())) for name in OUTPUT_COLUMNS)
-KINDS = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+KINDS: dict[str, pa.DataType] = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 
 
-def added_fields(derived: Derived) -> list[pa.Field]:
+def added_fields(derived: Derived) -> list[pa.Field[Any]]:
     """Every column batchchat adds, in output order: the outcome's, the variant beside the model,
     then what the job derives from answers, and the cost last."""
     fields = [pa.field(name, kind) for name, kind in OUTPUT_FIELDS]
@@ -60,7 +60,7 @@ def typed_output(path: Path) -> bool:
 
 
 def added_arrays(outcomes: Sequence[RowOutcome | None], extras: Mapping[str, list[Any]],
-                 fields: Sequence[pa.Field]) -> list[pa.Array]:  # fmt: skip
+                 fields: Sequence[pa.Field[Any]]) -> list[pa.Array[Any]]:  # fmt: skip
     """The added columns of a run of rows; an outcome of None is a row not finished (``pending``)."""
     arrays = []
     for field in fields:
@@ -138,11 +138,11 @@ def pandas_metadata(schema: pa.Schema, added: Sequence[str] | None = None) -> di
     empty = schema.empty_table().to_pandas()
     for field in schema:
         if field.name in names and field.type in NULLABLE:
-            empty[field.name] = empty[field.name].astype(NULLABLE[field.type])
+            empty[field.name] = empty[field.name].astype(NULLABLE[field.type])  # type: ignore[call-overload]
     return {**(schema.metadata or {}), **pa.Schema.from_pandas(empty, preserve_index=False).metadata}
 
 
-def added_like(schema: pa.Schema) -> list[pa.Field]:
+def added_like(schema: pa.Schema) -> list[pa.Field[Any]]:
     """The fields of ``schema`` named like the columns batchchat adds."""
     return [f for f in schema if f.name in OUTPUT_COLUMNS or f.name.startswith("out_") or f.name in ("score", "cost")]
 

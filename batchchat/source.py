@@ -270,7 +270,7 @@ class JsonlSource(FileSource):
                     mixed.add(name)
                 else:
                     types[name] = kind
-        read: list[pa.Field] = []
+        read: list[pa.Field[Any]] = []
         self._restored: dict[str, pa.DataType] = {}  # nested columns: JSON text in, their type out
         for name, kind in types.items():
             nested = True in shapes[name]

@@ -35,3 +35,146 @@ def test_help_does_not_import_the_heavy_libraries():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+# --- the shape of the package (ARCHITECTURE.md's code map) --------------------------------------
+
+PACKAGE = ROOT / "batchchat"
+# The package's layers, lowest first, in the order of the data path: a module imports only from
+# its own layer or below (type-only imports included), and never in a circle.
+LAYERS = (
+    ("base", {"version", "errors", "records", "words", "keys", "sse", "template", "schema"}),
+    ("job", {"endpoint", "spec", "settings", "money", "jobfile"}),
+    ("edges", {"files", "lock", "journal", "source", "client", "simulator", "retry", "throttle", "stats"}),
+    ("rows", {"rows", "answers"}),
+    ("stages", {"plan", "unit", "connect", "progress", "assemble", "sink"}),
+    ("executors", {"executors", "executors.base", "executors.pool", "executors.live"}),
+    ("runs", {"pipeline", "sync", "frames", "runfile", "dryrun", "chat"}),
+    ("interface", {"text", "console", "cli", "__init__", "__main__"}),
+)
+# Each third-party library behind one module (DESIGN.md), counting imports that run.
+LIBRARY_HOMES = {
+    "aiohttp": {"client", "simulator"},
+    "aiolimiter": {"throttle"},
+    "click": {"cli"},
+    "genai_prices": {"money"},
+    "pandas": {"frames"},
+    "pyarrow": {"source", "sink"},
+    "tenacity": {"retry"},
+    "tqdm": {"progress"},
+}
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    return name.removesuffix(".__init__") if name != "__init__" else name
+
+
+def imports(path: Path) -> tuple[set[str], set[str]]:
+    """The package modules ``path`` imports (anywhere in it, type-only ones too), and the
+    third-party libraries it imports at run time (not under TYPE_CHECKING)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(node) for branch in ast.walk(tree)
+                   if isinstance(branch, ast.If) and getattr(branch.test, "id", None) == "TYPE_CHECKING"
+                   for node in ast.walk(branch)}  # fmt: skip
+    here = module_name(path)
+    package = [] if here == "__init__" else here.split(".") if path.name == "__init__.py" else here.split(".")[:-1]
+    ours: set[str] = set()
+    libraries: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                ours.add(".".join([*base, *node.module.split(".")]))
+            else:
+                ours.update(".".join([*base, alias.name]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "batchchat":
+                    ours.add(name.removeprefix("batchchat").removeprefix(".") or "__init__")
+                elif top not in sys.stdlib_module_names and id(node) not in typing_only:
+                    libraries.add(top)
+    unknown = {m for m in ours if m not in MODULES and m != ""}
+    assert not unknown, f"{path} imports {unknown}, which this check cannot find"
+    return ours - {here, ""}, libraries
+
+
+MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_module_has_a_layer_and_architecture_md_names_it():
+    layered = set().union(*(modules for _, modules in LAYERS))
+    assert layered == MODULES, f"not in a layer: {MODULES - layered}; gone: {layered - MODULES}"
+    code_map = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    missing = [m for m in MODULES if m not in ("__init__", "__main__", "executors")
+               and f"`{m.replace('.', '/')}.py`" not in code_map]  # fmt: skip
+    assert not missing, f"ARCHITECTURE.md's code map does not name {missing}"
+
+
+def test_no_module_imports_one_above_it():
+    layer = {module: n for n, (_, modules) in enumerate(LAYERS) for module in modules}
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        source = module_name(path)
+        for target in imports(path)[0]:
+            if layer[target] > layer[source] and not (source == "__init__" or target == "executors"):
+                upward.append(f"{source} ({LAYERS[layer[source]][0]}) imports {target} ({LAYERS[layer[target]][0]})")
+    assert not upward, "\n".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    graph = {module_name(p): imports(p)[0] - {"__init__"} for p in PACKAGE.rglob("*.py")}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module == goal:
+                return True
+            if module not in seen:
+                seen.add(module)
+                todo += graph.get(module, ())
+        return False
+
+    circles = sorted(m for m in graph if reaches(m, m))
+    assert not circles, f"modules in an import cycle: {circles}"
+
+
+def test_each_library_is_imported_by_its_one_home():
+    found: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for library in imports(path)[1]:
+            found.setdefault(library, set()).add(module_name(path))
+    assert found == LIBRARY_HOMES
+
+
+def test_the_planning_modules_load_no_http_or_arrow():
+    code = (
+        "import sys; import batchchat.dryrun, batchchat.plan, batchchat.rows, batchchat.answers, batchchat.jobfile\n"
+        "print(','.join(m for m in ('aiohttp', 'pyarrow', 'pandas', 'tqdm') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(filter(None, result.stdout.strip().split(",")))
+    assert "aiohttp" not in loaded  # a dry run sends nothing: no HTTP client
+    assert not loaded - {"pyarrow"}  # the reading of the input loads Arrow, nothing else
+
+
+def test_mypy_is_clean():
+    result = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary"], capture_output=True, text=True,
+                            cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_version_is_the_installed_metadata_and_the_types_ship():
+    from importlib.metadata import files, version
+
+    import batchchat
+
+    assert batchchat.__version__ == version("batchchat")
+    shipped = [str(f) for f in files("batchchat") or ()]
+    assert "batchchat/py.typed" in shipped or any(f.endswith(".pth") for f in shipped)  # a wheel, or an editable install
+    assert (PACKAGE / "py.typed").exists()

@@ -59,7 +59,9 @@ class Ledger:
 
     @property
     def counters(self) -> Counters:
-        """Live counters of requests, tokens and limits, which executors update as they send."""
+        """Live counters that executors update as things happen: the usage of every answer
+        received (``add_usage``: each is paid for, re-asks and turns included; the summary's
+        tokens and cost and the budget read it), requests sent, 429s, retries."""
         return self.stats.counters
 
     def finished(self, outcome: RowOutcome) -> None:
