@@ -38,7 +38,7 @@ CONNECT_TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer (or a whole stream) larger than this is refused
 MAX_ERROR_BYTES = 64 * 1024  # an error body is read this far: the message is at its start
 REDACTED = "[redacted]"
-MIN_ANSWER_SECRET = 12  # shorter keys and passwords are placeholders: answers are not searched for them
+MIN_ANSWER_KEY = 12  # shorter API keys are placeholders: answers are not searched for them
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 # status -> (error_type, retryable)
@@ -87,9 +87,9 @@ class ChatClient:
             headers["Authorization"] = f"Basic {token}"
         # Longest first, so a secret holding another is replaced whole.
         self._secrets = tuple(sorted({s for s in (api_key, password, token) if s}, key=len, reverse=True))
-        # Answers are the model's words: a key this short is a placeholder (local servers take
-        # "EMPTY", "ollama", "x"), and replacing it inside answers would change them.
-        self._answer_secrets = tuple(s for s in self._secrets if len(s) >= MIN_ANSWER_SECRET)
+        # Answers are the model's words: an API key this short is a placeholder (local servers
+        # take "EMPTY", "ollama", "x"), and replacing it inside answers would change them.
+        self._answer_secrets = tuple(s for s in self._secrets if s != api_key or len(s) >= MIN_ANSWER_KEY)
         self._headers = headers
         self.stream = stream
         self.stream_usage = stream_usage

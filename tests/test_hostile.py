@@ -602,6 +602,21 @@ def test_chat_prints_an_answer_a_server_sent_whole_when_asked_to_stream() -> Non
     assert result.returncode == 0 and "the whole answer" in result.stdout
 
 
+def test_a_placeholder_key_a_local_server_takes_leaves_the_answers_as_they_are(tmp_path: Path) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return json_response(completion("The box is EMPTY, an example with an x."))
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["what is in the box?"]])
+    output = tmp_path / "out.csv"
+    with HostileServer(answer) as server:
+        for key in ("EMPTY", "x"):  # what vLLM's and other servers' docs tell users to pass
+            result = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output),
+                                     "-m", "m", "--base-url", server.url, "--restart"],
+                                    capture_output=True, text=True, env={**clean_env(), "TOGETHER_API_KEY": key})  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            assert read_output(output)[0]["response"] == "The box is EMPTY, an example with an x."
+
+
 def test_a_key_echoed_in_any_field_or_streamed_in_pieces_is_redacted(tmp_path: Path) -> None:
     async def echo(request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
