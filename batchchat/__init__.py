@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchchatError, FatalAPIError, Interrupted, JobError, RequestError
-from .jobfile import load_job
-from .spec import Job
-from .version import __version__
 
 if TYPE_CHECKING:
     from .dryrun import DryRun, dry_run
     from .frames import arun_frame, run_frame
+    from .jobfile import load_job
     from .pipeline import RunResult
     from .runfile import arun, run
+    from .spec import Job
+    from .version import __version__
 
 __all__ = [
     "BatchchatError",
@@ -42,7 +42,8 @@ __all__ = [
 ]
 
 _LAZY = {"RunResult": "pipeline", "arun": "runfile", "run": "runfile", "arun_frame": "frames", "run_frame": "frames",
-         "DryRun": "dryrun", "dry_run": "dryrun"}  # fmt: skip
+         "DryRun": "dryrun", "dry_run": "dryrun", "Job": "spec", "load_job": "jobfile",
+         "__version__": "version"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,6 @@ import click
 from .console import Progress, Shown, say
 from .errors import BatchchatError, FatalAPIError, Interrupted, RequestError, StorageError
 from .text import dry_run_text, summary_text
-from .version import __version__
 from .words import plural
 
 if TYPE_CHECKING:
@@ -114,7 +113,7 @@ class Batchchat(click.Group):
 
 
 @click.group(cls=Batchchat, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="batchchat")
+@click.version_option(package_name="batchchat", prog_name="batchchat")  # read from the metadata only when asked
 def main() -> None:
     """Answer every row of a CSV, Parquet or JSONL table with a chat model.
 

@@ -59,6 +59,7 @@ from .template import parse_template
 T = TypeVar("T")
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
+
 def load_job(path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Job:
     """Load a job file (optional) and apply keyword overrides, which win."""
     return build_job(path, overrides, lambda key: f"{key}=")
