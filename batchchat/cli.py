@@ -102,7 +102,9 @@ class Batchchat(click.Group):
             sys.exit(e.exit_code)
         except click.UsageError as e:
             command = e.ctx.command_path if e.ctx is not None else "batchchat"
-            say(f"batchchat: error: {e.format_message()} See '{command} --help'.", err=True)
+            message = e.format_message().rstrip()
+            message += "" if message.endswith((".", "?", "!")) else "."
+            say(f"batchchat: error: {message} See '{command} --help'.", err=True)
             sys.exit(EXIT_JOB)
         except click.ClickException as e:
             e.show()
@@ -145,7 +147,8 @@ class GroupedCommand(click.Command):
     """A command whose --help lists its options in groups (``OPTION_GROUPS``) and ends with examples."""
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        records = {param.name: param.get_help_record(ctx) for param in self.get_params(ctx)}
+        records = {param.name: param.get_help_record(ctx) for param in self.get_params(ctx)
+                   if isinstance(param, click.Option)}  # the usage line shows the arguments  # fmt: skip
         placed: set[str | None] = set()
         for title, names in [*OPTION_GROUPS.items(), ("Other", None)]:
             chosen = names if names is not None else [name for name in records if name not in placed]
@@ -317,8 +320,9 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.option(
     "--progress-every",
-    type=click.FloatRange(0.05),
+    type=float,
     default=30.0,
+    callback=lambda ctx, param, value: _at_least(value, 0.05, "--progress-every"),
     metavar="SECONDS",
     help="Without a terminal (cron, nohup, CI), print a progress line this often [default: 30].",
 )
@@ -379,8 +383,9 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         _fail(str(e), debug)
     except KeyboardInterrupt:  # before sending began, or while the output was written
         if observer.answered:
+            again = "run the same command again" + (" without --restart" if options.get("restart") else "")
             say(f"\nbatchchat: interrupted; the output was not written. The {plural(observer.answered, 'answer')} "
-                       "received are kept in the journal: run the same command again to resume", err=True)  # fmt: skip
+                f"received are kept in the journal: {again} to resume", err=True)  # fmt: skip
         else:
             say("\nbatchchat: interrupted before any request was answered; nothing written", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -391,6 +396,12 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     if not quiet:
         say(summary_text(result), err=True)
     sys.exit(result.exit_code)
+
+
+def _at_least(value: float, low: float, flag: str) -> float:
+    if value < low:
+        raise click.BadParameter(f"must be at least {low:g}, got {value:g}", param_hint=flag)
+    return value
 
 
 def stop_on_sigterm() -> None:

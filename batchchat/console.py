@@ -42,6 +42,7 @@ class Progress:
         self._began = 0.0
         self._done = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._stopping = False
 
     def started(self, plan: Plan) -> None:
         if self.quiet:
@@ -63,8 +64,8 @@ class Progress:
     def _tick(self) -> None:
         while not self._done.wait(self.every_s):
             assert self._plan is not None
-            say(f"batchchat: {progress_line(self._plan.to_send, self.stats, time.monotonic() - self._began)}",
-                err=True)  # fmt: skip
+            elapsed = time.monotonic() - self._began
+            say(f"batchchat: {progress_line(self._plan.to_send, self.stats, elapsed, self._stopping)}", err=True)
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
         self.answered += 1
@@ -73,6 +74,7 @@ class Progress:
             self.bar.row_done(outcome, stats)
 
     def stopping(self, grace_s: float) -> None:
+        self._stopping = True
         if self.bar is not None:
             self.bar.stopping(grace_s)
         say(

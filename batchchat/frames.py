@@ -3,6 +3,9 @@ outcome columns added, and the run's summary in its ``attrs["batchchat"]``.
 
 Only the columns the prompts need are converted to Arrow; the rest of the frame is never touched.
 Answers are kept in memory, or in a journal file when one is named, so calling again resumes.
+An interrupt (Ctrl-C in a script, a notebook's stop button) stops the run as it stops a file
+run: no new requests, and those in flight have the grace period to finish, since they are paid
+for; the frame then comes back with what was answered (``Interrupted.result.frame``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .assemble import assemble
 from .errors import FatalAPIError, Interrupted, JobError
-from .executors.base import Executor
+from .executors.base import Ending, Executor
 from .executors.live import LiveExecutor
 from .jobfile import load_job
 from .journal import Journal, MemoryStore, Store
@@ -76,13 +79,16 @@ async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = No
         )
     for key in ("input", "output"):
         if settings.get(key) is not None:
-            raise JobError(f"{key}= is not used by run_frame, which reads and returns a DataFrame; use run() for files")
+            raise JobError(f"{key}= is not used with a DataFrame, which is the input and comes back with the answers; "
+                           "to run files, pass input= (and output=) without a DataFrame")  # fmt: skip
     job = load_job(None, **settings)
+    if job.limit is not None:  # a trial on the first rows: they come back, as a file run writes only them
+        frame = frame.iloc[: job.limit]
     setup = Setup.of(job, [str(c) for c in frame.columns], SOURCE_NAME)
     source = ArrowSource.from_frame(frame, setup.builder.columns, SOURCE_NAME)
     bar = Bar(notebook=True) if progress else None
     watcher = observer or bar or Silent()
-    executor = executor or LiveExecutor.for_job(job, handle_signals=False)
+    executor = executor or LiveExecutor.for_job(job, handle_signals=True)  # Ctrl-C in a script: a graceful stop
     if journal is None:
         return await _frame_rows(job, frame, source, setup, MemoryStore(), watcher, bar, executor)
     journal_path = Path(journal)
@@ -106,7 +112,8 @@ async def _frame_rows(job: Job, frame: pd.DataFrame, source: ArrowSource, setup:
             observer.started(plan)
             stats.total = plan.to_send
             if plan.to_send:
-                await execute(executor, setup, source, rows, store, stats, observer)
+                ending = await execute(executor, setup, source, rows, store, stats, observer)
+                stopped = ending in (Ending.STOPPED, Ending.AT_ONCE)
     except FatalAPIError as fatal:
         raise FatalAPIError(f"stopped: {job.endpoint.refusal(fatal.error, job.names)}", fatal.error) from None
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -105,7 +105,15 @@ def build_job(
             for other in SAME_SETTING.get(key, ()):  # an override wins over the file's other spelling too
                 settings.pop(other, None)
         where[key] = label(key)
-    return replace(_job_from(settings, params, where, check_key, label), names=label)
+    job = replace(_job_from(settings, params, where, check_key, label), names=label)
+    priced = overrides.get("prices")
+    unused = [model for model in (table(priced, label("prices")) if priced else {}) if model not in job.models]
+    if unused:  # a price the job's own flags give for a model it does not ask: a typo, most likely
+        raise JobError(
+            f"{label('prices')} prices {', '.join(map(repr, unused))}, which this job does not ask; its models are "
+            f"{', '.join(map(repr, job.models))}{did_you_mean(unused[0], job.models)}"
+        )
+    return job
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
@@ -154,7 +162,8 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
     prompt = _prompt(s, where)
     endpoint = _endpoint(s, at, check_key, name)
     if endpoint.provider != "sim" and s.get("simulator") and "'simulator' in" not in at("simulator"):
-        raise JobError(f"{at('simulator')} sets the built-in simulator, which only provider sim ({name('provider')}) uses")
+        raise JobError(f"{at('simulator')} configures the built-in simulator, which runs only with provider sim: set "
+                       f"{name('provider')} to sim, or drop {at('simulator')}")  # fmt: skip
     input_path = table_path(s.get("input"), at("input"), "input")
     output_path = table_path(s.get("output"), at("output"), "output")
     if input_path is not None and not input_path.exists():
@@ -333,16 +342,19 @@ def _simulator(value: Any, at: str) -> SimConfig:
     for key in entries:
         if key not in SIM_SETTINGS:
             raise JobError(f"{at}: unknown simulator setting '{key}'{did_you_mean(key, SIM_SETTINGS)}")
+    def of(key: str) -> str:
+        return f"the simulator's {key} ({at})"
+
     return SimConfig(
-        latency_ms=number(entries.get("latency_ms"), f"{at}.latency_ms", 0.0) or 0.0,
-        jitter_ms=number(entries.get("jitter_ms"), f"{at}.jitter_ms", 0.0) or 0.0,
-        tokens_per_s=number(entries.get("tokens_per_s"), f"{at}.tokens_per_s", 0.001),
-        rpm=whole(entries.get("rpm"), f"{at}.rpm", 1),
-        tpm=whole(entries.get("tpm"), f"{at}.tpm", 1),
-        fault_rate=number(entries.get("fault_rate"), f"{at}.fault_rate", 0.0, 1.0) or 0.0,
-        seed=whole(entries.get("seed"), f"{at}.seed") or 0,
-        labels=_sim_labels(entries.get("labels"), f"{at}.labels"),
-        invalid_rate=number(entries.get("invalid_rate"), f"{at}.invalid_rate", 0.0, 1.0) or 0.0,
+        latency_ms=number(entries.get("latency_ms"), of("latency_ms"), 0.0) or 0.0,
+        jitter_ms=number(entries.get("jitter_ms"), of("jitter_ms"), 0.0) or 0.0,
+        tokens_per_s=number(entries.get("tokens_per_s"), of("tokens_per_s"), 0.001),
+        rpm=whole(entries.get("rpm"), of("rpm"), 1),
+        tpm=whole(entries.get("tpm"), of("tpm"), 1),
+        fault_rate=number(entries.get("fault_rate"), of("fault_rate"), 0.0, 1.0) or 0.0,
+        seed=whole(entries.get("seed"), of("seed")) or 0,
+        labels=_sim_labels(entries.get("labels"), of("labels")),
+        invalid_rate=number(entries.get("invalid_rate"), of("invalid_rate"), 0.0, 1.0) or 0.0,
     )
 
 
@@ -515,12 +527,12 @@ def parse_prices(value: Any, at: str) -> dict[str, Price]:
     """``[prices]``: ``"model" = { input = 0.88, output = 0.88 }``, dollars per million tokens."""
     prices: dict[str, Price] = {}
     for model, entry in table(value, at).items() if value is not None else ():
-        where = f"{at}.{json.dumps(model)}"
+        where = f"the price of {model!r} ({at})"
         pair = table(entry, where)
         if set(pair) != {"input", "output"}:
             raise JobError(f"{where} must be {{ input = USD, output = USD }} per million tokens, got {entry!r}")
         prices[model] = Price(
-            input=number(pair["input"], f"{where}.input", 0.0) or 0.0,
-            output=number(pair["output"], f"{where}.output", 0.0) or 0.0,
+            input=number(pair["input"], f"the input price of {model!r} ({at})", 0.0) or 0.0,
+            output=number(pair["output"], f"the output price of {model!r} ({at})", 0.0) or 0.0,
         )
     return prices

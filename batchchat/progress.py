@@ -4,6 +4,8 @@ asked (``progress=True``); the CLI draws one on a terminal. Library code prints 
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -38,7 +40,7 @@ class Silent:
 
 def live_counters(stats: Stats) -> str:
     c = stats.counters
-    rate = f"{c.rate:,.1f}/s" if c.rate is not None else "max"
+    rate = f"{c.rate:,.1f}/s" if c.rate is not None else "unlimited"
     text = f"rate={rate} 429s={c.rate_limited:,} retries={c.retries:,} tokens={stats.tokens:,} errors={stats.errors:,}"
     if c.invalid:
         text += f" invalid={c.invalid:,}"
@@ -58,6 +60,7 @@ class Bar:
         self.notebook = notebook
         self.bar: Any = None
         self._next_postfix = 0.0
+        self._stats: Stats | None = None
 
     def started(self, plan: Plan) -> None:
         if not plan.to_send:
@@ -69,12 +72,15 @@ class Bar:
         else:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=plan.to_send, unit="req", file=self.file, dynamic_ncols=True, smoothing=0.1)
+            sized = _has_width(self.file)  # else a terminal that reports 0 columns: a fixed width
+            self.bar = tqdm(total=plan.to_send, unit="req", file=self.file, dynamic_ncols=sized, smoothing=0.1,
+                            ncols=None if sized else 100)  # fmt: skip
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
         bar = self.bar
         if bar is None:
             return
+        self._stats = stats
         now = time.monotonic()
         if now >= self._next_postfix or stats.done == stats.total:  # a few times a second, not every row
             self._next_postfix = now + 0.25
@@ -87,5 +93,16 @@ class Bar:
 
     def close(self) -> None:
         if self.bar is not None:
+            if self._stats is not None:  # the last counters, not those of a quarter second before
+                self.bar.set_postfix_str(live_counters(self._stats), refresh=True)
             self.bar.close()
             self.bar = None
+
+
+def _has_width(file: IO[str] | None) -> bool:
+    """Whether the terminal says how wide it is (under ``script`` without a size it says 0, and
+    a bar sized to it would never show)."""
+    try:
+        return os.get_terminal_size((file or sys.stderr).fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return False

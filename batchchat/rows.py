@@ -436,5 +436,7 @@ def parse_messages(cell: Any, where: str) -> list[dict[str, Any]]:
 def missing_column(source: str, name: str, role: str, columns: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(columns), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    if not columns:
+        return f"{source} has no column '{name}' ({role}); it has no columns at all"
     shown = ", ".join(map(repr, columns[:20])) + (", ..." if len(columns) > 20 else "")
     return f"{source} has no column '{name}' ({role}); its columns are {shown}{hint}"

@@ -28,7 +28,7 @@ from .plan import Setup
 from .progress import Observer, Silent
 from .records import PENDING
 from .sink import output_batches, output_schema, typed_output, write_output
-from .source import FileSource, TableSource, open_source
+from .source import FileSource, TableSource, count_rows, open_source
 from .spec import Job
 from .stats import RowTally, Stats
 from .sync import run_sync
@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 
 
 def as_job(job: Job | str | os.PathLike[str] | None, settings: dict[str, Any]) -> Job:
+    if job is not None and not isinstance(job, Job | str | os.PathLike):
+        kind = type(job).__name__
+        raise TypeError(
+            f"run takes a job file's path, a Job or a pandas DataFrame, not a {kind}; for a list of prompts, "
+            "run(pd.DataFrame({'prompt': prompts}), ...); for a Series, series.to_frame('prompt')"
+        )
     if isinstance(job, Job):
         if settings:
             raise TypeError("pass either a Job or settings, not both; load_job(path, **settings) merges them")
@@ -86,12 +92,40 @@ def run(job: Job | str | os.PathLike[str] | pd.DataFrame | None = None, /, *, ob
     return run_sync(arun(job, observer=observer, **settings))  # type: ignore[arg-type]
 
 
+def _keep_whole_output(job: Job, files: OutputFiles, rows: int) -> None:
+    """A trial on the first rows (``limit``) must not replace an output that holds more rows: the
+    rows it would drop were paid for."""
+    if not files.target.exists():
+        return
+    try:
+        held = count_rows(files.target)
+    except JobError:
+        return  # not a table batchchat can read: replacing it loses no rows of ours
+    if held > rows:
+        raise JobError(
+            f"the output {files.output} holds {plural(held, 'row')}, and this run, limited to the first input rows "
+            f"({job.names('limit')}), would write {rows:,}: it would drop rows already answered. Run without "
+            f"{job.names('limit')} (what is answered is not sent again), or write the trial elsewhere "
+            f"({job.names('output')})"
+        )
+
+
+def _again(job: Job) -> str:
+    """How to resume, said to whoever made the job: a command line, or a library call."""
+    again = "run the same command again" if job.names("restart").startswith("-") else "call again with the same settings"
+    if job.resume.restart:  # with it, the journal would be discarded again and everything paid twice
+        again += f" without {job.names('restart')}"
+    return again
+
+
 async def _run_file(job: Job, source: TableSource, setup: Setup, journal: Journal, files: OutputFiles,
                     schema: pa.Schema, observer: Observer, executor: Executor) -> RunResult:  # fmt: skip
     output = files.output
     if isinstance(source, FileSource):
         source.seal()  # what every pass must read again
     plan, rows = setup.plan(source, journal, output)
+    if job.limit is not None:
+        _keep_whole_output(job, files, plan.rows)
     observer.started(plan)
     stats = Stats(plan.to_send, job.prices)
     builder = setup.builder
@@ -119,7 +153,7 @@ async def _run_file(job: Job, source: TableSource, setup: Setup, journal: Journa
             kept = "no row finished, so nothing was written"
         raise FatalAPIError(f"stopped: {job.endpoint.refusal(fatal.error, job.names)}; {kept}", fatal.error) from None
     wall = time.perf_counter() - started
-    resume = f"run the same command again to resume: what {journal.path} holds is not sent again"
+    resume = f"{_again(job)} to resume: what {journal.path} holds is not sent again"
     if ending is Ending.AT_ONCE:
         raise Interrupted(f"stopped at once; the output was not written; {resume}",
                           RunResult(None, stats.summary(wall, RowTally(), streamed=job.stream)))  # fmt: skip

@@ -79,6 +79,16 @@ class TableSource:
         raise NotImplementedError
 
 
+def count_rows(path: Path) -> int:
+    """The rows of a table file (a Parquet file says so in its footer; others are read)."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise JobError(f"cannot read {path}: {e}") from None
+    return sum(batch.num_rows for batch in open_source(path).batches())
+
+
 def open_source(path: Path, limit: int | None = None) -> TableSource:
     """The input file ``path``; ``limit``: only its first rows."""
     source = _open(path)

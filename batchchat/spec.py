@@ -215,7 +215,9 @@ def _number_in(low: float, high: float | None) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value
         ok = ok and (high is None or value <= high)
-        return None if ok else f"must be a number from {low:g}" + (f" to {high:g}" if high is not None else "")
+        if ok:
+            return None
+        return f"must be a number of at least {low:g}" if high is None else f"must be a number from {low:g} to {high:g}"
 
     return check
 

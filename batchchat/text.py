@@ -24,14 +24,14 @@ SHOWN_REQUEST_CHARS = 600
 def plan_lines(plan: Plan) -> list[str]:
     """What a run is about to do: rows, fan-out, what earlier runs and dedup spare it."""
     fanout = ""
-    if plan.models > 1 or plan.variants:
+    if plan.rows != plan.input_rows:  # a fan-out: say what multiplies
         parts = [plural(plan.input_rows, "row"), f"{plan.models} models" if plan.models > 1 else "",
                  plural(plan.variants, "variant") if plan.variants else ""]  # fmt: skip
         fanout = f" ({' x '.join(p for p in parts if p)})"
     lines = [f"{plural(plan.rows, 'row')}{fanout} from {plan.source} -> {plan.endpoint}"]
     if plan.limit is not None and plan.input_rows >= plan.limit:
-        lines.append(f"only the first {plural(plan.limit, 'input row')} (--limit); run without it to go on: "
-                     "what is answered now is not sent again")  # fmt: skip
+        first = "the first input row" if plan.limit == 1 else f"the first {plan.limit:,} input rows"
+        lines.append(f"only {first} (--limit); run without it to go on: what is answered now is not sent again")
     if plan.invalid_rows:
         more = ", ..." if plan.invalid_inputs > len(plan.first_invalid) else ""
         shown = ", ".join(map(str, plan.first_invalid)) + more
@@ -75,13 +75,16 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def progress_line(total: int, stats: Stats | None, elapsed_s: float) -> str:
-    """One plain line of progress, for logs: requests done, rate, trouble, tokens, cost, time left."""
+def progress_line(total: int, stats: Stats | None, elapsed_s: float, stopping: bool = False) -> str:
+    """One plain line of progress, for logs: requests done, rate, trouble, tokens, cost, time left
+    (or, once the run is stopping, that it is)."""
     done = stats.done if stats is not None else 0
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     line = f"progress: {done:,} of {plural(total, 'request')} ({done / max(total, 1):.0%}), {rate:,.1f}/s"
     if stats is not None:
         c = stats.counters
+        if c.rate is not None:
+            line += f" (the throttle allows {c.rate:,.1f}/s)"
         line += (f"; {plural(c.rate_limited, '429')}, {plural(c.retries, 'retry', 'retries')}, "
                  f"{plural(stats.errors, 'error')}; {plural(stats.tokens, 'token')}")  # fmt: skip
         if stats.cost is not None:
@@ -89,7 +92,9 @@ def progress_line(total: int, stats: Stats | None, elapsed_s: float) -> str:
         waiting = c.waiting_until - time.time()
         if waiting >= 1:
             line += f"; waiting {duration(waiting)} for the server's rate limit to reset"
-    if 0 < done < total and rate > 0:
+    if stopping:
+        line += "; stopping: waiting for the requests in flight"
+    elif 0 < done < total and rate > 0:
         line += f"; about {duration((total - done) / rate)} left"
     return line
 
@@ -102,13 +107,17 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         status += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
     if s.pending:
         status += f", {s.pending:,} pending"
-    lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
+    if s.rows == 0 and not finished:  # stopped at once: nothing was assembled
+        lines = [f"stopped at once: the output was not written; the journal keeps what this run finished "
+                 f"({plural(s.answered, 'request')})"]  # fmt: skip
+    else:
+        lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
     if s.requests == 0:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
         invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
         lines += [
-            f"this run: {plural(s.answered, 'request')} answered in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
+            f"this run: {plural(s.answered, 'request')} finished in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
             f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {plural(s.retries, 'retry', 'retries')}{invalid}",
             tokens_line(s),
         ]
@@ -148,7 +157,9 @@ def tokens_line(s: Summary) -> str:
         line += f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}"
     if s.unreported:
         line += ("; " if reported else "") + f"usage not reported for {plural(s.unreported, 'answer')}"
-    if s.cost is not None:
+    if s.cost is not None and not reported:
+        line += "; cost unknown: no answer said how many tokens it took"
+    elif s.cost is not None:
         line += f"; cost {dollars(s.cost)}" + (" for the answers that reported usage" if s.unreported else "")
     return line
 
@@ -205,7 +216,7 @@ def dry_run_text(dry: DryRun) -> str:
         )
     for model, price in dry.prices.items():
         if price.source != "job":
-            lines.append(f"price of {model}: ${price.input:g} input, ${price.output:g} output per million tokens "
+            lines.append(f"price of {model}: {dollars(price.input)} input, {dollars(price.output)} output per million tokens "
                          f"(from the {price.source}; --price or [prices] overrides it)")  # fmt: skip
     if dry.messages_from:
         lines.append(f"each row sends: {dry.messages_from}")

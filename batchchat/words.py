@@ -4,6 +4,7 @@ the same thing the same way."""
 
 from __future__ import annotations
 
+import math
 import re
 
 # C0 and C1 control characters (but tab and newline), DEL, and the bidirectional overrides that
@@ -22,9 +23,13 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 
 
 def dollars(value: float | None) -> str:
+    """Cents, and below a dollar two significant digits: a small run's $0.00031 is not $0.0000."""
     if value is None:
         return "-"
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+    if value >= 1 or value <= 0:
+        return f"${value:,.2f}"
+    decimals = min(max(2, 1 - math.floor(math.log10(value))), 10)
+    return f"${value:.{decimals}f}"
 
 
 def duration(seconds: float) -> str:

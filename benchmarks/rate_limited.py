@@ -52,7 +52,7 @@ def run_case(label: str, rows: int, rpm: int, concurrency: int, extra: list[str]
         server.wait()
     ideal = rows / (rpm / 60)
     job_s = float(
-        re.search(r"this run: [\d,]+ requests answered in ([\d.]+) s", result.stderr).group(1)
+        re.search(r"this run: [\d,]+ requests finished in ([\d.]+) s", result.stderr).group(1)
     )  # its own timer
     received = stats.get("received", 0)
     limited = stats.get("rate_limited", 0)

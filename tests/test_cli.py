@@ -111,7 +111,7 @@ def test_the_progress_bar_shows_rate_429s_retries_tokens_and_errors():
     stats.counters.rate, stats.counters.rate_limited, stats.counters.retries = 18.25, 12, 14
     assert live_counters(stats) == "rate=18.2/s 429s=12 retries=14 tokens=1,234 errors=1"
     stats.counters.rate = None
-    assert live_counters(stats).startswith("rate=max ")
+    assert live_counters(stats).startswith("rate=unlimited ")
 
 
 def test_the_sdks_base_url_variables_are_read_and_flags_win(sim, tmp_path):
@@ -164,7 +164,7 @@ def test_variants_and_simulator_settings_from_flags(tmp_path):
         ("a", "temperature=0"), ("a", "hot"), ("b", "temperature=0"), ("b", "hot")]
     assert {r["label"] for r in rows} <= {"yes", "no"}
     wrong = cli("run", "-i", source, "-m", "m", "--base-url", "http://127.0.0.1:9/v1", "--sim", "latency_ms=5")
-    assert wrong.exit_code == 2 and "--sim sets the built-in simulator, which only provider sim (--provider) uses" in wrong.stderr
+    assert wrong.exit_code == 2 and "--sim configures the built-in simulator, which runs only with provider sim: set --provider to sim" in wrong.stderr
     bad = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--variant", "temperature")
     assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.stderr
 

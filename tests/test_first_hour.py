@@ -117,7 +117,7 @@ def test_an_interrupted_run_frame_keeps_its_answers_and_resumes_from_its_journal
     again = subprocess.run([sys.executable, "-c", FRAME_RUN, server.url, str(journal), "finish"],
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert again.stdout.split() == ["done", "40"], again.stderr
-    assert server.stats()["answered_twice"] <= 4  # at most what was in flight when interrupted
+    assert server.stats()["answered_twice"] == 0  # those in flight when interrupted finished, and were kept
 
 
 def test_run_frame_draws_a_bar_on_request_and_gives_the_summary(sim: BackgroundSimulator, capsys: Any) -> None:
@@ -222,7 +222,7 @@ def test_messages_count_in_good_grammar(tmp_path: Path, sim: BackgroundSimulator
     err = result.stderr
     assert "4 rows (2 rows x 2 models x 1 variant)" in err
     assert "1 input row has nothing to send, an empty prompt (row 2): its 2 output rows become error rows (invalid_input)" in err
-    assert "this run: 2 requests answered" in err and "0 retries" in err
+    assert "this run: 2 requests finished" in err and "0 retries" in err
     assert "2 ok, 2 errors (invalid_input 2)" in err
     for wrong in ("1 requests", "1 rows", "0 error ", "1 variants", "1 retries", "((", "))"):
         assert wrong not in err, wrong
@@ -231,3 +231,161 @@ def test_messages_count_in_good_grammar(tmp_path: Path, sim: BackgroundSimulator
     assert names.index("variant") == names.index("model") + 1  # side by side
     bad = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--param", "stream=true")
     assert "(--param)" in bad.stderr and "--params" not in bad.stderr
+
+
+# --- found by a new user's walk-through ------------------------------------------------------
+
+
+def test_a_limit_on_a_dataframe_sends_and_returns_only_the_first_rows(sim: BackgroundSimulator) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    frame = pd.DataFrame({"prompt": [f"question {i}" for i in range(20)]})
+    out = batchchat.run_frame(frame, model="sim-chat", base_url=sim.url, limit=3)
+    assert list(out.index) == [0, 1, 2] and list(out.status) == ["ok"] * 3  # as a file run writes only them
+    assert len(sim.requests) == 3
+
+
+def test_a_limited_run_never_replaces_an_output_with_more_rows(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"q{i}"] for i in range(30)])
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+    assert cli("run", *common).exit_code == 0
+    before = output.read_bytes()
+    trial = cli("run", *common, "--limit", "5")
+    assert trial.exit_code == 2
+    assert f"the output {output} holds 30 rows, and this run, limited to the first input rows (--limit)" in trial.stderr
+    assert output.read_bytes() == before  # the 25 rows answered beyond the limit are still there
+    again = cli("run", "-i", source, "-o", tmp_path / "trial.csv", "-m", "sim-chat", "--base-url", sim.url,
+                "--limit", "5")  # fmt: skip
+    assert again.exit_code == 0 and len(read_output(tmp_path / "trial.csv")) == 5
+
+
+class Stopper:
+    """An engine interrupted after its first answer (as Ctrl-C would stop the live one)."""
+
+    def __init__(self, ending: Any) -> None:
+        self.ending = ending
+
+    async def execute(self, work: Any, ledger: Any) -> Any:
+        from batchchat.records import ChatResult, RowOutcome, Usage
+
+        for request in work.requests:
+            ledger.finished(RowOutcome.answered(request, ChatResult("a", "stop", Usage(1, 1, 2), "r", "m", 0.1), 1))
+            return self.ending
+        return self.ending
+
+
+def test_the_resume_advice_after_a_restart_does_not_restart_again(tmp_path: Path) -> None:
+    import asyncio
+
+    from batchchat.cli import flag_name
+    from batchchat.errors import Interrupted
+    from batchchat.executors.base import Ending
+    from batchchat.jobfile import build_job
+    from batchchat.runfile import arun
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
+    settings = {"input": str(source), "output": str(tmp_path / "out.csv"), "model": "m", "provider": "sim"}
+    for restart, names, advice in (
+        (True, flag_name, "run the same command again without --restart to resume"),
+        (False, flag_name, "run the same command again to resume"),
+        (True, lambda key: f"{key}=", "call again with the same settings without restart= to resume"),
+    ):
+        job = build_job(None, {**settings, "restart": restart}, names)
+        with pytest.raises(Interrupted) as stopped:
+            asyncio.run(arun(job, executor=Stopper(Ending.STOPPED)))
+        assert advice in str(stopped.value)
+
+
+def test_a_run_stopped_at_once_says_what_the_journal_keeps(tmp_path: Path) -> None:
+    import asyncio
+
+    from batchchat.errors import Interrupted
+    from batchchat.executors.base import Ending
+    from batchchat.runfile import arun
+    from batchchat.text import summary_text
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
+    with pytest.raises(Interrupted) as stopped:
+        asyncio.run(arun(input=source, output=tmp_path / "out.csv", model="m", provider="sim",
+                         executor=Stopper(Ending.AT_ONCE)))  # fmt: skip
+    text = summary_text(stopped.value.result, finished=False)
+    assert text.startswith("stopped at once: the output was not written; the journal keeps what this run finished "
+                           "(1 request)")  # fmt: skip
+    assert "0 rows" not in text
+
+
+def test_a_run_of_something_else_than_a_table_or_a_job_says_what_to_pass(sim: BackgroundSimulator) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    for wrong in (["a", "b"], pd.Series(["a"])):
+        with pytest.raises(TypeError, match=r"run takes a job file's path, a Job or a pandas DataFrame"):
+            batchchat.run(wrong, model="sim-chat", base_url=sim.url)
+    with pytest.raises(batchchat.JobError, match="input= is not used with a DataFrame"):
+        batchchat.run(pd.DataFrame({"prompt": ["a"]}), input="q.csv", model="sim-chat", base_url=sim.url)
+
+
+def test_money_reads_as_money() -> None:
+    assert [money(v) for v in (0, 0.6, 0.88, 0.000123, 0.0123, 1234.5)] == [
+        "$0.00", "$0.60", "$0.88", "$0.00012", "$0.012", "$1,234.50"]  # fmt: skip
+
+
+def test_a_price_for_a_model_the_job_does_not_ask_is_refused(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    typo = cli("run", "-i", source, "-m", "sim-chat", "--provider", "sim", "--price", "sim-chta=1,2", "--dry-run")
+    assert typo.exit_code == 2
+    assert "--price prices 'sim-chta', which this job does not ask; its models are 'sim-chat'; did you mean" in typo.stderr
+
+
+def test_usage_never_reported_makes_the_cost_unknown_not_zero(tmp_path: Path) -> None:
+    async def no_usage(request: web.Request) -> web.StreamResponse:
+        body = {"id": "x", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+        return web.Response(text=json.dumps(body), content_type="application/json")  # fmt: skip
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"]])
+    with HostileServer(no_usage) as server:
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", server.url,
+                     "--price", "m=1,2")  # fmt: skip
+    assert "cost unknown: no answer said how many tokens it took" in result.stderr
+    assert "$0.00" not in result.stderr
+
+
+def test_help_and_messages_read_plainly(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    help_text = cli("run", "--help").stdout
+    assert "[JOB_FILE]  " not in help_text.split("Other:", 1)[1] and "x>=0.05" not in help_text
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
+    one = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url", sim.url,
+              "--limit", "1")  # fmt: skip
+    assert "only the first input row (--limit)" in one.stderr
+    assert "1 row from" in one.stderr and "(1 row x" not in one.stderr  # no fan-out: nothing to multiply
+    bad = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--variant", "temperature=-1")
+    assert "must be a number of at least 0" in bad.stderr
+    param = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--param", "oops")
+    assert "got 'oops'. See " in param.stderr  # a sentence ends before the pointer to the help
+    sim_flag = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--sim", "fault_rate=2", "--dry-run")
+    assert "the simulator's fault_rate (--sim) must be at most 1" in sim_flag.stderr
+    price = cli("run", "-i", source, "-m", "m", "--provider", "sim", "--price", "m=-1,2", "--dry-run")
+    assert "the input price of 'm' (--price) must be at least 0" in price.stderr
+    with pytest.raises(batchchat.JobError, match=r"the DataFrame has no column 'prompt' .*; it has no columns at all"):
+        batchchat.run_frame(pd.DataFrame(index=[0, 1]), model="m", provider="sim")
+
+
+def test_a_plain_progress_line_after_the_stop_says_so_not_the_time_left() -> None:
+    from batchchat.stats import Stats
+    from batchchat.text import progress_line
+
+    stats = Stats(10)
+    stats.done = 4
+    stats.counters.rate = 2.5
+    assert "about" in progress_line(10, stats, 2.0) and "(the throttle allows 2.5/s)" in progress_line(10, stats, 2.0)
+    stopping = progress_line(10, stats, 2.0, stopping=True)
+    assert "left" not in stopping and stopping.endswith("; stopping: waiting for the requests in flight")

@@ -43,13 +43,13 @@ PACKAGE = ROOT / "batchchat"
 # The package's layers, lowest first, in the order of the data path: a module imports only from
 # its own layer or below (type-only imports included), and never in a circle.
 LAYERS = (
-    ("base", {"version", "errors", "records", "words", "keys", "sse", "template", "schema"}),
+    ("base", {"version", "errors", "records", "words", "keys", "sse", "template", "schema", "sync"}),
     ("job", {"endpoint", "spec", "settings", "money", "jobfile"}),
     ("edges", {"files", "lock", "journal", "source", "client", "simulator", "retry", "throttle", "stats"}),
     ("rows", {"rows", "answers"}),
     ("stages", {"plan", "unit", "connect", "progress", "assemble", "sink"}),
     ("executors", {"executors", "executors.base", "executors.pool", "executors.live"}),
-    ("runs", {"pipeline", "sync", "frames", "runfile", "dryrun", "chat"}),
+    ("runs", {"pipeline", "frames", "runfile", "dryrun", "chat"}),
     ("interface", {"text", "console", "cli", "__init__", "__main__"}),
 )
 # Each third-party library behind one module (DESIGN.md), counting imports that run.

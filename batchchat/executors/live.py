@@ -25,6 +25,7 @@ from ..errors import FatalAPIError, InputChanged, StorageError
 from ..money import Budget
 from ..records import ChatRequest
 from ..spec import NO_PRICES, Answers, Job, Limits, Prices, RetryPolicy, SimConfig
+from ..sync import on_interrupt
 from ..throttle import Throttle
 from ..unit import Asker, Send
 from .base import Ending, Ledger, Work
@@ -112,7 +113,8 @@ class LiveExecutor:
         installed = _catch_signals(loop, on_signal) if self.handle_signals else []
         try:
             try:
-                await sending
+                with on_interrupt(on_signal):  # a notebook's stop button, through run_sync
+                    await sending
             except* FatalAPIError as group:
                 raise group.exceptions[0] from None
             except* StorageError as group:  # the journal could not keep an answer: stop at once
