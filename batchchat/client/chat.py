@@ -26,10 +26,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
-from . import errors as E
-from .records import ChatRequest, ChatResult, Usage
-from .sse import Event, SSEDecoder
-from .version import __version__
+from .. import errors as E
+from ..records import ChatRequest, ChatResult, Usage
+from ..sse import Event, SSEDecoder
+from ..version import __version__
 
 # Response headers the retry policy and the throttle read; everything else is dropped.
 RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-retry")
