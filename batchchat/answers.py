@@ -131,7 +131,7 @@ class Derived:
             scoring=job.scoring,
             variants=bool(job.variants),
             transcripts=job.prompt.turns_column is not None,
-            prices=job.prices,
+            prices=job.paid_prices,
         )
 
     @cached_property

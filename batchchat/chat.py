@@ -25,7 +25,7 @@ class Conversation:
         self.model = model
         self.params = params
         self.dialogue = Dialogue([{"role": "system", "content": system}] if system else [])
-        self.asker = Asker(send, max_attempts=max_attempts, on_retry=on_retry)
+        self.asker = Asker(send, max_attempts=max_attempts, on_retry=on_retry, stop_unreachable=False)
 
     @property
     def messages(self) -> list[dict[str, Any]]:

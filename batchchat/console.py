@@ -9,11 +9,12 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .text import plan_lines, progress_line
+from .text import batches_line, plan_lines, progress_line
 from .words import printable
 
 if TYPE_CHECKING:
     from .errors import RequestError
+    from .executors.base import BatchProgress
     from .plan import Plan
     from .progress import Bar
     from .records import RowOutcome
@@ -43,6 +44,8 @@ class Progress:
         self._done = threading.Event()
         self._ticker: threading.Thread | None = None
         self._stopping = False
+        self._batches_line = ""
+        self._batches_next = 0.0
 
     def started(self, plan: Plan) -> None:
         if self.quiet:
@@ -72,6 +75,19 @@ class Progress:
         self.stats = stats
         if self.bar is not None:
             self.bar.row_done(outcome, stats)
+
+    def batches(self, progress: BatchProgress) -> None:
+        """The provider's batches, as it reports them: a line when that changes, at most every
+        few seconds (every ``every_s`` without a terminal)."""
+        line = batches_line(progress)
+        now = time.monotonic()
+        if self.quiet or line == self._batches_line or now < self._batches_next:
+            return
+        self._batches_line, self._batches_next = line, now + (min(self.every_s, 5.0) if sys.stderr.isatty() else self.every_s)
+        if self.bar is not None:
+            self.bar.note(f"batchchat: {line}")
+        else:
+            say(f"batchchat: {line}", err=True)
 
     def stopping(self, grace_s: float) -> None:
         self._stopping = True

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import JobError
+from .batchfiles import Limits, dialect_of, split
 from .files import OutputFiles
 from .jobfile import build_job
 from .journal import Journal, MemoryStore, Store
@@ -24,6 +24,17 @@ from .spec import NO_PRICES, Job, Prices
 
 
 @dataclass(frozen=True)
+class BatchPlan:
+    """How a ``batch_api`` run would submit the requests: files (one batch each) within the
+    provider's limits, one model each."""
+
+    files: int
+    requests: int
+    limits: Limits
+    cost: float | None  # at batch prices
+
+
+@dataclass(frozen=True)
 class DryRun:
     plan: Plan
     estimates: Estimates
@@ -31,6 +42,7 @@ class DryRun:
     missing_key: str | None  # the API key variable a real run needs and that is not set
     messages_from: str = ""  # which settings and columns make each row's messages
     prices: Prices = field(default_factory=lambda: NO_PRICES)  # of the models asked
+    batch: BatchPlan | None = None  # with batch_api: the files and what they would cost
 
     @property
     def groups(self) -> tuple[GroupEstimate, ...]:
@@ -67,16 +79,14 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         job = build_job(job, settings, lambda key: f"{key}=", check_key=False)
     elif settings:
         raise TypeError("pass either a Job or settings, not both")
-    if job.input is None:
-        raise JobError(f"no input: give the table with {job.names('input')} (or 'input' in a job file)")
-    source = open_source(job.input, job.limit)
+    source = open_source(job.required("input"), job.limit)
     setup = Setup.of(job, source.columns, source.name)
     store: Store = MemoryStore()
     if job.output is not None:
         files = OutputFiles.of(job.output, job.names("output"))
         files.check()  # what a run would find only after paying
         if not job.resume.restart and files.journal.exists():
-            store = Journal(files.journal, journal_scope(job), read_only=True)
+            store = Journal(files.journal, journal_scope(job.endpoint, job.answers), read_only=True)
     try:
         plan, rows = setup.plan(source, store, job.output)
     finally:
@@ -84,7 +94,12 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     builder = setup.builder
     requests = builder.requests(source, rows.keys, rows.sends)
     first = next(requests, None)
-    slots = [(s.model, s.variant) for s in builder.slots]
+    slots = builder.spec.groups
     everything = itertools.chain([first] if first is not None else [], requests)
     estimates = estimate_all(everything, lambda r: slots[r.row % builder.fanout], slots, job.prices)
-    return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices)
+    batch = None
+    if job.batch.enabled:
+        limits = Limits.of(dialect_of(job.endpoint, job.simulator), job.simulator if job.endpoint.provider == "sim" else None)
+        count = sum(1 for _ in split(builder.requests(source, rows.keys, rows.sends), limits))
+        batch = BatchPlan(count, plan.to_send, limits, estimates.cost_at(job.paid_prices))
+    return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices, batch)

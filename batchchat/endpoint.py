@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from .errors import AUTH, REDIRECT, RequestError
+from .errors import AUTH, NO_CREDIT, REDIRECT, RequestError
 
 PROVIDERS: dict[str, tuple[str | None, str | None]] = {
     "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
@@ -99,10 +99,12 @@ class Endpoint:
             return f"{where} {error.message.split(': ', 1)[-1]}"
         if error.error_type == AUTH:
             return f"{where} {self.auth_problem(error)} and run again"
-        return (
-            f"{where} says the account has no credit ({error.message}); add credit or raise the spending limit, "
-            "then run again"
-        )
+        if error.error_type == NO_CREDIT:
+            return (
+                f"{where} says the account has no credit ({error.message}); add credit or raise the spending limit, "
+                "then run again"
+            )
+        return f"{where} refused ({error.message}); run again once it is fixed: what is done is kept"
 
 
 def endpoint_label(identity: str) -> str:

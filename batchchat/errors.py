@@ -42,6 +42,8 @@ HTTP_ERROR = "http_error"
 REDIRECT = "redirect"  # the endpoint answered with a redirect, which is never followed
 INVALID_OUTPUT = "invalid_output"  # the answer is not JSON, or breaks the schema, after its retries
 INVALID_LABEL = "invalid_label"  # the answer is none of the labels, after its retries
+BATCH_ERROR = "batch_error"  # a provider batch's error line for the request
+# A provider batch that ended before answering a request: batch_expired, batch_failed, batch_cancelled.
 
 
 class BatchchatError(Exception):

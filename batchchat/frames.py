@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from .assemble import assemble
 from .errors import FatalAPIError, Interrupted, JobError
+from .executors import executor_for
 from .executors.base import Ending, Executor
-from .executors.live import LiveExecutor
 from .jobfile import load_job
 from .journal import Journal, MemoryStore, Store
 from .lock import OutputLock
-from .pipeline import RunResult, execute, finished, journal_scope
-from .plan import Rows, Setup
+from .pipeline import RunResult, Stages, finished, journal_scope
+from .plan import Setup
 from .progress import Bar, Observer, Silent
 from .records import RowOutcome
 from .sink import to_frame
 from .source import ArrowSource
 from .spec import Job
-from .stats import RowTally, Stats
+from .stats import RowTally
 from .sync import run_sync
 from .words import plural
 
@@ -88,12 +86,15 @@ async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = No
     source = ArrowSource.from_frame(frame, setup.builder.columns, SOURCE_NAME)
     bar = Bar(notebook=True) if progress else None
     watcher = observer or bar or Silent()
-    executor = executor or LiveExecutor.for_job(job, handle_signals=True)  # Ctrl-C in a script: a graceful stop
+    if job.batch.enabled and journal is None:
+        raise JobError("batch_api= needs journal=PATH: the provider's batches outlive this call, and the journal is "
+                       "how a later call collects them rather than paying for them again")  # fmt: skip
+    executor = executor or executor_for(job, handle_signals=True)  # Ctrl-C in a script: a graceful stop
     if journal is None:
         return await _frame_rows(job, frame, source, setup, MemoryStore(), watcher, bar, executor)
     journal_path = Path(journal)
     with OutputLock(journal_path, "journal="):  # journal.lock beside it
-        store = Journal(journal_path, journal_scope(job))
+        store = Journal(journal_path, journal_scope(job.endpoint, job.answers))
         try:
             return await _frame_rows(job, frame, source, setup, store, watcher, bar, executor)
         finally:
@@ -102,18 +103,14 @@ async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = No
 
 async def _frame_rows(job: Job, frame: pd.DataFrame, source: ArrowSource, setup: Setup, store: Store,
                       observer: Observer, bar: Bar | None, executor: Executor) -> RunResult:  # fmt: skip
-    started = time.perf_counter()
-    stats = Stats(0, job.prices)
+    stages = Stages(job, setup, source, store, observer)
     stopped = False
-    rows: Rows | None = None
+    planned = False
     try:
         if len(frame):
-            plan, rows = setup.plan(source, store, None)
-            observer.started(plan)
-            stats.total = plan.to_send
-            if plan.to_send:
-                ending = await execute(executor, setup, source, rows, store, stats, observer)
-                stopped = ending in (Ending.STOPPED, Ending.AT_ONCE)
+            observer.started(stages.plan(None))
+            planned = True
+            stopped = await stages.execute(executor) in (Ending.STOPPED, Ending.AT_ONCE)
     except FatalAPIError as fatal:
         raise FatalAPIError(f"stopped: {job.endpoint.refusal(fatal.error, job.names)}", fatal.error) from None
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -125,16 +122,15 @@ async def _frame_rows(job: Job, frame: pd.DataFrame, source: ArrowSource, setup:
     derived = setup.derived
     outcomes: list[RowOutcome] = []
     extras: dict[str, list[Any]] = {name: [] for name, _ in derived.columns()}
-    if rows is not None:
-        slots = [(s.model, s.variant) for s in setup.builder.slots]
-        for _, batch_outcomes, batch_extras in assemble(source, rows, slots, store, tally, derived):
+    if planned:
+        for _, batch_outcomes, batch_extras in stages.assemble(tally):
             outcomes += batch_outcomes
             for name, values in batch_extras.items():
                 extras[name] += values
-    summary = stats.summary(time.perf_counter() - started, tally, streamed=job.stream)
+    summary = stages.summary(tally)
     answers = to_frame(frame, outcomes, extras, derived, setup.builder.fanout)
     answers.attrs["batchchat"] = summary
-    result = RunResult(None, summary, answers)
+    result = RunResult(None, summary, answers, ending=stages.ending)
     if stopped:
         raise Interrupted(
             f"interrupted: {finished(tally):,} of {plural(tally.rows, 'row')} answered; the frame with them (the "

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, shown_url
+from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, is_loopback, shown_url
 from .errors import JobError
 from .money import prices_for
 from .schema import check_schema, schema_of
@@ -41,6 +41,7 @@ from .spec import (
     RESERVED_PARAMS,
     SCORES,
     Answers,
+    BatchAPI,
     Job,
     Limits,
     Price,
@@ -223,6 +224,41 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         prices=MappingProxyType(prices),
         max_cost=max_cost,
         limit=whole(s.get("limit"), at("limit"), 1),
+        batch=_batch(s, at, name, endpoint),
+    )
+
+
+BATCH_SETTINGS = ("poll_every", "detach", "cancel", "live_retry", "batch_discount")
+
+
+def _batch(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], str], endpoint: Endpoint) -> BatchAPI:
+    """Provider batches (``batch_api``), and the settings that only mean something with them."""
+    enabled = flag(s.get("batch_api"), at("batch_api"), False)
+    if not enabled:
+        for key in BATCH_SETTINGS:
+            if s.get(key) is not None and s.get(key) is not False:
+                raise JobError(f"{at(key)} is a setting of provider batches; add {name('batch_api')} or drop it")
+        return BatchAPI()
+    if _stream(s, at):
+        raise JobError(f"{at('batch_api')}: a provider batch does not stream; drop {name('stream')}")
+    detach, cancel = flag(s.get("detach"), at("detach"), False), flag(s.get("cancel"), at("cancel"), False)
+    if detach and cancel:
+        raise JobError(f"{at('detach')} and {at('cancel')} are both set; cancelling waits for the batches, keep one")
+    if detach and endpoint.provider == "sim":
+        raise JobError(f"{at('detach')}: provider sim starts a simulator that ends with the run, and its batches "
+                       "with it; run `batchchat serve` and point the job at it with its --base-url")  # fmt: skip
+    live_retry = flag(s.get("live_retry"), at("live_retry"), False)
+    if live_retry and not flag(s.get("retry_errors"), at("retry_errors"), False):
+        raise JobError(f"{at('live_retry')} sends the requests that ended in error again, live: it needs "
+                       f"{name('retry_errors')}")  # fmt: skip
+    here = endpoint.provider == "sim" or (endpoint.base_url is not None and is_loopback(endpoint.base_url))
+    return BatchAPI(
+        enabled=True,
+        poll_s=_default(number(s.get("poll_every"), at("poll_every"), 0.01, 3600.0), 0.2 if here else 30.0),
+        detach=detach,
+        cancel=cancel,
+        live_retry=live_retry,
+        discount=_default(number(s.get("batch_discount"), at("batch_discount"), 0.0, 1.0), 0.5),
     )
 
 
@@ -355,7 +391,21 @@ def _simulator(value: Any, at: str) -> SimConfig:
         seed=whole(entries.get("seed"), of("seed")) or 0,
         labels=_sim_labels(entries.get("labels"), of("labels")),
         invalid_rate=number(entries.get("invalid_rate"), of("invalid_rate"), 0.0, 1.0) or 0.0,
+        batch_dialect=_choice(entries.get("batch_dialect"), of("batch_dialect"), ("together", "openai")) or "together",
+        batch_seconds=_default(number(entries.get("batch_seconds"), of("batch_seconds"), 0.0), 1.0),
+        batch_error_rate=number(entries.get("batch_error_rate"), of("batch_error_rate"), 0.0, 1.0) or 0.0,
+        batch_expire_at=number(entries.get("batch_expire_at"), of("batch_expire_at"), 0.0, 1.0),
+        batch_fail_at=number(entries.get("batch_fail_at"), of("batch_fail_at"), 0.0, 1.0),
+        batch_delay_ms=number(entries.get("batch_delay_ms"), of("batch_delay_ms"), 0.0) or 0.0,
+        batch_max_lines=whole(entries.get("batch_max_lines"), of("batch_max_lines"), 1),
     )
+
+
+def _choice(value: Any, at: str, choices: tuple[str, ...]) -> str | None:
+    chosen = text(value, at)
+    if chosen is not None and chosen not in choices:
+        raise JobError(f"{at} must be one of {', '.join(choices)}, got {chosen!r}{did_you_mean(chosen, choices)}")
+    return chosen
 
 
 def _sim_labels(value: Any, at: str) -> tuple[str, ...]:
@@ -529,10 +579,11 @@ def parse_prices(value: Any, at: str) -> dict[str, Price]:
     for model, entry in table(value, at).items() if value is not None else ():
         where = f"the price of {model!r} ({at})"
         pair = table(entry, where)
-        if set(pair) != {"input", "output"}:
-            raise JobError(f"{where} must be {{ input = USD, output = USD }} per million tokens, got {entry!r}")
-        prices[model] = Price(
-            input=number(pair["input"], f"the input price of {model!r} ({at})", 0.0) or 0.0,
-            output=number(pair["output"], f"the output price of {model!r} ({at})", 0.0) or 0.0,
-        )
+        if set(pair) not in ({"input", "output"}, {"input", "output", "batch_input", "batch_output"}):
+            raise JobError(f"{where} must be {{ input = USD, output = USD }} per million tokens (and, for provider "
+                           f"batches, batch_input and batch_output), got {entry!r}")  # fmt: skip
+
+        usd = {key: number(value, f"the {key} price of {model!r} ({at})", 0.0) for key, value in pair.items()}
+        prices[model] = Price(input=usd["input"] or 0.0, output=usd["output"] or 0.0,
+                              batch_input=usd.get("batch_input"), batch_output=usd.get("batch_output"))  # fmt: skip
     return prices

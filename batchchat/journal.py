@@ -86,6 +86,16 @@ class Store(Protocol):
 
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]: ...
 
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The steps of this endpoint's provider batches, in order (files uploaded, batches
+        created, batches collected): what a Batch API run must take up again."""
+        ...
+
+    def add_step(self, step: dict[str, Any]) -> None:
+        """Keep a step before the next is taken, so a crash at any moment resumes it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,6 +104,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._outcomes: dict[str, RowOutcome] = {}
+        self.steps: list[dict[str, Any]] = []
         self.legacy = 0
         self.invalid = 0
         self.elsewhere: dict[str, int] = {}
@@ -133,6 +144,9 @@ class MemoryStore:
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
         return {key: o for key in keys if (o := self._outcomes.get(key)) is not None}
 
+    def add_step(self, step: dict[str, Any]) -> None:
+        self.steps.append(step)
+
     def close(self) -> None:
         pass
 
@@ -155,6 +169,7 @@ class Journal:
         self.legacy = 0  # records from before scopes, taken as this endpoint's
         self.assumed_endpoint: str | None = None  # set when this run made that assumption
         self.elsewhere: dict[str, int] = {}  # endpoint -> keys answered there and not here
+        self.steps: list[dict[str, Any]] = []  # provider batch steps at this endpoint
         self._file: IO[bytes] | None = None  # opened by the first record: a run that sends nothing writes nothing
         self._scoped = False  # whether this run's scope line is written
         self._created = False  # whether this run made the file
@@ -237,6 +252,17 @@ class Journal:
         # Fields left out are null: an answer has no error, an error no answer.
         self._write({name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None})
         self._index(key, offset, outcome.status, fresh=True)
+
+    def add_step(self, step: dict[str, Any]) -> None:
+        """Append a batch step and flush it, as ``add`` does an outcome."""
+        assert not self.read_only
+        try:
+            self._scope_line()
+            self._write({"batch_step": step})
+        except OSError as e:
+            self._cut_back()
+            raise StorageError("the journal", self.path, e) from None
+        self.steps.append(step)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
         """Records for the keys that have one, read in file order (cheap, mostly sequential)."""
@@ -332,6 +358,12 @@ class Journal:
                     continue
                 if isinstance(record.get("scope"), dict):
                     scope = Scope(str(record["scope"].get("endpoint")), str(record["scope"].get("checks")))
+                    continue
+                if "batch_step" in record:
+                    if not isinstance(record["batch_step"], dict):
+                        self.invalid += 1
+                    elif scope is not None and scope.endpoint == self.scope.endpoint:
+                        self.steps.append(record["batch_step"])
                     continue
                 if not valid_record(record):
                     self.invalid += 1  # skipped: its request is sent again

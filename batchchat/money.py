@@ -256,6 +256,13 @@ class Estimates:
         costs = [g.cost for g in self.groups if g.requests]
         return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
+    def cost_at(self, prices: Prices) -> float | None:
+        """The whole estimate at other prices (a provider batch's), when every model has one."""
+        groups = [g for g in self.groups if g.requests]
+        if any(g.model not in prices for g in groups):
+            return None
+        return sum(prices[g.model].cost(g.prompt_tokens, g.completion_tokens) for g in groups)
+
 
 def estimate_all(requests: Iterable[ChatRequest], group: Callable[[ChatRequest], tuple[str, str | None]],
                  groups: Iterable[tuple[str, str | None]], prices: Prices) -> Estimates:  # fmt: skip

@@ -1,25 +1,29 @@
-"""A run's stages after its plan, shared by every kind of run (a file, a DataFrame): the executor
-answers the plan's work into the store, then the output is assembled from the input and the
-store. Also what a run gives back."""
+"""A run's stages, shared by every kind of run (a file, a DataFrame): the plan, the executor
+answering the plan's work into the store, the assembly of the output from the input and the
+store, the summary. Also what a run gives back."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .assemble import Assembled, assemble
 from .executors.base import Ending, Executor, Ledger, Work
 from .journal import Scope, Store
-from .records import ERROR, OK
+from .records import ERROR, OK, ChatRequest
 from .stats import RowTally, Stats, Summary
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .plan import Rows, Setup
+    from .endpoint import Endpoint
+    from .plan import Plan, Rows, Setup
     from .progress import Observer
     from .source import TableSource
-    from .spec import Job
+    from .spec import Answers, Job
 
 
 @dataclass(frozen=True)
@@ -30,26 +34,78 @@ class RunResult:
     output: Path | None
     summary: Summary
     frame: pd.DataFrame | None = None
+    ending: Ending = Ending.DONE
 
     @property
     def exit_code(self) -> int:
-        """0 when every row is ok, 1 when some rows ended in error or were left pending (the
-        cost cap stopped the run)."""
+        """0 when every row is ok, or the rest was handed to provider batches to collect later;
+        1 when some rows ended in error or were left pending (the cost cap stopped the run)."""
+        if self.ending is Ending.DETACHED:
+            return 0 if self.summary.errors == 0 else 1
         return 0 if self.summary.errors == 0 and self.summary.pending == 0 else 1
 
 
-def journal_scope(job: Job) -> Scope:
+def journal_scope(endpoint: Endpoint, answers: Answers) -> Scope:
     """A stored answer is reused only for a request to the same endpoint, judged by the same checks."""
-    return Scope(job.endpoint.identity, job.answers.signature)
+    return Scope(endpoint.identity, answers.signature)
 
 
-async def execute(executor: Executor, setup: Setup, source: TableSource, rows: Rows, store: Store, stats: Stats,
-                  observer: Observer) -> Ending:  # fmt: skip
-    """The plan's work, answered by ``executor`` into ``store``."""
-    store.begin()
-    builder = setup.builder
-    work = Work(builder.requests(source, rows.keys, rows.sends), stats.total, builder.spec.turn_key)
-    return await executor.execute(work, Ledger(store, stats, observer, setup.check))
+class Stages:
+    """One run's stages over its input and store, in order: ``plan``, ``execute``, ``assemble``,
+    ``summary``. Every kind of run (a file, a DataFrame) goes through these, so they count, stop
+    and sum up alike; what differs is where the assembled rows go."""
+
+    def __init__(self, job: Job, setup: Setup, source: TableSource, store: Store, observer: Observer) -> None:
+        self.job = job
+        self.setup = setup
+        self.source = source
+        self.store = store
+        self.observer = observer
+        self.stats = Stats(0, job.paid_prices)
+        self.rows: Rows | None = None
+        self.ending = Ending.DONE
+        self.wall_s = 0.0
+
+    def plan(self, output: Path | None) -> Plan:
+        plan, self.rows = self.setup.plan(self.source, self.store, output)
+        self.stats.total = plan.to_send
+        return plan
+
+    async def execute(self, executor: Executor) -> Ending:
+        """The plan's work, answered by ``executor`` into the store (nothing to do: done)."""
+        assert self.rows is not None, "plan first"
+        started = time.perf_counter()
+        try:
+            if self.stats.total:
+                self.store.begin()
+                builder = self.setup.builder
+                work = Work(_Requests(self.setup, self.source, self.rows), builder.spec.turn_key)
+                ledger = Ledger(self.store, self.stats, self.observer, self.setup.check)
+                self.ending = await executor.execute(work, ledger)
+        finally:
+            self.wall_s = time.perf_counter() - started
+        return self.ending
+
+    def assemble(self, tally: RowTally) -> Iterator[Assembled]:
+        assert self.rows is not None, "plan first"
+        slots = self.setup.builder.spec.groups
+        return assemble(self.source, self.rows, slots, self.store, tally, self.setup.derived)
+
+    def summary(self, tally: RowTally) -> Summary:
+        job = self.job
+        return self.stats.summary(self.wall_s, tally, cost_cap=job.max_cost, budget_stopped=self.ending is Ending.BUDGET,
+                                  streamed=job.stream)  # fmt: skip
+
+
+class _Requests:
+    """The plan's requests to send, built again from the input on each pass over them (an engine
+    that goes in rounds passes more than once)."""
+
+    def __init__(self, setup: Setup, source: TableSource, rows: Rows) -> None:
+        self.setup, self.source, self.rows = setup, source, rows
+
+    def __iter__(self) -> Iterator[ChatRequest]:
+        return self.setup.builder.requests(self.source, self.rows.keys, self.rows.sends)
 
 
 def finished(tally: RowTally) -> int:

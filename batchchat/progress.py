@@ -91,6 +91,11 @@ class Bar:
         if self.bar is not None:
             self.bar.clear()
 
+    def note(self, text: str) -> None:
+        """A line above the bar."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.file)
+
     def close(self) -> None:
         if self.bar is not None:
             if self._stats is not None:  # the last counters, not those of a quarter second before

@@ -37,6 +37,7 @@ ROLES = ("system", "user", "assistant", "tool")
 MESSAGES_HELP = 'expected a JSON list of {"role": ..., "content": ...} objects'
 Messages = tuple[dict[str, Any], ...]
 Content = tuple[Messages, tuple[str, ...]]  # a row's messages, and its scripted user turns
+Asked = tuple["Slot", Messages, "Params", "Params", tuple[str, ...]]  # slot, messages, options, key options, turns
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class RowSpec:
     def fanout(self) -> int:
         return len(self.slots)
 
+    @property
+    def groups(self) -> tuple[tuple[str, str | None], ...]:
+        """Each slot's (model, variant): an output row's group, by its place in the fan-out."""
+        return tuple((slot.model, slot.variant) for slot in self.slots)
+
     def key_params(self, params: Params) -> Params:
         """The request options that identify a request: all but the job's own response_format."""
         if self.check_format is None or ("response_format", self.check_format) not in params:
@@ -137,30 +143,31 @@ def row_requests(spec: RowSpec, batch: pa.RecordBatch, start: int, source_name: 
     """The request (or the reason for none) of each output row of ``batch``, whose first row is
     input row ``start`` (0-based); raises JobError for a cell that could never be sent.
 
-    Without dedup, ``occurrences`` counts each request over every batch so far, and identical
-    requests are told apart by their occurrence (the first keeps the plain key, so each is
-    sent); ``samples`` then receives the occurrence of each output row that is a repeat.
+    With dedup (the default) this is a pure function of the batch, and a shard gives the keys the
+    whole input gives. Without it, identical requests are told apart by their occurrence over the
+    whole input (the first keeps the plain key, so each is sent): pass one ``occurrences`` to
+    every batch, in input order; ``samples`` then receives the occurrence of each repeat's row.
     """
+    if spec.dedup:
+        occurrences = None
+    elif occurrences is None:
+        raise ValueError("without dedup, repeats are numbered over the whole input: pass the same occurrences "
+                         "Counter to every batch, in order")  # fmt: skip
     reader = _Reader(spec, source_name)
     values = {name: batch.column(name).to_pylist() for name in reader.columns}
-    slot_key_params = [spec.key_params(slot.params) for slot in spec.slots]
     fanout = spec.fanout
     items: list[ChatRequest | InvalidRow] = []
     for i in range(batch.num_rows):
         row = start + i
         cells = {name: col[i] for name, col in values.items()}
-        content = reader.content(row, cells)
-        options = reader.options(row, cells)
+        asked = reader.requests(row, cells)
         if spec.scoring.expected_column:
             reader.check_expected(row, cells[spec.scoring.expected_column])
-        for j, slot in enumerate(spec.slots):
+        if isinstance(asked, str):
+            items += [InvalidRow(row * fanout + j, slot.model, asked) for j, slot in enumerate(spec.slots)]
+            continue
+        for j, (slot, messages, params, key_params, turns) in enumerate(asked):
             out = row * fanout + j
-            if isinstance(content, str):
-                items.append(InvalidRow(out, slot.model, content))
-                continue
-            messages, turns = content
-            params = _params(slot, options)
-            key_params = slot_key_params[j] if not options else spec.key_params(params)
             key = request_key(slot.model, messages, key_params, turns=turns)
             if occurrences is not None:
                 sample = occurrences[key]
@@ -196,10 +203,6 @@ class RequestBuilder:
         self.slots = spec.slots
         self.fanout = spec.fanout
         self.samples: dict[int, int] = {}  # without dedup: the occurrence of each repeated request, by row
-
-    @classmethod
-    def for_job(cls, job: Job, columns: Sequence[str], source_name: str) -> RequestBuilder:
-        return cls(RowSpec.of(job, columns), columns, source_name, job.names)
 
     def describe(self) -> str:
         """Which settings and columns make each row's messages, in the order they are sent."""
@@ -254,17 +257,13 @@ class RequestBuilder:
                 if values is None:
                     values = {name: batch.column(name).to_pylist() for name in reader.columns}
                 cells = {name: col[i] for name, col in values.items()}
-                content = reader.content(start + i, cells)
-                if isinstance(content, str):
+                asked = reader.requests(start + i, cells)
+                if isinstance(asked, str):
                     raise InputChanged(self.source_name, f"row {start + i + 1} no longer has anything to send")
-                options = reader.options(start + i, cells)
-                for j, slot in enumerate(self.slots):
+                for j, (slot, messages, params, key_params, turns) in enumerate(asked):
                     if wanted[first + j]:
                         key = keys[first + j]
-                        messages, turns = content
-                        params = _params(slot, options)
-                        sample = self.samples.get(first + j, 0)
-                        again = request_key(slot.model, messages, spec.key_params(params), sample, turns)
+                        again = request_key(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
                         if key != again:
                             raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
                         yield ChatRequest(first + j, key, slot.model, messages, params, turns)
@@ -278,6 +277,21 @@ class _Reader:
         self.spec = spec
         self.source_name = source_name
         self.columns = list(dict.fromkeys(name for name, _ in spec.columns()))
+        self.slot_key_params = [spec.key_params(slot.params) for slot in spec.slots]  # worked out once
+
+    def requests(self, row: int, cells: dict[str, Any]) -> list[Asked] | str:
+        """What the row asks of each slot (model and variant), in slot order: messages, options,
+        the options that go into its key, scripted turns; or why it has nothing to send."""
+        content = self.content(row, cells)
+        options = self.options(row, cells)
+        if isinstance(content, str):
+            return content
+        messages, turns = content
+        asked = []
+        for slot, key_params in zip(self.spec.slots, self.slot_key_params, strict=True):
+            params = _params(slot, options)
+            asked.append((slot, messages, params, key_params if not options else self.spec.key_params(params), turns))
+        return asked
 
     def content(self, row: int, cells: dict[str, Any]) -> Content | str:
         """The row's messages and scripted turns, or the reason it has nothing worth sending."""

@@ -11,26 +11,24 @@ end, so a run that was killed and started again writes exactly what one uninterr
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from .assemble import assemble
 from .errors import FatalAPIError, Interrupted, JobError
+from .executors import executor_for
 from .executors.base import Ending, Executor
-from .executors.live import LiveExecutor
 from .files import OutputFiles
 from .frames import frame_result, is_frame
 from .jobfile import load_job
 from .journal import Journal
 from .lock import OutputLock
-from .pipeline import RunResult, execute, finished, journal_scope
+from .pipeline import RunResult, Stages, finished, journal_scope
 from .plan import Setup
 from .progress import Observer, Silent
 from .records import PENDING
 from .sink import output_batches, output_schema, typed_output, write_output
 from .source import FileSource, TableSource, count_rows, open_source
 from .spec import Job
-from .stats import RowTally, Stats
+from .stats import RowTally
 from .sync import run_sync
 from .words import plural
 
@@ -62,22 +60,19 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
     refuses every request, ``Interrupted`` after Ctrl-C or SIGTERM (finished work is kept).
     """
     job = as_job(job, settings)
-    if job.input is None:
-        raise JobError(f"no input: give the table with {job.names('input')} (or 'input' in a job file)")
-    if job.output is None:
-        raise JobError(f"no output: give a file with {job.names('output')} (or 'output' in a job file)")
-    source = open_source(job.input, job.limit)
+    source = open_source(job.required("input"), job.limit)
+    output = job.required("output")
     setup = Setup.of(job, source.columns, source.name)
-    schema = output_schema(source, setup.derived, typed_output(job.output))
-    files = OutputFiles.of(job.output, job.names("output"))
+    schema = output_schema(source, setup.derived, typed_output(output))
+    files = OutputFiles.of(output, job.names("output"))
     files.check()
-    with OutputLock(job.output, job.names("output")):
+    with OutputLock(output, job.names("output")):
         files.remove_stale_temps()
         if job.resume.restart:
             files.journal.unlink(missing_ok=True)
-        journal = Journal(files.journal, journal_scope(job))
+        journal = Journal(files.journal, journal_scope(job.endpoint, job.answers))
         try:
-            executor = executor or LiveExecutor.for_job(job, handle_signals=True)
+            executor = executor or executor_for(job, handle_signals=True)
             return await _run_file(job, source, setup, journal, files, schema, observer or Silent(), executor)
         finally:
             journal.close()
@@ -123,27 +118,22 @@ async def _run_file(job: Job, source: TableSource, setup: Setup, journal: Journa
     output = files.output
     if isinstance(source, FileSource):
         source.seal()  # what every pass must read again
-    plan, rows = setup.plan(source, journal, output)
+    stages = Stages(job, setup, source, journal, observer)
+    plan = stages.plan(output)
     if job.limit is not None:
         _keep_whole_output(job, files, plan.rows)
     observer.started(plan)
-    stats = Stats(plan.to_send, job.prices)
-    builder = setup.builder
+    fanout = setup.builder.fanout
 
     def write() -> RowTally:
         tally = RowTally()
-        assembled = assemble(source, rows, [(s.model, s.variant) for s in builder.slots], journal, tally,
-                             setup.derived)  # fmt: skip
         restore = source.for_output if typed_output(files.target) else None
         unchanged = source.verify if isinstance(source, FileSource) else None  # before it replaces the output
-        write_output(files, output_batches(assembled, schema, builder.fanout, restore), schema, unchanged)
+        write_output(files, output_batches(stages.assemble(tally), schema, fanout, restore), schema, unchanged)
         return tally
 
-    started = time.perf_counter()
     try:
-        ending = Ending.DONE
-        if plan.to_send:
-            ending = await execute(executor, setup, source, rows, journal, stats, observer)
+        ending = await stages.execute(executor)
     except FatalAPIError as fatal:
         if len(journal):
             tally = write()
@@ -152,18 +142,18 @@ async def _run_file(job: Job, source: TableSource, setup: Setup, journal: Journa
         else:
             kept = "no row finished, so nothing was written"
         raise FatalAPIError(f"stopped: {job.endpoint.refusal(fatal.error, job.names)}; {kept}", fatal.error) from None
-    wall = time.perf_counter() - started
     resume = f"{_again(job)} to resume: what {journal.path} holds is not sent again"
     if ending is Ending.AT_ONCE:
         raise Interrupted(f"stopped at once; the output was not written; {resume}",
-                          RunResult(None, stats.summary(wall, RowTally(), streamed=job.stream)))  # fmt: skip
+                          RunResult(None, stages.summary(RowTally()), ending=ending))  # fmt: skip
     tally = write()
-    summary = stats.summary(wall, tally, cost_cap=job.max_cost, budget_stopped=ending is Ending.BUDGET,
-                            streamed=job.stream)  # fmt: skip
+    summary = stages.summary(tally)
     if ending is Ending.STOPPED:
+        if job.batch.enabled:
+            resume = f"the provider's batches keep running: {_again(job)} to collect them"
         raise Interrupted(
             f"stopped: {finished(tally):,} of {plural(tally.rows, 'row')} finished and are in {output}; "
             f"the other {tally.statuses[PENDING]:,} have status 'pending'; {resume}",
-            RunResult(output, summary),
+            RunResult(output, summary, ending=ending),
         )
-    return RunResult(output, summary)
+    return RunResult(output, summary, ending=ending)

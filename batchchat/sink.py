@@ -52,7 +52,9 @@ def output_schema(source: TableSource, derived: Derived, typed: bool = True) -> 
     input's lists and objects with their types (``for_output``); CSV and JSONL carry them as the
     JSON they were read as."""
     inputs = source.output_schema if typed else source.schema
-    return pa.schema(list(inputs) + added_fields(derived))
+    added = added_fields(derived)
+    schema = pa.schema(list(inputs) + added)
+    return schema.with_metadata(pandas_metadata(schema, [f.name for f in added])) if typed else schema
 
 
 def typed_output(path: Path) -> bool:
@@ -129,12 +131,11 @@ def write_output(
 NULLABLE = {pa.int64(): "Int64", pa.int32(): "Int32", pa.bool_(): "boolean"}
 
 
-def pandas_metadata(schema: pa.Schema, added: Sequence[str] | None = None) -> dict[bytes, bytes]:
-    """The pandas description of a table whose columns batchchat added (``added``; by default the
-    ones after the input's) are read back with nullable dtypes, as ``run_frame`` gives them:
-    ``pd.read_parquet`` of the output then has ``Int64`` token counts, not floats with NaN."""
-
-    names = set(added) if added is not None else {f.name for f in added_like(schema)}
+def pandas_metadata(schema: pa.Schema, added: Sequence[str]) -> dict[bytes, bytes]:
+    """The pandas description of a table whose columns batchchat ``added`` are read back with
+    nullable dtypes, as ``run_frame`` gives them: ``pd.read_parquet`` of the output then has
+    ``Int64`` token counts, not floats with NaN."""
+    names = set(added)
     empty = schema.empty_table().to_pandas()
     for field in schema:
         if field.name in names and field.type in NULLABLE:
@@ -142,14 +143,9 @@ def pandas_metadata(schema: pa.Schema, added: Sequence[str] | None = None) -> di
     return {**(schema.metadata or {}), **pa.Schema.from_pandas(empty, preserve_index=False).metadata}
 
 
-def added_like(schema: pa.Schema) -> list[pa.Field[Any]]:
-    """The fields of ``schema`` named like the columns batchchat adds."""
-    return [f for f in schema if f.name in OUTPUT_COLUMNS or f.name.startswith("out_") or f.name in ("score", "cost")]
-
-
 def _write_table(f: BinaryIO, suffix: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
     if suffix == ".parquet":
-        with pq.ParquetWriter(f, schema.with_metadata(pandas_metadata(schema))) as writer:
+        with pq.ParquetWriter(f, schema) as writer:  # its pandas description is output_schema's
             for batch in batches:
                 writer.write_batch(batch)
     elif suffix == ".csv":

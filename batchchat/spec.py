@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .endpoint import Endpoint
+from .errors import JobError
 
 # Body fields batchchat sets itself; a user setting them through options would break the run.
 RESERVED_PARAMS = {
@@ -121,14 +122,26 @@ class Scoring:
 
 @dataclass(frozen=True)
 class Price:
-    """US dollars per million tokens; ``source`` says where the price came from."""
+    """US dollars per million tokens; ``source`` says where the price came from. A provider batch
+    costs ``batch_input``/``batch_output`` where they are known, else the live price less the
+    job's batch discount."""
 
     input: float
     output: float
     source: str = field(default="job", compare=False)
+    batch_input: float | None = None
+    batch_output: float | None = None
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+    def in_batch(self, discount: float) -> Price:
+        """The price of the same tokens in a provider batch."""
+        return Price(
+            self.batch_input if self.batch_input is not None else self.input * (1 - discount),
+            self.batch_output if self.batch_output is not None else self.output * (1 - discount),
+            source=self.source,
+        )
 
 
 Prices = Mapping[str, Price]  # by model
@@ -149,12 +162,33 @@ class SimConfig:
     labels: tuple[str, ...] = ()  # answer with one of these (a labeling model)
     invalid_rate: float = 0.0  # share of answers that break the labels or the asked-for JSON
     api_key: str | None = None  # when set, requests without this bearer key get 401
+    # Its Batch API: which provider's dialect it speaks, how long a batch takes, and how it fails.
+    batch_dialect: str = "together"
+    batch_seconds: float = 1.0
+    batch_error_rate: float = 0.0  # share of a batch's requests that end as error lines
+    batch_expire_at: float | None = None  # the share done when every batch expires
+    batch_fail_at: float | None = None  # the share done when every batch fails
+    batch_delay_ms: float = 0.0  # before answering each files or batches call
+    batch_max_lines: int | None = None  # requests a batch may hold, when fewer than the providers' 50,000
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
         shown = {f: getattr(self, f) for f in self.__slots__ if f != "api_key"}
         return (
             f"SimConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())}, api_key={'***' if self.api_key else None})"
         )
+
+
+@dataclass(frozen=True)
+class BatchAPI:
+    """Running the job as provider batches (``batch_api``): about half the price, results within
+    a day, no rate limit."""
+
+    enabled: bool = False
+    poll_s: float = 30.0  # how often a waiting run asks how its batches stand
+    detach: bool = False  # submit and return: a later run collects
+    cancel: bool = False  # cancel this output's running batches (and collect what they finished)
+    live_retry: bool = False  # the requests that ended in error before go live, not in a batch
+    discount: float = 0.5  # a batch's price off the live price, where the price has no batch rate
 
 
 def _flag_or_keyword(key: str) -> str:
@@ -182,6 +216,7 @@ class Job:
     prices: Prices = field(default_factory=lambda: NO_PRICES)  # of the models asked that have one
     max_cost: float | None = None  # US dollars this run may spend
     limit: int | None = None  # only the first input rows: a trial of a large job
+    batch: BatchAPI = field(default_factory=BatchAPI)
     # How a setting is named to whoever made the job: a flag (-o/--output) or a keyword (output=).
     names: Callable[[str], str] = field(default=_flag_or_keyword, compare=False, repr=False)
 
@@ -194,6 +229,21 @@ class Job:
     def fanout(self) -> int:
         """Output rows per input row: one per model and variant."""
         return len(self.models) * max(1, len(self.variants))
+
+    def required(self, key: str) -> Path:
+        """The ``input`` or ``output`` path, which a file run needs."""
+        path = self.input if key == "input" else self.output
+        if path is None:
+            what = "the table" if key == "input" else "a file"
+            raise JobError(f"no {key}: give {what} with {self.names(key)} (or '{key}' in a job file)")
+        return path
+
+    @property
+    def paid_prices(self) -> Prices:
+        """What this job pays per model: the batch price when it runs as provider batches."""
+        if not self.batch.enabled:
+            return self.prices
+        return MappingProxyType({model: price.in_batch(self.batch.discount) for model, price in self.prices.items()})
 
     @property
     def simulator_config(self) -> SimConfig:

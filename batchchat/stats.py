@@ -19,7 +19,7 @@ from .spec import NO_PRICES, Prices
 
 
 class Counters:
-    """Live request counters the scheduler updates as attempts happen (not only as rows finish)."""
+    """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
     __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries", "unreported", "unreported_bound", "usage",
                  "waiting_until")  # fmt: skip

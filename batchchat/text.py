@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .endpoint import endpoint_label
+from .executors.base import BatchProgress, Ending
 from .words import dollars, duration, plural
 
 if TYPE_CHECKING:
@@ -143,9 +144,21 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
             f"{plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to continue "
             "(each run may spend up to the cap)"
         )
+    if result.ending is Ending.DETACHED:
+        lines.append(
+            f"the {plural(s.pending, 'row')} still pending {'runs' if s.pending == 1 else 'run'} as provider batches: "
+            "run the same command again to collect what they finished (they finish within 24 h); --cancel cancels them"
+        )
     if result.output is not None:
         lines.append(f"output: {result.output}")
     return "\n".join(lines)
+
+
+def batches_line(progress: BatchProgress) -> str:
+    """How the provider's batches stand."""
+    line = (f"batches: {progress.finished:,} of {plural(progress.batches, 'batch', 'batches')} finished; "
+            f"{progress.done:,} of {plural(progress.requests, 'request')} done at the provider")  # fmt: skip
+    return line + (f" ({progress.failed:,} failed)" if progress.failed else "")
 
 
 def tokens_line(s: Summary) -> str:
@@ -209,6 +222,13 @@ def dry_run_text(dry: DryRun) -> str:
             f"typical text takes far fewer prompt tokens than that bound: about {dry.likely_prompt_tokens:,} "
             "(characters / 4)"
         )
+    if dry.batch is not None:
+        b = dry.batch
+        cost = (f"; at batch prices {dollars(b.cost)} (the table's costs are live prices)" if b.cost is not None
+                else "")  # fmt: skip
+        lines.append(f"as provider batches: {plural(b.requests, 'request')} in {plural(b.files, 'file')}, one batch "
+                     f"each (one model a file, at most {b.limits.lines:,} requests and {b.limits.bytes // 2**20} MB)"
+                     f"{cost}")  # fmt: skip
     if dry.cost is None and plan.to_send:
         lines.append(
             "no price for some models: pass --price MODEL=IN,OUT, or add [prices] to the job file, "

@@ -170,13 +170,11 @@ class Congestion:
     def __init__(self) -> None:
         self._sent: deque[float] = deque(maxlen=self.KEPT)  # when requests departed
         self._limited: deque[float] = deque(maxlen=self.KEPT)  # when the requests answered 429 departed
-        self._sent_ever = 0
         self.background = 0.0  # the share of 429s that slowing down did not remove
         self._review: tuple[float, float, float | None] | None = None  # (cut at, judged from, rate before)
 
     def departed(self, now: float) -> None:
         self._sent.append(now)
-        self._sent_ever += 1
 
     def limited(self, sent_at: float) -> None:
         """A 429, to the request sent at ``sent_at``."""

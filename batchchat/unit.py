@@ -161,6 +161,8 @@ class Asker:
         memory: Memory | None = None,
         turn_key: TurnKey = plain_turn_key,
         on_retry: Callable[[RequestError], None] | None = None,
+        count_requests: bool = True,
+        stop_unreachable: bool = True,
     ) -> None:
         self.send = send
         self.max_attempts = max_attempts
@@ -173,6 +175,10 @@ class Asker:
         self.memory = memory
         self.turn_key = turn_key
         self.on_retry = on_retry
+        self.count_requests = count_requests  # an engine that sends otherwise counts them itself
+        # A run stops when the endpoint cannot be reached and never answered (every row would
+        # fail); a chat turn takes its attempts and says why it failed.
+        self.stop_unreachable = stop_unreachable
         self.reached = False  # whether the endpoint ever answered, anything at all
         self.unreachable = 0  # attempts that could not connect, while it never had
 
@@ -202,14 +208,18 @@ class Asker:
             held = self.budget.reserve(request) if self.budget is not None else 0.0
             if held is None:
                 raise OverBudget  # the row stays pending; an invalid answer paid for is kept
+            # Each answer is asked under its own id: the request's key, then key.2, key.3 for the
+            # re-asks, so an engine that answers by id (a provider batch) tells them apart.
+            sent = request if asked.answers == 0 else replace(request, key=f"{request.key}.{asked.answers + 1}")
             try:
-                done = await with_retries(partial(self._attempt, request), self.max_attempts, sleep=self._backoff,
+                done = await with_retries(partial(self._attempt, sent), self.max_attempts, sleep=self._backoff,
                                           on_retry=self._retrying)  # fmt: skip
             finally:
                 if self.budget is not None:
                     self.budget.release(held)
             asked.attempts += done.attempts
-            if done.error is not None and done.error.unreachable and not self.reached:  # its last attempt too
+            unreachable = done.error is not None and done.error.unreachable and not self.reached
+            if unreachable and self.stop_unreachable and done.error is not None:  # its last attempt too
                 raise FatalAPIError(done.error.message, done.error)
             if done.result is None:
                 if asked.result is None:  # nothing answered: the row ends with this error
@@ -238,11 +248,13 @@ class Asker:
             step = replace(request, messages=asking, key=self.turn_key(request, asking), turns=())
             last = n == len(request.turns)
             stored = self._recalled(step)
-            if stored is not None and stored.status == OK and not (last and self._invalid(stored.response)):
-                asked = Asked.before(stored)  # answered before, and still good: not sent again
+            recalled = stored is not None and stored.status == OK and not (last and self._invalid(stored.response))
+            if stored is not None and recalled:  # answered before, and still good: not sent again
+                asked = Asked.before(stored)
+                asked.attempts = stored.attempts  # the row's attempts count every turn's, as its tokens do
             else:  # the last turn's answer that the checks reject is asked again
                 asked = await self.ask(step, checked=last, before=stored)
-            if self.memory is not None and asked.result is not None and asked.invalid is None and asked.attempts:
+            if self.memory is not None and not recalled and asked.result is not None and asked.invalid is None:
                 self.memory.keep(RowOutcome.answered(step, asked.result, asked.attempts))
             total.attempts += asked.attempts
             total.count(asked.answers, asked.prompt_tokens, asked.completion_tokens)
@@ -282,7 +294,7 @@ class Asker:
         try:
             if self.stop.is_set():  # the stop came while this request waited for the limits
                 raise Stopped
-            count.requests += 1
+            count.requests += self.count_requests
             try:
                 result = await self.send(request)
             except RequestError as error:
@@ -314,7 +326,7 @@ class Asker:
     def _give_up_unreachable(self, error: RequestError) -> None:
         """An endpoint that has never answered and cannot be connected to would fail every row:
         stop, as for a bad key, rather than turn rows into errors (they stay pending)."""
-        if self.reached or not error.unreachable:
+        if self.reached or not error.unreachable or not self.stop_unreachable:
             return
         self.unreachable += 1
         if self.unreachable >= UNREACHABLE_ATTEMPTS or not error.retryable:

@@ -1,4 +1,4 @@
-"""An in-memory chat API on the event loop's clock, for scheduler and throttle tests.
+"""An in-memory chat API on the event loop's clock, for tests of the live engine's workers and throttle.
 
 It enforces a per-second request bucket like a real provider (429 with headers when over),
 answers after a latency, fails rows as scripted, and records when each request departed.
@@ -109,7 +109,7 @@ class FakeAPI:
 
 
 async def drive(api: FakeAPI, items, throttle: Throttle, max_attempts: int = 6, counters: Counters | None = None):
-    """Run the scheduler against the fake API; returns the outcomes by row."""
+    """Run the live engine's workers against the fake API; returns the outcomes by row."""
     outcomes = {}
     await run_requests(items, api.complete, throttle=throttle, max_attempts=max_attempts,
                        on_outcome=lambda o: outcomes.__setitem__(o.row, o), counters=counters)  # fmt: skip

@@ -90,3 +90,9 @@ def test_bad_chat_settings_exit_2(sim, tmp_path):
     result = cli("chat", "hi", "-m", "sim-chat", "--base-url", sim.url, "--save", tmp_path / "talk.txt")
     assert result.exit_code == 2 and "give a .jsonl file" in result.stderr
     assert sim.requests == []
+
+
+def test_a_chat_turn_against_nothing_takes_its_attempts_and_exits_1(tmp_path):
+    result = cli("chat", "hello", "-m", "m", "--base-url", "http://127.0.0.1:9/v1", "--max-attempts", "2")
+    assert result.exit_code == 1  # a failed turn, as before: the session would go on
+    assert result.stderr.count("trying again") == 1 and "error: connection: cannot connect" in result.stderr

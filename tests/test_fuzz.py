@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from batchchat.errors import JobError
 from batchchat.jobfile import load_job
 from batchchat.records import ChatRequest, InvalidRow
-from batchchat.rows import RequestBuilder
+from batchchat.rows import RequestBuilder, RowSpec
 from batchchat.source import open_source
 from batchchat.template import parse_template
 
@@ -53,7 +53,7 @@ def test_a_valid_template_renders_exactly_its_literals_and_cells(parts, data):
 def request_for(path, **settings) -> ChatRequest | InvalidRow:
     job = load_job(model="m", provider="sim", **settings)
     source = open_source(path)
-    builder = RequestBuilder.for_job(job, source.columns, source.name)
+    builder = RequestBuilder(RowSpec.of(job, source.columns), source.columns, source.name)
     [(_, [item])] = list(builder.rows(source))
     return item
 

@@ -188,3 +188,12 @@ def test_derive_batch_on_shards_gives_what_the_whole_batch_gives() -> None:
     halves = [derive_batch(derived, batch.slice(i, 1), outcomes[2 * i : 2 * i + 2], slots, shared[2 * i : 2 * i + 2])
               for i in range(3)]  # fmt: skip
     assert {name: [cell for half in halves for cell in half[name]] for name in whole} == whole
+
+
+def test_the_ledger_keeps_no_answer_that_fails_the_checks_as_ok_whatever_engine_got_it(tmp_path: Path) -> None:
+    source, output = job_files(tmp_path)
+    asyncio.run(arun(input=source, output=output, model="m", provider="sim", labels=["alpha", "beta"],
+                     executor=FakeExecutor()))  # fmt: skip
+    rows = read_output(output)
+    assert [r["status"] for r in rows] == ["error"] * 5  # "fake answer to alpha" names no label
+    assert rows[0]["error_type"] == "invalid_label" and rows[0]["response"] == "fake answer to alpha"

@@ -72,7 +72,8 @@ class ChatClient:
         (``stream_options.include_usage``), which Together does not need: it sends usage anyway.
         Credentials in ``base_url`` (``https://user:pass@host/v1``) are sent as basic auth."""
         url, user, password = split_credentials(base_url)
-        self.url = url.rstrip("/") + "/chat/completions"
+        self.base_url = url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         headers = {"Content-Type": "application/json", "User-Agent": f"batchchat/{__version__}"}
         if api_key and user is not None:
             raise E.JobError(
@@ -123,16 +124,31 @@ class ChatClient:
         try:
             result = await self._attempt(request, shown.feed if shown is not None else on_text)
         except E.RequestError as error:
-            raise self._redacted_error(error) from None
+            raise self.redacted(error) from None
         finally:
             if shown is not None:
                 shown.flush()
-        if secrets:  # every text the server chose; the key must not reach the output through any
-            result = replace(result, content=self._redact_answer(result.content),
-                             finish_reason=self._redact_answer(result.finish_reason),
-                             request_id=self._redact_answer(result.request_id),
-                             model=self._redact_answer(result.model))  # fmt: skip
-        return result
+        return self.cleaned(result)
+
+    def cleaned(self, result: ChatResult) -> ChatResult:
+        """An answer without the key in any text the server chose: it must not reach the output
+        through any."""
+        if not self._answer_secrets:
+            return result
+        return replace(result, content=self._redact_answer(result.content),
+                       finish_reason=self._redact_answer(result.finish_reason),
+                       request_id=self._redact_answer(result.request_id),
+                       model=self._redact_answer(result.model))  # fmt: skip
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use ChatClient as an async context manager"
+        return self._session
+
 
     def redact(self, text: str) -> str:
         """A server's error text without the key or URL password, nor any token after
@@ -156,7 +172,8 @@ class ChatClient:
             text = text.replace(secret, REDACTED)
         return text
 
-    def _redacted_error(self, error: E.RequestError) -> E.RequestError:
+    def redacted(self, error: E.RequestError) -> E.RequestError:
+        """A server's error without the key or URL password in its message."""
         message = self.redact(error.message)
         if message == error.message:
             return error
@@ -197,7 +214,7 @@ class ChatClient:
             )
             raise E.RequestError(E.TIMEOUT, what, retryable=True) from None
         except aiohttp.ClientError as e:
-            raise _connection_error(e, streaming, self.url) from None
+            raise connection_error(e, streaming, self.url) from None
         latency = time.perf_counter() - started
         if status != 200:
             raise status_error(status, body_bytes, content_type, headers)
@@ -389,7 +406,7 @@ class StreamAssembly:
         )
 
 
-def _connection_error(error: aiohttp.ClientError, streaming: bool, url: str) -> E.RequestError:
+def connection_error(error: aiohttp.ClientError, streaming: bool, url: str) -> E.RequestError:
     """What broke, by when it broke: once a stream has begun, any break cuts the answer short."""
     detail = _first_line(error)
     if streaming:

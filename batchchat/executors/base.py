@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..answers import AnswerCheck
 from ..journal import Store
-from ..records import PENDING, ChatRequest, RowOutcome
+from ..records import ERROR, OK, PENDING, ChatRequest, RowOutcome
 from ..stats import Counters, Stats
 
 if TYPE_CHECKING:
@@ -30,16 +30,27 @@ class Ending(enum.Enum):
     BUDGET = "budget"  # the cost cap stopped the dispatching; requests under way finished
     STOPPED = "stopped"  # Ctrl-C or SIGTERM: in-flight requests had their grace period
     AT_ONCE = "at once"  # a second signal: in-flight requests were abandoned
+    DETACHED = "detached"  # work submitted to run elsewhere (provider batches), to be collected later
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Provider batches as the provider reports them."""
+
+    batches: int  # this output's batches not yet collected
+    finished: int  # of which the provider has finished
+    requests: int  # in them
+    done: int  # requests the provider has answered or failed so far
+    failed: int
 
 
 @dataclass(frozen=True)
 class Work:
-    """What the plan left to do: the requests to send, built lazily from the input (the iterator
-    raises ``InputChanged`` if the input is no longer what was planned), and the key of one turn
-    of a scripted conversation."""
+    """What the plan left to do: the requests to send, built lazily from the input, again on each
+    pass over them (a pass raises ``InputChanged`` if the input is no longer what was planned),
+    and the key of one turn of a scripted conversation."""
 
     requests: Iterable[ChatRequest]
-    count: int
     turn_key: Callable[[ChatRequest, tuple[dict[str, Any], ...]], str]
 
 
@@ -65,6 +76,12 @@ class Ledger:
         return self.stats.counters
 
     def finished(self, outcome: RowOutcome) -> None:
+        """A request's final outcome. An answer that fails the job's checks is not kept as
+        ``ok``, whatever engine got it (``unit.Asker`` re-asks before it gets here)."""
+        if outcome.status == OK and self.check.answers.checked:
+            verdict = self.check(outcome.response)
+            if verdict is not None:
+                outcome = replace(outcome, status=ERROR, error_type=verdict[0], error=verdict[1])
         self.store.add(outcome)
         self.stats.add(outcome)
         self.observer.row_done(outcome, self.stats)
@@ -83,9 +100,30 @@ class Ledger:
         stored = self.recall(key)
         return stored if stored is not None and self.check.rejudge(stored).status == PENDING else None
 
+    def finished_now(self, key: str) -> bool:
+        """Whether this run has finished ``key``'s request (a request of an earlier run's error,
+        sent again, is not finished until its new outcome is in)."""
+        store = self.store
+        return key in store and not store.earlier(key) and not store.unfinished(key)
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The provider batch steps the store keeps (an engine that submits work to run elsewhere
+        records each step before the next, so a crash resumes it)."""
+        return self.store.steps
+
+    def step(self, step: dict[str, Any]) -> None:
+        self.store.add_step(step)
+
     def stopping(self, grace_s: float) -> None:
         """The run is stopping: requests in flight have ``grace_s`` seconds to finish."""
         self.observer.stopping(grace_s)
+
+    def batches(self, progress: BatchProgress) -> None:
+        """How the provider's batches stand (an observer that shows it has a ``batches`` method)."""
+        show = getattr(self.observer, "batches", None)
+        if show is not None:
+            show(progress)
 
 
 class Executor(Protocol):

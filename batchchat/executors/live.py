@@ -13,11 +13,8 @@ and are kept, then the run raises.
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..connect import open_client
 from ..endpoint import Endpoint
@@ -25,11 +22,11 @@ from ..errors import FatalAPIError, InputChanged, StorageError
 from ..money import Budget
 from ..records import ChatRequest
 from ..spec import NO_PRICES, Answers, Job, Limits, Prices, RetryPolicy, SimConfig
-from ..sync import on_interrupt
 from ..throttle import Throttle
 from ..unit import Asker, Send
 from .base import Ending, Ledger, Work
 from .pool import drain
+from .signals import graceful_stop
 
 
 @dataclass(frozen=True)
@@ -110,20 +107,17 @@ class LiveExecutor:
             ledger.stopping(self.grace_s)
             loop.call_later(self.grace_s, sending.cancel)
 
-        installed = _catch_signals(loop, on_signal) if self.handle_signals else []
         try:
-            try:
-                with on_interrupt(on_signal):  # a notebook's stop button, through run_sync
+            with graceful_stop(on_signal, handle_signals=self.handle_signals):
+                try:
                     await sending
-            except* FatalAPIError as group:
-                raise group.exceptions[0] from None
-            except* StorageError as group:  # the journal could not keep an answer: stop at once
-                raise group.exceptions[0] from None
+                except* FatalAPIError as group:
+                    raise group.exceptions[0] from None
+                except* StorageError as group:  # the journal could not keep an answer: stop at once
+                    raise group.exceptions[0] from None
         except asyncio.CancelledError:
             if not signalled:
                 raise  # cancelled from outside: not ours to handle
-        finally:
-            _restore_signals(loop, installed)
         if changed:
             raise changed[0]
         if at_once:
@@ -131,28 +125,3 @@ class LiveExecutor:
         if signalled:
             return Ending.STOPPED
         return Ending.BUDGET if budget is not None and budget.exhausted else Ending.DONE
-
-
-def _catch_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> list[tuple[int, Any]]:
-    """Ctrl-C and SIGTERM stop the run gracefully, where this thread may handle signals. Returns
-    each signal with the handler it had, which ``_restore_signals`` puts back."""
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    installed: list[tuple[int, Any]] = []
-    for number in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(number)
-        try:
-            loop.add_signal_handler(number, callback)
-        except (NotImplementedError, RuntimeError):  # not on this platform or loop
-            continue
-        installed.append((number, previous))
-    return installed
-
-
-def _restore_signals(loop: asyncio.AbstractEventLoop, installed: list[tuple[int, Any]]) -> None:
-    """asyncio resets a signal to its default on removal; the caller's handler (the CLI's, which
-    turns SIGTERM into a clean stop while the output is written) is put back instead."""
-    for number, previous in installed:
-        loop.remove_signal_handler(number)
-        if previous is not None:
-            signal.signal(number, previous)

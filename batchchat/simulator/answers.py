@@ -15,6 +15,17 @@ from typing import Any
 from ..schema import schema_of
 from ..spec import SimConfig
 
+STATUS_FAULTS = {
+    "400": ("invalid_request_error", "simulated invalid request"),
+    "401": ("authentication_error", "simulated invalid API key"),
+    "402": ("billing_error", "simulated: credit limit reached"),
+    "403": ("invalid_request_error", "simulated: input and max_tokens exceed the context length"),
+    "404": ("not_found", "simulated: model not found"),
+    "422": ("invalid_request_error", "simulated unprocessable request"),
+    "500": ("server_error", "simulated internal server error"),
+    "503": ("server_error", "simulated: the service is overloaded"),
+    "504": ("server_error", "simulated gateway timeout"),
+}
 _DIRECTIVE = re.compile(r"\[sim:([^\]]*)\]")
 _REPLY = "[sim:reply="
 _WORDS = (

@@ -34,22 +34,12 @@ from typing import Any
 from aiohttp import web
 
 from ..spec import SimConfig
-from .answers import chance, directive, float_option, invalid_body, request_digest, shaped_reply
+from .answers import STATUS_FAULTS, chance, directive, float_option, invalid_body, request_digest, shaped_reply
+from .batches import BatchStore
 
 MODELS = ("sim-chat", "sim-chat-large", "meta-llama/Llama-3.3-70B-Instruct-Turbo")
 RANDOM_FAULTS = ("500", "503", "html502", "drop", "truncate", "malformed")
 RANDOM_STREAM_FAULTS = ("503", "drop", "stream_cut", "stream_malformed")
-STATUS_FAULTS = {
-    "400": ("invalid_request_error", "simulated invalid request"),
-    "401": ("authentication_error", "simulated invalid API key"),
-    "402": ("billing_error", "simulated: credit limit reached"),
-    "403": ("invalid_request_error", "simulated: input and max_tokens exceed the context length"),
-    "404": ("not_found", "simulated: model not found"),
-    "422": ("invalid_request_error", "simulated unprocessable request"),
-    "500": ("server_error", "simulated internal server error"),
-    "503": ("server_error", "simulated: the service is overloaded"),
-    "504": ("server_error", "simulated gateway timeout"),
-}
 
 
 class _Bucket:
@@ -100,13 +90,27 @@ class Simulator:
         self.url: str | None = None
         self._first_at: float | None = None  # when the first request arrived (monotonic)
         self._last_at: float | None = None  # when the last answer was complete
+        self.batches = BatchStore(self.config, self.counts, self._batch_answer)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=256 * 1024 * 1024)  # a batch file may hold 200 MB
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/sim/stats", self._stats)
+        self.batches.routes(app)
         return app
+
+    def _batch_answer(self, body: dict[str, Any]) -> tuple[str, str, int, int, str]:
+        """A batch line answered as the live endpoint answers the same body, counted alike."""
+        digest = request_digest(body)
+        self.arrivals[digest] += 1
+        arrival = self.arrivals[digest]
+        if self.record:
+            self.requests.append({"body": body, "authorization": None, "batch": True})
+        content, finish, prompt, completion = shaped_reply(body, self.config, arrival, digest, directive(body))
+        self.counts["answered"] += 1
+        self.answers[digest] += 1
+        return content, finish, prompt, completion, f"sim-{digest[:12]}-{arrival}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen (port 0 picks a free one) and return the base URL, ending in ``/v1``."""
@@ -134,6 +138,7 @@ class Simulator:
             flowing = self.counts["answered"] / (self._last_at - self._first_at)
         return {
             **self.counts,
+            **self.batches.stats(),
             "answered_twice": sum(n - 1 for n in self.answers.values() if n > 1),
             "answered_per_s": flowing,  # while requests flowed: first arrival to last answer
             "config": config,

@@ -1,4 +1,5 @@
-"""The scheduler, on a virtual clock: every status code's handling, retries, waits and fail-fast."""
+"""The live engine's workers and units, on a virtual clock: every status code's handling, retries,
+waits and fail-fast."""
 
 import random
 from email.utils import formatdate

@@ -1,4 +1,5 @@
 import json
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -7,14 +8,15 @@ from batchchat.errors import JobError
 from batchchat.jobfile import load_job
 from batchchat.keys import request_key
 from batchchat.records import ChatRequest, InvalidRow
-from batchchat.rows import RequestBuilder, row_requests
+from batchchat.rows import RequestBuilder, RowSpec, row_requests
 
 
 def build(rows: list[dict], **settings):
     job = load_job(model="m", provider="sim", **settings)
     batch = pa.RecordBatch.from_pylist(rows)
-    builder = RequestBuilder.for_job(job, batch.schema.names, "in.csv")  # checks the columns
-    return row_requests(builder.spec, batch, 0, "in.csv")
+    spec = RowSpec.of(job, batch.schema.names)
+    RequestBuilder(spec, batch.schema.names, "in.csv")  # checks the columns
+    return row_requests(spec, batch, 0, "in.csv", Counter())
 
 
 def test_prompt_column_becomes_one_user_message():

@@ -1,0 +1,176 @@
+"""A provider's Batch API over the chat client's session: upload a file of requests, create a
+batch over it, follow it, cancel it, and read the files it answered with.
+
+Together and OpenAI differ in small ways (the file's purpose, ``completion_window``, the created
+batch wrapped in ``{"job": ...}`` or not, status spelling, counts or a percentage); ``dialect``
+says which to speak, and ``BatchInfo`` is the same whichever answered. Every error is a
+``RequestError`` with the key and URL password redacted, as for chat requests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .. import errors as E
+from .chat import ChatClient, connection_error, read_capped, redirect_error, status_error
+
+PURPOSE = {"together": "batch-api", "openai": "batch"}
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+MAX_REPLY_BYTES = 16 * 1024 * 1024  # a batch object, a file object, a list of batches
+LIST_PAGE = 100
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch as the provider reports it, in either dialect."""
+
+    id: str
+    status: str  # lower case: validating, in_progress, finalizing, completed, failed, expired, cancelling, cancelled
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int | None = None  # requests, where the provider counts them (OpenAI)
+    done: int | None = None  # answered or failed so far
+    failed: int | None = None
+    progress: float | None = None  # percent done, where the provider says so (Together)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def read(cls, data: Any) -> BatchInfo:
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not isinstance(data.get("status"), str):
+            raise E.RequestError(E.BAD_RESPONSE, f"not a batch: {str(data)[:200]}", retryable=True)
+        found = data.get("request_counts")
+        counts: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        completed, failed = _int(counts.get("completed")), _int(counts.get("failed"))
+        progress = data.get("progress")
+        return cls(
+            id=data["id"],
+            status=data["status"].lower(),
+            input_file_id=_text(data.get("input_file_id")),
+            output_file_id=_text(data.get("output_file_id")),
+            error_file_id=_text(data.get("error_file_id")),
+            total=_int(counts.get("total")),
+            done=None if completed is None else completed + (failed or 0),
+            failed=failed,
+            progress=float(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None,
+        )
+
+
+class BatchClient:
+    """The files and batches endpoints beside a chat client's ``/chat/completions``."""
+
+    def __init__(self, chat: ChatClient, dialect: str) -> None:
+        self.chat = chat
+        self.dialect = dialect
+
+    async def upload(self, name: str, data: bytes) -> str:
+        """A file of batch lines uploaded; its id."""
+        form = aiohttp.FormData()
+        form.add_field("purpose", PURPOSE[self.dialect])
+        form.add_field("file", data, filename=name, content_type="application/jsonl")
+        payload = form()
+        reply = await self._json("POST", "/files", data=payload, headers={"Content-Type": payload.content_type})
+        file_id = reply.get("id") if isinstance(reply, Mapping) else None
+        if not isinstance(file_id, str):
+            raise E.RequestError(E.BAD_RESPONSE, f"the upload gave no file id: {str(reply)[:200]}", retryable=True)
+        return file_id
+
+    async def create(self, file_id: str) -> BatchInfo:
+        body: dict[str, Any] = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
+        if self.dialect == "openai":
+            body["completion_window"] = "24h"
+        reply = await self._json("POST", "/batches", json_body=body)
+        if isinstance(reply, Mapping) and isinstance(reply.get("job"), Mapping):  # Together wraps it
+            reply = reply["job"]
+        return BatchInfo.read(reply)
+
+    async def get(self, batch_id: str) -> BatchInfo:
+        return BatchInfo.read(await self._json("GET", f"/batches/{batch_id}"))
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        return BatchInfo.read(await self._json("POST", f"/batches/{batch_id}/cancel"))
+
+    async def find(self, file_id: str) -> BatchInfo | None:
+        """A batch the provider already made over ``file_id`` (one created by a run that died
+        before it could record it), or None."""
+        after: str | None = None
+        while True:
+            query = f"?limit={LIST_PAGE}" + (f"&after={after}" if after else "")
+            reply = await self._json("GET", f"/batches{query}")
+            page = reply.get("data") if isinstance(reply, Mapping) else reply
+            if not isinstance(page, list):
+                raise E.RequestError(E.BAD_RESPONSE, f"not a list of batches: {str(reply)[:200]}", retryable=True)
+            batches = [BatchInfo.read(item) for item in page]
+            for batch in batches:
+                if batch.input_file_id == file_id:
+                    return batch
+            more = isinstance(reply, Mapping) and reply.get("has_more") is True
+            if not more or not batches:
+                return None
+            after = batches[-1].id
+
+    async def lines(self, file_id: str) -> AsyncIterator[bytes]:
+        """The lines of a file, as they arrive: a result file of 50,000 answers is never read
+        whole into memory."""
+        url = f"{self.chat.base_url}/files/{file_id}/content"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.chat.timeout_s)
+        try:
+            async with self.chat.session.get(url, allow_redirects=False, timeout=timeout) as response:
+                await self._check(response)
+                rest = b""
+                async for chunk in response.content.iter_any():
+                    rest += chunk
+                    *complete, rest = rest.split(b"\n")
+                    for line in complete:
+                        if line.strip():
+                            yield line
+                if rest.strip():
+                    yield rest
+        except aiohttp.ClientError as e:
+            raise self.chat.redacted(connection_error(e, False, url)) from None
+        except TimeoutError:
+            raise E.RequestError(E.TIMEOUT, f"no data for {self.chat.timeout_s:g} s from {url}", retryable=True) from None
+
+    async def _json(self, method: str, path: str, *, json_body: Any = None, data: Any = None,
+                    headers: Mapping[str, str] | None = None) -> Any:  # fmt: skip
+        url = f"{self.chat.base_url}{path}"
+        try:
+            async with self.chat.session.request(method, url, json=json_body, data=data, headers=headers,
+                                                 allow_redirects=False) as response:  # fmt: skip
+                await self._check(response)
+                body = await read_capped(response, MAX_REPLY_BYTES)
+        except aiohttp.ClientError as e:
+            raise self.chat.redacted(connection_error(e, False, url)) from None
+        except TimeoutError:
+            raise E.RequestError(E.TIMEOUT, f"no answer within {self.chat.timeout_s:g} s from {url}",
+                                 retryable=True) from None  # fmt: skip
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise E.RequestError(E.BAD_RESPONSE, f"{url} answered with something other than JSON",
+                                 retryable=True) from None  # fmt: skip
+
+    async def _check(self, response: aiohttp.ClientResponse) -> None:
+        status = response.status
+        if 300 <= status < 400:
+            raise redirect_error(status, response.headers.get("Location"))
+        if status != 200:
+            body = await read_capped(response, 64 * 1024)
+            raise self.chat.redacted(status_error(status, body, response.headers.get("Content-Type", ""),
+                                                  dict(response.headers)))  # fmt: skip
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

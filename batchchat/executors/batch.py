@@ -1,0 +1,403 @@
+"""The provider Batch API engine: a job's requests sent as provider-side batches, at about half
+the live price, with results within a day.
+
+A run goes in rounds. It collects the batches that have finished, lets every unfinished request
+take its answers from them, submits what is left to ask (first asks, re-asks of answers that
+failed the checks, a conversation's next turn) as new batches, and waits for those; until every
+request has its outcome, or it detaches, or it is stopped.
+
+The answers are taken by the same unit of work as the live engine's (``unit.Asker``: checks,
+re-asks, scripted turns, the journal of each paid answer), only its ``send`` is different: it
+finds a request's answer among the collected results, by the id the request was submitted
+under, or else puts the request in the next batch and defers it (``Deferred``). So an answer
+fits a row by the same rules whatever engine got it.
+
+Never paying twice rests on the journal's steps. Each file uploaded is recorded (with the ids it
+holds) before its batch is created, each batch before anything else, and each batch's being
+collected after its answers are kept. A run takes up the steps it finds: it waits for the
+batches, creates the batch of a file that has none (adopting one the provider already made over
+that file, for a run killed between the create and its record), and collects again a batch whose
+answers were not all kept. A request waiting in a batch is never submitted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+from .. import errors as E
+from ..batchfiles import Chunk, Limits, dialect_of, split
+from ..client.batches import BatchClient, BatchInfo
+from ..client.chat import parse_completion, status_error
+from ..connect import open_client
+from ..endpoint import Endpoint
+from ..money import Budget
+from ..records import ChatRequest, ChatResult
+from ..retry import with_retries
+from ..spec import NO_PRICES, Answers, Job, Prices, RetryPolicy, SimConfig
+from ..unit import Asker, Stopped
+from .base import BatchProgress, Ending, Ledger, Work
+from .live import LiveExecutor
+from .signals import graceful_stop
+
+Result = ChatResult | E.RequestError
+
+
+class Deferred(Stopped):
+    """The request's answer is not here yet: it waits in a batch, or goes in the next one."""
+
+
+@dataclass(frozen=True)
+class BatchExecutor:
+    """The parts of a job the batch engine needs."""
+
+    endpoint: Endpoint
+    dialect: str = "together"
+    limits: Limits = field(default_factory=Limits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    answers: Answers = field(default_factory=Answers)
+    poll_s: float = 30.0
+    detach: bool = False
+    cancel: bool = False
+    max_cost: float | None = None
+    prices: Prices = field(default_factory=lambda: NO_PRICES)  # batch prices
+    simulator: SimConfig = field(default_factory=SimConfig)
+    live_retry: LiveExecutor | None = None  # sends the requests that ended in error before, live
+    handle_signals: bool = False
+
+    @classmethod
+    def for_job(cls, job: Job, *, handle_signals: bool) -> BatchExecutor:
+        settings = job.batch
+        dialect = dialect_of(job.endpoint, job.simulator)
+        return cls(
+            endpoint=job.endpoint,
+            dialect=dialect,
+            limits=Limits.of(dialect, job.simulator if job.endpoint.provider == "sim" else None),
+            retry=job.retry,
+            answers=job.answers,
+            poll_s=settings.poll_s,
+            detach=settings.detach,
+            cancel=settings.cancel,
+            max_cost=job.max_cost,
+            prices=job.paid_prices,
+            simulator=job.simulator_config,
+            live_retry=LiveExecutor.for_job(job, handle_signals=handle_signals) if settings.live_retry else None,
+            handle_signals=handle_signals,
+        )
+
+    async def execute(self, work: Work, ledger: Ledger) -> Ending:
+        async with open_client(self.endpoint, concurrency=4, retry=self.retry, stream=False,
+                               simulator=self.simulator) as client:  # fmt: skip
+            if self.live_retry is not None:  # the errors of earlier runs, live, before the rest
+                store = ledger.store
+                again = Work(_Only(work.requests, lambda key: store.failed(key) and store.earlier(key)), work.turn_key)
+                ending = await self.live_retry.send(again, ledger, client.complete)
+                if ending is not Ending.DONE:
+                    return ending
+            return await _Rounds(self, work, ledger, BatchClient(client, self.dialect)).run()
+
+
+class _Only:
+    """The requests of ``requests`` whose key ``wanted`` picks, pass after pass."""
+
+    def __init__(self, requests: Iterable[ChatRequest], wanted: Callable[[str], bool]) -> None:
+        self.requests = requests
+        self.wanted = wanted
+
+    def __iter__(self) -> Iterator[ChatRequest]:
+        return (request for request in self.requests if self.wanted(request.key))
+
+
+class _Rounds:
+    """One run's rounds of batches, from the steps the journal keeps."""
+
+    def __init__(self, engine: BatchExecutor, work: Work, ledger: Ledger, batches: BatchClient) -> None:
+        self.engine = engine
+        self.work = work
+        self.ledger = ledger
+        self.batches = batches
+        self.files: dict[str, tuple[str, ...]] = {}  # uploaded file -> the ids it holds
+        self.file_at: dict[str, float] = {}  # when it was uploaded (epoch): the answers' latency
+        self.batch_of: dict[str, str] = {}  # file -> its batch
+        self.collected: set[str] = set()  # batches whose answers are kept
+        self.dropped: set[str] = set()  # files whose batch will never be created (a cancel)
+        for step in ledger.steps:
+            self._take(step)
+        self.results: dict[str, Result] = {}
+        self.to_submit: list[ChatRequest] = []
+        self.queued: set[str] = set()  # ids in to_submit
+        self.budget = Budget(engine.max_cost, engine.prices, ledger.counters) if engine.max_cost is not None else None
+        self.held: dict[str, float] = {}  # id -> the budget held for it until its answer comes
+        self.waiting: set[str] = set()  # ids in batches whose answers are not yet kept
+        self.stop = asyncio.Event()
+        self.signalled = 0
+        answers = engine.answers
+        self.asker = Asker(self._send, max_attempts=1, counters=ledger.counters,
+                           check=ledger.check if answers.checked else None, invalid_retries=answers.invalid_retries,
+                           memory=ledger, turn_key=work.turn_key, count_requests=False)  # fmt: skip
+
+    # --- the steps ---
+
+    def _take(self, step: dict[str, Any]) -> None:
+        kind = step.get("step")
+        if kind == "file" and isinstance(step.get("file"), str) and isinstance(step.get("ids"), str):
+            self.files[step["file"]] = tuple(step["ids"].split())
+            self.file_at[step["file"]] = float(step.get("at") or time.time())
+        elif kind == "batch" and isinstance(step.get("batch"), str) and isinstance(step.get("file"), str):
+            self.batch_of[step["file"]] = step["batch"]
+        elif kind == "collected" and isinstance(step.get("batch"), str):
+            self.collected.add(step["batch"])
+        elif kind == "dropped" and isinstance(step.get("file"), str):
+            self.dropped.add(step["file"])
+
+    def _record(self, step: dict[str, Any]) -> None:
+        self.ledger.step(step)
+        self._take(step)
+
+    def _open_files(self) -> list[str]:
+        """Files whose answers are still to be kept: their requests wait, and are not sent again."""
+        return [f for f in self.files if f not in self.dropped and self.batch_of.get(f) not in self.collected]
+
+    def _waiting(self) -> set[str]:
+        return {cid for file in self._open_files() for cid in self.files[file]}
+
+    # --- the rounds ---
+
+    async def run(self) -> Ending:
+        def on_signal() -> None:  # the batches run on at the provider: stop waiting, submit no more
+            self.signalled += 1
+            self.stop.set()
+            if self.signalled > 1 and task is not None:
+                task.cancel()
+
+        task = asyncio.current_task()
+        try:
+            with graceful_stop(on_signal, handle_signals=self.engine.handle_signals):
+                return await self._rounds()
+        except asyncio.CancelledError:
+            if self.signalled < 2:
+                raise
+            return Ending.AT_ONCE
+
+    async def _rounds(self) -> Ending:
+        if self.engine.cancel:
+            await self._cancel_all()
+        wait = False  # the first round collects what has finished and submits what is new at once
+        while True:
+            await self._create_missing()
+            finished = await self._follow(wait)
+            if finished is None:  # stopped while waiting
+                return Ending.STOPPED
+            for batch, info in finished:
+                await self._download(batch, info)
+            await self._replay(self._waiting())
+            for batch, _ in finished:
+                self._record({"step": "collected", "batch": batch})
+            self.results.clear()
+            if self.to_submit and not self.engine.cancel and not self.stop.is_set():
+                await self._submit()
+            self.to_submit.clear()
+            self.queued.clear()
+            if self.stop.is_set():
+                return Ending.STOPPED
+            if not self._open_files():
+                return Ending.BUDGET if self.budget is not None and self.budget.exhausted else Ending.DONE
+            if self.engine.detach:
+                return Ending.DETACHED
+            wait = True
+
+    async def _cancel_all(self) -> None:
+        for file in self._open_files():
+            batch = self.batch_of.get(file)
+            if batch is None:
+                self._record({"step": "dropped", "file": file})
+                continue
+            await self._call(partial(self.batches.cancel, batch))
+
+    async def _create_missing(self) -> None:
+        """Every uploaded file gets its batch: the one the provider already made over it (a run
+        killed between the create and its record), or a new one."""
+        for file in self._open_files():
+            if file in self.batch_of:
+                continue
+            info = await self._call(partial(self.batches.find, file))
+            if info is None:
+                info = await self._call(partial(self.batches.create, file))
+            self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+
+    async def _follow(self, wait: bool) -> list[tuple[str, BatchInfo]] | None:
+        """The open batches that have finished; with ``wait``, waiting until one has (while any
+        is open). None when stopped while waiting."""
+        while True:
+            open_batches = [(file, self.batch_of[file]) for file in self._open_files() if file in self.batch_of]
+            if not open_batches:
+                return []
+            infos = []
+            for file, batch in open_batches:
+                info = await self._known(batch)
+                if info is None:  # the provider has no such batch (a simulator started again): ask again
+                    self._record({"step": "dropped", "file": file, "why": f"the provider has no batch {batch}"})
+                else:
+                    infos.append((batch, info))
+            self._report(infos)
+            finished = [(batch, info) for batch, info in infos if info.finished]
+            if finished or not wait:
+                return finished
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.engine.poll_s)
+            if self.stop.is_set():
+                return None
+
+    def _report(self, infos: list[tuple[str, BatchInfo]]) -> None:
+        requests = done = failed = 0
+        for batch, info in infos:
+            file = next(f for f, b in self.batch_of.items() if b == batch)
+            count = len(self.files.get(file, ()))
+            requests += count
+            if info.finished:
+                done += count
+            elif info.done is not None:
+                done += info.done
+            elif info.progress is not None:
+                done += round(count * info.progress / 100)
+            failed += info.failed or 0
+        finished = sum(info.finished for _, info in infos)
+        self.ledger.batches(BatchProgress(len(infos), finished, requests, done, failed))
+
+    async def _download(self, batch: str, info: BatchInfo) -> None:
+        """The answers of a finished batch, by id; a request it holds and did not answer (it
+        expired, failed or was cancelled first) gets an error that says so."""
+        file = next(f for f, b in self.batch_of.items() if b == batch)
+        latency = max(0.0, time.time() - self.file_at.get(file, time.time()))
+        found: dict[str, Result] = {}
+        for file_id in (info.output_file_id, info.error_file_id):
+            if file_id is None:
+                continue
+            lines = await self._call(partial(self._read, file_id))
+            for raw in lines:
+                custom_id, result = self._result(raw, batch, latency)
+                if custom_id is not None:
+                    found[custom_id] = result
+        for custom_id in self.files[file]:
+            if custom_id not in found:
+                found[custom_id] = E.RequestError(
+                    f"batch_{info.status}", f"batch {batch} ended {info.status} before answering this request",
+                    retryable=False,
+                )
+            amount = self.held.pop(custom_id, None)
+            if amount is not None and self.budget is not None:
+                self.budget.release(amount)
+        self.results.update(found)
+
+    async def _read(self, file_id: str) -> list[bytes]:
+        return [line async for line in self.batches.lines(file_id)]
+
+    def _result(self, raw: bytes, batch: str, latency: float) -> tuple[str | None, Result]:
+        """One line of a result file: an answer, or the error the provider gave."""
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False)
+        custom_id = record.get("custom_id") if isinstance(record, dict) else None
+        if not isinstance(custom_id, str):
+            return None, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False)
+        response = record.get("response")
+        error = record.get("error")
+        if isinstance(response, dict) and response.get("status_code") == 200:
+            body = json.dumps(response.get("body"), ensure_ascii=False).encode("utf-8")
+            try:
+                result = parse_completion(body, latency)
+            except E.RequestError as unreadable:
+                return custom_id, replace_retry(unreadable)
+            shown = f"{batch}/{result.request_id}" if result.request_id else batch
+            return custom_id, self.batches.chat.cleaned(replace(result, request_id=shown))
+        if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+            body = json.dumps(response.get("body"), ensure_ascii=False).encode("utf-8")
+            failure = status_error(response["status_code"], body, "application/json", {})
+            return custom_id, replace_retry(self.batches.chat.redacted(failure))
+        if isinstance(error, dict):
+            code = error.get("code") or error.get("type") or "error"
+            message = f"{code}: {error.get('message') or 'the provider gave no reason'}"
+            return custom_id, self.batches.chat.redacted(E.RequestError(E.BATCH_ERROR, message, retryable=False))
+        return custom_id, E.RequestError(E.BAD_RESPONSE, "a result line with neither response nor error",
+                                         retryable=False)  # fmt: skip
+
+    async def _replay(self, waiting: set[str]) -> None:
+        """Every request not finished takes its answers from the results; what is left to ask
+        goes in ``to_submit`` (each id once)."""
+        self.waiting = waiting
+        for request in self.work.requests:
+            if self.ledger.finished_now(request.key):
+                continue
+            try:
+                outcome = await self.asker.unit(request)
+            except Deferred:
+                continue
+            self.ledger.finished(outcome)
+
+    async def _send(self, request: ChatRequest) -> ChatResult:
+        found = self.results.get(request.key)
+        if isinstance(found, E.RequestError):
+            raise found
+        if found is not None:
+            return found
+        if request.key not in self.waiting and request.key not in self.queued:
+            self.queued.add(request.key)
+            self.to_submit.append(request)
+        raise Deferred
+
+    async def _submit(self) -> None:
+        """The requests to ask, as files and batches, each step recorded before the next; within
+        the cost cap, if there is one."""
+        chosen: list[ChatRequest] = []
+        for request in self.to_submit:
+            if self.budget is not None:
+                held = self.budget.reserve(request)
+                if held is None:
+                    break
+                self.held[request.key] = held
+            chosen.append(request)
+        for chunk in split(chosen, self.engine.limits):
+            if self.stop.is_set():
+                break
+            await self._submit_file(chunk)
+            self.ledger.counters.requests += len(chunk.ids)
+
+    async def _submit_file(self, chunk: Chunk) -> None:
+        name = f"batchchat-{uuid.uuid4().hex[:12]}.jsonl"
+        file = await self._call(partial(self.batches.upload, name, chunk.data))
+        self._record({"step": "file", "file": file, "model": chunk.model, "ids": " ".join(chunk.ids),
+                      "at": time.time()})  # fmt: skip
+        info = await self._call(partial(self.batches.create, file))
+        self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+
+    async def _known(self, batch: str) -> BatchInfo | None:
+        """The batch as the provider reports it, or None if it says there is no such batch."""
+        done = await with_retries(partial(self.batches.get, batch), self.engine.retry.max_attempts)
+        if done.error is not None and done.error.error_type == E.NOT_FOUND:
+            return None
+        if done.error is not None:
+            raise E.FatalAPIError(done.error.message, done.error)
+        assert done.result is not None
+        return done.result
+
+    async def _call(self, call: Any) -> Any:
+        """One call to the files or batches endpoints, retried as a chat request is; one that
+        fails for good stops the run (its steps so far are kept, and the next run goes on)."""
+        done = await with_retries(call, self.engine.retry.max_attempts)
+        if done.error is not None:
+            raise E.FatalAPIError(done.error.message, done.error)
+        return done.result
+
+
+def replace_retry(error: E.RequestError) -> E.RequestError:
+    """A batch's answer is final: its error is not retried (--retry-errors sends it again)."""
+    return E.RequestError(error.error_type, error.message, status=error.status, retryable=False,
+                          headers=error.headers)  # fmt: skip

@@ -1,0 +1,336 @@
+"""The simulator's Batch API: ``/v1/files`` and ``/v1/batches``, in Together's dialect or OpenAI's.
+
+A batch answers each of its lines as the live endpoint would answer the same body (the same
+synthetic answers, the same ``[sim:...]`` directives), over ``batch_seconds``: its progress is
+the share of that time gone by. ``batch_error_rate`` turns lines into error lines;
+``batch_expire_at`` and ``batch_fail_at`` end a batch part-way, as expired or failed, with the
+lines done by then in its output. Output lines come back in another order than the input's,
+as the providers' do.
+
+The dialects differ where the providers do: Together wants purpose ``batch-api``, wraps the
+created batch in ``{"job": ...}``, and spells statuses in capitals with a ``progress`` percentage;
+OpenAI wants purpose ``batch``, ``completion_window``, ``method`` and ``url`` on every line and one
+model per batch, and reports ``request_counts``. Each dialect refuses what the other sends, so a
+client that mixes them is found out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..spec import SimConfig
+from .answers import STATUS_FAULTS, chance, directive, invalid_body
+
+ENDPOINT = "/v1/chat/completions"
+PURPOSE = {"together": "batch-api", "openai": "batch"}
+MAX_BYTES = {"together": 100 * 1024 * 1024, "openai": 200 * 1024 * 1024}
+MAX_LINES = 50_000
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass
+class SimFile:
+    id: str
+    purpose: str
+    filename: str
+    data: bytes
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class SimBatch:
+    id: str
+    input_file_id: str
+    lines: list[dict[str, Any]]
+    model: str
+    started: float  # monotonic
+    created_at: float  # epoch
+    cancelled_at: float | None = None  # monotonic
+    ended: str | None = None  # the terminal status once reached
+    done_lines: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+
+class BatchStore:
+    """Files and batches of one simulator. ``answer(body)`` is the live endpoint's own answering,
+    counted as an arrival of that body (so a re-asked invalid answer can come back valid)."""
+
+    def __init__(self, config: SimConfig, counts: Counter[str],
+                 answer: Callable[[dict[str, Any]], tuple[str, str, int, int, str]]) -> None:  # fmt: skip
+        self.config = config
+        self.dialect = config.batch_dialect
+        self.counts = counts
+        self.answer = answer
+        self.files: dict[str, SimFile] = {}
+        self.batches: dict[str, SimBatch] = {}
+        self.created_per_file: Counter[str] = Counter()
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{id}/content", self._content)
+        app.router.add_post("/v1/batches", self._create)
+        app.router.add_get("/v1/batches", self._list)
+        app.router.add_get("/v1/batches/{id}", self._get)
+        app.router.add_post("/v1/batches/{id}/cancel", self._cancel)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "files_uploaded": len(self.files),
+            "batches_created": len(self.batches),
+            "batch_lines": sum(len(b.lines) for b in self.batches.values()),
+            "batches_per_file": max(self.created_per_file.values(), default=0),  # 1: never a batch twice
+        }
+
+    # --- handlers ---
+
+    async def _gate(self, request: web.Request) -> web.Response | None:
+        """The delay every call waits (for tests that stop a client part-way), and the key check."""
+        self.counts[f"call {request.method} {request.path.split('/')[2]}"] += 1  # "call POST files"
+        if request.path.endswith("/content"):
+            self.counts["downloads_started"] += 1
+        if self.config.batch_delay_ms:
+            await asyncio.sleep(self.config.batch_delay_ms / 1000.0)
+        key = self.config.api_key
+        if key and request.headers.get("Authorization") != f"Bearer {key}":
+            return web.json_response({"error": {"message": "Invalid API key provided", "type": "authentication_error"}},
+                                     status=401)  # fmt: skip
+        return None
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        form = await request.post()
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, web.FileField):
+            return _error(400, "a multipart field 'file' is required")
+        if purpose != PURPOSE[self.dialect]:
+            return _error(400, f"purpose must be '{PURPOSE[self.dialect]}', got {purpose!r}")
+        data = upload.file.read()
+        if len(data) > MAX_BYTES[self.dialect]:
+            return _error(400, f"the file is larger than {MAX_BYTES[self.dialect]} bytes")
+        file = SimFile(f"file-sim-{len(self.files) + 1:06d}", str(purpose), upload.filename, data)
+        self.files[file.id] = file
+        self.counts["files_uploaded"] += 1
+        return web.json_response({"id": file.id, "object": "file", "bytes": len(data), "created_at": int(file.created_at),
+                                  "filename": file.filename, "purpose": file.purpose})  # fmt: skip
+
+    async def _content(self, request: web.Request) -> web.Response:
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        file = self.files.get(request.match_info["id"])
+        if file is None:
+            return _error(404, "no such file")
+        self.counts["downloads"] += 1
+        return web.Response(body=file.data, content_type="application/octet-stream")
+
+    async def _create(self, request: web.Request) -> web.Response:
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object")
+        if body.get("endpoint") != ENDPOINT:
+            return _error(400, f"endpoint must be {ENDPOINT}")
+        if self.dialect == "openai" and body.get("completion_window") != "24h":
+            return _error(400, "completion_window must be '24h'")
+        file = self.files.get(str(body.get("input_file_id")))
+        if file is None:
+            return _error(404, "no such input file")
+        lines, problem = self._parse(file)
+        if problem:
+            return _error(400, problem)
+        batch = SimBatch(f"batch-sim-{len(self.batches) + 1:06d}", file.id, lines, lines[0]["body"]["model"],
+                         time.monotonic(), time.time())  # fmt: skip
+        self.batches[batch.id] = batch
+        self.created_per_file[file.id] += 1
+        self.counts["batches_created"] += 1
+        shown = self._shown(batch)
+        return web.json_response({"job": shown, "warning": None} if self.dialect == "together" else shown)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        self.counts["batch_lists"] += 1
+        data = [self._shown(batch) for batch in self.batches.values()]
+        return web.json_response(data if self.dialect == "together" else {"object": "list", "data": data,
+                                                                            "has_more": False})  # fmt: skip
+
+    async def _get(self, request: web.Request) -> web.Response:
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "no such batch")
+        return web.json_response(self._shown(batch))
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "no such batch")
+        self._advance(batch)
+        if batch.ended is None and batch.cancelled_at is None:
+            batch.cancelled_at = time.monotonic()
+            self.counts["batches_cancelled"] += 1
+        return web.json_response(self._shown(batch))
+
+    # --- what a batch has done ---
+
+    def _parse(self, file: SimFile) -> tuple[list[dict[str, Any]], str | None]:
+        lines: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for n, raw in enumerate(file.data.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return [], f"line {n} is not valid JSON"
+            custom_id = line.get("custom_id") if isinstance(line, dict) else None
+            if not isinstance(custom_id, str) or not 0 < len(custom_id) <= 64 or custom_id in seen:
+                return [], f"line {n}: custom_id must be unique text of 1 to 64 characters"
+            seen.add(custom_id)
+            if self.dialect == "openai" and (line.get("method") != "POST" or line.get("url") != ENDPOINT):
+                return [], f"line {n}: method must be POST and url {ENDPOINT}"
+            problem = invalid_body(line.get("body"))
+            if problem or line["body"].get("stream"):
+                return [], f"line {n}: {problem or 'a batch request cannot stream'}"
+            lines.append(line)
+        if not lines:
+            return [], "the file holds no requests"
+        if len(lines) > min(MAX_LINES, self.config.batch_max_lines or MAX_LINES):
+            return [], f"the file holds {len(lines)} requests, more than a batch may"
+        if self.dialect == "openai" and len({line["body"]["model"] for line in lines}) > 1:
+            return [], "a batch may use only one model"
+        return lines, None
+
+    def _advance(self, batch: SimBatch) -> None:
+        """Move the batch on to now: lines done, and its end once it has one."""
+        if batch.ended is not None:
+            return
+        now = batch.cancelled_at or time.monotonic()
+        seconds = self.config.batch_seconds
+        share = 1.0 if seconds <= 0 else min(1.0, (now - batch.started) / seconds)
+        total = len(batch.lines)
+        end = None
+        for status, at in (("expired", self.config.batch_expire_at), ("failed", self.config.batch_fail_at)):
+            if at is not None and share >= at:
+                share, end = at, status
+                break
+        if batch.cancelled_at is not None:
+            end = "cancelled"
+        elif share >= 1.0:
+            end = end or "completed"
+        batch.done_lines = min(total, int(share * total))
+        if end is not None:
+            batch.ended = end
+            self._results(batch)
+
+    def _results(self, batch: SimBatch) -> None:
+        """The output and error files of the lines done, in another order than the input's."""
+        output: list[bytes] = []
+        errors: list[bytes] = []
+        for line in batch.lines[: batch.done_lines]:
+            custom_id = line["custom_id"]
+            body = line["body"]
+            fault = directive(body).get("fault")
+            rate = self.config.batch_error_rate
+            if fault is None and rate and chance(self.config.seed, custom_id, "batch-error") < rate:
+                fault = "500"
+            if fault in STATUS_FAULTS:
+                kind, message = STATUS_FAULTS[fault]
+                error = {"message": message, "code": kind}
+                if self.dialect == "openai":  # a failed request: a non-200 line in the output file
+                    output.append(_line({"id": f"batch_req_{custom_id}", "custom_id": custom_id, "error": None,
+                                         "response": {"status_code": int(fault), "request_id": f"req-{custom_id}",
+                                                      "body": {"error": error}}}))  # fmt: skip
+                else:
+                    errors.append(_line({"custom_id": custom_id, "error": error}))
+                continue
+            content, finish, prompt, completion, answer_id = self.answer(body)
+            completion_body = {
+                "id": answer_id, "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish, "logprobs": None}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion},
+            }  # fmt: skip
+            response: dict[str, Any] = {"status_code": 200, "body": completion_body}
+            record: dict[str, Any] = {"custom_id": custom_id, "response": response}
+            if self.dialect == "openai":
+                response["request_id"] = f"req-{custom_id}"
+                record = {"id": f"batch_req_{custom_id}", **record, "error": None}
+            output.append(_line(record))
+        output.sort(key=lambda line: chance("order", line))  # not input order, and the same every time
+        self.counts["batch_lines_answered"] += len(output) + len(errors)
+        batch.output_file_id = self._store(f"{batch.id}-output.jsonl", output)
+        batch.error_file_id = self._store(f"{batch.id}-errors.jsonl", errors) if errors else None
+
+    def _store(self, name: str, lines: list[bytes]) -> str:
+        file = SimFile(f"file-sim-{len(self.files) + 1:06d}", "batch_output", name, b"".join(lines))
+        self.files[file.id] = file
+        return file.id
+
+    def _shown(self, batch: SimBatch) -> dict[str, Any]:
+        self._advance(batch)
+        total, done = len(batch.lines), batch.done_lines
+        seconds = self.config.batch_seconds
+        if batch.ended is not None:
+            status = batch.ended
+        elif batch.cancelled_at is not None:
+            status = "cancelling"
+        elif seconds > 0 and time.monotonic() - batch.started < seconds / 10:
+            status = "validating"
+        else:
+            status = "in_progress"
+        failed = 0
+        if batch.ended is not None:
+            failed = sum(1 for line in batch.lines[:done] if self._fails(line))
+        if self.dialect == "together":
+            return {
+                "id": batch.id, "user_id": "sim", "input_file_id": batch.input_file_id, "status": status.upper(),
+                "endpoint": ENDPOINT, "model_id": batch.model, "progress": round(100.0 * done / total, 1),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(batch.created_at)),
+                "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id, "error": None,
+            }  # fmt: skip
+        return {
+            "id": batch.id, "object": "batch", "endpoint": ENDPOINT, "errors": None,
+            "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
+            "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
+            "created_at": int(batch.created_at), "metadata": None,
+            "request_counts": {"total": total, "completed": done - failed, "failed": failed},
+        }  # fmt: skip
+
+    def _fails(self, line: dict[str, Any]) -> bool:
+        if directive(line["body"]).get("fault") in STATUS_FAULTS:
+            return True
+        rate = self.config.batch_error_rate
+        return bool(rate) and chance(self.config.seed, line["custom_id"], "batch-error") < rate
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=status)
+

@@ -1,0 +1,281 @@
+"""Provider batches (``--batch-api``) against the simulator's Batch API, over real HTTP: both
+dialects, files split within limits, error lines, expired and cancelled batches, re-asks and
+turns in rounds, detaching and collecting, and a kill at every step never paying twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import cli, read_output, write_csv
+
+TIMING = ("latency_s", "ttft_s", "request_id")
+QUESTIONS = [f"question {i}" for i in range(12)] + ["question 3"]  # a repeat shares its answer
+
+
+def questions(tmp_path: Path, rows: list[str] = QUESTIONS) -> Path:
+    return write_csv(tmp_path / "in.csv", ["id", "prompt"], [[str(i), p] for i, p in enumerate(rows)])
+
+
+def without_timing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def steps(journal: Path) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    return [r["batch_step"] for r in records if "batch_step" in r]
+
+
+@pytest.mark.parametrize("dialect", ["together", "openai"])
+def test_a_batch_run_writes_the_table_a_live_run_writes(tmp_path: Path, sim_factory: Any, dialect: str) -> None:
+    sim = sim_factory(batch_dialect=dialect, batch_seconds=0.3)
+    source = questions(tmp_path)
+    provider = ("--provider", dialect)
+    live = cli("run", "-i", source, "-o", tmp_path / "live.csv", "-m", "sim-chat", "--base-url", sim.url, *provider)
+    assert live.exit_code == 0, live.stderr
+    batched = cli("run", "-i", source, "-o", tmp_path / "batch.csv", "-m", "sim-chat", "--base-url", sim.url,
+                  *provider, "--batch-api")  # fmt: skip
+    assert batched.exit_code == 0, batched.stderr
+    assert without_timing(read_output(tmp_path / "batch.csv")) == without_timing(read_output(tmp_path / "live.csv"))
+    rows = read_output(tmp_path / "batch.csv")
+    assert all(row["request_id"].startswith("batch-sim-") for row in rows)  # which batch answered it
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats["batch_lines"] == 12  # the repeat is asked once
+    assert stats["answered_twice"] == 12  # each question once live, once in the batch: nothing more
+
+
+def test_requests_go_in_files_within_the_limits_one_model_each(tmp_path: Path) -> None:
+    source = questions(tmp_path)
+    output = tmp_path / "out.parquet"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "-m", "sim-chat-large", "--provider", "sim",
+                 "--sim", "batch_max_lines=5,batch_seconds=0.1", "--batch-api")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    files = [s for s in steps(Path(f"{output}.journal")) if s["step"] == "file"]
+    assert sorted(len(f["ids"].split()) for f in files) == [2, 2, 5, 5, 5, 5]  # 12 requests a model, 5 a file
+    assert all(len({f["model"]}) == 1 for f in files) and {f["model"] for f in files} == {"sim-chat", "sim-chat-large"}
+    rows = read_output(output)
+    assert len(rows) == 26 and all(row["status"] == "ok" for row in rows)
+    dry = cli("run", "-i", source, "-o", tmp_path / "other.csv", "-m", "sim-chat", "--provider", "sim",
+              "--sim", "batch_max_lines=5", "--batch-api", "--price", "sim-chat=1,2", "--dry-run")  # fmt: skip
+    assert "as provider batches: 12 requests in 3 files, one batch each" in dry.stdout
+    assert "at batch prices $" in dry.stdout
+
+
+@pytest.mark.parametrize("dialect", ["together", "openai"])
+def test_error_lines_become_error_rows_and_the_rest_are_answered(tmp_path: Path, sim_factory: Any, dialect: str) -> None:
+    sim = sim_factory(batch_dialect=dialect, batch_seconds=0.2)
+    rows = ["fine", "[sim:fault=500] broken", "also fine", "[sim:fault=400] refused"]
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[r] for r in rows])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--provider", dialect,
+                 "--batch-api")  # fmt: skip
+    assert result.exit_code == 1
+    out = read_output(output)
+    assert [r["status"] for r in out] == ["ok", "error", "ok", "error"]
+    if dialect == "together":  # its error file: the provider's code and message
+        assert out[1]["error_type"] == "batch_error" and "simulated internal server error" in out[1]["error"]
+    else:  # a non-200 line in the output file, mapped as a live answer's status is
+        assert out[1]["error_type"] == "server_error" and out[3]["error_type"] == "bad_request"
+    assert sim.stats()["batches_created"] == 1  # errors of a batch are answers: not sent again unasked
+
+
+def test_an_expired_batch_keeps_what_it_finished_and_retry_errors_sends_the_rest(tmp_path: Path,
+                                                                                  sim_factory: Any) -> None:  # fmt: skip
+    sim = sim_factory(batch_seconds=0.2, batch_expire_at=0.5)
+    source = questions(tmp_path, [f"q{i}" for i in range(10)])
+    output = tmp_path / "out.csv"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
+    first = cli("run", *common)
+    assert first.exit_code == 1
+    out = read_output(output)
+    assert sum(r["status"] == "ok" for r in out) == 5
+    expired = [r for r in out if r["status"] == "error"]
+    assert len(expired) == 5 and all(r["error_type"] == "batch_expired" for r in expired)
+    assert "ended expired before answering this request" in expired[0]["error"]
+    again = cli("run", *common)  # without --retry-errors: nothing is sent again
+    assert again.exit_code == 1 and sim.stats()["batches_created"] == 1
+    live = cli("run", *common, "--retry-errors", "--live-retry")
+    assert live.exit_code == 0, live.stderr
+    assert all(r["status"] == "ok" for r in read_output(output))
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0  # the 5 went live, once
+
+
+def test_detach_submits_and_exits_and_a_later_run_collects(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=1.0)
+    source = questions(tmp_path)
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
+    submitted = cli("run", *common, "--detach")
+    assert submitted.exit_code == 0, submitted.stderr
+    assert "run the same command again to collect" in submitted.stderr
+    assert {r["status"] for r in read_output(output)} == {"pending"}
+    still = cli("run", *common, "--detach")  # tonight's cron again: nothing new, nothing collected yet
+    assert still.exit_code == 0 and sim.stats()["batches_created"] == 1
+    time.sleep(1.1)
+    collected = cli("run", *common, "--detach")
+    assert collected.exit_code == 0 and {r["status"] for r in read_output(output)} == {"ok"}
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+
+
+def test_cancel_stops_the_running_batches_and_keeps_what_they_finished(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=60)
+    source = questions(tmp_path)
+    output = tmp_path / "out.csv"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
+    assert cli("run", *common, "--detach").exit_code == 0
+    cancelled = cli("run", *common, "--cancel")
+    assert cancelled.exit_code == 1
+    assert sim.stats()["batches_cancelled"] == 1
+    out = read_output(output)
+    assert {r["error_type"] for r in out} == {"batch_cancelled"}
+    assert sim.stats()["batches_created"] == 1  # nothing submitted by the cancel
+
+
+def test_invalid_labels_are_asked_again_in_a_second_round(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.1, labels=("yes", "no"), invalid_rate=0.5, seed=5)
+    source = questions(tmp_path, [f"is {i} even?" for i in range(20)])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api",
+                 "--labels", "yes,no", "--invalid-retries", "3")  # fmt: skip
+    assert result.exit_code in (0, 1), result.stderr
+    stats = sim.stats()
+    assert stats["batches_created"] >= 2  # the re-asks went in later rounds
+    out = read_output(output)
+    assert all(r["label"] in ("yes", "no") for r in out if r["status"] == "ok")
+    asked_again = [r for r in out if int(r["completion_tokens"] or 0) > 1 and r["status"] == "ok"]
+    assert asked_again  # their tokens count every answer paid for
+    files = [s for s in steps(Path(f"{output}.journal")) if s["step"] == "file"]
+    reasked = [cid for f in files[1:] for cid in f["ids"].split()]
+    assert reasked and all(cid.rsplit(".", 1)[1].isdigit() for cid in reasked)  # asked under key.2, key.3
+
+
+def test_a_scripted_conversation_advances_one_turn_a_round(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.1)
+    turns = [json.dumps(["Hello", "And then?"]), json.dumps(["One", "Two"])]
+    source = write_csv(tmp_path / "in.csv", ["turns"], [[t] for t in turns])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api",
+                 "--turns-column", "turns")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert sim.stats()["batches_created"] == 2  # the first turns, then the second with the answers before
+    out = read_output(output)
+    transcript = json.loads(out[0]["transcript"])
+    assert [m["role"] for m in transcript] == ["user", "assistant", "user", "assistant"]
+    assert transcript[2]["content"] == "And then?"
+    live = cli("run", "-i", source, "-o", tmp_path / "live.csv", "-m", "sim-chat", "--base-url", sim.url,
+               "--turns-column", "turns")  # fmt: skip
+    assert live.exit_code == 0
+    assert without_timing(read_output(tmp_path / "live.csv")) == without_timing(out)
+
+
+def test_a_cost_cap_limits_what_is_submitted_at_batch_prices(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.1)
+    source = questions(tmp_path, [f"q{i}" for i in range(40)])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api",
+                 "--price", "sim-chat=2000,4000", "--max-tokens", "10", "--max-cost", "0.5")  # fmt: skip
+    assert result.exit_code == 1
+    out = read_output(output)
+    submitted = sim.stats()["batch_lines"]
+    assert 0 < submitted < 40 and sum(r["status"] == "ok" for r in out) == submitted
+    assert sum(float(r["cost"] or 0) for r in out) <= 0.5
+    assert "stopped at the cost cap" in result.stderr
+
+
+def test_batch_settings_are_checked(tmp_path: Path) -> None:
+    source = questions(tmp_path)
+    for flags, message in (
+        (("--detach",), "--detach is a setting of provider batches; add --batch-api"),
+        (("--batch-api", "--stream"), "a provider batch does not stream"),
+        (("--batch-api", "--live-retry"), "--live-retry sends the requests that ended in error again, live"),
+        (("--batch-api", "--detach"), "provider sim starts a simulator that ends with the run"),
+    ):
+        result = cli("run", "-i", source, "-m", "m", "--provider", "sim", *flags)
+        assert result.exit_code == 2 and message in result.stderr, (flags, result.stderr)
+    import pandas as pd
+
+    import batchchat
+
+    with pytest.raises(batchchat.JobError, match="batch_api= needs journal=PATH"):
+        batchchat.run_frame(pd.DataFrame({"prompt": ["a"]}), model="m", provider="sim", batch_api=True)
+
+
+def test_a_dataframe_runs_as_batches_with_a_journal(tmp_path: Path) -> None:
+    import pandas as pd
+
+    import batchchat
+
+    frame = pd.DataFrame({"prompt": ["a", "b"]})
+    out = batchchat.run_frame(frame, model="sim-chat", provider="sim", batch_api=True, journal=tmp_path / "j.journal",
+                              simulator={"batch_seconds": 0.1})  # fmt: skip
+    assert list(out.status) == ["ok", "ok"] and out.request_id.str.startswith("batch-sim-").all()
+
+
+# --- a kill at every step -------------------------------------------------------------------
+
+
+def run_until(args: list[str], until: Any, env: dict[str, str] | None = None) -> None:
+    """Start the CLI, wait for ``until()``, then SIGKILL it."""
+    process = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not until() and process.poll() is None:
+            assert time.monotonic() < deadline, "the step to kill at never came"
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+STEPS = {
+    "before upload": lambda s: s.get("call POST files", 0) >= 1,  # the upload on its way
+    "after upload": lambda s: s.get("files_uploaded", 0) >= 1,  # uploaded; the create on its way or not
+    "after create": lambda s: s.get("batches_created", 0) >= 1,
+    "while polling": lambda s: s.get("call GET batches", 0) >= 2,
+    "while downloading": lambda s: s.get("downloads_started", 0) >= 1,
+}
+
+
+@pytest.mark.parametrize("dialect", ["together", "openai"])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_kill_at_any_step_resumes_the_same_batches_and_never_creates_one_twice(
+    tmp_path: Path, sim_factory: Any, step: str, dialect: str
+) -> None:
+    sim = sim_factory(batch_dialect=dialect, batch_seconds=0.6, batch_delay_ms=150)
+    source = questions(tmp_path)
+    output = tmp_path / "out.csv"
+    args = ["run", "-i", str(source), "-o", str(output), "-m", "sim-chat", "--base-url", sim.url, "--provider",
+            dialect, "--batch-api", "--poll-every", "0.05"]  # fmt: skip
+    run_until(args, lambda: STEPS[step](sim.stats()))
+    resumed = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["status"] for r in read_output(output)] == ["ok"] * len(QUESTIONS)
+    stats = sim.stats()
+    assert stats["batches_per_file"] == 1  # no file ever had a second batch made over it
+    assert stats["batches_created"] == 1 and stats["answered_twice"] == 0  # the same requests: one batch, paid once
+
+
+def test_a_batch_created_but_not_recorded_is_adopted_not_made_again(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.3)
+    source = questions(tmp_path)
+    output = tmp_path / "out.csv"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
+    assert cli("run", *common, "--detach").exit_code == 0
+    journal = Path(f"{output}.journal")
+    lines = journal.read_text().splitlines(keepends=True)
+    # what a kill between the create and its record leaves: the file recorded, its batch not
+    journal.write_text("".join(line for line in lines if '"step":"batch"' not in line))
+    collected = cli("run", *common)
+    assert collected.exit_code == 0, collected.stderr
+    assert sim.stats()["batch_lists"] >= 1  # it looked for the batch over its file, and found it
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+    assert {r["status"] for r in read_output(output)} == {"ok"}
