@@ -325,7 +325,7 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     "24 h, no rate limit. The same output table.",
 )
 @click.option(
-    "--detach", is_flag=True, default=None, help="Submit the batches and exit; run the same command again to collect."
+    "--detach/--no-detach", default=None, help="Submit the batches and exit; run the same command again to collect."
 )
 @click.option(
     "--poll-every",

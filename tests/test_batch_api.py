@@ -47,6 +47,10 @@ def test_a_batch_run_writes_the_table_a_live_run_writes(tmp_path: Path, sim_fact
     assert without_timing(read_output(tmp_path / "batch.csv")) == without_timing(read_output(tmp_path / "live.csv"))
     rows = read_output(tmp_path / "batch.csv")
     assert all(row["request_id"].startswith("batch-sim-") for row in rows)  # which batch answered it
+    store = sim.simulator.batches
+    [batch] = store.batches.values()
+    answered = [json.loads(line)["custom_id"] for line in store.files[batch.output_file_id].data.splitlines()]
+    assert answered != [line["custom_id"] for line in batch.lines]  # the results came in another order
     stats = sim.stats()
     assert stats["batches_created"] == 1 and stats["batch_lines"] == 12  # the repeat is asked once
     assert stats["answered_twice"] == 12  # each question once live, once in the batch: nothing more
@@ -87,9 +91,12 @@ def test_error_lines_become_error_rows_and_the_rest_are_answered(tmp_path: Path,
     assert sim.stats()["batches_created"] == 1  # errors of a batch are answers: not sent again unasked
 
 
-def test_an_expired_batch_keeps_what_it_finished_and_retry_errors_sends_the_rest(tmp_path: Path,
-                                                                                  sim_factory: Any) -> None:  # fmt: skip
-    sim = sim_factory(batch_seconds=0.2, batch_expire_at=0.5)
+@pytest.mark.parametrize("ending", ["expired", "failed"])
+def test_a_batch_ended_half_done_keeps_what_it_finished_and_retry_errors_sends_the_rest(
+    tmp_path: Path, sim_factory: Any, ending: str
+) -> None:
+    setting = {"expired": "batch_expire_at", "failed": "batch_fail_at"}[ending]
+    sim = sim_factory(batch_seconds=0.2, **{setting: 0.5})
     source = questions(tmp_path, [f"q{i}" for i in range(10)])
     output = tmp_path / "out.csv"
     common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
@@ -97,15 +104,18 @@ def test_an_expired_batch_keeps_what_it_finished_and_retry_errors_sends_the_rest
     assert first.exit_code == 1
     out = read_output(output)
     assert sum(r["status"] == "ok" for r in out) == 5
-    expired = [r for r in out if r["status"] == "error"]
-    assert len(expired) == 5 and all(r["error_type"] == "batch_expired" for r in expired)
-    assert "ended expired before answering this request" in expired[0]["error"]
+    unanswered = [r for r in out if r["status"] == "error"]
+    assert len(unanswered) == 5 and all(r["error_type"] == f"batch_{ending}" for r in unanswered)
+    assert f"ended {ending} before answering this request" in unanswered[0]["error"]
     again = cli("run", *common)  # without --retry-errors: nothing is sent again
     assert again.exit_code == 1 and sim.stats()["batches_created"] == 1
+    batched = cli("run", *common, "--retry-errors")  # a new batch for the 5, which ends half done again
+    assert sim.stats()["batches_created"] == 2 and sim.stats()["batch_lines"] == 15
+    assert sum(r["status"] == "ok" for r in read_output(output)) == 7, batched.stderr
     live = cli("run", *common, "--retry-errors", "--live-retry")
     assert live.exit_code == 0, live.stderr
     assert all(r["status"] == "ok" for r in read_output(output))
-    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0  # the 5 went live, once
+    assert sim.stats()["batches_created"] == 2 and sim.stats()["answered_twice"] == 0  # the 3 went live, once
 
 
 def test_detach_submits_and_exits_and_a_later_run_collects(tmp_path: Path, sim_factory: Any) -> None:
@@ -279,3 +289,44 @@ def test_a_batch_created_but_not_recorded_is_adopted_not_made_again(tmp_path: Pa
     assert sim.stats()["batch_lists"] >= 1  # it looked for the batch over its file, and found it
     assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
     assert {r["status"] for r in read_output(output)} == {"ok"}
+
+
+def test_a_batch_the_provider_no_longer_has_is_asked_again(tmp_path: Path) -> None:
+    from batchchat.simulator import BackgroundSimulator
+    from batchchat.spec import SimConfig
+
+    source = questions(tmp_path)
+    output = tmp_path / "out.csv"
+    with BackgroundSimulator(SimConfig(batch_seconds=60)) as first:
+        url, port = first.url, int(first.url.rsplit(":", 1)[1].split("/")[0])
+        assert cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", url, "--batch-api",
+                   "--detach").exit_code == 0  # fmt: skip
+    with BackgroundSimulator(SimConfig(batch_seconds=0.1), port=port) as second:  # started again: it forgot
+        result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", url, "--batch-api")
+        assert result.exit_code == 0, result.stderr
+        assert second.stats()["batches_created"] == 1
+    assert {r["status"] for r in read_output(output)} == {"ok"}
+    assert any(s["step"] == "dropped" and "has no batch" in s["why"] for s in steps(Path(f"{output}.journal")))
+
+
+def test_ctrl_c_while_waiting_leaves_the_batches_running_and_a_rerun_collects_them(tmp_path: Path,
+                                                                                  sim_factory: Any) -> None:  # fmt: skip
+    sim = sim_factory(batch_seconds=2.0)
+    source = questions(tmp_path)
+    output = tmp_path / "out.csv"
+    args = ["run", "-i", str(source), "-o", str(output), "-m", "sim-chat", "--base-url", sim.url, "--batch-api",
+            "--poll-every", "0.05"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sim.stats().get("batches_created", 0) < 1:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "the provider's batches keep running: run the same command again to collect them" in stderr
+    assert {r["status"] for r in read_output(output)} == {"pending"}
+    collected = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=60)
+    assert collected.returncode == 0, collected.stderr
+    assert {r["status"] for r in read_output(output)} == {"ok"} and sim.stats()["batches_created"] == 1

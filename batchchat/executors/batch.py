@@ -148,6 +148,8 @@ class _Rounds:
     def _take(self, step: dict[str, Any]) -> None:
         kind = step.get("step")
         if kind == "file" and isinstance(step.get("file"), str) and isinstance(step.get("ids"), str):
+            self.dropped.discard(step["file"])  # an id the provider gave again: a new file
+            self.batch_of.pop(step["file"], None)
             self.files[step["file"]] = tuple(step["ids"].split())
             self.file_at[step["file"]] = float(step.get("at") or time.time())
         elif kind == "batch" and isinstance(step.get("batch"), str) and isinstance(step.get("file"), str):

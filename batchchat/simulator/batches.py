@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class BatchStore:
         self.files: dict[str, SimFile] = {}
         self.batches: dict[str, SimBatch] = {}
         self.created_per_file: Counter[str] = Counter()
+        self.run = uuid.uuid4().hex[:6]  # ids differ from one simulator to the next, as a provider's never repeat
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self._upload)
@@ -84,7 +86,7 @@ class BatchStore:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "files_uploaded": len(self.files),
+            "files_uploaded": self.counts["files_uploaded"],
             "batches_created": len(self.batches),
             "batch_lines": sum(len(b.lines) for b in self.batches.values()),
             "batches_per_file": max(self.created_per_file.values(), default=0),  # 1: never a batch twice
@@ -118,7 +120,7 @@ class BatchStore:
         data = upload.file.read()
         if len(data) > MAX_BYTES[self.dialect]:
             return _error(400, f"the file is larger than {MAX_BYTES[self.dialect]} bytes")
-        file = SimFile(f"file-sim-{len(self.files) + 1:06d}", str(purpose), upload.filename, data)
+        file = SimFile(f"file-sim-{self.run}-{len(self.files) + 1:06d}", str(purpose), upload.filename, data)
         self.files[file.id] = file
         self.counts["files_uploaded"] += 1
         return web.json_response({"id": file.id, "object": "file", "bytes": len(data), "created_at": int(file.created_at),
@@ -154,7 +156,7 @@ class BatchStore:
         lines, problem = self._parse(file)
         if problem:
             return _error(400, problem)
-        batch = SimBatch(f"batch-sim-{len(self.batches) + 1:06d}", file.id, lines, lines[0]["body"]["model"],
+        batch = SimBatch(f"batch-sim-{self.run}-{len(self.batches) + 1:06d}", file.id, lines, lines[0]["body"]["model"],
                          time.monotonic(), time.time())  # fmt: skip
         self.batches[batch.id] = batch
         self.created_per_file[file.id] += 1
@@ -286,7 +288,7 @@ class BatchStore:
         batch.error_file_id = self._store(f"{batch.id}-errors.jsonl", errors) if errors else None
 
     def _store(self, name: str, lines: list[bytes]) -> str:
-        file = SimFile(f"file-sim-{len(self.files) + 1:06d}", "batch_output", name, b"".join(lines))
+        file = SimFile(f"file-sim-{self.run}-{len(self.files) + 1:06d}", "batch_output", name, b"".join(lines))
         self.files[file.id] = file
         return file.id
 
