@@ -134,6 +134,7 @@ OPTION_GROUPS = {
     "Output and resume": ["output_path", "restart", "retry_errors", "dedup", "grace"],
     "Evaluation": ["json_schema", "labels", "invalid_retries", "expected_column", "score"],
     "Provider batches (half price, within 24 h)": ["batch_api", "detach", "poll_every", "cancel", "live_retry"],
+    "Past one machine": ["ray", "ray_workers"],
 }  # fmt: skip
 RUN_EXAMPLES = """\b
   batchchat run jobs/demo.toml                       the demo, on the built-in simulator
@@ -339,6 +340,16 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
 @click.option(
     "--live-retry", is_flag=True, default=None, help="With --retry-errors, send the rows that failed live, not batched."
 )
+@click.option(
+    "--ray",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Answer on Ray workers (pip install 'batchchat[ray]'): alone, a Ray started for the run; or a cluster's "
+    "address (auto, ray://head:10001). Limits are the cluster's totals.",
+)
+@click.option("--ray-workers", type=int, metavar="N", help="Ray workers [default: one per CPU of the cluster].")
 @click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.option(

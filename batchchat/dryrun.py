@@ -14,7 +14,7 @@ from typing import Any
 from .batchfiles import Limits, dialect_of, split
 from .files import OutputFiles
 from .jobfile import build_job
-from .journal import Journal, MemoryStore, Store
+from .journal import Journal, JournalSet, MemoryStore, Store
 from .money import Estimates, GroupEstimate, estimate_all
 from .pipeline import journal_scope
 from .plan import Plan, Setup
@@ -86,7 +86,8 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         files = OutputFiles.of(job.output, job.names("output"))
         files.check()  # what a run would find only after paying
         if not job.resume.restart and files.journal.exists():
-            store = Journal(files.journal, journal_scope(job.endpoint, job.answers), read_only=True)
+            store = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers), read_only=True),
+                               files.parts)  # fmt: skip
     try:
         plan, rows = setup.plan(source, store, job.output)
     finally:

@@ -23,6 +23,7 @@ stable string anyway.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 # Stable values of the output column ``error_type``.
 RATE_LIMITED = "rate_limited"
@@ -48,6 +49,18 @@ BATCH_ERROR = "batch_error"  # a provider batch's error line for the request
 
 class BatchchatError(Exception):
     """Base of every error batchchat raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole, whatever its constructor takes: a Ray worker's error reaches the driver
+        as it was raised."""
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(kind: type[BatchchatError], args: tuple[Any, ...], state: dict[str, Any]) -> BatchchatError:
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class JobError(BatchchatError):

@@ -41,6 +41,11 @@ class OutputFiles:
         return self._beside(".lock")
 
     @property
+    def parts(self) -> Path:
+        """The folder of the journal parts that workers of a Ray run write, one each."""
+        return self._beside(".journal.parts")
+
+    @property
     def temp_prefix(self) -> str:
         """Temporary files of this output are ``.NAME.<unpredictable>.tmp`` beside it."""
         return f".{self.target.name}."

@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError
-from .executors import executor_for
 from .executors.base import Ending, Executor
 from .jobfile import load_job
-from .journal import Journal, MemoryStore, Store
+from .journal import Journal, JournalSet, MemoryStore, Store
 from .lock import OutputLock
 from .pipeline import RunResult, Stages, finished, journal_scope
 from .plan import Setup
@@ -94,7 +94,8 @@ async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = No
         return await _frame_rows(job, frame, source, setup, MemoryStore(), watcher, bar, executor)
     journal_path = Path(journal)
     with OutputLock(journal_path, "journal="):  # journal.lock beside it
-        store = Journal(journal_path, journal_scope(job.endpoint, job.answers))
+        store = JournalSet(Journal(journal_path, journal_scope(job.endpoint, job.answers)),
+                           journal_path.with_name(journal_path.name + ".parts"))  # fmt: skip
         try:
             return await _frame_rows(job, frame, source, setup, store, watcher, bar, executor)
         finally:
@@ -134,7 +135,7 @@ async def _frame_rows(job: Job, frame: pd.DataFrame, source: ArrowSource, setup:
     if stopped:
         raise Interrupted(
             f"interrupted: {finished(tally):,} of {plural(tally.rows, 'row')} answered; the frame with them (the "
-            "others pending) is e.result.frame" + (", and the journal keeps them" if isinstance(store, Journal) else ""),
+            "others pending) is e.result.frame" + (", and the journal keeps them" if isinstance(store, JournalSet) else ""),
             result,
         )
     return result

@@ -46,6 +46,7 @@ from .spec import (
     Limits,
     Price,
     Prompt,
+    RayCluster,
     Resume,
     RetryPolicy,
     RowOptions,
@@ -225,7 +226,21 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         max_cost=max_cost,
         limit=whole(s.get("limit"), at("limit"), 1),
         batch=_batch(s, at, name, endpoint),
+        ray=_ray(s, at, name),
     )
+
+
+def _ray(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], str]) -> RayCluster:
+    """``ray``: true (a Ray started for the run) or a cluster's address (``auto``, ``ray://head:10001``)."""
+    value = s.get("ray")
+    if value is None or value is False:
+        if s.get("ray_workers") is not None:
+            raise JobError(f"{at('ray_workers')} is a setting of Ray runs; add {name('ray')} or drop it")
+        return RayCluster()
+    address = "local" if value is True else text(value, at("ray"))
+    if flag(s.get("batch_api"), at("batch_api"), False):
+        raise JobError(f"{at('ray')} and {at('batch_api')} are both set: provider batches need no cluster; keep one")
+    return RayCluster(address=address, workers=whole(s.get("ray_workers"), at("ray_workers"), 1, 10_000))
 
 
 BATCH_SETTINGS = ("poll_every", "detach", "cancel", "live_retry", "batch_discount")

@@ -23,7 +23,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -50,10 +50,25 @@ class Scope:
 class Store(Protocol):
     """Where finished requests are kept, by key, and the only place any executor puts them."""
 
-    legacy: int  # records from before scopes, taken as this endpoint's
-    invalid: int  # damaged records, skipped
-    elsewhere: dict[str, int]  # requests answered at other endpoints, by endpoint
-    assumed_endpoint: str | None  # the endpoint legacy records were taken as, when this run assumed it
+    @property
+    def legacy(self) -> int:
+        """Records from before scopes, taken as this endpoint's."""
+        ...
+
+    @property
+    def invalid(self) -> int:
+        """Damaged records, skipped."""
+        ...
+
+    @property
+    def elsewhere(self) -> dict[str, int]:
+        """Requests answered at other endpoints, by endpoint."""
+        ...
+
+    @property
+    def assumed_endpoint(self) -> str | None:
+        """The endpoint legacy records were taken as, when this run assumed it."""
+        ...
 
     def __contains__(self, key: str) -> bool: ...
 
@@ -94,6 +109,10 @@ class Store(Protocol):
 
     def add_step(self, step: dict[str, Any]) -> None:
         """Keep a step before the next is taken, so a crash at any moment resumes it."""
+        ...
+
+    def refresh(self) -> None:
+        """See what other processes have added since (the parts of a Ray run's workers)."""
         ...
 
     def close(self) -> None: ...
@@ -146,6 +165,9 @@ class MemoryStore:
 
     def add_step(self, step: dict[str, Any]) -> None:
         self.steps.append(step)
+
+    def refresh(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -252,6 +274,9 @@ class Journal:
         # Fields left out are null: an answer has no error, an error no answer.
         self._write({name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None})
         self._index(key, offset, outcome.status, fresh=True)
+
+    def refresh(self) -> None:
+        pass
 
     def add_step(self, step: dict[str, Any]) -> None:
         """Append a batch step and flush it, as ``add`` does an outcome."""
@@ -432,3 +457,108 @@ def valid_record(record: dict[str, Any]) -> bool:
 def _outcome(record: dict[str, Any]) -> RowOutcome:
     fields: dict[str, Any] = {name: record.get(name) for name in RECORD_FIELDS}  # checked by valid_record
     return RowOutcome(row=-1, **fields)
+
+
+class JournalSet:
+    """A journal and the parts beside it, seen as one store: a Ray run's workers each append to a
+    part of their own, and every later run (and the assembly) reads them all. Writes go to the
+    main journal. Where several hold a record for a key, the one last in order wins (parts are
+    named so that later ones sort later)."""
+
+    def __init__(self, main: Journal, parts: Path | None, others: Sequence[Path] = ()) -> None:
+        """``others``: journals read before the parts (a worker reads the run's main journal)."""
+        self.main = main
+        self.folder = parts
+        self.others = [path for path in others if path != main.path]
+        self.parts: list[Journal] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the parts again: those written since, and what was appended to the others."""
+        for part in self.parts:
+            part.close()
+        found = sorted(self.folder.glob("*.journal")) if self.folder is not None and self.folder.is_dir() else []
+        paths = [p for p in [*self.others, *found] if p != self.main.path and (p.exists() or p.is_symlink())]
+        self.parts = [Journal(path, self.main.scope, read_only=True) for path in paths]
+
+    def _holder(self, key: str) -> Journal | None:
+        """The journal whose record for ``key`` counts: the last fresh one, else the last one."""
+        holders = [j for j in (self.main, *self.parts) if key in j]
+        fresh = [j for j in holders if not j.stale(key)]
+        return (fresh or holders)[-1] if holders else None
+
+    @property
+    def path(self) -> Path:
+        return self.main.path
+
+    @property
+    def legacy(self) -> int:
+        return self.main.legacy
+
+    @property
+    def invalid(self) -> int:
+        return self.main.invalid + sum(part.invalid for part in self.parts)
+
+    @property
+    def elsewhere(self) -> dict[str, int]:
+        return self.main.elsewhere
+
+    @property
+    def assumed_endpoint(self) -> str | None:
+        return self.main.assumed_endpoint
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return self.main.steps
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.main or any(key in part for part in self.parts)
+
+    def __len__(self) -> int:
+        return len(self.main) + sum(len(part) for part in self.parts)
+
+    def failed(self, key: str) -> bool:
+        holder = self._holder(key)
+        return holder is not None and holder.failed(key)
+
+    def stale(self, key: str) -> bool:
+        holder = self._holder(key)
+        return holder is not None and holder.stale(key)
+
+    def unfinished(self, key: str) -> bool:
+        holder = self._holder(key)
+        return holder is not None and holder.unfinished(key)
+
+    def earlier(self, key: str) -> bool:
+        """A part is a run's own only while that run writes it; read back, it is earlier."""
+        holder = self._holder(key)
+        return holder is not None and (holder is not self.main or self.main.earlier(key))
+
+    @property
+    def has_stale(self) -> bool:
+        return self.main.has_stale or any(part.has_stale for part in self.parts)
+
+    def begin(self) -> None:
+        self.main.begin()
+
+    def add(self, outcome: RowOutcome) -> None:
+        self.main.add(outcome)
+
+    def add_step(self, step: dict[str, Any]) -> None:
+        self.main.add_step(step)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
+        by_holder: dict[int, tuple[Journal, list[str]]] = {}
+        for key in keys:
+            holder = self._holder(key)
+            if holder is not None:
+                by_holder.setdefault(id(holder), (holder, []))[1].append(key)
+        found: dict[str, RowOutcome] = {}
+        for holder, wanted in by_holder.values():
+            found.update(holder.get_many(wanted))
+        return found
+
+    def close(self) -> None:
+        self.main.close()
+        for part in self.parts:
+            part.close()

@@ -11,15 +11,16 @@ end, so a run that was killed and started again writes exactly what one uninterr
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
+from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError
-from .executors import executor_for
 from .executors.base import Ending, Executor
 from .files import OutputFiles
 from .frames import frame_result, is_frame
 from .jobfile import load_job
-from .journal import Journal
+from .journal import Journal, JournalSet
 from .lock import OutputLock
 from .pipeline import RunResult, Stages, finished, journal_scope
 from .plan import Setup
@@ -70,7 +71,8 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
         files.remove_stale_temps()
         if job.resume.restart:
             files.journal.unlink(missing_ok=True)
-        journal = Journal(files.journal, journal_scope(job.endpoint, job.answers))
+            shutil.rmtree(files.parts, ignore_errors=True)
+        journal = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers)), files.parts)
         try:
             executor = executor or executor_for(job, handle_signals=True)
             return await _run_file(job, source, setup, journal, files, schema, observer or Silent(), executor)
@@ -113,7 +115,7 @@ def _again(job: Job) -> str:
     return again
 
 
-async def _run_file(job: Job, source: TableSource, setup: Setup, journal: Journal, files: OutputFiles,
+async def _run_file(job: Job, source: TableSource, setup: Setup, journal: JournalSet, files: OutputFiles,
                     schema: pa.Schema, observer: Observer, executor: Executor) -> RunResult:  # fmt: skip
     output = files.output
     if isinstance(source, FileSource):

@@ -94,6 +94,11 @@ def output_batches(
         yield pa.RecordBatch.from_arrays(list(batch.columns) + added_arrays(outcomes, extras, added), schema=schema)
 
 
+def table_of(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """Batches as one table (a Ray Data block)."""
+    return pa.Table.from_batches(list(batches), schema=schema)
+
+
 def write_output(
     files: OutputFiles,
     batches: Iterator[pa.RecordBatch],

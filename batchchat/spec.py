@@ -191,6 +191,18 @@ class BatchAPI:
     discount: float = 0.5  # a batch's price off the live price, where the price has no batch rate
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    """Running the job on Ray (``ray``): workers on a cluster, under one shared set of limits."""
+
+    address: str | None = None  # None: not on Ray; "local": a Ray started for the run; else a cluster's address
+    workers: int | None = None  # None: one per CPU the cluster has
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+
 def _flag_or_keyword(key: str) -> str:
     return f"{key}="
 
@@ -217,6 +229,7 @@ class Job:
     max_cost: float | None = None  # US dollars this run may spend
     limit: int | None = None  # only the first input rows: a trial of a large job
     batch: BatchAPI = field(default_factory=BatchAPI)
+    ray: RayCluster = field(default_factory=RayCluster)
     # How a setting is named to whoever made the job: a flag (-o/--output) or a keyword (output=).
     names: Callable[[str], str] = field(default=_flag_or_keyword, compare=False, repr=False)
 

@@ -37,6 +37,21 @@ class Counters:
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
         self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
 
+    def merge(self, other: Counters) -> None:
+        """Another process's counts (a Ray worker's), added to these."""
+        for mine, theirs in ((self.usage, other.usage), (self.unreported_bound, other.unreported_bound)):
+            for model, tokens in theirs.items():
+                total = mine.setdefault(model, [0, 0])
+                total[0] += tokens[0]
+                total[1] += tokens[1]
+        self.unreported += other.unreported
+        self.invalid += other.invalid
+        self.requests += other.requests
+        self.rate_limited += other.rate_limited
+        self.retries += other.retries
+        self.rate = other.rate if other.rate is not None else self.rate
+        self.waiting_until = max(self.waiting_until, other.waiting_until)
+
     def add_usage(self, model: str, usage: Usage) -> None:
         """An answer arrived and is paid for, whatever becomes of it (a re-ask, a conversation's turn)."""
         tokens = self.usage.setdefault(model, [0, 0])

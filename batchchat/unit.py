@@ -29,7 +29,6 @@ from .money import Budget, estimate
 from .records import ERROR, OK, PENDING, ChatRequest, ChatResult, RowOutcome, Usage
 from .retry import is_fatal, with_retries
 from .stats import Counters
-from .throttle import Throttle
 
 UNREACHABLE_ATTEMPTS = 3  # attempts that cannot connect, with no answer ever, before the run stops
 Send = Callable[[ChatRequest], Awaitable[ChatResult]]
@@ -44,6 +43,26 @@ class Stopped(Exception):
 
 class OverBudget(Stopped):
     """The next request would pass the cost cap: it is not sent, and its row stays pending."""
+
+
+class Limiter(Protocol):
+    """The limits an attempt goes through: this run's ``Throttle``, or a share of a cluster's."""
+
+    @property
+    def rate(self) -> float | None: ...
+
+    @property
+    def held_s(self) -> float: ...
+
+    async def acquire(self, request: ChatRequest) -> Any:
+        """A permit to depart now, holding a place in flight until ``release``."""
+        ...
+
+    def release(self) -> None: ...
+
+    def succeeded(self, permit: Any, result: ChatResult) -> None: ...
+
+    def failed(self, permit: Any, error: RequestError) -> None: ...
 
 
 class Memory(Protocol):
@@ -152,7 +171,7 @@ class Asker:
         send: Send,
         *,
         max_attempts: int,
-        throttle: Throttle | None = None,
+        throttle: Limiter | None = None,
         counters: Counters | None = None,
         check: Check | None = None,
         invalid_retries: int = 0,

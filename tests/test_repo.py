@@ -30,7 +30,7 @@ def test_ruff_is_clean():
 def test_help_does_not_import_the_heavy_libraries():
     code = (
         "import sys; from batchchat.cli import main\n"
-        "heavy = [m for m in ('pandas', 'pyarrow', 'aiohttp', 'tqdm') if m in sys.modules]\n"
+        "heavy = [m for m in ('pandas', 'pyarrow', 'aiohttp', 'tqdm', 'ray') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -72,6 +72,7 @@ LIBRARY_HOMES = {
     "pyarrow": {"source", "sink"},
     "tenacity": {"retry"},
     "tqdm": {"progress"},
+    "ray": {"ray"},
 }
 
 

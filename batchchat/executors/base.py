@@ -86,6 +86,12 @@ class Ledger:
         self.stats.add(outcome)
         self.observer.row_done(outcome, self.stats)
 
+    def finished_elsewhere(self, outcome: RowOutcome) -> None:
+        """A request's final outcome that another process (a Ray worker) kept in its part of the
+        store: counted and shown here, not stored again."""
+        self.stats.add(outcome)
+        self.observer.row_done(outcome, self.stats)
+
     def keep(self, outcome: RowOutcome) -> None:
         self.store.add(outcome)
 

@@ -23,7 +23,7 @@ from ..money import Budget
 from ..records import ChatRequest
 from ..spec import NO_PRICES, Answers, Job, Limits, Prices, RetryPolicy, SimConfig
 from ..throttle import Throttle
-from ..unit import Asker, Send
+from ..unit import Asker, Limiter, Send
 from .base import Ending, Ledger, Work
 from .pool import drain
 from .signals import graceful_stop
@@ -64,8 +64,9 @@ class LiveExecutor:
                                stream=self.stream, simulator=self.simulator) as client:  # fmt: skip
             return await self.send(work, ledger, client.complete)
 
-    async def send(self, work: Work, ledger: Ledger, send: Send) -> Ending:
-        """Every request of ``work`` through ``send`` (one attempt at a time)."""
+    async def send(self, work: Work, ledger: Ledger, send: Send, throttle: Limiter | None = None) -> Ending:
+        """Every request of ``work`` through ``send`` (one attempt at a time); ``throttle``: limits
+        shared with other processes (a Ray worker's), instead of this run's own."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         signalled = at_once = False
@@ -74,7 +75,7 @@ class LiveExecutor:
         asker = Asker(
             send,
             max_attempts=self.retry.max_attempts,
-            throttle=Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm),
+            throttle=throttle or Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm),
             counters=ledger.counters,
             check=ledger.check if self.answers.checked else None,
             invalid_retries=self.answers.invalid_retries,
