@@ -8,7 +8,7 @@ batches, whatever executor filled the store.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .answers import AnswerCheck, Derived, derive_batch
@@ -28,9 +28,10 @@ Assembled = tuple["pa.RecordBatch", list[RowOutcome], dict[str, list[Any]]]
 
 
 def assemble(source: TableSource, rows: Rows, slots: Sequence[tuple[str, str | None]], store: Store,
-             tally: RowTally, derived: Derived) -> Iterator[Assembled]:  # fmt: skip
+             tally: RowTally, derived: Derived, waiting: Container[str] = ()) -> Iterator[Assembled]:  # fmt: skip
     """Each input batch with the outcome of each of its output rows, one per (model, variant) of
-    ``slots``, and the cells of the columns the job derives from answers."""
+    ``slots``, and the cells of the columns the job derives from answers. A request ``waiting``
+    in a provider batch is ``pending``, whatever an earlier run stored for it."""
     fanout = len(slots)
     check = AnswerCheck(derived.answers)
     start = 0
@@ -51,7 +52,7 @@ def assemble(source: TableSource, rows: Rows, slots: Sequence[tuple[str, str | N
                 )
             else:
                 outcome = records.get(key) or RowOutcome(row, key, PENDING, 0, model)
-                if outcome.status == PENDING:  # not sent, or an answer with re-asks still to go
+                if outcome.status == PENDING or key in waiting:  # not sent, a re-ask to go, or in a batch
                     outcome = RowOutcome(row, key, PENDING, 0, model)
             outcomes.append(outcome)
         shared = [not rows.first[row] for row in range(first, end)]

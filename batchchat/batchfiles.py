@@ -10,8 +10,10 @@ an invalid answer is the key with the answer's number, ``key.2``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from .endpoint import Endpoint
 from .records import ChatRequest
@@ -77,3 +79,57 @@ def split(requests: Iterable[ChatRequest], limits: Limits) -> Iterator[Chunk]:
     for model, (ids, lines, _) in open_files.items():
         if ids:
             yield Chunk(model, tuple(ids), b"".join(lines))
+
+
+@dataclass
+class Steps:
+    """The provider batch steps a journal keeps, read into what they mean: the files uploaded
+    and the ids each holds, the batch made over each, which batches are collected, and which
+    files will never get one."""
+
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # file -> the custom ids it holds
+    models: dict[str, str] = field(default_factory=dict)  # file -> its model
+    uploaded_at: dict[str, float] = field(default_factory=dict)  # file -> when (epoch)
+    batch_of: dict[str, str] = field(default_factory=dict)  # file -> its batch
+    collected: set[str] = field(default_factory=set)  # batches whose answers are kept
+    dropped: set[str] = field(default_factory=set)  # files whose batch is gone for good
+
+    @classmethod
+    def read(cls, steps: Sequence[dict[str, Any]]) -> Steps:
+        read = cls()
+        for step in steps:
+            read.take(step)
+        return read
+
+    def take(self, step: dict[str, Any]) -> None:
+        kind = step.get("step")
+        file, batch = step.get("file"), step.get("batch")
+        if kind == "file" and isinstance(file, str) and isinstance(step.get("ids"), str):
+            self.dropped.discard(file)  # an id the provider gave again: a new file
+            self.batch_of.pop(file, None)
+            self.files[file] = tuple(step["ids"].split())
+            self.models[file] = str(step.get("model") or "")
+            self.uploaded_at[file] = float(step.get("at") or time.time())
+        elif kind == "batch" and isinstance(batch, str) and isinstance(file, str):
+            self.batch_of[file] = batch
+        elif kind == "collected" and isinstance(batch, str):
+            self.collected.add(batch)
+        elif kind == "dropped" and isinstance(file, str):
+            self.dropped.add(file)
+
+    def open_files(self) -> list[str]:
+        """Files whose answers are still to be kept: their requests wait, and are not sent again."""
+        return [f for f in self.files if f not in self.dropped and self.batch_of.get(f) not in self.collected]
+
+    def waiting(self) -> set[str]:
+        """The custom ids in open files."""
+        return {cid for file in self.open_files() for cid in self.files[file]}
+
+    def file_of(self, batch: str) -> str:
+        return next(file for file, made in self.batch_of.items() if made == batch)
+
+
+def request_key_of(custom_id: str) -> str:
+    """The key of the request a custom id asks: ``key.2`` is the second answer asked for ``key``."""
+    head, _, tail = custom_id.rpartition(".")
+    return head if head and tail.isdigit() else custom_id

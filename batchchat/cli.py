@@ -277,7 +277,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     metavar="KEY=VALUE,...",
     multiple=True,
     help="A simulator setting, with --provider sim (latency_ms, jitter_ms, tokens_per_s, rpm, tpm, fault_rate, "
-    "seed, labels, invalid_rate). Repeatable.",
+    "seed, labels, invalid_rate; for batches batch_dialect, batch_seconds, batch_error_rate, batch_expire_at, "
+    "batch_fail_at, batch_max_lines, batch_delay_ms). Repeatable.",
 )
 @click.option(
     "--option-column",
@@ -628,7 +629,9 @@ async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -
 @click.option("--batch-error-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of a batch's requests that fail.")
 @click.option("--batch-expire-at", type=click.FloatRange(0, 1), help="Every batch expires with this share done.")
 @click.option("--batch-fail-at", type=click.FloatRange(0, 1), help="Every batch fails with this share done.")
-@click.option("--batch-max-lines", type=click.IntRange(1), help="Fewer requests a batch may hold than 50,000.")
+@click.option("--batch-max-lines", type=click.IntRange(1),
+              help="Fewer requests a batch may hold than 50,000 (a client splits files at 50,000 unless it runs "
+                   "the simulator itself: --provider sim --sim batch_max_lines=N).")  # fmt: skip
 @click.option(
     "--api-key-env",
     "api_key_env",

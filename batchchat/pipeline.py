@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .assemble import Assembled, assemble
+from .batchfiles import Steps, request_key_of
+from .errors import JobError
 from .executors.base import Ending, Executor, Ledger, Work
 from .journal import Scope, Store
-from .records import ERROR, OK, ChatRequest
+from .records import ERROR, OK, PENDING, ChatRequest
 from .stats import RowTally, Stats, Summary
+from .words import plural
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,10 +68,20 @@ class Stages:
         self.rows: Rows | None = None
         self.ending = Ending.DONE
         self.wall_s = 0.0
+        self.running = False  # provider batches of earlier runs to collect
 
     def plan(self, output: Path | None) -> Plan:
+        running = Steps.read(self.store.steps).open_files()
+        if running and not self.job.batch.enabled:  # sent live, they would be paid for twice
+            names = self.job.names
+            raise JobError(
+                f"provider batches of this output are still running ({plural(len(running), 'file')} of requests "
+                f"submitted with {names('batch_api')}): collect them with {names('batch_api')}, or cancel them with "
+                f"{names('batch_api')} {names('cancel')}, before running without it"
+            )
         plan, self.rows = self.setup.plan(self.source, self.store, output)
         self.stats.total = plan.to_send
+        self.running = bool(running)
         return plan
 
     async def execute(self, executor: Executor) -> Ending:
@@ -76,7 +89,7 @@ class Stages:
         assert self.rows is not None, "plan first"
         started = time.perf_counter()
         try:
-            if self.stats.total:
+            if self.stats.total or self.running:  # batches still running are collected
                 self.store.begin()
                 builder = self.setup.builder
                 work = Work(_Requests(self.setup, self.source, self.rows), builder.spec.turn_key)
@@ -89,11 +102,13 @@ class Stages:
     def assemble(self, tally: RowTally) -> Iterator[Assembled]:
         assert self.rows is not None, "plan first"
         slots = self.setup.builder.spec.groups
-        return assemble(self.source, self.rows, slots, self.store, tally, self.setup.derived)
+        waiting = {request_key_of(cid) for cid in Steps.read(self.store.steps).waiting()}
+        return assemble(self.source, self.rows, slots, self.store, tally, self.setup.derived, waiting)
 
     def summary(self, tally: RowTally) -> Summary:
         job = self.job
-        return self.stats.summary(self.wall_s, tally, cost_cap=job.max_cost, budget_stopped=self.ending is Ending.BUDGET,
+        capped = self.ending is Ending.BUDGET and tally.statuses[PENDING] > 0  # rows the cap left unsent
+        return self.stats.summary(self.wall_s, tally, cost_cap=job.max_cost, budget_stopped=capped,
                                   streamed=job.stream)  # fmt: skip
 
 

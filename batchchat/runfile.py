@@ -14,6 +14,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
+from .batchfiles import Steps
 from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError
 from .executors.base import Ending, Executor
@@ -70,6 +71,7 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
     with OutputLock(output, job.names("output")):
         files.remove_stale_temps()
         if job.resume.restart:
+            _no_batches_left_running(job, files)
             files.journal.unlink(missing_ok=True)
             shutil.rmtree(files.parts, ignore_errors=True)
         journal = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers)), files.parts)
@@ -104,6 +106,24 @@ def _keep_whole_output(job: Job, files: OutputFiles, rows: int) -> None:
             f"({job.names('limit')}), would write {rows:,}: it would drop rows already answered. Run without "
             f"{job.names('limit')} (what is answered is not sent again), or write the trial elsewhere "
             f"({job.names('output')})"
+        )
+
+
+def _no_batches_left_running(job: Job, files: OutputFiles) -> None:
+    """Forgetting the journal must not leave provider batches running, billed and unwatched."""
+    if not files.journal.exists():
+        return
+    journal = Journal(files.journal, journal_scope(job.endpoint, job.answers), read_only=True)
+    try:
+        running = Steps.read(journal.steps).open_files()
+    finally:
+        journal.close()
+    if running:
+        names = job.names
+        raise JobError(
+            f"{names('restart')} would forget {plural(len(running), 'provider batch', 'provider batches')} still "
+            f"running for this output (billed, and then unwatched): collect them with {names('batch_api')}, or "
+            f"cancel them with {names('batch_api')} {names('cancel')}, first"
         )
 
 

@@ -113,7 +113,7 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
                  f"({plural(s.answered, 'request')})"]  # fmt: skip
     else:
         lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
-    if s.requests == 0:
+    if s.requests == 0 and s.answered == 0:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
         invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""

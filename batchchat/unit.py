@@ -182,6 +182,7 @@ class Asker:
         on_retry: Callable[[RequestError], None] | None = None,
         count_requests: bool = True,
         stop_unreachable: bool = True,
+        stop_fatal: bool = True,
     ) -> None:
         self.send = send
         self.max_attempts = max_attempts
@@ -198,6 +199,7 @@ class Asker:
         # A run stops when the endpoint cannot be reached and never answered (every row would
         # fail); a chat turn takes its attempts and says why it failed.
         self.stop_unreachable = stop_unreachable
+        self.stop_fatal = stop_fatal  # an error that would fail every request stops the run
         self.reached = False  # whether the endpoint ever answered, anything at all
         self.unreachable = 0  # attempts that could not connect, while it never had
 
@@ -264,8 +266,11 @@ class Asker:
         asking: Messages = ()
         for n, turn in enumerate(request.turns, 1):
             asking = dialogue.asking(turn)
-            step = replace(request, messages=asking, key=self.turn_key(request, asking), turns=())
             last = n == len(request.turns)
+            # A turn judged by the checks is not the same request as that turn unjudged (another
+            # row's opening turn): kept apart, neither's answer stands in for the other's.
+            key = self.turn_key(request, asking) + (".checked" if last and self.check is not None else "")
+            step = replace(request, messages=asking, key=key, turns=())
             stored = self._recalled(step)
             recalled = stored is not None and stored.status == OK and not (last and self._invalid(stored.response))
             if stored is not None and recalled:  # answered before, and still good: not sent again
@@ -323,7 +328,7 @@ class Asker:
                     throttle.failed(permit, error)
                     count.rate = throttle.rate
                     count.waiting_until = time.time() + throttle.held_s
-                if is_fatal(error):
+                if self.stop_fatal and is_fatal(error):
                     raise FatalAPIError(error.message, error) from None
                 self._give_up_unreachable(error)
                 raise

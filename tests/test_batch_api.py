@@ -84,10 +84,9 @@ def test_error_lines_become_error_rows_and_the_rest_are_answered(tmp_path: Path,
     assert result.exit_code == 1
     out = read_output(output)
     assert [r["status"] for r in out] == ["ok", "error", "ok", "error"]
-    if dialect == "together":  # its error file: the provider's code and message
-        assert out[1]["error_type"] == "batch_error" and "simulated internal server error" in out[1]["error"]
-    else:  # a non-200 line in the output file, mapped as a live answer's status is
-        assert out[1]["error_type"] == "server_error" and out[3]["error_type"] == "bad_request"
+    # Together's error file gives a code, OpenAI a non-200 line: both named as a live answer's error
+    assert out[1]["error_type"] == "server_error" and out[3]["error_type"] == "bad_request"
+    assert "simulated internal server error" in out[1]["error"]
     assert sim.stats()["batches_created"] == 1  # errors of a batch are answers: not sent again unasked
 
 
@@ -330,3 +329,82 @@ def test_ctrl_c_while_waiting_leaves_the_batches_running_and_a_rerun_collects_th
     collected = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=60)
     assert collected.returncode == 0, collected.stderr
     assert {r["status"] for r in read_output(output)} == {"ok"} and sim.stats()["batches_created"] == 1
+
+
+# --- found by a hostile review ---------------------------------------------------------------
+
+
+def test_a_live_run_or_a_restart_is_refused_while_batches_run(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=60)
+    source = questions(tmp_path)
+    output = tmp_path / "out.csv"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+    assert cli("run", *common, "--batch-api", "--detach").exit_code == 0
+    live = cli("run", *common)
+    assert live.exit_code == 2 and "provider batches of this output are still running" in live.stderr
+    restart = cli("run", *common, "--batch-api", "--restart")
+    assert restart.exit_code == 2 and "--restart would forget 1 provider batch still running" in restart.stderr
+    assert sim.stats().get("received", 0) == 0 and sim.stats()["batches_created"] == 1  # nothing paid twice
+    assert cli("run", *common, "--batch-api", "--cancel").exit_code == 1
+    assert cli("run", *common, "--retry-errors").exit_code == 0  # once collected, live runs again
+
+
+def test_errors_waiting_in_a_retry_batch_are_not_sent_again_live(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.2, batch_expire_at=0.5)
+    source = questions(tmp_path, [f"q{i}" for i in range(10)])
+    output = tmp_path / "out.csv"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
+    assert cli("run", *common).exit_code == 1  # 5 expired
+    assert cli("run", *common, "--retry-errors", "--detach").exit_code == 0  # a retry batch for the 5
+    assert {r["status"] for r in read_output(output) if r["error_type"]} <= {"pending"}  # waiting, shown so
+    cli("run", *common, "--retry-errors", "--live-retry")  # the 5 wait in the batch: not one sent live
+    assert sim.stats().get("received", 0) == 0 and sim.stats()["answered_twice"] == 0
+    assert sum(r["error_type"] == "batch_expired" for r in read_output(output)) == 3  # the batch collected
+    cli("run", *common, "--retry-errors", "--live-retry")
+    assert sim.stats().get("received", 0) == 3 and sim.stats()["answered_twice"] == 0  # now live, once
+
+
+def test_answers_for_rows_a_collecting_run_no_longer_has_are_kept(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.5)
+    rows = [f"q{i}" for i in range(10)]
+    whole, part = questions(tmp_path, rows), write_csv(tmp_path / "part.csv", ["id", "prompt"], [["0", "q0"]])
+    output = tmp_path / "out.csv"
+    assert cli("run", "-i", whole, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api",
+               "--detach").exit_code == 0  # fmt: skip
+    time.sleep(0.6)
+    assert cli("run", "-i", part, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api").exit_code == 0
+    again = cli("run", "-i", whole, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
+    assert again.exit_code == 0 and "nothing to send" in again.stderr  # the other 9 were kept, not lost
+    assert sim.stats()["batch_lines"] == 10
+
+
+def test_an_error_line_that_would_be_fatal_live_is_one_rows_error(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_dialect="openai", batch_seconds=0.1)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hello"], ["[sim:fault=401] key"], ["[sim:fault=402] pay"]])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--provider", "openai",
+                 "--batch-api")  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    assert [r["error_type"] for r in read_output(output)] == ["", "auth", "no_credit"]
+    again = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--provider", "openai",
+                "--batch-api")  # fmt: skip
+    assert again.exit_code == 1 and "nothing to send" in again.stderr  # collected: nothing stuck
+
+
+def test_a_file_the_provider_will_not_batch_stops_the_run_without_sticking(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_max_lines=3)  # the client, told nothing, splits at 50,000
+    source = questions(tmp_path)
+    output = tmp_path / "out.csv"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api")
+    first = cli("run", *common)
+    assert first.exit_code == 2 and "refused (HTTP 400" in first.stderr and "more than a batch may" in first.stderr
+    second = cli("run", *common)
+    assert second.exit_code == 2 and "more than a batch may" in second.stderr  # not stuck on the old file
+    assert sim.stats()["batches_created"] == 0
+
+
+def test_no_batch_api_at_the_url_says_so(tmp_path: Path, sim: Any) -> None:
+    source = questions(tmp_path)
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", sim.url + "/nothing",
+                 "--batch-api")  # fmt: skip
+    assert result.exit_code == 2 and "has no Batch API" in result.stderr

@@ -77,7 +77,14 @@ class BatchClient:
         form.add_field("purpose", PURPOSE[self.dialect])
         form.add_field("file", data, filename=name, content_type="application/jsonl")
         payload = form()
-        reply = await self._json("POST", "/files", data=payload, headers={"Content-Type": payload.content_type})
+        try:
+            reply = await self._json("POST", "/files", data=payload, headers={"Content-Type": payload.content_type})
+        except E.RequestError as error:
+            if error.error_type != E.NOT_FOUND:
+                raise
+            raise E.RequestError(error.error_type, f"{self.chat.base_url} has no Batch API ({error.message}): a batch "
+                                 "needs /v1/files and /v1/batches, as Together and OpenAI serve", status=error.status,
+                                 retryable=False) from None  # fmt: skip
         file_id = reply.get("id") if isinstance(reply, Mapping) else None
         if not isinstance(file_id, str):
             raise E.RequestError(E.BAD_RESPONSE, f"the upload gave no file id: {str(reply)[:200]}", retryable=True)

@@ -30,16 +30,16 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from .. import errors as E
-from ..batchfiles import Chunk, Limits, dialect_of, split
+from ..batchfiles import Chunk, Limits, Steps, dialect_of, request_key_of, split
 from ..client.batches import BatchClient, BatchInfo
 from ..client.chat import parse_completion, status_error
 from ..connect import open_client
-from ..endpoint import Endpoint
+from ..endpoint import Endpoint, is_loopback
 from ..money import Budget
-from ..records import ChatRequest, ChatResult
+from ..records import ChatRequest, ChatResult, RowOutcome
 from ..retry import with_retries
 from ..spec import NO_PRICES, Answers, Job, Prices, RetryPolicy, SimConfig
 from ..unit import Asker, Stopped
@@ -48,6 +48,10 @@ from .live import LiveExecutor
 from .signals import graceful_stop
 
 Result = ChatResult | E.RequestError
+# An error line's code, as the live error type of the same failure.
+LINE_ERRORS = {"server_error": E.SERVER_ERROR, "invalid_request_error": E.BAD_REQUEST, "not_found": E.NOT_FOUND,
+               "authentication_error": E.AUTH, "rate_limit_exceeded": E.RATE_LIMITED, "billing_error": E.NO_CREDIT,
+               "timeout": E.TIMEOUT}  # fmt: skip
 
 
 class Deferred(Stopped):
@@ -97,7 +101,12 @@ class BatchExecutor:
                                simulator=self.simulator) as client:  # fmt: skip
             if self.live_retry is not None:  # the errors of earlier runs, live, before the rest
                 store = ledger.store
-                again = Work(_Only(work.requests, lambda key: store.failed(key) and store.earlier(key)), work.turn_key)
+                waiting = {request_key_of(cid) for cid in Steps.read(ledger.steps).waiting()}  # asked already
+
+                def again_live(key: str) -> bool:
+                    return store.failed(key) and store.earlier(key) and key not in waiting
+
+                again = Work(_Only(work.requests, again_live), work.turn_key)
                 ending = await self.live_retry.send(again, ledger, client.complete)
                 if ending is not Ending.DONE:
                     return ending
@@ -123,52 +132,34 @@ class _Rounds:
         self.work = work
         self.ledger = ledger
         self.batches = batches
-        self.files: dict[str, tuple[str, ...]] = {}  # uploaded file -> the ids it holds
-        self.file_at: dict[str, float] = {}  # when it was uploaded (epoch): the answers' latency
-        self.batch_of: dict[str, str] = {}  # file -> its batch
-        self.collected: set[str] = set()  # batches whose answers are kept
-        self.dropped: set[str] = set()  # files whose batch will never be created (a cancel)
-        for step in ledger.steps:
-            self._take(step)
+        self.steps = Steps.read(ledger.steps)
         self.results: dict[str, Result] = {}
         self.to_submit: list[ChatRequest] = []
         self.queued: set[str] = set()  # ids in to_submit
         self.budget = Budget(engine.max_cost, engine.prices, ledger.counters) if engine.max_cost is not None else None
         self.held: dict[str, float] = {}  # id -> the budget held for it until its answer comes
         self.waiting: set[str] = set()  # ids in batches whose answers are not yet kept
+        self.consumed: set[str] = set()  # ids of collected answers some request took
+        self.fresh: set[str] = set()  # files uploaded by this run
         self.stop = asyncio.Event()
         self.signalled = 0
         answers = engine.answers
         self.asker = Asker(self._send, max_attempts=1, counters=ledger.counters,
                            check=ledger.check if answers.checked else None, invalid_retries=answers.invalid_retries,
-                           memory=ledger, turn_key=work.turn_key, count_requests=False)  # fmt: skip
+                           memory=ledger, turn_key=work.turn_key, count_requests=False,
+                           stop_fatal=False)  # a batch's error line is one row's, never every row's  # fmt: skip
 
     # --- the steps ---
 
-    def _take(self, step: dict[str, Any]) -> None:
-        kind = step.get("step")
-        if kind == "file" and isinstance(step.get("file"), str) and isinstance(step.get("ids"), str):
-            self.dropped.discard(step["file"])  # an id the provider gave again: a new file
-            self.batch_of.pop(step["file"], None)
-            self.files[step["file"]] = tuple(step["ids"].split())
-            self.file_at[step["file"]] = float(step.get("at") or time.time())
-        elif kind == "batch" and isinstance(step.get("batch"), str) and isinstance(step.get("file"), str):
-            self.batch_of[step["file"]] = step["batch"]
-        elif kind == "collected" and isinstance(step.get("batch"), str):
-            self.collected.add(step["batch"])
-        elif kind == "dropped" and isinstance(step.get("file"), str):
-            self.dropped.add(step["file"])
-
     def _record(self, step: dict[str, Any]) -> None:
         self.ledger.step(step)
-        self._take(step)
+        self.steps.take(step)
 
     def _open_files(self) -> list[str]:
-        """Files whose answers are still to be kept: their requests wait, and are not sent again."""
-        return [f for f in self.files if f not in self.dropped and self.batch_of.get(f) not in self.collected]
+        return self.steps.open_files()
 
     def _waiting(self) -> set[str]:
-        return {cid for file in self._open_files() for cid in self.files[file]}
+        return self.steps.waiting()
 
     # --- the rounds ---
 
@@ -200,6 +191,7 @@ class _Rounds:
             for batch, info in finished:
                 await self._download(batch, info)
             await self._replay(self._waiting())
+            self._keep_unclaimed()
             for batch, _ in finished:
                 self._record({"step": "collected", "batch": batch})
             self.results.clear()
@@ -217,7 +209,7 @@ class _Rounds:
 
     async def _cancel_all(self) -> None:
         for file in self._open_files():
-            batch = self.batch_of.get(file)
+            batch = self.steps.batch_of.get(file)
             if batch is None:
                 self._record({"step": "dropped", "file": file})
                 continue
@@ -227,26 +219,41 @@ class _Rounds:
         """Every uploaded file gets its batch: the one the provider already made over it (a run
         killed between the create and its record), or a new one."""
         for file in self._open_files():
-            if file in self.batch_of:
+            if file in self.steps.batch_of:
                 continue
             info = await self._call(partial(self.batches.find, file))
             if info is None:
-                info = await self._call(partial(self.batches.create, file))
+                done = await with_retries(partial(self.batches.create, file), self.engine.retry.max_attempts)
+                if done.error is not None:
+                    self._refused(file, done.error)
+                    continue
+                assert done.result is not None
+                info = done.result
             self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+
+    def _refused(self, file: str, error: E.RequestError) -> None:
+        """A file the provider will not make a batch of: forgotten, so its requests are asked
+        again in new files; refused for a file of this run, the run stops and says why."""
+        permanent = error.status is not None and 400 <= error.status < 500 and error.status not in (401, 402, 429)
+        if not permanent:
+            raise E.FatalAPIError(error.message, error)
+        self._record({"step": "dropped", "file": file, "why": f"no batch could be made of it: {error.message}"})
+        if file in self.fresh:
+            raise E.FatalAPIError(f"the provider would not make a batch of the requests ({error.message})", error)
 
     async def _follow(self, wait: bool) -> list[tuple[str, BatchInfo]] | None:
         """The open batches that have finished; with ``wait``, waiting until one has (while any
         is open). None when stopped while waiting."""
         while True:
-            open_batches = [(file, self.batch_of[file]) for file in self._open_files() if file in self.batch_of]
+            open_batches = [(file, self.steps.batch_of[file]) for file in self._open_files() if file in self.steps.batch_of]
             if not open_batches:
                 return []
             infos = []
             for file, batch in open_batches:
                 info = await self._known(batch)
-                if info is None:  # the provider has no such batch (a simulator started again): ask again
-                    self._record({"step": "dropped", "file": file, "why": f"the provider has no batch {batch}"})
-                else:
+                if info is None:
+                    info = await self._missing(file, batch)
+                if info is not None:
                     infos.append((batch, info))
             self._report(infos)
             finished = [(batch, info) for batch, info in infos if info.finished]
@@ -260,10 +267,10 @@ class _Rounds:
     def _report(self, infos: list[tuple[str, BatchInfo]]) -> None:
         requests = done = failed = 0
         for batch, info in infos:
-            file = next(f for f, b in self.batch_of.items() if b == batch)
-            count = len(self.files.get(file, ()))
+            file = self.steps.file_of(batch)
+            count = len(self.steps.files.get(file, ()))
             requests += count
-            if info.finished:
+            if info.status == "completed":
                 done += count
             elif info.done is not None:
                 done += info.done
@@ -276,8 +283,8 @@ class _Rounds:
     async def _download(self, batch: str, info: BatchInfo) -> None:
         """The answers of a finished batch, by id; a request it holds and did not answer (it
         expired, failed or was cancelled first) gets an error that says so."""
-        file = next(f for f, b in self.batch_of.items() if b == batch)
-        latency = max(0.0, time.time() - self.file_at.get(file, time.time()))
+        file = self.steps.file_of(batch)
+        latency = max(0.0, time.time() - self.steps.uploaded_at.get(file, time.time()))
         found: dict[str, Result] = {}
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id is None:
@@ -287,7 +294,7 @@ class _Rounds:
                 custom_id, result = self._result(raw, batch, latency)
                 if custom_id is not None:
                     found[custom_id] = result
-        for custom_id in self.files[file]:
+        for custom_id in self.steps.files[file]:
             if custom_id not in found:
                 found[custom_id] = E.RequestError(
                     f"batch_{info.status}", f"batch {batch} ended {info.status} before answering this request",
@@ -325,9 +332,11 @@ class _Rounds:
             failure = status_error(response["status_code"], body, "application/json", {})
             return custom_id, replace_retry(self.batches.chat.redacted(failure))
         if isinstance(error, dict):
-            code = error.get("code") or error.get("type") or "error"
-            message = f"{code}: {error.get('message') or 'the provider gave no reason'}"
-            return custom_id, self.batches.chat.redacted(E.RequestError(E.BATCH_ERROR, message, retryable=False))
+            code = str(error.get("code") or error.get("type") or "")
+            message = str(error.get("message") or "the provider gave no reason")
+            kind = LINE_ERRORS.get(code, E.BATCH_ERROR)  # named as a live answer's error is, where it can be
+            shown = message if kind != E.BATCH_ERROR or not code else f"{code}: {message}"
+            return custom_id, self.batches.chat.redacted(E.RequestError(kind, shown, retryable=False))
         return custom_id, E.RequestError(E.BAD_RESPONSE, "a result line with neither response nor error",
                                          retryable=False)  # fmt: skip
 
@@ -344,8 +353,32 @@ class _Rounds:
                 continue
             self.ledger.finished(outcome)
 
+    def _keep_unclaimed(self) -> None:
+        """Collected answers no request of this run took (its input or job changed since they
+        were submitted): kept all the same, judged by the checks, so a later run that asks them
+        pays nothing."""
+        models = {cid: self.steps.models.get(file, "") for file in self.steps.files for cid in self.steps.files[file]}
+        for custom_id, found in self.results.items():
+            if custom_id in self.consumed:
+                continue
+            key, model = request_key_of(custom_id), models.get(custom_id, "")
+            if isinstance(found, E.RequestError):
+                self.ledger.keep(RowOutcome.failed(-1, key=key, model=model, error_type=found.error_type,
+                                                   error=found.message, attempts=1))  # fmt: skip
+                continue
+            self.ledger.counters.add_usage(model, found.usage)
+            request = ChatRequest(-1, key, model, ())
+            outcome = RowOutcome.answered(request, found, 1)
+            verdict = self.ledger.check(found.content) if self.engine.answers.checked else None
+            if verdict is not None:
+                outcome = replace(outcome, status="error", error_type=verdict[0], error=verdict[1])
+            self.ledger.keep(outcome)
+        self.consumed.clear()
+
     async def _send(self, request: ChatRequest) -> ChatResult:
         found = self.results.get(request.key)
+        if found is not None:
+            self.consumed.add(request.key)
         if isinstance(found, E.RequestError):
             raise found
         if found is not None:
@@ -375,10 +408,30 @@ class _Rounds:
     async def _submit_file(self, chunk: Chunk) -> None:
         name = f"batchchat-{uuid.uuid4().hex[:12]}.jsonl"
         file = await self._call(partial(self.batches.upload, name, chunk.data))
+        self.fresh.add(file)
         self._record({"step": "file", "file": file, "model": chunk.model, "ids": " ".join(chunk.ids),
                       "at": time.time()})  # fmt: skip
-        info = await self._call(partial(self.batches.create, file))
-        self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+        await self._create_missing()
+
+    async def _missing(self, file: str, batch: str) -> BatchInfo | None:
+        """A batch the provider says it does not have. Listed all the same: it is taken as it is
+        listed. Gone from a server on this machine (a simulator started again), or when asked to
+        cancel: forgotten, and its requests asked again. Gone from a provider: the run stops,
+        since another key or account than the one that made it is the likelier cause, and
+        asking again would pay twice."""
+        listed = await self._call(partial(self.batches.find, file))
+        if listed is not None:
+            self._record({"step": "batch", "batch": listed.id, "file": file, "at": time.time()})
+            return cast(BatchInfo, listed)
+        endpoint = self.engine.endpoint
+        local = endpoint.provider == "sim" or (endpoint.base_url is not None and is_loopback(endpoint.base_url))
+        if local or self.engine.cancel:
+            self._record({"step": "dropped", "file": file, "why": f"the provider has no batch {batch}"})
+            return None
+        error = E.RequestError(E.NOT_FOUND, f"HTTP 404: no batch {batch}", status=404)
+        raise E.FatalAPIError(
+            f"the provider has no batch {batch}, which this output's journal recorded: is this the key and account "
+            "that made it? If it is gone for good, --cancel forgets it (its requests are then asked again)", error)
 
     async def _known(self, batch: str) -> BatchInfo | None:
         """The batch as the provider reports it, or None if it says there is no such batch."""
