@@ -19,7 +19,7 @@ import click
 
 from .console import Progress, Shown, say
 from .errors import BatchchatError, FatalAPIError, Interrupted, RequestError, StorageError
-from .text import dry_run_text, summary_text
+from .text import dry_run_text, overview_text, summary_text
 from .words import plural
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ OPTION_GROUPS = {
     "Model and request": ["models", "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p",
                           "params", "variants", "stream"],
     "Limits and retries": ["concurrency", "rpm", "tpm", "max_attempts", "timeout", "price_flags", "max_cost"],
-    "Output and resume": ["output_path", "restart", "retry_errors", "dedup", "grace"],
+    "Output and resume": ["output_path", "restart", "retry_errors", "dedup", "grace", "report"],
     "Evaluation": ["json_schema", "labels", "invalid_retries", "expected_column", "score"],
     "Provider batches (half price, within 24 h)": ["batch_api", "detach", "poll_every", "cancel", "live_retry"],
     "Past one machine": ["ray", "ray_workers"],
@@ -352,6 +352,7 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
 )
 @click.option("--ray-workers", type=int, metavar="N", help="Ray workers [default: one per CPU of the cluster].")
 @click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
+@click.option("--report", is_flag=True, help="At the end, write OUTPUT.report.html: the run's plots and tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.option(
     "--progress-every",
@@ -362,7 +363,7 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     help="Without a terminal (cron, nohup, CI), print a progress line this often [default: 30].",
 )
 def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
-        models: tuple[str, ...], json_schema: str | None, dry_run: bool, quiet: bool, debug: bool,
+        models: tuple[str, ...], json_schema: str | None, dry_run: bool, report: bool, quiet: bool, debug: bool,
         variants: tuple[str, ...], sim_settings: tuple[str, ...], progress_every: float,
         price_flags: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Send every row of a table to a chat model and write the answers beside the input rows.
@@ -408,8 +409,11 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         finally:
             observer.close()
     except Interrupted as e:  # Ctrl-C or SIGTERM: finished work was kept
-        if e.result is not None and not quiet:
-            say(summary_text(cast("RunResult", e.result), finished=False), err=True)
+        stopped = cast("RunResult | None", e.result)
+        if stopped is not None and not quiet:
+            say(summary_text(stopped, finished=False), err=True)
+        if report and stopped is not None and stopped.output is not None:
+            _write_report(stopped.output, quiet)  # what is pending, too
         say(f"batchchat: {e}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except StorageError as e:  # disk full or read-only: not "nothing changed", so not exit 2
@@ -430,7 +434,53 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", debug)
     if not quiet:
         say(summary_text(result), err=True)
+    if report and result.output is not None:
+        _write_report(result.output, quiet)
     sys.exit(result.exit_code)
+
+
+def _write_report(output: Path, quiet: bool) -> None:
+    from .htmlreport import write_report
+
+    try:
+        path = write_report(output)
+    except ImportError:
+        say("batchchat: no report: it needs matplotlib (pip install 'batchchat[report]')", err=True)
+        return
+    if not quiet:
+        say(f"report: {path}", err=True)
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("-o", "--to", "to", metavar="FILE.html", help="Where to write it [default: OUTPUT.report.html].")
+def report(output: str, to: str | None) -> None:
+    """Write the HTML report of OUTPUT, a table a run wrote: one file, offline, with plots.
+
+    Built from the table and the journal beside it; nothing is sent. Needs matplotlib
+    (pip install 'batchchat[report]').
+    """
+    try:
+        from .htmlreport import write_report
+
+        say(str(write_report(output, to)))
+    except ImportError:
+        _fail("the report needs matplotlib: pip install 'batchchat[report]'", False)
+    except BatchchatError as e:
+        _fail(str(e), False)
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("output", type=click.Path(dir_okay=False))
+def show(output: str) -> None:
+    """Print the summary of OUTPUT, a table a run wrote, and its table per model and variant,
+    without running the job again."""
+    try:
+        from .survey import overview
+
+        say(overview_text(overview(output)))
+    except BatchchatError as e:
+        _fail(str(e), False)
 
 
 def _at_least(value: float, low: float, flag: str) -> float:

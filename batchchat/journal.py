@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -115,6 +116,10 @@ class Store(Protocol):
         """See what other processes have added since (the parts of a Ray run's workers)."""
         ...
 
+    def describe(self, job: dict[str, Any]) -> None:
+        """What this run was asked to do (never the key), kept with its first record for a report."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -169,6 +174,9 @@ class MemoryStore:
     def refresh(self) -> None:
         pass
 
+    def describe(self, job: dict[str, Any]) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -192,6 +200,8 @@ class Journal:
         self.assumed_endpoint: str | None = None  # set when this run made that assumption
         self.elsewhere: dict[str, int] = {}  # endpoint -> keys answered there and not here
         self.steps: list[dict[str, Any]] = []  # provider batch steps at this endpoint
+        self.job: dict[str, Any] | None = None  # this run's settings, written with its scope line
+        self.described: dict[str, Any] | None = None  # the settings of the latest run that wrote here
         self._file: IO[bytes] | None = None  # opened by the first record: a run that sends nothing writes nothing
         self._scoped = False  # whether this run's scope line is written
         self._created = False  # whether this run made the file
@@ -264,6 +274,8 @@ class Journal:
         if self.assumed_endpoint is not None:  # the endpoint answered: it claims the old records
             self._write({"legacy": {"endpoint": self.assumed_endpoint}})
         self._write({"scope": {"endpoint": self.scope.endpoint, "checks": self.scope.checks}})
+        if self.job is not None:  # what the run was asked to do, for a report (never the key)
+            self._write({"job": self.job})
         self._scoped = True
 
     def _add(self, outcome: RowOutcome) -> None:
@@ -271,12 +283,18 @@ class Journal:
         assert key is not None and not self.read_only
         self._scope_line()
         offset = self._size
-        # Fields left out are null: an answer has no error, an error no answer.
-        self._write({name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None})
+        # Fields left out are null: an answer has no error, an error no answer. ``at``: when it
+        # finished, for a report's timeline (not a field of the outcome).
+        record = {name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None}
+        record["at"] = round(time.time(), 3)
+        self._write(record)
         self._index(key, offset, outcome.status, fresh=True)
 
     def refresh(self) -> None:
         pass
+
+    def describe(self, job: dict[str, Any]) -> None:
+        self.job = job
 
     def add_step(self, step: dict[str, Any]) -> None:
         """Append a batch step and flush it, as ``add`` does an outcome."""
@@ -384,6 +402,10 @@ class Journal:
                 if isinstance(record.get("scope"), dict):
                     scope = Scope(str(record["scope"].get("endpoint")), str(record["scope"].get("checks")))
                     continue
+                if "job" in record:  # a run's settings: the latest of this endpoint's describes the output
+                    if isinstance(record["job"], dict) and (scope is None or scope.endpoint == self.scope.endpoint):
+                        self.described = record["job"]
+                    continue
                 if "batch_step" in record:
                     if not isinstance(record["batch_step"], dict):
                         self.invalid += 1
@@ -429,7 +451,8 @@ STATUSES = (OK, ERROR, PENDING)  # pending: an answer paid for, failing its chec
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
 TEXT_FIELDS = ("model", "response", "finish_reason", "error_type", "error", "request_id", "transcript")
-COUNT_FIELDS = {"attempts": INT32, "prompt_tokens": INT64, "completion_tokens": INT64, "total_tokens": INT64,
+COUNT_FIELDS = {"attempts": INT32, "rate_limited": INT32, "prompt_tokens": INT64, "completion_tokens": INT64,
+                "total_tokens": INT64,
                 "answers": INT32}  # fmt: skip
 
 
@@ -541,6 +564,9 @@ class JournalSet:
     def begin(self) -> None:
         self.main.begin()
 
+    def describe(self, job: dict[str, Any]) -> None:
+        self.main.describe(job)
+
     def add(self, outcome: RowOutcome) -> None:
         self.main.add(outcome)
 
@@ -562,3 +588,43 @@ class JournalSet:
         self.main.close()
         for part in self.parts:
             part.close()
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When each request of an output finished, and how: what a report plots over time."""
+
+    at: list[float]  # epoch seconds, in the order written
+    attempts: list[int]  # every attempt, the re-asks' included
+    retries: list[int]  # attempts after the first of each ask (re-asks of invalid answers are not retries)
+    limited: list[int]  # attempts answered 429
+    failed: list[bool]
+    job: dict[str, Any] | None  # the latest run's settings
+
+
+def read_timeline(paths: Sequence[Path]) -> Timeline:
+    """The finished requests the journals (and parts) at ``paths`` record with a time, oldest
+    first; records from before times were recorded are left out."""
+    rows: list[tuple[float, int, int, int, bool]] = []
+    job: dict[str, Any] | None = None
+    for path in paths:
+        if not path.is_file():
+            continue
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                if isinstance(record.get("job"), dict):
+                    job = record["job"]
+                at = record.get("at")
+                if isinstance(at, int | float) and valid_record(record) and record.get("status") != PENDING:
+                    attempts, asks = int(record.get("attempts") or 0), int(record.get("answers") or 1)
+                    rows.append((float(at), attempts, max(0, attempts - asks), int(record.get("rate_limited") or 0),
+                                 record.get("status") == ERROR))  # fmt: skip
+    rows.sort()
+    return Timeline(at=[r[0] for r in rows], attempts=[r[1] for r in rows], retries=[r[2] for r in rows],
+                    limited=[r[3] for r in rows], failed=[r[4] for r in rows], job=job)  # fmt: skip

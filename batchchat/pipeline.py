@@ -16,6 +16,7 @@ from .errors import JobError
 from .executors.base import Ending, Executor, Ledger, Work
 from .journal import Scope, Store
 from .records import ERROR, OK, PENDING, ChatRequest
+from .spec import describe
 from .stats import RowTally, Stats, Summary
 from .words import plural
 
@@ -90,6 +91,7 @@ class Stages:
         started = time.perf_counter()
         try:
             if self.stats.total or self.running:  # batches still running are collected
+                self.store.describe(describe(self.job))
                 self.store.begin()
                 builder = self.setup.builder
                 work = Work(_Requests(self.setup, self.source, self.rows), builder.spec.turn_key)

@@ -87,6 +87,7 @@ class RowOutcome:
     request_id: str | None = None
     transcript: str | None = None  # a scripted conversation's messages, as JSON
     answers: int | None = None  # answers paid for, when more than one (re-asks); not an output column
+    rate_limited: int | None = None  # attempts answered 429, when any; not an output column
 
     @classmethod
     def answered(

@@ -302,3 +302,32 @@ def finite(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return all(finite(v) for v in value)
     return True
+
+
+def describe(job: Job) -> dict[str, Any]:
+    """The job as a report shows it: what was asked, of which endpoint, under which limits. The
+    key's variable is named; the key, and any password in the URL, never appear."""
+    from .endpoint import shown_url
+
+    endpoint = job.endpoint
+    parts: dict[str, Any] = {
+        "models": list(job.models),
+        "provider": endpoint.provider,
+        "base_url": shown_url(endpoint.base_url) if endpoint.base_url else None,
+        "api_key_env": endpoint.api_key_env,
+        "prompt": {k: v for k, v in vars(job.prompt).items() if v not in (None, False)},
+        "params": dict(job.params),
+        "variants": [v.name for v in job.variants],
+        "limits": vars(job.limits),
+        "retry": vars(job.retry),
+        "stream": job.stream,
+        "dedup": job.dedup,
+        "labels": list(job.answers.labels),
+        "json_schema": job.answers.schema is not None,
+        "invalid_retries": job.answers.invalid_retries if job.answers.checked else None,
+        "scoring": vars(job.scoring) if job.scoring.expected_column else None,
+        "max_cost": job.max_cost,
+        "batch_api": job.batch.enabled,
+        "ray": job.ray.address,
+    }
+    return {key: value for key, value in parts.items() if value not in (None, [], {}, False)}

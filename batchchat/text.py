@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .endpoint import endpoint_label
 from .executors.base import BatchProgress, Ending
+from .stats import percentile
 from .words import dollars, duration, plural
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .pipeline import RunResult
     from .plan import Plan
     from .stats import GroupSummary, Stats, Summary
+    from .survey import Overview
 
 SHOWN_REQUEST_CHARS = 600
 def plan_lines(plan: Plan) -> list[str]:
@@ -253,4 +255,31 @@ def dry_run_text(dry: DryRun) -> str:
         lines.append(f"note: {dry.missing_key} is not set; a real run needs it (export {dry.missing_key}=...)")
     if plan.output is not None:
         lines.append(f"output would be: {plan.output}")
+    return "\n".join(lines)
+
+
+def overview_text(seen: Overview) -> str:
+    """An output summed up (``batchchat show``): rows by status and error type, tokens, cost,
+    the run's pace from the journal, labels, and the table per model and variant."""
+    status = f"{seen.ok:,} ok, {plural(seen.errors_count, 'error')}"
+    if seen.error_types:
+        status += " (" + ", ".join(f"{name} {count:,}" for name, count in seen.error_types.most_common()) + ")"
+    if seen.pending_count:
+        status += f", {seen.pending_count:,} pending"
+    lines = [f"{seen.output}: {plural(seen.rows, 'row')}: {status}"]
+    tokens = f"tokens: {seen.prompt_tokens:,} prompt + {seen.completion_tokens:,} completion"
+    lines.append(tokens + (f"; cost {dollars(seen.cost)}" if seen.cost is not None else ""))
+    if seen.duration_s is not None:
+        lines.append(f"requests: {len(seen.timeline.at):,} finished over {duration(seen.duration_s)} "
+                     f"({seen.requests_per_s or 0:,.1f}/s); {seen.rate_limited:,} answered 429, "
+                     f"{plural(seen.retries, 'retry', 'retries')}")  # fmt: skip
+    if seen.latencies:
+        ordered = sorted(seen.latencies)
+        lines.append(f"latency: p50 {percentile(ordered, 50) or 0:.2f} s, p95 {percentile(ordered, 95) or 0:.2f} s")
+    if seen.labels:
+        lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in seen.labels.most_common()))
+    if len(seen.groups) > 1 or any(g.scored for g in seen.groups):
+        lines += group_table(seen.groups)
+    if seen.pending_count:
+        lines.append(f"{plural(seen.pending_count, 'row')} not finished: run the job again to go on")
     return "\n".join(lines)

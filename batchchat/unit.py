@@ -98,6 +98,7 @@ class Asked:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     answers: int = 0
+    limited: int = 0  # attempts answered 429
 
     @classmethod
     def before(cls, stored: RowOutcome) -> Asked:
@@ -127,9 +128,12 @@ class Asked:
         if result is None:
             error = self.error
             assert error is not None
-            return RowOutcome.failed(request.row, key=request.key, model=request.model, error_type=error.error_type,
-                                     error=error.message, attempts=self.attempts, transcript=transcript)  # fmt: skip
+            failed = RowOutcome.failed(request.row, key=request.key, model=request.model, error_type=error.error_type,
+                                       error=error.message, attempts=self.attempts, transcript=transcript)  # fmt: skip
+            return replace(failed, rate_limited=self.limited) if self.limited else failed
         outcome = RowOutcome.answered(request, result, self.attempts, transcript=transcript)
+        if self.limited:
+            outcome = replace(outcome, rate_limited=self.limited)
         if self.answers > 1:  # re-asks and turns were paid for too: the row's tokens count them all
             outcome = replace(outcome, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
                               total_tokens=_sum(self.prompt_tokens, self.completion_tokens),
@@ -232,13 +236,21 @@ class Asker:
             # Each answer is asked under its own id: the request's key, then key.2, key.3 for the
             # re-asks, so an engine that answers by id (a provider batch) tells them apart.
             sent = request if asked.answers == 0 else replace(request, key=f"{request.key}.{asked.answers + 1}")
+            limited = 0
+
+            def retrying(error: RequestError) -> None:
+                nonlocal limited
+                limited += error.error_type == RATE_LIMITED
+                self._retrying(error)
+
             try:
                 done = await with_retries(partial(self._attempt, sent), self.max_attempts, sleep=self._backoff,
-                                          on_retry=self._retrying)  # fmt: skip
+                                          on_retry=retrying)  # fmt: skip
             finally:
                 if self.budget is not None:
                     self.budget.release(held)
             asked.attempts += done.attempts
+            asked.limited += limited + (done.error is not None and done.error.error_type == RATE_LIMITED)
             unreachable = done.error is not None and done.error.unreachable and not self.reached
             if unreachable and self.stop_unreachable and done.error is not None:  # its last attempt too
                 raise FatalAPIError(done.error.message, done.error)
@@ -281,6 +293,7 @@ class Asker:
             if self.memory is not None and not recalled and asked.result is not None and asked.invalid is None:
                 self.memory.keep(RowOutcome.answered(step, asked.result, asked.attempts))
             total.attempts += asked.attempts
+            total.limited += asked.limited
             total.count(asked.answers, asked.prompt_tokens, asked.completion_tokens)
             if asked.result is not None:
                 latency += asked.result.latency_s

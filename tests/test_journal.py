@@ -86,8 +86,9 @@ def test_the_journal_holds_the_outcome_fields_and_nothing_else(tmp_path):
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
+        "at",  # when it finished: a report's timeline
     }  # fmt: skip  (null fields are left out; there is never a header, a URL or a key)
-    assert set(json.loads(lines[1])) == {"key", "status", "attempts", "model", "error_type", "error"}
+    assert set(json.loads(lines[1])) == {"key", "status", "attempts", "model", "error_type", "error", "at"}
 
 
 SIM, TOGETHER = Scope("sim", "none"), Scope("https://api.together.xyz/v1", "none")

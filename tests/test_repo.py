@@ -73,6 +73,7 @@ LIBRARY_HOMES = {
     "tenacity": {"retry"},
     "tqdm": {"progress"},
     "ray": {"ray"},
+    "matplotlib": {"htmlreport"},
 }
 
 

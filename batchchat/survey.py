@@ -1,0 +1,303 @@
+"""A look at an output after the fact: what ``batchchat show`` prints and a report draws, worked
+out from the output table and its journal alone, without the job or a rerun.
+
+The table is read batch by batch and only aggregates are kept (counts, per-group figures, the
+numbers the plots need, and a few sample rows), so a million-row output gives an overview of a
+few megabytes at most.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import JobError
+from .files import OutputFiles
+from .journal import Timeline, read_timeline
+from .records import ERROR, OK, OUTPUT_COLUMNS, PENDING
+from .source import open_source
+from .stats import GroupSummary, percentile
+
+SHOWN = 20  # rows in each sample table
+FOLD = 300  # characters of a cell shown before the rest is folded
+ADDED = (*OUTPUT_COLUMNS, "variant", "label", "score", "transcript", "cost")
+
+
+@dataclass
+class Distribution:
+    """An ``out_`` field's values: a count of each (text, true/false), or the numbers."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    numbers: array[float] = field(default_factory=lambda: array("d"))
+
+
+@dataclass
+class _Group:
+    rows: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    scored: int = 0
+    score_sum: float = 0.0
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    priced: bool = True
+
+
+@dataclass
+class Overview:
+    """An output, summed up; ``groups`` is per model and variant, over every row."""
+
+    output: Path
+    rows: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    error_types: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None  # the cost column's sum, when there is one
+    groups: tuple[GroupSummary, ...] = ()
+    labels: Counter[str] = field(default_factory=Counter)
+    fields: dict[str, Distribution] = field(default_factory=dict)
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    ttfts: array[float] = field(default_factory=lambda: array("d"))
+    tokens_per_row: array[float] = field(default_factory=lambda: array("d"))
+    cost_by_model: dict[str, float] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    slowest: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
+    timeline: Timeline = field(default_factory=lambda: Timeline([], [], [], [], [], None))
+    shown_column: str | None = None  # the input column samples show beside the answers
+
+    @property
+    def ok(self) -> int:
+        return self.statuses[OK]
+
+    @property
+    def errors_count(self) -> int:
+        return self.statuses[ERROR]
+
+    @property
+    def pending_count(self) -> int:
+        return self.statuses[PENDING]
+
+    @property
+    def job(self) -> dict[str, Any] | None:
+        return self.timeline.job
+
+    @property
+    def duration_s(self) -> float | None:
+        """From the first finished request to the last, as the journal recorded them."""
+        at = self.timeline.at
+        return at[-1] - at[0] if len(at) > 1 else None
+
+    @property
+    def requests_per_s(self) -> float | None:
+        seconds = self.duration_s
+        return (len(self.timeline.at) - 1) / seconds if seconds else None
+
+    @property
+    def rate_limited(self) -> int:
+        return sum(self.timeline.limited)
+
+    @property
+    def retries(self) -> int:
+        """Attempts tried again after a failure (re-asks of invalid answers are not retries)."""
+        return sum(self.timeline.retries)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures a report states, as data."""
+        return {
+            "rows": self.rows, "ok": self.ok, "errors": self.errors_count, "pending": self.pending_count,
+            "error_types": dict(self.error_types), "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "cost": self.cost, "labels": dict(self.labels),
+            "requests_timed": len(self.timeline.at), "rate_limited": self.rate_limited, "retries": self.retries,
+            "duration_s": self.duration_s,
+            "groups": [{"model": g.model, "variant": g.variant, "rows": g.rows, "ok": g.ok, "errors": g.errors,
+                        "pending": g.pending, "accuracy": g.accuracy, "tokens": g.tokens, "cost": g.cost}
+                       for g in self.groups],
+        }  # fmt: skip
+
+
+def overview(output: str | Path) -> Overview:
+    """The overview of an output file and its journal."""
+    path = Path(output)
+    if not path.is_file():
+        raise JobError(f"no output at {path}: give the table a run wrote (its journal is read beside it)")
+    files = OutputFiles.of(path)
+    seen = Overview(path)
+    parts = sorted(files.parts.glob("*.journal")) if files.parts.is_dir() else []
+    seen.timeline = read_timeline([files.journal, *parts])
+    _read_table(seen, path)
+    return seen
+
+
+def _read_table(seen: Overview, path: Path) -> None:
+    source = open_source(path)
+    columns = source.columns
+    if "status" not in columns or "response" not in columns:
+        raise JobError(f"{path} is not a table batchchat wrote: it has no status and response columns")
+    job = seen.timeline.job or {}
+    prompt = (job.get("prompt") or {}).get("column")
+    inputs = [c for c in columns if c not in ADDED and not c.startswith("out_")]
+    seen.shown_column = prompt if prompt in inputs else (inputs[0] if inputs else None)
+    out_fields = [c for c in columns if c.startswith("out_")]
+    groups: dict[tuple[str, str | None], _Group] = {}
+    answered: set[str] = set()  # request ids: rows sharing one answer count its tokens once
+    fanout = max(1, len(job.get("models") or [1]) * max(1, len(job.get("variants") or [])))
+    row = 0
+    pending_fanout: list[dict[str, Any]] = []
+    for batch in source.batches():
+        values = {name: batch.column(name).to_pylist() for name in columns}
+        for i in range(batch.num_rows):
+            cells = {name: values[name][i] for name in columns}
+            _count(seen, groups, cells, row, out_fields, answered)
+            pending_fanout.append(cells)
+            if len(pending_fanout) == fanout:
+                _compare(seen, pending_fanout, row // fanout)
+                pending_fanout = []
+            row += 1
+    seen.groups = tuple(_summary(key, g) for key, g in groups.items())
+    seen.slowest.sort(key=lambda r: -(r["latency_s"] or 0))
+
+
+def _number(value: Any) -> float | None:
+    """A cell as a number (CSV and JSONL outputs hold text); None when empty or not one."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _count(seen: Overview, groups: dict[tuple[str, str | None], _Group], cells: dict[str, Any], row: int,
+           out_fields: list[str], answered: set[str]) -> None:  # fmt: skip
+    status = str(cells.get("status") or PENDING)
+    seen.rows += 1
+    seen.statuses[status] += 1
+    error_type = cells.get("error_type")
+    if status == ERROR and error_type:
+        seen.error_types[str(error_type)] += 1
+    model = str(cells.get("model") or "")
+    variant = cells.get("variant") or None
+    group = groups.setdefault((model, variant), _Group())
+    group.rows += 1
+    group.statuses[status] += 1
+    prompt, completion = _number(cells.get("prompt_tokens")), _number(cells.get("completion_tokens"))
+    cost = _number(cells.get("cost"))
+    request_id = cells.get("request_id")
+    first = not request_id or request_id not in answered
+    if request_id:
+        answered.add(str(request_id))
+    if first:
+        seen.prompt_tokens += int(prompt or 0)
+        seen.completion_tokens += int(completion or 0)
+        group.prompt_tokens += int(prompt or 0)
+        group.completion_tokens += int(completion or 0)
+    if "cost" in cells:
+        if cost is None:
+            group.priced = group.priced and status != OK
+        else:
+            seen.cost = (seen.cost or 0.0) + cost
+            group.cost += cost
+            seen.cost_by_model[model] = seen.cost_by_model.get(model, 0.0) + cost
+    score = _number(cells.get("score"))
+    if score is not None:
+        group.scored += 1
+        group.score_sum += score
+    shown = _fold(cells.get(seen.shown_column)) if seen.shown_column else None
+    if status == OK:
+        latency = _number(cells.get("latency_s"))
+        if latency is not None:
+            seen.latencies.append(latency)
+            group.latencies.append(latency)
+            _keep_slowest(seen, {"row": row + 1, "model": model, "latency_s": latency, "input": shown,
+                                 "response": _fold(cells.get("response"))})  # fmt: skip
+        ttft = _number(cells.get("ttft_s"))
+        if ttft is not None:
+            seen.ttfts.append(ttft)
+        total = _number(cells.get("total_tokens"))
+        if total is not None:
+            seen.tokens_per_row.append(total)
+        if len(seen.samples) < SHOWN:
+            seen.samples.append({"row": row + 1, "model": model, "variant": variant, "input": shown,
+                                 "response": _fold(cells.get("response"))})  # fmt: skip
+    elif status == ERROR and len(seen.errors) < SHOWN:
+        seen.errors.append({"row": row + 1, "model": model, "error_type": error_type, "error": _fold(cells.get("error")),
+                            "input": shown})  # fmt: skip
+    elif status == PENDING and len(seen.pending) < SHOWN:
+        seen.pending.append({"row": row + 1, "model": model, "input": shown})
+    label = cells.get("label")
+    if label:
+        seen.labels[str(label)] += 1
+    for name in out_fields:
+        value = cells.get(name)
+        if value is None or value == "":
+            continue
+        distribution = seen.fields.setdefault(name, Distribution())
+        number = _number(value) if not isinstance(value, bool) else None
+        if number is not None and str(value).strip().lower() not in ("true", "false"):
+            distribution.numbers.append(number)
+        else:
+            distribution.counts[_fold(value, 60) or ""] += 1
+
+
+def _keep_slowest(seen: Overview, entry: dict[str, Any]) -> None:
+    slowest = seen.slowest
+    if len(slowest) < SHOWN:
+        slowest.append(entry)
+    else:
+        fastest = min(range(len(slowest)), key=lambda i: slowest[i]["latency_s"])
+        if entry["latency_s"] > slowest[fastest]["latency_s"]:
+            slowest[fastest] = entry
+
+
+def _compare(seen: Overview, rows: list[dict[str, Any]], input_row: int) -> None:
+    """An input row whose models or variants answered differently (by label, score or answer)."""
+    if len(rows) < 2 or len(seen.disagreements) >= SHOWN or any(r.get("status") != OK for r in rows):
+        return
+    by = "label" if "label" in rows[0] else "score" if "score" in rows[0] else "response"
+    said = [" ".join(str(r.get(by) or "").split()).casefold() for r in rows]
+    if len(set(said)) > 1:
+        seen.disagreements.append({
+            "row": input_row + 1, "input": _fold(rows[0].get(seen.shown_column)) if seen.shown_column else None,
+            "by": by, "answers": [{"model": r.get("model"), "variant": r.get("variant") or None,
+                                   "said": _fold(r.get(by))} for r in rows],
+        })  # fmt: skip
+
+
+def _summary(key: tuple[str, str | None], group: _Group) -> GroupSummary:
+    latencies = sorted(group.latencies)
+    return GroupSummary(
+        model=key[0], variant=key[1], rows=group.rows, ok=group.statuses[OK], errors=group.statuses[ERROR],
+        pending=group.statuses[PENDING], scored=group.scored,
+        accuracy=group.score_sum / group.scored if group.scored else None,
+        latency_p50_s=percentile(latencies, 50), latency_p95_s=percentile(latencies, 95),
+        prompt_tokens=group.prompt_tokens, completion_tokens=group.completion_tokens,
+        cost=group.cost if group.priced else None,
+    )  # fmt: skip
+
+
+def _fold(value: Any, limit: int = FOLD) -> str | None:
+    """A cell as short text: lists and objects as JSON; past ``limit`` characters, cut."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def shares(counts: Iterable[tuple[str, int]], top: int = 12) -> list[tuple[str, int]]:
+    """The ``top`` most frequent values, the rest summed as "other"."""
+    ordered = sorted(counts, key=lambda item: -item[1])
+    if len(ordered) <= top:
+        return ordered
+    return [*ordered[: top - 1], ("other", sum(count for _, count in ordered[top - 1 :]))]
