@@ -676,9 +676,14 @@ async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -
 )
 @click.option("--batch-seconds", default=1.0, type=click.FloatRange(0), show_default=True,
               help="How long a batch takes.")  # fmt: skip
-@click.option("--batch-error-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of a batch's requests that fail.")
+@click.option(
+    "--batch-error-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of a batch's requests that fail."
+)
 @click.option("--batch-expire-at", type=click.FloatRange(0, 1), help="Every batch expires with this share done.")
 @click.option("--batch-fail-at", type=click.FloatRange(0, 1), help="Every batch fails with this share done.")
+@click.option("--one-at-a-time", is_flag=True,
+              help="Serve one request at a time, a new one cutting the stream in flight short, as llama.cpp's "
+                   "server does by default.")  # fmt: skip
 @click.option("--batch-max-lines", type=click.IntRange(1),
               help="Fewer requests a batch may hold than 50,000 (a client splits files at 50,000 unless it runs "
                    "the simulator itself: --provider sim --sim batch_max_lines=N).")  # fmt: skip

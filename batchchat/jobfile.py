@@ -393,6 +393,7 @@ def _simulator(value: Any, at: str) -> SimConfig:
     for key in entries:
         if key not in SIM_SETTINGS:
             raise JobError(f"{at}: unknown simulator setting '{key}'{did_you_mean(key, SIM_SETTINGS)}")
+
     def of(key: str) -> str:
         return f"the simulator's {key} ({at})"
 
@@ -413,6 +414,7 @@ def _simulator(value: Any, at: str) -> SimConfig:
         batch_fail_at=number(entries.get("batch_fail_at"), of("batch_fail_at"), 0.0, 1.0),
         batch_delay_ms=number(entries.get("batch_delay_ms"), of("batch_delay_ms"), 0.0) or 0.0,
         batch_max_lines=whole(entries.get("batch_max_lines"), of("batch_max_lines"), 1),
+        one_at_a_time=flag(entries.get("one_at_a_time"), of("one_at_a_time"), False),
     )
 
 

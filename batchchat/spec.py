@@ -162,6 +162,9 @@ class SimConfig:
     labels: tuple[str, ...] = ()  # answer with one of these (a labeling model)
     invalid_rate: float = 0.0  # share of answers that break the labels or the asked-for JSON
     api_key: str | None = None  # when set, requests without this bearer key get 401
+    # Like llama.cpp's server as it comes: one request at a time, and a new one cuts the stream in
+    # flight short (it just ends: no finish_reason, no [DONE]).
+    one_at_a_time: bool = False
     # Its Batch API: which provider's dialect it speaks, how long a batch takes, and how it fails.
     batch_dialect: str = "together"
     batch_seconds: float = 1.0

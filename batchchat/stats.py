@@ -21,8 +21,8 @@ from .spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("invalid", "rate", "rate_limited", "requests", "retries", "unreported", "unreported_bound", "usage",
-                 "waiting_until")  # fmt: skip
+    __slots__ = ("crowded", "invalid", "rate", "rate_limited", "requests", "retries", "unreported", "unreported_bound",
+                 "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
@@ -36,6 +36,7 @@ class Counters:
         self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
         self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
+        self.crowded: str | None = None  # why fewer requests went at once than asked
 
     def merge(self, other: Counters) -> None:
         """Another process's counts (a Ray worker's), added to these."""
@@ -51,6 +52,7 @@ class Counters:
         self.retries += other.retries
         self.rate = other.rate if other.rate is not None else self.rate
         self.waiting_until = max(self.waiting_until, other.waiting_until)
+        self.crowded = other.crowded or self.crowded
 
     def add_usage(self, model: str, usage: Usage) -> None:
         """An answer arrived and is paid for, whatever becomes of it (a re-ask, a conversation's turn)."""
@@ -197,6 +199,7 @@ class Summary:
     output_cost: float | None = None  # the cost column's sum (earlier runs' answers included), when all priced
     labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
     unreported: int = 0  # answers this run whose server did not report usage
+    crowded: str | None = None  # when and why fewer requests went at once than asked
 
     @property
     def total_tokens(self) -> int:
@@ -278,14 +281,15 @@ class Stats:
             output_cost=rows.cost if self.prices and not rows.unpriced else None,
             labels=tuple(rows.labels.most_common()),
             unreported=self.counters.unreported,
+            crowded=self.counters.crowded,
         )
 
 
-def percentile(ordered: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear interpolation between closest ranks over sorted values (numpy's default)."""
-    if not ordered:
+    if len(values) == 0:
         return None
-    position = (len(ordered) - 1) * q / 100.0
+    position = (len(values) - 1) * q / 100.0
     low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    high = min(low + 1, len(values) - 1)
+    return float(values[low] + (values[high] - values[low]) * (position - low))

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .survey import Overview
 
 SHOWN_REQUEST_CHARS = 600
+
+
 def plan_lines(plan: Plan) -> list[str]:
     """What a run is about to do: rows, fan-out, what earlier runs and dedup spare it."""
     fanout = ""
@@ -42,9 +44,11 @@ def plan_lines(plan: Plan) -> list[str]:
         lines.append(
             f"{plural(plan.invalid_inputs, 'input row')} {'has' if one else 'have'} nothing to send, an empty "
             f"prompt ({'row' if one else 'rows'} {shown}): "
-            + (f"{'its' if one else 'their'} {plural(plan.invalid_rows, 'output row')} become error rows"
-               if plan.rows != plan.input_rows
-               else f"{'it becomes an error row' if one else 'they become error rows'}")
+            + (
+                f"{'its' if one else 'their'} {plural(plan.invalid_rows, 'output row')} become error rows"
+                if plan.rows != plan.input_rows
+                else f"{'it becomes an error row' if one else 'they become error rows'}"
+            )
             + " (invalid_input) without a request"
         )
     if plan.assumed_endpoint is not None:
@@ -129,6 +133,8 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         if s.ttft_p50_s is not None and s.ttft_p95_s is not None:
             latency += f"; first token: p50 {s.ttft_p50_s:.2f} s, p95 {s.ttft_p95_s:.2f} s"
         lines.append(latency)
+    if s.crowded:
+        lines.append(f"concurrency lowered: {s.crowded}")
     if s.labels:
         lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in s.labels))
     if s.output_cost is not None and s.output_cost != s.cost:
@@ -215,9 +221,14 @@ def dry_run_text(dry: DryRun) -> str:
                      f"{g.completion_tokens:,}", dollars(g.cost)))  # fmt: skip
     rows.append(("total", "", f"{plan.to_send:,}", f"{dry.prompt_tokens:,}", f"{dry.completion_tokens:,}",
                  dollars(dry.cost)))  # fmt: skip
-    completion = "max_tokens per answer" if dry.completion_bounded else (
-        "max_tokens per answer, or 256 where it is unset, which bounds nothing")
-    lines.append(f"estimate, upper bounds (prompt: UTF-8 bytes + the chat template's tokens; completion: {completion}):")
+    completion = (
+        "max_tokens per answer"
+        if dry.completion_bounded
+        else ("max_tokens per answer, or 256 where it is unset, which bounds nothing")
+    )
+    lines.append(
+        f"estimate, upper bounds (prompt: UTF-8 bytes + the chat template's tokens; completion: {completion}):"
+    )
     lines += _columns(rows)
     if plan.to_send:
         lines.append(

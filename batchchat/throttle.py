@@ -3,7 +3,10 @@
 Every attempt, first or retry, passes here before it is sent:
 
 1. a concurrency slot, held only while the request is in flight (a row waiting out a backoff holds
-   none, so the slot serves other rows meanwhile);
+   none, so the slot serves other rows meanwhile). The slots open are ``--concurrency`` at first,
+   fewer while the server shows it is crowded (``Crowding``: streams cut short, timeouts, 503s
+   from requests sent beside others: a local server that serves one request at a time cuts the
+   stream in flight when the next arrives), and open again slowly once it is not;
 2. the shared cool-down: after a 429 our rate caused, *no* request goes out until the server's hint has passed;
    retrying workers each waiting on their own would otherwise come back together and trip it again;
 3. ``--rpm`` and ``--tpm``, fixed limits on aiolimiter. Requests/min is a bucket of half a second's
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from .errors import RATE_LIMITED, RequestError
+from .errors import RATE_LIMITED, SERVER_ERROR, STREAM_TRUNCATED, TIMEOUT, RequestError
 from .money import DEFAULT_COMPLETION_TOKENS, likely
 from .records import ChatRequest, ChatResult
 from .retry import HINT_CAP_S, hint_seconds, reset_seconds
@@ -236,6 +239,100 @@ class Permit:
     raw_cost: float
 
 
+CROWDED_AFTER = 2  # failures, at least, since the slots last changed ...
+CROWDED_OUT_OF = 12  # ... among the last this many answers and failures (twice the slots if more) ...
+CROWDED_SHARE = 0.25  # ... and this share of them at least: a hiccup now and then is not crowding
+OPEN_AFTER_S = (
+    30.0  # after a cut, at least this long before a slot opens again; doubled each time one reopened too soon
+)
+OPEN_AFTER_MAX_S = 600.0
+WORDS = {STREAM_TRUNCATED: ("cut", "stream", "streams"), TIMEOUT: ("timed out on", "request", "requests"),
+         SERVER_ERROR: ("answered 503 to", "request", "requests")}  # fmt: skip
+
+
+class Crowding:
+    """How many requests the server takes at once. Streams cut short, timeouts and 503s, from
+    requests that met others in flight, say it takes fewer than it is sent (llama.cpp's server
+    serves one and cuts the stream in flight when the next arrives): the slots are halved, to one
+    at least. A slot opens again after a stretch of clean answers, and the stretch doubles each time
+    an opened slot brought the failures back, so a server that really serves one at a time costs a
+    retry now and then, not one per row.
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        self.asked = concurrency
+        self.limit = concurrency  # slots open now
+        self.lowest = concurrency
+        self._recent: deque[int] = deque()  # 1 for a failure, 0 for an answer, the latest last
+        self._out_of = max(CROWDED_OUT_OF, 2 * concurrency)
+        self._failures = 0  # ones in _recent
+        self._cut_at = -math.inf
+        self._open_after = OPEN_AFTER_S
+        self._opened = False  # a slot was opened since the last cut
+        self._clean = 0
+        self.seen: dict[str, int] = {}  # failures taken as crowding, by error type
+        self.crowd = 0  # requests in flight when the first cut was decided
+
+    def _record(self, failed: int) -> None:
+        recent = self._recent
+        if len(recent) >= self._out_of:
+            self._failures -= recent.popleft()
+        recent.append(failed)
+        self._failures += failed
+
+    def _forget(self) -> None:
+        self._recent.clear()
+        self._failures = 0
+        self._out_of = max(CROWDED_OUT_OF, 2 * self.limit)
+
+    def failed(self, now: float, permit: Permit, error: RequestError, crowd: int) -> bool:
+        """Whether the slots were cut. ``crowd``: requests in flight as it failed, itself included
+        (the one cut short is often the first sent, alone, so what it met counts, not what it left with)."""
+        kind = error.error_type
+        if crowd < 2 or not (kind in (STREAM_TRUNCATED, TIMEOUT) or (kind == SERVER_ERROR and error.status == 503)):
+            return False  # alone, it was not crowded out
+        self.seen[kind] = self.seen.get(kind, 0) + 1
+        self._clean = 0
+        if permit.dispatched_at < self._cut_at:
+            return False  # sent before the last cut, which already answered it
+        self._record(1)
+        if self._failures < CROWDED_AFTER or self._failures < CROWDED_SHARE * len(self._recent) or self.limit <= 1:
+            return False
+        self.crowd = self.crowd or crowd
+        self.limit = max(1, min(self.limit, crowd) // 2)
+        self.lowest = min(self.lowest, self.limit)
+        self._forget()
+        self._cut_at = now
+        if self._opened:
+            self._open_after = min(2 * self._open_after, OPEN_AFTER_MAX_S)
+        self._opened = False
+        return True
+
+    def succeeded(self, now: float) -> bool:
+        """Whether a slot opened again."""
+        self._record(0)
+        if self.limit >= self.asked:
+            return False
+        self._clean += 1
+        if self._clean < max(20, 10 * self.limit) or now - self._cut_at < self._open_after:
+            return False
+        self._clean = 0
+        self.limit += 1
+        self._opened = True
+        self._forget()  # what the server does with one more is new evidence
+        return True
+
+    @property
+    def note(self) -> str | None:
+        """What the summary says of it: "the server cut 12 streams when sent 2 at once; ran at 1"."""
+        if self.lowest >= self.asked:
+            return None
+        what = ", ".join(f"{WORDS[kind][0]} {count:,} {WORDS[kind][1] if count == 1 else WORDS[kind][2]}"
+                         for kind, count in self.seen.items())  # fmt: skip
+        now = f" (now {self.limit})" if self.limit != self.lowest else ""
+        return f"the server {what} when sent {self.crowd} at once; ran at {self.lowest}{now}"
+
+
 class Throttle:
     def __init__(
         self,
@@ -249,7 +346,9 @@ class Throttle:
         self.rpm = rpm
         self.tpm = tpm
         self.estimator = TokenEstimator(default_completion_tokens)
-        self._slots = asyncio.Semaphore(concurrency)
+        self.crowding = Crowding(concurrency)
+        self._in_flight = 0
+        self._room: deque[asyncio.Future[None]] = deque()  # attempts waiting for a slot
         self._rpm_limiter = AsyncLimiter(*_half_second_bucket(rpm)) if rpm else None
         self._tpm_limiter = AsyncLimiter(tpm, 60) if tpm else None
         self._pacer = Pacer()
@@ -286,11 +385,21 @@ class Throttle:
         generator-based context manager costs more than all the rest of the throttle.)
         """
         raw = self.estimator.raw(request)
-        await self._slots.acquire()
+        if self._in_flight < self.crowding.limit and not self._room:
+            self._in_flight += 1
+        else:  # in line, first come first served: a slot freed is handed to the first waiting
+            waiter = asyncio.get_running_loop().create_future()
+            self._room.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if not waiter.cancelled():  # handed a slot, then cancelled: it goes to the next
+                    self.release()
+                raise
         try:
             await self._admit(raw * self.estimator.ratio)
         except BaseException:
-            self._slots.release()
+            self.release()
             raise
         now = asyncio.get_running_loop().time()
         self._recent.append(now)
@@ -299,7 +408,21 @@ class Throttle:
         return Permit(now, raw)
 
     def release(self) -> None:
-        self._slots.release()
+        self._in_flight -= 1
+        self._wake()
+
+    @property
+    def crowded(self) -> str | None:
+        """When and why fewer requests went at once than asked, for the summary."""
+        return self.crowding.note
+
+    def _wake(self) -> None:
+        """Hand the slots open to attempts waiting, in the order they came."""
+        while self._room and self._in_flight < self.crowding.limit:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._in_flight += 1
 
     @property
     def held_s(self) -> float:
@@ -335,6 +458,8 @@ class Throttle:
                 self._repace()
         now = asyncio.get_running_loop().time()
         self._answered(now)
+        if self.crowding.succeeded(now):
+            self._wake()
         if self.adaptive_rate is not None:
             self._successes += 1
             if self._successes >= max(1.0, self.adaptive_rate):  # about a second's worth
@@ -348,6 +473,7 @@ class Throttle:
         if error.headers:
             self._learn(error.headers)
         now = asyncio.get_running_loop().time()
+        self.crowding.failed(now, permit, error, self._in_flight)
         if error.status is not None and error.error_type != RATE_LIMITED:
             self._answered(now)
         if error.error_type != RATE_LIMITED:

@@ -54,6 +54,11 @@ class Limiter(Protocol):
     @property
     def held_s(self) -> float: ...
 
+    @property
+    def crowded(self) -> str | None:
+        """Why fewer requests go at once than asked, if they do."""
+        ...
+
     async def acquire(self, request: ChatRequest) -> Any:
         """A permit to depart now, holding a place in flight until ``release``."""
         ...
@@ -339,6 +344,7 @@ class Asker:
                 count.rate_limited += error.error_type == RATE_LIMITED
                 if throttle is not None and permit is not None:
                     throttle.failed(permit, error)
+                    count.crowded = throttle.crowded
                     count.rate = throttle.rate
                     count.waiting_until = time.time() + throttle.held_s
                 if self.stop_fatal and is_fatal(error):

@@ -54,12 +54,16 @@ class FakeAPI:
     rejected: list[float] = field(default_factory=list)
     attempts: dict[int, int] = field(default_factory=dict)
     answered: dict[int, int] = field(default_factory=dict)
+    one_at_a_time: bool = False  # like llama.cpp's server: serves one, and a new arrival cuts the one in flight
     in_flight: int = 0
     peak: int = 0
+    cut: int = 0  # answers cut short by a new arrival
 
     def __post_init__(self) -> None:
         self._level = self.burst or (self.rate or 0)
         self._stamp = 0.0
+        self._serving: asyncio.Lock | None = None
+        self._cutting: asyncio.Event | None = None
 
     def _limit_headers(self) -> dict[str, str]:
         if not self.limit_headers or self.rate is None:
@@ -99,13 +103,31 @@ class FakeAPI:
             scripted = self.script(request, attempt) if self.script else None
             if scripted is not None:
                 raise scripted
-            await asyncio.sleep(self.latency + (self.jitter(request.row) if self.jitter else 0.0))
+            latency = self.latency + (self.jitter(request.row) if self.jitter else 0.0)
+            if self.one_at_a_time:
+                await self._serve_alone(latency)
+            else:
+                await asyncio.sleep(latency)
             self.answered[request.row] = self.answered.get(request.row, 0) + 1
             usage = Usage(self.tokens // 2, self.tokens - self.tokens // 2, self.tokens)
             return ChatResult(f"a{request.row}", "stop", usage, f"id{request.row}", "m", self.latency,
                               headers=self._limit_headers())  # fmt: skip
         finally:
             self.in_flight -= 1
+
+    async def _serve_alone(self, latency: float) -> None:
+        """Wait for the one request being served; arriving cuts its answer short."""
+        if self._cutting is not None:
+            self._cutting.set()
+        self._serving = self._serving or asyncio.Lock()
+        async with self._serving:
+            cutting = self._cutting = asyncio.Event()
+            try:
+                await asyncio.wait_for(cutting.wait(), latency)
+            except TimeoutError:
+                return
+            self.cut += 1
+            raise RequestError("stream_truncated", "stream ended without [DONE]", status=200, retryable=True)
 
 
 async def drive(api: FakeAPI, items, throttle: Throttle, max_attempts: int = 6, counters: Counters | None = None):

@@ -11,7 +11,7 @@ from batchchat.errors import RequestError
 from batchchat.jobfile import load_job
 from batchchat.simulator import synthetic_reply
 from batchchat.sse import Event
-from tests.helpers import read_output, write_csv
+from tests.helpers import cli, read_output, write_csv
 
 
 def chunk(content=None, finish=None, usage=None, choices=True, **extra) -> Event:
@@ -173,3 +173,24 @@ def test_two_hundred_streamed_rows_with_a_fifth_of_streams_failing_all_end_ok(si
         assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt_tokens, completion_tokens)
         assert 0 < row["ttft_s"] <= row["latency_s"]
     assert result.summary.ttft_p50_s is not None
+
+
+def test_a_local_server_that_serves_one_at_a_time_gets_every_row_with_few_retries(sim_factory, tmp_path):
+    """Like llama.cpp's server: one request at a time, and a new arrival cuts the stream in flight."""
+    server = sim_factory(one_at_a_time=True, latency_ms=20, tokens_per_s=2000)
+    prompts = [f"a longer question for a small local model, number {i}" for i in range(20)]
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[p] for p in prompts])
+    output = tmp_path / "out.parquet"
+    result = cli("run", "-i", source, "-o", output, "-m", "local", "--base-url", server.url, "--stream",
+                 "--concurrency", "4", "--max-attempts", "4")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stats = server.stats()
+    assert stats["max_in_flight"] == 4  # it was sent 4 at once at first ...
+    assert 1 <= stats["streams_cut"] <= 8  # ... which cut a few streams, not one per row
+    assert stats["answered_twice"] == 0
+    rows = read_output(output)
+    assert [row["status"] for row in rows] == ["ok"] * len(prompts)
+    for row, prompt in zip(rows, prompts, strict=True):
+        content, *_ = synthetic_reply({"model": "local", "messages": [{"role": "user", "content": prompt}]})
+        assert row["response"] == content
+    assert "concurrency lowered: the server cut" in result.output and "ran at 1" in result.output

@@ -1,6 +1,7 @@
 """Limits, cool-down, AIMD and header pacing, on a virtual clock (no real waiting)."""
 
 import asyncio
+import itertools
 import random
 
 import pytest
@@ -227,3 +228,94 @@ def test_sporadic_429s_our_rate_does_not_cause_barely_slow_a_job(share, slower_b
     assert counters.rate_limited > 0.8 * share * 1000
     assert elapsed <= slower_by * clean_s
     assert throttle.adaptive_rate is None  # no cut was kept: the 429s did not track the rate
+
+
+def truncated():
+    from batchchat.errors import RequestError
+
+    return RequestError("stream_truncated", "stream ended without [DONE]", status=200, retryable=True)
+
+
+def test_a_server_that_serves_one_at_a_time_is_sent_one_at_a_time():
+    """llama.cpp's server cuts the stream in flight when the next request arrives."""
+    api = FakeAPI(latency=0.5, one_at_a_time=True)
+    throttle = Throttle(4)
+    outcomes, counters, elapsed = run(api, requests(60), throttle, max_attempts=4)
+    assert [o.status for o in outcomes.values()].count("ok") == 60
+    assert throttle.crowding.limit == 1
+    assert api.cut <= 8  # a handful before the slots came down, not one per row
+    assert counters.retries == api.cut
+    assert elapsed < 60 * 0.5 + 10
+    assert counters.crowded is not None
+    assert counters.crowded.startswith("the server cut ") and counters.crowded.endswith("at once; ran at 1")
+
+
+def test_a_crowded_server_gets_concurrency_back_slowly_once_it_recovers():
+    api = FakeAPI(latency=0.2)
+    api.script = lambda request, attempt: (
+        truncated() if asyncio.get_running_loop().time() < 5 and api.in_flight > 2 else None
+    )
+    throttle = Throttle(8)
+    seen = []
+
+    async def go():
+        async def watch():
+            while True:
+                seen.append((asyncio.get_running_loop().time(), throttle.crowding.limit))
+                await asyncio.sleep(1)
+
+        watcher = asyncio.create_task(watch())
+        outcomes = await drive(api, requests(3000), throttle, 10)
+        watcher.cancel()
+        return outcomes
+
+    outcomes = run_virtual(go())
+    assert all(o.status == "ok" for o in outcomes.values())
+    lowest = min(limit for _, limit in seen)
+    assert lowest <= 2
+    cut_at = next(at for at, limit in seen if limit == lowest)
+    assert cut_at < 5
+    assert all(limit == lowest for at, limit in seen if cut_at <= at < cut_at + 29)  # nothing opens for 30 s
+    assert seen[-1][1] > lowest  # ... but it does later
+    steps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
+    assert max(steps) == 1  # one slot at a time
+
+
+def test_a_stream_cut_now_and_then_does_not_lower_concurrency():
+    def script(request, attempt):
+        chance = random.Random(f"{request.row}:{attempt}").random()
+        return truncated() if chance < 0.02 else None
+
+    throttle = Throttle(16)
+    outcomes, counters, _ = run(FakeAPI(latency=0.2, script=script), requests(2000), throttle)
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert counters.retries > 20
+    assert throttle.crowding.limit == 16 and counters.crowded is None
+
+
+@pytest.mark.parametrize("kind", ["timeout", "503"])
+def test_timeouts_and_503s_in_company_lower_concurrency_too(kind):
+    from batchchat.errors import RequestError
+
+    def script(request, attempt):
+        if api.in_flight <= 2:
+            return None
+        return RequestError("timeout", "timed out", retryable=True) if kind == "timeout" else error(503)
+
+    api = FakeAPI(latency=0.2, script=script)
+    throttle = Throttle(8)
+    outcomes, counters, _ = run(api, requests(200), throttle)
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert throttle.crowding.lowest <= 2
+    assert counters.crowded is not None
+    assert ("timed out on" if kind == "timeout" else "answered 503 to") in counters.crowded
+
+
+def test_a_lone_request_that_times_out_does_not_lower_concurrency():
+    from batchchat.errors import RequestError
+
+    api = FakeAPI(latency=0.2, script=lambda request, attempt: RequestError("timeout", "t", retryable=True)
+                  if attempt == 1 else None)  # fmt: skip
+    throttle = Throttle(4)
+    outcomes, _, _ = run(api, requests(1), throttle)
+    assert outcomes[0].status == "ok" and throttle.crowding.limit == 4

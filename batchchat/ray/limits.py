@@ -122,6 +122,7 @@ class LeasedThrottle:
         self._lease_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self.spent = False  # the shared budget refused a lease
+        self.crowded: str | None = None  # the shared throttle's, not told to workers
         self._urgent: asyncio.Future[None] | None = None
 
     async def acquire(self, request: ChatRequest) -> _Leased:

@@ -91,6 +91,8 @@ class Simulator:
         self._first_at: float | None = None  # when the first request arrived (monotonic)
         self._last_at: float | None = None  # when the last answer was complete
         self.batches = BatchStore(self.config, self.counts, self._batch_answer)
+        self._one = asyncio.Lock()  # one_at_a_time: the request being served holds it
+        self._cut: asyncio.Event | None = None  # ... and a stream in flight ends when this is set
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # a batch file may hold 200 MB
@@ -157,11 +159,17 @@ class Simulator:
         self._in_flight += 1
         self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self._in_flight)
         try:
-            return await self._answer(request)
+            if not self.config.one_at_a_time:
+                return await self._answer(request)
+            if self._cut is not None:  # the new request cuts the stream in flight short
+                self._cut.set()
+            async with self._one:
+                self._cut = asyncio.Event()
+                return await self._answer(request, self._cut)
         finally:
             self._in_flight -= 1
 
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, cut: asyncio.Event | None = None) -> web.StreamResponse:
         raw = await request.read()
         self.counts["received"] += 1
         if self._first_at is None:
@@ -217,7 +225,9 @@ class Simulator:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
         if streaming:
-            response = await self._stream(request, body, answer, content, finish, usage, latency, fault)
+            response = await self._stream(request, body, answer, content, finish, usage, latency, fault, cut)
+            if cut is not None and cut.is_set():
+                return response  # cut short: not an answer
         else:
             if self.config.tokens_per_s:
                 latency += completion_tokens / self.config.tokens_per_s
@@ -322,6 +332,7 @@ class Simulator:
         usage: dict[str, int],
         latency: float,
         fault: str | None,
+        cut: asyncio.Event | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -356,6 +367,10 @@ class Simulator:
                     return response
             if pause:
                 await asyncio.sleep(pause)
+            if cut is not None and cut.is_set():  # another request arrived: this stream just ends
+                self.counts["streams_cut"] += 1
+                await response.write_eof()
+                return response
             text = word if i == 0 else " " + word
             chunk = {**base, "token": {"id": i, "text": text, "logprob": 0.0, "special": False},
                      "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
