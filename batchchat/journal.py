@@ -29,6 +29,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from . import jsonio
+from .compact import KeyIndex
 from .errors import JobError, StorageError
 from .files import open_nofollow
 from .records import ERROR, OK, PENDING, RowOutcome
@@ -190,7 +192,7 @@ class Journal:
         self.path = path
         self.scope = scope or Scope("unknown")
         self.read_only = read_only
-        self._offsets: dict[str, int] = {}  # key -> offset of its latest record in this scope
+        self._offsets = KeyIndex()  # key -> offset of its latest record in this scope
         self._failed: set[str] = set()  # keys whose latest record is an error
         self._stale: set[str] = set()  # keys whose latest record was judged by other checks
         self._unfinished: set[str] = set()  # keys whose answer failed its checks, with re-asks to go
@@ -317,7 +319,7 @@ class Journal:
         found = {}
         for offset, key in wanted:
             self._reader.seek(offset)
-            record = json.loads(self._reader.readline())
+            record = jsonio.loads(self._reader.readline())
             found[key] = _outcome(record)
         return found
 
@@ -346,7 +348,11 @@ class Journal:
         if not fresh and key in self._offsets and key not in self._stale:
             return
         self._offsets[key] = offset
-        for flags, on in ((self._failed, status != OK), (self._stale, not fresh), (self._unfinished, status == PENDING)):
+        for flags, on in (
+            (self._failed, status != OK),
+            (self._stale, not fresh),
+            (self._unfinished, status == PENDING),
+        ):
             if on:
                 flags.add(key)
             else:
@@ -354,7 +360,7 @@ class Journal:
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._file is not None
-        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        data = jsonio.dumps(record) + b"\n"
         written = self._file.write(data)
         while written is not None and written < len(data):  # a raw write may take only part
             more = self._file.write(data[written:])
@@ -379,7 +385,7 @@ class Journal:
                     self.torn += 1  # the record being written when the last run died
                     break
                 try:
-                    record = json.loads(line)
+                    record = jsonio.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     self.torn += 1
                     continue
@@ -427,7 +433,7 @@ class Journal:
         self._end_of_good = end_of_good
         self._adopt(legacy, legacy_endpoint, others)
         for endpoint, keys in others.items():
-            unanswered_here = len(keys - self._offsets.keys())
+            unanswered_here = sum(1 for key in keys if key not in self._offsets)
             if unanswered_here:
                 self.elsewhere[endpoint] = unanswered_here
 
@@ -613,7 +619,7 @@ def read_timeline(paths: Sequence[Path]) -> Timeline:
         with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
             for line in f:
                 try:
-                    record = json.loads(line)
+                    record = jsonio.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     continue
                 if not isinstance(record, dict):

@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .compact import first_rows
+
 
 class RowKeys:
     """Every input row's request key, 16 bytes a row, worked out once and read by later passes.
@@ -30,6 +32,10 @@ class RowKeys:
     def __getitem__(self, row: int) -> str | None:
         chunk = self._data[16 * row : 16 * row + 16]
         return None if chunk == self._NONE else chunk.hex()
+
+    def firsts(self) -> bytearray:
+        """A byte a row: 1 where the row is the first with its key (a row with none never is)."""
+        return first_rows(self._data, self._NONE)
 
 
 def request_key(

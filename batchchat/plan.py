@@ -103,9 +103,11 @@ class Setup:
     def plan(self, source: TableSource, store: Store, output: Path | None) -> tuple[Plan, Rows]:
         """One pass over every row: finds bad cells and empty prompts before any request, works
         out each row's key once, and counts what is answered already and what rows can share."""
-        rows = Rows(RowKeys(), {}, bytearray(), bytearray())
-        done = reasked = 0
-        seen: set[str] = set()
+        keys = RowKeys()
+        invalid: dict[int, str] = {}
+        wants = bytearray()  # rows to send if they are the first asking for their request
+        reasks = bytearray()  # ... and of those, the ones whose stored answer the checks reject
+        done = 0
         retry_errors = self.retry_errors
         input_rows = 0
         for batch, items in self.builder.rows(source):
@@ -113,27 +115,30 @@ class Setup:
             stored = (i.key for i in items if isinstance(i, ChatRequest) and i.key in store)
             judged = stale_outcomes(store, stored, self.check)
             for item in items:
-                first = send = False
+                want = reask = False
                 if isinstance(item, InvalidRow):
-                    rows.invalid[item.row] = item.reason
-                    rows.keys.append(None)
+                    invalid[item.row] = item.reason
+                    keys.append(None)
                 else:
                     key = item.key
-                    rows.keys.append(key)
-                    first = key not in seen
-                    seen.add(key)
+                    keys.append(key)
                     again = judged.get(key)
                     if key not in store:
-                        send = first
+                        want = True
                     elif (again.status == PENDING) if again is not None else store.unfinished(key):
-                        send = first  # an answer the checks reject, with re-asks to go
-                        reasked += first
+                        want = reask = True  # an answer the checks reject, with re-asks to go
                     elif retry_errors and (again.status != OK if again is not None else store.failed(key)):
-                        send = first
+                        want = True
                     else:
                         done += 1
-                rows.first.append(first)
-                rows.sends.append(send)
+                wants.append(want)
+                reasks.append(reask)
+        # Which row is the first asking for each request: one sort of the keys at the end, not a
+        # set of every key held through the pass (ten million keys in a set take 1.5 GB).
+        first = keys.firsts()
+        sends = _both(first, wants)
+        reasked = _both(first, reasks).count(1)
+        rows = Rows(keys, invalid, sends, first)
         if input_rows == 0:
             raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
         fanout = self.builder.fanout
@@ -168,6 +173,12 @@ def check_columns(columns: Sequence[str], source_name: str, added: Sequence[str]
             f"{source_name} has column(s) {', '.join(map(repr, clashes))}, which batchchat adds to "
             "the output; rename them in the input"
         )
+
+
+def _both(a: bytearray, b: bytearray) -> bytearray:
+    """Row flags (one byte, 0 or 1, a row) set in both; as whole numbers, in one step."""
+    both = int.from_bytes(a, "little") & int.from_bytes(b, "little")
+    return bytearray(both.to_bytes(len(a), "little"))
 
 
 def stale_outcomes(store: Store, keys: Iterable[str], check: AnswerCheck) -> dict[str, RowOutcome]:

@@ -30,8 +30,15 @@ if TYPE_CHECKING:
 
 _TYPES: dict[str, pa.DataType] = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "total_tokens": pa.int64(),
                                    "latency_s": pa.float64(), "ttft_s": pa.float64(), "attempts": pa.int32()}  # fmt: skip
-OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = tuple((name, _TYPES.get(name, pa.string())) for name in OUTPUT_COLUMNS)
-KINDS: dict[str, pa.DataType] = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+OUTPUT_FIELDS: tuple[tuple[str, pa.DataType], ...] = tuple(
+    (name, _TYPES.get(name, pa.string())) for name in OUTPUT_COLUMNS
+)
+KINDS: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+}
 
 
 def added_fields(derived: Derived) -> list[pa.Field[Any]]:
@@ -133,19 +140,32 @@ def write_output(
             temporary.unlink(missing_ok=True)
 
 
-NULLABLE = {pa.int64(): "Int64", pa.int32(): "Int32", pa.bool_(): "boolean"}
+NULLABLE = {pa.int64(): ("int64", "Int64"), pa.int32(): ("int32", "Int32"), pa.bool_(): ("bool", "boolean")}
 
 
 def pandas_metadata(schema: pa.Schema, added: Sequence[str]) -> dict[bytes, bytes]:
     """The pandas description of a table whose columns batchchat ``added`` are read back with
     nullable dtypes, as ``run_frame`` gives them: ``pd.read_parquet`` of the output then has
-    ``Int64`` token counts, not floats with NaN."""
+    ``Int64`` token counts, not floats with NaN. Written by hand, naming only those columns
+    (the others convert as they would with no description): making it with pandas would load
+    pandas, 40 MB, into a run that has no other use for it."""
     names = set(added)
-    empty = schema.empty_table().to_pandas()
-    for field in schema:
-        if field.name in names and field.type in NULLABLE:
-            empty[field.name] = empty[field.name].astype(NULLABLE[field.type])  # type: ignore[call-overload]
-    return {**(schema.metadata or {}), **pa.Schema.from_pandas(empty, preserve_index=False).metadata}
+    columns = [{"name": field.name, "field_name": field.name, "pandas_type": NULLABLE[field.type][0],
+                "numpy_type": NULLABLE[field.type][1], "metadata": None}
+               for field in schema if field.name in names and field.type in NULLABLE]  # fmt: skip
+    description = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
+                   "creator": {"library": "pyarrow", "version": pa.__version__},
+                   "pandas_version": _version("pandas")}  # fmt: skip
+    return {**(schema.metadata or {}), b"pandas": json.dumps(description).encode()}
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _write_table(f: BinaryIO, suffix: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:

@@ -74,6 +74,9 @@ class TableSource:
                     batch = batch.slice(0, left)
                 left -= batch.num_rows
             yield batch
+        # Arrow's allocator keeps what it freed for reuse; a pass reads the whole input, and the
+        # next (sending, writing) is better off with that memory back in the process's hands.
+        pa.default_memory_pool().release_unused()
 
     def _read_batches(self) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError

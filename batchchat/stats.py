@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .compact import ordered
 from .money import Estimate, spending
 from .records import ERROR, OK, PENDING, RowOutcome, Usage
 from .spec import NO_PRICES, Prices
@@ -129,7 +130,7 @@ class RowTally:
     def group_summaries(self, prices: Prices) -> tuple[GroupSummary, ...]:
         summaries = []
         for (model, variant), t in self.groups.items():
-            latencies = sorted(t.latencies)
+            latencies = ordered(t.latencies)
             price = prices.get(model)
             summaries.append(GroupSummary(
                 model=model,
@@ -253,8 +254,8 @@ class Stats:
 
     def summary(self, wall_s: float, rows: RowTally, *, cost_cap: float | None = None,
                 budget_stopped: bool = False, streamed: bool = False) -> Summary:  # fmt: skip
-        latencies = sorted(self._latencies)
-        ttfts = sorted(self._ttfts)
+        latencies = ordered(self._latencies)
+        ttfts = ordered(self._ttfts)
         return Summary(
             rows=rows.rows,
             ok=rows.statuses[OK],

@@ -1,18 +1,21 @@
-"""batchchat next to the ceiling and the SDKs, measured side by side in one run.
+"""batchchat next to a bare aiohttp loop and the SDKs, where the client is the bottleneck.
 
-Every client runs in its own process against a fresh `batchchat serve` with no added latency, on
-the same prompts:
+Every client runs in its own process against a fresh `benchmarks/fast_server.py`, a chat
+endpoint that answers with fixed bytes and costs a fraction of any client's CPU per request (its
+own CPU is reported beside, to show it), on the same prompts:
 
-- the ceiling: a bare aiohttp loop (one session, a semaphore, parse the answer, nothing else);
+- the bare loop: one aiohttp session, a semaphore, parse the answer, nothing else;
 - `AsyncTogether` + `asyncio.gather` and `AsyncOpenAI` + `asyncio.gather` (the `bench` extra),
-  bounded by the same semaphore as the ceiling;
-- batchchat through its CLI on a Parquet file.
+  bounded by the same semaphore;
+- batchchat through its CLI on a Parquet file: reading it, the journal, the throttle, the keys
+  and writing the output included.
 
 Each is measured non-streaming and streaming. "req/s" is measured by the server, from the first
-request to the last answer, so start-up does not count; "wall s" is the whole process. Both are
-also given as a ratio to the ceiling of the same run, because these machines are shared and noisy.
-Then: batchchat's peak memory (RSS) for large inputs, `batchchat --help` start-up, and the
-rate-limited figures of `rate_limited.py`.
+request to the last answer; "CPU us/req" is the client process's user + system CPU time over
+the requests, start-up included. The bare loop and batchchat are measured in interleaved rounds
+and their ratios taken within each round (the median is shown): these machines are shared and
+their speed drifts from minute to minute. Then `batchchat --help` start-up and the rate-limited
+figures of `rate_limited.py`. Memory is `memory.py`'s.
 
     pip install -e '.[bench]' && python benchmarks/throughput.py
 """
@@ -90,29 +93,29 @@ asyncio.run(main())
 """
 
 
-def start_server(*options: str) -> tuple[subprocess.Popen[str], str]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "batchchat", "serve", "--port", "0", *options], stdout=subprocess.PIPE, text=True
-    )
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen([sys.executable, str(HERE / "fast_server.py")], stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
-    return server, server.stdout.readline().split(" on ")[1].split(" ")[0]
+    return server, server.stdout.readline().split(" on ")[1].strip()
 
 
 def server_stats(url: str) -> dict:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/sim/stats") as response:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as response:
         return json.load(response)
 
 
-def timed(command: list[str]) -> tuple[float, int, int, str]:
-    """(wall seconds, exit code, peak RSS in MB, end of stderr) of one process."""
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, float, str]:
+    """(wall seconds, exit code, peak RSS in MB, CPU seconds, end of stderr) of one process."""
     with tempfile.TemporaryFile("w+") as errors:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True)
-        _, status, usage = os.wait4(process.pid, 0)  # wait4: the peak RSS of this child alone
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True,
+                                   env={**os.environ, **env} if env else None)  # fmt: skip
+        _, status, usage = os.wait4(process.pid, 0)  # wait4: this child's own peak RSS and CPU time
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         errors.seek(0)
-        return wall, process.returncode, usage.ru_maxrss // 1024, errors.read()[-500:]
+        cpu = usage.ru_utime + usage.ru_stime
+        return wall, process.returncode, usage.ru_maxrss // 1024, cpu, errors.read()[-500:]
 
 
 def write_prompts(path: Path, rows: int) -> None:
@@ -122,10 +125,10 @@ def write_prompts(path: Path, rows: int) -> None:
     pq.write_table(pa.table({"prompt": [PROMPT.format(i=i) for i in range(rows)]}), path)
 
 
-def measure(name: str, command: list[str], rows: int, stream: bool) -> dict:
+def measure(name: str, command: list[str], rows: int, stream: bool, env: dict[str, str] | None = None) -> dict:
     server, url = start_server()
     try:
-        wall, code, rss, errors = timed([*command[:1], *[a.replace("{url}", url) for a in command[1:]]])
+        wall, code, rss, cpu, errors = timed([*command[:1], *[a.replace("{url}", url) for a in command[1:]]], env)
         stats = server_stats(url)
     finally:
         server.terminate()
@@ -134,73 +137,58 @@ def measure(name: str, command: list[str], rows: int, stream: bool) -> dict:
     if code != 0:
         print(f"<!-- {name} exited {code}: {errors.strip()[-300:]} -->", file=sys.stderr)
     return {"client": name, "stream": stream, "exit": code, "wall_s": wall, "req_s": stats.get("answered_per_s") or 0.0,
-            "answered": answered, "rss_mb": rss, "complete": answered >= rows and code == 0}  # fmt: skip
+            "answered": answered, "rss_mb": rss, "cpu_us": 1e6 * cpu / max(1, rows),
+            "server_cpu_us": 1e6 * stats.get("cpu_s", 0.0) / max(1, answered),
+            "complete": answered >= rows and code == 0}  # fmt: skip
 
 
-def throughput(rows: int, concurrency: int, sdks: bool, repeat: int, folder: Path) -> list[dict]:
-    """Each client's figures, the ceiling and batchchat as the median of ``repeat`` interleaved rounds.
-
-    A round measures the ceiling and batchchat back to back, and the ratio is taken within the
-    round: the machine's speed drifts between rounds far more than within one.
-    """
+def throughput(rows: int, concurrency: int, sdks: bool, repeat: int, folder: Path,
+               compare: dict[str, str]) -> list[dict]:  # fmt: skip
+    """Each client's figures; the bare loop and batchchat (and each ``compare`` checkout, by
+    label -> folder) as the median of ``repeat`` interleaved rounds, ratios taken within a round."""
     source = folder / "prompts.parquet"
     write_prompts(source, rows)
     results = []
     for stream in (False, True):
         mode = "stream" if stream else "json"
-        bare = (
-            "bare aiohttp loop (ceiling)",
-            [sys.executable, "-c", BARE, "{url}", str(rows), str(concurrency), mode, PROMPT],
-        )
+        bare = [sys.executable, "-c", BARE, "{url}", str(rows), str(concurrency), mode, PROMPT]
         output = folder / f"answers-{mode}.parquet"
-        batch = ("batchchat (CLI)", [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output),
-                                     "-m", "sim-chat", "--base-url", "{url}", "--concurrency", str(concurrency), "-q",
-                                     *(["--stream"] if stream else [])])  # fmt: skip
-        rounds = []
+        ours = [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
+                "--base-url", "{url}", "--concurrency", str(concurrency), "-q", *(["--stream"] if stream else [])]  # fmt: skip
+        clients = [("batchchat (CLI)", None), *((label, {"PYTHONPATH": path}) for label, path in compare.items())]
+        rounds: list[list[dict]] = []
         for _ in range(repeat):
-            ceiling = measure(bare[0], bare[1], rows, stream)
-            ours = measure(batch[0], batch[1], rows, stream)
-            for leftover in folder.glob("answers-*"):
-                leftover.unlink()
-            rounds.append((ceiling, ours))
-        ceiling_median = _median_of([c for c, _ in rounds])
-        results.append({**ceiling_median, "ratio": 1.0, "wall_ratio": 1.0, "rounds": repeat})
-        ours_median = _median_of([o for _, o in rounds])
-        ours_median["ratio"] = statistics.median(o["req_s"] / c["req_s"] for c, o in rounds)
-        ours_median["wall_ratio"] = statistics.median(c["wall_s"] / o["wall_s"] for c, o in rounds)
-        ours_median["rounds"] = repeat
-        for sdk, label in (("together", "AsyncTogether + gather"), ("openai", "AsyncOpenAI + gather")):
-            if sdks and importlib.util.find_spec(sdk):
-                command = [sys.executable, "-c", SDK, "{url}", str(rows), str(concurrency), mode, PROMPT, sdk]
-                r = measure(label, command, rows, stream)
-                r["ratio"] = r["req_s"] / ceiling_median["req_s"]
-                r["wall_ratio"] = ceiling_median["wall_s"] / r["wall_s"]
-                r["rounds"] = 1
-                results.append(r)
-        results.append(ours_median)
+            measured = [measure(BARE_LABEL, bare, rows, stream)]
+            for label, env in clients:
+                measured.append(measure(label, ours, rows, stream, env))
+                for leftover in folder.glob("answers-*"):
+                    leftover.unlink()
+            rounds.append(measured)
+        for i in range(len(clients) + 1):
+            median = _median_of([r[i] for r in rounds])
+            median["ratio"] = statistics.median(r[i]["req_s"] / r[0]["req_s"] for r in rounds)
+            median["cpu_ratio"] = statistics.median(r[i]["cpu_us"] / r[0]["cpu_us"] for r in rounds)
+            median["rounds"] = repeat
+            results.append(median)
+            if i == 0:
+                for sdk, label in (("together", "AsyncTogether + gather"), ("openai", "AsyncOpenAI + gather")):
+                    if sdks and importlib.util.find_spec(sdk):
+                        command = [sys.executable, "-c", SDK, "{url}", str(rows), str(concurrency), mode, PROMPT, sdk]
+                        r = measure(label, command, rows, stream)
+                        r["ratio"] = r["req_s"] / median["req_s"]
+                        r["cpu_ratio"] = r["cpu_us"] / median["cpu_us"]
+                        r["rounds"] = 1
+                        results.append(r)
     return results
 
 
+BARE_LABEL = "bare aiohttp loop"
+
+
 def _median_of(runs: list[dict]) -> dict:
-    return {**runs[0], "req_s": statistics.median(r["req_s"] for r in runs),
-            "wall_s": statistics.median(r["wall_s"] for r in runs), "complete": all(r["complete"] for r in runs)}  # fmt: skip
-
-
-def memory(rows: int, concurrency: int, folder: Path) -> dict:
-    source = folder / f"big-{rows}.parquet"
-    write_prompts(source, rows)
-    output = folder / f"big-{rows}-answers.parquet"
-    server, url = start_server()
-    try:
-        wall, code, rss, _ = timed([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output),
-                                    "-m", "sim-chat", "--base-url", url, "--concurrency", str(concurrency), "-q"])  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait()
-    size = output.stat().st_size // (1 << 20) if output.exists() else 0
-    for leftover in folder.glob(f"big-{rows}*"):
-        leftover.unlink()
-    return {"rows": rows, "exit": code, "wall_s": wall, "rss_mb": rss, "output_mb": size}
+    return {**runs[0], **{name: statistics.median(r[name] for r in runs)
+                          for name in ("req_s", "wall_s", "cpu_us", "server_cpu_us")},
+            "complete": all(r["complete"] for r in runs)}  # fmt: skip
 
 
 def startup(runs: int = 7) -> float:
@@ -212,12 +200,21 @@ def startup(runs: int = 7) -> float:
     return statistics.median(times)
 
 
+def checkout(ref: str, folder: Path) -> str:
+    """A worktree of ``ref`` (a commit before, for an A/B in the same rounds); its folder."""
+    path = folder / f"at-{ref.replace('/', '_')}"
+    subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(path), ref], check=True,
+                   capture_output=True)  # fmt: skip
+    return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=5, help="rounds of ceiling and batchchat")
-    parser.add_argument("--memory-rows", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--compare", action="append", default=[], metavar="REF",
+                        help="also measure batchchat at this git commit, in the same rounds (an A/B)")  # fmt: skip
     parser.add_argument("--no-sdks", action="store_true", help="skip the SDK clients")
     parser.add_argument("--no-rate-limited", action="store_true", help="skip the rate-limited runs")
     args = parser.parse_args()
@@ -226,27 +223,25 @@ def main() -> None:
           f"{platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}\n")  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        results = throughput(args.rows, args.concurrency, not args.no_sdks, args.repeat, folder)
-        print(f"## Throughput: {args.rows:,} requests, concurrency {args.concurrency}, simulator with no latency\n")
-        print(f"Ceiling and batchchat: median of {args.repeat} interleaved rounds, ratios taken within each round.\n")
-        print("| client | mode | req/s | vs ceiling | wall s | wall vs ceiling | rounds | complete |")
-        print("|---|---|---|---|---|---|---|---|")
+        compare = {f"batchchat at {ref}": checkout(ref, folder) for ref in args.compare}
+        try:
+            results = throughput(args.rows, args.concurrency, not args.no_sdks, args.repeat, folder, compare)
+        finally:
+            for path in compare.values():
+                subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", path],
+                               capture_output=True)  # fmt: skip
+        print(f"## Throughput: {args.rows:,} requests, concurrency {args.concurrency}, fixed-answer server\n")
+        print(f"Bare loop and batchchat: median of {args.repeat} interleaved rounds, ratios taken within each "
+              "round. CPU: the client process's, start-up included. Server CPU: the server's, per request.\n")  # fmt: skip
+        print(
+            "| client | mode | req/s | vs bare | CPU us/req | vs bare | server CPU us/req | wall s | rounds | complete |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
             complete = "yes" if r["complete"] else f"NO (exit {r['exit']})"
             print(f"| {r['client']} | {'stream' if r['stream'] else 'json'} | {r['req_s']:,.0f} | {r['ratio']:.2f} | "
-                  f"{r['wall_s']:.1f} | {r['wall_ratio']:.2f} | {r['rounds']} | {complete} |")  # fmt: skip
-        batch = next(r for r in results if r["client"].startswith("batchchat") and not r["stream"])
-        together = next((r for r in results if r["client"].startswith("AsyncTogether") and not r["stream"]), None)
-        if together and together["req_s"]:
-            print(f"\nbatchchat vs AsyncTogether + gather (json): {batch['req_s'] / together['req_s']:.1f}x req/s")
-
-        if args.memory_rows:
-            print("\n## Peak memory of `batchchat run` (every row a distinct request)\n")
-            print("| rows | peak RSS MB | output MB | wall s | exit |")
-            print("|---|---|---|---|---|")
-            for rows in args.memory_rows:
-                m = memory(rows, args.concurrency, folder)
-                print(f"| {m['rows']:,} | {m['rss_mb']:,} | {m['output_mb']:,} | {m['wall_s']:.0f} | {m['exit']} |")
+                  f"{r['cpu_us']:.0f} | {r['cpu_ratio']:.2f} | {r['server_cpu_us']:.0f} | {r['wall_s']:.1f} | "
+                  f"{r['rounds']} | {complete} |")  # fmt: skip
 
     print(f"\n## Start-up\n\n`batchchat --help`: {startup():.2f} s (median of 7)")
 

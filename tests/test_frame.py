@@ -96,7 +96,7 @@ def test_interrupting_run_frame_in_a_notebook_stops_its_requests_and_keeps_those
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", NOTEBOOK, server.url], capture_output=True, text=True, timeout=60)
     answered = server.stats()["answered"]
-    assert result.stdout.splitlines() == ["interrupted", f"40 {answered} ['ok', 'pending']"], result.stderr
+    assert result.stdout.splitlines() == ["interrupted", f"40 {answered} ['ok', 'pending']"], (result.returncode, result.stderr)
     assert answered == 4  # the 4 in flight when the user pressed stop had their grace period: paid, and kept
     assert time.monotonic() - started < 15  # not the 30 s the 40 slow rows would take
     assert server.stats()["received"] == 4  # nothing went on being sent

@@ -74,6 +74,8 @@ LIBRARY_HOMES = {
     "tqdm": {"progress"},
     "ray": {"ray"},
     "matplotlib": {"htmlreport"},
+    "orjson": {"jsonio"},
+    "numpy": {"compact"},
 }
 
 
@@ -186,5 +188,7 @@ def test_the_version_is_the_installed_metadata_and_the_types_ship():
 
     assert batchchat.__version__ == version("batchchat")
     shipped = [str(f) for f in files("batchchat") or ()]
-    assert "batchchat/py.typed" in shipped or any(f.endswith(".pth") for f in shipped)  # a wheel, or an editable install
+    assert "batchchat/py.typed" in shipped or any(
+        f.endswith(".pth") for f in shipped
+    )  # a wheel, or an editable install
     assert (PACKAGE / "py.typed").exists()

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import aiohttp
 
 from .. import errors as E
+from .. import jsonio
 from ..records import ChatRequest, ChatResult, Usage
 from ..sse import Event, SSEDecoder
 from ..version import __version__
@@ -149,7 +150,6 @@ class ChatClient:
         assert self._session is not None, "use ChatClient as an async context manager"
         return self._session
 
-
     def redact(self, text: str) -> str:
         """A server's error text without the key or URL password, nor any token after
         "Bearer"/"Basic": a server echoing them must not put them on disk or screen."""
@@ -187,7 +187,7 @@ class ChatClient:
             body["stream"] = True
             if self.stream_usage:
                 body.setdefault("stream_options", {"include_usage": True})
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        data = jsonio.dumps(body)
         started = time.perf_counter()
         streaming = False
         try:
@@ -352,7 +352,7 @@ class StreamAssembly:
             self.done = True
             return
         try:
-            chunk = json.loads(event.data)
+            chunk = jsonio.loads(event.data)
         except (json.JSONDecodeError, RecursionError):
             chunk = None
         if not isinstance(chunk, dict):
@@ -431,7 +431,7 @@ def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] | None = None) -> ChatResult:
     """A 200 answer; anything that is not a well-formed completion is a retryable bad response."""
     try:
-        data = json.loads(body)
+        data = jsonio.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise E.RequestError(
             E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {_snippet(body)}", status=200, retryable=True
@@ -489,7 +489,7 @@ def status_error(status: int, body: bytes, content_type: str, headers: Mapping[s
     data: Any = None
     if "html" not in content_type.lower():
         try:
-            data = json.loads(body)
+            data = jsonio.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             data = None
     if isinstance(data, dict) and "error" in data:

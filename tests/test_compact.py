@@ -1,0 +1,90 @@
+"""The compact key index answers as a dict would, folded or not."""
+
+import hashlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchchat.compact import KeyIndex
+
+
+def key(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()[:32]
+
+
+odd_keys = st.sampled_from(["a.2", "x" * 32, "A" * 32, key(1).upper(), key(2) + ".checked", "", "0" * 31])
+keys = st.one_of(st.integers(0, 60).map(key), odd_keys, st.just("0" * 32), st.just("00" * 15 + "10"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(keys, st.integers(0, 2**40)), max_size=200), st.integers(1, 9))
+def test_it_answers_as_a_dict_does(writes, fold_at):
+    index, model = KeyIndex(fold_at=fold_at), {}
+    for k, value in writes:
+        index[k] = value
+        model[k] = value
+        assert index.get(k) == value
+    for k in {*model, *(key(n) for n in range(70)), "a.2", "0" * 32, "00" * 15 + "10"}:
+        assert index.get(k) == model.get(k)
+        assert (k in index) == (k in model)
+    assert len(index) == len(model)
+
+
+def test_keys_ending_in_zero_bytes_are_told_apart():
+    index = KeyIndex(fold_at=1)
+    index["00" * 15 + "10"] = 1
+    index["10" + "00" * 15] = 2
+    index["0" * 32] = 3
+    assert (index.get("00" * 15 + "10"), index.get("10" + "00" * 15), index.get("0" * 32)) == (1, 2, 3)
+    assert index.get("00" * 14 + "1000") is None and len(index) == 3
+
+
+def test_a_million_keys_take_a_fraction_of_a_dict():
+    import tracemalloc
+
+    tracemalloc.start()
+    index = KeyIndex()
+    for n in range(300_000):
+        index[key(n)] = n * 100
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert index.get(key(123_456)) == 12_345_600 and len(index) == 300_000
+    assert size < 80 * 300_000  # a dict of these strings: about 170 bytes a key
+
+
+def test_the_first_row_of_each_key_is_found_by_sorting_as_by_a_set(monkeypatch):
+    import random
+
+    import batchchat.compact as compact
+    from batchchat.compact import first_rows
+
+    rng = random.Random(5)
+    pool = [bytes.fromhex(key(n)) for n in range(50)] + [bytes(15) + b"\x01", b"\x01" + bytes(15)]
+    none = bytes(16)
+    data = b"".join(rng.choice([*pool, none]) for _ in range(3000))
+    by_set = first_rows(data, none)
+    monkeypatch.setattr(compact, "FOLD_AT", 1)  # the sorting way
+    by_sort = first_rows(data, none)
+    assert by_sort == by_set
+    expected, seen = bytearray(), {none}
+    for row in range(3000):
+        chunk = data[16 * row : 16 * row + 16]
+        expected.append(chunk not in seen)
+        seen.add(chunk)
+    assert by_set == expected and by_set.count(1) == len(pool)
+
+
+def test_percentiles_of_many_measurements_are_those_of_few(monkeypatch):
+    import random
+    from array import array
+
+    import batchchat.compact as compact
+    from batchchat.stats import percentile
+
+    values = array("d", (random.Random(3).expovariate(2) for _ in range(5001)))
+    few = [percentile(compact.ordered(values), q) for q in (50, 95)]
+    monkeypatch.setattr(compact, "FOLD_AT", 1)
+    many = compact.ordered(values)
+    assert type(many) is not list
+    assert [percentile(many, q) for q in (50, 95)] == few and all(type(p) is float for p in few)
+    assert percentile(compact.ordered(array("d")), 50) is None
