@@ -1,13 +1,13 @@
 """Structures that stay small for a job of ten million rows: request keys to numbers in about
-24 bytes a key (``KeyIndex``), the first row of each key (``first_rows``), and measurements in
+20 bytes a key (``KeyIndex``), the first row of each key (``first_rows``), and measurements in
 order (``ordered``).
 
-A job of ten million rows holds every key twice over: the set of keys seen while planning (what
-rows can share a request) and the journal's index (where each key's record is). As a dict of
-strings that is 150-200 bytes a key, 2 GB at ten million. Here the latest keys sit in a dict
-and, past ``FOLD_AT`` of them, are folded into two sorted arrays: the 16 bytes each hexadecimal
-key stands for, and its number. A key of another shape (a re-ask's ``key.2``, a turn's) stays
-in a dict: there are few.
+A job of ten million rows holds its keys in two places: the journal's index (where each key's
+record is) and, while planning, the rows that share a request. As a dict or a set of strings
+that is 150-200 bytes a key, 2 GB at ten million. Here the latest keys sit in a dict and, past
+``FOLD_AT`` of them, are folded into two sorted arrays: the 16 bytes each hexadecimal key stands
+for, and its number. A key of another shape (a re-ask's ``key.2``, a turn's) stays in a dict:
+there are few. The first row of each key is found by one sort of the 16-byte keys.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 FOLD_AT = 1 << 15  # keys in the dict before they are folded into the arrays (about 5 MB of dict)
+COMPARE_STEP = 1 << 20  # sorted keys compared this many at a time (first_rows)
 HEX_KEY = 32  # the length of a request key: 16 bytes in hexadecimal
 
 
@@ -31,7 +32,7 @@ class KeyIndex:
         self._recent: dict[str, int] = {}  # hexadecimal keys not yet folded (may repeat folded ones: newer wins)
         self._odd: dict[str, int] = {}  # keys of any other shape, never folded
         self._keys: np.ndarray[Any, Any] | None = None  # sorted, dtype S16
-        self._values: np.ndarray[Any, Any] | None = None  # int64, in the keys' order
+        self._values: np.ndarray[Any, Any] | None = None  # uint32 (int64 past 4 GB), in the keys' order
 
     def __setitem__(self, key: str, value: int) -> None:
         if len(key) != HEX_KEY:
@@ -100,12 +101,16 @@ class KeyIndex:
             values.append(value)
         self._recent = {}
         new_keys = np.array(raw, dtype="S16")
-        new_values = np.array(values, dtype=np.int64)
+        # Offsets into a journal under 4 GB fit in 4 bytes; past that, 8.
+        wide = self._values is not None and self._values.dtype == np.int64
+        new_values = np.array(values, dtype=np.int64 if wide or max(values, default=0) >= 1 << 32 else np.uint32)
         order = np.argsort(new_keys, kind="stable")
         new_keys, new_values = new_keys[order], new_values[order]
         if self._keys is None or self._values is None:
             self._keys, self._values = new_keys, new_values
             return
+        if new_values.dtype != self._values.dtype:
+            self._values = self._values.astype(np.int64)
         at = np.searchsorted(self._keys, new_keys)
         inside = at < len(self._keys)
         known = np.zeros(len(new_keys), dtype=bool)
@@ -133,10 +138,11 @@ def first_rows(data: bytes | bytearray, none: bytes) -> bytearray:
 
     keys = np.frombuffer(data, dtype="S16")
     order = np.argsort(keys, kind="stable")  # equal keys keep their row order: the first comes first
-    ordered = keys[order]
     starts = np.ones(count, dtype=np.uint8)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    del ordered
+    step = COMPARE_STEP  # keys compared a slice at a time: a sorted copy of them all is 16 bytes a row more
+    for begin in range(1, count, step):
+        end = min(begin + step, count)
+        starts[begin:end] = keys[order[begin:end]] != keys[order[begin - 1 : end - 1]]
     flags = np.empty(count, dtype=np.uint8)
     flags[order] = starts
     del order, starts
