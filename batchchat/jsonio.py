@@ -2,8 +2,12 @@
 
 The standard library's encoder and decoder were a tenth of the client's CPU time per request
 (benchmarks/README.md); orjson does the same work in a fraction of it. Where orjson is missing,
-or refuses what the standard library takes (an integer past 64 bits, a lone surrogate, NaN in
-an answer), the standard library decides, so nothing reads or writes differently because of it.
+or refuses what the standard library takes (an integer past 64 bits or a lone surrogate to
+write; NaN, a lone surrogate or a byte-order mark to read), the standard library decides. Two
+differences remain, neither reaching a row: orjson writes NaN and infinities as null (the
+standard library wrote NaN, which is not JSON), and reads an integer past 64 bits as a float
+(no answer or journal record batchchat accepts holds one). Request keys are hashed from the
+standard library's text (``keys.request_key``), so they do not change with this module.
 """
 
 from __future__ import annotations

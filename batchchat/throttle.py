@@ -239,12 +239,10 @@ class Permit:
     raw_cost: float
 
 
-CROWDED_AFTER = 2  # failures, at least, since the slots last changed ...
-CROWDED_OUT_OF = 12  # ... among the last this many answers and failures (twice the slots if more) ...
-CROWDED_SHARE = 0.25  # ... and this share of them at least: a hiccup now and then is not crowding
-OPEN_AFTER_S = (
-    30.0  # after a cut, at least this long before a slot opens again; doubled each time one reopened too soon
-)
+CROWDED_AFTER = 2  # failures since the slots last changed, at least, ...
+CROWDED_SHARE = 0.5  # ... and this share of the requests sent since: a server that takes fewer fails most
+OPEN_SHARE = 0.1  # a slot opens again when fewer than this share of a whole window failed ...
+OPEN_AFTER_S = 30.0  # ... and this long after a cut; doubled each time an opened slot brought the failures back
 OPEN_AFTER_MAX_S = 600.0
 WORDS = {STREAM_TRUNCATED: ("cut", "stream", "streams"), TIMEOUT: ("timed out on", "request", "requests"),
          SERVER_ERROR: ("answered 503 to", "request", "requests")}  # fmt: skip
@@ -253,37 +251,46 @@ WORDS = {STREAM_TRUNCATED: ("cut", "stream", "streams"), TIMEOUT: ("timed out on
 class Crowding:
     """How many requests the server takes at once. Streams cut short, timeouts and 503s, from
     requests that met others in flight, say it takes fewer than it is sent (llama.cpp's server
-    serves one and cuts the stream in flight when the next arrives): the slots are halved, to one
-    at least. A slot opens again after a stretch of clean answers, and the stretch doubles each time
-    an opened slot brought the failures back, so a server that really serves one at a time costs a
-    retry now and then, not one per row.
+    serves one and cuts the stream in flight when the next arrives): when most recent requests
+    fail so, the slots are halved, to one at least. A provider failing now and then, whatever the
+    concurrency, fails far fewer than that and is left alone. A slot opens again once a whole
+    window of answers is nearly clean, and the wait before it doubles each time an opened slot
+    brought the failures back, so a server that really serves one at a time costs a retry now
+    and then, not one per row.
     """
 
     def __init__(self, concurrency: int) -> None:
         self.asked = concurrency
         self.limit = concurrency  # slots open now
         self.lowest = concurrency
-        self._recent: deque[int] = deque()  # 1 for a failure, 0 for an answer, the latest last
-        self._out_of = max(CROWDED_OUT_OF, 2 * concurrency)
+        self._recent: deque[int] = deque()  # since the slots last changed: 1 a failure, 0 an answer
         self._failures = 0  # ones in _recent
+        self._window = 0
+        self._sent = 0  # requests sent since the slots last changed ...
+        self._failed = 0  # ... and of them, those that failed so
         self._cut_at = -math.inf
         self._open_after = OPEN_AFTER_S
         self._opened = False  # a slot was opened since the last cut
-        self._clean = 0
         self.seen: dict[str, int] = {}  # failures taken as crowding, by error type
         self.crowd = 0  # requests in flight when the first cut was decided
+        self._forget()
 
     def _record(self, failed: int) -> None:
         recent = self._recent
-        if len(recent) >= self._out_of:
+        if len(recent) >= self._window:
             self._failures -= recent.popleft()
         recent.append(failed)
         self._failures += failed
 
     def _forget(self) -> None:
+        """Evidence is of the slots it was gathered at: it starts again when they change."""
         self._recent.clear()
         self._failures = 0
-        self._out_of = max(CROWDED_OUT_OF, 2 * self.limit)
+        self._window = max(20, 10 * self.limit)
+        self._sent = self._failed = 0
+
+    def departed(self) -> None:
+        self._sent += 1
 
     def failed(self, now: float, permit: Permit, error: RequestError, crowd: int) -> bool:
         """Whether the slots were cut. ``crowd``: requests in flight as it failed, itself included
@@ -292,11 +299,13 @@ class Crowding:
         if crowd < 2 or not (kind in (STREAM_TRUNCATED, TIMEOUT) or (kind == SERVER_ERROR and error.status == 503)):
             return False  # alone, it was not crowded out
         self.seen[kind] = self.seen.get(kind, 0) + 1
-        self._clean = 0
         if permit.dispatched_at < self._cut_at:
             return False  # sent before the last cut, which already answered it
         self._record(1)
-        if self._failures < CROWDED_AFTER or self._failures < CROWDED_SHARE * len(self._recent) or self.limit <= 1:
+        self._failed += 1
+        # Weighed against what was sent, not what came back: failures come back first (a 503 is
+        # quick, an answer is not), so early on nearly everything back is a failure.
+        if self._failed < CROWDED_AFTER or self._failed < CROWDED_SHARE * self._sent or self.limit <= 1:
             return False
         self.crowd = self.crowd or crowd
         self.limit = max(1, min(self.limit, crowd) // 2)
@@ -311,12 +320,10 @@ class Crowding:
     def succeeded(self, now: float) -> bool:
         """Whether a slot opened again."""
         self._record(0)
-        if self.limit >= self.asked:
+        if self.limit >= self.asked or now - self._cut_at < self._open_after:
             return False
-        self._clean += 1
-        if self._clean < max(20, 10 * self.limit) or now - self._cut_at < self._open_after:
+        if len(self._recent) < self._window or self._failures >= OPEN_SHARE * self._window:
             return False
-        self._clean = 0
         self.limit += 1
         self._opened = True
         self._forget()  # what the server does with one more is new evidence
@@ -405,6 +412,7 @@ class Throttle:
         self._recent.append(now)
         self._congestion.departed(now)
         self._recent_rate(now)  # drop departures older than a second, so memory stays flat
+        self.crowding.departed()
         return Permit(now, raw)
 
     def release(self) -> None:

@@ -355,6 +355,7 @@ class Asker:
             if throttle is not None and permit is not None:
                 throttle.succeeded(permit, result)
                 count.rate = throttle.rate
+                count.crowded = throttle.crowded  # a slot may have opened again
                 if result.headers:  # a limit that says it is used up holds everyone
                     count.waiting_until = time.time() + throttle.held_s
             count.add_usage(request.model, result.usage)  # paid for: the budget reads it from here

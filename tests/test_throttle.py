@@ -265,10 +265,11 @@ def test_a_crowded_server_gets_concurrency_back_slowly_once_it_recovers():
                 await asyncio.sleep(1)
 
         watcher = asyncio.create_task(watch())
-        outcomes = await drive(api, requests(3000), throttle, 10)
+        outcomes = await drive(api, requests(3000), throttle, 10, counters)
         watcher.cancel()
         return outcomes
 
+    counters = Counters()
     outcomes = run_virtual(go())
     assert all(o.status == "ok" for o in outcomes.values())
     lowest = min(limit for _, limit in seen)
@@ -279,6 +280,7 @@ def test_a_crowded_server_gets_concurrency_back_slowly_once_it_recovers():
     assert seen[-1][1] > lowest  # ... but it does later
     steps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
     assert max(steps) == 1  # one slot at a time
+    assert counters.crowded == throttle.crowded and f"ran at {lowest} (now {seen[-1][1]})" in counters.crowded
 
 
 def test_a_stream_cut_now_and_then_does_not_lower_concurrency():
@@ -319,3 +321,18 @@ def test_a_lone_request_that_times_out_does_not_lower_concurrency():
     throttle = Throttle(4)
     outcomes, _, _ = run(api, requests(1), throttle)
     assert outcomes[0].status == "ok" and throttle.crowding.limit == 4
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2])
+def test_a_provider_answering_quick_503s_now_and_then_keeps_its_concurrency(share):
+    """Its 503s come back at once and its answers after a second: early on, nearly all that came
+    back failed, but a fifth of what was sent did."""
+
+    def script(request, attempt):
+        return error(503) if random.Random(f"{request.row}:{attempt}").random() < share else None
+
+    throttle = Throttle(64)
+    outcomes, counters, _ = run(FakeAPI(latency=1.0, script=script), requests(3000), throttle)
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert counters.retries > share * 3000 * 0.8
+    assert throttle.crowding.lowest == 64 and counters.crowded is None
