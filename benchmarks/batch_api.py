@@ -25,12 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import server_stats, start_server, timed, write_prompts
+from throughput import simulator_stats, start_simulator, timed, write_prompts
 
 
 def run(source: Path, output: Path, url: str, *flags: str) -> tuple[float, int, int, str]:
-    return timed([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
-                  "--base-url", url, "-q", *flags])  # fmt: skip
+    wall, code, rss, _, errors = timed([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output),
+                                        "-m", "sim-chat", "--base-url", url, "-q", *flags])  # fmt: skip
+    return wall, code, rss, errors
 
 
 def main() -> None:
@@ -42,12 +43,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "prompts.parquet"
         write_prompts(source, args.rows)
-        server, url = start_server("--batch-seconds", "0")
+        server, url = start_simulator("--batch-seconds", "0")
         try:
             live = run(source, Path(folder) / "live.parquet", url, "--concurrency", "64")
             output = Path(folder) / "batch.parquet"
             submit = run(source, output, url, "--batch-api", "--detach")
-            stats = server_stats(url)
+            stats = simulator_stats(url)
             collect = run(source, output, url, "--batch-api")
             steps = [json.loads(line)["batch_step"] for line in Path(f"{output}.journal").read_text().splitlines()
                      if '"batch_step"' in line]  # fmt: skip

@@ -23,16 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import server_stats, start_server, timed, write_prompts
+from throughput import simulator_stats, start_simulator, timed, write_prompts
 
 
 def measure(source: Path, folder: Path, server_options: list[str], flags: list[str]) -> dict[str, float]:
-    server, url = start_server(*server_options)
+    server, url = start_simulator(*server_options)
     try:
         output = folder / f"out-{time.monotonic_ns()}.parquet"
-        wall, code, _, errors = timed([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output),
+        wall, code, _, _, errors = timed([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output),
                                        "-m", "sim-chat", "--base-url", url, "-q", *flags])  # fmt: skip
-        stats = server_stats(url)
+        stats = simulator_stats(url)
     finally:
         server.terminate()
         server.wait()

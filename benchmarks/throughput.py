@@ -104,6 +104,20 @@ def server_stats(url: str) -> dict:
         return json.load(response)
 
 
+def start_simulator(*options: str) -> tuple[subprocess.Popen[str], str]:
+    """`batchchat serve`, for what the fixed-answer server cannot do (batches, limits, latency)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "batchchat", "serve", "--port", "0", *options], stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    return server, server.stdout.readline().split(" on ")[1].split(" ")[0]
+
+
+def simulator_stats(url: str) -> dict:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/sim/stats") as response:
+        return json.load(response)
+
+
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, float, str]:
     """(wall seconds, exit code, peak RSS in MB, CPU seconds, end of stderr) of one process."""
     with tempfile.TemporaryFile("w+") as errors:
