@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,8 @@ MAX_BYTES = {"together": 100 * 1024 * 1024, "openai": 200 * 1024 * 1024}
 MAX_LINES = 50_000
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 @dataclass
 class SimFile:
@@ -77,12 +79,13 @@ class BatchStore:
         self.run = uuid.uuid4().hex[:6]  # ids differ from one simulator to the next, as a provider's never repeat
 
     def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/files", self._upload)
-        app.router.add_get("/v1/files/{id}/content", self._content)
-        app.router.add_post("/v1/batches", self._create)
-        app.router.add_get("/v1/batches", self._list)
-        app.router.add_get("/v1/batches/{id}", self._get)
-        app.router.add_post("/v1/batches/{id}/cancel", self._cancel)
+        gated = self._gated
+        app.router.add_post("/v1/files", gated(self._upload))
+        app.router.add_get("/v1/files/{id}/content", gated(self._content))
+        app.router.add_post("/v1/batches", gated(self._create))
+        app.router.add_get("/v1/batches", gated(self._list))
+        app.router.add_get("/v1/batches/{id}", gated(self._get))
+        app.router.add_post("/v1/batches/{id}/cancel", gated(self._cancel))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,15 @@ class BatchStore:
         }
 
     # --- handlers ---
+
+    def _gated(self, handler: Handler) -> Handler:
+        """``handler``, reached only through ``_gate``: every Files and Batches call passes it."""
+
+        async def gated(request: web.Request) -> web.Response:
+            refused = await self._gate(request)
+            return refused if refused is not None else await handler(request)
+
+        return gated
 
     async def _gate(self, request: web.Request) -> web.Response | None:
         """The delay every call waits (for tests that stop a client part-way), and the key check."""
@@ -108,9 +120,6 @@ class BatchStore:
         return None
 
     async def _upload(self, request: web.Request) -> web.Response:
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
         form = await request.post()
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, web.FileField):
@@ -127,9 +136,6 @@ class BatchStore:
                                   "filename": file.filename, "purpose": file.purpose})  # fmt: skip
 
     async def _content(self, request: web.Request) -> web.Response:
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
         file = self.files.get(request.match_info["id"])
         if file is None:
             return _error(404, "no such file")
@@ -137,9 +143,6 @@ class BatchStore:
         return web.Response(body=file.data, content_type="application/octet-stream")
 
     async def _create(self, request: web.Request) -> web.Response:
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -165,27 +168,18 @@ class BatchStore:
         return web.json_response({"job": shown, "warning": None} if self.dialect == "together" else shown)
 
     async def _list(self, request: web.Request) -> web.Response:
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
         self.counts["batch_lists"] += 1
         data = [self._shown(batch) for batch in self.batches.values()]
         return web.json_response(data if self.dialect == "together" else {"object": "list", "data": data,
                                                                             "has_more": False})  # fmt: skip
 
     async def _get(self, request: web.Request) -> web.Response:
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "no such batch")
         return web.json_response(self._shown(batch))
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "no such batch")
