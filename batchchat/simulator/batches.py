@@ -35,9 +35,8 @@ PURPOSE = {"together": "batch-api", "openai": "batch"}
 MAX_BYTES = {"together": 100 * 1024 * 1024, "openai": 200 * 1024 * 1024}
 MAX_LINES = 50_000
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+
 
 @dataclass
 class SimFile:
