@@ -27,15 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from throughput import PROMPT, checkout, server_stats, start_server, timed  # noqa: E402
-
-
-def write_prompts(path: Path, rows: int) -> None:
-    """In a process of its own: the peak RSS a child reports (wait4) starts from its parent's
-    size when it was started, so this process stays small."""
-    code = ("import sys, pyarrow as pa, pyarrow.parquet as pq; n = int(sys.argv[2]); "
-            "pq.write_table(pa.table({'prompt': [sys.argv[3].format(i=i) for i in range(n)]}), sys.argv[1])")  # fmt: skip
-    subprocess.run([sys.executable, "-c", code, str(path), str(rows), PROMPT], check=True)
+from throughput import checkout, server_stats, start_server, timed, write_prompts  # noqa: E402
 
 
 def real_run(rows: int, source: Path, folder: Path, concurrency: int, env: dict[str, str] | None = None) -> dict:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from batchchat.client import status_error
-from batchchat.errors import RequestError
+from batchchat.errors import STREAM_TRUNCATED, TIMEOUT, RequestError
 from batchchat.executors.pool import drain
 from batchchat.money import Budget
 from batchchat.records import ChatRequest, ChatResult, RowOutcome, Usage
@@ -35,6 +35,15 @@ def error(status: int, headers: dict[str, str] | None = None, code: str | None =
     """The RequestError the real client makes of this status."""
     body = json.dumps({"error": {"message": f"status {status}", "code": code}}).encode()
     return status_error(status, body, "application/json", headers or {})
+
+
+def timed_out() -> RequestError:
+    return RequestError(TIMEOUT, "no complete answer in time", retryable=True)
+
+
+def truncated() -> RequestError:
+    """The RequestError the real client makes of a stream that ended without its end."""
+    return RequestError(STREAM_TRUNCATED, "stream ended without [DONE]", status=200, retryable=True)
 
 
 @dataclass
@@ -127,7 +136,7 @@ class FakeAPI:
             except TimeoutError:
                 return
             self.cut += 1
-            raise RequestError("stream_truncated", "stream ended without [DONE]", status=200, retryable=True)
+            raise truncated()
 
 
 async def drive(api: FakeAPI, items, throttle: Throttle, max_attempts: int = 6, counters: Counters | None = None):

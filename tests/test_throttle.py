@@ -9,7 +9,7 @@ import pytest
 from batchchat.records import ChatRequest
 from batchchat.stats import Counters
 from batchchat.throttle import BETA, Permit, Throttle, TokenEstimator, read_rate_headers
-from tests.fake_api import FakeAPI, drive, error, requests
+from tests.fake_api import FakeAPI, drive, error, requests, timed_out, truncated
 from tests.virtual_time import run_virtual
 
 
@@ -230,12 +230,6 @@ def test_sporadic_429s_our_rate_does_not_cause_barely_slow_a_job(share, slower_b
     assert throttle.adaptive_rate is None  # no cut was kept: the 429s did not track the rate
 
 
-def truncated():
-    from batchchat.errors import RequestError
-
-    return RequestError("stream_truncated", "stream ended without [DONE]", status=200, retryable=True)
-
-
 def test_a_server_that_serves_one_at_a_time_is_sent_one_at_a_time():
     """llama.cpp's server cuts the stream in flight when the next request arrives."""
     api = FakeAPI(latency=0.5, one_at_a_time=True)
@@ -297,12 +291,10 @@ def test_a_stream_cut_now_and_then_does_not_lower_concurrency():
 
 @pytest.mark.parametrize("kind", ["timeout", "503"])
 def test_timeouts_and_503s_in_company_lower_concurrency_too(kind):
-    from batchchat.errors import RequestError
-
     def script(request, attempt):
         if api.in_flight <= 2:
             return None
-        return RequestError("timeout", "timed out", retryable=True) if kind == "timeout" else error(503)
+        return timed_out() if kind == "timeout" else error(503)
 
     api = FakeAPI(latency=0.2, script=script)
     throttle = Throttle(8)
@@ -314,10 +306,7 @@ def test_timeouts_and_503s_in_company_lower_concurrency_too(kind):
 
 
 def test_a_lone_request_that_times_out_does_not_lower_concurrency():
-    from batchchat.errors import RequestError
-
-    api = FakeAPI(latency=0.2, script=lambda request, attempt: RequestError("timeout", "t", retryable=True)
-                  if attempt == 1 else None)  # fmt: skip
+    api = FakeAPI(latency=0.2, script=lambda request, attempt: timed_out() if attempt == 1 else None)
     throttle = Throttle(4)
     outcomes, _, _ = run(api, requests(1), throttle)
     assert outcomes[0].status == "ok" and throttle.crowding.limit == 4
