@@ -24,6 +24,7 @@ from .errors import JobError, StorageError
 from .files import OutputFiles
 from .records import OUTPUT_COLUMNS, PENDING, RowOutcome
 from .source import JSON_TEXT, TableSource
+from .version import installed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -155,17 +156,8 @@ def pandas_metadata(schema: pa.Schema, added: Sequence[str]) -> dict[bytes, byte
                for field in schema if field.name in names and field.type in NULLABLE]  # fmt: skip
     description = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
                    "creator": {"library": "pyarrow", "version": pa.__version__},
-                   "pandas_version": _version("pandas")}  # fmt: skip
+                   "pandas_version": installed("pandas")}  # fmt: skip
     return {**(schema.metadata or {}), b"pandas": json.dumps(description).encode()}
-
-
-def _version(distribution: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _write_table(f: BinaryIO, suffix: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("batchchat")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def installed(distribution: str, missing: str = "unknown") -> str:
+    """The installed version of ``distribution``, or ``missing`` where it is not installed."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return missing
+
+
+__version__ = installed("batchchat", "0+unknown")  # 0+unknown: a source tree that was never installed
