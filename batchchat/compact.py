@@ -27,8 +27,8 @@ HEX_KEY = 32  # the length of a request key: 16 bytes in hexadecimal
 class KeyIndex:
     """A mapping from key to a non-negative integer, with a dict's answers and a fraction of its size."""
 
-    def __init__(self, fold_at: int = FOLD_AT) -> None:
-        self._fold_at = fold_at
+    def __init__(self, fold_at: int | None = None) -> None:
+        self._fold_at = FOLD_AT if fold_at is None else fold_at
         self._recent: dict[str, int] = {}  # hexadecimal keys not yet folded (may repeat folded ones: newer wins)
         self._odd: dict[str, int] = {}  # keys of any other shape, never folded
         self._keys: np.ndarray[Any, Any] | None = None  # sorted, dtype S16

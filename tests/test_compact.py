@@ -98,3 +98,35 @@ def test_numbers_past_four_gigabytes_are_kept_whole():
     index[key(3)] = 2**40
     index[key(4)] = 7  # folded again: the arrays widen
     assert [index.get(key(n)) for n in (1, 2, 3, 4)] == [5, 6, 2**40, 7]
+
+
+def test_runs_past_the_fold_answer_each_row_once_and_resume(monkeypatch, tmp_path, sim):
+    """The folded arrays (past FOLD_AT keys) on a real run: the journal's index and the plan's
+    first rows. Shared prompts share an answer, each answer lands on its row, and a rerun sends
+    only what is new."""
+    import batchchat
+    import batchchat.compact as compact
+    from batchchat.simulator import synthetic_reply
+    from tests.helpers import read_output, write_csv
+
+    monkeypatch.setattr(compact, "FOLD_AT", 4)
+    prompts = [f"question {i % 23}" for i in range(60)]  # 23 distinct, each asked two or three times
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[p] for p in prompts])
+    output = tmp_path / "out.parquet"
+    batchchat.run(input=source, output=output, model="sim-chat", base_url=sim.url)
+    assert sim.stats()["answered"] == 23
+
+    def check(rows, asked):
+        assert len(rows) == len(asked)
+        for row, prompt in zip(rows, asked, strict=True):
+            content, *_ = synthetic_reply({"model": "sim-chat", "messages": [{"role": "user", "content": prompt}]})
+            assert row["status"] == "ok" and row["response"] == content
+
+    check(read_output(output), prompts)
+    batchchat.run(input=source, output=output, model="sim-chat", base_url=sim.url)
+    assert sim.stats()["answered"] == 23  # nothing sent again
+    more = [*prompts, *(f"new question {i}" for i in range(9)), "question 3"]
+    write_csv(source, ["prompt"], [[p] for p in more])
+    batchchat.run(input=source, output=output, model="sim-chat", base_url=sim.url)
+    assert sim.stats()["answered"] == 32 and sim.stats()["answered_twice"] == 0  # only the 9 new
+    check(read_output(output), more)
