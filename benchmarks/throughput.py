@@ -42,26 +42,38 @@ PROMPT = "Question {i}: what about {i}?"
 BARE = r"""
 import asyncio, json, sys, aiohttp
 url, n, conc, stream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "stream"
-PROMPT = sys.argv[5]
+PROMPT, source, output = sys.argv[5], sys.argv[6], sys.argv[7]
+if source != "-":  # with I/O: the prompts from the Parquet file, the answers and tokens to another
+    import pyarrow as pa, pyarrow.parquet as pq
+    prompts = pq.read_table(source, columns=["prompt"]).column("prompt").to_pylist()
+else:
+    prompts = [PROMPT.format(i=i) for i in range(n)]
 async def main():
     sem = asyncio.Semaphore(conc)
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as session:
-        async def one(i):
-            body = {"model": "sim-chat", "messages": [{"role": "user", "content": PROMPT.format(i=i)}]}
+        async def one(prompt):
+            body = {"model": "sim-chat", "messages": [{"role": "user", "content": prompt}]}
             if stream:
                 body["stream"] = True
             async with sem, session.post(url + "/chat/completions", data=json.dumps(body), headers=headers) as r:
                 if not stream:
-                    return json.loads(await r.read())["choices"][0]["message"]["content"]
-                parts = []
+                    answer = json.loads(await r.read())
+                    return answer["choices"][0]["message"]["content"], answer.get("usage") or {}
+                parts, usage = [], {}
                 async for line in r.content:
                     if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-                        for choice in json.loads(line[6:]).get("choices") or []:
+                        chunk = json.loads(line[6:])
+                        usage = chunk.get("usage") or usage
+                        for choice in chunk.get("choices") or []:
                             parts.append((choice.get("delta") or {}).get("content") or "")
-                return "".join(parts)
-        answers = await asyncio.gather(*(one(i) for i in range(n)))
-        assert all(answers)
+                return "".join(parts), usage
+        answers = await asyncio.gather(*(one(p) for p in prompts))
+        assert all(a for a, _ in answers)
+    if output != "-":
+        pq.write_table(pa.table({"prompt": prompts, "answer": [a for a, _ in answers],
+                                 "prompt_tokens": [u.get("prompt_tokens") for _, u in answers],
+                                 "completion_tokens": [u.get("completion_tokens") for _, u in answers]}), output)
 asyncio.run(main())
 """
 
@@ -118,11 +130,13 @@ def simulator_stats(url: str) -> dict:
         return json.load(response)
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, float, str]:
-    """(wall seconds, exit code, peak RSS in MB, CPU seconds, end of stderr) of one process."""
+def timed(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, int, int, float, str]:
+    """(wall seconds, exit code, peak RSS in MB, CPU seconds, end of stderr) of one process.
+    ``cwd``: not the repository, whose ``batchchat`` folder ``python -m`` would put before an
+    A/B checkout's ``PYTHONPATH``."""
     with tempfile.TemporaryFile("w+") as errors:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True,
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True, cwd=cwd,
                                    env={**os.environ, **env} if env else None)  # fmt: skip
         _, status, usage = os.wait4(process.pid, 0)  # wait4: this child's own peak RSS and CPU time
         wall = time.perf_counter() - started
@@ -140,10 +154,11 @@ def write_prompts(path: Path, rows: int) -> None:
     subprocess.run([sys.executable, "-c", code, str(path), str(rows), PROMPT], check=True)
 
 
-def measure(name: str, command: list[str], rows: int, stream: bool, env: dict[str, str] | None = None) -> dict:
+def measure(name: str, command: list[str], rows: int, stream: bool, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> dict:  # fmt: skip
     server, url = start_server()
     try:
-        wall, code, rss, cpu, errors = timed([*command[:1], *[a.replace("{url}", url) for a in command[1:]]], env)
+        wall, code, rss, cpu, errors = timed([*command[:1], *[a.replace("{url}", url) for a in command[1:]]], env, cwd)
         stats = server_stats(url)
     finally:
         server.terminate()
@@ -158,28 +173,30 @@ def measure(name: str, command: list[str], rows: int, stream: bool, env: dict[st
 
 
 def throughput(rows: int, concurrency: int, sdks: bool, repeat: int, folder: Path,
-               compare: dict[str, str]) -> list[dict]:  # fmt: skip
+               compare: dict[str, str], modes: tuple[str, ...] = ("json", "stream")) -> list[dict]:  # fmt: skip
     """Each client's figures; the bare loop and batchchat (and each ``compare`` checkout, by
     label -> folder) as the median of ``repeat`` interleaved rounds, ratios taken within a round."""
     source = folder / "prompts.parquet"
     write_prompts(source, rows)
     results = []
-    for stream in (False, True):
-        mode = "stream" if stream else "json"
+    for mode in modes:
+        stream = mode == "stream"
         bare = [sys.executable, "-c", BARE, "{url}", str(rows), str(concurrency), mode, PROMPT]
+        bare_io = [*bare, str(source), str(folder / f"answers-{mode}-bare.parquet")]
         output = folder / f"answers-{mode}.parquet"
         ours = [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
                 "--base-url", "{url}", "--concurrency", str(concurrency), "-q", *(["--stream"] if stream else [])]  # fmt: skip
         clients = [("batchchat (CLI)", None), *((label, {"PYTHONPATH": path}) for label, path in compare.items())]
         rounds: list[list[dict]] = []
         for _ in range(repeat):
-            measured = [measure(BARE_LABEL, bare, rows, stream)]
+            measured = [measure(BARE_LABEL, bare_io, rows, stream, cwd=folder),
+                        measure(BARE_PLAIN_LABEL, [*bare, "-", "-"], rows, stream, cwd=folder)]  # fmt: skip
             for label, env in clients:
-                measured.append(measure(label, ours, rows, stream, env))
+                measured.append(measure(label, ours, rows, stream, env, cwd=folder))
                 for leftover in folder.glob("answers-*"):
                     leftover.unlink()
             rounds.append(measured)
-        for i in range(len(clients) + 1):
+        for i in range(len(clients) + 2):
             median = _median_of([r[i] for r in rounds])
             median["ratio"] = statistics.median(r[i]["req_s"] / r[0]["req_s"] for r in rounds)
             median["cpu_ratio"] = statistics.median(r[i]["cpu_us"] / r[0]["cpu_us"] for r in rounds)
@@ -197,7 +214,8 @@ def throughput(rows: int, concurrency: int, sdks: bool, repeat: int, folder: Pat
     return results
 
 
-BARE_LABEL = "bare aiohttp loop"
+BARE_LABEL = "bare aiohttp loop, Parquet in and out"
+BARE_PLAIN_LABEL = "bare aiohttp loop, no files"
 
 
 def _median_of(runs: list[dict]) -> dict:
@@ -220,6 +238,10 @@ def checkout(ref: str, folder: Path) -> str:
     path = folder / f"at-{ref.replace('/', '_')}"
     subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(path), ref], check=True,
                    capture_output=True)  # fmt: skip
+    found = subprocess.run([sys.executable, "-c", "import batchchat; print(batchchat.__file__)"], cwd=folder,
+                           env={**os.environ, "PYTHONPATH": str(path)}, capture_output=True, text=True, check=True)  # fmt: skip
+    if not found.stdout.startswith(str(path)):  # else the A/B would measure this checkout twice
+        raise SystemExit(f"batchchat at {ref} is not what runs: {found.stdout.strip()}")
     return str(path)
 
 
@@ -230,6 +252,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--compare", action="append", default=[], metavar="REF",
                         help="also measure batchchat at this git commit, in the same rounds (an A/B)")  # fmt: skip
+    parser.add_argument("--mode", choices=["json", "stream"], action="append", help="only this mode (default: both)")
     parser.add_argument("--no-sdks", action="store_true", help="skip the SDK clients")
     parser.add_argument("--no-rate-limited", action="store_true", help="skip the rate-limited runs")
     args = parser.parse_args()
@@ -240,7 +263,8 @@ def main() -> None:
         folder = Path(scratch)
         compare = {f"batchchat at {ref}": checkout(ref, folder) for ref in args.compare}
         try:
-            results = throughput(args.rows, args.concurrency, not args.no_sdks, args.repeat, folder, compare)
+            results = throughput(args.rows, args.concurrency, not args.no_sdks, args.repeat, folder, compare,
+                                 tuple(args.mode or ("json", "stream")))
         finally:
             for path in compare.values():
                 subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", path],
