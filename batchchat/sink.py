@@ -20,6 +20,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .answers import Derived
+from .arrays import array_of, positions
 from .errors import JobError, StorageError
 from .files import OutputFiles
 from .records import OUTPUT_COLUMNS, PENDING, RowOutcome
@@ -80,7 +81,7 @@ def added_arrays(outcomes: Sequence[RowOutcome | None], extras: Mapping[str, lis
             values = [o.status if o is not None else PENDING for o in outcomes]
         else:
             values = [getattr(o, field.name) if o is not None else None for o in outcomes]
-        arrays.append(pa.array(values, type=field.type))
+        arrays.append(array_of(values, field.type))
     return arrays
 
 
@@ -97,7 +98,7 @@ def output_batches(
         if restore is not None:
             batch = restore(batch)
         if fanout > 1:
-            batch = batch.take(pa.array([i for i in range(batch.num_rows) for _ in range(fanout)], pa.int64()))
+            batch = batch.take(positions([i for i in range(batch.num_rows) for _ in range(fanout)]))
         added = list(schema)[batch.num_columns :]
         yield pa.RecordBatch.from_arrays(list(batch.columns) + added_arrays(outcomes, extras, added), schema=schema)
 
