@@ -4,11 +4,11 @@ across rows, passes and runs, and the compact per-row store of them."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from .compact import first_rows
+from .jsonio import same_dumps
 
 
 class RowKeys:
@@ -57,5 +57,4 @@ def request_key(
         parts.append(turns)
     # No sort_keys: rows are built the same way on every pass and every run, so the order is stable,
     # and sorting would be the costliest part of the key.
-    payload = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(same_dumps(parts)).hexdigest()[:32]

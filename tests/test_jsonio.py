@@ -1,0 +1,95 @@
+"""JSON on the hot path: request keys hash exactly the standard library's text, whatever orjson
+would write, so a rerun after installing or upgrading orjson finds its answers and pays nothing
+again; and the output's columns are the Arrow arrays ``pa.array`` would make."""
+
+import hashlib
+import json
+import math
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchchat import jsonio
+from batchchat.arrays import array_of
+from batchchat.keys import request_key
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()  # past 64 bits too: orjson refuses those
+    | st.floats()  # NaN, infinities and tiny floats: orjson writes them differently
+    | st.sampled_from([1e-05, 3.5e-05, 1e-07, -2.5e-09, 1e-10, 1e16, 1e-4, 0.0001, -0.0])
+    | st.text()  # lone surrogates too: neither can write them as UTF-8
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    | st.dictionaries(st.integers(), inner, max_size=2),  # keys orjson refuses
+    max_leaves=12,
+)
+
+
+def stdlib(value):
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(VALUES)
+def test_the_text_hashed_is_the_standard_librarys_for_any_value(value):
+    try:
+        expected = stdlib(value)
+    except (TypeError, ValueError) as error:  # a lone surrogate: refused by both
+        with pytest.raises(type(error)):
+            jsonio.same_dumps(value)
+        return
+    assert jsonio.same_dumps(value) == expected
+
+
+@pytest.mark.parametrize("value", [1e-05, 2.5e-07, math.nan, math.inf, 2**70, {1: "a"}])
+def test_where_orjson_writes_otherwise_the_standard_library_decides(value):
+    assert jsonio.same_dumps(["m", [{"role": "user", "content": "hi"}], [("temperature", value)]]) == stdlib(
+        ["m", [{"role": "user", "content": "hi"}], [["temperature", value]]]
+    )
+
+
+def test_a_request_key_is_the_hash_of_the_standard_librarys_text():
+    messages = [{"role": "user", "content": "Grüße, 世界 \n\"quoted\""}]
+    for params in ([("temperature", 0.7)], [("temperature", 1e-05)], [("top_p", math.nan)]):
+        text = stdlib(["sim-chat", messages, [list(p) for p in params]])
+        assert request_key("sim-chat", messages, params) == hashlib.sha256(text).hexdigest()[:32]
+
+
+COLUMNS = [
+    (pa.string(), st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",))))),
+    (pa.int64(), st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))),
+    (pa.int32(), st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1))),
+    (pa.float64(), st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-(2**53), 2**53))),
+    (pa.bool_(), st.one_of(st.none(), st.booleans())),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_an_added_column_is_the_array_arrow_makes_of_its_values(data):
+    kind, cells = data.draw(st.sampled_from(COLUMNS))
+    values = data.draw(st.lists(cells, max_size=40))
+    made = array_of(values, kind)
+    made.validate(full=True)
+    assert made.equals(pa.array(values, type=kind))
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [(["1.5"], pa.float64()), ([1.5], pa.int64()), ([2**40], pa.int32()), ([2**70], pa.int64()), ([1], pa.string())],
+)
+def test_a_value_of_another_type_is_converted_or_refused_as_arrow_does(values, kind):
+    try:
+        expected = pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
+        with pytest.raises(type(error)):
+            array_of(values, kind)
+        return
+    assert array_of(values, kind).equals(expected)
