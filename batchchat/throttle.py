@@ -384,6 +384,7 @@ class Throttle:
         self._pace = max(MIN_RATE, min(present)) if present else None
         allowed = [r for r in (self._pace, self.rpm / 60 if self.rpm else None) if r is not None]
         self.rate = min(allowed) if allowed else None
+        self._paced = self._pace is not None or self._rpm_limiter is not None or self._tpm_limiter is not None
 
     async def acquire(self, request: ChatRequest) -> Permit:
         """A place in flight for one attempt, once every limit lets it depart; ``release`` it after.
@@ -391,7 +392,8 @@ class Throttle:
         (A pair of calls rather than a context manager: this runs for every attempt, and a
         generator-based context manager costs more than all the rest of the throttle.)
         """
-        raw = self.estimator.raw(request)
+        # The estimate is only read by the tokens/min limit: without one it is not worked out.
+        raw = self.estimator.raw(request) if self._tpm_limiter is not None else 0.0
         if self._in_flight < self.crowding.limit and not self._room:
             self._in_flight += 1
         else:  # in line, first come first served: a slot freed is handed to the first waiting
@@ -403,12 +405,14 @@ class Throttle:
                 if not waiter.cancelled():  # handed a slot, then cancelled: it goes to the next
                     self.release()
                 raise
-        try:
-            await self._admit(raw * self.estimator.ratio)
-        except BaseException:
-            self.release()
-            raise
         now = asyncio.get_running_loop().time()
+        if self._paced or self.resume_at > now:  # else nothing holds it: no coroutine to make
+            try:
+                await self._admit(raw * self.estimator.ratio)
+            except BaseException:
+                self.release()
+                raise
+            now = asyncio.get_running_loop().time()
         self._recent.append(now)
         self._congestion.departed(now)
         self._recent_rate(now)  # drop departures older than a second, so memory stays flat
