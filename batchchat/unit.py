@@ -163,6 +163,22 @@ class Dialogue:
         self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer or ""}]
 
 
+class Resting:
+    """How many units wait out a retry's backoff now: each holds no slot, and the pool of workers
+    (``executors.pool.drain``) lends a worker for each meanwhile."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lend: Callable[[], None] = lambda: None  # set by ``drain`` while it runs
+
+    def begins(self) -> None:
+        self.count += 1
+        self.lend()
+
+    def ends(self) -> None:
+        self.count -= 1
+
+
 class Asker:
     """Asks the requests of one run (or one chat) of an endpoint. Every unit shares its state:
     the throttle, the counters, the budget, the stop, and whether the endpoint ever answered.
@@ -192,8 +208,10 @@ class Asker:
         count_requests: bool = True,
         stop_unreachable: bool = True,
         stop_fatal: bool = True,
+        resting: Resting | None = None,
     ) -> None:
         self.send = send
+        self.resting = resting
         self.max_attempts = max_attempts
         self.throttle = throttle
         self.counters = counters or Counters()
@@ -382,9 +400,17 @@ class Asker:
             self.on_retry(error)
 
     async def _backoff(self, seconds: float) -> None:
-        """A retry's wait, cut short when the run stops (the attempt after it then does not happen)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
+        """A retry's wait, cut short when the run stops (the attempt after it then does not happen).
+        It holds no slot: ``resting`` hears of it, so the pool can lend a worker meanwhile."""
+        resting = self.resting
+        if resting is not None:
+            resting.begins()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), seconds)
+        finally:
+            if resting is not None:
+                resting.ends()
 
 
 def _sum(a: int | None, b: int | None) -> int | None:

@@ -18,7 +18,7 @@ from batchchat.money import Budget
 from batchchat.records import ChatRequest, ChatResult, RowOutcome, Usage
 from batchchat.stats import Counters
 from batchchat.throttle import Throttle
-from batchchat.unit import Asker, Send
+from batchchat.unit import Asker, Resting, Send
 
 Script = Callable[[ChatRequest, int], RequestError | None]  # (request, attempt number) -> error or None
 
@@ -152,5 +152,7 @@ async def run_requests(items, send: Send, *, throttle: Throttle, max_attempts: i
                        budget: Budget | None = None) -> None:  # fmt: skip
     """The live engine's pool and units, without a client or a store: what its workers do."""
     stop = asyncio.Event()
-    asker = Asker(send, max_attempts=max_attempts, throttle=throttle, counters=counters, budget=budget, stop=stop)
-    await drain(items, asker.unit, on_outcome, workers=2 * throttle.concurrency, stop=stop, budget=budget)
+    resting = Resting()
+    asker = Asker(send, max_attempts=max_attempts, throttle=throttle, counters=counters, budget=budget, stop=stop,
+                  resting=resting)  # fmt: skip
+    await drain(items, asker.unit, on_outcome, workers=throttle.concurrency, stop=stop, budget=budget, resting=resting)

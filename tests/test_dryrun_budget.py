@@ -133,8 +133,8 @@ def test_the_cost_cap_stops_dispatching_leaves_rows_pending_and_a_rerun_continue
     assert finished and pending and rows[: len(finished)] == finished
     assert len(sim.requests) == len(finished)
     spent = cost_of(finished)
-    # it stopped when the next request's estimate, with the one waiting its turn (the live engine
-    # keeps a spare worker per slot), would have passed the cap
+    # it stopped when the next request's estimate, with at most one more reserved (the bound
+    # allows for a request taken while another's was reserved), would have passed the cap
     assert spent <= 1 < spent + ESTIMATE[pending[0]["model"]] + max(ESTIMATE.values())
     assert (
         f"stopped at the cost cap: spent {money(spent)} of $1.00 this run; the {len(pending)} rows not sent are 'pending'"

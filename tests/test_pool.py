@@ -1,6 +1,7 @@
 """The live engine's workers and units, on a virtual clock: every status code's handling, retries,
 waits and fail-fast."""
 
+import asyncio
 import random
 from email.utils import formatdate
 
@@ -146,3 +147,20 @@ def test_fail_fast_keeps_what_finished_and_cancels_what_is_in_flight():
     assert set(outcomes) == set(range(40))
     assert all(o.status == "ok" for o in outcomes.values())
     assert len(api.departures) <= 40 + 2 * 8
+
+
+def test_a_request_waiting_out_its_backoff_holds_no_slot_and_another_worker_fills_it():
+    """Row 0 waits 10 s to be retried; the other 19 rows keep both slots busy meanwhile (9.5 s of
+    work, two at a time), and row 0's retry ends last, at 11 s. Without a worker lent for the
+    rest, the other rows go one at a time for those 10 s, and the job takes 15 s."""
+    api = FakeAPI(latency=1.0, script=lambda request, attempt: error(503, {"retry-after": "10"})
+                  if request.row == 0 and attempt == 1 else None)  # fmt: skip
+
+    async def go():
+        outcomes = await drive(api, requests(20), Throttle(2))
+        return outcomes, asyncio.get_running_loop().time()
+
+    outcomes, elapsed = run_virtual(go())
+    assert all(o.status == "ok" for o in outcomes.values()) and outcomes[0].attempts == 2
+    assert api.peak == 2  # the lent worker left once the rest was over: never three in flight
+    assert elapsed == pytest.approx(11.0, abs=0.1)

@@ -23,7 +23,7 @@ from ..money import Budget
 from ..records import ChatRequest
 from ..spec import NO_PRICES, Answers, Job, Limits, Prices, RetryPolicy, SimConfig
 from ..throttle import Throttle
-from ..unit import Asker, Limiter, Send
+from ..unit import Asker, Limiter, Resting, Send
 from .base import Ending, Ledger, Work
 from .pool import drain
 from .signals import graceful_stop
@@ -72,6 +72,7 @@ class LiveExecutor:
         signalled = at_once = False
         limits = self.limits
         budget = Budget(self.max_cost, self.prices, ledger.counters) if self.max_cost is not None else None
+        resting = Resting()
         asker = Asker(
             send,
             max_attempts=self.retry.max_attempts,
@@ -83,6 +84,7 @@ class LiveExecutor:
             stop=stop,
             memory=ledger,
             turn_key=work.turn_key,
+            resting=resting,
         )
         changed: list[InputChanged] = []
 
@@ -94,7 +96,8 @@ class LiveExecutor:
                 stop.set()
 
         sending = asyncio.ensure_future(
-            drain(requests(), asker.unit, ledger.finished, workers=2 * limits.concurrency, stop=stop, budget=budget)
+            drain(requests(), asker.unit, ledger.finished, workers=limits.concurrency, stop=stop, budget=budget,
+                  resting=resting)  # fmt: skip
         )
 
         def on_signal() -> None:
