@@ -148,8 +148,9 @@ class Congestion:
     capacity is short). Cutting the rate and holding every request for each of those collapses a
     job. So a 429 counts as ours only with company: of the requests sent lately (the last
     ``WINDOW_S`` seconds, or the last ``WINDOW_REQUESTS`` when that is more), at least ``MIN_429``
-    answered 429, at a share above the background by ``FLOOR``; with no background known, any
-    429 is ours. The others only delay their own request. Shares count requests by when they
+    answered 429, at a share above the background by ``FLOOR`` and by ``ABOVE`` standard errors
+    (by chance, a window of twenty often holds more than its share); with no background known,
+    any 429 is ours. The others only delay their own request. Shares count requests by when they
     were sent, not when answers came: a 429 comes back at once, an answer takes seconds.
 
     Every cut is judged a little later, by whether the 429s track our rate. Over a limit, the
@@ -162,7 +163,8 @@ class Congestion:
     WINDOW_S = 2.0
     WINDOW_REQUESTS = 20
     MIN_429 = 2
-    FLOOR = 0.1  # a share of 429s above the background that means "too fast"
+    FLOOR = 0.1  # a share of 429s above the background that means "too fast" ...
+    ABOVE = 2.0  # ... when it is also this many standard errors above it
     BEFORE_S = 10.0  # a cut is judged against the share over this long before it ...
     REVIEW_S = 2.0  # ... and this long after it (once its cool-down ended), at the soonest ...
     REVIEW_REQUESTS = 60  # ... on as many requests sent at least, each side (if there were)
@@ -197,8 +199,15 @@ class Congestion:
     def ours(self, now: float) -> bool:
         """Whether the latest 429 is one our rate caused."""
         limited, sent = self._count(self._start(now, self.WINDOW_S, self.WINDOW_REQUESTS))
-        ours = limited >= self.MIN_429 and limited >= (self.background + self.FLOOR) * sent
-        return ours
+        background = self.background
+        if limited < self.MIN_429 or limited < (background + self.FLOOR) * sent:
+            return False
+        if not background:
+            return True
+        # Above the background by chance, in a window of twenty, is common at a high background
+        # (a quarter of requests answered 429: seven of twenty one time in five); by ABOVE standard
+        # errors, it is rare.
+        return (limited / sent - background) / math.sqrt(background * (1 - background) / sent) >= self.ABOVE
 
     def cut(self, now: float, rate_before: float | None, held_until: float) -> None:
         """A cut from ``rate_before`` (None: unbounded), judged from the end of its cool-down

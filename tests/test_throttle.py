@@ -8,7 +8,7 @@ import pytest
 
 from batchchat.records import ChatRequest
 from batchchat.stats import Counters
-from batchchat.throttle import BETA, Permit, Throttle, TokenEstimator, read_rate_headers
+from batchchat.throttle import BETA, Congestion, Permit, Throttle, TokenEstimator, read_rate_headers
 from tests.fake_api import FakeAPI, drive, error, requests, timed_out, truncated
 from tests.virtual_time import run_virtual
 
@@ -325,3 +325,16 @@ def test_a_provider_answering_quick_503s_now_and_then_keeps_its_concurrency(shar
     assert all(o.status == "ok" for o in outcomes.values())
     assert counters.retries > share * 3000 * 0.8
     assert throttle.crowding.lowest == 64 and counters.crowded is None
+
+
+@pytest.mark.parametrize(("limited", "ours"), [(7, False), (8, False), (10, True), (20, True)])
+def test_over_a_high_background_a_429_is_ours_only_well_above_it_by_chance(limited, ours):
+    """A quarter of requests answered 429 whatever the rate: seven of the last twenty is chance
+    (one window in five), ten is not."""
+    congestion = Congestion()
+    congestion.background = 0.25
+    for i in range(20):
+        congestion.departed(i * 0.01)
+        if i < limited:
+            congestion.limited(i * 0.01)
+    assert congestion.ours(0.2) is ours
