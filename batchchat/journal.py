@@ -512,6 +512,8 @@ class JournalSet:
 
     def _holder(self, key: str) -> Journal | None:
         """The journal whose record for ``key`` counts: the last fresh one, else the last one."""
+        if not self.parts:  # the usual case, asked of every request: one journal
+            return self.main if key in self.main else None
         holders = [j for j in (self.main, *self.parts) if key in j]
         fresh = [j for j in holders if not j.stale(key)]
         return (fresh or holders)[-1] if holders else None
@@ -580,6 +582,8 @@ class JournalSet:
         self.main.add_step(step)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
+        if not self.parts:
+            return self.main.get_many(keys)
         by_holder: dict[int, tuple[Journal, list[str]]] = {}
         for key in keys:
             holder = self._holder(key)
