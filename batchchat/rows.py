@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGES_HELP = 'expected a JSON list of {"role": ..., "content": ...} objects'
+CHECK_EVERY = 64  # requests sent between looks at whether the input file changed (a stat call)
 Messages = tuple[dict[str, Any], ...]
 Content = tuple[Messages, tuple[str, ...]]  # a row's messages, and its scripted user turns
 Asked = tuple["Slot", Messages, "Params", "Params", tuple[str, ...]]  # slot, messages, options, key options, turns
@@ -246,6 +247,7 @@ class RequestBuilder:
         start = 0
         fanout = self.fanout
         planned = len(keys)
+        made = 0
         for batch in source.batches():
             values: dict[str, list[Any]] | None = None
             if (start + batch.num_rows) * fanout > planned:
@@ -267,6 +269,9 @@ class RequestBuilder:
                         if key != again:
                             raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
                         yield ChatRequest(first + j, key, slot.model, messages, params, turns)
+                        made += 1
+                        if made % CHECK_EVERY == 0:  # a batch is up to 65,536 rows: look in between
+                            source.check()
             start += batch.num_rows
 
 

@@ -63,6 +63,10 @@ class TableSource:
 
     limit: int | None = None  # only the first rows (--limit): a trial of a large job
 
+    def check(self) -> None:
+        """Raise ``InputChanged`` if the input is no longer the one read (a table in memory
+        cannot change; a file can)."""
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows in order, in Arrow batches; no more than ``limit`` of them."""
         left = self.limit
