@@ -549,14 +549,20 @@ class JournalSet:
         return len(self.main) + sum(len(part) for part in self.parts)
 
     def failed(self, key: str) -> bool:
+        if not self.parts:  # a flag is only ever set on a key the journal holds
+            return self.main.failed(key)
         holder = self._holder(key)
         return holder is not None and holder.failed(key)
 
     def stale(self, key: str) -> bool:
+        if not self.parts:  # a flag is only ever set on a key the journal holds
+            return self.main.stale(key)
         holder = self._holder(key)
         return holder is not None and holder.stale(key)
 
     def unfinished(self, key: str) -> bool:
+        if not self.parts:  # a flag is only ever set on a key the journal holds
+            return self.main.unfinished(key)
         holder = self._holder(key)
         return holder is not None and holder.unfinished(key)
 
