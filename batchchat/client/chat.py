@@ -249,6 +249,8 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     """The body, or its first ``cap`` bytes; an answer larger than that is refused (it would be
     again), an error body is only cut (its message is at its start)."""
     declared = response.content_length
+    if declared is not None and declared <= cap:  # the usual answer: read whole, as it says
+        return await response.read()
     if response.status == 200 and declared is not None and declared > cap:
         raise _too_large(declared)
     parts: list[bytes] = []
