@@ -317,7 +317,7 @@ def test_the_cap_stopping_re_asks_leaves_the_row_pending_and_a_rerun_finishes_th
     job.write_text(f'input = "in.csv"\noutput = "out.csv"\nmodel = "sim-chat"\nbase_url = "{server.url}"\n'
                    'max_tokens = 5\nconcurrency = 1\nlabels = ["yes", "no"]\ninvalid_retries = 2\n'
                    '[prices]\n"sim-chat" = { input = 1000.0, output = 1000.0 }\n')  # fmt: skip
-    capped = cli("run", job, "--max-cost", "0.3")
+    capped = cli("run", job, "--max-cost", "0.1")
     assert capped.exit_code == 1, capped.stderr
     rows = read_output(tmp_path / "out.csv")
     finished = [r for r in rows if r["status"] != "pending"]

@@ -95,10 +95,9 @@ class LiveExecutor:
                 changed.append(e)
                 stop.set()
 
-        sending = asyncio.ensure_future(
-            drain(requests(), asker.unit, ledger.finished, workers=limits.concurrency, stop=stop, budget=budget,
-                  resting=resting)  # fmt: skip
-        )
+        draining = drain(requests(), asker.unit, ledger.finished, workers=limits.concurrency, stop=stop,
+                         budget=budget, resting=resting)  # fmt: skip
+        sending = asyncio.ensure_future(draining)
 
         def on_signal() -> None:
             nonlocal at_once, signalled
