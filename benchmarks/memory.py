@@ -36,7 +36,7 @@ def real_run(rows: int, source: Path, folder: Path, concurrency: int, env: dict[
     try:
         wall, code, rss, _, errors = timed([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o",
                                               str(output), "-m", "m", "--base-url", url, "--concurrency",
-                                              str(concurrency), "-q"], env)  # fmt: skip
+                                              str(concurrency), "-q"], env, folder)  # fmt: skip
         answered = server_stats(url)["answered"]
     finally:
         server.terminate()
@@ -88,8 +88,8 @@ def resumed(rows: int, folder: Path) -> dict:
         journal_mb = Path(str(output) + ".journal").stat().st_size / (1 << 20)
         command = [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "m",
                    "--base-url", url, "-q"]  # fmt: skip
-        dry_wall, dry_code, dry_rss, _, dry_errors = timed([*command, "--dry-run"])
-        wall, code, rss, _, errors = timed(command)
+        dry_wall, dry_code, dry_rss, _, dry_errors = timed([*command, "--dry-run"], cwd=folder)
+        wall, code, rss, _, errors = timed(command, cwd=folder)
         answered = server_stats(url)["answered"]
     finally:
         server.terminate()
