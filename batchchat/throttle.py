@@ -215,6 +215,11 @@ class Congestion:
         if self._review is None:  # cuts made while one is judged are judged with it
             self._review = (now, max(now, held_until), rate_before)
 
+    @property
+    def judging(self) -> bool:
+        """Whether a cut waits to be judged."""
+        return self._review is not None
+
     def review(self, now: float) -> tuple[bool, float | None]:
         """Once a cut can be judged: whether it was wrong, and the rate to go back to."""
         if self._review is None or now - self._review[1] < self.REVIEW_S:
@@ -328,8 +333,10 @@ class Crowding:
 
     def succeeded(self, now: float) -> bool:
         """Whether a slot opened again."""
+        if self.limit >= self.asked:  # no slot closed: the window only matters once one is
+            return False
         self._record(0)
-        if self.limit >= self.asked or now - self._cut_at < self._open_after:
+        if now - self._cut_at < self._open_after:
             return False
         if len(self._recent) < self._window or self._failures >= OPEN_SHARE * self._window:
             return False
@@ -477,9 +484,12 @@ class Throttle:
             self.estimator.observe(permit.raw_cost, total)
             if self.token_ceiling is not None:  # the mean answer size sets the pace
                 self._repace()
+        crowding = self.crowding
+        if self.adaptive_rate is None and crowding.limit >= crowding.asked and not self._congestion.judging:
+            return  # nothing was cut: nothing to judge, reopen or raise (every answer passes here)
         now = asyncio.get_running_loop().time()
         self._answered(now)
-        if self.crowding.succeeded(now):
+        if crowding.succeeded(now):
             self._wake()
         if self.adaptive_rate is not None:
             self._successes += 1
