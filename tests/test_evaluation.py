@@ -223,6 +223,8 @@ def test_per_row_options_from_columns_and_from_a_json_column(tmp_path: Path, sim
         (["x", "", "{max_tokens: 3}"], "in.csv, row 2, column 'opts': not valid JSON"),
         (["x", "", "[1]"], "in.csv, row 2, column 'opts': expected a JSON object"),
         (["x", "", '{"top_p": 3}'], "request option 'top_p' must be a number from 0 to 1"),
+        (["x", "", '{"min_p": NaN}'], "column 'opts': request option 'min_p' must be a finite number"),
+        (["x", "", '{"logit_bias": {"50256": -Infinity}}'], "request option 'logit_bias' must be a finite number"),
     ],
 )
 def test_bad_row_options_stop_the_job_before_any_request(
