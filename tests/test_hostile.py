@@ -463,6 +463,29 @@ def test_huge_bodies_are_read_only_as_far_as_needed(tmp_path: Path) -> None:
     assert peak_mb < 250, f"peak memory {peak_mb:.0f} MB"
 
 
+def test_compressed_bodies_are_capped_by_what_they_unpack_to(tmp_path: Path) -> None:
+    """A gzip body's Content-Length is its compressed size: 80 KB that unpack to 80 MB are no
+    answer within the cap, and an error body is still cut to its start."""
+    import gzip
+
+    packed = gzip.compress(b'{"error": {"message": "' + b"x" * (80 << 20), compresslevel=1)
+
+    async def zipped(request: web.Request) -> web.StreamResponse:
+        prompt = json.loads(await request.read())["messages"][-1]["content"]
+        return web.Response(body=packed, status=500 if prompt == "error" else 200,
+                            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})  # fmt: skip
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["error"], ["answer"]])
+    with HostileServer(zipped) as server:
+        result = subprocess.run([sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o",
+                                 str(tmp_path / "out.csv"), "-m", "m", "--base-url", server.url, "--max-attempts",
+                                 "1", "--concurrency", "1"], capture_output=True, text=True, env=clean_env())  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    rows = read_output(tmp_path / "out.csv")
+    assert rows[0]["error_type"] == "server_error" and len(rows[0]["error"]) < 1000
+    assert rows[1]["error_type"] == "bad_response" and "larger than 64 MB" in rows[1]["error"]
+
+
 def test_escape_sequences_from_a_server_are_never_printed_raw(tmp_path: Path) -> None:
     async def painter(request: web.Request) -> web.StreamResponse:
         prompt = json.loads(await request.read())["messages"][-1]["content"]

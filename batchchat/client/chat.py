@@ -249,8 +249,9 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     """The body, or its first ``cap`` bytes; an answer larger than that is refused (it would be
     again), an error body is only cut (its message is at its start)."""
     declared = response.content_length
-    if declared is not None and declared <= cap:  # the usual answer: read whole, as it says
-        return await response.read()
+    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if declared is not None and declared <= cap and not encoded:  # the usual answer: read whole
+        return await response.read()  # (a compressed body's length says nothing of what it unpacks to)
     if response.status == 200 and declared is not None and declared > cap:
         raise _too_large(declared)
     parts: list[bytes] = []
