@@ -53,8 +53,8 @@ from .spec import (
     Scoring,
     SimConfig,
     Variant,
-    finite,
     normalize_label,
+    not_json,
 )
 from .template import parse_template
 
@@ -452,8 +452,7 @@ def check_params(params: Mapping[str, Any], at: str) -> None:
         raise JobError(f"request option n={params['n']!r} ({at}): batchchat keeps one answer per row, so n must be 1")
     for key, value in params.items():
         problem = OPTION_CHECKS[key](value) if key in OPTION_CHECKS else None
-        if problem is None and not finite(value):
-            problem = "must be a finite number (NaN and Infinity are not JSON)"
+        problem = problem or not_json(value)
         if problem:
             raise JobError(f"request option '{key}' ({at}) {problem}, got {value!r}")
 

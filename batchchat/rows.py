@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InputChanged, JobError
 from .keys import RowKeys, request_key
 from .records import ChatRequest, InvalidRow
-from .spec import OPTION_CHECKS, RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring, finite
+from .spec import OPTION_CHECKS, RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring, not_json
 from .template import Template, cell_text, parse_template
 
 if TYPE_CHECKING:
@@ -349,8 +349,7 @@ class _Reader:
                 )
             check = OPTION_CHECKS.get(field)
             problem = check(value) if check is not None else None
-            if problem is None and not finite(value):  # sent, it would be null; its key would differ
-                problem = "must be a finite number (NaN and Infinity are not JSON)"
+            problem = problem or not_json(value)  # NaN sent would be null, its key NaN; a date, no JSON at all
             if problem:
                 raise JobError(f"{cell}: request option '{field}' {problem}, got {value!r}")
         return options

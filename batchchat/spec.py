@@ -296,15 +296,21 @@ OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def finite(value: Any) -> bool:
-    """Whether a JSON value holds no NaN or infinity (no server reads them; JSON has none)."""
+def not_json(value: Any) -> str | None:
+    """What keeps a request option from being sent as JSON (None: nothing). NaN and infinity
+    have no JSON form; a date, bytes or any other object has none either (orjson would write
+    some of them, the standard library none: a request and its key would disagree)."""
     if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(finite(v) for v in value.values())
+        return None if math.isfinite(value) else "must be a finite number (NaN and Infinity are not JSON)"
+    if value is None or isinstance(value, str | int):
+        return None
     if isinstance(value, list | tuple):
-        return all(finite(v) for v in value)
-    return True
+        return next((problem for v in value if (problem := not_json(v)) is not None), None)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return "must be JSON: an object's names are text"
+        return next((problem for v in value.values() if (problem := not_json(v)) is not None), None)
+    return f"must be JSON: text, a number, true or false, a list or an object (not {type(value).__name__})"
 
 
 def describe(job: Job) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 would write, so a rerun after installing or upgrading orjson finds its answers and pays nothing
 again; and the output's columns are the Arrow arrays ``pa.array`` would make."""
 
+import datetime
 import hashlib
 import json
 import math
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -93,3 +95,36 @@ def test_a_value_of_another_type_is_converted_or_refused_as_arrow_does(values, k
             array_of(values, kind)
         return
     assert array_of(values, kind).equals(expected)
+
+
+class Keys(dict):
+    """A dict the standard library writes through its own iteration, orjson through its own."""
+
+    def items(self):
+        return [("z", 1)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [datetime.date(2020, 1, 1), datetime.datetime(2020, 1, 1, 12), Keys(a=1), [Keys(a=1)]],
+    ids=["date", "datetime", "dict-subclass", "nested-subclass"],
+)
+def test_what_the_standard_library_refuses_or_writes_its_own_way_it_decides(value):
+    try:
+        expected = stdlib(value)
+    except TypeError:
+        with pytest.raises(TypeError):
+            jsonio.same_dumps(value)
+        return
+    assert jsonio.same_dumps(value) == expected
+
+
+def test_a_row_option_with_no_json_form_stops_the_job_naming_its_cell(tmp_path, sim):
+    from tests.helpers import cli
+
+    pq.write_table(pa.table({"prompt": ["a", "b"], "when": [None, datetime.date(2020, 1, 1)]}), tmp_path / "in.parquet")
+    result = cli("run", "-i", tmp_path / "in.parquet", "-o", tmp_path / "out.parquet", "-m", "m",
+                 "--base-url", sim.url, "--option-column", "when")  # fmt: skip
+    assert result.exit_code == 2
+    assert "row 2, column 'when': request option 'when' must be JSON" in result.stderr and "(not date)" in result.stderr
+    assert sim.requests == [] and not (tmp_path / "out.parquet").exists()
