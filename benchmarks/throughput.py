@@ -4,7 +4,10 @@ Every client runs in its own process against a fresh `benchmarks/fast_server.py`
 endpoint that answers with fixed bytes and costs a fraction of any client's CPU per request (its
 own CPU is reported beside, to show it), on the same prompts:
 
-- the bare loop: one aiohttp session, a semaphore, parse the answer, nothing else;
+- the bare loop, as a user's script would be: the prompts read from the same Parquet file, one
+  aiohttp session, a semaphore, each answer parsed, the answers and their tokens written to a
+  Parquet file (the peer the ratios are taken against);
+- the same loop with no files (prompts made in memory, answers dropped), for reference;
 - `AsyncTogether` + `asyncio.gather` and `AsyncOpenAI` + `asyncio.gather` (the `bench` extra),
   bounded by the same semaphore;
 - batchchat through its CLI on a Parquet file: reading it, the journal, the throttle, the keys
