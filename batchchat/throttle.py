@@ -150,7 +150,8 @@ class Congestion:
     ``WINDOW_S`` seconds, or the last ``WINDOW_REQUESTS`` when that is more), at least ``MIN_429``
     answered 429, at a share above the background by ``FLOOR`` and by ``ABOVE`` standard errors
     (by chance, a window of twenty often holds more than its share); with no background known,
-    any 429 is ours. The others only delay their own request. Shares count requests by when they
+    two 429s are ours once twenty requests were sent, three before (two of the first six are
+    chance one run in thirty at a 5% background, and a cut then costs a job minutes). The others only delay their own request. Shares count requests by when they
     were sent, not when answers came: a 429 comes back at once, an answer takes seconds.
 
     Every cut is judged a little later, by whether the 429s track our rate. Over a limit, the
@@ -202,8 +203,8 @@ class Congestion:
         background = self.background
         if limited < self.MIN_429 or limited < (background + self.FLOOR) * sent:
             return False
-        if not background:
-            return True
+        if not background:  # the first moments of a run: two 429s of three or six can be chance
+            return sent >= self.WINDOW_REQUESTS or limited > self.MIN_429
         # Above the background by chance, in a window of twenty, is common at a high background
         # (a quarter of requests answered 429: seven of twenty one time in five); by ABOVE standard
         # errors, it is rare.
@@ -216,7 +217,7 @@ class Congestion:
             self._review = (now, max(now, held_until), rate_before)
 
     @property
-    def judging(self) -> bool:
+    def reviewing(self) -> bool:
         """Whether a cut waits to be judged."""
         return self._review is not None
 
@@ -485,7 +486,7 @@ class Throttle:
             if self.token_ceiling is not None:  # the mean answer size sets the pace
                 self._repace()
         crowding = self.crowding
-        if self.adaptive_rate is None and crowding.limit >= crowding.asked and not self._congestion.judging:
+        if self.adaptive_rate is None and crowding.limit >= crowding.asked and not self._congestion.reviewing:
             return  # nothing was cut: nothing to judge, reopen or raise (every answer passes here)
         now = asyncio.get_running_loop().time()
         self._answered(now)

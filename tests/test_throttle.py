@@ -338,3 +338,15 @@ def test_over_a_high_background_a_429_is_ours_only_well_above_it_by_chance(limit
         if i < limited:
             congestion.limited(i * 0.01)
     assert congestion.ours(0.2) is ours
+
+
+@pytest.mark.parametrize(("limited", "sent", "ours"), [(2, 6, False), (3, 6, True), (2, 20, True), (1, 2, False)])
+def test_in_a_runs_first_moments_two_429s_of_a_few_are_not_enough_to_cut(limited, sent, ours):
+    """With no background known yet, two 429s among the first six requests happen by chance at
+    a 5% background (and cut a job to a crawl); three, or two of twenty, are taken as ours."""
+    congestion = Congestion()
+    for i in range(sent):
+        congestion.departed(i * 0.001)
+        if i < limited:
+            congestion.limited(i * 0.001)
+    assert congestion.ours(0.01) is ours
