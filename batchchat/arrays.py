@@ -15,11 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-_NUMBERS: dict[pa.DataType, tuple[type[Any], tuple[type, ...]]] = {
-    pa.int64(): (np.int64, (int,)),
-    pa.int32(): (np.int32, (int,)),
-    pa.float64(): (np.float64, (float, int)),
-}
+_NUMBERS: dict[pa.DataType, type[Any]] = {pa.int64(): np.int64, pa.int32(): np.int32, pa.float64(): np.float64}
+_EXACT = 1 << 53  # an integer a float holds exactly (pa.array refuses one past it in a float column)
 _STRING_BYTES = (1 << 31) - 1  # a string array's 32-bit offsets reach this far
 
 
@@ -40,13 +37,20 @@ def array_of(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
             bits = np.packbits(np.fromiter((v is True for v in values), np.bool_, n), bitorder="little")
             bitmap, nulls = _nulls(valid)
             return pa.Array.from_buffers(kind, n, [bitmap, _buffer(bits)], nulls)
-        elif kind in _NUMBERS and all(type(v) in _NUMBERS[kind][1] for v in present):
-            numbers = np.fromiter((v if v is not None else 0 for v in values), _NUMBERS[kind][0], n)
+        elif kind in _NUMBERS and all(_number(v, kind) for v in present):
+            numbers = np.fromiter((v if v is not None else 0 for v in values), _NUMBERS[kind], n)
             bitmap, nulls = _nulls(valid)
             return pa.Array.from_buffers(kind, n, [bitmap, _buffer(numbers)], nulls)
     except (OverflowError, UnicodeEncodeError):
         pass  # an integer too wide, a lone surrogate: pa.array says what is wrong
     return pa.array(values, type=kind)
+
+
+def _number(value: Any, kind: pa.DataType) -> bool:
+    """Whether ``value`` goes into a column of ``kind`` as it is (else ``pa.array`` decides)."""
+    if type(value) is int:
+        return kind != pa.float64() or -_EXACT <= value <= _EXACT
+    return type(value) is float and kind == pa.float64()
 
 
 def _nulls(valid: list[bool]) -> tuple[pa.Buffer | None, int]:

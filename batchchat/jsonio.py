@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - a dependency, but the code does not ne
     orjson = None  # type: ignore[assignment]
 
 # Where orjson's text may differ from the standard library's: NaN and infinities (null), floats
-# under 1e-4 (1e-05 as 0.00001, 1e-07 as 1e-7). A string holding one of these only costs a retry.
+# under 1e-4 (1e-05 as 0.00001, 1e-07 as 1e-7). Text that merely contains one goes the slow way.
 _MAY_DIFFER = re.compile(rb"null|0\.0000|[0-9]e-[0-9]")
 
 

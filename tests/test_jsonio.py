@@ -85,7 +85,8 @@ def test_an_added_column_is_the_array_arrow_makes_of_its_values(data):
 
 @pytest.mark.parametrize(
     ("values", "kind"),
-    [(["1.5"], pa.float64()), ([1.5], pa.int64()), ([2**40], pa.int32()), ([2**70], pa.int64()), ([1], pa.string())],
+    [(["1.5"], pa.float64()), ([1.5], pa.int64()), ([2**40], pa.int32()), ([2**70], pa.int64()), ([1], pa.string()),
+     ([2**53 + 1], pa.float64()), ([True], pa.int64()), ([1], pa.bool_())],
 )
 def test_a_value_of_another_type_is_converted_or_refused_as_arrow_does(values, kind):
     try:
