@@ -16,6 +16,7 @@ from .errors import JobError
 from .executors.base import Ending, Executor, Ledger, Work
 from .journal import Scope, Store
 from .records import ERROR, OK, PENDING, ChatRequest
+from .rows import kept_requests
 from .spec import describe
 from .stats import RowTally, Stats, Summary
 from .words import plural
@@ -115,13 +116,15 @@ class Stages:
 
 
 class _Requests:
-    """The plan's requests to send, built again from the input on each pass over them (an engine
-    that goes in rounds passes more than once)."""
+    """The plan's requests to send, on each pass over them (an engine that goes in rounds passes
+    more than once): those the plan kept, or built again from the input."""
 
     def __init__(self, setup: Setup, source: TableSource, rows: Rows) -> None:
         self.setup, self.source, self.rows = setup, source, rows
 
     def __iter__(self) -> Iterator[ChatRequest]:
+        if self.rows.kept is not None:
+            return kept_requests(self.rows.kept, self.source)
         return self.setup.builder.requests(self.source, self.rows.keys, self.rows.sends)
 
 

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from .source import TableSource
 
 SHOWN_INVALID_ROWS = 5
+# The requests the plan builds are kept for the sending pass while they take less than this
+# (about 60,000 short prompts): building and hashing each again from the input is a tenth of
+# the CPU a request costs. A larger input is built again, a row at a time, as it is sent.
+KEPT_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Rows:
     invalid: dict[int, str]  # output row -> why it has nothing to send
     sends: bytearray  # the first row asking for each request still to be answered
     first: bytearray  # the first row asking for each request
+    kept: list[ChatRequest] | None = None  # the requests to send, when small enough to keep
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ class Setup:
         done = 0
         retry_errors = self.retry_errors
         input_rows = 0
+        kept: list[ChatRequest] | None = []
+        kept_bytes = 0
         for batch, items in self.builder.rows(source):
             input_rows += batch.num_rows
             stored = (i.key for i in items if isinstance(i, ChatRequest) and i.key in store)
@@ -122,6 +129,11 @@ class Setup:
                 else:
                     key = item.key
                     keys.append(key)
+                    if kept is not None:
+                        kept_bytes += _size(item)
+                        kept = kept if kept_bytes <= KEPT_BYTES else None
+                        if kept is not None:
+                            kept.append(item)
                     again = judged.get(key)
                     if key not in store:
                         want = True
@@ -138,7 +150,7 @@ class Setup:
         first = keys.firsts()
         sends = _both(first, wants)
         reasked = _both(first, reasks).count(1)
-        rows = Rows(keys, invalid, sends, first)
+        rows = Rows(keys, invalid, sends, first, [r for r in kept if sends[r.row]] if kept is not None else None)
         if input_rows == 0:
             raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
         fanout = self.builder.fanout
@@ -173,6 +185,12 @@ def check_columns(columns: Sequence[str], source_name: str, added: Sequence[str]
             f"{source_name} has column(s) {', '.join(map(repr, clashes))}, which batchchat adds to "
             "the output; rename them in the input"
         )
+
+
+def _size(request: ChatRequest) -> int:
+    """About what a built request takes in memory: its objects, and the text of its messages."""
+    text = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 1000 for m in request.messages)
+    return 400 + 300 * len(request.messages) + text + sum(len(t) for t in request.turns)
 
 
 def _both(a: bytearray, b: bytearray) -> bytearray:

@@ -275,6 +275,16 @@ class RequestBuilder:
             start += batch.num_rows
 
 
+def kept_requests(kept: Sequence[ChatRequest], source: TableSource) -> Iterator[ChatRequest]:
+    """The requests the plan built and kept, in order: the very ones it hashed, so none is built
+    or hashed again. The input is still looked at every ``CHECK_EVERY``: a run whose input
+    changed stops soon, as it does when it reads the input again."""
+    for made, request in enumerate(kept, 1):
+        yield request
+        if made % CHECK_EVERY == 0:
+            source.check()
+
+
 class _Reader:
     """One row's cells into its messages and options, with errors that name the cell."""
 

@@ -51,13 +51,22 @@ def test_damaged_journal_records_are_skipped_said_and_their_rows_sent_again(
     assert all(r["status"] == "ok" and r["attempts"] == 1 for r in read_output(output))
 
 
-def start_run(source: Path, output: Path, url: str, *extra: str) -> subprocess.Popen[str]:
+def start_run(source: Path, output: Path, url: str, *extra: str, kept: bool = True) -> subprocess.Popen[str]:
+    """``kept=False``: the plan keeps no request, so the sending pass builds each again from the
+    input (as it does for an input too large to keep)."""
     env = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
+    cli = "from batchchat.cli import main; import batchchat.plan as plan; plan.KEPT_BYTES = int(sys.argv.pop(1)); main()"
     return subprocess.Popen(
-        [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
-         "--base-url", url, "--concurrency", "8", *extra],
+        [sys.executable, "-c", f"import sys; {cli}", str(plan_keeps(kept)), "run", "-i", str(source), "-o",
+         str(output), "-m", "sim-chat", "--base-url", url, "--concurrency", "8", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+
+
+def plan_keeps(kept: bool) -> int:
+    from batchchat.plan import KEPT_BYTES
+
+    return KEPT_BYTES if kept else 0
 
 
 def wait_answered(server: BackgroundSimulator, count: int, process: subprocess.Popen[str]) -> None:
@@ -68,16 +77,17 @@ def wait_answered(server: BackgroundSimulator, count: int, process: subprocess.P
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "built-again"])
 @pytest.mark.parametrize("change", ["shuffled", "appended"])
 def test_an_input_changed_mid_run_is_refused_and_a_rerun_pays_nothing_twice(
-    tmp_path: Path, sim_factory: Any, change: str
+    tmp_path: Path, sim_factory: Any, change: str, kept: bool
 ) -> None:
     server = sim_factory(latency_ms=20)
     texts = [f"changing question {i}" for i in range(400)]
     source = write_csv(tmp_path / "in.csv", ["prompt"], [[t] for t in texts])
     output = tmp_path / "out.parquet"
     output.write_bytes(b"an older table")
-    process = start_run(source, output, server.url)
+    process = start_run(source, output, server.url, kept=kept)
     wait_answered(server, 40, process)
     changed = random.Random(1).sample(texts, len(texts)) if change == "shuffled" else [*texts, "new 1", "new 2"]
     write_csv(tmp_path / "next.csv", ["prompt"], [[t] for t in changed])

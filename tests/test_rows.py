@@ -117,3 +117,43 @@ def test_keys_are_stable_and_change_with_what_is_sent():
     assert key != request_key("m", messages, (("temperature", 0.7),))
     assert key != request_key("m", messages, (("temperature", 0.0),), sample=1)
     assert len(key) == 32
+
+
+def test_the_plan_keeps_the_requests_to_send_while_they_are_small_and_none_past_that(monkeypatch):
+    from batchchat.journal import MemoryStore
+    from batchchat.plan import Setup
+    from batchchat.records import RowOutcome
+    from batchchat.source import ArrowSource
+
+    job = load_job(None, model="m", provider="sim")
+    source = ArrowSource(pa.table({"prompt": ["a", "b", "a", "", "c"]}))
+    setup = Setup.of(job, source.columns, "in.csv")
+    store = MemoryStore()
+    _, rows = setup.plan(source, store, None)
+    built = list(setup.builder.requests(source, rows.keys, rows.sends))
+    assert rows.kept == built and [r.row for r in built] == [0, 1, 4]  # a repeat and an empty row send nothing
+    store.add(RowOutcome(1, built[1].key, "ok", 1, "m", response="B"))
+    _, rows = setup.plan(source, store, None)
+    assert [r.row for r in rows.kept] == [0, 4]  # an answered row is not kept to send again
+    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", 2000)  # three requests take more than this
+    _, rows = setup.plan(source, store, None)
+    assert rows.kept is None and [r.row for r in setup.builder.requests(source, rows.keys, rows.sends)] == [0, 4]
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "built-again"])
+def test_a_run_sends_and_writes_the_same_whether_its_requests_were_kept_or_built_again(tmp_path, sim, monkeypatch, kept):
+    from tests.helpers import cli, read_output, write_csv
+
+    if not kept:
+        monkeypatch.setattr("batchchat.plan.KEPT_BYTES", 0)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["one"], ["two"], ["one"], [""], ["three"]])
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m1", "-m", "m2", "--base-url", sim.url)
+    assert result.exit_code == 1  # the empty row is an error row
+    rows = read_output(tmp_path / "out.csv")
+    assert [(r["prompt"], r["model"], r["status"]) for r in rows] == [
+        (p, m, "error" if p == "" else "ok") for p in ("one", "two", "one", "", "three") for m in ("m1", "m2")
+    ]
+    assert len(sim.requests) == 6  # three distinct prompts, two models: each sent once
+    assert sorted((r["body"]["model"], r["body"]["messages"][-1]["content"]) for r in sim.requests) == sorted(
+        (m, p) for p in ("one", "two", "three") for m in ("m1", "m2")
+    )
