@@ -46,9 +46,9 @@ class BatchProgress:
 
 @dataclass(frozen=True)
 class Work:
-    """What the plan left to do: the requests to send, built lazily from the input, again on each
-    pass over them (a pass raises ``InputChanged`` if the input is no longer what was planned),
-    and the key of one turn of a scripted conversation."""
+    """What the plan left to do: the requests to send (the plan's own when it kept them, else
+    built lazily from the input, again on each pass over them; a pass raises ``InputChanged`` if
+    the input is no longer what was planned), and the key of one turn of a scripted conversation."""
 
     requests: Iterable[ChatRequest]
     turn_key: Callable[[ChatRequest, tuple[dict[str, Any], ...]], str]
