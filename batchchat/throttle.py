@@ -150,8 +150,8 @@ class Congestion:
     ``WINDOW_S`` seconds, or the last ``WINDOW_REQUESTS`` when that is more), at least ``MIN_429``
     answered 429, at a share above the background by ``FLOOR`` and by ``ABOVE`` standard errors
     (by chance, a window of twenty often holds more than its share); with no background known,
-    two 429s are ours once twenty requests were sent, three before (two of the first six are
-    chance one run in thirty at a 5% background, and a cut then costs a job minutes). The others only delay their own request. Shares count requests by when they
+    any 429 is ours (waiting for more evidence at a run's start lets a small limit without
+    headers use up the first rows' attempts). The others only delay their own request. Shares count requests by when they
     were sent, not when answers came: a 429 comes back at once, an answer takes seconds.
 
     Every cut is judged a little later, by whether the 429s track our rate. Over a limit, the
@@ -203,8 +203,8 @@ class Congestion:
         background = self.background
         if limited < self.MIN_429 or limited < (background + self.FLOOR) * sent:
             return False
-        if not background:  # the first moments of a run: two 429s of three or six can be chance
-            return sent >= self.WINDOW_REQUESTS or limited > self.MIN_429
+        if not background:
+            return True
         # Above the background by chance, in a window of twenty, is common at a high background
         # (a quarter of requests answered 429: seven of twenty one time in five); by ABOVE standard
         # errors, it is rare.

@@ -340,13 +340,14 @@ def test_over_a_high_background_a_429_is_ours_only_well_above_it_by_chance(limit
     assert congestion.ours(0.2) is ours
 
 
-@pytest.mark.parametrize(("limited", "sent", "ours"), [(2, 6, False), (3, 6, True), (2, 20, True), (1, 2, False)])
-def test_in_a_runs_first_moments_two_429s_of_a_few_are_not_enough_to_cut(limited, sent, ours):
-    """With no background known yet, two 429s among the first six requests happen by chance at
-    a 5% background (and cut a job to a crawl); three, or two of twenty, are taken as ours."""
-    congestion = Congestion()
-    for i in range(sent):
-        congestion.departed(i * 0.001)
-        if i < limited:
-            congestion.limited(i * 0.001)
-    assert congestion.ours(0.01) is ours
+@pytest.mark.parametrize("concurrency", [1, 2, 8])
+def test_a_small_limit_without_headers_or_hints_loses_no_row(concurrency, monkeypatch):
+    """One request every five seconds, and 429s that say nothing: the first ones must slow
+    everyone at once, or the first rows use up their attempts backing off alone."""
+    from batchchat import retry
+
+    for seed in range(8):
+        monkeypatch.setattr(retry, "_JITTER", random.Random(seed))
+        api = FakeAPI(latency=0.05, rate=0.2, burst=1, limit_headers=False, retry_after=None, reset_header=False)
+        outcomes, _, _ = run(api, requests(10), Throttle(concurrency), max_attempts=6)  # the CLI's default
+        assert all(o.status == "ok" for o in outcomes.values()), (seed, [o.error for o in outcomes.values()])
