@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .answers import AnswerCheck, Derived
 from .errors import JobError
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from .source import TableSource
 
 SHOWN_INVALID_ROWS = 5
-# The requests the plan builds are kept for the sending pass while they take less than this
-# (about 60,000 short prompts): building and hashing each again from the input is a tenth of
-# the CPU a request costs. A larger input is built again, a row at a time, as it is sent.
+# The requests the plan builds are kept for the sending pass while their estimated size stays
+# under this (``_size`` errs high: about 35,000 short prompts, 16 MB in fact): building and
+# hashing each again from the input is a tenth of the CPU a request costs. A larger input is
+# built again, a row at a time, as it is sent.
 KEPT_BYTES = 32 << 20
 
 
@@ -188,9 +189,22 @@ def check_columns(columns: Sequence[str], source_name: str, added: Sequence[str]
 
 
 def _size(request: ChatRequest) -> int:
-    """About what a built request takes in memory: its objects, and the text of its messages."""
-    text = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 1000 for m in request.messages)
-    return 400 + 300 * len(request.messages) + text + sum(len(t) for t in request.turns)
+    """About what a built request takes in memory, to keep the kept ones under ``KEPT_BYTES``:
+    its objects and every text of its messages, options and turns (shared objects counted for
+    each request that holds them: more, never less)."""
+    return 200 + _footprint(request.messages) + _footprint(request.params) + _footprint(request.turns)
+
+
+def _footprint(value: Any) -> int:
+    """CPython's bytes for a JSON-like value, roughly: a text is 50 bytes and one to four a
+    character, a dict 240 and 100 an entry, a list or tuple 56 and 8 an item."""
+    if isinstance(value, str):
+        return 50 + (len(value) if value.isascii() else 4 * len(value))
+    if isinstance(value, dict):
+        return 240 + 100 * len(value) + sum(_footprint(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return 56 + 8 * len(value) + sum(_footprint(v) for v in value)
+    return 32
 
 
 def _both(a: bytearray, b: bytearray) -> bytearray:

@@ -157,3 +157,28 @@ def test_a_run_sends_and_writes_the_same_whether_its_requests_were_kept_or_built
     assert sorted((r["body"]["model"], r["body"]["messages"][-1]["content"]) for r in sim.requests) == sorted(
         (m, p) for p in ("one", "two", "three") for m in ("m1", "m2")
     )
+
+
+def test_a_kept_requests_size_is_never_underestimated():
+    """The plan keeps requests by their estimated size: options and image parts count too (a
+    row of tools or an image is many times its prompt)."""
+    import json
+    import tracemalloc
+
+    from batchchat.plan import _size
+
+    tools = [{"type": "function", "function": {"name": f"f{j}", "description": "x" * 100,
+                                               "parameters": {"type": "object"}}} for j in range(8)]  # fmt: skip
+    image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:," + "A" * 50_000}}]
+    shapes = {
+        "prompt": lambda i: (({"role": "user", "content": f"Question {i}: what about {i}?"},), ()),
+        "tools": lambda i: (({"role": "user", "content": f"Q {i}"},), (("tools", json.loads(json.dumps(tools))),)),
+        "image": lambda i: (({"role": "user", "content": json.loads(json.dumps(image))},), ()),
+        "non-ascii": lambda i: (({"role": "user", "content": f"Вопрос {i}: 質問 " * 20},), ()),
+    }
+    for name, shape in shapes.items():
+        tracemalloc.start()
+        made = [ChatRequest(i, f"{i:032x}", "m", *shape(i)) for i in range(300)]
+        actual = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert sum(_size(r) for r in made) >= actual, name
