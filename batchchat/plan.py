@@ -132,8 +132,9 @@ class Setup:
                     keys.append(key)
                     if kept is not None:
                         kept_bytes += _size(item)
-                        kept = kept if kept_bytes <= KEPT_BYTES else None
-                        if kept is not None:
+                        if kept_bytes > KEPT_BYTES:
+                            kept = None  # too large to keep: the sending pass builds them again
+                        else:
                             kept.append(item)
                     again = judged.get(key)
                     if key not in store:

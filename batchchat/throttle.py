@@ -151,8 +151,9 @@ class Congestion:
     answered 429, at a share above the background by ``FLOOR`` and by ``ABOVE`` standard errors
     (by chance, a window of twenty often holds more than its share); with no background known,
     any 429 is ours (waiting for more evidence at a run's start lets a small limit without
-    headers use up the first rows' attempts). The others only delay their own request. Shares count requests by when they
-    were sent, not when answers came: a 429 comes back at once, an answer takes seconds.
+    headers use up the first rows' attempts). The others only delay their own request. Shares
+    count requests by when they were sent, not when answers came: a 429 comes back at once, an
+    answer takes seconds.
 
     Every cut is judged a little later, by whether the 429s track our rate. Over a limit, the
     share of 429s is ``1 - limit/rate``: slowing down makes it fall clearly, or it stays high
