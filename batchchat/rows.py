@@ -459,6 +459,9 @@ def parse_messages(cell: Any, where: str) -> list[dict[str, Any]]:
             raise JobError(f"{where}: message {n} ({role}) has no text content; {MESSAGES_HELP}")
         if role == "tool" and "tool_call_id" not in message:
             raise JobError(f"{where}: message {n} (tool) needs a tool_call_id")
+        problem = not_json(message)  # a date from a Parquet struct, NaN from JSON text: no request has them
+        if problem is not None:
+            raise JobError(f"{where}: message {n} {problem}")
         messages.append(message)
     return messages
 

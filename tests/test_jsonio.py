@@ -129,3 +129,23 @@ def test_a_row_option_with_no_json_form_stops_the_job_naming_its_cell(tmp_path, 
     assert result.exit_code == 2
     assert "row 2, column 'when': request option 'when' must be JSON" in result.stderr and "(not date)" in result.stderr
     assert sim.requests == [] and not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("cell", "why"),
+    [
+        ([{"role": "user", "content": "hi", "sent": datetime.date(2020, 1, 1)}], "(not date)"),
+        ('[{"role": "user", "content": "hi", "weight": NaN}]', "must be a finite number"),
+    ],
+    ids=["struct-with-a-date", "json-with-nan"],
+)
+def test_a_message_with_no_json_form_stops_the_job_naming_its_cell(tmp_path, sim, cell, why):
+    from tests.helpers import cli
+
+    column = pa.array([cell]) if not isinstance(cell, str) else pa.array([cell], pa.string())
+    pq.write_table(pa.table({"messages": column}), tmp_path / "in.parquet")
+    result = cli("run", "-i", tmp_path / "in.parquet", "-o", tmp_path / "out.parquet", "-m", "m",
+                 "--base-url", sim.url, "--messages-column", "messages")  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert "row 1, column 'messages': message 1 must be" in result.stderr and why in result.stderr
+    assert "internal error" not in result.stderr and sim.requests == []
