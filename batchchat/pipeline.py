@@ -16,7 +16,7 @@ from .errors import JobError
 from .executors.base import Ending, Executor, Ledger, Work
 from .journal import Scope, Store
 from .records import ERROR, OK, PENDING, ChatRequest
-from .rows import kept_requests
+from .rows import watched
 from .spec import describe
 from .stats import RowTally, Stats, Summary
 from .words import plural
@@ -124,7 +124,7 @@ class _Requests:
 
     def __iter__(self) -> Iterator[ChatRequest]:
         if self.rows.kept is not None:
-            return kept_requests(self.rows.kept, self.source)
+            return watched(self.rows.kept, self.source)
         return self.setup.builder.requests(self.source, self.rows.keys, self.rows.sends)
 
 

@@ -18,14 +18,14 @@ import difflib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputChanged, JobError
 from .keys import RowKeys, request_key
 from .records import ChatRequest, InvalidRow
-from .spec import OPTION_CHECKS, RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring, not_json
+from .spec import RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring, not_json, option_problem
 from .template import Template, cell_text, parse_template
 
 if TYPE_CHECKING:
@@ -242,12 +242,14 @@ class RequestBuilder:
         input that changed since cannot send one row's prompt under another row's key, which
         would put a wrong answer in the journal for good.
         """
+        return watched(self._built(source, keys, wanted), source)
+
+    def _built(self, source: TableSource, keys: RowKeys, wanted: Sequence[int]) -> Iterator[ChatRequest]:
         spec = self.spec
         reader = _Reader(spec, self.source_name)
         start = 0
         fanout = self.fanout
         planned = len(keys)
-        made = 0
         for batch in source.batches():
             values: dict[str, list[Any]] | None = None
             if (start + batch.num_rows) * fanout > planned:
@@ -269,17 +271,14 @@ class RequestBuilder:
                         if key != again:
                             raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
                         yield ChatRequest(first + j, key, slot.model, messages, params, turns)
-                        made += 1
-                        if made % CHECK_EVERY == 0:  # a batch is up to 65,536 rows: look in between
-                            source.check()
             start += batch.num_rows
 
 
-def kept_requests(kept: Sequence[ChatRequest], source: TableSource) -> Iterator[ChatRequest]:
-    """The requests the plan built and kept, in order: the very ones it hashed, so none is built
-    or hashed again. The input is still looked at every ``CHECK_EVERY``: a run whose input
-    changed stops soon, as it does when it reads the input again."""
-    for made, request in enumerate(kept, 1):
+def watched(requests: Iterable[ChatRequest], source: TableSource) -> Iterator[ChatRequest]:
+    """``requests`` in order (built again from ``source``, or the very ones the plan kept and
+    hashed), looking every ``CHECK_EVERY`` at whether the input changed: a batch is up to 65,536
+    rows, and a run whose input changed stops soon."""
+    for made, request in enumerate(requests, 1):
         yield request
         if made % CHECK_EVERY == 0:
             source.check()
@@ -357,9 +356,7 @@ class _Reader:
                     f"{cell}: request option '{field}' cannot be set per row "
                     f"({RESERVED_PARAMS.get(field, 'batchchat keeps one answer per row, so n must be 1')})"
                 )
-            check = OPTION_CHECKS.get(field)
-            problem = check(value) if check is not None else None
-            problem = problem or not_json(value)  # NaN sent would be null, its key NaN; a date, no JSON at all
+            problem = option_problem(field, value)  # NaN sent would be null while its key hashed NaN
             if problem:
                 raise JobError(f"{cell}: request option '{field}' {problem}, got {value!r}")
         return options
