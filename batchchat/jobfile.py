@@ -37,7 +37,6 @@ from .settings import (
 )
 from .spec import (
     DEFAULT_INVALID_RETRIES,
-    OPTION_CHECKS,
     RESERVED_PARAMS,
     SCORES,
     Answers,
@@ -54,7 +53,7 @@ from .spec import (
     SimConfig,
     Variant,
     normalize_label,
-    not_json,
+    option_problem,
 )
 from .template import parse_template
 
@@ -451,8 +450,7 @@ def check_params(params: Mapping[str, Any], at: str) -> None:
     if params.get("n", 1) != 1:
         raise JobError(f"request option n={params['n']!r} ({at}): batchchat keeps one answer per row, so n must be 1")
     for key, value in params.items():
-        problem = OPTION_CHECKS[key](value) if key in OPTION_CHECKS else None
-        problem = problem or not_json(value)
+        problem = option_problem(key, value)
         if problem:
             raise JobError(f"request option '{key}' ({at}) {problem}, got {value!r}")
 

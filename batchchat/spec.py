@@ -296,6 +296,13 @@ OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+def option_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a request option, a job's or a row's (None: nothing): out of its
+    bounds, or with no JSON form."""
+    check = OPTION_CHECKS.get(name)
+    return (check(value) if check is not None else None) or not_json(value)
+
+
 def not_json(value: Any) -> str | None:
     """What keeps a request option from being sent as JSON (None: nothing). NaN and infinity
     have no JSON form; a date, bytes or any other object has none either (orjson would write
