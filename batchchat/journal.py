@@ -457,9 +457,8 @@ STATUSES = (OK, ERROR, PENDING)  # pending: an answer paid for, failing its chec
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
 TEXT_FIELDS = ("model", "response", "finish_reason", "error_type", "error", "request_id", "transcript")
-COUNT_FIELDS = {"attempts": INT32, "rate_limited": INT32, "prompt_tokens": INT64, "completion_tokens": INT64,
-                "total_tokens": INT64,
-                "answers": INT32}  # fmt: skip
+COUNT_FIELDS = {"attempts": INT32, "rate_limited": INT32, "answers": INT32,
+                "prompt_tokens": INT64, "completion_tokens": INT64, "total_tokens": INT64}  # fmt: skip
 
 
 def valid_record(record: dict[str, Any]) -> bool:
