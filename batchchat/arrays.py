@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .reading import clean_text
+
 _NUMBERS: dict[pa.DataType, type[Any]] = {pa.int64(): np.int64, pa.int32(): np.int32, pa.float64(): np.float64}
 _EXACT = 1 << 53  # an integer a float holds exactly (pa.array refuses one past it in a float column)
 _STRING_BYTES = (1 << 31) - 1  # a string array's 32-bit offsets reach this far
@@ -41,8 +43,10 @@ def array_of(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
             numbers = np.fromiter((v if v is not None else 0 for v in values), _NUMBERS[kind], n)
             bitmap, nulls = _nulls(valid)
             return pa.Array.from_buffers(kind, n, [bitmap, _buffer(numbers)], nulls)
-    except (OverflowError, UnicodeEncodeError):
-        pass  # an integer too wide, a lone surrogate: pa.array says what is wrong
+    except UnicodeEncodeError:  # a lone surrogate (half a character) in text read from an answer
+        return array_of([clean_text(v) if type(v) is str else v for v in values], kind)
+    except OverflowError:
+        pass  # an integer too wide: pa.array says what is wrong
     return pa.array(values, type=kind)
 
 

@@ -13,6 +13,13 @@ checks as *stale*, to be judged again by the caller. Records written before scop
 none: they are taken as the endpoint's of the first run that opens the journal to write, which
 records that assumption once, and they are always judged again.
 
+An answer's record keeps the completion as received (``answer``, redacted of the key), not what
+batchchat read in it: its text, finish reason, tokens and id are read from it by
+``reading.read_completion`` each time the record is read back, so an answer of any shape is kept
+(whatever was paid for is on disk before anything can fail reading it), and reading it better
+later needs no new request. Text the standard library cannot write as UTF-8 (a lone surrogate,
+half an emoji, as a server sent it) is written with its JSON escapes and reads back the same.
+
 In memory the index holds only each key's byte offset and how it ended, so a million-row job does
 not hold a million answers; the output is assembled by reading records back.
 """
@@ -25,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -33,12 +40,16 @@ from . import jsonio
 from .compact import KeyIndex
 from .errors import JobError, StorageError
 from .files import open_nofollow
+from .reading import read_completion
 from .records import ERROR, OK, PENDING, RowOutcome
 
-VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no scope lines
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version 1: no scope lines; 2: answers as read, not as received
 # Everything of an outcome but its row: rows asking the same thing share one record.
 RECORD_FIELDS = tuple(f.name for f in fields(RowOutcome) if f.name != "row")
+# What an answer's record leaves to the answer itself: read from it (``reading``) when read back.
+READ_FROM_ANSWER = ("response", "finish_reason")
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +113,10 @@ class Store(Protocol):
 
     def add(self, outcome: RowOutcome) -> None: ...
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]: ...
+    def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
+        """The outcomes stored for the keys that have one; with ``answers``, each with the answer
+        as received (``RowOutcome.answer``), which assembly does not need."""
+        ...
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -165,9 +179,11 @@ class MemoryStore:
 
     def add(self, outcome: RowOutcome) -> None:
         assert outcome.key is not None
-        self._outcomes[outcome.key] = outcome
+        # What was read from the answer is all a run in memory needs: the answer itself, as
+        # received, would only hold memory (a journal keeps it, for reading again later).
+        self._outcomes[outcome.key] = replace(outcome, answer=None) if outcome.answer is not None else outcome
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
+    def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
         return {key: o for key in keys if (o := self._outcomes.get(key)) is not None}
 
     def add_step(self, step: dict[str, Any]) -> None:
@@ -205,6 +221,7 @@ class Journal:
         self.job: dict[str, Any] | None = None  # this run's settings, written with its scope line
         self.described: dict[str, Any] | None = None  # the settings of the latest run that wrote here
         self._file: IO[bytes] | None = None  # opened by the first record: a run that sends nothing writes nothing
+        self._version = VERSION  # of the records before this run's
         self._scoped = False  # whether this run's scope line is written
         self._created = False  # whether this run made the file
         self._size = 0
@@ -273,6 +290,8 @@ class Journal:
         if self._scoped:
             return
         self._begin()
+        if self._version != VERSION:  # an older batchchat reading on must refuse these records, not misread them
+            self._write({"journal": "batchchat", "version": VERSION})
         if self.assumed_endpoint is not None:  # the endpoint answered: it claims the old records
             self._write({"legacy": {"endpoint": self.assumed_endpoint}})
         self._write({"scope": {"endpoint": self.scope.endpoint, "checks": self.scope.checks}})
@@ -285,9 +304,7 @@ class Journal:
         assert key is not None and not self.read_only
         self._scope_line()
         offset = self._size
-        # Fields left out are null: an answer has no error, an error no answer. ``at``: when it
-        # finished, for a report's timeline (not a field of the outcome).
-        record = {name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None}
+        record = _record(outcome)
         record["at"] = round(time.time(), 3)
         self._write(record)
         self._index(key, offset, outcome.status, fresh=True)
@@ -309,7 +326,7 @@ class Journal:
             raise StorageError("the journal", self.path, e) from None
         self.steps.append(step)
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
+    def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
         """Records for the keys that have one, read in file order (cheap, mostly sequential)."""
         wanted = sorted({(offset, key) for key in keys if (offset := self._offsets.get(key)) is not None})
         if not wanted:
@@ -320,7 +337,7 @@ class Journal:
         for offset, key in wanted:
             self._reader.seek(offset)
             record = jsonio.loads(self._reader.readline())
-            found[key] = _outcome(record)
+            found[key] = _outcome(record, answers)
         return found
 
     def close(self) -> None:
@@ -401,6 +418,7 @@ class Journal:
                     if record.get("journal") != "batchchat" or record.get("version") not in READABLE_VERSIONS:
                         raise JobError(f"{self.path} is not a journal this version of batchchat can read; "
                                        "move it away (or restart, to discard it)")  # fmt: skip
+                    self._version = record["version"]
                     continue
                 if isinstance(record.get("legacy"), dict):
                     legacy_endpoint = str(record["legacy"].get("endpoint"))
@@ -482,8 +500,40 @@ def valid_record(record: dict[str, Any]) -> bool:
     return record.get("attempts") is not None
 
 
-def _outcome(record: dict[str, Any]) -> RowOutcome:
-    fields: dict[str, Any] = {name: record.get(name) for name in RECORD_FIELDS}  # checked by valid_record
+def _record(outcome: RowOutcome) -> dict[str, Any]:
+    """An outcome as a journal record. Fields left out are null: an answer has no error, an error
+    no answer. An answer's record holds the completion as received, and leaves out what is read
+    from it: its text and finish reason, its tokens (unless the row paid for several answers),
+    its id (unless the engine named it otherwise)."""
+    record = {name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None}
+    answer = outcome.answer
+    if answer is not None:
+        for name in READ_FROM_ANSWER:
+            record.pop(name, None)
+        if outcome.answers is None and outcome.transcript is None:
+            for name in TOKEN_FIELDS:
+                record.pop(name, None)
+        if isinstance(answer, dict) and outcome.request_id == answer.get("id"):
+            record.pop("request_id", None)
+    return record
+
+
+def _outcome(record: dict[str, Any], answers: bool = False) -> RowOutcome:
+    """A record read back (checked by ``valid_record``); an answer's fields read from the answer
+    it keeps, by the same rules as when it arrived."""
+    fields: dict[str, Any] = {name: record.get(name) for name in RECORD_FIELDS}
+    answer = fields["answer"]
+    if answer is not None:
+        reading = read_completion(answer)
+        fields["response"], fields["finish_reason"] = reading.content, reading.finish_reason
+        if all(fields[name] is None for name in TOKEN_FIELDS):
+            usage = reading.usage
+            fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                          total_tokens=usage.total_tokens)  # fmt: skip
+        if fields["request_id"] is None:
+            fields["request_id"] = reading.request_id
+        if not answers:
+            fields["answer"] = None
     return RowOutcome(row=-1, **fields)
 
 
@@ -586,9 +636,9 @@ class JournalSet:
     def add_step(self, step: dict[str, Any]) -> None:
         self.main.add_step(step)
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, RowOutcome]:
+    def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
         if not self.parts:
-            return self.main.get_many(keys)
+            return self.main.get_many(keys, answers)
         by_holder: dict[int, tuple[Journal, list[str]]] = {}
         for key in keys:
             holder = self._holder(key)
@@ -596,7 +646,7 @@ class JournalSet:
                 by_holder.setdefault(id(holder), (holder, []))[1].append(key)
         found: dict[str, RowOutcome] = {}
         for holder, wanted in by_holder.values():
-            found.update(holder.get_many(wanted))
+            found.update(holder.get_many(wanted, answers))
         return found
 
     def close(self) -> None:

@@ -32,13 +32,19 @@ def _may_differ(text: bytes) -> bool:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON, as ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))``."""
+    """Compact UTF-8 JSON, as ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))``.
+    Text holding a lone surrogate (an answer cut inside a UTF-16 pair, as received) is written
+    with its escapes (``\\ud83d``), which read back to the very same text."""
     if orjson is not None:
         try:
             return orjson.dumps(value)
         except TypeError:
             pass
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 # Dates, dataclasses and subclasses of str, int, dict and list go to ``_refuse`` (the standard

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import BAD_RESPONSE
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
@@ -44,7 +46,10 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class ChatResult:
-    """A successful answer as the API gave it, with the timings of the attempt that got it."""
+    """An answer the API gave (and billed), with the timings of the attempt that got it: the
+    completion as received (``answer``, what the journal keeps) and what it says, read by
+    ``reading.read_completion`` (``received`` makes one). ``problem``: why it says nothing a row
+    can use (the row is then a ``bad_response`` error, and the answer is not asked again)."""
 
     content: str | None
     finish_reason: str | None
@@ -54,6 +59,9 @@ class ChatResult:
     latency_s: float
     ttft_s: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers, for the throttle
+    answer: Any = None  # the completion as received (redacted), or None for one known only by its reading
+    problem: str | None = None
+    notes: tuple[str, ...] = ()  # what was odd in it, and how it was read
 
 
 # The columns every output row has after the input's, in order (the sink gives their Arrow types).
@@ -88,6 +96,7 @@ class RowOutcome:
     transcript: str | None = None  # a scripted conversation's messages, as JSON
     answers: int | None = None  # answers paid for, when more than one (re-asks); not an output column
     rate_limited: int | None = None  # attempts answered 429, when any; not an output column
+    answer: Any = None  # the completion as received, which the journal keeps; not an output column
 
     @classmethod
     def answered(
@@ -99,7 +108,7 @@ class RowOutcome:
         return cls(
             row=request.row,
             key=request.key,
-            status=OK,
+            status=OK if result.problem is None else ERROR,
             attempts=attempts,
             model=request.model,
             response=result.content,
@@ -109,8 +118,11 @@ class RowOutcome:
             total_tokens=usage.total_tokens,
             latency_s=result.latency_s,
             ttft_s=result.ttft_s,
+            error_type=None if result.problem is None else BAD_RESPONSE,
+            error=result.problem,
             request_id=result.request_id,
             transcript=transcript,
+            answer=result.answer,
         )
 
     @classmethod

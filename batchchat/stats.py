@@ -22,8 +22,8 @@ from .spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("crowded", "invalid", "rate", "rate_limited", "requests", "retries", "unreported", "unreported_bound",
-                 "usage", "waiting_until")  # fmt: skip
+    __slots__ = ("crowded", "invalid", "notes", "rate", "rate_limited", "repeated", "requests", "retries",
+                 "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
@@ -38,6 +38,8 @@ class Counters:
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
         self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
         self.crowded: str | None = None  # why fewer requests went at once than asked
+        self.notes: Counter[str] = Counter()  # answers with odd values, by how they were read (``reading``)
+        self.repeated: Counter[str] = Counter()  # provider batch -> result lines for a request it answered already
 
     def merge(self, other: Counters) -> None:
         """Another process's counts (a Ray worker's), added to these."""
@@ -47,6 +49,8 @@ class Counters:
                 total[0] += tokens[0]
                 total[1] += tokens[1]
         self.unreported += other.unreported
+        self.notes.update(other.notes)
+        self.repeated.update(other.repeated)
         self.invalid += other.invalid
         self.requests += other.requests
         self.rate_limited += other.rate_limited
@@ -201,6 +205,8 @@ class Summary:
     labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
     unreported: int = 0  # answers this run whose server did not report usage
     crowded: str | None = None  # when and why fewer requests went at once than asked
+    notes: tuple[tuple[str, int], ...] = ()  # answers with odd values, by how they were read, most frequent first
+    repeated: tuple[tuple[str, int], ...] = ()  # (provider batch, result lines repeating a request)
 
     @property
     def total_tokens(self) -> int:
@@ -283,6 +289,8 @@ class Stats:
             labels=tuple(rows.labels.most_common()),
             unreported=self.counters.unreported,
             crowded=self.counters.crowded,
+            notes=tuple(self.counters.notes.most_common()),
+            repeated=tuple(sorted(self.counters.repeated.items())),
         )
 
 

@@ -135,6 +135,12 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         lines.append(latency)
     if s.crowded:
         lines.append(f"concurrency lowered: {s.crowded}")
+    if s.notes:
+        lines.append("answers with odd values, read as well as they could be: "
+                     + "; ".join(f"{count:,} with {note}" for note, count in s.notes))  # fmt: skip
+    for batch, count in s.repeated:
+        lines.append(f"batch {batch} gave {plural(count, 'more result line')} for requests it had answered: the "
+                     "answer was kept over the others, and every line that carried usage was counted as paid")
     if s.labels:
         lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in s.labels))
     if s.output_cost is not None and s.output_cost != s.cost:

@@ -111,7 +111,7 @@ class Asked:
         the checks reject, to be asked again); its tokens already count every one of them."""
         usage = Usage(stored.prompt_tokens, stored.completion_tokens, stored.total_tokens)
         result = ChatResult(stored.response, stored.finish_reason, usage, stored.request_id, stored.model,
-                            stored.latency_s or 0.0, stored.ttft_s)  # fmt: skip
+                            stored.latency_s or 0.0, stored.ttft_s, answer=stored.answer)  # fmt: skip
         asked = cls(result=result)
         asked.count(stored.answers or 1, usage.prompt_tokens, usage.completion_tokens)
         return asked
@@ -283,6 +283,9 @@ class Asker:
                 return asked  # a re-ask that failed leaves the invalid answer standing
             asked.result = done.result
             asked.add(done.result)
+            if done.result.problem is not None:  # paid, and unreadable: the row's error, never asked again
+                asked.invalid = None
+                return asked
             asked.invalid = check(done.result.content) if check is not None else None
             if asked.invalid is None:
                 return asked
@@ -313,7 +316,8 @@ class Asker:
                 asked.attempts = stored.attempts  # the row's attempts count every turn's, as its tokens do
             else:  # the last turn's answer that the checks reject is asked again
                 asked = await self.ask(step, checked=last, before=stored)
-            if self.memory is not None and not recalled and asked.result is not None and asked.invalid is None:
+            if (self.memory is not None and not recalled and asked.result is not None and asked.invalid is None
+                    and asked.result.problem is None):  # fmt: skip
                 self.memory.keep(RowOutcome.answered(step, asked.result, asked.attempts))
             total.attempts += asked.attempts
             total.limited += asked.limited
@@ -322,7 +326,7 @@ class Asker:
                 latency += asked.result.latency_s
                 ttft = ttft if ttft is not None else asked.result.ttft_s
             total.result, total.error, total.invalid = asked.result, asked.error, asked.invalid
-            if asked.result is None or asked.invalid is not None:
+            if asked.result is None or asked.invalid is not None or asked.result.problem is not None:
                 break
             dialogue.answered(turn, asked.result.content)
         else:
@@ -377,6 +381,8 @@ class Asker:
                 if result.headers:  # a limit that says it is used up holds everyone
                     count.waiting_until = time.time() + throttle.held_s
             count.add_usage(request.model, result.usage)  # paid for: the budget reads it from here
+            if result.notes:
+                count.notes.update(result.notes)
             usage = result.usage
             if usage.prompt_tokens is None or usage.completion_tokens is None:  # a server that does not say
                 count.add_unreported(request.model, usage, estimate(request))

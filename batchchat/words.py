@@ -10,11 +10,13 @@ import re
 # C0 and C1 control characters (but tab and newline), DEL, and the bidirectional overrides that
 # can make text read other than it is.
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: control characters and escape sequences removed."""
-    return _UNPRINTABLE.sub("", text)
+    """``text`` safe to print on a terminal: control characters and escape sequences removed, and
+    half a character (a lone surrogate, which no terminal encoding can write) shown as U+FFFD."""
+    return _SURROGATE.sub("\ufffd", _UNPRINTABLE.sub("", text))
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

@@ -56,7 +56,6 @@ def test_an_answer_carries_content_usage_finish_reason_and_id(sim):
         ("429", "rate_limited", True, 429),
         ("html502", "server_error", True, 502),
         ("malformed", "bad_response", True, 200),
-        ("no_choices", "bad_response", True, 200),
         ("truncate", "bad_response", True, None),
         ("drop", "connection", True, None),
         ("400", "bad_request", False, 400),
@@ -71,6 +70,13 @@ def test_an_answer_carries_content_usage_finish_reason_and_id(sim):
 def test_every_failure_maps_to_a_stable_error_type(sim, fault, error_type, retryable, status):
     error = failure(sim.url, request(f"[sim:fault={fault}] hi"))
     assert (error.error_type, error.retryable, error.status) == (error_type, retryable, status)
+
+
+def test_an_answer_with_no_choices_is_an_answer_kept_with_its_problem_not_a_failure_to_retry(sim):
+    result = complete(sim.url, request("[sim:fault=no_choices] hi"))  # a 200 of JSON: paid for
+    assert result.problem is not None and result.problem.startswith("the answer has no choices")
+    assert result.answer == {"id": "sim-empty", "object": "chat.completion", "choices": []}  # as received
+    assert result.content is None
 
 
 def test_error_messages_are_the_providers_own_and_html_pages_are_reduced_to_text(sim):

@@ -25,7 +25,7 @@ def test_records_are_on_disk_as_soon_as_they_are_added(tmp_path):
     assert not path.exists()  # nothing sent, nothing written
     journal.add(outcome("k1", text="first"))
     lines = path.read_bytes().splitlines()  # read by another handle while the journal is open
-    assert json.loads(lines[0]) == {"journal": "batchchat", "version": 2}
+    assert json.loads(lines[0]) == {"journal": "batchchat", "version": 3}
     assert json.loads(lines[1]) == {"scope": {"endpoint": "unknown", "checks": "none"}}
     assert json.loads(lines[2])["key"] == "k1" and json.loads(lines[2])["response"] == "first"
     journal.close()
@@ -140,7 +140,8 @@ def test_a_journal_from_before_scopes_is_claimed_by_the_first_endpoint_that_answ
     assert first.assumed_endpoint == "sim" and first.legacy == 1 and "a" in first and first.stale("a")
     first.add(outcome("b"))  # the endpoint answered: the assumption is written with its first record
     first.close()
-    assert json.loads(path.read_text().splitlines()[2]) == {"legacy": {"endpoint": "sim"}}
+    written = [json.loads(line) for line in path.read_text().splitlines()[2:4]]
+    assert written == [{"journal": "batchchat", "version": 3}, {"legacy": {"endpoint": "sim"}}]  # version first
     again = Journal(path, SIM)  # the assumption is not made, nor said, again
     assert again.assumed_endpoint is None and "a" in again and "b" in again
     again.close()

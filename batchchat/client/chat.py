@@ -20,7 +20,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any, overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -28,7 +27,8 @@ import aiohttp
 
 from .. import errors as E
 from .. import jsonio
-from ..records import ChatRequest, ChatResult, Usage
+from ..reading import clean_text, read_content, received
+from ..records import ChatRequest, ChatResult
 from ..sse import Event, SSEDecoder
 from ..version import __version__
 
@@ -132,14 +132,28 @@ class ChatClient:
         return self.cleaned(result)
 
     def cleaned(self, result: ChatResult) -> ChatResult:
-        """An answer without the key in any text the server chose: it must not reach the output
-        through any."""
+        """An answer without the key in any text the server chose, the kept answer's included:
+        it must not reach the output or the journal through any."""
         if not self._answer_secrets:
             return result
-        return replace(result, content=self._redact_answer(result.content),
-                       finish_reason=self._redact_answer(result.finish_reason),
-                       request_id=self._redact_answer(result.request_id),
-                       model=self._redact_answer(result.model))  # fmt: skip
+        answer = self._redact_value(result.answer)
+        if answer is result.answer:
+            return result
+        return received(answer, result.latency_s, result.ttft_s, result.headers)
+
+    def _redact_value(self, value: Any) -> Any:
+        """``value`` (a JSON value) with the secrets redacted from every text in it; the very
+        same object when there was none to redact."""
+        if isinstance(value, str):
+            return self._redact_answer(value)
+        if isinstance(value, list):
+            items = [self._redact_value(item) for item in value]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        if isinstance(value, dict):
+            pairs = [(self._redact_answer(k) if isinstance(k, str) else k, self._redact_value(v)) for k, v in value.items()]
+            same = all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(pairs, value.items(), strict=True))
+            return value if same else dict(pairs)
+        return value
 
     @property
     def timeout_s(self) -> float:
@@ -331,15 +345,18 @@ class StreamAssembly:
     ``[DONE]`` have arrived, or ``finish_reason`` and usage: anything less may be cut short, and
     partial text is never an answer. Once an answer is complete, what follows (a malformed chunk,
     a dropped connection) is ignored: the answer was delivered and paid for.
+
+    The chunks' values are kept as they came (``answer``: the completion they make, in the shape
+    of a JSON answer), whatever their types; reading them is ``reading.read_completion``'s.
     """
 
     def __init__(self, on_text: Callable[[str], None] | None = None) -> None:
         self.on_text = on_text
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.usage = Usage()
-        self.request_id: str | None = None
-        self.model: str | None = None
+        self.pieces: list[Any] = []  # each chunk's delta.content, as it came
+        self.finish_reason: Any = None
+        self.usage: Any = None
+        self.request_id: Any = None
+        self.model: Any = None
         self.ttft_s: float | None = None
         self.done = False
         self.usage_received = False
@@ -360,53 +377,64 @@ class StreamAssembly:
             chunk = None
         if not isinstance(chunk, dict):
             raise E.RequestError(
-                E.BAD_RESPONSE, f"malformed stream chunk: {_snippet(event.data.encode())}", retryable=True
-            )
+                E.BAD_RESPONSE, f"malformed stream chunk: {_snippet(event.data.encode('utf-8', 'replace'))}",
+                retryable=True,
+            )  # fmt: skip
         if chunk.get("error"):
             raise E.RequestError(
                 E.SERVER_ERROR, f"error in the stream: {_error_message(chunk)}", status=200, retryable=True
             )
-        self.request_id = self.request_id or _str_or_none(chunk.get("id"))
-        self.model = self.model or _str_or_none(chunk.get("model"))
+        if self.request_id is None:
+            self.request_id = chunk.get("id")
+        if self.model is None:
+            self.model = chunk.get("model")
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
                 delta = choice.get("delta")
-                self._text(delta.get("content") if isinstance(delta, dict) else None, elapsed_s)
-                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                self._piece(delta.get("content") if isinstance(delta, dict) else None, elapsed_s)
+                finish = choice.get("finish_reason")
+                if finish is not None and finish != "":
+                    self.finish_reason = finish
         elif isinstance(chunk.get("token"), dict):  # older Together streams: the text on "token" alone
-            self._text(chunk["token"].get("text"), elapsed_s)
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = parse_usage(chunk["usage"])
+            self._piece(chunk["token"].get("text"), elapsed_s)
+        if chunk.get("usage") is not None:
+            self.usage = chunk["usage"]
             self.usage_received = True
 
-    def _text(self, text: object, elapsed_s: float) -> None:
-        if not isinstance(text, str) or not text:
+    def _piece(self, piece: Any, elapsed_s: float) -> None:
+        if piece is None or piece == "" or piece == []:
+            return
+        self.pieces.append(piece)
+        text = piece if isinstance(piece, str) else read_content(piece, [])
+        if not text:
             return
         if self.ttft_s is None:
             self.ttft_s = elapsed_s
-        self.parts.append(text)
         if self.on_text is not None:
             self.on_text(text)
+
+    def answer(self) -> dict[str, Any]:
+        """The completion the chunks make: the text joined (the pieces as they came, when one is
+        not text), the last finish reason and usage, the first id and model."""
+        pieces = self.pieces
+        content: Any = "".join(pieces) if all(isinstance(p, str) for p in pieces) else list(pieces)
+        message = {"role": "assistant", "content": content}
+        answer: dict[str, Any] = {"id": self.request_id, "object": "chat.completion", "model": self.model,
+                                  "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}]}
+        if self.usage is not None:
+            answer["usage"] = self.usage
+        return answer
 
     def result(self, latency_s: float, headers: Mapping[str, str]) -> ChatResult:
         if not self.complete:
             missing = " and ".join(
-                m for m, ok in (("[DONE]", self.done), ("a finish_reason", self.finish_reason)) if not ok
+                m for m, ok in (("[DONE]", self.done), ("a finish_reason", self.finish_reason is not None)) if not ok
             )
             raise E.RequestError(E.STREAM_TRUNCATED, f"stream ended without {missing}", status=200, retryable=True)
-        return ChatResult(
-            content="".join(self.parts),
-            finish_reason=self.finish_reason,
-            usage=self.usage,
-            request_id=self.request_id,
-            model=self.model,
-            latency_s=latency_s,
-            ttft_s=self.ttft_s,
-            headers=dict(headers),
-        )
+        return received(self.answer(), latency_s, self.ttft_s, dict(headers))
 
 
 def connection_error(error: aiohttp.ClientError, streaming: bool, url: str) -> E.RequestError:
@@ -432,7 +460,9 @@ def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] | None = None) -> ChatResult:
-    """A 200 answer; anything that is not a well-formed completion is a retryable bad response."""
+    """A 200 answer. A JSON object is an answer, paid for: whatever its fields hold, it is kept
+    and read (``reading``), never asked again for its shape. A body that is not JSON (cut off,
+    an HTML page) or that carries an error is a failed attempt, retried."""
     try:
         data = jsonio.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
@@ -443,46 +473,11 @@ def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] |
         raise E.RequestError(
             E.BAD_RESPONSE, f"HTTP 200 with unexpected JSON: {_snippet(body)}", status=200, retryable=True
         )
-    if "error" in data and not data.get("choices"):
+    if data.get("error") and not data.get("choices"):
         raise E.RequestError(
             E.SERVER_ERROR, f"HTTP 200 carrying an error: {_error_message(data)}", status=200, retryable=True
         )
-    kind = data.get("object")
-    if kind is not None and kind != "chat.completion":  # a model list, a text completion: not an answer
-        raise E.RequestError(
-            E.BAD_RESPONSE, f"HTTP 200 with a {_snippet(str(kind).encode(), limit=40)} instead of a chat completion: "
-            f"{_snippet(body)}", status=200, retryable=False,
-        )  # fmt: skip
-    try:
-        choice = data["choices"][0]
-        message = choice["message"]
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise TypeError("content is not text")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise E.RequestError(
-            E.BAD_RESPONSE, f"HTTP 200 without choices[0].message: {_snippet(body)}", status=200, retryable=True
-        ) from None
-    return ChatResult(
-        content=content,
-        finish_reason=choice.get("finish_reason"),
-        usage=parse_usage(data.get("usage")),
-        request_id=_str_or_none(data.get("id")),
-        model=_str_or_none(data.get("model")),
-        latency_s=latency_s,
-        headers=headers or {},
-    )
-
-
-def parse_usage(usage: Any) -> Usage:
-    if not isinstance(usage, dict):
-        return Usage()
-    prompt, completion, total = (
-        _int_or_none(usage.get(k)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-    )
-    if total is None and prompt is not None and completion is not None:
-        total = prompt + completion
-    return Usage(prompt, completion, total)
+    return received(data, latency_s, headers=headers)
 
 
 def status_error(status: int, body: bytes, content_type: str, headers: Mapping[str, str]) -> E.RequestError:
@@ -512,8 +507,8 @@ def _error_message(data: dict[str, Any]) -> str:
     error = data.get("error")
     if isinstance(error, dict):
         message = error.get("message") or error.get("code") or error.get("type")
-        return str(message) if message else json.dumps(error)[:500]
-    return str(error)[:500]
+        return clean_text(str(message) if message else json.dumps(error)[:500])
+    return clean_text(str(error)[:500])
 
 
 _TAG = re.compile(rb"<[^>]*>")
@@ -533,11 +528,3 @@ def _snippet(body: bytes, html: bool = False, limit: int = 200) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

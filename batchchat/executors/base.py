@@ -96,7 +96,7 @@ class Ledger:
         self.store.add(outcome)
 
     def recall(self, key: str) -> RowOutcome | None:
-        return self.store.get_many((key,)).get(key)
+        return self.store.get_many((key,), answers=True).get(key)
 
     def prior(self, key: str) -> RowOutcome | None:
         """A stored answer the checks reject, with re-asks to go: they start from it."""

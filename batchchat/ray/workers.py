@@ -119,7 +119,7 @@ class _Collect(Silent):
         self.into = into
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
-        self.into.append(outcome)
+        self.into.append(replace(outcome, answer=None))  # the answer as received stays in the worker's store
 
 
 class AnswererImpl:

@@ -1,0 +1,190 @@
+"""What an answer says: a chat completion as received, read into its text, finish reason, usage
+and ids by one pure function that never raises.
+
+Servers are not always well-formed, and every answer they send is billed: a ``finish_reason``
+that is a number, usage counts that are negative, content as a list of parts, text cut in the
+middle of a UTF-16 pair. So the answer is kept as it came (the journal holds it) and read here,
+as often as needed, the same way each time: where a value has an obvious reading it is taken
+(parts joined into text, a finish reason that is not text as its JSON text, a lone surrogate as
+U+FFFD), and what cannot be a count is left empty with a note. What cannot be read at all (no
+choices, a message that is not an object) is the answer's ``problem``: its row becomes a
+``bad_response`` error, and it is never asked again by itself (``--retry-errors`` does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .records import ChatResult, Usage
+
+# The most tokens one answer can count: past every model's context by far (an int64 column would
+# hold more, but a count this large is a server's garbage, and taken as spent it would stop a
+# budget or a tokens/min pace for nothing).
+MAX_COUNT = 10**9
+# Notes: what was odd in an answer and how it was read (the summary counts them by kind).
+BAD_COUNT = "usage counts that are not counts (negative, past a billion, not whole; left empty)"
+NOT_TEXT_FINISH = "finish reasons that are not text (kept as their JSON text)"
+BAD_UNICODE = "text with invalid Unicode (lone surrogates, read as U+FFFD)"
+ODD_CONTENT = "content that is not text or text parts (kept as its JSON text)"
+SHOWN = 120  # characters of an odd value quoted in a problem
+NO_USAGE = Usage()
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """An answer read: what its row shows. ``problem`` says why it is no answer at all."""
+
+    content: str | None = None
+    finish_reason: str | None = None
+    usage: Usage = NO_USAGE
+    request_id: str | None = None
+    model: str | None = None
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+def received(answer: Any, latency_s: float, ttft_s: float | None = None,
+             headers: Mapping[str, str] | None = None) -> ChatResult:  # fmt: skip
+    """An answer as it came, with what it says."""
+    reading = read_completion(answer)
+    return ChatResult(content=reading.content, finish_reason=reading.finish_reason, usage=reading.usage,
+                      request_id=reading.request_id, model=reading.model, latency_s=latency_s, ttft_s=ttft_s,
+                      headers=headers or {}, answer=answer, problem=reading.problem, notes=reading.notes)  # fmt: skip
+
+
+def read_completion(answer: Any) -> Reading:
+    """A chat completion (or a streamed one, as ``StreamAssembly`` keeps it) read; never raises."""
+    notes: list[str] = []
+    try:
+        return _read(answer, notes)
+    except Exception as e:  # a value no rule foresaw: the answer stays kept, its row says so
+        return Reading(problem=f"the answer could not be read ({type(e).__name__}: {str(e)[:SHOWN]})",
+                       notes=tuple(notes))  # fmt: skip
+
+
+def _read(answer: Any, notes: list[str]) -> Reading:
+    if not isinstance(answer, Mapping):
+        return Reading(problem=f"the answer is not a JSON object: {_shown(answer)}")
+    request_id, model = _id(answer.get("id"), notes), _id(answer.get("model"), notes)
+    usage = read_usage(answer.get("usage"), notes)
+
+    def unread(problem: str) -> Reading:
+        return Reading(usage=usage, request_id=request_id, model=model, problem=problem,
+                       notes=tuple(dict.fromkeys(notes)))
+
+    kind = answer.get("object")
+    if isinstance(kind, str) and kind not in ("chat.completion", "chat.completion.chunk"):
+        return unread(f"a {_shown(kind, 40)} instead of a chat completion")
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return unread(f"the answer has no choices: {_shown(answer)}")
+    choice = choices[0]
+    if not isinstance(choice, Mapping):
+        return unread(f"choices[0] is not an object: {_shown(choice)}")
+    message = choice.get("message")
+    if message is None:
+        message = choice.get("delta")  # a chunk's shape, sent whole
+    if not isinstance(message, Mapping):
+        return unread(f"choices[0] has no message: {_shown(choice)}")
+    content = read_content(message.get("content"), notes)
+    finish = choice.get("finish_reason")
+    if finish is not None and not isinstance(finish, str):
+        notes.append(NOT_TEXT_FINISH)
+        finish = _json_text(finish)
+    return Reading(content=content, finish_reason=clean_text(finish, notes) if finish is not None else None,
+                   usage=usage, request_id=request_id, model=model, notes=tuple(dict.fromkeys(notes)))  # fmt: skip
+
+
+def read_content(content: Any, notes: list[str]) -> str | None:
+    """The text of a message's content: a string as it is; a list of parts (``{"type": "text",
+    "text": ...}``, or strings) joined; null stays null."""
+    if content is None:
+        return None
+    if isinstance(content, str):
+        return clean_text(content, notes)
+    if isinstance(content, list):
+        texts = [text for part in content if (text := _part_text(part, notes)) is not None]
+        return clean_text("".join(texts), notes)
+    if isinstance(content, Mapping) and isinstance(content.get("text"), str):
+        return clean_text(content["text"], notes)
+    notes.append(ODD_CONTENT)
+    return clean_text(_json_text(content), notes)
+
+
+def _part_text(part: Any, notes: list[str]) -> str | None:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Mapping):
+        text = part.get("text")
+        return text if isinstance(text, str) else None  # an image or tool part: no text to show
+    if isinstance(part, list):
+        return read_content(part, notes)
+    if part is None:
+        return None
+    notes.append(ODD_CONTENT)
+    return _json_text(part)
+
+
+def read_usage(usage: Any, notes: list[str] | None = None) -> Usage:
+    """Token counts that are counts (whole, 0 to ``MAX_COUNT``); any other value is unknown."""
+    if usage is None:
+        return Usage()
+    if not isinstance(usage, Mapping):
+        if notes is not None:
+            notes.append(BAD_COUNT)
+        return Usage()
+    prompt, completion, total = (
+        _count(usage.get(name), notes) for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+    )
+    if total is None and prompt is not None and completion is not None and prompt + completion <= MAX_COUNT:
+        total = prompt + completion
+    return Usage(prompt, completion, total)
+
+
+def _count(value: Any, notes: list[str] | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    if notes is not None:
+        notes.append(BAD_COUNT)
+    return None
+
+
+def _id(value: Any, notes: list[str]) -> str | None:
+    if isinstance(value, str):
+        return clean_text(value, notes) or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def clean_text(text: str, notes: list[str] | None = None) -> str:
+    """``text`` as valid Unicode: a lone surrogate (half of a UTF-16 pair, as a server slicing
+    UTF-16 cuts an emoji) becomes U+FFFD, and two halves that meet become their character."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        if notes is not None:
+            notes.append(BAD_UNICODE)
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
+
+
+def _shown(value: Any, limit: int = SHOWN) -> str:
+    text = clean_text(_json_text(value) if not isinstance(value, str) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
