@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,9 @@ BATCH_ROWS = 8192
 # Field metadata of a text column holding each cell's JSON (a JSONL list or object): a JSONL
 # output writes it back as JSON, exactly as it was read.
 JSON_TEXT = {b"batchchat": b"json"}
+# A JSON escape of half a UTF-16 pair: a line holding one may hold text that is not valid Unicode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_ARROW_INDEX = re.compile(r"index (\d+)")
 CSV_BLOCK_BYTES = 1 << 20
 
 
@@ -140,6 +144,11 @@ class ArrowSource(TableSource):
                 arrays.append(pa.array(series, from_pandas=True))
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise JobError(f"DataFrame column '{column}' cannot be read as prompts: {e}") from None
+            except UnicodeEncodeError:
+                row = next((i for i, v in enumerate(series) if not _valid_text(v)), None)
+                where = f", row {row + 1}" if row is not None else ""
+                raise JobError(f"DataFrame column '{column}'{where}: text that is not valid Unicode (a lone "
+                               "surrogate, half of a character); fix the cell") from None  # fmt: skip
         return cls(pa.table(arrays, names=list(columns)), name)
 
     def _read_batches(self) -> Iterator[pa.RecordBatch]:
@@ -252,10 +261,26 @@ class ParquetSource(FileSource):
         super().__init__(self._file.schema_arrow, str(path))
 
     def _read_batches(self) -> Iterator[pa.RecordBatch]:
+        start = 0
         try:
-            yield from self._file.iter_batches(batch_size=BATCH_ROWS)
+            for batch in self._file.iter_batches(batch_size=BATCH_ROWS):
+                self._valid(batch, start)
+                start += batch.num_rows
+                yield batch
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"cannot read {self.path} as Parquet: {_arrow_message(e)}") from None
+
+    def _valid(self, batch: pa.RecordBatch, start: int) -> None:
+        """Parquet does not promise that its text is UTF-8: text that is not is refused here,
+        naming its cell, rather than failing once requests are under way."""
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid as e:
+                found = _ARROW_INDEX.search(str(e))
+                row = f"row {start + int(found.group(1)) + 1}" if found else "a row"
+                raise JobError(f"{self.path}, {row}, column '{name}': text that is not valid UTF-8 "
+                               f"({_arrow_message(e)}); fix the cell, or write the file again from valid text") from None  # fmt: skip
 
 
 class JsonlSource(FileSource):
@@ -333,6 +358,8 @@ class JsonlSource(FileSource):
                         raise JobError(
                             f"{self.path}, line {number}: expected a JSON object per line, got {type(row).__name__}"
                         )
+                    if _SURROGATE_ESCAPE.search(line):
+                        self._check_text(row, number)
                     rows.append(row)
                     if len(rows) == BATCH_ROWS:
                         yield rows
@@ -341,6 +368,15 @@ class JsonlSource(FileSource):
                     yield rows
         except UnicodeDecodeError:
             raise JobError(utf8_problem(self.path) or f"{self.path} is not UTF-8 text; convert it to UTF-8") from None
+
+    def _check_text(self, row: dict[str, Any], number: int) -> None:
+        """A cell whose text is not valid Unicode (a lone surrogate, ``\\ud83d``: half of an emoji)
+        could be neither sent nor written: the file is refused, naming it."""
+        for name, value in row.items():
+            if not _valid_text(name) or not _valid_text(value):
+                raise JobError(f"{self.path}, line {number}, column '{name.encode('utf-8', 'replace').decode()}': text "
+                               "that is not valid Unicode (a lone surrogate such as \\ud83d, half of a character); "
+                               "fix the cell, or write the file again from valid text")  # fmt: skip
 
     def _read_batches(self) -> Iterator[pa.RecordBatch]:
         schema = self.schema
@@ -353,6 +389,17 @@ class JsonlSource(FileSource):
                     values = [_as_text(v) for v in values]
                 columns.append(pa.array(values, type=field.type))
             yield pa.record_batch(columns, schema=schema)
+
+
+def _valid_text(value: Any) -> bool:
+    """Whether every text in a cell (a JSON value) is valid Unicode."""
+    if isinstance(value, str):
+        return value.isascii() or not any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, list):
+        return all(_valid_text(item) for item in value)
+    if isinstance(value, dict):
+        return all(_valid_text(k) and _valid_text(v) for k, v in value.items())
+    return True
 
 
 def _infer(values: list[Any]) -> pa.DataType | None:
