@@ -85,7 +85,14 @@ def split(requests: Iterable[ChatRequest], limits: Limits) -> Iterator[Chunk]:
 class Steps:
     """The provider batch steps a journal keeps, read into what they mean: the files uploaded
     and the ids each holds, the batch made over each, which batches are collected, and which
-    files will never get one."""
+    files will never get one.
+
+    A call that makes something is recorded before it is made (``upload`` with the file's name
+    and ids, ``create`` with the file), and what it made after (``file``, ``batch``): a run that
+    finds an intent without its result looks for what the call may have made before making it
+    again. A batch made over a file that has one already (a create that timed out, then acted)
+    is an ``extra``: cancelled, and collected all the same, since what it finished is billed.
+    """
 
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # file -> the custom ids it holds
     models: dict[str, str] = field(default_factory=dict)  # file -> its model
@@ -93,6 +100,9 @@ class Steps:
     batch_of: dict[str, str] = field(default_factory=dict)  # file -> its batch
     collected: set[str] = field(default_factory=set)  # batches whose answers are kept
     dropped: set[str] = field(default_factory=set)  # files whose batch is gone for good
+    uploads: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name -> (ids, model, at), not yet a file
+    creating: dict[str, float] = field(default_factory=dict)  # file -> when its batch was last asked for
+    extras: dict[str, str] = field(default_factory=dict)  # batch -> the file it repeats
 
     @classmethod
     def read(cls, steps: Sequence[dict[str, Any]]) -> Steps:
@@ -103,15 +113,30 @@ class Steps:
 
     def take(self, step: dict[str, Any]) -> None:
         kind = step.get("step")
-        file, batch = step.get("file"), step.get("batch")
-        if kind == "file" and isinstance(file, str) and isinstance(step.get("ids"), str):
+        file, batch, name = step.get("file"), step.get("batch"), step.get("name")
+        at = _time(step.get("at"))
+        if kind == "upload" and isinstance(name, str) and isinstance(step.get("ids"), str):
+            self.uploads[name] = (step["ids"], str(step.get("model") or ""), at)
+        elif kind == "file" and isinstance(file, str):
+            ids, model = step.get("ids"), step.get("model")
+            if isinstance(name, str) and name in self.uploads:  # the upload it confirms holds its ids
+                ids, model, at = self.uploads.pop(name)
+            if not isinstance(ids, str):
+                return
             self.dropped.discard(file)  # an id the provider gave again: a new file
             self.batch_of.pop(file, None)
-            self.files[file] = tuple(step["ids"].split())
-            self.models[file] = str(step.get("model") or "")
-            self.uploaded_at[file] = float(step.get("at") or time.time())
+            self.creating.pop(file, None)
+            self.files[file] = tuple(ids.split())
+            self.models[file] = str(model or "")
+            self.uploaded_at[file] = at
+        elif kind == "upload_lost" and isinstance(name, str):
+            self.uploads.pop(name, None)
+        elif kind == "create" and isinstance(file, str):
+            self.creating[file] = at
         elif kind == "batch" and isinstance(batch, str) and isinstance(file, str):
             self.batch_of[file] = batch
+        elif kind == "extra" and isinstance(batch, str) and isinstance(file, str):
+            self.extras[batch] = file
         elif kind == "collected" and isinstance(batch, str):
             self.collected.add(batch)
         elif kind == "dropped" and isinstance(file, str):
@@ -121,12 +146,26 @@ class Steps:
         """Files whose answers are still to be kept: their requests wait, and are not sent again."""
         return [f for f in self.files if f not in self.dropped and self.batch_of.get(f) not in self.collected]
 
+    def open_extras(self) -> list[str]:
+        """Extra batches not yet collected."""
+        return [batch for batch in self.extras if batch not in self.collected]
+
+    def running(self) -> list[str]:
+        """What may still run at the provider, billed: the open files (their batches, made or
+        about to be) and the extra batches not yet collected."""
+        return self.open_files() + self.open_extras()
+
     def waiting(self) -> set[str]:
         """The custom ids in open files."""
         return {cid for file in self.open_files() for cid in self.files[file]}
 
     def file_of(self, batch: str) -> str:
-        return next(file for file, made in self.batch_of.items() if made == batch)
+        extra = self.extras.get(batch)
+        return extra if extra is not None else next(file for file, made in self.batch_of.items() if made == batch)
+
+
+def _time(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else time.time()
 
 
 def request_key_of(custom_id: str) -> str:

@@ -278,7 +278,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     multiple=True,
     help="A simulator setting, with --provider sim (latency_ms, jitter_ms, tokens_per_s, rpm, tpm, fault_rate, "
     "seed, labels, invalid_rate; for batches batch_dialect, batch_seconds, batch_error_rate, batch_expire_at, "
-    "batch_fail_at, batch_max_lines, batch_delay_ms). Repeatable.",
+    "batch_fail_at, batch_max_lines, batch_delay_ms, batch_upload_delay_ms, batch_create_delay_ms, "
+    "batch_upload_fails, batch_create_fails). Repeatable.",
 )
 @click.option(
     "--option-column",
@@ -684,6 +685,14 @@ async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -
 @click.option("--one-at-a-time", is_flag=True,
               help="Serve one request at a time, a new one cutting the stream in flight short, as llama.cpp's "
                    "server does by default.")  # fmt: skip
+@click.option("--batch-upload-delay-ms", default=0.0, type=click.FloatRange(0),
+              help="An upload keeps its file after this long, then answers (a slow upload).")  # fmt: skip
+@click.option("--batch-create-delay-ms", default=0.0, type=click.FloatRange(0),
+              help="A create makes its batch after this long, then answers (a slow create).")  # fmt: skip
+@click.option("--batch-upload-fails", default=0, type=click.IntRange(0),
+              help="The first N uploads keep their file, then answer 502.")  # fmt: skip
+@click.option("--batch-create-fails", default=0, type=click.IntRange(0),
+              help="The first N creates make their batch, then answer 502.")  # fmt: skip
 @click.option("--batch-max-lines", type=click.IntRange(1),
               help="Fewer requests a batch may hold than 50,000 (a client splits files at 50,000 unless it runs "
                    "the simulator itself: --provider sim --sim batch_max_lines=N).")  # fmt: skip

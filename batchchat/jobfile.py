@@ -412,6 +412,10 @@ def _simulator(value: Any, at: str) -> SimConfig:
         batch_expire_at=number(entries.get("batch_expire_at"), of("batch_expire_at"), 0.0, 1.0),
         batch_fail_at=number(entries.get("batch_fail_at"), of("batch_fail_at"), 0.0, 1.0),
         batch_delay_ms=number(entries.get("batch_delay_ms"), of("batch_delay_ms"), 0.0) or 0.0,
+        batch_upload_delay_ms=number(entries.get("batch_upload_delay_ms"), of("batch_upload_delay_ms"), 0.0) or 0.0,
+        batch_create_delay_ms=number(entries.get("batch_create_delay_ms"), of("batch_create_delay_ms"), 0.0) or 0.0,
+        batch_upload_fails=whole(entries.get("batch_upload_fails"), of("batch_upload_fails"), 0) or 0,
+        batch_create_fails=whole(entries.get("batch_create_fails"), of("batch_create_fails"), 0) or 0,
         batch_max_lines=whole(entries.get("batch_max_lines"), of("batch_max_lines"), 1),
         one_at_a_time=flag(entries.get("one_at_a_time"), of("one_at_a_time"), False),
     )

@@ -73,7 +73,7 @@ class Stages:
         self.running = False  # provider batches of earlier runs to collect
 
     def plan(self, output: Path | None) -> Plan:
-        running = Steps.read(self.store.steps).open_files()
+        running = Steps.read(self.store.steps).running()
         if running and not self.job.batch.enabled:  # sent live, they would be paid for twice
             names = self.job.names
             raise JobError(

@@ -164,6 +164,26 @@ async def with_retries(
     return Attempted(result, None, attempts)
 
 
+async def once(make: Callable[[], Awaitable[T]], look: Callable[[], Awaitable[T | None]], max_attempts: int, *,
+               sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Attempted[T]:  # fmt: skip
+    """A call that makes something at the provider (a file, a batch), made once: after an attempt
+    that failed in a way that may still have acted (a timeout, a 502, a connection cut after the
+    request went out), what it may have made is looked for (``look``), and taken when found,
+    before it is made again. A look that fails is retried as the attempt it is."""
+    made = False
+
+    async def attempt() -> T:
+        nonlocal made
+        if made:
+            found = await look()
+            if found is not None:
+                return found
+        made = True
+        return await make()
+
+    return await with_retries(attempt, max_attempts, sleep=sleep)
+
+
 def _float(text: str) -> float | None:
     try:
         value = float(text)

@@ -115,7 +115,7 @@ def _no_batches_left_running(job: Job, files: OutputFiles) -> None:
         return
     journal = Journal(files.journal, journal_scope(job.endpoint, job.answers), read_only=True)
     try:
-        running = Steps.read(journal.steps).open_files()
+        running = Steps.read(journal.steps).running()
     finally:
         journal.close()
     if running:

@@ -172,6 +172,11 @@ class SimConfig:
     batch_expire_at: float | None = None  # the share done when every batch expires
     batch_fail_at: float | None = None  # the share done when every batch fails
     batch_delay_ms: float = 0.0  # before answering each files or batches call
+    # Calls that make something, acting late or failing after they acted, as a provider's may:
+    batch_upload_delay_ms: float = 0.0  # an upload keeps its file this long after it arrives, then answers
+    batch_create_delay_ms: float = 0.0  # a create makes its batch this long after it arrives, then answers
+    batch_upload_fails: int = 0  # the first uploads keep their file, then answer 502
+    batch_create_fails: int = 0  # the first creates make their batch, then answer 502
     batch_max_lines: int | None = None  # requests a batch may hold, when fewer than the providers' 50,000
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks

@@ -62,8 +62,9 @@ def test_requests_go_in_files_within_the_limits_one_model_each(tmp_path: Path) -
     result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "-m", "sim-chat-large", "--provider", "sim",
                  "--sim", "batch_max_lines=5,batch_seconds=0.1", "--batch-api")  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    files = [s for s in steps(Path(f"{output}.journal")) if s["step"] == "file"]
+    files = [s for s in steps(Path(f"{output}.journal")) if s["step"] == "upload"]  # each with its ids, then made
     assert sorted(len(f["ids"].split()) for f in files) == [2, 2, 5, 5, 5, 5]  # 12 requests a model, 5 a file
+    assert len([s for s in steps(Path(f"{output}.journal")) if s["step"] == "file"]) == 6
     assert all(len({f["model"]}) == 1 for f in files) and {f["model"] for f in files} == {"sim-chat", "sim-chat-large"}
     rows = read_output(output)
     assert len(rows) == 26 and all(row["status"] == "ok" for row in rows)
@@ -161,7 +162,7 @@ def test_invalid_labels_are_asked_again_in_a_second_round(tmp_path: Path, sim_fa
     assert all(r["label"] in ("yes", "no") for r in out if r["status"] == "ok")
     asked_again = [r for r in out if int(r["completion_tokens"] or 0) > 1 and r["status"] == "ok"]
     assert asked_again  # their tokens count every answer paid for
-    files = [s for s in steps(Path(f"{output}.journal")) if s["step"] == "file"]
+    files = [s for s in steps(Path(f"{output}.journal")) if s["step"] == "upload"]
     reasked = [cid for f in files[1:] for cid in f["ids"].split()]
     assert reasked and all(cid.rsplit(".", 1)[1].isdigit() for cid in reasked)  # asked under key.2, key.3
 

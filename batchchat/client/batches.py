@@ -10,9 +10,9 @@ says which to speak, and ``BatchInfo`` is the same whichever answered. Every err
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -23,6 +23,11 @@ PURPOSE = {"together": "batch-api", "openai": "batch"}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # a batch object, a file object, a list of batches
 LIST_PAGE = 100
+T = TypeVar("T")
+# A call that makes something (a file, a batch) is given at least this long to answer, whatever
+# --timeout says for chat requests: one that times out may still be acted on by the provider, and
+# is then looked for before it is made again (``retry.once``), so it must rarely time out at all.
+MAKE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,24 @@ class BatchClient:
         self.chat = chat
         self.dialect = dialect
 
+    @property
+    def make_timeout_s(self) -> float:
+        """How long a call that makes something may take (``MAKE_TIMEOUT_S`` at least)."""
+        return max(self.chat.timeout_s, MAKE_TIMEOUT_S)
+
+    def _make_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.make_timeout_s)
+
     async def upload(self, name: str, data: bytes) -> str:
-        """A file of batch lines uploaded; its id."""
+        """A file of batch lines uploaded; its id. ``name`` should be unique: a failed upload is
+        looked for by it (``find_file``) before it is made again."""
         form = aiohttp.FormData()
         form.add_field("purpose", PURPOSE[self.dialect])
         form.add_field("file", data, filename=name, content_type="application/jsonl")
         payload = form()
         try:
-            reply = await self._json("POST", "/files", data=payload, headers={"Content-Type": payload.content_type})
+            reply = await self._json("POST", "/files", data=payload, headers={"Content-Type": payload.content_type},
+                                     timeout=self._make_timeout())  # fmt: skip
         except E.RequestError as error:
             if error.error_type != E.NOT_FOUND:
                 raise
@@ -94,7 +109,7 @@ class BatchClient:
         body: dict[str, Any] = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
         if self.dialect == "openai":
             body["completion_window"] = "24h"
-        reply = await self._json("POST", "/batches", json_body=body)
+        reply = await self._json("POST", "/batches", json_body=body, timeout=self._make_timeout())
         if isinstance(reply, Mapping) and isinstance(reply.get("job"), Mapping):  # Together wraps it
             reply = reply["job"]
         return BatchInfo.read(reply)
@@ -107,22 +122,38 @@ class BatchClient:
 
     async def find(self, file_id: str) -> BatchInfo | None:
         """A batch the provider already made over ``file_id`` (one created by a run that died
-        before it could record it), or None."""
+        before it could record it, or by a create that failed after acting), or None."""
+        found = await self.find_all(file_id)
+        return found[0] if found else None
+
+    async def find_all(self, file_id: str) -> list[BatchInfo]:
+        """Every batch the provider made over ``file_id``: more than one means a create acted
+        more than once (one that timed out, then took effect all the same)."""
+        return [batch for batch in await self._listed("/batches", BatchInfo.read) if batch.input_file_id == file_id]
+
+    async def find_file(self, name: str) -> str | None:
+        """The id of a file uploaded under ``name`` (one whose upload failed after the provider
+        kept it), or None."""
+        files = await self._listed(f"/files?purpose={PURPOSE[self.dialect]}", _file_entry)
+        return next((file_id for file_id, filename in files if filename == name), None)
+
+    async def _listed(self, path: str, read: Callable[[Any], T]) -> list[T]:
+        """Every item of a list endpoint, page after page (``has_more`` and ``after``)."""
+        items: list[T] = []
         after: str | None = None
+        joiner = "&" if "?" in path else "?"
         while True:
-            query = f"?limit={LIST_PAGE}" + (f"&after={after}" if after else "")
-            reply = await self._json("GET", f"/batches{query}")
+            query = f"{joiner}limit={LIST_PAGE}" + (f"&after={after}" if after else "")
+            reply = await self._json("GET", f"{path}{query}")
             page = reply.get("data") if isinstance(reply, Mapping) else reply
             if not isinstance(page, list):
-                raise E.RequestError(E.BAD_RESPONSE, f"not a list of batches: {str(reply)[:200]}", retryable=True)
-            batches = [BatchInfo.read(item) for item in page]
-            for batch in batches:
-                if batch.input_file_id == file_id:
-                    return batch
+                raise E.RequestError(E.BAD_RESPONSE, f"not a list: {str(reply)[:200]}", retryable=True)
+            items += [read(item) for item in page]
             more = isinstance(reply, Mapping) and reply.get("has_more") is True
-            if not more or not batches:
-                return None
-            after = batches[-1].id
+            last = page[-1].get("id") if page and isinstance(page[-1], Mapping) else None
+            if not more or not isinstance(last, str):
+                return items
+            after = last
 
     async def lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The lines of a file, as they arrive: a result file of 50,000 answers is never read
@@ -147,18 +178,19 @@ class BatchClient:
             raise E.RequestError(E.TIMEOUT, f"no data for {self.chat.timeout_s:g} s from {url}", retryable=True) from None
 
     async def _json(self, method: str, path: str, *, json_body: Any = None, data: Any = None,
-                    headers: Mapping[str, str] | None = None) -> Any:  # fmt: skip
+                    headers: Mapping[str, str] | None = None, timeout: aiohttp.ClientTimeout | None = None) -> Any:  # fmt: skip
         url = f"{self.chat.base_url}{path}"
         try:
             async with self.chat.session.request(method, url, json=json_body, data=data, headers=headers,
-                                                 allow_redirects=False) as response:  # fmt: skip
+                                                 allow_redirects=False,
+                                                 timeout=timeout or self.chat.session.timeout) as response:  # fmt: skip
                 await self._check(response)
                 body = await read_capped(response, MAX_REPLY_BYTES)
         except aiohttp.ClientError as e:
             raise self.chat.redacted(connection_error(e, False, url)) from None
         except TimeoutError:
-            raise E.RequestError(E.TIMEOUT, f"no answer within {self.chat.timeout_s:g} s from {url}",
-                                 retryable=True) from None  # fmt: skip
+            seconds = timeout.sock_read if timeout is not None and timeout.sock_read else self.chat.timeout_s
+            raise E.RequestError(E.TIMEOUT, f"no answer within {seconds:g} s from {url}", retryable=True) from None
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
@@ -173,6 +205,13 @@ class BatchClient:
             body = await read_capped(response, 64 * 1024)
             raise self.chat.redacted(status_error(status, body, response.headers.get("Content-Type", ""),
                                                   dict(response.headers)))  # fmt: skip
+
+
+def _file_entry(data: Any) -> tuple[str | None, str | None]:
+    """(id, filename) of a file object in a list of files."""
+    if not isinstance(data, Mapping):
+        return None, None
+    return _text(data.get("id")), _text(data.get("filename"))
 
 
 def _int(value: Any) -> int | None:

@@ -27,22 +27,26 @@ import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, cast
 
 from .. import errors as E
+from .. import jsonio
 from ..batchfiles import Chunk, Limits, Steps, dialect_of, request_key_of, split
-from ..client.batches import BatchClient, BatchInfo
-from ..client.chat import parse_completion, status_error
+from ..client.batches import MAKE_TIMEOUT_S, BatchClient, BatchInfo
+from ..client.chat import status_error
 from ..connect import open_client
 from ..endpoint import Endpoint, is_loopback
 from ..money import Budget
+from ..reading import clean_text, received
 from ..records import ChatRequest, ChatResult, RowOutcome
-from ..retry import with_retries
+from ..retry import once, with_retries
 from ..spec import NO_PRICES, Answers, Job, Prices, RetryPolicy, SimConfig
 from ..unit import Asker, Stopped
+from ..words import plural
 from .base import BatchProgress, Ending, Ledger, Work
 from .live import LiveExecutor
 from .signals import graceful_stop
@@ -140,7 +144,10 @@ class _Rounds:
         self.held: dict[str, float] = {}  # id -> the budget held for it until its answer comes
         self.waiting: set[str] = set()  # ids in batches whose answers are not yet kept
         self.consumed: set[str] = set()  # ids of collected answers some request took
+        self.origin: dict[str, str] = {}  # id -> the batch whose result line stands for it
+        self.unread: Counter[str] = Counter()  # batch -> result lines that could not be tied to a request
         self.fresh: set[str] = set()  # files uploaded by this run
+        self.suspect: set[str] = set()  # files whose create failed after maybe acting: looked at again
         self.stop = asyncio.Event()
         self.signalled = 0
         answers = engine.answers
@@ -182,6 +189,7 @@ class _Rounds:
     async def _rounds(self) -> Ending:
         if self.engine.cancel:
             await self._cancel_all()
+        await self._confirm_uploads()
         wait = False  # the first round collects what has finished and submits what is new at once
         while True:
             await self._create_missing()
@@ -190,18 +198,20 @@ class _Rounds:
                 return Ending.STOPPED
             for batch, info in finished:
                 await self._download(batch, info)
+            self._unanswered(finished)
             await self._replay(self._waiting())
             self._keep_unclaimed()
             for batch, _ in finished:
                 self._record({"step": "collected", "batch": batch})
             self.results.clear()
+            self.origin.clear()
             if self.to_submit and not self.engine.cancel and not self.stop.is_set():
                 await self._submit()
             self.to_submit.clear()
             self.queued.clear()
             if self.stop.is_set():
                 return Ending.STOPPED
-            if not self._open_files():
+            if not self._open_files() and not self.steps.open_extras():
                 return Ending.BUDGET if self.budget is not None and self.budget.exhausted else Ending.DONE
             if self.engine.detach:
                 return Ending.DETACHED
@@ -214,22 +224,72 @@ class _Rounds:
                 self._record({"step": "dropped", "file": file})
                 continue
             await self._call(partial(self.batches.cancel, batch))
+        for extra in self.steps.open_extras():
+            await self._call(partial(self.batches.cancel, extra))
+
+    async def _confirm_uploads(self) -> None:
+        """Uploads a run recorded but did not see through (it was killed, or the provider failed
+        after keeping the file): the file is taken when the provider has it, else forgotten (its
+        requests are asked again in a new file; a file without a batch costs nothing)."""
+        for name in list(self.steps.uploads):
+            file = await self._call(partial(self.batches.find_file, name))
+            if file is not None:
+                self._record({"step": "file", "file": file, "name": name, "at": time.time()})
+            else:
+                self._record({"step": "upload_lost", "name": name})
 
     async def _create_missing(self) -> None:
-        """Every uploaded file gets its batch: the one the provider already made over it (a run
-        killed between the create and its record), or a new one."""
+        """Every uploaded file gets its batch: one the provider already made over it (a run killed
+        between the create and its record, a create that failed after acting), or a new one."""
         for file in self._open_files():
             if file in self.steps.batch_of:
                 continue
-            info = await self._call(partial(self.batches.find, file))
+            info = await self._look(file)
+            since = self.steps.creating.get(file)  # a create a killed run sent: it may act yet
+            if info is None and since is not None:
+                info = await self._late(file, since)
             if info is None:
-                done = await with_retries(partial(self.batches.create, file), self.engine.retry.max_attempts)
+                self._record({"step": "create", "file": file, "at": time.time()})
+                done = await once(partial(self.batches.create, file), partial(self._look, file),
+                                  self.engine.retry.max_attempts)  # fmt: skip
                 if done.error is not None:
                     self._refused(file, done.error)
                     continue
                 assert done.result is not None
                 info = done.result
+                if done.attempts > 1:  # a create that failed may act later: look again before collecting
+                    self.suspect.add(file)
             self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+
+    async def _look(self, file: str) -> BatchInfo | None:
+        """The batch the provider made over ``file``, if any. More than one (creates that all
+        acted): the first is the file's, the others are extras, cancelled and collected."""
+        found = await self.batches.find_all(file)
+        if not found:
+            return None
+        mine = self.steps.batch_of.get(file)
+        first = next((info for info in found if info.id == mine), found[0])
+        for info in found:
+            if info.id != first.id and info.id not in self.steps.extras:
+                self._record({"step": "extra", "batch": info.id, "file": file, "at": time.time()})
+                if not info.finished:
+                    await self._call(partial(self.batches.cancel, info.id))
+        return first
+
+    async def _late(self, file: str, since: float) -> BatchInfo | None:
+        """A create a killed run sent ``since`` may still act for as long as a create may take
+        (``MAKE_TIMEOUT_S``): look for its batch until then, rather than make another. Should it
+        act later still, the batch it makes is found as an extra before this one is collected."""
+        deadline = since + MAKE_TIMEOUT_S
+        self.suspect.add(file)
+        while time.time() < deadline and not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                pause = min(max(self.engine.poll_s, 0.25), 2.0, deadline - time.time())
+                await asyncio.wait_for(self.stop.wait(), max(pause, 0.0))
+            info = await self._call(partial(self._look, file))
+            if info is not None:
+                return cast(BatchInfo, info)
+        return None
 
     def _refused(self, file: str, error: E.RequestError) -> None:
         """A file the provider will not make a batch of: forgotten, so its requests are asked
@@ -246,6 +306,7 @@ class _Rounds:
         is open). None when stopped while waiting."""
         while True:
             open_batches = [(file, self.steps.batch_of[file]) for file in self._open_files() if file in self.steps.batch_of]
+            open_batches += [(self.steps.extras[extra], extra) for extra in self.steps.open_extras()]
             if not open_batches:
                 return []
             infos = []
@@ -257,6 +318,11 @@ class _Rounds:
                     infos.append((batch, info))
             self._report(infos)
             finished = [(batch, info) for batch, info in infos if info.finished]
+            for batch, _ in finished:
+                file = self.steps.file_of(batch)
+                if file in self.suspect and batch not in self.steps.extras:  # made twice after all?
+                    self.suspect.discard(file)
+                    await self._call(partial(self._look, file))
             if finished or not wait:
                 return finished
             with contextlib.suppress(TimeoutError):
@@ -266,6 +332,7 @@ class _Rounds:
 
     def _report(self, infos: list[tuple[str, BatchInfo]]) -> None:
         requests = done = failed = 0
+        infos = [(batch, info) for batch, info in infos if batch not in self.steps.extras]
         for batch, info in infos:
             file = self.steps.file_of(batch)
             count = len(self.steps.files.get(file, ()))
@@ -281,62 +348,84 @@ class _Rounds:
         self.ledger.batches(BatchProgress(len(infos), finished, requests, done, failed))
 
     async def _download(self, batch: str, info: BatchInfo) -> None:
-        """The answers of a finished batch, by id; a request it holds and did not answer (it
-        expired, failed or was cancelled first) gets an error that says so."""
+        """The result lines of a finished batch, by id. For one id, an answer wins over an error
+        line, and a readable answer over one that is not: every line after the first for an id
+        is counted as a repeat, and its tokens as paid when it is an answer."""
         file = self.steps.file_of(batch)
+        model = self.steps.models.get(file, "")
         latency = max(0.0, time.time() - self.steps.uploaded_at.get(file, time.time()))
-        found: dict[str, Result] = {}
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id is None:
                 continue
             lines = await self._call(partial(self._read, file_id))
             for raw in lines:
                 custom_id, result = self._result(raw, batch, latency)
-                if custom_id is not None:
-                    found[custom_id] = result
-        for custom_id in self.steps.files[file]:
-            if custom_id not in found:
-                found[custom_id] = E.RequestError(
-                    f"batch_{info.status}", f"batch {batch} ended {info.status} before answering this request",
-                    retryable=False,
-                )
-            amount = self.held.pop(custom_id, None)
-            if amount is not None and self.budget is not None:
-                self.budget.release(amount)
-        self.results.update(found)
+                if custom_id is None:
+                    self.unread[batch] += 1
+                    continue
+                prior = self.results.get(custom_id)
+                if prior is not None:
+                    self.ledger.counters.repeated[batch] += 1
+                    if _rank(result) <= _rank(prior):
+                        self._paid(model, result)
+                        continue
+                    self._paid(model, prior)
+                self.results[custom_id] = result
+                self.origin[custom_id] = batch
+
+    def _paid(self, model: str, result: Result) -> None:
+        """A result line that is not kept: what it answered is billed all the same."""
+        if isinstance(result, ChatResult):
+            self.ledger.counters.add_usage(model, result.usage)
+
+    def _unanswered(self, finished: list[tuple[str, BatchInfo]]) -> None:
+        """A request a finished batch holds and no result line answered (it expired, failed or
+        was cancelled first, or its line could not be read) gets an error that says so."""
+        for batch, info in finished:
+            if batch in self.steps.extras:
+                continue
+            for custom_id in self.steps.files[self.steps.file_of(batch)]:
+                if custom_id not in self.results:
+                    self.results[custom_id] = _unanswered(batch, info.status, self.unread[batch])
+                amount = self.held.pop(custom_id, None)
+                if amount is not None and self.budget is not None:
+                    self.budget.release(amount)
 
     async def _read(self, file_id: str) -> list[bytes]:
         return [line async for line in self.batches.lines(file_id)]
 
     def _result(self, raw: bytes, batch: str, latency: float) -> tuple[str | None, Result]:
-        """One line of a result file: an answer, or the error the provider gave."""
+        """One line of a result file: an answer (a 2xx, kept whatever its body holds), or the error
+        the provider gave. A line that cannot be tied to a request has no id."""
         try:
-            record = json.loads(raw)
+            record = jsonio.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False)
         custom_id = record.get("custom_id") if isinstance(record, dict) else None
-        if not isinstance(custom_id, str):
+        if not isinstance(custom_id, str) or not custom_id.isascii() or not custom_id:  # ids are request keys
             return None, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False)
         response = record.get("response")
         error = record.get("error")
-        if isinstance(response, dict) and response.get("status_code") == 200:
-            body = json.dumps(response.get("body"), ensure_ascii=False).encode("utf-8")
-            try:
-                result = parse_completion(body, latency)
-            except E.RequestError as unreadable:
-                return custom_id, replace_retry(unreadable)
+        status = response.get("status_code") if isinstance(response, dict) else None
+        status = int(status) if isinstance(status, str) and status.isdigit() else status
+        body = response.get("body") if isinstance(response, dict) else None
+        carries_error = isinstance(body, dict) and body.get("error") and not body.get("choices")
+        if isinstance(status, int) and not isinstance(status, bool) and 200 <= status < 300 and not carries_error:
+            result = self.batches.chat.cleaned(received(body, latency))
             shown = f"{batch}/{result.request_id}" if result.request_id else batch
-            return custom_id, self.batches.chat.cleaned(replace(result, request_id=shown))
-        if isinstance(response, dict) and isinstance(response.get("status_code"), int):
-            body = json.dumps(response.get("body"), ensure_ascii=False).encode("utf-8")
-            failure = status_error(response["status_code"], body, "application/json", {})
+            return custom_id, replace(result, request_id=shown)
+        if isinstance(status, int) and not isinstance(status, bool):
+            failure = status_error(status, jsonio.dumps(body), "application/json", {})
             return custom_id, replace_retry(self.batches.chat.redacted(failure))
         if isinstance(error, dict):
-            code = str(error.get("code") or error.get("type") or "")
-            message = str(error.get("message") or "the provider gave no reason")
+            code = clean_text(str(error.get("code") or error.get("type") or ""))
+            message = clean_text(str(error.get("message") or "the provider gave no reason"))
             kind = LINE_ERRORS.get(code, E.BATCH_ERROR)  # named as a live answer's error is, where it can be
             shown = message if kind != E.BATCH_ERROR or not code else f"{code}: {message}"
             return custom_id, self.batches.chat.redacted(E.RequestError(kind, shown, retryable=False))
+        if isinstance(error, str) and error:
+            return custom_id, self.batches.chat.redacted(E.RequestError(E.BATCH_ERROR, clean_text(error),
+                                                                        retryable=False))  # fmt: skip
         return custom_id, E.RequestError(E.BAD_RESPONSE, "a result line with neither response nor error",
                                          retryable=False)  # fmt: skip
 
@@ -356,12 +445,19 @@ class _Rounds:
     def _keep_unclaimed(self) -> None:
         """Collected answers no request of this run took (its input or job changed since they
         were submitted): kept all the same, judged by the checks, so a later run that asks them
-        pays nothing."""
+        pays nothing. One for a request already answered (by another batch over the same file)
+        is a repeat: paid, counted, not kept over the answer."""
         models = {cid: self.steps.models.get(file, "") for file in self.steps.files for cid in self.steps.files[file]}
+        store = self.ledger.store
         for custom_id, found in self.results.items():
             if custom_id in self.consumed:
                 continue
             key, model = request_key_of(custom_id), models.get(custom_id, "")
+            if key in store and not (store.failed(key) or store.unfinished(key) or store.stale(key)):
+                if custom_id in self.origin:  # a line, not an error made for a line that never came
+                    self.ledger.counters.repeated[self.origin[custom_id]] += 1
+                    self._paid(model, found)
+                continue
             if isinstance(found, E.RequestError):
                 self.ledger.keep(RowOutcome.failed(-1, key=key, model=model, error_type=found.error_type,
                                                    error=found.message, attempts=1))  # fmt: skip
@@ -369,7 +465,7 @@ class _Rounds:
             self.ledger.counters.add_usage(model, found.usage)
             request = ChatRequest(-1, key, model, ())
             outcome = RowOutcome.answered(request, found, 1)
-            verdict = self.ledger.check(found.content) if self.engine.answers.checked else None
+            verdict = self.ledger.check(found.content) if self.engine.answers.checked and found.problem is None else None
             if verdict is not None:
                 outcome = replace(outcome, status="error", error_type=verdict[0], error=verdict[1])
             self.ledger.keep(outcome)
@@ -406,11 +502,18 @@ class _Rounds:
             self.ledger.counters.requests += len(chunk.ids)
 
     async def _submit_file(self, chunk: Chunk) -> None:
+        """One file uploaded and its batch made, each call recorded before it is made: a failed
+        upload is looked for by its unique name before the file is uploaded again."""
         name = f"batchchat-{uuid.uuid4().hex[:12]}.jsonl"
-        file = await self._call(partial(self.batches.upload, name, chunk.data))
-        self.fresh.add(file)
-        self._record({"step": "file", "file": file, "model": chunk.model, "ids": " ".join(chunk.ids),
+        self._record({"step": "upload", "name": name, "model": chunk.model, "ids": " ".join(chunk.ids),
                       "at": time.time()})  # fmt: skip
+        done = await once(partial(self.batches.upload, name, chunk.data), partial(self.batches.find_file, name),
+                          self.engine.retry.max_attempts)  # fmt: skip
+        if done.error is not None:
+            raise E.FatalAPIError(done.error.message, done.error)
+        assert done.result is not None
+        self.fresh.add(done.result)
+        self._record({"step": "file", "file": done.result, "name": name, "at": time.time()})
         await self._create_missing()
 
     async def _missing(self, file: str, batch: str) -> BatchInfo | None:
@@ -418,7 +521,10 @@ class _Rounds:
         listed. Gone from a server on this machine (a simulator started again), or when asked to
         cancel: forgotten, and its requests asked again. Gone from a provider: the run stops,
         since another key or account than the one that made it is the likelier cause, and
-        asking again would pay twice."""
+        asking again would pay twice. An extra batch gone is forgotten."""
+        if batch in self.steps.extras:
+            self._record({"step": "collected", "batch": batch})
+            return None
         listed = await self._call(partial(self.batches.find, file))
         if listed is not None:
             self._record({"step": "batch", "batch": listed.id, "file": file, "at": time.time()})
@@ -450,6 +556,23 @@ class _Rounds:
         if done.error is not None:
             raise E.FatalAPIError(done.error.message, done.error)
         return done.result
+
+
+def _rank(result: Result) -> int:
+    """Which of two result lines for one request stands: an answer over an error, and a readable
+    answer over one that is not."""
+    if isinstance(result, E.RequestError):
+        return 0
+    return 1 if result.problem is not None else 2
+
+
+def _unanswered(batch: str, status: str, unread: int) -> E.RequestError:
+    if status == "completed":
+        why = f" ({plural(unread, 'result line')} could not be read)" if unread else ""
+        return E.RequestError(E.BAD_RESPONSE, f"batch {batch} completed without a result for this request{why}",
+                              retryable=False)  # fmt: skip
+    return E.RequestError(f"batch_{status}", f"batch {batch} ended {status} before answering this request",
+                          retryable=False)  # fmt: skip
 
 
 def replace_retry(error: E.RequestError) -> E.RequestError:

@@ -80,6 +80,7 @@ class BatchStore:
     def routes(self, app: web.Application) -> None:
         gated = self._gated
         app.router.add_post("/v1/files", gated(self._upload))
+        app.router.add_get("/v1/files", gated(self._files))
         app.router.add_get("/v1/files/{id}/content", gated(self._content))
         app.router.add_post("/v1/batches", gated(self._create))
         app.router.add_get("/v1/batches", gated(self._list))
@@ -128,11 +129,19 @@ class BatchStore:
         data = upload.file.read()
         if len(data) > MAX_BYTES[self.dialect]:
             return _error(400, f"the file is larger than {MAX_BYTES[self.dialect]} bytes")
+        self.counts["uploads_taken"] += 1  # the whole file is here: it is kept even if the client goes
+        await asyncio.sleep(self.config.batch_upload_delay_ms / 1000.0)
         file = SimFile(f"file-sim-{self.run}-{len(self.files) + 1:06d}", str(purpose), upload.filename, data)
         self.files[file.id] = file
         self.counts["files_uploaded"] += 1
-        return web.json_response({"id": file.id, "object": "file", "bytes": len(data), "created_at": int(file.created_at),
-                                  "filename": file.filename, "purpose": file.purpose})  # fmt: skip
+        if self.counts["files_uploaded"] <= self.config.batch_upload_fails:
+            return _bad_gateway()  # the file is kept all the same
+        return web.json_response(_file_object(file))
+
+    async def _files(self, request: web.Request) -> web.Response:
+        self.counts["file_lists"] += 1
+        data = [_file_object(file) for file in self.files.values() if file.purpose == PURPOSE[self.dialect]]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
 
     async def _content(self, request: web.Request) -> web.Response:
         file = self.files.get(request.match_info["id"])
@@ -158,11 +167,15 @@ class BatchStore:
         lines, problem = self._parse(file)
         if problem:
             return _error(400, problem)
+        self.counts["creates_taken"] += 1  # the call is here: its batch is made even if the client goes
+        await asyncio.sleep(self.config.batch_create_delay_ms / 1000.0)
         batch = SimBatch(f"batch-sim-{self.run}-{len(self.batches) + 1:06d}", file.id, lines, lines[0]["body"]["model"],
                          time.monotonic(), time.time())  # fmt: skip
         self.batches[batch.id] = batch
         self.created_per_file[file.id] += 1
         self.counts["batches_created"] += 1
+        if self.counts["batches_created"] <= self.config.batch_create_fails:
+            return _bad_gateway()  # the batch is made all the same
         shown = self._shown(batch)
         return web.json_response({"job": shown, "warning": None} if self.dialect == "together" else shown)
 
@@ -324,6 +337,16 @@ class BatchStore:
 
 def _line(record: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _file_object(file: SimFile) -> dict[str, Any]:
+    return {"id": file.id, "object": "file", "bytes": len(file.data), "created_at": int(file.created_at),
+            "filename": file.filename, "purpose": file.purpose}  # fmt: skip
+
+
+def _bad_gateway() -> web.Response:
+    page = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+    return web.Response(status=502, text=page, content_type="text/html")
 
 
 def _error(status: int, message: str) -> web.Response:

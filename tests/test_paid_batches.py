@@ -1,0 +1,295 @@
+"""Provider batches pay once: result files of any shape are read whole (one bad line costs no
+other answer, a good line wins over an error line for the same request, repeats are counted),
+and calls that make something (uploads, batches) are made once, whatever fails or is killed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchchat.reading import read_completion
+
+from .helpers import cli, read_output, write_csv
+from .hostile_server import HostileServer, completion
+from .test_paid import COMPLETION, PROPERTY
+
+QUESTIONS = [f"question {i}" for i in range(6)]
+
+
+class FakeBatches:
+    """A Batch API whose batches finish at once with the result lines a test gives, by row."""
+
+    def __init__(self) -> None:
+        self.lines: dict[int, list[bytes]] = {}  # row -> its result lines, in order (output file first)
+        self.errors: dict[int, list[bytes]] = {}  # row -> its lines in the error file
+        self.stray: list[bytes] = []  # lines for no request: malformed, unknown ids
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.posts = 0
+        self.server = HostileServer(self.handle)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.removeprefix("/v1")
+        if request.method == "POST":
+            self.posts += 1
+        if request.method == "POST" and path == "/files":
+            name, data = uploaded(request.headers["Content-Type"], await request.read())
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = (name, data)
+            return web.json_response({"id": file_id, "filename": name, "purpose": "batch-api"})
+        if request.method == "GET" and path == "/files":
+            return web.json_response({"data": [{"id": i, "filename": n} for i, (n, _) in self.files.items()]})
+        if request.method == "POST" and path == "/batches":
+            body = await request.json()
+            return web.json_response({"job": self._made(body["input_file_id"])})
+        if request.method == "GET" and path == "/batches":
+            return web.json_response(list(self.batches.values()))
+        if request.method == "GET" and path.startswith("/batches/"):
+            return web.json_response(self.batches[path.split("/")[2]])
+        if request.method == "GET" and path.endswith("/content"):
+            return web.Response(body=self.files[path.split("/")[2]][1])
+        return web.json_response({"error": {"message": f"no {request.method} {path}"}}, status=404)
+
+    def _made(self, file_id: str) -> dict[str, Any]:
+        output: list[bytes] = []
+        errors: list[bytes] = []
+        for raw in self.files[file_id][1].splitlines():
+            line = json.loads(raw)
+            row = int(line["body"]["messages"][-1]["content"].split()[-1])
+            custom_id = line["custom_id"].encode()
+            output += [part.replace(b"@ID@", custom_id) for part in self.lines.get(row, [])]
+            errors += [part.replace(b"@ID@", custom_id) for part in self.errors.get(row, [])]
+        output += self.stray
+        batch_id = f"batch-{len(self.batches) + 1}"
+        out, err = f"out-{batch_id}", f"err-{batch_id}"
+        self.files[out] = ("output.jsonl", b"\n".join(output) + b"\n")
+        self.files[err] = ("errors.jsonl", b"\n".join(errors) + b"\n")
+        batch = {"id": batch_id, "status": "COMPLETED", "input_file_id": file_id, "output_file_id": out,
+                 "error_file_id": err, "progress": 100}  # fmt: skip
+        self.batches[batch_id] = batch
+        return batch
+
+
+def uploaded(content_type: str, body: bytes) -> tuple[str, bytes]:
+    """The name and bytes of the multipart field ``file`` (the server has read the body already)."""
+    boundary = content_type.split("boundary=")[1].strip('"').encode()
+    for part in body.split(b"--" + boundary):
+        head, _, data = part.partition(b"\r\n\r\n")
+        if b'name="file"' in head:
+            name = head.split(b'filename="')[1].split(b'"')[0].decode()
+            return name, data.removesuffix(b"\r\n")
+    raise AssertionError("no file in the upload")
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeBatches]:
+    server = FakeBatches()
+    with server.server:
+        yield server
+
+
+def answer_line(body: Any, status: Any = 200) -> bytes:
+    return json.dumps({"custom_id": "@ID@", "response": {"status_code": status, "body": body}}).encode()
+
+
+def error_line(message: str = "it failed") -> bytes:
+    return json.dumps({"custom_id": "@ID@", "error": {"message": message, "code": "server_error"}}).encode()
+
+
+KINDS = st.sampled_from(["ok", "odd", "error", "status500", "empty_choices"])
+LINE = st.tuples(KINDS, COMPLETION)
+STRAY = st.lists(st.sampled_from([b"{not json", b"[1, 2]", b'{"response": {}}',
+                                  json.dumps({"custom_id": "unknown-id", "response": {
+                                      "status_code": 200, "body": completion("stray", id="s")}}).encode()]),
+                 max_size=3)  # fmt: skip
+
+
+def lines_of(kind: str, body: dict[str, Any], row: int) -> tuple[bytes | None, bytes | None, Any]:
+    """(output line, error line, the body if it is an answer)."""
+    if kind == "ok":
+        good = completion(f"answer {row}", id=f"r{row}")
+        return answer_line(good), None, good
+    if kind == "odd":
+        return answer_line(body), None, body
+    if kind == "error":
+        return None, error_line(), None
+    if kind == "status500":
+        return answer_line({"error": {"message": "boom"}}, 500), None, None
+    empty = {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 0}}
+    return answer_line(empty), None, empty
+
+
+def rank(body: Any) -> int:
+    if body is None:
+        return 0
+    return 1 if read_completion(body).problem is not None else 2
+
+
+@PROPERTY
+@given(st.lists(st.lists(LINE, max_size=3), min_size=1, max_size=4), STRAY)
+def test_result_files_of_any_shape_give_one_row_each_the_best_line_winning(fake: FakeBatches, rows: list[Any],
+                                                                          stray: list[bytes]) -> None:  # fmt: skip
+    import tempfile
+
+    fake.lines, fake.errors, fake.stray = {}, {}, stray
+    expected: list[Any] = []
+    prompt_tokens = 0
+    for row, kinds in enumerate(rows):
+        best: Any = None
+        seen = False
+        for kind, body in kinds:
+            out, err, answer = lines_of(kind, body, row)
+            fake.lines.setdefault(row, []).extend([out] if out else [])
+            fake.errors.setdefault(row, []).extend([err] if err else [])
+            if answer is not None:
+                prompt_tokens += read_completion(answer).usage.prompt_tokens or 0
+            if not seen or rank(answer) > rank(best):
+                best, seen = answer, True
+        expected.append((seen, best))
+    prompt_tokens += 3 * sum(b"unknown-id" in line for line in stray)  # an answer to no request is paid too
+    folder = Path(tempfile.mkdtemp())
+    source = write_csv(folder / "in.csv", ["prompt"], [[f"row {i}"] for i in range(len(rows))])
+    output = folder / "out.parquet"
+    args = ("run", "-i", source, "-o", output, "-m", "m", "--base-url", fake.server.url, "--batch-api",
+            "--poll-every", "0.01")  # fmt: skip
+    first = cli(*args)
+    assert first.exit_code in (0, 1), first.stderr
+    assert "internal error" not in first.stderr
+    assert f"tokens this run: {prompt_tokens:,} prompt" in first.stderr or prompt_tokens == 0, first.stderr
+    out = read_output(output)
+    assert len(out) == len(rows)
+    for row, (seen, best) in zip(out, expected, strict=True):
+        if best is not None and read_completion(best).problem is None:
+            assert row["status"] == "ok" and row["response"] == read_completion(best).content
+        elif best is not None:
+            assert row["status"] == "error" and row["error_type"] == "bad_response"
+        elif seen:
+            assert row["status"] == "error" and row["error_type"] in ("server_error", "bad_response")
+        else:
+            assert row["status"] == "error" and "completed without a result for this request" in row["error"]
+    posts = fake.posts
+    again = cli(*args)
+    assert again.exit_code == first.exit_code and fake.posts == posts  # nothing uploaded or made again
+    assert read_output(output) == out
+
+
+def test_a_good_line_then_an_error_line_for_it_keeps_the_answer_and_says_so(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.stray = []
+    fake.lines = {0: [answer_line(completion("kept")), answer_line({"choices": []})], 1: [answer_line(completion("b"))]}
+    fake.errors = {0: [error_line("a later error")]}
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["row 0"], ["row 1"]])
+    output = tmp_path / "out.csv"
+    args = ("run", "-i", source, "-o", output, "-m", "m", "--base-url", fake.server.url, "--batch-api",
+            "--poll-every", "0.01")  # fmt: skip
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    rows = read_output(output)
+    assert [(r["status"], r["response"], r["prompt_tokens"]) for r in rows] == [("ok", "kept", "3"), ("ok", "b", "3")]
+    assert "gave 2 more result lines for requests it had answered" in result.stderr
+    assert "tokens this run: 6 prompt" in result.stderr  # the answer's tokens, not zero
+    posts = fake.posts
+    assert cli(*args, "--retry-errors").exit_code == 0 and fake.posts == posts  # nothing to pay again
+
+
+def test_one_unreadable_line_among_fifty_costs_no_other_answer(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.stray = []
+    fake.errors = {}
+    fake.lines = {i: [answer_line(completion(f"answer {i}"))] for i in range(50)}
+    fake.lines[17] = [answer_line(completion("half \ud83d"))]
+    fake.lines[31] = [answer_line({"choices": [{"message": {"content": 5}, "finish_reason": {"x": 1}}]})]
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"row {i}"] for i in range(50)])
+    output = tmp_path / "out.parquet"
+    args = ("run", "-i", source, "-o", output, "-m", "m", "--base-url", fake.server.url, "--batch-api",
+            "--poll-every", "0.01")  # fmt: skip
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    rows = read_output(output)
+    assert all(r["status"] == "ok" for r in rows) and rows[17]["response"] == "half \ufffd"
+    assert (rows[31]["response"], rows[31]["finish_reason"]) == ("5", '{"x": 1}')
+    posts = fake.posts
+    assert cli(*args).exit_code == 0 and fake.posts == posts
+
+
+# --- made once: uploads and batches ---
+
+
+def batch_run(sim: Any, tmp_path: Path, *flags: str) -> list[str]:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[q] for q in QUESTIONS])
+    return ["run", "-i", str(source), "-o", str(tmp_path / "out.csv"), "-m", "sim-chat", "--base-url", sim.url,
+            "--batch-api", "--poll-every", "0.05", *flags]  # fmt: skip
+
+
+@pytest.mark.parametrize("dialect", ["together", "openai"])
+def test_a_create_that_fails_after_making_its_batch_is_adopted_not_made_again(tmp_path: Path, sim_factory: Any,
+                                                                             dialect: str) -> None:  # fmt: skip
+    sim = sim_factory(batch_dialect=dialect, batch_seconds=0.2, batch_create_fails=1)
+    result = cli(*batch_run(sim, tmp_path, "--provider", dialect))
+    assert result.exit_code == 0, result.stderr
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats["batches_per_file"] == 1 and stats["answered_twice"] == 0
+    assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
+
+
+def test_a_create_slower_than_the_timeout_makes_one_batch(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.2, batch_create_delay_ms=2500)
+    result = cli(*batch_run(sim, tmp_path, "--timeout", "1"))
+    assert result.exit_code == 0, result.stderr
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+
+
+def test_an_upload_that_fails_after_keeping_its_file_is_adopted(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.2, batch_upload_fails=1)
+    result = cli(*batch_run(sim, tmp_path))
+    assert result.exit_code == 0, result.stderr
+    stats = sim.stats()
+    assert stats["files_uploaded"] == 1 and stats["batches_created"] == 1 and stats["answered_twice"] == 0
+
+
+KILLS = {
+    # Every call waits 100 ms at the server's door, so a kill falls at a known step. A slow upload:
+    # the file is kept 1.5 s after it arrives
+    "during a slow upload": ({"batch_upload_delay_ms": 1500}, lambda s: s.get("uploads_taken", 0) >= 1),
+    "after a slow upload": ({"batch_upload_delay_ms": 1500}, lambda s: s.get("files_uploaded", 0) >= 1),
+    # a slow create: the batch is made 1.5 s after the call arrives, whether or not the caller waits
+    "before a slow create": ({"batch_create_delay_ms": 1500}, lambda s: s.get("files_uploaded", 0) >= 1),
+    "during a slow create": ({"batch_create_delay_ms": 1500}, lambda s: s.get("creates_taken", 0) >= 1),
+    "after a slow create": ({"batch_create_delay_ms": 1500}, lambda s: s.get("batches_created", 0) >= 1),
+}
+
+
+@pytest.mark.parametrize("moment", list(KILLS))
+def test_a_kill_around_a_slow_upload_or_create_then_a_rerun_makes_one_batch_per_file(
+    tmp_path: Path, sim_factory: Any, moment: str
+) -> None:
+    config, when = KILLS[moment]
+    sim = sim_factory(batch_seconds=0.3, batch_delay_ms=100, **config)
+    args = batch_run(sim, tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while not when(sim.stats()) and process.poll() is None:
+            assert time.monotonic() < deadline, "the moment to kill at never came"
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    rerun = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
+    stats = sim.stats()
+    assert stats["batches_per_file"] == 1  # no file had a second batch made over it
+    assert stats["batches_created"] == 1 and stats["answered_twice"] == 0  # one batch, each answer paid once
+    if moment == "after a slow upload":
+        assert stats["files_uploaded"] == 1  # the file the killed run uploaded was found and taken
