@@ -170,8 +170,10 @@ def _figure(width: float = 6.4, height: float = 2.4) -> tuple[Any, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Text is text: a label, a model's name or an answer holding "$" ("$$", "$5") is never TeX.
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "batchchat", "font.size": 9,
-                         "axes.spines.top": False, "axes.spines.right": False})  # fmt: skip
+                         "axes.spines.top": False, "axes.spines.right": False,
+                         "text.parse_math": False, "text.usetex": False})  # fmt: skip
     return plt.subplots(figsize=(width, height))
 
 

@@ -141,6 +141,29 @@ def test_the_report_escapes_what_rows_hold_and_never_holds_the_key(tmp_path: Pat
     assert canary not in page and "TOGETHER_API_KEY" in page  # the variable is named, its value never
 
 
+def test_dollars_in_labels_models_and_fields_are_text_not_tex(tmp_path: Path, sim: Any) -> None:
+    """Price tiers ("$$", "$5") are ordinary model output: charts show them as written, they are
+    never TeX to parse (which failed the report after every row was answered)."""
+    labels = ["$$ tier", "$5 tier", "free $"]
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"[sim:reply={label}] q{i}"] for i, label in
+                                                         enumerate(labels * 3)])  # fmt: skip
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim$chat$", "-m", "$$", "--base-url", sim.url,
+                 "--labels", ",".join(labels), "--report")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    page = (tmp_path / "out.csv.report.html").read_text(encoding="utf-8")
+    assert "$$ tier" in page and "sim$chat$" in page
+    fields = write_csv(tmp_path / "fields.csv", ["prompt"], [['[sim:reply={"tier": "$$$", "price": "$5"}] q'],
+                                                             ['[sim:reply={"tier": "$", "price": "$$"}] r']])  # fmt: skip
+    schema = json.dumps({"type": "object", "properties": {"tier": {"type": "string"}, "price": {"type": "string"}}})
+    fields_out = tmp_path / "fields.parquet"
+    assert cli("run", "-i", fields, "-o", fields_out, "-m", "m", "--base-url", sim.url, "--json-schema",
+               schema).exit_code == 0  # fmt: skip
+    made = cli("report", fields_out)
+    assert made.exit_code == 0, made.stderr
+    assert "$$$" in (tmp_path / "fields.parquet.report.html").read_text(encoding="utf-8")
+
+
 def test_a_large_output_gives_a_small_report(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
