@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .records import ChatResult, Usage
 
@@ -33,9 +32,10 @@ SHOWN = 120  # characters of an odd value quoted in a problem
 NO_USAGE = Usage()
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """An answer read: what its row shows. ``problem`` says why it is no answer at all."""
+class Reading(NamedTuple):
+    """An answer read: what its row shows. ``problem`` says why it is no answer at all. (A named
+    tuple, not a frozen dataclass: every answer is read once when it arrives and again whenever
+    its record is read back, and this is half the cost to make.)"""
 
     content: str | None = None
     finish_reason: str | None = None
@@ -49,10 +49,9 @@ class Reading:
 def received(answer: Any, latency_s: float, ttft_s: float | None = None,
              headers: Mapping[str, str] | None = None) -> ChatResult:  # fmt: skip
     """An answer as it came, with what it says."""
-    reading = read_completion(answer)
-    return ChatResult(content=reading.content, finish_reason=reading.finish_reason, usage=reading.usage,
-                      request_id=reading.request_id, model=reading.model, latency_s=latency_s, ttft_s=ttft_s,
-                      headers=headers or {}, answer=answer, problem=reading.problem, notes=reading.notes)  # fmt: skip
+    content, finish, usage, request_id, model, problem, notes = read_completion(answer)
+    return ChatResult(content, finish, usage, request_id, model, latency_s, ttft_s, headers or {}, answer, problem,
+                      notes)  # fmt: skip
 
 
 def read_completion(answer: Any) -> Reading:
@@ -62,40 +61,44 @@ def read_completion(answer: Any) -> Reading:
         return _read(answer, notes)
     except Exception as e:  # a value no rule foresaw: the answer stays kept, its row says so
         return Reading(problem=f"the answer could not be read ({type(e).__name__}: {str(e)[:SHOWN]})",
-                       notes=tuple(notes))  # fmt: skip
+                       notes=tuple(dict.fromkeys(notes)))  # fmt: skip
 
 
 def _read(answer: Any, notes: list[str]) -> Reading:
-    if not isinstance(answer, Mapping):
+    if type(answer) is not dict:
         return Reading(problem=f"the answer is not a JSON object: {_shown(answer)}")
-    request_id, model = _id(answer.get("id"), notes), _id(answer.get("model"), notes)
-    usage = read_usage(answer.get("usage"), notes)
-
-    def unread(problem: str) -> Reading:
-        return Reading(usage=usage, request_id=request_id, model=model, problem=problem,
-                       notes=tuple(dict.fromkeys(notes)))
-
-    kind = answer.get("object")
-    if isinstance(kind, str) and kind not in ("chat.completion", "chat.completion.chunk"):
-        return unread(f"a {_shown(kind, 40)} instead of a chat completion")
-    choices = answer.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return unread(f"the answer has no choices: {_shown(answer)}")
-    choice = choices[0]
-    if not isinstance(choice, Mapping):
-        return unread(f"choices[0] is not an object: {_shown(choice)}")
-    message = choice.get("message")
-    if message is None:
-        message = choice.get("delta")  # a chunk's shape, sent whole
-    if not isinstance(message, Mapping):
-        return unread(f"choices[0] has no message: {_shown(choice)}")
-    content = read_content(message.get("content"), notes)
+    get = answer.get
+    request_id, model = _id(get("id"), notes), _id(get("model"), notes)
+    usage = read_usage(get("usage"), notes)
+    kind = get("object")
+    choices = get("choices")
+    choice: Any = None
+    message: Any = None
+    problem = None
+    if type(kind) is str and kind != "chat.completion" and kind != "chat.completion.chunk":
+        problem = f"a {_shown(kind, 40)} instead of a chat completion"
+    elif type(choices) is not list or not choices:
+        problem = f"the answer has no choices: {_shown(answer)}"
+    elif type(choice := choices[0]) is not dict:
+        problem = f"choices[0] is not an object: {_shown(choice)}"
+    else:
+        message = choice.get("message")
+        if message is None:
+            message = choice.get("delta")  # a chunk's shape, sent whole
+        if type(message) is not dict:
+            problem = f"choices[0] has no message: {_shown(choice)}"
+    if problem is not None:
+        return Reading(None, None, usage, request_id, model, problem, tuple(dict.fromkeys(notes)))
+    content = message.get("content")
+    if type(content) is not str or not content.isascii():
+        content = read_content(content, notes)
     finish = choice.get("finish_reason")
-    if finish is not None and not isinstance(finish, str):
+    if finish is not None and type(finish) is not str:
         notes.append(NOT_TEXT_FINISH)
         finish = _json_text(finish)
-    return Reading(content=content, finish_reason=clean_text(finish, notes) if finish is not None else None,
-                   usage=usage, request_id=request_id, model=model, notes=tuple(dict.fromkeys(notes)))  # fmt: skip
+    if finish is not None and not finish.isascii():
+        finish = clean_text(finish, notes)
+    return Reading(content, finish, usage, request_id, model, None, tuple(dict.fromkeys(notes)) if notes else ())
 
 
 def read_content(content: Any, notes: list[str]) -> str | None:
@@ -108,7 +111,7 @@ def read_content(content: Any, notes: list[str]) -> str | None:
     if isinstance(content, list):
         texts = [text for part in content if (text := _part_text(part, notes)) is not None]
         return clean_text("".join(texts), notes)
-    if isinstance(content, Mapping) and isinstance(content.get("text"), str):
+    if isinstance(content, dict) and isinstance(content.get("text"), str):
         return clean_text(content["text"], notes)
     notes.append(ODD_CONTENT)
     return clean_text(_json_text(content), notes)
@@ -117,7 +120,7 @@ def read_content(content: Any, notes: list[str]) -> str | None:
 def _part_text(part: Any, notes: list[str]) -> str | None:
     if isinstance(part, str):
         return part
-    if isinstance(part, Mapping):
+    if isinstance(part, dict):
         text = part.get("text")
         return text if isinstance(text, str) else None  # an image or tool part: no text to show
     if isinstance(part, list):
@@ -131,34 +134,34 @@ def _part_text(part: Any, notes: list[str]) -> str | None:
 def read_usage(usage: Any, notes: list[str] | None = None) -> Usage:
     """Token counts that are counts (whole, 0 to ``MAX_COUNT``); any other value is unknown."""
     if usage is None:
-        return Usage()
-    if not isinstance(usage, Mapping):
+        return NO_USAGE
+    if type(usage) is not dict:
         if notes is not None:
             notes.append(BAD_COUNT)
-        return Usage()
-    prompt, completion, total = (
-        _count(usage.get(name), notes) for name in ("prompt_tokens", "completion_tokens", "total_tokens")
-    )
-    if total is None and prompt is not None and completion is not None and prompt + completion <= MAX_COUNT:
+        return NO_USAGE
+    prompt = _count(usage.get("prompt_tokens"), notes)
+    completion = _count(usage.get("completion_tokens"), notes)
+    total = _count(usage.get("total_tokens"), notes)
+    if total is None and prompt is not None and completion is not None:
         total = prompt + completion
     return Usage(prompt, completion, total)
 
 
 def _count(value: Any, notes: list[str] | None) -> int | None:
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # the usual case, first
+        return value
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
-        return value
+    if type(value) is float and value.is_integer() and 0 <= value <= MAX_COUNT:
+        return int(value)
     if notes is not None:
         notes.append(BAD_COUNT)
     return None
 
 
 def _id(value: Any, notes: list[str]) -> str | None:
-    if isinstance(value, str):
-        return clean_text(value, notes) or None
+    if type(value) is str:
+        return (value if value.isascii() else clean_text(value, notes)) or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
