@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -40,16 +39,11 @@ from . import jsonio
 from .compact import KeyIndex
 from .errors import JobError, StorageError
 from .files import open_nofollow
-from .reading import read_completion
-from .records import ERROR, OK, PENDING, RowOutcome
+from .records import OK, PENDING, RowOutcome
+from .stored import outcome_of, record_of, valid_record
 
 VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # version 1: no scope lines; 2: answers as read, not as received
-# Everything of an outcome but its row: rows asking the same thing share one record.
-RECORD_FIELDS = tuple(f.name for f in fields(RowOutcome) if f.name != "row")
-# What an answer's record leaves to the answer itself: read from it (``reading``) when read back.
-READ_FROM_ANSWER = ("response", "finish_reason")
-TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +298,7 @@ class Journal:
         assert key is not None and not self.read_only
         self._scope_line()
         offset = self._size
-        record = _record(outcome)
+        record = record_of(outcome)
         record["at"] = round(time.time(), 3)
         self._write(record)
         self._index(key, offset, outcome.status, fresh=True)
@@ -337,7 +331,7 @@ class Journal:
         for offset, key in wanted:
             self._reader.seek(offset)
             record = jsonio.loads(self._reader.readline())
-            found[key] = _outcome(record, answers)
+            found[key] = outcome_of(record, answers)
         return found
 
     def close(self) -> None:
@@ -471,72 +465,6 @@ class Journal:
             self._index(key, offset, status, fresh=False)
 
 
-STATUSES = (OK, ERROR, PENDING)  # pending: an answer paid for, failing its checks, with re-asks to go
-INT32 = 2**31 - 1
-INT64 = 2**63 - 1
-TEXT_FIELDS = ("model", "response", "finish_reason", "error_type", "error", "request_id", "transcript")
-COUNT_FIELDS = {"attempts": INT32, "rate_limited": INT32, "answers": INT32,
-                "prompt_tokens": INT64, "completion_tokens": INT64, "total_tokens": INT64}  # fmt: skip
-
-
-def valid_record(record: dict[str, Any]) -> bool:
-    """Whether a record has the shape and types batchchat writes, so that reading it back can
-    neither crash a run nor put a wrong cell in the output."""
-    if not isinstance(record.get("key"), str) or not record["key"] or record.get("status") not in STATUSES:
-        return False
-    if record["status"] == ERROR and not isinstance(record.get("error_type"), str):
-        return False
-    if any(not isinstance(record.get(name, ""), str) for name in TEXT_FIELDS if record.get(name) is not None):
-        return False
-    for name, top in COUNT_FIELDS.items():
-        value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
-            return False
-    for name in ("latency_s", "ttft_s"):
-        value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):  # fmt: skip
-            return False
-    return record.get("attempts") is not None
-
-
-def _record(outcome: RowOutcome) -> dict[str, Any]:
-    """An outcome as a journal record. Fields left out are null: an answer has no error, an error
-    no answer. An answer's record holds the completion as received, and leaves out what is read
-    from it: its text and finish reason, its tokens (unless the row paid for several answers),
-    its id (unless the engine named it otherwise)."""
-    record = {name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None}
-    answer = outcome.answer
-    if answer is not None:
-        for name in READ_FROM_ANSWER:
-            record.pop(name, None)
-        if outcome.answers is None and outcome.transcript is None:
-            for name in TOKEN_FIELDS:
-                record.pop(name, None)
-        if isinstance(answer, dict) and outcome.request_id == answer.get("id"):
-            record.pop("request_id", None)
-    return record
-
-
-def _outcome(record: dict[str, Any], answers: bool = False) -> RowOutcome:
-    """A record read back (checked by ``valid_record``); an answer's fields read from the answer
-    it keeps, by the same rules as when it arrived."""
-    fields: dict[str, Any] = {name: record.get(name) for name in RECORD_FIELDS}
-    answer = fields["answer"]
-    if answer is not None:
-        reading = read_completion(answer)
-        fields["response"], fields["finish_reason"] = reading.content, reading.finish_reason
-        if all(fields[name] is None for name in TOKEN_FIELDS):
-            usage = reading.usage
-            fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                          total_tokens=usage.total_tokens)  # fmt: skip
-        if fields["request_id"] is None:
-            fields["request_id"] = reading.request_id
-        if not answers:
-            fields["answer"] = None
-    return RowOutcome(row=-1, **fields)
-
-
 class JournalSet:
     """A journal and the parts beside it, seen as one store: a Ray run's workers each append to a
     part of their own, and every later run (and the assembly) reads them all. Writes go to the
@@ -653,43 +581,3 @@ class JournalSet:
         self.main.close()
         for part in self.parts:
             part.close()
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """When each request of an output finished, and how: what a report plots over time."""
-
-    at: list[float]  # epoch seconds, in the order written
-    attempts: list[int]  # every attempt, the re-asks' included
-    retries: list[int]  # attempts after the first of each ask (re-asks of invalid answers are not retries)
-    limited: list[int]  # attempts answered 429
-    failed: list[bool]
-    job: dict[str, Any] | None  # the latest run's settings
-
-
-def read_timeline(paths: Sequence[Path]) -> Timeline:
-    """The finished requests the journals (and parts) at ``paths`` record with a time, oldest
-    first; records from before times were recorded are left out."""
-    rows: list[tuple[float, int, int, int, bool]] = []
-    job: dict[str, Any] | None = None
-    for path in paths:
-        if not path.is_file():
-            continue
-        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
-            for line in f:
-                try:
-                    record = jsonio.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                    continue
-                if not isinstance(record, dict):
-                    continue
-                if isinstance(record.get("job"), dict):
-                    job = record["job"]
-                at = record.get("at")
-                if isinstance(at, int | float) and valid_record(record) and record.get("status") != PENDING:
-                    attempts, asks = int(record.get("attempts") or 0), int(record.get("answers") or 1)
-                    rows.append((float(at), attempts, max(0, attempts - asks), int(record.get("rate_limited") or 0),
-                                 record.get("status") == ERROR))  # fmt: skip
-    rows.sort()
-    return Timeline(at=[r[0] for r in rows], attempts=[r[1] for r in rows], retries=[r[2] for r in rows],
-                    limited=[r[3] for r in rows], failed=[r[4] for r in rows], job=job)  # fmt: skip

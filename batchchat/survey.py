@@ -10,23 +10,65 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import jsonio
 from .errors import JobError
-from .files import OutputFiles
-from .journal import Timeline, read_timeline
+from .files import OutputFiles, open_nofollow
 from .records import ERROR, OK, OUTPUT_COLUMNS, PENDING
 from .source import open_source
 from .stats import GroupSummary, percentile
+from .stored import valid_record
 
 SHOWN = 20  # rows in each sample table
 FOLD = 300  # characters of a cell shown before the rest is folded
 ADDED = (*OUTPUT_COLUMNS, "variant", "label", "score", "transcript", "cost")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When each request of an output finished, and how: what a report plots over time."""
+
+    at: list[float]  # epoch seconds, in the order written
+    attempts: list[int]  # every attempt, the re-asks' included
+    retries: list[int]  # attempts after the first of each ask (re-asks of invalid answers are not retries)
+    limited: list[int]  # attempts answered 429
+    failed: list[bool]
+    job: dict[str, Any] | None  # the latest run's settings
+
+
+def read_timeline(paths: Sequence[Path]) -> Timeline:
+    """The finished requests the journals (and parts) at ``paths`` record with a time, oldest
+    first; records from before times were recorded are left out."""
+    rows: list[tuple[float, int, int, int, bool]] = []
+    job: dict[str, Any] | None = None
+    for path in paths:
+        if not path.is_file():
+            continue
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+            for line in f:
+                try:
+                    record = jsonio.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                if isinstance(record.get("job"), dict):
+                    job = record["job"]
+                at = record.get("at")
+                if isinstance(at, int | float) and valid_record(record) and record.get("status") != PENDING:
+                    attempts, asks = int(record.get("attempts") or 0), int(record.get("answers") or 1)
+                    rows.append((float(at), attempts, max(0, attempts - asks), int(record.get("rate_limited") or 0),
+                                 record.get("status") == ERROR))  # fmt: skip
+    rows.sort()
+    return Timeline(at=[r[0] for r in rows], attempts=[r[1] for r in rows], retries=[r[2] for r in rows],
+                    limited=[r[3] for r in rows], failed=[r[4] for r in rows], job=job)  # fmt: skip
 
 
 @dataclass

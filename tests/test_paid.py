@@ -80,12 +80,17 @@ class Answers:
         spec = self.bodies[row]
         if not self.stream:
             return web.Response(text=json.dumps(spec), content_type="application/json")
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for chunk in chunks(spec):
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        return await stream(request, spec)
+
+
+async def stream(request: web.Request, spec: dict[str, Any]) -> web.StreamResponse:
+    """``spec`` (``STREAM``'s) as Server-Sent Events, ending with ``[DONE]``."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for chunk in chunks(spec):
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    return response
 
 
 def chunks(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -175,12 +180,7 @@ def one_answer(body: dict[str, Any]) -> HostileServer:
 
 def streamed(spec: dict[str, Any]) -> HostileServer:
     async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for chunk in chunks(spec):
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        return await stream(request, spec)
 
     return HostileServer(handler)
 

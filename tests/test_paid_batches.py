@@ -159,10 +159,8 @@ def test_result_files_of_any_shape_give_one_row_each_the_best_line_winning(fake:
         expected.append((seen, best))
     prompt_tokens += 3 * sum(b"unknown-id" in line for line in stray)  # an answer to no request is paid too
     folder = Path(tempfile.mkdtemp())
-    source = write_csv(folder / "in.csv", ["prompt"], [[f"row {i}"] for i in range(len(rows))])
+    args = fake_job(fake, folder, len(rows), "out.parquet")
     output = folder / "out.parquet"
-    args = ("run", "-i", source, "-o", output, "-m", "m", "--base-url", fake.server.url, "--batch-api",
-            "--poll-every", "0.01")  # fmt: skip
     first = cli(*args)
     assert first.exit_code in (0, 1), first.stderr
     assert "internal error" not in first.stderr
@@ -184,14 +182,19 @@ def test_result_files_of_any_shape_give_one_row_each_the_best_line_winning(fake:
     assert read_output(output) == out
 
 
+def fake_job(fake: FakeBatches, folder: Path, rows: int, output: str) -> tuple[str | Path, ...]:
+    """A batch run of ``rows`` rows (``row 0``, ``row 1``, ...) against ``fake``."""
+    source = write_csv(folder / "in.csv", ["prompt"], [[f"row {i}"] for i in range(rows)])
+    return ("run", "-i", source, "-o", folder / output, "-m", "m", "--base-url", fake.server.url, "--batch-api",
+            "--poll-every", "0.01")  # fmt: skip
+
+
 def test_a_good_line_then_an_error_line_for_it_keeps_the_answer_and_says_so(fake: FakeBatches, tmp_path: Path) -> None:
     fake.stray = []
     fake.lines = {0: [answer_line(completion("kept")), answer_line({"choices": []})], 1: [answer_line(completion("b"))]}
     fake.errors = {0: [error_line("a later error")]}
-    source = write_csv(tmp_path / "in.csv", ["prompt"], [["row 0"], ["row 1"]])
+    args = fake_job(fake, tmp_path, 2, "out.csv")
     output = tmp_path / "out.csv"
-    args = ("run", "-i", source, "-o", output, "-m", "m", "--base-url", fake.server.url, "--batch-api",
-            "--poll-every", "0.01")  # fmt: skip
     result = cli(*args)
     assert result.exit_code == 0, result.stderr
     rows = read_output(output)
@@ -208,10 +211,8 @@ def test_one_unreadable_line_among_fifty_costs_no_other_answer(fake: FakeBatches
     fake.lines = {i: [answer_line(completion(f"answer {i}"))] for i in range(50)}
     fake.lines[17] = [answer_line(completion("half \ud83d"))]
     fake.lines[31] = [answer_line({"choices": [{"message": {"content": 5}, "finish_reason": {"x": 1}}]})]
-    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"row {i}"] for i in range(50)])
+    args = fake_job(fake, tmp_path, 50, "out.parquet")
     output = tmp_path / "out.parquet"
-    args = ("run", "-i", source, "-o", output, "-m", "m", "--base-url", fake.server.url, "--batch-api",
-            "--poll-every", "0.01")  # fmt: skip
     result = cli(*args)
     assert result.exit_code == 0, result.stderr
     rows = read_output(output)
