@@ -249,15 +249,17 @@ def _cell(value: Any, kind: str) -> Any:
     """A field of the answer as its column's type; nested values (and mismatches) as JSON text."""
     if value is None:
         return None
-    if (
-        kind == "int64"
-        and isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and float(value).is_integer()
-    ):
-        return int(value)
+    if kind == "int64" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float):
+            if not value.is_integer():
+                return None
+            value = int(value)
+        return value if -(2**63) <= value < 2**63 else None  # past an int64 column: no cell holds it
     if kind == "float64" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past any float
+            return None
     if kind == "bool" and isinstance(value, bool):
         return value
     if kind == "string":

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import JobError, RequestError
+from .errors import BAD_RESPONSE, JobError, RequestError
 from .records import ChatRequest, ChatResult
 from .spec import Params
 from .unit import Asker, Dialogue, Send
@@ -44,6 +44,8 @@ class Conversation:
         if asked.result is None:
             assert asked.error is not None
             raise asked.error
+        if asked.result.problem is not None:  # an answer with nothing to read: paid, and not asked again
+            raise RequestError(BAD_RESPONSE, asked.result.problem, status=200)
         self.dialogue.answered(text, asked.result.content)
         return asked.result
 

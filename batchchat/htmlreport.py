@@ -20,7 +20,7 @@ from typing import Any
 
 from .stats import percentile
 from .survey import Overview, overview, shares
-from .words import dollars, duration, plural
+from .words import dollars, duration, plural, printable
 
 COLORS = ("#3b6ea8", "#d9822b", "#5a9a5a", "#b5473f", "#7d5ba6", "#8c6d46", "#c7699b", "#6d6d6d")
 
@@ -201,7 +201,8 @@ def _bars(names: Sequence[str], values: Sequence[float], ylabel: str, limit: flo
     figure, axes = _figure(height=2.4 + 0.12 * max(0, len(names) - 6))
     if limit is not None:
         axes.set_xlim(0, limit)
-    shown = [name if len(name) <= 28 else name[:27] + "\u2026" for name in names]
+    # what rows hold is shown as text: no control character (NUL, ESC) reaches the SVG, where XML has none
+    shown = [name if len(name) <= 28 else name[:27] + "\u2026" for name in map(printable, names)]
     axes.barh(range(len(values)), values, color=[COLORS[i % len(COLORS)] for i in range(len(values))])
     axes.set_yticks(range(len(values)), shown)
     axes.invert_yaxis()
@@ -236,7 +237,8 @@ def _over_time(seen: Overview) -> str:
 
 
 def _e(text: str) -> str:
-    return html.escape(text, quote=True)
+    """Text from the table as text: escaped, and without control characters (NUL, ESC)."""
+    return html.escape(printable(text), quote=True)
 
 
 def _seconds(value: float | None) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, is_loopback, shown_url
 from .errors import JobError
 from .money import prices_for
+from .reading import lone_surrogate
 from .schema import check_schema, schema_of
 from .settings import (
     SAME_SETTING,
@@ -37,6 +38,7 @@ from .settings import (
 )
 from .spec import (
     DEFAULT_INVALID_RETRIES,
+    INVALID_TEXT,
     RESERVED_PARAMS,
     SCORES,
     Answers,
@@ -106,6 +108,9 @@ def build_job(
             for other in SAME_SETTING.get(key, ()):  # an override wins over the file's other spelling too
                 settings.pop(other, None)
         where[key] = label(key)
+    for key, value in [*settings.items(), *(("params", v) for v in params.values())]:
+        if key not in ("input", "output") and lone_surrogate(value):  # (paths may hold any bytes)
+            raise JobError(f"{where.get(key, label(key))} {INVALID_TEXT}")
     job = replace(_job_from(settings, params, where, check_key, label), names=label)
     priced = overrides.get("prices")
     unused = [model for model in (table(priced, label("prices")) if priced else {}) if model not in job.models]

@@ -4,10 +4,12 @@ The standard library's encoder and decoder were a tenth of the client's CPU time
 (benchmarks/README.md); orjson does the same work in a fraction of it. Where orjson is missing,
 or refuses what the standard library takes (an integer past 64 bits or a lone surrogate to
 write; NaN, a lone surrogate or a byte-order mark to read), the standard library decides. Two
-differences remain, neither reaching a row: orjson writes NaN and infinities as null (the
-standard library wrote NaN, which is not JSON), and reads an integer past 64 bits as a float
-(no answer or journal record batchchat accepts holds one). Request keys are hashed from the
-standard library's text (``same_dumps``), so they do not change with this module.
+differences remain: orjson writes NaN and infinities as null (the standard library wrote NaN,
+which is not JSON; an answer holding them is kept with their names instead, ``reading.bounded``),
+and reads an integer past 64 bits as the nearest float (an answer holding one, which no real
+server sends, is kept and read with that float, the same on every read). Request keys are
+hashed from the standard library's text (``same_dumps``), so they do not change with this
+module.
 """
 
 from __future__ import annotations

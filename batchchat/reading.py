@@ -14,6 +14,7 @@ choices, a message that is not an object) is the answer's ``problem``: its row b
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -29,6 +30,10 @@ NOT_TEXT_FINISH = "finish reasons that are not text (kept as their JSON text)"
 BAD_UNICODE = "text with invalid Unicode (lone surrogates, read as U+FFFD)"
 ODD_CONTENT = "content that is not text or text parts (kept as its JSON text)"
 SHOWN = 120  # characters of an odd value quoted in a problem
+# An answer is kept this deep: a JSON value nested deeper (no completion's fields are) is kept as
+# ``CUT``, so that no reader or writer of it runs out of stack.
+MAX_DEPTH = 64
+CUT = f"(nested deeper than {MAX_DEPTH} levels: not kept)"
 NO_USAGE = Usage()
 
 
@@ -44,6 +49,27 @@ class Reading(NamedTuple):
     model: str | None = None
     problem: str | None = None
     notes: tuple[str, ...] = ()
+
+
+def needs_bounds(text: bytes | str) -> bool:
+    """Whether an answer's JSON text may hold what ``bounded`` changes (checked on the text, as
+    fast as a scan: almost every answer needs nothing)."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{") > MAX_DEPTH or "NaN" in text or "Infinity" in text
+    return text.count(b"[") + text.count(b"{") > MAX_DEPTH or b"NaN" in text or b"Infinity" in text
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """A JSON value as the journal can keep it and read it back the same: nested ``MAX_DEPTH``
+    deep at most (deeper is ``CUT``), and NaN and the infinities (which JSON has no words for,
+    though some servers write them) as their names, ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
+    if type(value) is float and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if type(value) is dict:
+        return CUT if depth >= MAX_DEPTH else {k: bounded(v, depth + 1) for k, v in value.items()}
+    if type(value) is list:
+        return CUT if depth >= MAX_DEPTH else [bounded(v, depth + 1) for v in value]
+    return value
 
 
 def received(answer: Any, latency_s: float, ttft_s: float | None = None,
@@ -101,6 +127,15 @@ def _read(answer: Any, notes: list[str]) -> Reading:
     return Reading(content, finish, usage, request_id, model, None, tuple(dict.fromkeys(notes)) if notes else ())
 
 
+def with_content(answer: dict[str, Any], text: str) -> dict[str, Any]:
+    """``answer`` (one ``read_completion`` found content in) with that content replaced by
+    ``text``; the rest is shared, not copied."""
+    choice = dict(answer["choices"][0])
+    place = "message" if isinstance(choice.get("message"), dict) else "delta"
+    choice[place] = {**choice[place], "content": text}
+    return {**answer, "choices": [choice, *answer["choices"][1:]]}
+
+
 def read_content(content: Any, notes: list[str]) -> str | None:
     """The text of a message's content: a string as it is; a list of parts (``{"type": "text",
     "text": ...}``, or strings) joined; null stays null."""
@@ -122,11 +157,14 @@ def _part_text(part: Any, notes: list[str]) -> str | None:
         return part
     if isinstance(part, dict):
         text = part.get("text")
-        return text if isinstance(text, str) else None  # an image or tool part: no text to show
-    if isinstance(part, list):
-        return read_content(part, notes)
-    if part is None:
+        if isinstance(text, str):
+            return text
+        if "type" in part:
+            return None  # an image or tool part: no text to show
+    elif part is None:
         return None
+    elif isinstance(part, list):
+        return read_content(part, notes)
     notes.append(ODD_CONTENT)
     return _json_text(part)
 
@@ -165,6 +203,24 @@ def _id(value: Any, notes: list[str]) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+def lone_surrogate(value: Any) -> bool:
+    """Whether any text in ``value`` (a JSON-like value) holds a lone surrogate: half of a UTF-16
+    pair, which no UTF-8 file, request or table can hold."""
+    if type(value) is str:
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, list | tuple):
+        return any(lone_surrogate(item) for item in value)
+    if isinstance(value, dict):
+        return any(lone_surrogate(k) or lone_surrogate(v) for k, v in value.items())
+    return False
 
 
 def clean_text(text: str, notes: list[str] | None = None) -> str:

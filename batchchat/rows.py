@@ -430,6 +430,9 @@ def parse_turns(cell: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(cell, list) or not all(isinstance(t, str) and t.strip() for t in cell):
         raise JobError(f"{where}: expected a JSON list of non-empty user turns (texts), got {cell!r}"[:300])
+    problem = not_json(cell)
+    if problem is not None:
+        raise JobError(f"{where}: {problem}")
     return tuple(cell)
 
 

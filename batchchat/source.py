@@ -28,6 +28,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .errors import InputChanged, JobError
+from .reading import lone_surrogate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -145,7 +146,7 @@ class ArrowSource(TableSource):
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise JobError(f"DataFrame column '{column}' cannot be read as prompts: {e}") from None
             except UnicodeEncodeError:
-                row = next((i for i, v in enumerate(series) if not _valid_text(v)), None)
+                row = next((i for i, v in enumerate(series) if lone_surrogate(v)), None)
                 where = f", row {row + 1}" if row is not None else ""
                 raise JobError(f"DataFrame column '{column}'{where}: text that is not valid Unicode (a lone "
                                "surrogate, half of a character); fix the cell") from None  # fmt: skip
@@ -373,7 +374,7 @@ class JsonlSource(FileSource):
         """A cell whose text is not valid Unicode (a lone surrogate, ``\\ud83d``: half of an emoji)
         could be neither sent nor written: the file is refused, naming it."""
         for name, value in row.items():
-            if not _valid_text(name) or not _valid_text(value):
+            if lone_surrogate(name) or lone_surrogate(value):
                 raise JobError(f"{self.path}, line {number}, column '{name.encode('utf-8', 'replace').decode()}': text "
                                "that is not valid Unicode (a lone surrogate such as \\ud83d, half of a character); "
                                "fix the cell, or write the file again from valid text")  # fmt: skip
@@ -389,17 +390,6 @@ class JsonlSource(FileSource):
                     values = [_as_text(v) for v in values]
                 columns.append(pa.array(values, type=field.type))
             yield pa.record_batch(columns, schema=schema)
-
-
-def _valid_text(value: Any) -> bool:
-    """Whether every text in a cell (a JSON value) is valid Unicode."""
-    if isinstance(value, str):
-        return value.isascii() or not any("\ud800" <= c <= "\udfff" for c in value)
-    if isinstance(value, list):
-        return all(_valid_text(item) for item in value)
-    if isinstance(value, dict):
-        return all(_valid_text(k) and _valid_text(v) for k, v in value.items())
-    return True
 
 
 def _infer(values: list[Any]) -> pa.DataType | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .endpoint import Endpoint
 from .errors import JobError
+from .reading import lone_surrogate
 
 # Body fields batchchat sets itself; a user setting them through options would break the run.
 RESERVED_PARAMS = {
@@ -308,19 +309,27 @@ def option_problem(name: str, value: Any) -> str | None:
     return (check(value) if check is not None else None) or not_json(value)
 
 
+INVALID_TEXT = ("holds text that is not valid Unicode (a lone surrogate such as \\ud83d, half of a character); "
+                "fix it, or write it again from valid text")
+
+
 def not_json(value: Any) -> str | None:
     """What keeps a request option from being sent as JSON (None: nothing). NaN and infinity
     have no JSON form; a date, bytes or any other object has none either (orjson would write
     some of them, the standard library none: a request and its key would disagree)."""
     if isinstance(value, float):
         return None if math.isfinite(value) else "must be a finite number (NaN and Infinity are not JSON)"
-    if value is None or isinstance(value, str | int):
+    if isinstance(value, str):
+        return INVALID_TEXT if lone_surrogate(value) else None
+    if value is None or isinstance(value, int):
         return None
     if isinstance(value, list | tuple):
         return next((problem for v in value if (problem := not_json(v)) is not None), None)
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             return "must be JSON: an object's names are text"
+        if any(lone_surrogate(k) for k in value):
+            return INVALID_TEXT
         return next((problem for v in value.values() if (problem := not_json(v)) is not None), None)
     return f"must be JSON: text, a number, true or false, a list or an object (not {type(value).__name__})"
 

@@ -171,9 +171,10 @@ def test_any_streamed_answer_is_journaled_once_read_and_never_asked_again(answer
 # --- each case, through the CLI, as a user met it ---
 
 
-def one_answer(body: dict[str, Any]) -> HostileServer:
+def one_answer(body: Any, status: int = 200) -> HostileServer:
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(body), content_type="application/json")
+        text = body if isinstance(body, str) else json.dumps(body)
+        return web.Response(text=text, status=status, content_type="application/json")
 
     return HostileServer(handler)
 
@@ -314,6 +315,86 @@ def test_a_journal_written_by_this_version_is_refused_by_a_reader_of_older_recor
     assert (reread.status, reread.response, reread.prompt_tokens) == ("ok", "hi", 3)
 
 
+@pytest.mark.parametrize("depth", [600, 5000])
+def test_an_answer_nested_past_any_reader_is_kept_and_never_paid_again(tmp_path: Path, depth: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("TOGETHER_API_KEY", "a-real-looking-secret-key-123")  # every text is searched for it
+    body = json.dumps(odd(extra="@X@")).replace('"@X@"', "[" * depth + '"bottom"' + "]" * depth)
+    first, again, rows, resent = run_against(one_answer(body), tmp_path)
+    if depth < 1000:  # read, and kept to a depth any reader and writer can take
+        assert first.exit_code == 0, first.stderr
+        assert [r["response"] for r in rows] == ["an answer"] * 3
+        assert "nested deeper than 64 levels: not kept" in (tmp_path / "out.csv.journal").read_text()
+    else:  # past what JSON can be read at: paid all the same, the row's error
+        assert first.exit_code == 1, first.stderr
+        assert all(r["error_type"] == "bad_response" and r["attempts"] == "1" for r in rows)
+    assert "internal error" not in first.stderr
+    assert again.exit_code == first.exit_code and resent == 0
+
+
+def test_a_key_split_across_content_parts_is_redacted_from_the_joined_text(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    secret = "sk-the-real-key-0123456789"
+    monkeypatch.setenv("TOGETHER_API_KEY", secret)
+    parts = [{"type": "text", "text": f"echo {secret[:10]}"}, {"type": "text", "text": f"{secret[10:]} end"}]
+    first, _, rows, resent = run_against(one_answer(odd(content=parts)), tmp_path, "--labels", "yes,no",
+                                         "--invalid-retries", "0")  # fmt: skip
+    assert [r["response"] for r in rows] == ["echo [redacted] end"] * 3
+    assert all(secret not in r["error"] for r in rows)  # the invalid label's message quotes the answer
+    for written in (tmp_path / "out.csv.journal", tmp_path / "out.csv"):
+        assert secret not in written.read_text(encoding="utf-8")
+    assert secret not in first.stderr + first.stdout and resent == 0
+
+
+def test_a_json_field_too_large_for_its_column_is_left_empty_not_an_internal_error(tmp_path: Path) -> None:
+    body = odd(content=json.dumps({"n": 10**30, "x": 1e300, "big": 10**400}))
+    schema = json.dumps({"type": "object", "properties": {"n": {"type": "integer"}, "x": {"type": "integer"},
+                                                          "big": {"type": "number"}}})  # fmt: skip
+    first, again, rows, resent = run_against(one_answer(body), tmp_path, "--json-schema", schema)
+    assert first.exit_code == 0, first.stderr
+    assert [(r["out_n"], r["out_x"], r["out_big"]) for r in rows] == [("", "", "")] * 3
+    assert again.exit_code == 0 and resent == 0
+
+
+@pytest.mark.parametrize("status", [201, 203, 299])
+def test_an_answer_with_any_2xx_status_is_an_answer(tmp_path: Path, status: int) -> None:
+    first, again, rows, resent = run_against(one_answer(completion("fine"), status=status), tmp_path)
+    assert first.exit_code == 0, first.stderr
+    assert [(r["status"], r["response"]) for r in rows] == [("ok", "fine")] * 3
+    assert again.exit_code == 0 and resent == 0
+
+
+def test_nan_and_infinity_in_an_answer_read_the_same_when_it_arrives_and_from_the_journal(tmp_path: Path) -> None:
+    body = json.dumps(odd(finish_reason="@F@", content="@C@")).replace('"@F@"', "Infinity").replace('"@C@"', "NaN")
+    first, again, rows, resent = run_against(one_answer(body), tmp_path, "--labels", "NaN,yes")
+    assert first.exit_code == 0, first.stderr  # read as "NaN" when it came: the label NaN
+    assert [(r["response"], r["label"], r["finish_reason"]) for r in rows] == [("NaN", "NaN", "Infinity")] * 3
+    assert again.exit_code == 0 and resent == 0
+
+
+def test_a_stream_naming_its_choice_index_as_text_is_an_answer(tmp_path: Path) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for choice in ({"index": "0", "delta": {"content": "fine"}}, {"index": "0", "delta": {}, "finish_reason": "stop"}):
+            await response.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    first, _, rows, resent = run_against(HostileServer(handler), tmp_path, "--stream", "--max-attempts", "2")
+    assert first.exit_code == 0, first.stderr
+    assert [(r["response"], r["attempts"]) for r in rows] == [("fine", "1")] * 3 and resent == 0
+
+
+def test_chat_says_an_answer_with_nothing_to_read_is_one(tmp_path: Path) -> None:
+    with one_answer({"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 0}}) as server:
+        result = cli("chat", "hi", "-m", "m", "--base-url", server.url, "--save", tmp_path / "talk.jsonl")
+        assert result.exit_code == 1
+        assert "bad_response: the answer has no choices" in result.stderr
+        assert len(server.requests) == 1  # paid once: not asked again
+    assert not (tmp_path / "talk.jsonl").exists() or '"assistant"' not in (tmp_path / "talk.jsonl").read_text()
+
+
 # --- invalid Unicode in the input ---
 
 
@@ -339,3 +420,30 @@ def test_text_that_is_not_utf8_in_a_parquet_cell_is_refused_naming_the_row_and_c
     result = cli("run", "-i", source, "-m", "m", "--provider", "sim")
     assert result.exit_code == 2
     assert f"{source}, row 2, column 'prompt': text that is not valid UTF-8" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("column", "cell", "flags"),
+    [("history", '[{"role": "user", "content": "hi \\ud83d"}]', ("--messages-column", "history")),
+     ("turns", '["hi \\ud83d"]', ("--turns-column", "turns")),
+     ("opts", '{"stop": "\\ud83d"}', ("--options-column", "opts"))],
+    ids=["messages", "turns", "options"],
+)  # fmt: skip
+def test_a_lone_surrogate_in_the_json_of_a_csv_cell_is_refused_naming_its_cell(tmp_path: Path, column: str, cell: str,
+                                                                               flags: tuple[str, ...]) -> None:  # fmt: skip
+    source = write_csv(tmp_path / "in.csv", ["prompt", column], [["fine", "[]" if column != "opts" else "{}"],
+                                                                 ["hi", cell]])  # fmt: skip
+    result = cli("run", "-i", source, "-m", "m", "--provider", "sim", *flags)
+    assert result.exit_code == 2, result.stderr
+    assert f"{source}, row 2, column '{column}'" in result.stderr and "not valid Unicode" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", [("--system", "bad \udcff"), ("--template", "{prompt} \udcff"),
+                                  ("--param", 'stop="\\ud83d"'), ("--json-schema", '{"properties": {"a\\ud83d": {}}}')],
+                         ids=["system", "template", "param", "schema"])  # fmt: skip
+def test_a_setting_that_is_not_valid_unicode_is_refused_naming_it(tmp_path: Path, flag: tuple[str, str]) -> None:
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    result = cli("run", "-i", source, "-m", "m", "--provider", "sim", *flag)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"batchchat: error: {flag[0]} holds text that is not valid Unicode"), result.stderr

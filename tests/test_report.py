@@ -144,7 +144,7 @@ def test_the_report_escapes_what_rows_hold_and_never_holds_the_key(tmp_path: Pat
 def test_dollars_in_labels_models_and_fields_are_text_not_tex(tmp_path: Path, sim: Any) -> None:
     """Price tiers ("$$", "$5") are ordinary model output: charts show them as written, they are
     never TeX to parse (which failed the report after every row was answered)."""
-    labels = ["$$ tier", "$5 tier", "free $"]
+    labels = ["$$ tier", "$5 tier", "free $", "red \x1b[31m"]
     source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"[sim:reply={label}] q{i}"] for i, label in
                                                          enumerate(labels * 3)])  # fmt: skip
     output = tmp_path / "out.csv"
@@ -153,6 +153,7 @@ def test_dollars_in_labels_models_and_fields_are_text_not_tex(tmp_path: Path, si
     assert result.exit_code == 0, result.stderr
     page = (tmp_path / "out.csv.report.html").read_text(encoding="utf-8")
     assert "$$ tier" in page and "sim$chat$" in page
+    assert "\x1b" not in page and "red [31m" in page  # text, without its control characters
     fields = write_csv(tmp_path / "fields.csv", ["prompt"], [['[sim:reply={"tier": "$$$", "price": "$5"}] q'],
                                                              ['[sim:reply={"tier": "$", "price": "$$"}] r']])  # fmt: skip
     schema = json.dumps({"type": "object", "properties": {"tier": {"type": "string"}, "price": {"type": "string"}}})

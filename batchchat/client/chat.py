@@ -27,7 +27,7 @@ import aiohttp
 
 from .. import errors as E
 from .. import jsonio
-from ..reading import clean_text, read_content, received
+from ..reading import bounded, clean_text, needs_bounds, read_content, received, with_content
 from ..records import ChatRequest, ChatResult
 from ..sse import Event, SSEDecoder
 from ..version import __version__
@@ -137,9 +137,13 @@ class ChatClient:
         if not self._answer_secrets:
             return result
         answer = self._redact_value(result.answer)
-        if answer is result.answer:
-            return result
-        return received(answer, result.latency_s, result.ttft_s, result.headers)
+        if answer is not result.answer:
+            result = received(answer, result.latency_s, result.ttft_s, result.headers)
+        content = result.content
+        if content is not None and self._redact_answer(content) != content:  # a key split across parts
+            answer = with_content(answer, self._redact_answer(content))
+            result = received(answer, result.latency_s, result.ttft_s, result.headers)
+        return result
 
     def _redact_value(self, value: Any) -> Any:
         """``value`` (a JSON value) with the secrets redacted from every text in it; the very
@@ -211,10 +215,11 @@ class ChatClient:
                 content_type = response.headers.get("Content-Type", "")
                 if 300 <= status < 400:
                     raise redirect_error(status, response.headers.get("Location"))
-                if status == 200 and self.stream and content_type.startswith("text/event-stream"):
+                answered = 200 <= status < 300  # any 2xx: an answer (201, 203 ... as some proxies send)
+                if answered and self.stream and content_type.startswith("text/event-stream"):
                     streaming = True
                     return await _read_stream(response, started, headers, on_text)
-                body_bytes = await read_capped(response, MAX_ANSWER_BYTES if status == 200 else MAX_ERROR_BYTES)
+                body_bytes = await read_capped(response, MAX_ANSWER_BYTES if answered else MAX_ERROR_BYTES)
         except aiohttp.ConnectionTimeoutError:
             raise E.RequestError(
                 E.CONNECTION, f"cannot connect to {self.url}: no connection within {self._timeout.sock_connect:g} s",
@@ -230,7 +235,7 @@ class ChatClient:
         except aiohttp.ClientError as e:
             raise connection_error(e, streaming, self.url) from None
         latency = time.perf_counter() - started
-        if status != 200:
+        if not answered:
             raise status_error(status, body_bytes, content_type, headers)
         return parse_completion(body_bytes, latency, headers)
 
@@ -266,7 +271,8 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     if declared is not None and declared <= cap and not encoded:  # the usual answer: read whole
         return await response.read()  # (a compressed body's length says nothing of what it unpacks to)
-    if response.status == 200 and declared is not None and declared > cap:
+    answer = 200 <= response.status < 300
+    if answer and declared is not None and declared > cap:
         raise _too_large(declared)
     parts: list[bytes] = []
     size = 0
@@ -276,7 +282,7 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
             return b"".join(parts)
         parts.append(chunk)
         size += len(chunk)
-    if response.status == 200:
+    if answer:
         raise _too_large(size)
     response.close()  # the rest is never read: drop the connection rather than drain it
     return b"".join(parts)[:cap]
@@ -380,6 +386,8 @@ class StreamAssembly:
                 E.BAD_RESPONSE, f"malformed stream chunk: {_snippet(event.data.encode('utf-8', 'replace'))}",
                 retryable=True,
             )  # fmt: skip
+        if needs_bounds(event.data):
+            chunk = bounded(chunk)
         if chunk.get("error"):
             raise E.RequestError(
                 E.SERVER_ERROR, f"error in the stream: {_error_message(chunk)}", status=200, retryable=True
@@ -391,8 +399,8 @@ class StreamAssembly:
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
+                if not isinstance(choice, dict) or choice.get("index", 0) not in (0, "0", None):
+                    continue  # another choice's (n > 1)
                 delta = choice.get("delta")
                 self._piece(delta.get("content") if isinstance(delta, dict) else None, elapsed_s)
                 finish = choice.get("finish_reason")
@@ -465,10 +473,14 @@ def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] |
     an HTML page) or that carries an error is a failed attempt, retried."""
     try:
         data = jsonio.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except RecursionError:  # JSON nested past reading: paid all the same, and kept as its text
+        return received(body[:MAX_ERROR_BYTES].decode("utf-8", "replace"), latency_s, headers=headers)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise E.RequestError(
             E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {_snippet(body)}", status=200, retryable=True
         ) from None
+    if needs_bounds(body):
+        data = bounded(data)
     if not isinstance(data, dict):
         raise E.RequestError(
             E.BAD_RESPONSE, f"HTTP 200 with unexpected JSON: {_snippet(body)}", status=200, retryable=True

@@ -41,7 +41,7 @@ from ..client.chat import status_error
 from ..connect import open_client
 from ..endpoint import Endpoint, is_loopback
 from ..money import Budget
-from ..reading import clean_text, received
+from ..reading import bounded, clean_text, needs_bounds, received
 from ..records import ChatRequest, ChatResult, RowOutcome
 from ..retry import once, with_retries
 from ..spec import NO_PRICES, Answers, Job, Prices, RetryPolicy, SimConfig
@@ -401,6 +401,8 @@ class _Rounds:
             record = jsonio.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False)
+        if needs_bounds(raw):
+            record = bounded(record)
         custom_id = record.get("custom_id") if isinstance(record, dict) else None
         if not isinstance(custom_id, str) or not custom_id.isascii() or not custom_id:  # ids are request keys
             return None, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False)
