@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,7 @@ class Steps:
     dropped: set[str] = field(default_factory=set)  # files whose batch is gone for good
     uploads: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name -> (ids, model, at), not yet a file
     creating: dict[str, float] = field(default_factory=dict)  # file -> when its batch was last asked for
+    creates: Counter[str] = field(default_factory=Counter)  # file -> create calls made for it
     extras: dict[str, str] = field(default_factory=dict)  # batch -> the file it repeats
 
     @classmethod
@@ -133,6 +135,7 @@ class Steps:
             self.uploads.pop(name, None)
         elif kind == "create" and isinstance(file, str):
             self.creating[file] = at
+            self.creates[file] += 1
         elif kind == "batch" and isinstance(batch, str) and isinstance(file, str):
             self.batch_of[file] = batch
         elif kind == "extra" and isinstance(batch, str) and isinstance(file, str):
@@ -158,6 +161,11 @@ class Steps:
     def waiting(self) -> set[str]:
         """The custom ids in open files."""
         return {cid for file in self.open_files() for cid in self.files[file]}
+
+    def suspect(self, file: str) -> bool:
+        """Whether more than one create was sent for ``file``: the provider may make a second
+        batch of it late (a create that timed out, then acted), to be found as an extra."""
+        return self.creates[file] > 1
 
     def file_of(self, batch: str) -> str:
         extra = self.extras.get(batch)

@@ -685,6 +685,8 @@ async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -
 @click.option("--one-at-a-time", is_flag=True,
               help="Serve one request at a time, a new one cutting the stream in flight short, as llama.cpp's "
                    "server does by default.")  # fmt: skip
+@click.option("--batch-delay-ms", default=0.0, type=click.FloatRange(0),
+              help="Every files or batches call waits this long before it is read.")  # fmt: skip
 @click.option("--batch-upload-delay-ms", default=0.0, type=click.FloatRange(0),
               help="An upload keeps its file after this long, then answers (a slow upload).")  # fmt: skip
 @click.option("--batch-create-delay-ms", default=0.0, type=click.FloatRange(0),

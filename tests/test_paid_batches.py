@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +29,37 @@ from .test_paid import COMPLETION, PROPERTY
 QUESTIONS = [f"question {i}" for i in range(6)]
 
 
+@dataclass
+class Misbehaving:
+    """How ``FakeBatches`` misbehaves, as providers and proxies may."""
+
+    seconds: float = 0.0  # a batch runs this long (0: finished when made)
+    create_fails: int = 0  # the first creates make their batch, then answer 502
+    list_lag: float = 0.0  # a batch shows in the list only this long after it was made
+    list_404_after_fail: float = 0.0  # after a create that failed, the list answers 404 this long
+    get_404s: int = 0  # the first looks at a batch answer 404
+    cancel_finished: int = 200  # the status of a cancel of a batch that has finished
+
+
 class FakeBatches:
-    """A Batch API whose batches finish at once with the result lines a test gives, by row."""
+    """A Batch API whose batches answer with the result lines a test gives, by row."""
 
     def __init__(self) -> None:
+        self.server = HostileServer(self.handle)
+        self.reset()
+
+    def reset(self, **misbehaving: Any) -> None:
+        self.how = Misbehaving(**misbehaving)
         self.lines: dict[int, list[bytes]] = {}  # row -> its result lines, in order (output file first)
         self.errors: dict[int, list[bytes]] = {}  # row -> its lines in the error file
         self.stray: list[bytes] = []  # lines for no request: malformed, unknown ids
         self.files: dict[str, tuple[str, bytes]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.made_at: dict[str, float] = {}
+        self.failed_at = 0.0
         self.posts = 0
-        self.server = HostileServer(self.handle)
+        self.creates = 0
+        self.cancels = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.removeprefix("/v1")
@@ -52,14 +74,38 @@ class FakeBatches:
             return web.json_response({"data": [{"id": i, "filename": n} for i, (n, _) in self.files.items()]})
         if request.method == "POST" and path == "/batches":
             body = await request.json()
-            return web.json_response({"job": self._made(body["input_file_id"])})
+            made = self._made(body["input_file_id"])
+            self.creates += 1
+            if self.creates <= self.how.create_fails:
+                self.failed_at = time.monotonic()
+                return web.Response(status=502, text="<html>502 Bad Gateway</html>", content_type="text/html")
+            return web.json_response({"job": made})
         if request.method == "GET" and path == "/batches":
-            return web.json_response(list(self.batches.values()))
+            if time.monotonic() < self.failed_at + self.how.list_404_after_fail:
+                return web.json_response({"error": {"message": "not found"}}, status=404)
+            now = time.monotonic()
+            return web.json_response([self._shown(b) for b in self.batches if now >= self.made_at[b] + self.how.list_lag])
         if request.method == "GET" and path.startswith("/batches/"):
-            return web.json_response(self.batches[path.split("/")[2]])
+            if self.how.get_404s > 0:
+                self.how.get_404s -= 1
+                return web.json_response({"error": "no such batch"}, status=404)
+            return web.json_response(self._shown(path.split("/")[2]))
+        if request.method == "POST" and path.endswith("/cancel"):
+            batch = self._shown(path.split("/")[2])
+            if batch["status"] == "COMPLETED":
+                return web.json_response({"error": "cannot cancel a completed batch"}, status=self.how.cancel_finished)
+            self.cancels += 1
+            self.batches[batch["id"]]["status"] = "CANCELLED"
+            return web.json_response(self._shown(batch["id"]))
         if request.method == "GET" and path.endswith("/content"):
             return web.Response(body=self.files[path.split("/")[2]][1])
         return web.json_response({"error": {"message": f"no {request.method} {path}"}}, status=404)
+
+    def _shown(self, batch_id: str) -> dict[str, Any]:
+        batch = self.batches[batch_id]
+        if batch["status"] == "IN_PROGRESS" and time.monotonic() >= self.made_at[batch_id] + self.how.seconds:
+            batch["status"] = "COMPLETED"
+        return dict(batch)
 
     def _made(self, file_id: str) -> dict[str, Any]:
         output: list[bytes] = []
@@ -68,17 +114,21 @@ class FakeBatches:
             line = json.loads(raw)
             row = int(line["body"]["messages"][-1]["content"].split()[-1])
             custom_id = line["custom_id"].encode()
-            output += [part.replace(b"@ID@", custom_id) for part in self.lines.get(row, [])]
+            given = self.lines.get(row, [answer_line(completion(f"answer {row}"))])
+            output += [part.replace(b"@ID@", custom_id) for part in given]
             errors += [part.replace(b"@ID@", custom_id) for part in self.errors.get(row, [])]
         output += self.stray
         batch_id = f"batch-{len(self.batches) + 1}"
         out, err = f"out-{batch_id}", f"err-{batch_id}"
         self.files[out] = ("output.jsonl", b"\n".join(output) + b"\n")
         self.files[err] = ("errors.jsonl", b"\n".join(errors) + b"\n")
-        batch = {"id": batch_id, "status": "COMPLETED", "input_file_id": file_id, "output_file_id": out,
-                 "error_file_id": err, "progress": 100}  # fmt: skip
-        self.batches[batch_id] = batch
-        return batch
+        self.batches[batch_id] = {"id": batch_id, "status": "IN_PROGRESS", "input_file_id": file_id,
+                                  "output_file_id": out, "error_file_id": err}  # fmt: skip
+        self.made_at[batch_id] = time.monotonic()
+        return self._shown(batch_id)
+
+    def per_file(self) -> dict[str, int]:
+        return dict(Counter(batch["input_file_id"] for batch in self.batches.values()))
 
 
 def uploaded(content_type: str, body: bytes) -> tuple[str, bytes]:
@@ -142,12 +192,14 @@ def test_result_files_of_any_shape_give_one_row_each_the_best_line_winning(fake:
                                                                           stray: list[bytes]) -> None:  # fmt: skip
     import tempfile
 
-    fake.lines, fake.errors, fake.stray = {}, {}, stray
+    fake.reset()
+    fake.stray = stray
     expected: list[Any] = []
     prompt_tokens = 0
     for row, kinds in enumerate(rows):
         best: Any = None
         seen = False
+        fake.lines[row] = []  # no line unless given
         for kind, body in kinds:
             out, err, answer = lines_of(kind, body, row)
             fake.lines.setdefault(row, []).extend([out] if out else [])
@@ -190,7 +242,7 @@ def fake_job(fake: FakeBatches, folder: Path, rows: int, output: str) -> tuple[s
 
 
 def test_a_good_line_then_an_error_line_for_it_keeps_the_answer_and_says_so(fake: FakeBatches, tmp_path: Path) -> None:
-    fake.stray = []
+    fake.reset()
     fake.lines = {0: [answer_line(completion("kept")), answer_line({"choices": []})], 1: [answer_line(completion("b"))]}
     fake.errors = {0: [error_line("a later error")]}
     args = fake_job(fake, tmp_path, 2, "out.csv")
@@ -206,8 +258,7 @@ def test_a_good_line_then_an_error_line_for_it_keeps_the_answer_and_says_so(fake
 
 
 def test_one_unreadable_line_among_fifty_costs_no_other_answer(fake: FakeBatches, tmp_path: Path) -> None:
-    fake.stray = []
-    fake.errors = {}
+    fake.reset()
     fake.lines = {i: [answer_line(completion(f"answer {i}"))] for i in range(50)}
     fake.lines[17] = [answer_line(completion("half \ud83d"))]
     fake.lines[31] = [answer_line({"choices": [{"message": {"content": 5}, "finish_reason": {"x": 1}}]})]
@@ -294,3 +345,116 @@ def test_a_kill_around_a_slow_upload_or_create_then_a_rerun_makes_one_batch_per_
     assert stats["batches_created"] == 1 and stats["answered_twice"] == 0  # one batch, each answer paid once
     if moment == "after a slow upload":
         assert stats["files_uploaded"] == 1  # the file the killed run uploaded was found and taken
+
+
+# --- made once, whatever the provider or the user does meanwhile ---
+
+
+def test_a_create_that_fails_then_shows_late_in_the_list_is_adopted(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.reset(create_fails=1, list_lag=3.0)  # the list lags behind the creates, as eventual consistency does
+    result = cli(*fake_job(fake, tmp_path, 6, "out.csv"))
+    assert result.exit_code == 0, result.stderr
+    assert fake.per_file() == {"file-1": 1}
+
+
+def test_a_look_that_fails_after_a_create_that_may_have_acted_never_drops_the_file(fake: FakeBatches,
+                                                                                  tmp_path: Path) -> None:  # fmt: skip
+    fake.reset(create_fails=1, list_404_after_fail=3.0)
+    args = fake_job(fake, tmp_path, 6, "out.csv")
+    first = cli(*args)
+    assert first.exit_code == 2, first.stderr  # it could not tell: the run stops, the steps kept
+    time.sleep(3)
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    assert fake.per_file() == {"file-1": 1} and len(fake.files) == 3  # one upload, one batch and its files
+
+
+def test_a_batch_missing_for_a_moment_is_not_taken_as_gone(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.reset(seconds=0.3, get_404s=1, list_lag=2.0)  # nor in the list, yet
+    result = cli(*fake_job(fake, tmp_path, 6, "out.csv"))
+    assert result.exit_code == 0, result.stderr
+    assert fake.per_file() == {"file-1": 1} and fake.posts == 2  # one upload, one create: nothing asked twice
+
+
+def test_cancelling_a_batch_that_finished_meanwhile_is_not_a_failure(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.reset(seconds=0.5, cancel_finished=400)
+    args = fake_job(fake, tmp_path, 6, "out.csv")
+    assert cli(*args, "--detach").exit_code == 0
+    time.sleep(0.6)
+    result = cli(*args, "--cancel")
+    assert result.exit_code == 0, result.stderr  # finished: nothing to stop, and its answers are collected
+    assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * 6
+
+
+def test_error_lines_that_say_what_they_used_are_counted_as_paid(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.reset()
+    used = {"prompt_tokens": 7, "completion_tokens": 1}
+    fake.lines = {0: [answer_line({"error": {"message": "cut"}, "usage": used}, 500)],
+                  1: [answer_line({"error": {"message": "x"}, "usage": used})], 2: [answer_line(completion("b"))]}  # fmt: skip
+    result = cli(*fake_job(fake, tmp_path, 3, "out.csv"))
+    assert result.exit_code == 1, result.stderr
+    assert "tokens this run: 17 prompt" in result.stderr  # 7 + 7 + the answer's 3
+
+
+def killed_at(args: list[str], when: Any, sim: Any) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while not when(sim.stats()) and process.poll() is None:
+            assert time.monotonic() < deadline, "the moment to kill at never came"
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def test_ctrl_c_while_a_rerun_waits_for_a_killed_runs_create_makes_none(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.3, batch_create_delay_ms=4000)
+    args = batch_run(sim, tmp_path)
+    killed_at(args, lambda s: s.get("creates_taken", 0) >= 1, sim)
+    waiting = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.5)  # it waits for the batch the killed run's create makes
+    waiting.send_signal(signal.SIGINT)
+    assert waiting.wait(timeout=30) == 130
+    time.sleep(3)  # the killed run's create acts
+    done = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+
+
+def test_cancel_after_a_kill_during_a_create_cancels_the_batch_it_made(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=30, batch_create_delay_ms=1500)
+    args = batch_run(sim, tmp_path)
+    killed_at(args, lambda s: s.get("creates_taken", 0) >= 1, sim)
+    cancelled = subprocess.run([sys.executable, "-m", "batchchat", *args, "--cancel"], capture_output=True, text=True,
+                               timeout=120)  # fmt: skip
+    assert cancelled.returncode == 1, cancelled.stderr  # its rows: batch_cancelled
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats.get("batches_cancelled") == 1
+
+
+def test_cancel_makes_no_batch_of_an_upload_a_killed_run_left(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.3, batch_upload_delay_ms=1000)
+    args = batch_run(sim, tmp_path)
+    killed_at(args, lambda s: s.get("uploads_taken", 0) >= 1, sim)
+    time.sleep(1.2)  # the upload is kept
+    subprocess.run([sys.executable, "-m", "batchchat", *args, "--cancel"], capture_output=True, timeout=120)
+    assert sim.stats()["batches_created"] == 0
+
+
+def test_an_upload_a_killed_run_left_gets_no_batch_once_its_requests_were_answered_live(tmp_path: Path,
+                                                                                       sim_factory: Any) -> None:  # fmt: skip
+    sim = sim_factory(batch_seconds=0.3, batch_upload_delay_ms=1000)
+    args = batch_run(sim, tmp_path)
+    killed_at(args, lambda s: s.get("uploads_taken", 0) >= 1, sim)
+    time.sleep(1.2)
+    live = [a for a in args if a not in ("--batch-api", "--poll-every", "0.05")]
+    assert cli(*live).exit_code == 0  # answered live
+    write_csv(tmp_path / "in.csv", ["prompt"], [[q] for q in [*QUESTIONS, "one more"]])  # tonight's new row
+    batched = cli(*args)
+    assert batched.exit_code == 0, batched.stderr
+    stats = sim.stats()
+    assert stats["batch_lines"] == 1 and stats["answered_twice"] == 0  # the new row alone
+

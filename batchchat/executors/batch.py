@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections import Counter
@@ -34,14 +33,11 @@ from functools import partial
 from typing import Any, cast
 
 from .. import errors as E
-from .. import jsonio
 from ..batchfiles import Chunk, Limits, Steps, dialect_of, request_key_of, split
 from ..client.batches import MAKE_TIMEOUT_S, BatchClient, BatchInfo
-from ..client.chat import status_error
 from ..connect import open_client
 from ..endpoint import Endpoint, is_loopback
 from ..money import Budget
-from ..reading import bounded, clean_text, needs_bounds, received
 from ..records import ChatRequest, ChatResult, RowOutcome
 from ..retry import once, with_retries
 from ..spec import NO_PRICES, Answers, Job, Prices, RetryPolicy, SimConfig
@@ -49,13 +45,13 @@ from ..unit import Asker, Stopped
 from ..words import plural
 from .base import BatchProgress, Ending, Ledger, Work
 from .live import LiveExecutor
+from .results import Result, rank, read_line, unanswered
 from .signals import graceful_stop
 
-Result = ChatResult | E.RequestError
-# An error line's code, as the live error type of the same failure.
-LINE_ERRORS = {"server_error": E.SERVER_ERROR, "invalid_request_error": E.BAD_REQUEST, "not_found": E.NOT_FOUND,
-               "authentication_error": E.AUTH, "rate_limit_exceeded": E.RATE_LIMITED, "billing_error": E.NO_CREDIT,
-               "timeout": E.TIMEOUT}  # fmt: skip
+# After a create that failed in a way that may have acted, its batch is looked for this long before
+# another is made (a provider's list may lag behind its creates).
+LOOK_S = 10.0
+MISSES = 3  # looks in a row finding a recorded batch gone before it is taken as gone for good
 
 
 class Deferred(Stopped):
@@ -103,9 +99,11 @@ class BatchExecutor:
     async def execute(self, work: Work, ledger: Ledger) -> Ending:
         async with open_client(self.endpoint, concurrency=4, retry=self.retry, stream=False,
                                simulator=self.simulator) as client:  # fmt: skip
+            rounds = _Rounds(self, work, ledger, BatchClient(client, self.dialect))
+            await rounds.confirm_uploads()  # what a killed run uploaded waits in a batch, or is forgotten
             if self.live_retry is not None:  # the errors of earlier runs, live, before the rest
                 store = ledger.store
-                waiting = {request_key_of(cid) for cid in Steps.read(ledger.steps).waiting()}  # asked already
+                waiting = {request_key_of(cid) for cid in rounds.steps.waiting()}  # asked already
 
                 def again_live(key: str) -> bool:
                     return store.failed(key) and store.earlier(key) and key not in waiting
@@ -114,7 +112,7 @@ class BatchExecutor:
                 ending = await self.live_retry.send(again, ledger, client.complete)
                 if ending is not Ending.DONE:
                     return ending
-            return await _Rounds(self, work, ledger, BatchClient(client, self.dialect)).run()
+            return await rounds.run()
 
 
 class _Only:
@@ -147,7 +145,7 @@ class _Rounds:
         self.origin: dict[str, str] = {}  # id -> the batch whose result line stands for it
         self.unread: Counter[str] = Counter()  # batch -> result lines that could not be tied to a request
         self.fresh: set[str] = set()  # files uploaded by this run
-        self.suspect: set[str] = set()  # files whose create failed after maybe acting: looked at again
+        self.misses: Counter[str] = Counter()  # batch -> looks in a row that the provider said it had none
         self.stop = asyncio.Event()
         self.signalled = 0
         answers = engine.answers
@@ -189,7 +187,6 @@ class _Rounds:
     async def _rounds(self) -> Ending:
         if self.engine.cancel:
             await self._cancel_all()
-        await self._confirm_uploads()
         wait = False  # the first round collects what has finished and submits what is new at once
         while True:
             await self._create_missing()
@@ -218,16 +215,32 @@ class _Rounds:
             wait = True
 
     async def _cancel_all(self) -> None:
+        """Every batch of this output cancelled (one a killed run's create may have made included);
+        files that never got one are forgotten. Cancelled batches are still collected."""
         for file in self._open_files():
             batch = self.steps.batch_of.get(file)
             if batch is None:
-                self._record({"step": "dropped", "file": file})
-                continue
-            await self._call(partial(self.batches.cancel, batch))
+                info = await self._find_batch(file)
+                if info is None:
+                    self._record({"step": "dropped", "file": file, "why": "cancelled before it had a batch"})
+                    continue
+                self._record({"step": "batch", "batch": info.id, "file": file, "how": "found", "at": time.time()})
+                batch = info.id
+            await self._cancel(batch)
         for extra in self.steps.open_extras():
-            await self._call(partial(self.batches.cancel, extra))
+            await self._cancel(extra)
 
-    async def _confirm_uploads(self) -> None:
+    async def _cancel(self, batch: str) -> None:
+        """``batch`` cancelled; one that has finished already (a provider may refuse to cancel it)
+        has nothing left to stop."""
+        done = await with_retries(partial(self.batches.cancel, batch), self.engine.retry.max_attempts)
+        if done.error is None:
+            return
+        info = await self._known(batch)
+        if info is not None and not info.finished:
+            raise E.FatalAPIError(done.error.message, done.error)
+
+    async def confirm_uploads(self) -> None:
         """Uploads a run recorded but did not see through (it was killed, or the provider failed
         after keeping the file): the file is taken when the provider has it, else forgotten (its
         requests are asked again in a new file; a file without a batch costs nothing)."""
@@ -240,30 +253,67 @@ class _Rounds:
 
     async def _create_missing(self) -> None:
         """Every uploaded file gets its batch: one the provider already made over it (a run killed
-        between the create and its record, a create that failed after acting), or a new one."""
+        during the create, a create that failed after acting), or a new one, made once. Not while
+        stopping or cancelling, and not over requests answered since the file was uploaded (a
+        live run, or ``--live-retry``, may have answered them): that file is forgotten instead."""
         for file in self._open_files():
             if file in self.steps.batch_of:
                 continue
-            info = await self._look(file)
-            since = self.steps.creating.get(file)  # a create a killed run sent: it may act yet
-            if info is None and since is not None:
-                info = await self._late(file, since)
+            info = await self._find_batch(file)
+            how = "found"
             if info is None:
-                self._record({"step": "create", "file": file, "at": time.time()})
-                done = await once(partial(self.batches.create, file), partial(self._look, file),
+                if self.stop.is_set():
+                    return
+                answered = self._answered(file)
+                if self.engine.cancel or answered:
+                    why = f"{plural(answered, 'request')} in it answered since" if answered else "cancelled"
+                    self._record({"step": "dropped", "file": file, "why": why})
+                    continue
+                done = await once(partial(self._create, file), partial(self._find_batch, file, LOOK_S),
                                   self.engine.retry.max_attempts)  # fmt: skip
                 if done.error is not None:
-                    self._refused(file, done.error)
+                    if not self.stop.is_set():
+                        self._refused(file, done.error)
                     continue
                 assert done.result is not None
-                info = done.result
-                if done.attempts > 1:  # a create that failed may act later: look again before collecting
-                    self.suspect.add(file)
-            self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+                info, how = done.result, "made" if done.attempts == 1 else "found"
+            self._record({"step": "batch", "batch": info.id, "file": file, "how": how, "at": time.time()})
+
+    async def _create(self, file: str) -> BatchInfo:
+        """One create call, recorded before it is made: a run killed during it looks for its batch."""
+        if self.stop.is_set():
+            raise E.RequestError("stopped", "the run is stopping", retryable=False)
+        self._record({"step": "create", "file": file, "at": time.time()})
+        return await self.batches.create(file)
+
+    def _answered(self, file: str) -> int:
+        """Requests in ``file`` whose answer the store holds already."""
+        store = self.ledger.store
+        keys = {request_key_of(cid) for cid in self.steps.files[file]}
+        return sum(1 for key in keys if key in store and not store.failed(key) and not store.unfinished(key))
+
+    async def _find_batch(self, file: str, window: float = MAKE_TIMEOUT_S) -> BatchInfo | None:
+        """The batch made over ``file``, looked for at the provider. After a create that may still
+        act (sent by a run that was killed, or one that failed), it is looked for until ``window``
+        seconds after that create was sent (the time a create may take), rather than made again."""
+        info = await self._call(partial(self._look, file))
+        since = self.steps.creating.get(file)
+        if info is not None or since is None:
+            return cast(BatchInfo | None, info)
+        deadline = since + window
+        while time.time() < deadline and not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                pause = min(max(self.engine.poll_s, 0.25), 2.0, deadline - time.time())
+                await asyncio.wait_for(self.stop.wait(), max(pause, 0.0))
+            info = await self._call(partial(self._look, file))
+            if info is not None:
+                return cast(BatchInfo, info)
+        return None
 
     async def _look(self, file: str) -> BatchInfo | None:
         """The batch the provider made over ``file``, if any. More than one (creates that all
-        acted): the first is the file's, the others are extras, cancelled and collected."""
+        acted): the recorded one (else the first) is the file's, the others are extras,
+        cancelled and collected, since what they finish is billed."""
         found = await self.batches.find_all(file)
         if not found:
             return None
@@ -273,23 +323,8 @@ class _Rounds:
             if info.id != first.id and info.id not in self.steps.extras:
                 self._record({"step": "extra", "batch": info.id, "file": file, "at": time.time()})
                 if not info.finished:
-                    await self._call(partial(self.batches.cancel, info.id))
+                    await self._cancel(info.id)
         return first
-
-    async def _late(self, file: str, since: float) -> BatchInfo | None:
-        """A create a killed run sent ``since`` may still act for as long as a create may take
-        (``MAKE_TIMEOUT_S``): look for its batch until then, rather than make another. Should it
-        act later still, the batch it makes is found as an extra before this one is collected."""
-        deadline = since + MAKE_TIMEOUT_S
-        self.suspect.add(file)
-        while time.time() < deadline and not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                pause = min(max(self.engine.poll_s, 0.25), 2.0, deadline - time.time())
-                await asyncio.wait_for(self.stop.wait(), max(pause, 0.0))
-            info = await self._call(partial(self._look, file))
-            if info is not None:
-                return cast(BatchInfo, info)
-        return None
 
     def _refused(self, file: str, error: E.RequestError) -> None:
         """A file the provider will not make a batch of: forgotten, so its requests are asked
@@ -315,14 +350,12 @@ class _Rounds:
                 if info is None:
                     info = await self._missing(file, batch)
                 if info is not None:
-                    infos.append((batch, info))
+                    infos.append((info.id, info))
             self._report(infos)
-            finished = [(batch, info) for batch, info in infos if info.finished]
-            for batch, _ in finished:
-                file = self.steps.file_of(batch)
-                if file in self.suspect and batch not in self.steps.extras:  # made twice after all?
-                    self.suspect.discard(file)
+            for file, _ in open_batches:  # a create that failed, or was cut, may yet act: made twice?
+                if file in self.steps.batch_of and self.steps.suspect(file):
                     await self._call(partial(self._look, file))
+            finished = [(batch, info) for batch, info in infos if info.finished]
             if finished or not wait:
                 return finished
             with contextlib.suppress(TimeoutError):
@@ -359,14 +392,16 @@ class _Rounds:
                 continue
             lines = await self._call(partial(self._read, file_id))
             for raw in lines:
-                custom_id, result = self._result(raw, batch, latency)
+                custom_id, result, used = read_line(raw, batch, latency, self.batches.chat)
+                if used is not None:  # an error line that says what it used: billed
+                    self.ledger.counters.add_usage(model, used)
                 if custom_id is None:
                     self.unread[batch] += 1
                     continue
                 prior = self.results.get(custom_id)
                 if prior is not None:
                     self.ledger.counters.repeated[batch] += 1
-                    if _rank(result) <= _rank(prior):
+                    if rank(result) <= rank(prior):
                         self._paid(model, result)
                         continue
                     self._paid(model, prior)
@@ -386,50 +421,13 @@ class _Rounds:
                 continue
             for custom_id in self.steps.files[self.steps.file_of(batch)]:
                 if custom_id not in self.results:
-                    self.results[custom_id] = _unanswered(batch, info.status, self.unread[batch])
+                    self.results[custom_id] = unanswered(batch, info.status, self.unread[batch])
                 amount = self.held.pop(custom_id, None)
                 if amount is not None and self.budget is not None:
                     self.budget.release(amount)
 
     async def _read(self, file_id: str) -> list[bytes]:
         return [line async for line in self.batches.lines(file_id)]
-
-    def _result(self, raw: bytes, batch: str, latency: float) -> tuple[str | None, Result]:
-        """One line of a result file: an answer (a 2xx, kept whatever its body holds), or the error
-        the provider gave. A line that cannot be tied to a request has no id."""
-        try:
-            record = jsonio.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False)
-        if needs_bounds(raw):
-            record = bounded(record)
-        custom_id = record.get("custom_id") if isinstance(record, dict) else None
-        if not isinstance(custom_id, str) or not custom_id.isascii() or not custom_id:  # ids are request keys
-            return None, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False)
-        response = record.get("response")
-        error = record.get("error")
-        status = response.get("status_code") if isinstance(response, dict) else None
-        status = int(status) if isinstance(status, str) and status.isdigit() else status
-        body = response.get("body") if isinstance(response, dict) else None
-        carries_error = isinstance(body, dict) and body.get("error") and not body.get("choices")
-        if isinstance(status, int) and not isinstance(status, bool) and 200 <= status < 300 and not carries_error:
-            result = self.batches.chat.cleaned(received(body, latency))
-            shown = f"{batch}/{result.request_id}" if result.request_id else batch
-            return custom_id, replace(result, request_id=shown)
-        if isinstance(status, int) and not isinstance(status, bool):
-            failure = status_error(status, jsonio.dumps(body), "application/json", {})
-            return custom_id, replace_retry(self.batches.chat.redacted(failure))
-        if isinstance(error, dict):
-            code = clean_text(str(error.get("code") or error.get("type") or ""))
-            message = clean_text(str(error.get("message") or "the provider gave no reason"))
-            kind = LINE_ERRORS.get(code, E.BATCH_ERROR)  # named as a live answer's error is, where it can be
-            shown = message if kind != E.BATCH_ERROR or not code else f"{code}: {message}"
-            return custom_id, self.batches.chat.redacted(E.RequestError(kind, shown, retryable=False))
-        if isinstance(error, str) and error:
-            return custom_id, self.batches.chat.redacted(E.RequestError(E.BATCH_ERROR, clean_text(error),
-                                                                        retryable=False))  # fmt: skip
-        return custom_id, E.RequestError(E.BAD_RESPONSE, "a result line with neither response nor error",
-                                         retryable=False)  # fmt: skip
 
     async def _replay(self, waiting: set[str]) -> None:
         """Every request not finished takes its answers from the results; what is left to ask
@@ -527,10 +525,15 @@ class _Rounds:
         if batch in self.steps.extras:
             self._record({"step": "collected", "batch": batch})
             return None
-        listed = await self._call(partial(self.batches.find, file))
+        listed = await self._call(partial(self._look, file))
         if listed is not None:
-            self._record({"step": "batch", "batch": listed.id, "file": file, "at": time.time()})
+            self.misses.pop(batch, None)
+            if listed.id != batch:
+                self._record({"step": "batch", "batch": listed.id, "file": file, "how": "found", "at": time.time()})
             return cast(BatchInfo, listed)
+        self.misses[batch] += 1
+        if self.misses[batch] < MISSES:  # gone now, maybe only for a moment: asked again at the next look
+            return None
         endpoint = self.engine.endpoint
         local = endpoint.provider == "sim" or (endpoint.base_url is not None and is_loopback(endpoint.base_url))
         if local or self.engine.cancel:
@@ -558,26 +561,3 @@ class _Rounds:
         if done.error is not None:
             raise E.FatalAPIError(done.error.message, done.error)
         return done.result
-
-
-def _rank(result: Result) -> int:
-    """Which of two result lines for one request stands: an answer over an error, and a readable
-    answer over one that is not."""
-    if isinstance(result, E.RequestError):
-        return 0
-    return 1 if result.problem is not None else 2
-
-
-def _unanswered(batch: str, status: str, unread: int) -> E.RequestError:
-    if status == "completed":
-        why = f" ({plural(unread, 'result line')} could not be read)" if unread else ""
-        return E.RequestError(E.BAD_RESPONSE, f"batch {batch} completed without a result for this request{why}",
-                              retryable=False)  # fmt: skip
-    return E.RequestError(f"batch_{status}", f"batch {batch} ended {status} before answering this request",
-                          retryable=False)  # fmt: skip
-
-
-def replace_retry(error: E.RequestError) -> E.RequestError:
-    """A batch's answer is final: its error is not retried (--retry-errors sends it again)."""
-    return E.RequestError(error.error_type, error.message, status=error.status, retryable=False,
-                          headers=error.headers)  # fmt: skip
