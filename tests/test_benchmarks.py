@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_throughput_benchmark_runs_end_to_end():
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--rows", "40", "--repeat", "1", "--no-sdks",
@@ -22,6 +25,7 @@ def test_the_throughput_benchmark_runs_end_to_end():
     assert "`batchchat --help`:" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_memory_benchmark_runs_end_to_end():
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--rows", "50", "--resume-rows", "60"],
@@ -33,6 +37,7 @@ def test_the_memory_benchmark_runs_end_to_end():
     assert any(line.startswith("| 60 |") and line.endswith("| 0 | 0 |") for line in lines)  # the rerun sent nothing
 
 
+@pytest.mark.slow
 def test_the_rate_limited_benchmark_runs_end_to_end():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rate_limited.py"), "--rows", "30"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip

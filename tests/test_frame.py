@@ -87,6 +87,7 @@ except KeyboardInterrupt as e:
 """
 
 
+@pytest.mark.slow
 def test_interrupting_run_frame_in_a_notebook_stops_its_requests_and_keeps_those_in_flight(sim_factory):
     import subprocess
     import sys

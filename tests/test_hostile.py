@@ -222,6 +222,7 @@ def test_rewriting_an_output_keeps_its_permissions(tmp_path: Path, sim: Backgrou
     assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # a new table gets the usual permissions
 
 
+@pytest.mark.slow
 def test_a_very_wide_csv_is_read_in_time_linear_in_its_columns(tmp_path: Path, sim: BackgroundSimulator) -> None:
     """100,000 columns once took 92 s (each column name was counted in the whole header)."""
     columns = 100_000
@@ -294,6 +295,7 @@ def journal_is_whole(path: Path) -> None:
         json.loads(line)
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_stops_with_exit_74_and_a_whole_journal(
     tmp_path: Path, sim_factory: Any, small_disk: Any
 ) -> None:
@@ -604,6 +606,7 @@ def test_param_values_a_cap_relies_on_are_checked(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "must be a finite number" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_header_wider_than_a_megabyte_is_read(tmp_path: Path, sim: BackgroundSimulator) -> None:
     names = [f"a_rather_long_column_name_{i}" for i in range(60_000)]  # about 1.9 MB of header
     source = tmp_path / "wide.csv"

@@ -293,6 +293,7 @@ def test_a_create_that_fails_after_making_its_batch_is_adopted_not_made_again(tm
     assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
 
 
+@pytest.mark.slow
 def test_a_create_slower_than_the_timeout_makes_one_batch(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(batch_seconds=0.2, batch_create_delay_ms=2500)
     result = cli(*batch_run(sim, tmp_path, "--timeout", "1"))
@@ -320,6 +321,7 @@ KILLS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", list(KILLS))
 def test_a_kill_around_a_slow_upload_or_create_then_a_rerun_makes_one_batch_per_file(
     tmp_path: Path, sim_factory: Any, moment: str
@@ -409,6 +411,7 @@ def killed_at(args: list[str], when: Any, sim: Any) -> None:
         process.wait()
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_a_rerun_waits_for_a_killed_runs_create_makes_none(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(batch_seconds=0.3, batch_create_delay_ms=4000)
     args = batch_run(sim, tmp_path)
@@ -424,6 +427,7 @@ def test_ctrl_c_while_a_rerun_waits_for_a_killed_runs_create_makes_none(tmp_path
     assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
 
 
+@pytest.mark.slow
 def test_cancel_after_a_kill_during_a_create_cancels_the_batch_it_made(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(batch_seconds=30, batch_create_delay_ms=1500)
     args = batch_run(sim, tmp_path)
@@ -435,6 +439,7 @@ def test_cancel_after_a_kill_during_a_create_cancels_the_batch_it_made(tmp_path:
     assert stats["batches_created"] == 1 and stats.get("batches_cancelled") == 1
 
 
+@pytest.mark.slow
 def test_cancel_makes_no_batch_of_an_upload_a_killed_run_left(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(batch_seconds=0.3, batch_upload_delay_ms=1000)
     args = batch_run(sim, tmp_path)
@@ -444,6 +449,7 @@ def test_cancel_makes_no_batch_of_an_upload_a_killed_run_left(tmp_path: Path, si
     assert sim.stats()["batches_created"] == 0
 
 
+@pytest.mark.slow
 def test_an_upload_a_killed_run_left_gets_no_batch_once_its_requests_were_answered_live(tmp_path: Path,
                                                                                        sim_factory: Any) -> None:  # fmt: skip
     sim = sim_factory(batch_seconds=0.3, batch_upload_delay_ms=1000)

@@ -59,6 +59,7 @@ def test_a_ray_run_writes_the_table_a_local_run_writes(tmp_path: Path, sim: Any)
     assert plain.exit_code == 0 and "nothing to send" in plain.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 4])
 def test_a_shared_rpm_is_never_exceeded_whatever_the_workers(tmp_path: Path, sim_factory: Any, workers: int) -> None:
     sim = sim_factory(rpm=1200)
@@ -71,6 +72,7 @@ def test_a_shared_rpm_is_never_exceeded_whatever_the_workers(tmp_path: Path, sim
     assert stats.get("rate_limited", 0) <= 1  # at most 1% of requests answered 429
 
 
+@pytest.mark.slow
 def test_a_429_storm_cools_every_worker(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(rpm=600, latency_ms=20)
     source = prompts(tmp_path, 150)
@@ -92,6 +94,7 @@ def test_a_bad_key_stops_the_whole_job_with_exit_2(tmp_path: Path, sim_factory: 
     assert sim.stats()["received"] <= 16  # it stopped early, not after every row
 
 
+@pytest.mark.slow
 def test_killing_the_driver_mid_run_pays_again_at_most_what_was_in_flight(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(latency_ms=300)
     source = prompts(tmp_path, 200)
@@ -112,6 +115,7 @@ def test_killing_the_driver_mid_run_pays_again_at_most_what_was_in_flight(tmp_pa
     assert sim.stats()["answered_twice"] <= 8  # no more than the concurrency: those in flight
 
 
+@pytest.mark.slow
 def test_chat_adds_the_output_columns_to_a_dataset_and_resumes_from_its_journal(tmp_path: Path, sim: Any) -> None:
     import pandas as pd
 

@@ -1,5 +1,7 @@
 """Whole runs against a misbehaving simulator over real HTTP: faults, rate limits, a wrong key."""
 
+import pytest
+
 import batchchat
 from batchchat.simulator import synthetic_reply
 from tests.helpers import cli, read_output, write_csv
@@ -9,6 +11,7 @@ def body(text: str) -> dict:
     return {"model": "sim-chat", "messages": [{"role": "user", "content": text}]}
 
 
+@pytest.mark.slow
 def test_a_quarter_of_requests_failing_still_ends_with_every_row_ok_and_nothing_paid_twice(sim_factory, tmp_path):
     server = sim_factory(fault_rate=0.25, seed=11)
     prompts = [f"label row {i}" for i in range(400)]
