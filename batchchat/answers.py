@@ -162,7 +162,9 @@ class Derived:
         prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
         if prompt is None and completion is None:
             return None if outcome.status == OK and outcome.response is not None else 0.0
-        return 0.0 if shared else price.cost(prompt or 0, completion or 0)
+        if shared:
+            return 0.0
+        return None if prompt is None or completion is None else price.cost(prompt, completion)  # a part unknown
 
     def values(self, status: str | None, response: str | None, error_type: str | None, expected: Any) -> dict[str, Any]:
         """The derived cells of one output row (the variant and transcript are the caller's)."""

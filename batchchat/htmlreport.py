@@ -202,7 +202,7 @@ def _bars(names: Sequence[str], values: Sequence[float], ylabel: str, limit: flo
     if limit is not None:
         axes.set_xlim(0, limit)
     # what rows hold is shown as text: no control character (NUL, ESC) reaches the SVG, where XML has none
-    shown = [name if len(name) <= 28 else name[:27] + "\u2026" for name in map(printable, names)]
+    shown = [name if len(name) <= 28 else name[:27] + "\u2026" for name in (" ".join(printable(n).split()) for n in names)]
     axes.barh(range(len(values)), values, color=[COLORS[i % len(COLORS)] for i in range(len(values))])
     axes.set_yticks(range(len(values)), shown)
     axes.invert_yaxis()

@@ -6,10 +6,10 @@ or refuses what the standard library takes (an integer past 64 bits or a lone su
 write; NaN, a lone surrogate or a byte-order mark to read), the standard library decides. Two
 differences remain: orjson writes NaN and infinities as null (the standard library wrote NaN,
 which is not JSON; an answer holding them is kept with their names instead, ``reading.bounded``),
-and reads an integer past 64 bits as the nearest float (an answer holding one, which no real
-server sends, is kept and read with that float, the same on every read). Request keys are
-hashed from the standard library's text (``same_dumps``), so they do not change with this
-module.
+and reads an integer past 64 bits as the nearest float (an answer the standard library read is
+made to hold that float too, ``reading.bounded``, so that it reads the same when read back).
+Request keys are hashed from the standard library's text (``same_dumps``), so they do not change
+with this module.
 """
 
 from __future__ import annotations
@@ -77,9 +77,16 @@ def same_dumps(value: Any) -> bytes:
 
 def loads(data: bytes | str) -> Any:
     """``json.loads``: raises ``json.JSONDecodeError`` (or ``UnicodeDecodeError``) as it does."""
+    return loads_how(data)[0]
+
+
+def loads_how(data: bytes | str) -> tuple[Any, bool]:
+    """The value, and whether orjson read it. When the standard library did (NaN, a lone
+    surrogate, a byte-order mark, UTF-16), the value may hold what orjson reads otherwise when it
+    is read back (an integer past 64 bits, as a float): ``reading.bounded`` makes it the same."""
     if orjson is not None:
         try:
-            return orjson.loads(data)
+            return orjson.loads(data), True
         except orjson.JSONDecodeError:
             pass
-    return json.loads(data)
+    return json.loads(data), False

@@ -51,9 +51,12 @@ class Reading(NamedTuple):
     notes: tuple[str, ...] = ()
 
 
-def needs_bounds(text: bytes | str) -> bool:
+def needs_bounds(text: bytes | str, fast: bool = True) -> bool:
     """Whether an answer's JSON text may hold what ``bounded`` changes (checked on the text, as
-    fast as a scan: almost every answer needs nothing)."""
+    fast as a scan: almost every answer needs nothing); ``fast``: whether orjson read it (else
+    it may hold what orjson would read otherwise)."""
+    if not fast:
+        return True
     if isinstance(text, str):
         return text.count("[") + text.count("{") > MAX_DEPTH or "NaN" in text or "Infinity" in text
     return text.count(b"[") + text.count(b"{") > MAX_DEPTH or b"NaN" in text or b"Infinity" in text
@@ -61,10 +64,16 @@ def needs_bounds(text: bytes | str) -> bool:
 
 def bounded(value: Any, depth: int = 0) -> Any:
     """A JSON value as the journal can keep it and read it back the same: nested ``MAX_DEPTH``
-    deep at most (deeper is ``CUT``), and NaN and the infinities (which JSON has no words for,
-    though some servers write them) as their names, ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
+    deep at most (deeper is ``CUT``), NaN and the infinities (which JSON has no words for, though
+    some servers write them) as their names, ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, and an
+    integer past 64 bits as the float orjson reads it as."""
     if type(value) is float and not math.isfinite(value):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if type(value) is int and not -(2**63) <= value < 2**64:  # as orjson reads it back: the nearest float
+        try:
+            return float(value)
+        except OverflowError:  # past any float: orjson leaves it to the standard library, which reads it whole
+            return value
     if type(value) is dict:
         return CUT if depth >= MAX_DEPTH else {k: bounded(v, depth + 1) for k, v in value.items()}
     if type(value) is list:

@@ -206,6 +206,7 @@ class Summary:
     unreported: int = 0  # answers this run whose server did not report usage
     crowded: str | None = None  # when and why fewer requests went at once than asked
     notes: tuple[tuple[str, int], ...] = ()  # answers with odd values, by how they were read, most frequent first
+    unreported_cost: float | None = None  # at most what the answers that reported no usage cost, priced
     repeated: tuple[tuple[str, int], ...] = ()  # (provider batch, result lines repeating a request)
 
     @property
@@ -290,6 +291,7 @@ class Stats:
             unreported=self.counters.unreported,
             crowded=self.counters.crowded,
             notes=tuple(self.counters.notes.most_common()),
+            unreported_cost=spending(self.prices, self.counters.unreported_bound) if self.prices else None,
             repeated=tuple(sorted(self.counters.repeated.items())),
         )
 

@@ -154,7 +154,7 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         lines += group_table(s.groups)
     if s.budget_stopped:
         lines.append(
-            f"stopped at the cost cap: spent {dollars(s.cost)} of {dollars(s.cost_cap)} this run; the "
+            f"stopped at the cost cap: spent {dollars(s.cost)}{_unreported(s)} of {dollars(s.cost_cap)} this run; the "
             f"{plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to continue "
             "(each run may spend up to the cap)"
         )
@@ -166,6 +166,13 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if result.output is not None:
         lines.append(f"output: {result.output}")
     return "\n".join(lines)
+
+
+def _unreported(s: Summary) -> str:
+    """What the answers that reported no usage may have cost, which the cap counts at its bound."""
+    if not s.unreported_cost:
+        return ""
+    return f" (and up to {dollars(s.unreported_cost)} for {plural(s.unreported, 'answer')} that reported no usage)"
 
 
 def batches_line(progress: BatchProgress) -> str:

@@ -120,11 +120,12 @@ class Asked:
         self.count(1, result.usage.prompt_tokens, result.usage.completion_tokens)
 
     def count(self, answers: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        """Add answers paid for. A sum with an unknown part (an answer whose server did not
+        say, or said what is not a count) is unknown: not the sum of the parts that are known."""
+        first = self.answers == 0
         self.answers += answers
-        if prompt_tokens is not None:
-            self.prompt_tokens = (self.prompt_tokens or 0) + prompt_tokens
-        if completion_tokens is not None:
-            self.completion_tokens = (self.completion_tokens or 0) + completion_tokens
+        self.prompt_tokens = prompt_tokens if first else _plus(self.prompt_tokens, prompt_tokens)
+        self.completion_tokens = completion_tokens if first else _plus(self.completion_tokens, completion_tokens)
 
     def outcome(self, request: ChatRequest, transcript: str | None = None) -> RowOutcome:
         """The row's outcome: the final answer (an invalid one kept as an error row, so its text
@@ -421,3 +422,7 @@ class Asker:
 
 def _sum(a: int | None, b: int | None) -> int | None:
     return None if a is None and b is None else (a or 0) + (b or 0)
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchchat import jsonio
-from batchchat.reading import read_completion
+from batchchat.reading import bounded, needs_bounds, read_completion
 
 from .helpers import cli, read_output, write_csv, write_jsonl
 from .hostile_server import HostileServer, completion
@@ -138,14 +138,19 @@ def run_twice(answers: Answers, bodies: list[dict[str, Any]], *flags: str) -> tu
     return output, records
 
 
+def kept_as(text: str) -> Any:
+    """An answer as batchchat keeps it: the same values, but an integer past 64 bits as the
+    nearest float, as orjson reads it back (no server sends one, but the answers made here)."""
+    value, fast = jsonio.loads_how(text)
+    return bounded(value) if needs_bounds(text, fast) else value
+
+
 @PROPERTY
 @given(st.lists(COMPLETION, min_size=1, max_size=4))
 def test_any_json_answer_is_journaled_once_read_and_never_asked_again(answers: Answers, bodies: list[Any]) -> None:
     answers.stream = False
     output, records = run_twice(answers, bodies)
-    # as batchchat's JSON reader takes the bodies: the same values, but an integer past 64 bits
-    # as the nearest float (orjson's way; no answer holds one but the ones made here)
-    bodies = [jsonio.loads(json.dumps(body)) for body in bodies]
+    bodies = [kept_as(json.dumps(body)) for body in bodies]
     for row, body in zip(read_output(output), bodies, strict=True):
         reading = read_completion(body)
         assert row["status"] == ("ok" if reading.problem is None else "error")
@@ -393,6 +398,116 @@ def test_chat_says_an_answer_with_nothing_to_read_is_one(tmp_path: Path) -> None
         assert "bad_response: the answer has no choices" in result.stderr
         assert len(server.requests) == 1  # paid once: not asked again
     assert not (tmp_path / "talk.jsonl").exists() or '"assistant"' not in (tmp_path / "talk.jsonl").read_text()
+
+
+@pytest.mark.parametrize("where", ["json-error", "html-page"])
+def test_a_key_the_cut_of_a_long_error_goes_through_is_redacted(tmp_path: Path, where: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    secret = "sk-the-real-key-0123456789-abcdefgh"
+    monkeypatch.setenv("TOGETHER_API_KEY", secret)
+    if where == "json-error":  # messages are cut at 500 characters
+        body, kind = json.dumps({"error": {"message": "x" * 490 + secret}}), "application/json"
+    else:  # pages at 200
+        body, kind = "<html><body>" + "y" * 190 + secret + "</body></html>", "text/html"
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=body, status=400, content_type=kind)
+
+    first, _, rows, _ = run_against(HostileServer(handler), tmp_path)
+    assert first.exit_code == 1, first.stderr
+    written = (tmp_path / "out.csv").read_text() + (tmp_path / "out.csv.journal").read_text() + first.stderr
+    assert "[redacted]..." in rows[0]["error"]
+    assert secret[:6] not in written  # not even the start of it, where the cut fell
+
+
+def test_an_answer_read_by_the_standard_library_reads_the_same_from_the_journal(tmp_path: Path) -> None:
+    # NaN sends the body to the standard library, which reads 2**70 whole; orjson reads it back
+    # from the journal as a float: the answer is kept as orjson will read it, and checked so
+    big = "1.1805916207174113e+21"
+    body = '{"choices": [{"message": {"content": 1180591620717411303424}, "finish_reason": "stop"}], "x": NaN}'
+    first, again, rows, resent = run_against(one_answer(body), tmp_path, "--labels", f"{big},no",
+                                             "--invalid-retries", "0")  # fmt: skip
+    assert first.exit_code == 0, first.stderr
+    assert [(r["status"], r["response"], r["label"]) for r in rows] == [("ok", big, big)] * 3
+    assert again.exit_code == 0 and resent == 0
+
+
+def test_a_utf16_answer_holding_nan_is_kept_as_it_reads(tmp_path: Path) -> None:
+    text = '{"choices": [{"message": {"content": NaN}, "finish_reason": "stop"}]}'
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=text.encode("utf-16"), content_type="application/json")
+
+    first, _, rows, resent = run_against(HostileServer(handler), tmp_path, "--labels", "NaN,yes")
+    assert first.exit_code == 0, first.stderr
+    assert [(r["status"], r["label"]) for r in rows] == [("ok", "NaN")] * 3 and resent == 0
+
+
+def stream_of(*chunks: Any) -> HostileServer:
+    """A server streaming these chunks (text is sent as it is), then [DONE]."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(f"data: {chunk if isinstance(chunk, str) else json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    return HostileServer(handler)
+
+
+USED = {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [([{"choices": [{"index": 1, "delta": {"content": "one"}}]}, {"choices": [{"index": 1, "delta": {},
+                                                                              "finish_reason": "stop"}]}],
+      ("ok", "one")),
+     ([{"choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}]}], ("ok", "whole")),
+     ([{"choices": [{"delta": {"content": "deep"}}]}, '{"x": ' + "[" * 5000 + "]" * 5000 + "}",
+       {"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": USED}], ("ok", "deep")),
+     ([{"object": "text_completion", "choices": [{"text": "old", "finish_reason": "stop"}], "usage": USED}],
+      ("error", "")),
+     ],
+    ids=["choice-index-1", "message-not-delta", "a-chunk-too-deep", "completions-style"],
+)  # fmt: skip
+def test_streams_of_other_shapes_are_answers_and_never_asked_again(tmp_path: Path, chunks: list[Any],
+                                                                   expected: tuple[str, str]) -> None:  # fmt: skip
+    first, again, rows, resent = run_against(stream_of(*chunks), tmp_path, "--stream", "--max-attempts", "2")
+    assert [(r["status"], r["response"], r["attempts"]) for r in rows] == [(*expected, "1")] * 3, first.stderr
+    assert again.exit_code == first.exit_code and resent == 0
+    if expected[0] == "error":  # a completions-style answer is no chat answer, streamed or not
+        assert rows[0]["error_type"] == "bad_response" and "text_completion" in rows[0]["error"]
+
+
+def test_a_row_whose_answers_did_not_all_say_what_they_used_has_no_token_count(tmp_path: Path) -> None:
+    calls = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(1)
+        first = len(calls) % 2 == 1  # each row's first answer is no label and says its usage; the re-ask does not
+        body = completion("maybe" if first else "yes")
+        if not first:
+            body["usage"] = {"prompt_tokens": -1, "completion_tokens": 2}
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["q"]])
+    with HostileServer(handler) as server:
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", server.url,
+                     "--labels", "yes,no", "--price", "m=1,1")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    [row] = read_output(tmp_path / "out.csv")
+    assert (row["label"], row["prompt_tokens"], row["completion_tokens"], row["cost"]) == ("yes", "", "4", "")
+
+
+def test_a_cap_reached_by_answers_that_said_nothing_of_their_usage_says_so(tmp_path: Path) -> None:
+    body = odd(usage={"prompt_tokens": -5})  # not a count: what it cost is known only by its bound
+    first, _, _, _ = run_against(one_answer(body), tmp_path, "--max-cost", "0.1", "--price", "m=1000,1000",
+                                    "--max-tokens", "5", "--concurrency", "1", rows=6)  # fmt: skip
+    assert first.exit_code == 1, first.stderr
+    assert "stopped at the cost cap: spent $0.0" in first.stderr and "that reported no usage" in first.stderr
 
 
 # --- invalid Unicode in the input ---

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from .. import errors as E
-from .chat import ChatClient, connection_error, read_capped, redirect_error, status_error
+from .chat import ChatClient, connection_error, cut, read_capped, redirect_error, status_error
 
 PURPOSE = {"together": "batch-api", "openai": "batch"}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -51,7 +51,7 @@ class BatchInfo:
     @classmethod
     def read(cls, data: Any) -> BatchInfo:
         if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not isinstance(data.get("status"), str):
-            raise E.RequestError(E.BAD_RESPONSE, f"not a batch: {str(data)[:200]}", retryable=True)
+            raise E.RequestError(E.BAD_RESPONSE, f"not a batch: {cut(str(data), 200)}", retryable=True)
         found = data.get("request_counts")
         counts: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
         completed, failed = _int(counts.get("completed")), _int(counts.get("failed"))
@@ -102,7 +102,8 @@ class BatchClient:
                                  retryable=False) from None  # fmt: skip
         file_id = reply.get("id") if isinstance(reply, Mapping) else None
         if not isinstance(file_id, str):
-            raise E.RequestError(E.BAD_RESPONSE, f"the upload gave no file id: {str(reply)[:200]}", retryable=True)
+            raise self.chat.redacted(E.RequestError(E.BAD_RESPONSE, f"the upload gave no file id: {cut(str(reply), 200)}",
+                                                    retryable=True))  # fmt: skip
         return file_id
 
     async def create(self, file_id: str) -> BatchInfo:
@@ -112,13 +113,19 @@ class BatchClient:
         reply = await self._json("POST", "/batches", json_body=body, timeout=self._make_timeout())
         if isinstance(reply, Mapping) and isinstance(reply.get("job"), Mapping):  # Together wraps it
             reply = reply["job"]
-        return BatchInfo.read(reply)
+        return self._batch(reply)
 
     async def get(self, batch_id: str) -> BatchInfo:
-        return BatchInfo.read(await self._json("GET", f"/batches/{batch_id}"))
+        return self._batch(await self._json("GET", f"/batches/{batch_id}"))
 
     async def cancel(self, batch_id: str) -> BatchInfo:
-        return BatchInfo.read(await self._json("POST", f"/batches/{batch_id}/cancel"))
+        return self._batch(await self._json("POST", f"/batches/{batch_id}/cancel"))
+
+    def _batch(self, data: Any) -> BatchInfo:
+        try:
+            return BatchInfo.read(data)
+        except E.RequestError as error:  # its message quotes the provider's words: redacted
+            raise self.chat.redacted(error) from None
 
     async def find(self, file_id: str) -> BatchInfo | None:
         """A batch the provider already made over ``file_id`` (one created by a run that died
@@ -129,7 +136,7 @@ class BatchClient:
     async def find_all(self, file_id: str) -> list[BatchInfo]:
         """Every batch the provider made over ``file_id``: more than one means a create acted
         more than once (one that timed out, then took effect all the same)."""
-        return [batch for batch in await self._listed("/batches", BatchInfo.read) if batch.input_file_id == file_id]
+        return [batch for batch in await self._listed("/batches", self._batch) if batch.input_file_id == file_id]
 
     async def find_file(self, name: str) -> str | None:
         """The id of a file uploaded under ``name`` (one whose upload failed after the provider
@@ -147,7 +154,8 @@ class BatchClient:
             reply = await self._json("GET", f"{path}{query}")
             page = reply.get("data") if isinstance(reply, Mapping) else reply
             if not isinstance(page, list):
-                raise E.RequestError(E.BAD_RESPONSE, f"not a list: {str(reply)[:200]}", retryable=True)
+                raise self.chat.redacted(E.RequestError(E.BAD_RESPONSE, f"not a list: {cut(str(reply), 200)}",
+                                                        retryable=True))  # fmt: skip
             items += [read(item) for item in page]
             more = isinstance(reply, Mapping) and reply.get("has_more") is True
             last = page[-1].get("id") if page and isinstance(page[-1], Mapping) else None

@@ -39,6 +39,8 @@ CONNECT_TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer (or a whole stream) larger than this is refused
 MAX_ERROR_BYTES = 64 * 1024  # an error body is read this far: the message is at its start
 REDACTED = "[redacted]"
+CUT = "..."  # where a long server text was cut short
+MIN_SECRET_START = 4  # a cut text ending in this much of a secret has it redacted
 MIN_ANSWER_KEY = 12  # shorter API keys are placeholders: answers are not searched for them
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 
@@ -170,10 +172,22 @@ class ChatClient:
 
     def redact(self, text: str) -> str:
         """A server's error text without the key or URL password, nor any token after
-        "Bearer"/"Basic": a server echoing them must not put them on disk or screen."""
+        "Bearer"/"Basic": a server echoing them must not put them on disk or screen. Where the
+        text was cut short ("..."), the start of a secret the cut went through goes too."""
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
+        if CUT in text and self._secrets:
+            parts = text.split(CUT)
+            parts[:-1] = [self._without_secret_start(part) for part in parts[:-1]]
+            text = CUT.join(parts)
         return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+    def _without_secret_start(self, text: str) -> str:
+        for secret in self._secrets:
+            for k in range(min(len(secret) - 1, len(text)), MIN_SECRET_START - 1, -1):
+                if text.endswith(secret[:k]):
+                    return text[:-k] + REDACTED
+        return text
 
     @overload
     def _redact_answer(self, text: str) -> str: ...
@@ -363,6 +377,11 @@ class StreamAssembly:
         self.usage: Any = None
         self.request_id: Any = None
         self.model: Any = None
+        self.kind: Any = None  # the chunks' ``object``, as the first that has one names it
+        self.index: Any = None  # the choice followed: the first the chunks name (0, most often)
+        self.messages = False  # whether the choice ever carried a delta (or a message)
+        self.texts: list[Any] = []  # a completions-style stream's choices[].text, kept: no chat answer
+        self.unread = 0  # chunks nested too deeply to read
         self.ttft_s: float | None = None
         self.done = False
         self.usage_received = False
@@ -378,15 +397,18 @@ class StreamAssembly:
             self.done = True
             return
         try:
-            chunk = jsonio.loads(event.data)
-        except (json.JSONDecodeError, RecursionError):
-            chunk = None
+            chunk, fast = jsonio.loads_how(event.data)
+        except RecursionError:  # JSON, but nested past reading: the stream goes on without it
+            self.unread += 1
+            return
+        except json.JSONDecodeError:
+            chunk, fast = None, True
         if not isinstance(chunk, dict):
             raise E.RequestError(
                 E.BAD_RESPONSE, f"malformed stream chunk: {_snippet(event.data.encode('utf-8', 'replace'))}",
                 retryable=True,
             )  # fmt: skip
-        if needs_bounds(event.data):
+        if needs_bounds(event.data, fast):
             chunk = bounded(chunk)
         if chunk.get("error"):
             raise E.RequestError(
@@ -396,17 +418,31 @@ class StreamAssembly:
             self.request_id = chunk.get("id")
         if self.model is None:
             self.model = chunk.get("model")
+        if self.kind is None:
+            self.kind = chunk.get("object")
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
-                if not isinstance(choice, dict) or choice.get("index", 0) not in (0, "0", None):
+                if not isinstance(choice, dict):
+                    continue
+                index = choice.get("index", 0)
+                if self.index is None and isinstance(index, int | str | None):
+                    self.index = index
+                if index != self.index:
                     continue  # another choice's (n > 1)
                 delta = choice.get("delta")
-                self._piece(delta.get("content") if isinstance(delta, dict) else None, elapsed_s)
+                if delta is None:
+                    delta = choice.get("message")  # a chunk with the shape of a whole answer
+                if isinstance(delta, dict):
+                    self.messages = True
+                    self._piece(delta.get("content"), elapsed_s)
+                elif choice.get("text") is not None:
+                    self.texts.append(choice["text"])
                 finish = choice.get("finish_reason")
                 if finish is not None and finish != "":
                     self.finish_reason = finish
         elif isinstance(chunk.get("token"), dict):  # older Together streams: the text on "token" alone
+            self.messages = True
             self._piece(chunk["token"].get("text"), elapsed_s)
         if chunk.get("usage") is not None:
             self.usage = chunk["usage"]
@@ -426,14 +462,23 @@ class StreamAssembly:
 
     def answer(self) -> dict[str, Any]:
         """The completion the chunks make: the text joined (the pieces as they came, when one is
-        not text), the last finish reason and usage, the first id and model."""
+        not text), the last finish reason and usage, the first id, model and kind (a chunk's kind
+        named as the whole answer's). A stream that never carried a message (a completions-style
+        one) has none in its answer either: it is no chat answer, as the same answer whole is not."""
         pieces = self.pieces
         content: Any = "".join(pieces) if all(isinstance(p, str) for p in pieces) else list(pieces)
-        message = {"role": "assistant", "content": content}
-        answer: dict[str, Any] = {"id": self.request_id, "object": "chat.completion", "model": self.model,
-                                  "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}]}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
+        if self.messages or not self.texts:
+            choice["message"] = {"role": "assistant", "content": content}
+        else:
+            choice["text"] = self.texts
+        kind = self.kind
+        answer: dict[str, Any] = {"id": self.request_id, "object": "chat.completion" if kind in (
+            None, "chat.completion.chunk") else kind, "model": self.model, "choices": [choice]}  # fmt: skip
         if self.usage is not None:
             answer["usage"] = self.usage
+        if self.unread:
+            answer["unread_chunks"] = self.unread  # JSON nested past reading, left out
         return answer
 
     def result(self, latency_s: float, headers: Mapping[str, str]) -> ChatResult:
@@ -472,14 +517,14 @@ def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] |
     and read (``reading``), never asked again for its shape. A body that is not JSON (cut off,
     an HTML page) or that carries an error is a failed attempt, retried."""
     try:
-        data = jsonio.loads(body)
+        data, fast = jsonio.loads_how(body)
     except RecursionError:  # JSON nested past reading: paid all the same, and kept as its text
-        return received(body[:MAX_ERROR_BYTES].decode("utf-8", "replace"), latency_s, headers=headers)
+        return received(body.decode("utf-8", "replace"), latency_s, headers=headers)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise E.RequestError(
             E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {_snippet(body)}", status=200, retryable=True
         ) from None
-    if needs_bounds(body):
+    if needs_bounds(body, fast):
         data = bounded(data)
     if not isinstance(data, dict):
         raise E.RequestError(
@@ -519,8 +564,13 @@ def _error_message(data: dict[str, Any]) -> str:
     error = data.get("error")
     if isinstance(error, dict):
         message = error.get("message") or error.get("code") or error.get("type")
-        return clean_text(str(message) if message else json.dumps(error)[:500])
-    return clean_text(str(error)[:500])
+        return clean_text(cut(str(message) if message else json.dumps(error), 500))
+    return clean_text(cut(str(error), 500))
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, cut short at ``limit`` with ``CUT`` (which redaction looks at)."""
+    return text if len(text) <= limit else text[:limit] + CUT
 
 
 _TAG = re.compile(rb"<[^>]*>")
@@ -534,7 +584,7 @@ def _snippet(body: bytes, html: bool = False, limit: int = 200) -> str:
     text = _SPACE.sub(b" ", body).strip().decode("utf-8", "replace")
     if not text:
         return "(empty body)"
-    return text if len(text) <= limit else text[:limit] + "..."
+    return cut(text, limit)
 
 
 def _first_line(e: BaseException) -> str:

@@ -28,10 +28,10 @@ def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient) -> tuple
     the provider gave, and what an error line says it used (billed all the same). A line
     that cannot be tied to a request has no id."""
     try:
-        record = jsonio.loads(raw)
+        record, fast = jsonio.loads_how(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False), None
-    if needs_bounds(raw):
+    if needs_bounds(raw, fast):
         record = bounded(record)
     custom_id = record.get("custom_id") if isinstance(record, dict) else None
     if not isinstance(custom_id, str) or not custom_id.isascii() or not custom_id:  # ids are request keys
