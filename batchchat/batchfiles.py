@@ -105,6 +105,7 @@ class Steps:
     creating: dict[str, float] = field(default_factory=dict)  # file -> when its batch was last asked for
     creates: Counter[str] = field(default_factory=Counter)  # file -> create calls made for it
     extras: dict[str, str] = field(default_factory=dict)  # batch -> the file it repeats
+    missing: Counter[str] = field(default_factory=Counter)  # batch -> looks in a row the provider had none
 
     @classmethod
     def read(cls, steps: Sequence[dict[str, Any]]) -> Steps:
@@ -138,10 +139,15 @@ class Steps:
             self.creates[file] += 1
         elif kind == "batch" and isinstance(batch, str) and isinstance(file, str):
             self.batch_of[file] = batch
+            self.extras.pop(batch, None)  # an extra taken as the file's own (its own was gone)
         elif kind == "extra" and isinstance(batch, str) and isinstance(file, str):
             self.extras[batch] = file
         elif kind == "collected" and isinstance(batch, str):
             self.collected.add(batch)
+        elif kind == "missing" and isinstance(batch, str):
+            self.missing[batch] += 1
+        elif kind == "seen" and isinstance(batch, str):
+            self.missing.pop(batch, None)
         elif kind == "dropped" and isinstance(file, str):
             self.dropped.add(file)
 
@@ -166,6 +172,14 @@ class Steps:
         """Whether more than one create was sent for ``file``: the provider may make a second
         batch of it late (a create that timed out, then acted), to be found as an extra."""
         return self.creates[file] > 1
+
+    def watched(self, now: float, window: float) -> list[str]:
+        """Files with more than one create, the last sent less than ``window`` seconds before
+        ``now``, and fewer extras found than creates beyond the first: looked at for an extra
+        batch even once their own is collected."""
+        extras = Counter(self.extras.values())
+        return [file for file in self.creates if self.suspect(file) and now < self.creating.get(file, 0.0) + window
+                and file not in self.dropped and extras[file] < self.creates[file] - 1]  # fmt: skip
 
     def file_of(self, batch: str) -> str:
         extra = self.extras.get(batch)

@@ -22,8 +22,8 @@ from .spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("crowded", "invalid", "notes", "rate", "rate_limited", "repeated", "requests", "retries",
-                 "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
+    __slots__ = ("crowded", "extra_batches", "invalid", "notes", "rate", "rate_limited", "repeated", "requests",
+                 "retries", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
@@ -40,6 +40,7 @@ class Counters:
         self.crowded: str | None = None  # why fewer requests went at once than asked
         self.notes: Counter[str] = Counter()  # answers with odd values, by how they were read (``reading``)
         self.repeated: Counter[str] = Counter()  # provider batch -> result lines for a request it answered already
+        self.extra_batches = 0  # batches the provider made of a file already made one of (found this run)
 
     def merge(self, other: Counters) -> None:
         """Another process's counts (a Ray worker's), added to these."""
@@ -51,6 +52,7 @@ class Counters:
         self.unreported += other.unreported
         self.notes.update(other.notes)
         self.repeated.update(other.repeated)
+        self.extra_batches += other.extra_batches
         self.invalid += other.invalid
         self.requests += other.requests
         self.rate_limited += other.rate_limited
@@ -208,6 +210,7 @@ class Summary:
     notes: tuple[tuple[str, int], ...] = ()  # answers with odd values, by how they were read, most frequent first
     unreported_cost: float | None = None  # at most what the answers that reported no usage cost, priced
     repeated: tuple[tuple[str, int], ...] = ()  # (provider batch, result lines repeating a request)
+    extra_batches: int = 0  # batches the provider made of a file it had made one of already
 
     @property
     def total_tokens(self) -> int:
@@ -293,6 +296,7 @@ class Stats:
             notes=tuple(self.counters.notes.most_common()),
             unreported_cost=spending(self.prices, self.counters.unreported_bound) if self.prices else None,
             repeated=tuple(sorted(self.counters.repeated.items())),
+            extra_batches=self.counters.extra_batches,
         )
 
 

@@ -138,9 +138,14 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if s.notes:
         lines.append("answers with odd values, read as well as they could be: "
                      + "; ".join(f"{count:,} with {note}" for note, count in s.notes))  # fmt: skip
+    if s.extra_batches:
+        lines.append(f"the provider made {plural(s.extra_batches, 'extra batch', 'extra batches')} of files submitted "
+                     "once (a create that failed, then acted): cancelled, and collected; what they finished is "
+                     "counted as paid")  # fmt: skip
     for batch, count in s.repeated:
-        lines.append(f"batch {batch} gave {plural(count, 'more result line')} for requests it had answered: the "
-                     "answer was kept over the others, and every line that carried usage was counted as paid")
+        lines.append(f"batch {batch} gave {plural(count, 'result line')} for requests answered already (by another "
+                     "of its lines, or another batch of the same file): one answer stands, an answer over an error, and every line "
+                     "that carried usage was counted as paid")  # fmt: skip
     if s.labels:
         lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in s.labels))
     if s.output_cost is not None and s.output_cost != s.cost:

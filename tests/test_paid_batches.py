@@ -39,6 +39,8 @@ class Misbehaving:
     list_404_after_fail: float = 0.0  # after a create that failed, the list answers 404 this long
     get_404s: int = 0  # the first looks at a batch answer 404
     cancel_finished: int = 200  # the status of a cancel of a batch that has finished
+    id_case: bool = False  # a batch looked at answers with its id in capitals
+    endless_list: bool = False  # the list says there is more, whatever "after" asks
 
 
 class FakeBatches:
@@ -84,12 +86,16 @@ class FakeBatches:
             if time.monotonic() < self.failed_at + self.how.list_404_after_fail:
                 return web.json_response({"error": {"message": "not found"}}, status=404)
             now = time.monotonic()
-            return web.json_response([self._shown(b) for b in self.batches if now >= self.made_at[b] + self.how.list_lag])
+            listed = [self._shown(b) for b in self.batches if now >= self.made_at[b] + self.how.list_lag]
+            if self.how.endless_list:
+                return web.json_response({"data": listed, "has_more": True})
+            return web.json_response(listed)
         if request.method == "GET" and path.startswith("/batches/"):
             if self.how.get_404s > 0:
                 self.how.get_404s -= 1
                 return web.json_response({"error": "no such batch"}, status=404)
-            return web.json_response(self._shown(path.split("/")[2]))
+            shown = self._shown(path.split("/")[2])
+            return web.json_response({**shown, "id": shown["id"].upper()} if self.how.id_case else shown)
         if request.method == "POST" and path.endswith("/cancel"):
             batch = self._shown(path.split("/")[2])
             if batch["status"] == "COMPLETED":
@@ -251,7 +257,7 @@ def test_a_good_line_then_an_error_line_for_it_keeps_the_answer_and_says_so(fake
     assert result.exit_code == 0, result.stderr
     rows = read_output(output)
     assert [(r["status"], r["response"], r["prompt_tokens"]) for r in rows] == [("ok", "kept", "3"), ("ok", "b", "3")]
-    assert "gave 2 more result lines for requests it had answered" in result.stderr
+    assert "gave 2 result lines for requests answered already" in result.stderr
     assert "tokens this run: 6 prompt" in result.stderr  # the answer's tokens, not zero
     posts = fake.posts
     assert cli(*args, "--retry-errors").exit_code == 0 and fake.posts == posts  # nothing to pay again
@@ -463,4 +469,65 @@ def test_an_upload_a_killed_run_left_gets_no_batch_once_its_requests_were_answer
     assert batched.exit_code == 0, batched.stderr
     stats = sim.stats()
     assert stats["batch_lines"] == 1 and stats["answered_twice"] == 0  # the new row alone
+
+
+def test_a_batch_answering_under_its_id_spelled_otherwise_is_collected(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.reset(seconds=0.2, id_case=True)
+    result = cli(*fake_job(fake, tmp_path, 6, "out.csv"))
+    assert result.exit_code == 0, result.stderr
+    assert fake.per_file() == {"file-1": 1}
+
+
+def test_a_list_that_never_ends_is_read_as_far_as_it_goes(fake: FakeBatches, tmp_path: Path) -> None:
+    fake.reset(seconds=0.2, endless_list=True, create_fails=1)  # the failed create is looked for in the list
+    result = cli(*fake_job(fake, tmp_path, 6, "out.csv"))
+    assert result.exit_code == 0, result.stderr
+    assert fake.per_file() == {"file-1": 1}
+
+
+@pytest.mark.slow
+def test_a_create_that_acts_after_its_batch_was_made_again_is_found_cancelled_and_counted(fake: FakeBatches,
+                                                                                          tmp_path: Path) -> None:  # fmt: skip
+    fake.reset(create_fails=1, list_lag=11.0, seconds=13.0)  # the first shows only after the second was made
+    result = cli(*fake_job(fake, tmp_path, 6, "out.csv"))
+    assert result.exit_code == 0, result.stderr
+    assert fake.per_file() == {"file-1": 2}  # made twice: the provider acted on both creates
+    assert fake.cancels == 1 and "the provider made 1 extra batch of files submitted once" in result.stderr
+    assert "tokens this run: 36 prompt" in result.stderr  # both batches' answers (this fake's cancel keeps all): paid
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_cancel_waits_for_a_killed_runs_create_drops_nothing(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.3, batch_create_delay_ms=4000)
+    args = batch_run(sim, tmp_path)
+    killed_at(args, lambda s: s.get("creates_taken", 0) >= 1, sim)
+    cancelling = subprocess.Popen([sys.executable, "-m", "batchchat", *args, "--cancel"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(1.5)
+    cancelling.send_signal(signal.SIGINT)
+    assert cancelling.wait(timeout=30) == 130
+    time.sleep(3)  # the killed run's create acts
+    done = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+
+
+def test_a_batch_gone_for_good_is_taken_as_gone_over_detached_runs_too(tmp_path: Path) -> None:
+    from batchchat.executors.batch import MISSES
+    from batchchat.simulator import BackgroundSimulator
+    from batchchat.spec import SimConfig
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[q] for q in QUESTIONS])
+    output = tmp_path / "out.csv"
+    with BackgroundSimulator(SimConfig(batch_seconds=60)) as first:
+        url, port = first.url, int(first.url.rsplit(":", 1)[1].split("/")[0])
+        args = ("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", url, "--batch-api", "--detach")
+        assert cli(*args).exit_code == 0
+    with BackgroundSimulator(SimConfig(batch_seconds=0.1), port=port) as second:  # started again: it forgot
+        for _ in range(MISSES):  # each cron run looks once
+            assert cli(*args).exit_code == 0
+        assert second.stats()["batches_created"] == 1  # taken as gone: its requests asked again
+        time.sleep(0.2)
+        assert cli(*args).exit_code == 0
+    assert {r["status"] for r in read_output(output)} == {"ok"}
 

@@ -23,6 +23,7 @@ PURPOSE = {"together": "batch-api", "openai": "batch"}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # a batch object, a file object, a list of batches
 LIST_PAGE = 100
+MAX_PAGES = 1000  # a list is read this far at most (100,000 items): one that never ends is cut here
 T = TypeVar("T")
 # A call that makes something (a file, a batch) is given at least this long to answer, whatever
 # --timeout says for chat requests: one that times out may still be acted on by the provider, and
@@ -149,7 +150,7 @@ class BatchClient:
         items: list[T] = []
         after: str | None = None
         joiner = "&" if "?" in path else "?"
-        while True:
+        for _ in range(MAX_PAGES):
             query = f"{joiner}limit={LIST_PAGE}" + (f"&after={after}" if after else "")
             reply = await self._json("GET", f"{path}{query}")
             page = reply.get("data") if isinstance(reply, Mapping) else reply
@@ -159,9 +160,10 @@ class BatchClient:
             items += [read(item) for item in page]
             more = isinstance(reply, Mapping) and reply.get("has_more") is True
             last = page[-1].get("id") if page and isinstance(page[-1], Mapping) else None
-            if not more or not isinstance(last, str):
+            if not more or not isinstance(last, str) or last == after:  # the end, or a list that ignores "after"
                 return items
             after = last
+        return items
 
     async def lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The lines of a file, as they arrive: a result file of 50,000 answers is never read

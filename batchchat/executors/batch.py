@@ -52,6 +52,9 @@ from .signals import graceful_stop
 # another is made (a provider's list may lag behind its creates).
 LOOK_S = 10.0
 MISSES = 3  # looks in a row finding a recorded batch gone before it is taken as gone for good
+# A file with more than one create is looked at this long after its last one, its own batch
+# collected or not: a create may act late, and the batch it makes is billed.
+WATCH_S = 2 * MAKE_TIMEOUT_S
 
 
 class Deferred(Stopped):
@@ -145,7 +148,6 @@ class _Rounds:
         self.origin: dict[str, str] = {}  # id -> the batch whose result line stands for it
         self.unread: Counter[str] = Counter()  # batch -> result lines that could not be tied to a request
         self.fresh: set[str] = set()  # files uploaded by this run
-        self.misses: Counter[str] = Counter()  # batch -> looks in a row that the provider said it had none
         self.stop = asyncio.Event()
         self.signalled = 0
         answers = engine.answers
@@ -208,7 +210,7 @@ class _Rounds:
             self.queued.clear()
             if self.stop.is_set():
                 return Ending.STOPPED
-            if not self._open_files() and not self.steps.open_extras():
+            if not self.steps.running() and not self.steps.watched(time.time(), WATCH_S):
                 return Ending.BUDGET if self.budget is not None and self.budget.exhausted else Ending.DONE
             if self.engine.detach:
                 return Ending.DETACHED
@@ -222,10 +224,14 @@ class _Rounds:
             if batch is None:
                 info = await self._find_batch(file)
                 if info is None:
+                    if self.stop.is_set():  # stopped while looking: it may still come; the next run looks on
+                        return
                     self._record({"step": "dropped", "file": file, "why": "cancelled before it had a batch"})
                     continue
-                self._record({"step": "batch", "batch": info.id, "file": file, "how": "found", "at": time.time()})
+                self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
                 batch = info.id
+            elif self.steps.suspect(file):  # an extra batch the provider made of it: found, and cancelled
+                await self._call(partial(self._look, file, True))
             await self._cancel(batch)
         for extra in self.steps.open_extras():
             await self._cancel(extra)
@@ -260,7 +266,6 @@ class _Rounds:
             if file in self.steps.batch_of:
                 continue
             info = await self._find_batch(file)
-            how = "found"
             if info is None:
                 if self.stop.is_set():
                     return
@@ -269,15 +274,15 @@ class _Rounds:
                     why = f"{plural(answered, 'request')} in it answered since" if answered else "cancelled"
                     self._record({"step": "dropped", "file": file, "why": why})
                     continue
-                done = await once(partial(self._create, file), partial(self._find_batch, file, LOOK_S),
+                done = await once(partial(self._create, file), partial(self._find_batch, file, LOOK_S, fresh=True),
                                   self.engine.retry.max_attempts)  # fmt: skip
                 if done.error is not None:
                     if not self.stop.is_set():
                         self._refused(file, done.error)
                     continue
                 assert done.result is not None
-                info, how = done.result, "made" if done.attempts == 1 else "found"
-            self._record({"step": "batch", "batch": info.id, "file": file, "how": how, "at": time.time()})
+                info = done.result
+            self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
 
     async def _create(self, file: str) -> BatchInfo:
         """One create call, recorded before it is made: a run killed during it looks for its batch."""
@@ -292,12 +297,13 @@ class _Rounds:
         keys = {request_key_of(cid) for cid in self.steps.files[file]}
         return sum(1 for key in keys if key in store and not store.failed(key) and not store.unfinished(key))
 
-    async def _find_batch(self, file: str, window: float = MAKE_TIMEOUT_S) -> BatchInfo | None:
+    async def _find_batch(self, file: str, window: float = MAKE_TIMEOUT_S, *, fresh: bool = False) -> BatchInfo | None:
         """The batch made over ``file``, looked for at the provider. After a create that may still
-        act (sent by a run that was killed, or one that failed), it is looked for until ``window``
-        seconds after that create was sent (the time a create may take), rather than made again."""
+        act, it is looked for until ``window`` seconds after that create was sent (one a killed
+        run sent: the time a create may take), or after now (``fresh``: one that just failed, and
+        may act still, as a provider's list may lag), rather than made again."""
         info = await self._call(partial(self._look, file))
-        since = self.steps.creating.get(file)
+        since = time.time() if fresh else self.steps.creating.get(file)
         if info is not None or since is None:
             return cast(BatchInfo | None, info)
         deadline = since + window
@@ -310,20 +316,22 @@ class _Rounds:
                 return cast(BatchInfo, info)
         return None
 
-    async def _look(self, file: str) -> BatchInfo | None:
-        """The batch the provider made over ``file``, if any. More than one (creates that all
-        acted): the recorded one (else the first) is the file's, the others are extras,
-        cancelled and collected, since what they finish is billed."""
+    async def _look(self, file: str, alive: bool = False) -> BatchInfo | None:
+        """The batch the provider made over ``file``, if any: the recorded one, else (none is
+        recorded) the first listed. Any other is an extra (creates that all acted), collected
+        since what it finishes is billed, and cancelled while the file's own batch is there
+        (listed, or ``alive``: the provider answered for it, its list lagging behind)."""
         found = await self.batches.find_all(file)
-        if not found:
-            return None
         mine = self.steps.batch_of.get(file)
-        first = next((info for info in found if info.id == mine), found[0])
+        first = next((info for info in found if info.id == mine), None) if mine else (found[0] if found else None)
         for info in found:
-            if info.id != first.id and info.id not in self.steps.extras:
+            if first is not None and info.id == first.id:
+                continue
+            if info.id not in self.steps.extras:
                 self._record({"step": "extra", "batch": info.id, "file": file, "at": time.time()})
-                if not info.finished:
-                    await self._cancel(info.id)
+                self.ledger.counters.extra_batches += 1
+            if (first is not None or alive) and not info.finished and info.status != "cancelling":
+                await self._cancel(info.id)
         return first
 
     def _refused(self, file: str, error: E.RequestError) -> None:
@@ -342,19 +350,25 @@ class _Rounds:
         while True:
             open_batches = [(file, self.steps.batch_of[file]) for file in self._open_files() if file in self.steps.batch_of]
             open_batches += [(self.steps.extras[extra], extra) for extra in self.steps.open_extras()]
-            if not open_batches:
+            watched = self.steps.watched(time.time(), WATCH_S)
+            if not open_batches and not watched:
                 return []
             infos = []
             for file, batch in open_batches:
                 info = await self._known(batch)
                 if info is None:
                     info = await self._missing(file, batch)
+                    batch = info.id if info is not None else batch
+                elif self.steps.missing[batch]:
+                    self._record({"step": "seen", "batch": batch})  # it was gone only for a while
                 if info is not None:
-                    infos.append((info.id, info))
+                    infos.append((batch, info))
             self._report(infos)
-            for file, _ in open_batches:  # a create that failed, or was cut, may yet act: made twice?
-                if file in self.steps.batch_of and self.steps.suspect(file):
-                    await self._call(partial(self._look, file))
+            answered = {self.steps.file_of(batch) for batch, _ in infos if batch not in self.steps.extras}
+            for file in watched:  # a create that failed, or was cut, may act late: a second batch?
+                own = self.steps.batch_of.get(file)
+                if own is not None:
+                    await self._call(partial(self._look, file, file in answered or own in self.steps.collected))
             finished = [(batch, info) for batch, info in infos if info.finished]
             if finished or not wait:
                 return finished
@@ -399,8 +413,9 @@ class _Rounds:
                     self.unread[batch] += 1
                     continue
                 prior = self.results.get(custom_id)
-                if prior is not None:
-                    self.ledger.counters.repeated[batch] += 1
+                if prior is not None:  # a repeat: named after the extra batch, when one of the two is
+                    before = self.origin.get(custom_id, batch)
+                    self.ledger.counters.repeated[before if before in self.steps.extras else batch] += 1
                     if rank(result) <= rank(prior):
                         self._paid(model, result)
                         continue
@@ -522,17 +537,21 @@ class _Rounds:
         cancel: forgotten, and its requests asked again. Gone from a provider: the run stops,
         since another key or account than the one that made it is the likelier cause, and
         asking again would pay twice. An extra batch gone is forgotten."""
-        if batch in self.steps.extras:
-            self._record({"step": "collected", "batch": batch})
-            return None
-        listed = await self._call(partial(self._look, file))
+        extra = batch in self.steps.extras
+        listed = None if extra else await self._call(partial(self._look, file))
         if listed is not None:
-            self.misses.pop(batch, None)
             if listed.id != batch:
-                self._record({"step": "batch", "batch": listed.id, "file": file, "how": "found", "at": time.time()})
+                self._record({"step": "batch", "batch": listed.id, "file": file, "at": time.time()})
             return cast(BatchInfo, listed)
-        self.misses[batch] += 1
-        if self.misses[batch] < MISSES:  # gone now, maybe only for a moment: asked again at the next look
+        self._record({"step": "missing", "batch": batch})  # kept, so that runs apart (--detach) count too
+        if self.steps.missing[batch] < MISSES:  # gone now, maybe only for a moment: asked again at the next look
+            return None
+        if extra:  # an extra gone for good: nothing more to collect of it
+            self._record({"step": "collected", "batch": batch, "why": "the provider no longer has it"})
+            return None
+        others = [b for b, f in self.steps.extras.items() if f == file and b not in self.steps.collected]
+        if others:  # its own batch gone, an extra made of the same file answers it instead
+            self._record({"step": "batch", "batch": others[0], "file": file, "at": time.time()})
             return None
         endpoint = self.engine.endpoint
         local = endpoint.provider == "sim" or (endpoint.base_url is not None and is_loopback(endpoint.base_url))
