@@ -24,6 +24,7 @@ from batchchat.reading import read_completion
 
 from .helpers import cli, read_output, write_csv
 from .hostile_server import HostileServer, completion
+from .test_batch_api import run_until
 from .test_paid import COMPLETION, PROPERTY
 
 QUESTIONS = [f"question {i}" for i in range(6)]
@@ -315,6 +316,25 @@ def test_an_upload_that_fails_after_keeping_its_file_is_adopted(tmp_path: Path, 
     assert stats["files_uploaded"] == 1 and stats["batches_created"] == 1 and stats["answered_twice"] == 0
 
 
+def killed_at(args: list[str], when: Any, sim: Any) -> None:
+    """A run of the CLI, SIGKILLed when ``when`` holds of the simulator's counters."""
+    run_until(args, lambda: when(sim.stats()))
+
+
+def interrupted_then_done(args: list[str], flags: list[str], sim: Any) -> None:
+    """A run (with ``flags``) Ctrl-C'd 1.5 s in, while it waits for the batch a killed run's
+    create makes; then, once that create acted, a run to the end: one batch, nothing paid twice."""
+    waiting = subprocess.Popen([sys.executable, "-m", "batchchat", *args, *flags], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(1.5)
+    waiting.send_signal(signal.SIGINT)
+    assert waiting.wait(timeout=30) == 130
+    time.sleep(3)  # the killed run's create acts
+    done = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+
+
 KILLS = {
     # Every call waits 100 ms at the server's door, so a kill falls at a known step. A slow upload:
     # the file is kept 1.5 s after it arrives
@@ -335,16 +355,7 @@ def test_a_kill_around_a_slow_upload_or_create_then_a_rerun_makes_one_batch_per_
     config, when = KILLS[moment]
     sim = sim_factory(batch_seconds=0.3, batch_delay_ms=100, **config)
     args = batch_run(sim, tmp_path)
-    process = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 60
-    try:
-        while not when(sim.stats()) and process.poll() is None:
-            assert time.monotonic() < deadline, "the moment to kill at never came"
-            time.sleep(0.005)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    killed_at(args, when, sim)
     rerun = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
@@ -404,33 +415,12 @@ def test_error_lines_that_say_what_they_used_are_counted_as_paid(fake: FakeBatch
     assert "tokens this run: 17 prompt" in result.stderr  # 7 + 7 + the answer's 3
 
 
-def killed_at(args: list[str], when: Any, sim: Any) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 60
-    try:
-        while not when(sim.stats()) and process.poll() is None:
-            assert time.monotonic() < deadline, "the moment to kill at never came"
-            time.sleep(0.005)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-
-
 @pytest.mark.slow
 def test_ctrl_c_while_a_rerun_waits_for_a_killed_runs_create_makes_none(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(batch_seconds=0.3, batch_create_delay_ms=4000)
     args = batch_run(sim, tmp_path)
     killed_at(args, lambda s: s.get("creates_taken", 0) >= 1, sim)
-    waiting = subprocess.Popen([sys.executable, "-m", "batchchat", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(1.5)  # it waits for the batch the killed run's create makes
-    waiting.send_signal(signal.SIGINT)
-    assert waiting.wait(timeout=30) == 130
-    time.sleep(3)  # the killed run's create acts
-    done = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+    interrupted_then_done(args, [], sim)  # it waited for the batch the killed run's create makes
 
 
 @pytest.mark.slow
@@ -501,15 +491,7 @@ def test_ctrl_c_while_cancel_waits_for_a_killed_runs_create_drops_nothing(tmp_pa
     sim = sim_factory(batch_seconds=0.3, batch_create_delay_ms=4000)
     args = batch_run(sim, tmp_path)
     killed_at(args, lambda s: s.get("creates_taken", 0) >= 1, sim)
-    cancelling = subprocess.Popen([sys.executable, "-m", "batchchat", *args, "--cancel"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(1.5)
-    cancelling.send_signal(signal.SIGINT)
-    assert cancelling.wait(timeout=30) == 130
-    time.sleep(3)  # the killed run's create acts
-    done = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+    interrupted_then_done(args, ["--cancel"], sim)
 
 
 def test_a_batch_gone_for_good_is_taken_as_gone_over_detached_runs_too(tmp_path: Path) -> None:
