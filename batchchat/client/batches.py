@@ -77,13 +77,9 @@ class BatchClient:
         self.chat = chat
         self.dialect = dialect
 
-    @property
-    def make_timeout_s(self) -> float:
-        """How long a call that makes something may take (``MAKE_TIMEOUT_S`` at least)."""
-        return max(self.chat.timeout_s, MAKE_TIMEOUT_S)
-
     def _make_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.make_timeout_s)
+        """How long a call that makes something may take: ``MAKE_TIMEOUT_S`` at least."""
+        return aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=max(self.chat.timeout_s, MAKE_TIMEOUT_S))
 
     async def upload(self, name: str, data: bytes) -> str:
         """A file of batch lines uploaded; its id. ``name`` should be unique: a failed upload is
@@ -128,15 +124,10 @@ class BatchClient:
         except E.RequestError as error:  # its message quotes the provider's words: redacted
             raise self.chat.redacted(error) from None
 
-    async def find(self, file_id: str) -> BatchInfo | None:
-        """A batch the provider already made over ``file_id`` (one created by a run that died
-        before it could record it, or by a create that failed after acting), or None."""
-        found = await self.find_all(file_id)
-        return found[0] if found else None
-
     async def find_all(self, file_id: str) -> list[BatchInfo]:
-        """Every batch the provider made over ``file_id``: more than one means a create acted
-        more than once (one that timed out, then took effect all the same)."""
+        """Every batch the provider made over ``file_id`` (one created by a run that died before
+        it could record it, or by a create that failed after acting): more than one means a
+        create acted more than once (one that timed out, then took effect all the same)."""
         return [batch for batch in await self._listed("/batches", self._batch) if batch.input_file_id == file_id]
 
     async def find_file(self, name: str) -> str | None:

@@ -308,9 +308,7 @@ class _Rounds:
             return cast(BatchInfo | None, info)
         deadline = since + window
         while time.time() < deadline and not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                pause = min(max(self.engine.poll_s, 0.25), 2.0, deadline - time.time())
-                await asyncio.wait_for(self.stop.wait(), max(pause, 0.0))
+            await self._pause(min(max(self.engine.poll_s, 0.25), 2.0, deadline - time.time()))
             info = await self._call(partial(self._look, file))
             if info is not None:
                 return cast(BatchInfo, info)
@@ -372,8 +370,7 @@ class _Rounds:
             finished = [(batch, info) for batch, info in infos if info.finished]
             if finished or not wait:
                 return finished
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.engine.poll_s)
+            await self._pause(self.engine.poll_s)
             if self.stop.is_set():
                 return None
 
@@ -572,6 +569,11 @@ class _Rounds:
             raise E.FatalAPIError(done.error.message, done.error)
         assert done.result is not None
         return done.result
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or until the run is stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), max(seconds, 0.0))
 
     async def _call(self, call: Any) -> Any:
         """One call to the files or batches endpoints, retried as a chat request is; one that
