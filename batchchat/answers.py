@@ -149,21 +149,19 @@ class Derived:
             columns.append(("score", "float64"))
         if self.transcripts:
             columns.append(("transcript", "string"))
-        columns.append(("cost", "float64"))
+        columns += [("cost", "float64"), ("paid", "string")]
         return columns
 
-    def cost(self, outcome: RowOutcome, model: str, shared: bool) -> float | None:
-        """US dollars this row's answers cost (re-asks and turns included); None without a price,
-        or when the server did not say how many tokens; 0 for a row that took the answer of an
-        identical row (paid once, so the column sums to what was paid) or got no answer."""
+    def cost(self, outcome: RowOutcome, model: str) -> float | None:
+        """US dollars this row's answers cost (re-asks and turns included), as its token cells
+        say, whoever paid (``paid``); None without a price, or when the server did not say how
+        many tokens; 0 for a row that got no answer."""
         price = self.prices.get(model)
         if price is None:
             return None
         prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
         if prompt is None and completion is None:
             return None if outcome.status == OK and outcome.response is not None else 0.0
-        if shared:
-            return 0.0
         return None if prompt is None or completion is None else price.cost(prompt, completion)  # a part unknown
 
     def values(self, status: str | None, response: str | None, error_type: str | None, expected: Any) -> dict[str, Any]:
@@ -200,10 +198,10 @@ class Derived:
 
 
 def derive_batch(derived: Derived, batch: pa.RecordBatch, outcomes: Sequence[RowOutcome],
-                 slots: Sequence[tuple[str, str | None]], shared: Sequence[bool]) -> dict[str, list[Any]]:  # fmt: skip
+                 slots: Sequence[tuple[str, str | None]], paid: Sequence[str | None]) -> dict[str, list[Any]]:  # fmt: skip
     """The derived cells (``Derived.columns``) of the output rows of ``batch``: ``outcomes`` holds
-    each input row's outcomes, one per (model, variant) of ``slots`` in order; ``shared`` marks
-    the rows that took the answer of an identical row (paid once: their cost is 0)."""
+    each input row's outcomes, one per (model, variant) of ``slots`` in order; ``paid`` says who
+    paid for each row's request (``stats.PAID``; None for a row that asked nothing)."""
     fanout = len(slots)
     names = [name for name, _ in derived.columns()]
     derives = bool(derived.out_fields or derived.answers.labels or derived.scoring.expected_column)
@@ -218,7 +216,8 @@ def derive_batch(derived: Derived, batch: pa.RecordBatch, outcomes: Sequence[Row
             if derives
             else {}
         )  # fmt: skip
-        cells["cost"] = derived.cost(outcome, model, shared=shared[i])
+        cells["cost"] = derived.cost(outcome, model)
+        cells["paid"] = paid[i]
         if derived.variants:
             cells["variant"] = variant
         if derived.transcripts:

@@ -16,7 +16,7 @@ from .errors import INVALID_INPUT, InputChanged
 from .journal import Store
 from .plan import Rows, stale_outcomes
 from .records import OK, PENDING, RowOutcome
-from .stats import RowTally
+from .stats import PAID_EARLIER, PAID_RUN, PAID_SHARED, RowTally
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,14 +55,29 @@ def assemble(source: TableSource, rows: Rows, slots: Sequence[tuple[str, str | N
                 if outcome.status == PENDING or key in waiting:  # not sent, a re-ask to go, or in a batch
                     outcome = RowOutcome(row, key, PENDING, 0, model)
             outcomes.append(outcome)
-        shared = [not rows.first[row] for row in range(first, end)]
-        cells = derive_batch(derived, batch, outcomes, slots, shared)
+        paid = [_payer(outcome, bool(rows.first[row]), store) for row, outcome in enumerate(outcomes, first)]
+        cells = derive_batch(derived, batch, outcomes, slots, paid)
+        get = cells.get
+        scores, labels, costs = get("score"), get("label"), cells["cost"]
         for i, outcome in enumerate(outcomes):
             row = first + i
-            tally.add_row(outcome, slots[row % fanout], cells["score"][i] if "score" in cells else None,
-                          bool(rows.first[row]), cells["cost"][i], cells["label"][i] if "label" in cells else None)  # fmt: skip
-            key = outcome.key
-            if outcome.status == OK and outcome.ttft_s is None and key is not None and store.earlier(key):
+            model, variant = slots[row % fanout]
+            tally.add_row(outcome.status, outcome.error_type, outcome.model or model, variant,
+                          prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+                          cost=costs[i], paid=paid[i], score=scores[i] if scores else None,
+                          label=labels[i] if labels else None, latency_s=outcome.latency_s)  # fmt: skip
+            if paid[i] == PAID_EARLIER and outcome.status == OK and outcome.ttft_s is None:
                 tally.earlier_without_ttft += 1
         yield batch, outcomes, cells
         start += batch.num_rows
+
+
+def _payer(outcome: RowOutcome, first: bool, store: Store) -> str | None:
+    """Who paid for a row's request: None when it asked nothing (pending, or input it could not
+    send); ``shared`` when an identical row of the output asked it; else this run or an earlier."""
+    key = outcome.key
+    if key is None or outcome.status == PENDING:
+        return None
+    if not first:
+        return PAID_SHARED
+    return PAID_EARLIER if store.earlier(key) else PAID_RUN

@@ -242,8 +242,17 @@ class Journal:
 
     def earlier(self, key: str) -> bool:
         """Whether the record kept for ``key`` was written by an earlier run."""
+        return self.written_before(key, self._earlier_end)
+
+    @property
+    def opened_size(self) -> int:
+        """Where the records that were there when this journal was opened end."""
+        return self._earlier_end
+
+    def written_before(self, key: str, end: int) -> bool:
+        """Whether the record kept for ``key`` is one of the first ``end`` bytes'."""
         offset = self._offsets.get(key)
-        return offset is not None and offset < self._earlier_end
+        return offset is not None and offset < end
 
     @property
     def has_stale(self) -> bool:
@@ -478,6 +487,7 @@ class JournalSet:
         self.others = [path for path in others if path != main.path]
         self.parts: list[Journal] = []
         self.refresh()
+        self._opened = {part.path: part.opened_size for part in self.parts}  # what earlier runs wrote
 
     def refresh(self) -> None:
         """Read the parts again: those written since, and what was appended to the others."""
@@ -544,9 +554,15 @@ class JournalSet:
         return holder is not None and holder.unfinished(key)
 
     def earlier(self, key: str) -> bool:
-        """A part is a run's own only while that run writes it; read back, it is earlier."""
+        """Whether a run before this one wrote the record that counts: in a part, or a journal
+        read beside, what was there when this store was opened (a Ray run's workers write
+        parts while it runs)."""
         holder = self._holder(key)
-        return holder is not None and (holder is not self.main or self.main.earlier(key))
+        if holder is None:
+            return False
+        if holder is self.main:
+            return self.main.earlier(key)
+        return holder.written_before(key, self._opened.get(holder.path, 0))
 
     @property
     def has_stale(self) -> bool:

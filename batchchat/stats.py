@@ -75,8 +75,16 @@ class Counters:
         tokens[1] += bound.completion_tokens if usage.completion_tokens is None else 0
 
 
+# Who paid for an output row's request (its ``paid`` cell): the run that wrote the table, an earlier
+# run whose answer it reused, or another row of the table that asked the very same request.
+PAID_RUN = "this_run"
+PAID_EARLIER = "earlier_run"
+PAID_SHARED = "shared"
+PAID = (PAID_RUN, PAID_EARLIER, PAID_SHARED)
+
+
 class GroupTally:
-    """The rows of one model and variant: how they ended, their scores, latency and tokens."""
+    """The rows of one model and variant: how they ended, their scores, latency, tokens and cost."""
 
     def __init__(self) -> None:
         self.statuses: Counter[str] = Counter()
@@ -85,10 +93,19 @@ class GroupTally:
         self.latencies = array("d")
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cost = 0.0
+        self.unpriced = 0  # rows whose cost counts but is unknown
 
 
 class RowTally:
-    """How the rows of the output ended, counted as the output is assembled."""
+    """The totals of an output's rows, from exactly the cells the output table holds.
+
+    Every figure a user sees about an output (the run's summary, ``show``, the report,
+    ``overview()``) is counted here, row by row, so they agree: the run feeds it the rows it
+    writes, and ``survey`` the rows it reads back. Tokens and cost count each request once: a
+    row whose ``paid`` is ``shared`` took the answer another row paid for, so it is left out of
+    the sums (its cells still say what the answer took).
+    """
 
     def __init__(self) -> None:
         self.rows = 0
@@ -96,9 +113,10 @@ class RowTally:
         self.error_types: Counter[str] = Counter()
         self.groups: dict[tuple[str, str | None], GroupTally] = {}
         self.earlier_without_ttft = 0  # ok rows an earlier run answered without time to first token
-        self.cost = 0.0  # the cost column's sum
-        self.unpriced = 0  # rows whose cost is unknown (no price, or usage not reported)
         self.labels: Counter[str] = Counter()  # rows by their label
+        self.paid: Counter[str] = Counter()  # rows by who paid for their request
+        # who paid -> [prompt tokens, completion tokens, cost, rows whose cost is unknown]
+        self._by_payer: dict[str, list[float]] = {}
 
     def add(self, status: str, error_type: str | None) -> None:
         self.rows += 1
@@ -106,38 +124,66 @@ class RowTally:
         if error_type:
             self.error_types[error_type] += 1
 
-    def add_row(self, outcome: RowOutcome | None, group: tuple[str, str | None], score: float | None,
-                first: bool, cost: float | None = 0.0, label: str | None = None) -> None:  # fmt: skip
-        """One output row; ``first`` is false for a row sharing the request of an earlier row,
-        whose tokens were paid once and are counted once."""
-        status = outcome.status if outcome is not None else PENDING
-        self.add(status, outcome.error_type if outcome is not None else None)
-        if cost is None:
-            self.unpriced += 1
-        else:
-            self.cost += cost
+    def add_row(self, status: str, error_type: str | None, model: str, variant: str | None, *,
+                prompt_tokens: int | None = None, completion_tokens: int | None = None, cost: float | None = None,
+                paid: str | None = None, score: float | None = None, label: str | None = None,
+                latency_s: float | None = None) -> None:  # fmt: skip
+        """One output row, as its cells read."""
+        self.add(status, error_type if status == ERROR else None)
         if label is not None:
             self.labels[label] += 1
-        tally = self.groups.get(group)
+        tally = self.groups.get((model, variant))
         if tally is None:
-            tally = self.groups[group] = GroupTally()
+            tally = self.groups[(model, variant)] = GroupTally()
         tally.statuses[status] += 1
         if score is not None:
             tally.scored += 1
             tally.score_sum += score
-        if outcome is None:
-            return
-        if outcome.status == OK and outcome.latency_s is not None:
-            tally.latencies.append(outcome.latency_s)
-        if first:
-            tally.prompt_tokens += outcome.prompt_tokens or 0
-            tally.completion_tokens += outcome.completion_tokens or 0
+        if status == OK and latency_s is not None:
+            tally.latencies.append(latency_s)
+        if paid is not None:
+            self.paid[paid] += 1
+        if paid == PAID_SHARED or (paid is None and status == PENDING):
+            return  # paid by another row, or not asked yet
+        payer = self._by_payer.setdefault(paid or "", [0, 0, 0.0, 0])
+        payer[0] += prompt_tokens or 0
+        payer[1] += completion_tokens or 0
+        tally.prompt_tokens += prompt_tokens or 0
+        tally.completion_tokens += completion_tokens or 0
+        if cost is None:
+            payer[3] += 1
+            tally.unpriced += 1
+        else:
+            payer[2] += cost
+            tally.cost += cost
 
-    def group_summaries(self, prices: Prices) -> tuple[GroupSummary, ...]:
+    def _sum(self, index: int, payers: tuple[str, ...] | None = None) -> float:
+        return sum(v[index] for k, v in self._by_payer.items() if payers is None or k in payers)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Of every request the rows asked, once each (earlier runs' included)."""
+        return int(self._sum(0))
+
+    @property
+    def completion_tokens(self) -> int:
+        return int(self._sum(1))
+
+    @property
+    def cost(self) -> float | None:
+        """The cost column's sum over the rows that paid (earlier runs' included); None when a
+        row's cost is unknown (no price, or no usage reported)."""
+        return None if self._sum(3) else self._sum(2)
+
+    def paid_by(self, payer: str) -> tuple[int, int, float | None]:
+        """Prompt tokens, completion tokens and cost of the rows ``payer`` paid for."""
+        found = self._by_payer.get(payer, [0, 0, 0.0, 0])
+        return int(found[0]), int(found[1]), None if found[3] else float(found[2])
+
+    def group_summaries(self) -> tuple[GroupSummary, ...]:
         summaries = []
         for (model, variant), t in self.groups.items():
             latencies = ordered(t.latencies)
-            price = prices.get(model)
             summaries.append(GroupSummary(
                 model=model,
                 variant=variant,
@@ -151,7 +197,7 @@ class RowTally:
                 latency_p95_s=percentile(latencies, 95),
                 prompt_tokens=t.prompt_tokens,
                 completion_tokens=t.completion_tokens,
-                cost=price.cost(t.prompt_tokens, t.completion_tokens) if price is not None else None,
+                cost=None if t.unpriced else t.cost,
             ))  # fmt: skip
         return tuple(summaries)
 
@@ -203,7 +249,10 @@ class Summary:
     budget_stopped: bool = False  # the cap stopped the run; the rows not sent are pending
     groups: tuple[GroupSummary, ...] = ()
     earlier_without_ttft: int = 0  # in a streamed run, ok rows answered by earlier runs that did not stream
-    output_cost: float | None = None  # the cost column's sum (earlier runs' answers included), when all priced
+    output_cost: float | None = None  # the cost of the output's requests (earlier runs' included), when all priced
+    output_prompt_tokens: int = 0  # of the output's requests, each once (earlier runs' included)
+    output_completion_tokens: int = 0
+    paid: tuple[tuple[str, int], ...] = ()  # rows by who paid for their request (``PAID``)
     labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
     unreported: int = 0  # answers this run whose server did not report usage
     crowded: str | None = None  # when and why fewer requests went at once than asked
@@ -287,9 +336,12 @@ class Stats:
             cost=self.cost,
             cost_cap=cost_cap,
             budget_stopped=budget_stopped,
-            groups=rows.group_summaries(self.prices),
+            groups=rows.group_summaries(),
             earlier_without_ttft=rows.earlier_without_ttft if streamed else 0,
-            output_cost=rows.cost if self.prices and not rows.unpriced else None,
+            output_cost=rows.cost,
+            output_prompt_tokens=rows.prompt_tokens,
+            output_completion_tokens=rows.completion_tokens,
+            paid=tuple((payer, rows.paid[payer]) for payer in PAID if rows.paid[payer]),
             labels=tuple(rows.labels.most_common()),
             unreported=self.counters.unreported,
             crowded=self.counters.crowded,

@@ -23,7 +23,7 @@ from .errors import JobError
 from .files import OutputFiles, open_nofollow
 from .records import ERROR, OK, OUTPUT_COLUMNS, PENDING
 from .source import open_source
-from .stats import GroupSummary, percentile
+from .stats import PAID, GroupSummary, RowTally
 from .stored import valid_record
 
 SHOWN = 20  # rows in each sample table
@@ -80,19 +80,6 @@ class Distribution:
 
 
 @dataclass
-class _Group:
-    rows: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    scored: int = 0
-    score_sum: float = 0.0
-    latencies: array[float] = field(default_factory=lambda: array("d"))
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    priced: bool = True
-
-
-@dataclass
 class Overview:
     """An output, summed up; ``groups`` is per model and variant, over every row."""
 
@@ -116,6 +103,7 @@ class Overview:
     pending: list[dict[str, Any]] = field(default_factory=list)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     timeline: Timeline = field(default_factory=lambda: Timeline([], [], [], [], [], None))
+    tally: RowTally = field(default_factory=RowTally)  # the rows' totals, as the run's summary counts them
     shown_column: str | None = None  # the input column samples show beside the answers
 
     @property
@@ -191,8 +179,7 @@ def _read_table(seen: Overview, path: Path) -> None:
     inputs = [c for c in columns if c not in ADDED and not c.startswith("out_")]
     seen.shown_column = prompt if prompt in inputs else (inputs[0] if inputs else None)
     out_fields = [c for c in columns if c.startswith("out_")]
-    groups: dict[tuple[str, str | None], _Group] = {}
-    answered: set[str] = set()  # request ids: rows sharing one answer count its tokens once
+    tally = RowTally()
     fanout = max(1, len(job.get("models") or [1]) * max(1, len(job.get("variants") or [])))
     row = 0
     pending_fanout: list[dict[str, Any]] = []
@@ -200,13 +187,22 @@ def _read_table(seen: Overview, path: Path) -> None:
         values = {name: batch.column(name).to_pylist() for name in columns}
         for i in range(batch.num_rows):
             cells = {name: values[name][i] for name in columns}
-            _count(seen, groups, cells, row, out_fields, answered)
+            _count(seen, tally, cells, row, out_fields)
             pending_fanout.append(cells)
             if len(pending_fanout) == fanout:
                 _compare(seen, pending_fanout, row // fanout)
                 pending_fanout = []
             row += 1
-    seen.groups = tuple(_summary(key, g) for key, g in groups.items())
+    seen.tally = tally
+    seen.groups = tally.group_summaries()
+    seen.prompt_tokens, seen.completion_tokens = tally.prompt_tokens, tally.completion_tokens
+    seen.cost = tally.cost if "cost" in columns else None
+    seen.statuses, seen.error_types, seen.labels = tally.statuses, tally.error_types, tally.labels
+    seen.rows = tally.rows
+    seen.cost_by_model = {}
+    for group in seen.groups:
+        if group.cost is not None:
+            seen.cost_by_model[group.model] = seen.cost_by_model.get(group.model, 0.0) + group.cost
     seen.slowest.sort(key=lambda r: -(r["latency_s"] or 0))
 
 
@@ -221,47 +217,24 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _count(seen: Overview, groups: dict[tuple[str, str | None], _Group], cells: dict[str, Any], row: int,
-           out_fields: list[str], answered: set[str]) -> None:  # fmt: skip
+def _count(seen: Overview, tally: RowTally, cells: dict[str, Any], row: int, out_fields: list[str]) -> None:
     status = str(cells.get("status") or PENDING)
-    seen.rows += 1
-    seen.statuses[status] += 1
     error_type = cells.get("error_type")
-    if status == ERROR and error_type:
-        seen.error_types[str(error_type)] += 1
     model = str(cells.get("model") or "")
     variant = cells.get("variant") or None
-    group = groups.setdefault((model, variant), _Group())
-    group.rows += 1
-    group.statuses[status] += 1
-    prompt, completion = _number(cells.get("prompt_tokens")), _number(cells.get("completion_tokens"))
-    cost = _number(cells.get("cost"))
-    request_id = cells.get("request_id")
-    first = not request_id or request_id not in answered
-    if request_id:
-        answered.add(str(request_id))
-    if first:
-        seen.prompt_tokens += int(prompt or 0)
-        seen.completion_tokens += int(completion or 0)
-        group.prompt_tokens += int(prompt or 0)
-        group.completion_tokens += int(completion or 0)
-    if "cost" in cells:
-        if cost is None:
-            group.priced = group.priced and status != OK
-        else:
-            seen.cost = (seen.cost or 0.0) + cost
-            group.cost += cost
-            seen.cost_by_model[model] = seen.cost_by_model.get(model, 0.0) + cost
-    score = _number(cells.get("score"))
-    if score is not None:
-        group.scored += 1
-        group.score_sum += score
+    paid = cells.get("paid") or None
+    label = cells.get("label") or None
+    tally.add_row(status, str(error_type) if error_type else None, model, variant,
+                  prompt_tokens=_count_of(cells.get("prompt_tokens")),
+                  completion_tokens=_count_of(cells.get("completion_tokens")),
+                  cost=_number(cells.get("cost")), paid=str(paid) if paid in PAID else None,
+                  score=_number(cells.get("score")), label=str(label) if label else None,
+                  latency_s=_number(cells.get("latency_s")))  # fmt: skip
     shown = _fold(cells.get(seen.shown_column)) if seen.shown_column else None
     if status == OK:
         latency = _number(cells.get("latency_s"))
         if latency is not None:
             seen.latencies.append(latency)
-            group.latencies.append(latency)
             _keep_slowest(seen, {"row": row + 1, "model": model, "latency_s": latency, "input": shown,
                                  "response": _fold(cells.get("response"))})  # fmt: skip
         ttft = _number(cells.get("ttft_s"))
@@ -278,9 +251,6 @@ def _count(seen: Overview, groups: dict[tuple[str, str | None], _Group], cells: 
                             "input": shown})  # fmt: skip
     elif status == PENDING and len(seen.pending) < SHOWN:
         seen.pending.append({"row": row + 1, "model": model, "input": shown})
-    label = cells.get("label")
-    if label:
-        seen.labels[str(label)] += 1
     for name in out_fields:
         value = cells.get(name)
         if value is None or value == "":
@@ -317,16 +287,10 @@ def _compare(seen: Overview, rows: list[dict[str, Any]], input_row: int) -> None
         })  # fmt: skip
 
 
-def _summary(key: tuple[str, str | None], group: _Group) -> GroupSummary:
-    latencies = sorted(group.latencies)
-    return GroupSummary(
-        model=key[0], variant=key[1], rows=group.rows, ok=group.statuses[OK], errors=group.statuses[ERROR],
-        pending=group.statuses[PENDING], scored=group.scored,
-        accuracy=group.score_sum / group.scored if group.scored else None,
-        latency_p50_s=percentile(latencies, 50), latency_p95_s=percentile(latencies, 95),
-        prompt_tokens=group.prompt_tokens, completion_tokens=group.completion_tokens,
-        cost=group.cost if group.priced else None,
-    )  # fmt: skip
+def _count_of(value: Any) -> int | None:
+    """A token cell as a count; None when empty."""
+    number = _number(value)
+    return int(number) if number is not None else None
 
 
 def _fold(value: Any, limit: int = FOLD) -> str | None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .endpoint import endpoint_label
 from .executors.base import BatchProgress, Ending
-from .stats import percentile
+from .stats import PAID, PAID_EARLIER, PAID_RUN, PAID_SHARED, percentile
 from .words import dollars, duration, plural
 
 if TYPE_CHECKING:
@@ -148,8 +148,8 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
                      "that carried usage was counted as paid")  # fmt: skip
     if s.labels:
         lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in s.labels))
-    if s.output_cost is not None and s.output_cost != s.cost:
-        lines.append(f"the output's rows cost {dollars(s.output_cost)} in all (its cost column, earlier runs included)")
+    if any(payer != PAID_RUN for payer, _ in s.paid):
+        lines.append(output_tokens_line(s.output_prompt_tokens, s.output_completion_tokens, s.output_cost, s.paid))
     if s.earlier_without_ttft:
         lines.append(
             f"{plural(s.earlier_without_ttft, 'row')} answered by earlier runs without streaming: "
@@ -201,6 +201,20 @@ def tokens_line(s: Summary) -> str:
     elif s.cost is not None:
         line += f"; cost {dollars(s.cost)}" + (" for the answers that reported usage" if s.unreported else "")
     return line
+
+
+def output_tokens_line(prompt: int, completion: int, cost: float | None, paid: Sequence[tuple[str, int]]) -> str:
+    """The tokens and cost of an output's requests, each counted once, and who paid for its rows'
+    (its ``paid`` column): how the table's columns sum to these figures."""
+    line = f"the output's requests, each counted once: {prompt:,} prompt + {completion:,} completion tokens"
+    line += f"; cost {dollars(cost)}" if cost is not None else ""
+    if paid:
+        line += "; rows paid by " + ", ".join(f"{PAID_WORDS[payer]} {count:,}" for payer, count in paid)
+    return line
+
+
+# How each ``paid`` value reads: the rows of a shared request are counted where it was paid.
+PAID_WORDS = {PAID_RUN: "this run", PAID_EARLIER: "an earlier run", PAID_SHARED: "another row (shared)"}
 
 
 def group_table(groups: Sequence[GroupSummary]) -> list[str]:
@@ -296,8 +310,9 @@ def overview_text(seen: Overview) -> str:
     if seen.pending_count:
         status += f", {seen.pending_count:,} pending"
     lines = [f"{seen.output}: {plural(seen.rows, 'row')}: {status}"]
-    tokens = f"tokens: {seen.prompt_tokens:,} prompt + {seen.completion_tokens:,} completion"
-    lines.append(tokens + (f"; cost {dollars(seen.cost)}" if seen.cost is not None else ""))
+    tally = seen.tally
+    lines.append(output_tokens_line(tally.prompt_tokens, tally.completion_tokens, tally.cost,
+                                    tuple((payer, tally.paid[payer]) for payer in PAID if tally.paid[payer])))  # fmt: skip
     if seen.duration_s is not None:
         lines.append(f"requests: {len(seen.timeline.at):,} finished over {duration(seen.duration_s)} "
                      f"({seen.requests_per_s or 0:,.1f}/s); {seen.rate_limited:,} answered 429, "

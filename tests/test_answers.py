@@ -56,7 +56,7 @@ def test_derived_out_columns_are_typed_and_empty_when_the_answer_is_not_ok() -> 
     derived = Derived(Answers(schema=SCHEMA, json_required=True), Scoring(), variants=True, transcripts=False)
     assert derived.columns() == [
         ("variant", "string"), ("out_sentiment", "string"), ("out_stars", "int64"), ("out_score", "float64"),
-        ("out_spam", "bool"), ("out_tags", "string"), ("cost", "float64"),
+        ("out_spam", "bool"), ("out_tags", "string"), ("cost", "float64"), ("paid", "string"),
     ]  # fmt: skip
     cells = derived.values(
         "ok", '{"sentiment": "pos", "stars": 4.0, "score": 3, "spam": false, "tags": ["a"]}', None, None

@@ -88,6 +88,7 @@ def test_a_finished_conversation_is_not_sent_again_and_an_edited_one_resends_fro
     assert len(sim.requests) == 5
     assert sim.requests[-1]["body"]["messages"][-1]["content"] == "e"
     second = read_output(tmp_path / "out.jsonl")
+    assert (first[0].pop("paid"), second[0].pop("paid")) == ("this_run", "earlier_run")
     assert second[0] == first[0]
     assert json.loads(second[1]["transcript"])[-2]["content"] == "e"
 

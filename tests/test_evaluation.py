@@ -170,11 +170,12 @@ def test_structured_output_fields_become_typed_columns_and_bad_json_ends_as_inva
     result = cli("run", "-i", tmp_path / "in.csv", "-o", tmp_path / "out.parquet", "-m", "sim-chat",
                  "--base-url", sim.url, "--json-schema", tmp_path / "schema.json", "--invalid-retries", "1")  # fmt: skip
     schema = pq.read_schema(tmp_path / "out.parquet")
-    assert [(f.name, str(f.type)) for f in schema][-4:] == [
+    assert [(f.name, str(f.type)) for f in schema][-5:] == [
         ("out_sentiment", "string"),
         ("out_confidence", "double"),
         ("out_stars", "int64"),
         ("cost", "double"),
+        ("paid", "string"),
     ]
     frame = pd.read_parquet(tmp_path / "out.parquet")
     ok = frame[frame.status == "ok"]
@@ -307,13 +308,16 @@ def test_the_nightly_labeling_job_is_safe_to_repeat_and_labels_only_new_rows(tmp
     again = cli_subprocess(*night, cwd=tmp_path)
     assert again.returncode == 0
     assert "nothing to send" in again.stderr
-    assert read_output(tmp_path / "jobs" / "reviews_labeled.parquet") == labeled
+    relabeled = read_output(tmp_path / "jobs" / "reviews_labeled.parquet")
+    assert {r.pop("paid") for r in relabeled} == {"earlier_run"} and {r.pop("paid") for r in labeled} == {"this_run"}
+    assert relabeled == labeled
     with (tmp_path / "jobs" / "reviews.csv").open("a", encoding="utf-8") as f:
         f.write("r021,Works as advertised.\nr022,Awful.\n")
     third = cli_subprocess(*night, cwd=tmp_path)
     assert third.returncode == 0
     assert "20 rows answered by an earlier run (journal); 2 requests to send" in third.stderr
     rows = read_output(tmp_path / "jobs" / "reviews_labeled.parquet")
+    assert [r.pop("paid") for r in rows] == ["earlier_run"] * 20 + ["this_run"] * 2
     assert rows[:20] == labeled and len(rows) == 22 and rows[21]["label"] in LABELS
 
 

@@ -30,15 +30,17 @@ def test_each_row_has_its_cost_and_the_summary_totals_it(tmp_path: Path, sim: Ba
     result = cli("run", *common)
     assert result.exit_code == 0, result.stderr
     rows = read_output(output)
-    assert list(rows[0])[-1] == "cost"
+    assert list(rows[0])[-2:] == ["cost", "paid"]
     assert rows[0]["cost"] == pytest.approx(cost_of(rows[0], PRICE["sim-chat"]))
     assert rows[1]["cost"] == pytest.approx(cost_of(rows[1], PRICE["sim-chat"]))
-    assert rows[2]["cost"] == 0.0  # paid once, by the identical row: the column sums to what was paid
-    spent = sum(r["cost"] for r in rows)
+    assert rows[2]["cost"] == rows[0]["cost"]  # what its answer took, as its tokens say
+    assert [r["paid"] for r in rows] == ["this_run", "this_run", "shared"]  # paid once, by the identical row
+    spent = sum(r["cost"] for r in rows if r["paid"] != "shared")
     assert f"; cost {money(spent)}" in result.stderr
     again = cli("run", *common)
     assert again.exit_code == 0 and "nothing to send" in again.stderr
-    assert f"the output's rows cost {money(spent)} in all" in again.stderr  # nothing sent now, but it was paid
+    assert [r["paid"] for r in read_output(output)] == ["earlier_run", "earlier_run", "shared"]
+    assert f"; cost {money(spent)}; rows paid by an earlier run 2" in again.stderr  # nothing sent now, but it was paid
     unpriced = cli("run", "-i", source, "-o", tmp_path / "other.csv", "-m", "other", "--base-url", sim.url)
     assert unpriced.exit_code == 0
     assert all(r["cost"] == "" for r in read_output(tmp_path / "other.csv"))  # no price, no cost

@@ -23,7 +23,7 @@ def expected(text: str) -> str:
 
 
 def check(result: pd.DataFrame, df: pd.DataFrame) -> None:
-    assert list(result.columns) == ["prompt", "n", *OUTPUT_COLUMNS, "cost"]
+    assert list(result.columns) == ["prompt", "n", *OUTPUT_COLUMNS, "cost", "paid"]
     assert result.index.equals(df.index)
     assert result["n"].dtype == df["n"].dtype
     assert result.loc["a", "response"] == expected("What is 2+2?")

@@ -37,7 +37,7 @@ def test_every_input_format_to_every_output_format(sim, tmp_path, in_suffix, out
     result = batchchat.run(input=source, output=output, model="sim-chat", base_url=sim.url)
     assert result.exit_code == 0 and result.output == output
     rows = read_output(output)
-    assert list(rows[0]) == ["id", "prompt", *OUTPUT_COLUMNS, "cost"]
+    assert list(rows[0]) == ["id", "prompt", *OUTPUT_COLUMNS, "cost", "paid"]
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(7)]
     for row, prompt in zip(rows, prompts, strict=True):
         content, finish, prompt_tokens, completion_tokens = synthetic_reply(user_body(prompt))

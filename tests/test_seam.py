@@ -83,7 +83,10 @@ def test_plan_and_assembly_work_with_any_executor_that_fills_the_store(tmp_path:
 
     again = asyncio.run(arun(input=source, output=output, model="m", provider="sim"))  # the live engine
     assert again.summary.requests == 0  # the store the fake filled is the one resume reads
-    assert read_output(output) == rows
+    assert [r["paid"] for r in rows] == ["this_run", "this_run", "shared", None, "this_run"]
+    reread = read_output(output)
+    assert [r.pop("paid") for r in reread] == ["earlier_run", "earlier_run", "shared", None, "earlier_run"]
+    assert reread == [{k: v for k, v in r.items() if k != "paid"} for r in rows]
 
 
 def test_an_executor_that_stops_leaves_the_rest_pending_for_the_next_run(tmp_path: Path) -> None:
@@ -179,13 +182,15 @@ def test_derive_batch_on_shards_gives_what_the_whole_batch_gives() -> None:
     answers = ["Positive.", "negative", "NEGATIVE!", "positive", "neutral", None]
     outcomes = [RowOutcome(i, f"k{i}", "ok" if answer else "pending", 1, "m", response=answer, prompt_tokens=100,
                            completion_tokens=10) for i, answer in enumerate(answers)]  # fmt: skip
-    shared = [False, False, False, True, False, False]
-    whole = derive_batch(derived, batch, outcomes, slots, shared)
+    paid = ["this_run", "earlier_run", "this_run", "shared", None, None]
+    whole = derive_batch(derived, batch, outcomes, slots, paid)
     assert whole["label"] == ["positive", "negative", "negative", "positive", None, None]
     assert whole["score"] == [1.0, 0.0, 1.0, 0.0, None, None]
     assert whole["variant"] == ["v1", "v2"] * 3
-    assert whole["cost"][0] == pytest.approx((100 * 1.0 + 10 * 2.0) / 1e6) and whole["cost"][3] == 0.0  # shared: paid once
-    halves = [derive_batch(derived, batch.slice(i, 1), outcomes[2 * i : 2 * i + 2], slots, shared[2 * i : 2 * i + 2])
+    # a row's cost is what its answer took, whoever paid: its ``paid`` cell says who did
+    assert whole["cost"][0] == whole["cost"][3] == pytest.approx((100 * 1.0 + 10 * 2.0) / 1e6)
+    assert whole["paid"] == paid
+    halves = [derive_batch(derived, batch.slice(i, 1), outcomes[2 * i : 2 * i + 2], slots, paid[2 * i : 2 * i + 2])
               for i in range(3)]  # fmt: skip
     assert {name: [cell for half in halves for cell in half[name]] for name in whole} == whole
 

@@ -218,7 +218,8 @@ class Simulator:
         if self.config.jitter_ms:
             latency += chance(self.config.seed, digest, arrival, "jitter") * self.config.jitter_ms / 1000.0
         answer = {
-            "id": f"sim-{digest[:12]}-{arrival}",
+            # [sim:id=X] answers with id X, as a caching proxy whose ids depend on the prompt alone
+            "id": options.get("id") or f"sim-{digest[:12]}-{arrival}",
             "created": int(time.time()),
             "model": body["model"],
         }
