@@ -253,6 +253,7 @@ class Summary:
     output_prompt_tokens: int = 0  # of the output's requests, each once (earlier runs' included)
     output_completion_tokens: int = 0
     paid: tuple[tuple[str, int], ...] = ()  # rows by who paid for their request (``PAID``)
+    unshown_tokens: int = 0  # of this run's, in answers no row's token cells count (re-asks to go, repeated lines)
     labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
     unreported: int = 0  # answers this run whose server did not report usage
     crowded: str | None = None  # when and why fewer requests went at once than asked
@@ -342,6 +343,7 @@ class Stats:
             output_prompt_tokens=rows.prompt_tokens,
             output_completion_tokens=rows.completion_tokens,
             paid=tuple((payer, rows.paid[payer]) for payer in PAID if rows.paid[payer]),
+            unshown_tokens=max(0, self.tokens - sum(rows.paid_by(PAID_RUN)[:2])),
             labels=tuple(rows.labels.most_common()),
             unreported=self.counters.unreported,
             crowded=self.counters.crowded,

@@ -194,6 +194,9 @@ def tokens_line(s: Summary) -> str:
     line = "tokens this run: "
     if reported:
         line += f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}"
+    if s.unshown_tokens:
+        line += (f" ({s.unshown_tokens:,} of them in answers no row counts: answers still to be asked again, "
+                 "repeated batch result lines, or a row whose other answers did not report usage)")  # fmt: skip
     if s.unreported:
         line += ("; " if reported else "") + f"usage not reported for {plural(s.unreported, 'answer')}"
     if s.cost is not None and not reported:
