@@ -19,7 +19,7 @@ import click
 
 from .console import Progress, Shown, say
 from .errors import BatchchatError, FatalAPIError, Interrupted, RequestError, StorageError
-from .text import dry_run_text, overview_text, summary_text
+from .text import dry_run_text, overview_text, quiet_line, summary_text
 from .words import plural
 
 if TYPE_CHECKING:
@@ -354,7 +354,7 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
 @click.option("--ray-workers", type=int, metavar="N", help="Ray workers [default: one per CPU of the cluster].")
 @click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
 @click.option("--report", is_flag=True, help="At the end, write OUTPUT.report.html: the run's plots and tables.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary: one line at the end (rows, errors, cost, output), and errors.")
 @click.option(
     "--progress-every",
     type=float,
@@ -411,8 +411,8 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
             observer.close()
     except Interrupted as e:  # Ctrl-C or SIGTERM: finished work was kept
         stopped = cast("RunResult | None", e.result)
-        if stopped is not None and not quiet:
-            say(summary_text(stopped, finished=False), err=True)
+        if stopped is not None:
+            say(f"batchchat: {quiet_line(stopped, finished=False)}" if quiet else summary_text(stopped, finished=False), err=True)
         if report and stopped is not None and stopped.output is not None:
             _write_report(stopped.output, quiet)  # what is pending, too
         say(f"batchchat: {e}", err=True)
@@ -433,8 +433,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         raise
     except Exception as e:  # a bug, not a user error: say so, keep the message short
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", debug)
-    if not quiet:
-        say(summary_text(result), err=True)
+    say(f"batchchat: {quiet_line(result)}" if quiet else summary_text(result), err=True)
     if report and result.output is not None:
         _write_report(result.output, quiet)
     sys.exit(result.exit_code)

@@ -173,6 +173,22 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     return "\n".join(lines)
 
 
+def quiet_line(result: RunResult, finished: bool = True) -> str:
+    """The one line a quiet run ends with, for a cron job's log: when, rows and how they ended,
+    what this run sent and spent, and where the output is."""
+    s = result.summary
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    line = f"{when} {'done' if finished else 'stopped'}: {plural(s.rows, 'row')}, {s.ok:,} ok, {plural(s.errors, 'error')}"
+    if s.error_types:
+        line += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
+    line += f", {s.pending:,} pending; this run {plural(s.answered, 'request')} in {duration(s.wall_s)}"
+    if s.cost is not None:
+        line += f", cost {dollars(s.cost)}"
+    if s.budget_stopped:
+        line += " (stopped at the cost cap)"
+    return line + (f"; output: {result.output}" if result.output is not None else "")
+
+
 def _unreported(s: Summary) -> str:
     """What the answers that reported no usage may have cost, which the cap counts at its bound."""
     if not s.unreported_cost:

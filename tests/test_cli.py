@@ -1,7 +1,10 @@
 """The command line: exit codes, messages, summary, and files left alone when a run cannot start."""
 
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,9 +63,29 @@ def test_a_missing_key_exits_2_naming_the_variable_before_anything_runs(sim, pro
     assert not output.exists()
 
 
-def test_quiet_prints_nothing_on_success(sim, prompts):
-    result = cli("run", "-i", prompts, "-m", "sim-chat", "--base-url", sim.url, "--quiet")
-    assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
+def test_quiet_ends_with_one_line_and_errors_always_print(sim, prompts, tmp_path):
+    result = cli("run", "-i", prompts, "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url", sim.url, "--quiet",
+                 "--price", "sim-chat=1,2")  # fmt: skip
+    assert result.exit_code == 0 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(r"batchchat: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC done: 2 rows, 2 ok, 0 errors, 0 pending; "
+                        rf"this run 2 requests in \d+ s, cost \$[\d.]+; output: {re.escape(str(tmp_path / 'out.csv'))}",
+                        line), line  # fmt: skip
+    failed = cli("run", "-i", tmp_path / "missing.csv", "-m", "sim-chat", "--base-url", sim.url, "--quiet")
+    assert failed.exit_code == 2 and "missing.csv" in failed.stderr
+
+
+def test_the_cron_line_readme_gives_leaves_a_line_in_the_log_each_night(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("*.parquet", "*.journal"))
+    command = (f"{shlex.quote(sys.executable)} -m batchchat run jobs/label-sentiment.toml --provider sim -q "
+               ">> label.log 2>&1")  # fmt: skip
+    for _ in range(2):
+        assert subprocess.run(command, shell=True, cwd=tmp_path, timeout=120).returncode == 0
+    log = (tmp_path / "label.log").read_text().splitlines()
+    assert len(log) == 2 and all(" done: 20 rows, 20 ok, 0 errors, 0 pending; " in line for line in log), log
+    assert "this run 20 requests" in log[0] and "this run 0 requests" in log[1]
+    assert log[0].endswith("output: jobs/reviews_labeled.parquet")
 
 
 def test_the_key_never_appears_in_what_the_cli_prints(sim, tmp_path):
