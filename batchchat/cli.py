@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 import click
 
 from .console import Progress, Shown, say
-from .errors import BatchchatError, FatalAPIError, Interrupted, RequestError, StorageError
+from .errors import BatchchatError, FatalAPIError, Interrupted, MissingKey, RequestError, StorageError
 from .text import dry_run_text, overview_text, quiet_line, summary_text
 from .words import plural
 
@@ -378,12 +378,14 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
     jobs/README.md for labels, JSON schemas, scoring, scripted conversations and prices.
 
     Exit codes: 0 every row ok (or submitted with --detach), 1 some rows ended in error (or stayed
-    pending at --max-cost), 2 the job could not run, 130 stopped by Ctrl-C or SIGTERM.
+    pending at --max-cost), 2 the job could not run, 74 the disk refused the journal or the output, 130
+    stopped by Ctrl-C or SIGTERM.
     """
     observer = Progress(quiet, progress_every)
     stop_on_sigterm()  # before anything takes the lock: a SIGTERM now stops as cleanly as Ctrl-C
     try:
         from .jobfile import build_job
+        from .runfile import every_problem
         from .runfile import run as run_job
 
         if job_file is None and input_path is None:
@@ -399,7 +401,10 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
                      "variants": [parse_pairs(text, "--variant") for text in variants] or None,
                      "simulator": simulator or None,
                      "prices": dict(parse_price(text) for text in price_flags) or None}  # fmt: skip
-        job = build_job(job_file, overrides, flag_name, check_key=not dry_run)
+        try:
+            job = build_job(job_file, overrides, flag_name, check_key=not dry_run)
+        except MissingKey as missing:
+            raise every_problem(missing, build_job(job_file, overrides, flag_name, check_key=False)) from None
         if dry_run:
             from .dryrun import dry_run as plan_only
 

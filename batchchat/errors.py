@@ -67,6 +67,11 @@ class JobError(BatchchatError):
     """The job cannot run: the message names the file, row or setting and says what to do."""
 
 
+class MissingKey(JobError):
+    """The endpoint needs an API key and its variable holds none. Raised after the input is
+    checked where it can be, so a user meets every problem of a job at once."""
+
+
 class InputChanged(JobError):
     """The input file changed while a run read it: its rows can no longer be matched to their
     answers by position. Answers received are kept in the journal; nothing else is written."""

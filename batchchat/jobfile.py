@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, is_loopback, shown_url
-from .errors import JobError
+from .errors import JobError, MissingKey
 from .money import prices_for
 from .reading import lone_surrogate
 from .schema import check_schema, schema_of
@@ -63,9 +63,10 @@ T = TypeVar("T")
 SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
 
-def load_job(path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Job:
-    """Load a job file (optional) and apply keyword overrides, which win."""
-    return build_job(path, overrides, lambda key: f"{key}=")
+def load_job(path: str | os.PathLike[str] | None = None, /, *, check_key: bool = True, **overrides: Any) -> Job:
+    """Load a job file (optional) and apply keyword overrides, which win; ``check_key=False``
+    accepts a missing API key (a dry run sends nothing)."""
+    return build_job(path, overrides, lambda key: f"{key}=", check_key=check_key)
 
 
 def build_job(
@@ -101,6 +102,14 @@ def build_job(
             raise JobError(f"unknown setting {label(key)}{did_you_mean(key, SETTINGS)}")
         if key == "params":
             params.update(table(value, label(key)))
+        elif key == "base_url" and overrides.get("provider") is None and settings.get("provider") == "sim":
+            settings[key] = value  # a flag wins: a URL over the file's simulator sends there
+            settings.pop("provider")
+            if overrides.get("simulator") is None:
+                settings.pop("simulator", None)
+        elif key == "provider" and value == "sim" and overrides.get("base_url") is None:
+            settings[key] = value  # a flag wins: the simulator over the file's URL
+            settings.pop("base_url", None)
         elif key in ("simulator", "prices"):  # entry by entry, over the job file's table
             settings[key] = {**table(settings.get(key) or {}, where.get(key, key)), **table(value, label(key))}
         else:
@@ -190,8 +199,10 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         unpriced = [m for m in models if m not in prices]
         if unpriced:
             raise JobError(
-                f"{at('max_cost')} needs the price of every model, and {', '.join(map(repr, unpriced))} has "
-                f"none; give one with {name('prices')} (US dollars per million input and output tokens)"
+                f"{at('max_cost')} needs the price of every model, and {', '.join(map(repr, unpriced))} "
+                f"{'has' if len(unpriced) == 1 else 'have'} none; give "
+                f"{'one' if len(unpriced) == 1 else 'them'} with {name('prices')} (US dollars per million input and "
+                "output tokens)"
             )
         if "max_tokens" not in params and not (variants and all("max_tokens" in dict(v.params) for v in variants)):
             raise JobError(
@@ -364,8 +375,9 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool, name
                        "copied with it?); set it to the key alone")  # fmt: skip
     missing = endpoint.missing_key
     if check_key and missing:
-        raise JobError(
-            f"no API key: the variable {missing} is not set. Export it (export {missing}=...), "
+        state = "is empty" if missing in os.environ else "is not set"
+        raise MissingKey(
+            f"no API key: the variable {missing} {state}. Export it (export {missing}=...), "
             f"name another variable with {name('api_key_env')}, or try batchchat offline with provider sim "
             f"({name('provider')})"
         )

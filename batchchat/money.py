@@ -24,6 +24,7 @@ never given the hosted price.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -154,8 +155,9 @@ class Budget:
     """A run's spending cap. A request (a row's, a conversation's turn, or one re-ask of an
     invalid answer) is dispatched only if what was spent, plus the estimates held for what is in
     flight, plus its own estimate stays within the cap. Estimates are upper bounds, so the cap is
-    never passed. The first that does not fit stops dispatching; the run then ends with the rest
-    pending.
+    never passed. A request that does not fit waits while others are in flight (their answers
+    cost less than their bounds, and leave room as they arrive); one that does not fit with
+    nothing in flight stops dispatching, and the run ends with the rest pending.
 
     What was spent is read from the run's counters of every answer received, the same figures the
     summary reports, so the two cannot disagree.
@@ -166,26 +168,63 @@ class Budget:
         self.prices = prices
         self.counters = counters
         self.in_flight = 0.0
+        self.held = 0  # reservations held
         self.exhausted = False
+        self.refused: float | None = None  # the bound of the request that found the budget spent
+        self._released: asyncio.Event | None = None  # made in the running loop, on the first wait
 
     @property
     def spent(self) -> float:
         return paid(self.prices, self.counters)
 
-    def reserve(self, request: ChatRequest) -> float | None:
-        """The estimate held for ``request`` until ``release``, or None (and the budget is
-        exhausted) if it does not fit beside what is spent and held."""
+    def _bound(self, request: ChatRequest) -> float:
         price = self.prices.get(request.model)
         tokens = estimate(request)
-        cost = price.cost(tokens.prompt_tokens, tokens.completion_tokens) if price else 0.0
-        if self.spent + self.in_flight + cost > self.cap:
-            self.exhausted = True
-            return None
+        return price.cost(tokens.prompt_tokens, tokens.completion_tokens) if price else 0.0
+
+    def _hold(self, cost: float) -> float:
         self.in_flight += cost
+        self.held += 1
         return cost
+
+    def reserve(self, request: ChatRequest) -> float | None:
+        """The estimate held for ``request`` until ``release``, or None (and the budget is
+        exhausted) if it does not fit beside what is spent and held, without waiting (a provider
+        batch holds its requests' estimates until it is collected)."""
+        cost = self._bound(request)
+        if self.exhausted or self.spent + self.in_flight + cost > self.cap:
+            self.exhausted, self.refused = True, cost
+            return None
+        return self._hold(cost)
+
+    def reserve_if_room(self, request: ChatRequest) -> float | None:
+        """``reserve`` when it fits now; else None, and the budget is not taken as spent."""
+        cost = self._bound(request)
+        return None if self.exhausted or self.spent + self.in_flight + cost > self.cap else self._hold(cost)
+
+    async def admit(self, request: ChatRequest) -> float | None:
+        """``reserve``, waiting while requests in flight may leave room for this one."""
+        cost = self._bound(request)
+        while not self.exhausted:
+            if self.spent + self.in_flight + cost <= self.cap:
+                return self._hold(cost)
+            if not self.held:
+                break
+            if self._released is None:
+                self._released = asyncio.Event()
+            self._released.clear()
+            await self._released.wait()
+        self.exhausted = True
+        self.refused = cost if self.refused is None else self.refused
+        return None
 
     def release(self, held: float) -> None:
         self.in_flight -= held
+        self.held -= 1
+        if not self.held:
+            self.in_flight = 0.0  # no float dust left when nothing is held
+        if self._released is not None:
+            self._released.set()
 
 
 # The catalogue's provider for an API host.

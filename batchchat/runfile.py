@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .batchfiles import Steps
 from .engines import executor_for
-from .errors import FatalAPIError, Interrupted, JobError
+from .errors import FatalAPIError, Interrupted, JobError, MissingKey
 from .executors.base import Ending, Executor
 from .files import OutputFiles
 from .frames import frame_result, is_frame
@@ -53,6 +53,17 @@ def as_job(job: Job | str | os.PathLike[str] | None, settings: dict[str, Any]) -
     return load_job(job, **settings)
 
 
+def every_problem(missing: MissingKey, job: Job) -> JobError:
+    """A missing key, with what is wrong with the input (``job`` was loaded without the key):
+    a user who fixed one should not then meet the other."""
+    try:
+        source = open_source(job.required("input"), job.limit)
+        Setup.of(job, source.columns, source.name)
+    except JobError as problem:
+        return JobError(f"this job has 2 problems:\n  - {problem}\n  - {missing}")
+    return missing
+
+
 async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: Observer | None = None,
                executor: Executor | None = None, **settings: Any) -> RunResult:  # fmt: skip
     """Run a job: a ``Job``, a job file path, or settings such as ``input=``, ``model=``.
@@ -61,7 +72,11 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
     ``JobError`` before sending anything if the job cannot run, ``FatalAPIError`` if the API
     refuses every request, ``Interrupted`` after Ctrl-C or SIGTERM (finished work is kept).
     """
-    job = as_job(job, settings)
+    try:
+        job = as_job(job, settings)
+    except MissingKey as missing:  # raised only in loading a job file or settings, never by a Job given
+        path = job if not isinstance(job, Job) else None
+        raise every_problem(missing, load_job(path, check_key=False, **settings)) from None
     source = open_source(job.required("input"), job.limit)
     output = job.required("output")
     setup = Setup.of(job, source.columns, source.name)

@@ -158,8 +158,12 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if len(s.groups) > 1 or any(g.scored for g in s.groups):
         lines += group_table(s.groups)
     if s.budget_stopped:
+        close = ""
+        if s.refused is not None and s.cost is not None and s.cost_cap is not None:
+            close = (f", {dollars(max(0.0, s.cost_cap - s.cost))} left, once every answer in flight had come: the next "
+                     f"request may cost up to {dollars(s.refused)}")  # fmt: skip
         lines.append(
-            f"stopped at the cost cap: spent {dollars(s.cost)}{_unreported(s)} of {dollars(s.cost_cap)} this run; the "
+            f"stopped at the cost cap: spent {dollars(s.cost)}{_unreported(s)} of {dollars(s.cost_cap)} this run{close}; the "
             f"{plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to continue "
             "(each run may spend up to the cap)"
         )

@@ -254,7 +254,7 @@ class Asker:
             asked.invalid = check(before.response) if check is not None else None
         allowed = 1 + (self.invalid_retries if check is not None else 0)
         while asked.answers < allowed and (asked.answers == 0 or asked.invalid is not None):
-            held = self.budget.reserve(request) if self.budget is not None else 0.0
+            held = await self.budget.admit(request) if self.budget is not None else 0.0
             if held is None:
                 raise OverBudget  # the row stays pending; an invalid answer paid for is kept
             # Each answer is asked under its own id: the request's key, then key.2, key.3 for the

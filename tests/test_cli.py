@@ -203,3 +203,45 @@ def test_without_a_terminal_progress_is_a_plain_line_at_a_steady_interval(sim_fa
     assert re.match(r"batchchat: progress: [\d,]+ of 60 requests \(\d+%\), [\d.,]+/s; \d+ 429s, \d+ retries, "
                     r"\d+ errors; [\d,]+ tokens(; about .+ left)?$", lines[-1]), lines[-1]  # fmt: skip
     assert "\r" not in result.stderr and "\x1b" not in result.stderr  # no bar drawn into a log
+
+
+def test_every_problem_of_a_job_is_reported_at_once_and_an_empty_key_is_called_empty(tmp_path, monkeypatch):
+    source = write_csv(tmp_path / "in.csv", ["question"], [["hi"]])
+    model = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    monkeypatch.setenv("TOGETHER_API_KEY", "")
+    both = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", model)
+    assert both.exit_code == 2
+    assert "this job has 2 problems:" in both.stderr
+    assert "has no column 'prompt'" in both.stderr and "the variable TOGETHER_API_KEY is empty" in both.stderr
+    fixed = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", model, "--prompt-column", "question")
+    assert fixed.exit_code == 2 and "problems" not in fixed.stderr and "TOGETHER_API_KEY is empty" in fixed.stderr
+    monkeypatch.delenv("TOGETHER_API_KEY")
+    unset = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", model, "--prompt-column", "question")
+    assert "the variable TOGETHER_API_KEY is not set" in unset.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_flags_win_over_the_job_files_provider_and_url(tmp_path, sim):
+    write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    (tmp_path / "sim.toml").write_text('input = "in.csv"\noutput = "out.csv"\nprovider = "sim"\nmodel = "sim-chat"\n'
+                                       "[simulator]\nlatency_ms = 1\n")  # fmt: skip
+    served = cli("run", tmp_path / "sim.toml", "--base-url", sim.url)
+    assert served.exit_code == 0, served.stderr
+    assert len(sim.requests) == 1  # sent to the running server the flag names
+    (tmp_path / "url.toml").write_text(f'input = "in.csv"\noutput = "out2.csv"\nbase_url = "{sim.url}"\n'
+                                       'model = "sim-chat"\n')  # fmt: skip
+    simulated = cli("run", tmp_path / "url.toml", "--provider", "sim")
+    assert simulated.exit_code == 0, simulated.stderr
+    assert len(sim.requests) == 1  # the built-in simulator answered
+
+
+def test_run_help_names_every_exit_code_and_messages_read_right(tmp_path, sim):
+    shown = " ".join(cli("run", "--help").output.split())
+    for code in ("0 every row ok", "1 some rows", "2 the job could not run", "74 the disk", "130 stopped"):
+        assert code in shown
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
+    unpriced = cli("run", "-i", source, "-m", "a", "-m", "b", "--base-url", sim.url, "--max-cost", "1",
+                   "--max-tokens", "5")  # fmt: skip
+    assert "'a', 'b' have none; give them with --price" in unpriced.stderr
+    one = cli("run", "-i", source, "-m", "a", "--base-url", sim.url, "--max-cost", "1", "--max-tokens", "5")
+    assert "'a' has none; give one with --price" in one.stderr

@@ -137,8 +137,9 @@ def test_the_cost_cap_stops_dispatching_leaves_rows_pending_and_a_rerun_continue
     # allows for a request taken while another's was reserved), would have passed the cap
     assert spent <= 1 < spent + ESTIMATE[pending[0]["model"]] + max(ESTIMATE.values())
     assert (
-        f"stopped at the cost cap: spent {money(spent)} of $1.00 this run; the {len(pending)} rows not sent are 'pending'"
-        in result.stderr
+        f"stopped at the cost cap: spent {money(spent)} of $1.00 this run, {money(1 - spent)} left, once every answer "
+        f"in flight had come: the next request may cost up to {money(ESTIMATE[pending[0]['model']])}; the "
+        f"{len(pending)} rows not sent are 'pending'" in result.stderr
     )
     again = cli("run", job)
     assert again.exit_code == 0
@@ -151,9 +152,23 @@ def test_the_cost_cap_holds_with_requests_in_flight(tmp_path: Path, sim_factory:
     job = priced_job(tmp_path, sim.url, rows=20)
     assert cli("run", job, "--max-cost", "2", "--concurrency", "8").exit_code == 1
     rows = [r for r in read_output(tmp_path / "out.csv") if r["status"] != "pending"]
-    # estimates are upper bounds (max_tokens), so what was in flight together never passed the cap
-    assert sum(ESTIMATE[r["model"]] for r in rows[:8]) <= 2
-    assert cost_of(rows) <= 2
+    assert cost_of(rows) <= 2  # estimates are upper bounds (max_tokens): what was in flight never passed the cap
+
+
+def test_a_small_cap_waits_for_the_answers_in_flight_before_it_is_spent(tmp_path: Path, sim_factory: Any) -> None:
+    """Estimates are upper bounds, several times what an answer costs: a request that does not fit
+    beside those in flight waits for their answers, and the run stops only when it does not fit
+    beside what was spent."""
+    sim = sim_factory(latency_ms=40)
+    job = priced_job(tmp_path, sim.url, rows=60)
+    result = cli("run", job, "--max-cost", "3", "--concurrency", "8")
+    assert result.exit_code == 1
+    rows = read_output(tmp_path / "out.csv")
+    finished = [r for r in rows if r["status"] != "pending"]
+    spent = cost_of(finished)
+    assert spent <= 3 < spent + max(ESTIMATE.values())  # within one request's bound of the cap
+    assert (f"stopped at the cost cap: spent {money(spent)} of $3.00 this run, {money(3 - spent)} left, once every "
+            "answer in flight had come: the next request may cost up to $") in result.stderr  # fmt: skip
 
 
 def test_a_cost_cap_needs_prices(tmp_path: Path, sim: BackgroundSimulator) -> None:

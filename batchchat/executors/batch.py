@@ -211,7 +211,10 @@ class _Rounds:
             if self.stop.is_set():
                 return Ending.STOPPED
             if not self.steps.running() and not self.steps.watched(time.time(), WATCH_S):
-                return Ending.BUDGET if self.budget is not None and self.budget.exhausted else Ending.DONE
+                if self.budget is not None and self.budget.exhausted:
+                    self.ledger.counters.refused = self.budget.refused
+                    return Ending.BUDGET
+                return Ending.DONE
             if self.engine.detach:
                 return Ending.DETACHED
             wait = True

@@ -127,4 +127,7 @@ class LiveExecutor:
             return Ending.AT_ONCE
         if signalled:
             return Ending.STOPPED
-        return Ending.BUDGET if budget is not None and budget.exhausted else Ending.DONE
+        if budget is not None and budget.exhausted:
+            ledger.counters.refused = budget.refused
+            return Ending.BUDGET
+        return Ending.DONE

@@ -59,9 +59,11 @@ class SharedLimitsImpl:
         (permit ids, whether the budget is spent, the allowed rate, seconds everyone is held)."""
         granted: list[int] = []
         while len(granted) < most:
-            held = self.budget.reserve(request) if self.budget is not None else 0.0
+            held: float | None = 0.0
+            if self.budget is not None:  # the first waits for room; more only while it is there
+                held = await self.budget.admit(request) if not granted else self.budget.reserve_if_room(request)
             if held is None:
-                return granted, True, self.throttle.rate, self.throttle.held_s
+                return granted, bool(self.budget and self.budget.exhausted), self.throttle.rate, self.throttle.held_s
             try:
                 if granted:  # more only while they come at once: a paced lease is one permit
                     permit = await asyncio.wait_for(self.throttle.acquire(request), MORE_WITHIN_S)
