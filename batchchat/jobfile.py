@@ -192,7 +192,9 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         if not parent.is_dir():
             raise JobError(f"output folder {parent} does not exist; create it or choose another {name('output')}")
 
-    prices = prices_for(models, parse_prices(s.get("prices"), at("prices")), endpoint.base_url)
+    # the simulator plays the models it is asked for, at the prices Together's catalogue gives them
+    priced_at = PROVIDERS["together"][0] if endpoint.provider == "sim" else endpoint.base_url
+    prices = prices_for(models, parse_prices(s.get("prices"), at("prices")), priced_at)
     variants = parse_variants(s.get("variants"), at("variants"))
     max_cost = number(s.get("max_cost"), at("max_cost"), 0.0)
     if max_cost is not None:

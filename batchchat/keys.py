@@ -58,3 +58,9 @@ def request_key(
     # No sort_keys: rows are built the same way on every pass and every run, so the order is stable,
     # and sorting would be the costliest part of the key.
     return hashlib.sha256(same_dumps(parts)).hexdigest()[:32]
+
+
+def messages_key(messages: Sequence[Any]) -> str:
+    """A hash of a conversation alone, whatever model and options it is sent with: how the
+    simulator finds the expected answer of the row a request came from."""
+    return hashlib.sha256(same_dumps(list(messages))).hexdigest()[:32]

@@ -11,17 +11,18 @@ run) gets from a job to its plan.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .answers import AnswerCheck, Derived
 from .errors import JobError
 from .journal import Store
-from .keys import RowKeys
+from .keys import RowKeys, messages_key
 from .records import OK, OUTPUT_COLUMNS, PENDING, ChatRequest, InvalidRow, RowOutcome
 from .rows import RequestBuilder, RowSpec
 from .spec import Job
+from .template import cell_text
 
 if TYPE_CHECKING:
     from .source import TableSource
@@ -105,6 +106,23 @@ class Setup:
             variants=len(job.variants),
             limit=job.limit,
         )
+
+    def simulated(self, job: Job, source: TableSource) -> Job:
+        """``job``, whose simulator (provider sim) knows each row's expected answer, so the models
+        it plays get some right and an offline evaluation compares them; a job without an
+        expected column, or sent elsewhere, as it is."""
+        column = job.scoring.expected_column
+        if job.endpoint.provider != "sim" or column is None or job.simulator.expected is not None:
+            return job
+        found: dict[str, str] = {}
+        fanout = self.builder.spec.fanout
+        for batch, items in self.builder.rows(source):
+            expected = batch.column(column).to_pylist()
+            for i, item in enumerate(items):
+                value = expected[i // fanout]
+                if isinstance(item, ChatRequest) and not item.turns and value is not None:
+                    found.setdefault(messages_key(item.messages), cell_text(value))
+        return replace(job, simulator=replace(job.simulator, expected=found))
 
     def plan(self, source: TableSource, store: Store, output: Path | None) -> tuple[Plan, Rows]:
         """One pass over every row: finds bad cells and empty prompts before any request, works

@@ -91,6 +91,7 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
             shutil.rmtree(files.parts, ignore_errors=True)
         journal = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers)), files.parts)
         try:
+            job = setup.simulated(job, source)
             executor = executor or executor_for(job, handle_signals=True)
             return await _run_file(job, source, setup, journal, files, schema, observer or Silent(), executor)
         finally:

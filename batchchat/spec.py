@@ -179,9 +179,13 @@ class SimConfig:
     batch_upload_fails: int = 0  # the first uploads keep their file, then answer 502
     batch_create_fails: int = 0  # the first creates make their batch, then answer 502
     batch_max_lines: int | None = None  # requests a batch may hold, when fewer than the providers' 50,000
+    # An offline evaluation: the expected answer of each row (by ``keys.messages_key`` of what it
+    # sends), which each model played gets right at a rate of its own, so models compare as real
+    # ones would. Filled from the job's expected column for provider sim; never shown.
+    expected: Mapping[str, str] | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
-        shown = {f: getattr(self, f) for f in self.__slots__ if f != "api_key"}
+        shown = {f: getattr(self, f) for f in self.__slots__ if f not in ("api_key", "expected")}
         return (
             f"SimConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())}, api_key={'***' if self.api_key else None})"
         )

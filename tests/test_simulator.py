@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from batchchat.simulator import request_digest, synthetic_reply
+
+from .helpers import cli, read_output, write_csv
 
 
 def post(url: str, body: dict, *, raw: bytes | None = None, key: str | None = None) -> tuple[int, dict, bytes]:
@@ -275,3 +278,28 @@ def test_the_invalid_rate_spoils_that_share_and_asking_again_can_succeed(sim_fac
 def test_a_reply_directive_answers_exactly_that_text(sim):
     assert answer_of(sim.url, body("Capital? [sim:reply=Paris, of course]")) == "Paris, of course"
     assert answer_of(sim.url, body('JSON [sim:reply={"a": [1, 2]}]')) == '{"a": [1, 2]}'
+
+
+def test_offline_the_simulator_plays_models_that_differ_and_prices_them_from_the_catalogue(tmp_path: Path) -> None:
+    """A scored job on provider sim compares its models as real ones would compare: each gets a
+    steady share of the expected answers right (more for a bigger model), and costs money."""
+    from batchchat.survey import overview
+
+    questions = [[f"What is {i} + {i}?", str(2 * i)] for i in range(40)]
+    source = write_csv(tmp_path / "in.csv", ["question", "answer"], questions)
+    big, small = "meta-llama/Llama-3.3-70B-Instruct-Turbo", "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
+    args = ("run", "-i", source, "-o", tmp_path / "out.parquet", "-m", big, "-m", small, "--provider", "sim",
+            "--prompt-column", "question", "--expected-column", "answer", "--score", "exact", "--report")  # fmt: skip
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    seen = overview(tmp_path / "out.parquet")
+    accuracy = {g.model: g.accuracy for g in seen.groups}
+    assert 0.5 < (accuracy[big] or 0) <= 1 and 0.3 < (accuracy[small] or 0) < (accuracy[big] or 0)
+    assert seen.disagreements  # rows where one model was right and the other not
+    assert all(g.cost and g.cost > 0 for g in seen.groups)  # the catalogue's prices, without a [prices] table
+    rows = read_output(tmp_path / "out.parquet")
+    right = [r for r in rows if r["score"] == 1.0]
+    assert all(r["response"] == questions[i // 2][1] for i, r in enumerate(rows) if r["score"] == 1.0) and right
+    again = cli(*args[:4], tmp_path / "again.parquet", *args[5:])
+    assert again.exit_code == 0
+    assert [r["score"] for r in read_output(tmp_path / "again.parquet")] == [r["score"] for r in rows]  # steady

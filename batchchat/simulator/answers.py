@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..keys import messages_key
 from ..schema import schema_of
 from ..spec import SimConfig
 
@@ -94,12 +95,41 @@ def shaped_reply(
             else:  # cut off mid-way
                 text = text[: max(1, len(text) // 2)]
         return _finish(body, text.split(" "), "stop")
+    expected = _expected(body, config)
+    right = expected is not None and chance(config.seed, digest, "right") < skill(str(body.get("model")))
     if config.labels:
-        label = config.labels[int(chance(config.seed, digest, "label") * len(config.labels))]
+        labels = config.labels
+        if expected is not None:  # right: the expected label; wrong: another one
+            wrong = [label for label in labels if label.casefold() != expected.casefold()] or list(labels)
+            label = expected if right else wrong[int(chance(config.seed, digest, "label") * len(wrong))]
+        else:
+            label = labels[int(chance(config.seed, digest, "label") * len(labels))]
         text = ("I am not sure which fits." if invalid
                 else (label, label.upper() + ".", f" {label.capitalize()}!")[int(pick * 3)])  # fmt: skip
         return _finish(body, text.split(" "), "stop")
+    if right and expected is not None:
+        return _finish(body, expected.split(" "), "stop")
     return synthetic_reply(body, digest, options)
+
+
+def _expected(body: dict[str, Any], config: SimConfig) -> str | None:
+    """The expected answer of the row this request came from, when the run gave them."""
+    if not config.expected:
+        return None
+    messages = body.get("messages")
+    return config.expected.get(messages_key(messages)) if isinstance(messages, list) else None
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)[bB]\b")
+
+
+def skill(model: str) -> float:
+    """The share of expected answers a played model gets right: more with more parameters, as
+    its name gives them (``70B`` over ``8B``), else a steady figure of its own."""
+    size = _SIZE.search(model)
+    if size is not None:
+        return 0.45 + 0.45 * min(1.0, math.log10(max(float(size.group(1)), 1.0)) / 2.5)
+    return 0.5 + 0.3 * chance("skill", model)
 
 
 def _example(schema: Any, digest: str, root: Mapping[str, Any], path: str = "") -> Any:
