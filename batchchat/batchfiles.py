@@ -19,6 +19,7 @@ from typing import Any
 from .endpoint import Endpoint
 from .records import ChatRequest
 from .spec import SimConfig
+from .stats import BatchTimes
 
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # requests per file, at both providers
@@ -100,6 +101,7 @@ class Steps:
     uploaded_at: dict[str, float] = field(default_factory=dict)  # file -> when (epoch)
     batch_of: dict[str, str] = field(default_factory=dict)  # file -> its batch
     collected: set[str] = field(default_factory=set)  # batches whose answers are kept
+    collected_at: dict[str, float] = field(default_factory=dict)  # batch -> when (epoch), where recorded
     dropped: set[str] = field(default_factory=set)  # files whose batch is gone for good
     uploads: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name -> (ids, model, at), not yet a file
     creating: dict[str, float] = field(default_factory=dict)  # file -> when its batch was last asked for
@@ -144,6 +146,8 @@ class Steps:
             self.extras[batch] = file
         elif kind == "collected" and isinstance(batch, str):
             self.collected.add(batch)
+            if "at" in step:
+                self.collected_at[batch] = at
         elif kind == "missing" and isinstance(batch, str):
             self.missing[batch] += 1
         elif kind == "seen" and isinstance(batch, str):
@@ -180,6 +184,23 @@ class Steps:
         extras = Counter(self.extras.values())
         return [file for file in self.creates if self.suspect(file) and now < self.creating.get(file, 0.0) + window
                 and file not in self.dropped and extras[file] < self.creates[file] - 1]  # fmt: skip
+
+    def times(self, since: float | None = None) -> BatchTimes:
+        """The batches submitted and collected since ``since`` (epoch; None: ever), and those
+        still waiting, with how long each collected one took (extra batches left out)."""
+        own = {batch: file for file, batch in self.batch_of.items()}
+        submitted = [file for file, at in self.uploaded_at.items() if since is None or at >= since]
+        collected = [batch for batch in self.collected if batch in own
+                     and (since is None or self.collected_at.get(batch, -1.0) >= since)]  # fmt: skip
+        waiting = self.open_files()
+        waits = [self.collected_at[b] - self.uploaded_at[own[b]] for b in collected
+                 if b in self.collected_at and own[b] in self.uploaded_at]  # fmt: skip
+        return BatchTimes(
+            submitted=len(submitted), submitted_requests=sum(len(self.files[file]) for file in submitted),
+            collected=len(collected), collected_requests=sum(len(self.files.get(own[b], ())) for b in collected),
+            waiting=len(waiting), waiting_requests=sum(len(self.files[file]) for file in waiting),
+            waits=tuple(sorted(max(0.0, wait) for wait in waits)),
+        )  # fmt: skip
 
     def file_of(self, batch: str) -> str:
         extra = self.extras.get(batch)

@@ -131,7 +131,7 @@ OPTION_GROUPS = {
     "Model and request": ["models", "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p",
                           "params", "variants", "stream"],
     "Limits and retries": ["concurrency", "rpm", "tpm", "max_attempts", "timeout", "price_flags", "max_cost"],
-    "Output and resume": ["output_path", "restart", "retry_errors", "dedup", "grace", "report"],
+    "Output and resume": ["output_path", "restart", "reuse", "retry_errors", "dedup", "grace", "report"],
     "Evaluation": ["json_schema", "labels", "invalid_retries", "expected_column", "score"],
     "Provider batches (half price, within 24 h)": ["batch_api", "detach", "poll_every", "cancel", "live_retry"],
     "Past one machine": ["ray", "ray_workers"],
@@ -248,6 +248,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     help="Stream answers (SSE) to measure time to first token (ttft_s) [default: no].",
 )
 @click.option("--restart", is_flag=True, default=None, help="Forget the journal of earlier runs: send every row again.")
+@click.option("--reuse", "reuse", multiple=True, metavar="OUTPUT", type=click.Path(dir_okay=False),
+              help="Reuse the answers another output's journal holds (a trial written with -o); repeatable.")
 @click.option(
     "--retry-errors", is_flag=True, default=None, help="Send again the rows that ended in error in earlier runs."
 )
@@ -395,6 +397,7 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
             )
         param_values = dict(parse_param(p) for p in params)
         options["option_columns"] = list(options["option_columns"]) or None
+        options["reuse"] = list(options["reuse"]) or None
         simulator = {k: v for text in sim_settings for k, v in parse_pairs(text, "--sim").items()}
         overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None,
                      "model": _models(models), "json_schema": _json_schema(json_schema),

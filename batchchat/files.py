@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import JobError
+from .spec import Job
 
 TEMP_SUFFIX = ".tmp"
 PROBE_BYTES = 64 * 1024  # written (and removed) before the first request: room for the first records
@@ -141,3 +142,19 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         os.close(handle)
         raise JobError(f"{path} is a hard link to another file; batchchat will not write through it: remove it")
     return handle
+
+
+def reused_journals(job: Job) -> list[Path]:
+    """The journals of the outputs a job reuses: those it names (each must have one), and the
+    journal of the output it writes without -o, when it writes elsewhere and that one exists."""
+    found = []
+    for path in job.resume.reuse:
+        journal = path if path.name.endswith(".journal") else OutputFiles.of(path).journal
+        if not journal.is_file():
+            raise JobError(f"{job.names('reuse')}: {path} has no journal ({journal} does not exist); name an output "
+                           "a run wrote, or its journal")  # fmt: skip
+        found.append(journal)
+    usual = job.resume.usual
+    if usual is not None and OutputFiles.of(usual).journal.is_file():
+        found.append(OutputFiles.of(usual).journal)
+    return found

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError
 from .executors.base import Ending, Executor
+from .files import reused_journals
 from .jobfile import load_job
 from .journal import Journal, JournalSet, MemoryStore, Store
 from .lock import OutputLock
@@ -96,7 +97,7 @@ async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = No
     journal_path = Path(journal)
     with OutputLock(journal_path, "journal="):  # journal.lock beside it
         store = JournalSet(Journal(journal_path, journal_scope(job.endpoint, job.answers)),
-                           journal_path.with_name(journal_path.name + ".parts"))  # fmt: skip
+                           journal_path.with_name(journal_path.name + ".parts"), reused=reused_journals(job))  # fmt: skip
         try:
             return await _frame_rows(job, frame, source, setup, store, watcher, bar, executor)
         finally:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .stats import percentile
 from .survey import Overview, overview, shares
+from .text import batch_times_text
 from .words import dollars, duration, plural, printable
 
 COLORS = ("#3b6ea8", "#d9822b", "#5a9a5a", "#b5473f", "#7d5ba6", "#8c6d46", "#c7699b", "#6d6d6d")
@@ -56,9 +57,12 @@ def _summary(seen: Overview) -> str:
     facts.append(("tokens", f"{seen.prompt_tokens:,} prompt + {seen.completion_tokens:,} completion"))
     if seen.cost is not None:
         facts.append(("cost", dollars(seen.cost)))
-    if seen.duration_s is not None:
+    if seen.batches is not None:
+        facts.append(("provider batches", batch_times_text(seen.batches).removeprefix("provider batches: ")))
+    elif seen.duration_s is not None:
         facts.append(("duration", duration(seen.duration_s)))
-        facts.append(("requests/s", f"{seen.requests_per_s or 0:,.1f}"))
+        if seen.requests_per_s is not None:
+            facts.append(("requests/s", f"{seen.requests_per_s:,.1f}"))
     if seen.timeline.at:
         facts += [("answered 429", f"{seen.rate_limited:,}"), ("retries", f"{seen.retries:,}")]
     cards = "".join(f"<div class=card data-fact='{_e(k)}'><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in facts)
@@ -85,7 +89,7 @@ def _timing(seen: Overview) -> str:
         charts.append(_histogram(seen.latencies, "latency, s", "rows"))
     if seen.ttfts:
         charts.append(_histogram(seen.ttfts, "time to first token, s", "rows"))
-    if seen.duration_s is not None and seen.duration_s >= 3:  # shorter, there is no "over time" to see
+    if seen.duration_s is not None and seen.duration_s >= 3 and seen.batches is None:  # else no "over time" to see
         charts.append(_over_time(seen))
     if seen.tokens_per_row:
         charts.append(_histogram(seen.tokens_per_row, "tokens per row", "rows"))

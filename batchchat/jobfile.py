@@ -92,9 +92,12 @@ def build_job(
                 params.update(table(value, f"'params' in {job_path}"))
             elif key in ("input", "output") and isinstance(value, str):
                 settings[key] = str(base / value)
+            elif key == "reuse" and isinstance(value, list | str):  # paths in the file are the file's
+                settings[key] = [str(base / v) if isinstance(v, str) else v for v in ([value] if isinstance(value, str) else value)]
             else:
                 settings[key] = value
             where[key] = f"'{key}' in {job_path}"
+    file_output = settings.get("output")
     for key, value in overrides.items():
         if value is None:
             continue
@@ -121,6 +124,10 @@ def build_job(
         if key not in ("input", "output") and lone_surrogate(value):  # (paths may hold any bytes)
             raise JobError(f"{where.get(key, label(key))} {INVALID_TEXT}")
     job = replace(_job_from(settings, params, where, check_key, label), names=label)
+    if job.input is not None and job.output is not None:  # a trial written elsewhere reuses the usual output's answers
+        usual = Path(file_output) if isinstance(file_output, str) else default_output(job.input)
+        if usual.resolve() != job.output.resolve():
+            job = replace(job, resume=replace(job.resume, usual=usual))
     priced = overrides.get("prices")
     unused = [model for model in (table(priced, label("prices")) if priced else {}) if model not in job.models]
     if unused:  # a price the job's own flags give for a model it does not ask: a typo, most likely
@@ -184,7 +191,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
     if input_path is not None and not input_path.exists():
         raise JobError(f"input file {input_path} does not exist ({at('input')})")
     if input_path is not None and output_path is None:
-        output_path = input_path.with_name(input_path.stem + ".out.parquet")
+        output_path = default_output(input_path)
     if output_path is not None:
         if input_path is not None and output_path.resolve() == input_path.resolve():
             raise JobError(f"the output {output_path} is the input file; choose another {name('output')}")
@@ -231,6 +238,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
             restart=flag(s.get("restart"), at("restart"), False),
             retry_errors=flag(s.get("retry_errors"), at("retry_errors"), False),
             grace_s=_default(number(s.get("grace"), at("grace"), 0.0, 3600.0), 10.0),
+            reuse=_paths(s.get("reuse"), at("reuse")),
         ),
         stream=_stream(s, at),
         dedup=flag(s.get("dedup"), at("dedup"), True),
@@ -384,6 +392,21 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool, name
             f"({name('provider')})"
         )
     return endpoint
+
+
+def default_output(input_path: Path) -> Path:
+    """The output of an input when none is named: beside it."""
+    return input_path.with_name(input_path.stem + ".out.parquet")
+
+
+def _paths(value: Any, at: str) -> tuple[Path, ...]:
+    """A path, or a list of them."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str | os.PathLike) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str | os.PathLike) and str(v) for v in items):
+        raise JobError(f"{at} must be a path or a list of paths (outputs, or their journals), got {value!r}")
+    return tuple(Path(v) for v in items)
 
 
 def _default(value: T | None, default: T) -> T:

@@ -98,6 +98,11 @@ class Store(Protocol):
         """Whether a run before this one finished it."""
         ...
 
+    def adopt(self, keys: Iterable[str | None]) -> int:
+        """Copy in the answers of ``keys`` that only another output's journal holds (a trial
+        written elsewhere), so this store holds every answer its output uses; how many."""
+        ...
+
     @property
     def has_stale(self) -> bool: ...
 
@@ -160,6 +165,9 @@ class MemoryStore:
     def earlier(self, key: str) -> bool:
         return False
 
+    def adopt(self, keys: Iterable[str | None]) -> int:
+        return 0
+
     def unfinished(self, key: str) -> bool:
         outcome = self._outcomes.get(key)
         return outcome is not None and outcome.status == PENDING
@@ -206,6 +214,7 @@ class Journal:
         self._failed: set[str] = set()  # keys whose latest record is an error
         self._stale: set[str] = set()  # keys whose latest record was judged by other checks
         self._unfinished: set[str] = set()  # keys whose answer failed its checks, with re-asks to go
+        self._adopted: set[str] = set()  # keys this run copied from another output's journal
         self.torn = 0  # unreadable records skipped (a cut-off last line, normally)
         self.invalid = 0  # records of the wrong shape or types (edited by hand, or damaged), skipped
         self.legacy = 0  # records from before scopes, taken as this endpoint's
@@ -241,8 +250,26 @@ class Journal:
         return key in self._unfinished
 
     def earlier(self, key: str) -> bool:
-        """Whether the record kept for ``key`` was written by an earlier run."""
-        return self.written_before(key, self._earlier_end)
+        """Whether the record kept for ``key`` was written by an earlier run (or copied from one)."""
+        return self.written_before(key, self._earlier_end) or key in self._adopted
+
+    def adopt(self, keys: Iterable[str | None]) -> int:
+        """Nothing: a journal alone reuses no other's (``JournalSet`` does)."""
+        return 0
+
+    def keep_copy(self, outcome: RowOutcome) -> None:
+        """Keep an answer an earlier run paid for in another output's journal, as received and
+        without a time (it was not answered now): this output then holds every answer it uses."""
+        try:
+            assert outcome.key is not None and not self.read_only
+            self._scope_line()
+            offset = self._size
+            self._write(record_of(outcome))
+            self._index(outcome.key, offset, outcome.status, fresh=True)
+            self._adopted.add(outcome.key)
+        except OSError as e:
+            self._cut_back()
+            raise StorageError("the journal", self.path, e) from None
 
     @property
     def opened_size(self) -> int:
@@ -480,11 +507,16 @@ class JournalSet:
     main journal. Where several hold a record for a key, the one last in order wins (parts are
     named so that later ones sort later)."""
 
-    def __init__(self, main: Journal, parts: Path | None, others: Sequence[Path] = ()) -> None:
-        """``others``: journals read before the parts (a worker reads the run's main journal)."""
+    def __init__(self, main: Journal, parts: Path | None, others: Sequence[Path] = (),
+                 reused: Sequence[Path] = ()) -> None:  # fmt: skip
+        """``others``: journals read before the parts (a worker reads the run's main journal).
+        ``reused``: other outputs' journals, whose answers count as earlier runs' (under the
+        main journal's records), and are copied into it when a run uses them (``adopt``)."""
         self.main = main
         self.folder = parts
         self.others = [path for path in others if path != main.path]
+        self.reused = [Journal(path, main.scope, read_only=True) for path in dict.fromkeys(reused)
+                       if path != main.path and path.is_file()]  # fmt: skip
         self.parts: list[Journal] = []
         self.refresh()
         self._opened = {part.path: part.opened_size for part in self.parts}  # what earlier runs wrote
@@ -499,9 +531,9 @@ class JournalSet:
 
     def _holder(self, key: str) -> Journal | None:
         """The journal whose record for ``key`` counts: the last fresh one, else the last one."""
-        if not self.parts:  # the usual case, asked of every request: one journal
+        if not self.parts and not self.reused:  # the usual case, asked of every request: one journal
             return self.main if key in self.main else None
-        holders = [j for j in (self.main, *self.parts) if key in j]
+        holders = [j for j in (*self.reused, self.main, *self.parts) if key in j]
         fresh = [j for j in holders if not j.stale(key)]
         return (fresh or holders)[-1] if holders else None
 
@@ -530,25 +562,25 @@ class JournalSet:
         return self.main.steps
 
     def __contains__(self, key: str) -> bool:
-        return key in self.main or any(key in part for part in self.parts)
+        return key in self.main or any(key in part for part in self.parts) or any(key in j for j in self.reused)
 
     def __len__(self) -> int:
-        return len(self.main) + sum(len(part) for part in self.parts)
+        return len(self.main) + sum(len(part) for part in self.parts) + sum(len(j) for j in self.reused)
 
     def failed(self, key: str) -> bool:
-        if not self.parts:  # a flag is only ever set on a key the journal holds
+        if not self.parts and not self.reused:  # a flag is only ever set on a key the journal holds
             return self.main.failed(key)
         holder = self._holder(key)
         return holder is not None and holder.failed(key)
 
     def stale(self, key: str) -> bool:
-        if not self.parts:  # a flag is only ever set on a key the journal holds
+        if not self.parts and not self.reused:  # a flag is only ever set on a key the journal holds
             return self.main.stale(key)
         holder = self._holder(key)
         return holder is not None and holder.stale(key)
 
     def unfinished(self, key: str) -> bool:
-        if not self.parts:  # a flag is only ever set on a key the journal holds
+        if not self.parts and not self.reused:  # a flag is only ever set on a key the journal holds
             return self.main.unfinished(key)
         holder = self._holder(key)
         return holder is not None and holder.unfinished(key)
@@ -562,11 +594,33 @@ class JournalSet:
             return False
         if holder is self.main:
             return self.main.earlier(key)
+        if holder in self.reused:
+            return True
         return holder.written_before(key, self._opened.get(holder.path, 0))
 
     @property
     def has_stale(self) -> bool:
-        return self.main.has_stale or any(part.has_stale for part in self.parts)
+        return self.main.has_stale or any(j.has_stale for j in (*self.parts, *self.reused))
+
+    def adopt(self, keys: Iterable[str | None]) -> int:
+        """Copy into the main journal the answers of ``keys`` that only a reused journal holds,
+        judged by this run's checks (a stale one is judged again where it is used); the number
+        copied."""
+        if not self.reused:
+            return 0
+        wanted: dict[int, tuple[Journal, list[str]]] = {}
+        for key in keys:
+            if key is None or key in self.main or any(key in part for part in self.parts):
+                continue
+            holder = self._holder(key)
+            if holder is not None and holder in self.reused and not holder.stale(key):
+                wanted.setdefault(id(holder), (holder, []))[1].append(key)
+        copied = 0
+        for holder, found in wanted.values():
+            for outcome in holder.get_many(dict.fromkeys(found), answers=True).values():
+                self.main.keep_copy(outcome)
+                copied += 1
+        return copied
 
     def begin(self) -> None:
         self.main.begin()
@@ -581,7 +635,7 @@ class JournalSet:
         self.main.add_step(step)
 
     def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
-        if not self.parts:
+        if not self.parts and not self.reused:
             return self.main.get_many(keys, answers)
         by_holder: dict[int, tuple[Journal, list[str]]] = {}
         for key in keys:
@@ -595,5 +649,5 @@ class JournalSet:
 
     def close(self) -> None:
         self.main.close()
-        for part in self.parts:
-            part.close()
+        for journal in (*self.parts, *self.reused):
+            journal.close()

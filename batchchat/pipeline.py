@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,6 +70,7 @@ class Stages:
         self.rows: Rows | None = None
         self.ending = Ending.DONE
         self.wall_s = 0.0
+        self.began = time.time()  # epoch: what the journal's steps since then are this run's
         self.running = False  # provider batches of earlier runs to collect
 
     def plan(self, output: Path | None) -> Plan:
@@ -84,12 +85,19 @@ class Stages:
         plan, self.rows = self.setup.plan(self.source, self.store, output)
         self.stats.total = plan.to_send
         self.running = bool(running)
+        if running:
+            waiting = {request_key_of(cid) for cid in Steps.read(self.store.steps).waiting()}
+            rows = self.rows
+            sent = sum(1 for row in range(len(rows.keys)) if rows.sends[row] and rows.keys[row] in waiting)
+            plan = replace(plan, waiting=sent)
         return plan
 
     async def execute(self, executor: Executor) -> Ending:
         """The plan's work, answered by ``executor`` into the store (nothing to do: done)."""
         assert self.rows is not None, "plan first"
         started = time.perf_counter()
+        self.began = time.time()
+        self.store.adopt(self.rows.keys[row] for row in range(len(self.rows.keys)))  # a trial's, written elsewhere
         try:
             if self.stats.total or self.running:  # batches still running are collected
                 self.store.describe(describe(self.job))
@@ -111,8 +119,9 @@ class Stages:
     def summary(self, tally: RowTally) -> Summary:
         job = self.job
         capped = self.ending is Ending.BUDGET and tally.statuses[PENDING] > 0  # rows the cap left unsent
+        batches = Steps.read(self.store.steps).times(self.began) if job.batch.enabled else None
         return self.stats.summary(self.wall_s, tally, cost_cap=job.max_cost, budget_stopped=capped,
-                                  streamed=job.stream)  # fmt: skip
+                                  streamed=job.stream, batches=batches)  # fmt: skip
 
 
 class _Requests:

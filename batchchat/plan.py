@@ -51,7 +51,9 @@ class Plan:
     input_rows: int = 0
     models: int = 1
     variants: int = 0
-    reasked: int = 0  # stored answers that fail the job's checks, with re-asks to go
+    reasked: int = 0  # stored answers that failed the job's checks, with re-asks to go
+    rejudged: int = 0  # stored answers that fail the job's changed checks, to be asked again
+    waiting: int = 0  # of those to send, requests waiting in provider batches submitted before
     legacy: int = 0  # journal records from before endpoints were recorded, taken as this endpoint's
     assumed_endpoint: str | None = None  # set when this run made that assumption (said once)
     elsewhere: tuple[tuple[str, int], ...] = ()  # (endpoint, requests answered there, not here)
@@ -131,6 +133,7 @@ class Setup:
         invalid: dict[int, str] = {}
         wants = bytearray()  # rows to send if they are the first asking for their request
         reasks = bytearray()  # ... and of those, the ones whose stored answer the checks reject
+        changed = bytearray()  # ... and of those, the ones the job's changed checks reject
         done = 0
         retry_errors = self.retry_errors
         input_rows = 0
@@ -141,7 +144,7 @@ class Setup:
             stored = (i.key for i in items if isinstance(i, ChatRequest) and i.key in store)
             judged = stale_outcomes(store, stored, self.check)
             for item in items:
-                want = reask = False
+                want = reask = rejudged = False
                 if isinstance(item, InvalidRow):
                     invalid[item.row] = item.reason
                     keys.append(None)
@@ -159,17 +162,20 @@ class Setup:
                         want = True
                     elif (again.status == PENDING) if again is not None else store.unfinished(key):
                         want = reask = True  # an answer the checks reject, with re-asks to go
+                        rejudged = again is not None  # judged again: by other checks when it was stored
                     elif retry_errors and (again.status != OK if again is not None else store.failed(key)):
                         want = True
                     else:
                         done += 1
                 wants.append(want)
                 reasks.append(reask)
+                changed.append(rejudged)
         # Which row is the first asking for each request: one sort of the keys at the end, not a
         # set of every key held through the pass (ten million keys in a set take 1.5 GB).
         first = keys.firsts()
         sends = _both(first, wants)
         reasked = _both(first, reasks).count(1)
+        changed_checks = _both(first, changed).count(1)
         rows = Rows(keys, invalid, sends, first, [r for r in kept if sends[r.row]] if kept is not None else None)
         if input_rows == 0:
             raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
@@ -188,7 +194,8 @@ class Setup:
             input_rows=input_rows,
             models=self.models,
             variants=self.variants,
-            reasked=reasked,
+            reasked=reasked - changed_checks,
+            rejudged=changed_checks,
             legacy=store.legacy,
             assumed_endpoint=store.assumed_endpoint,
             elsewhere=tuple(sorted(store.elsewhere.items())),

@@ -18,7 +18,7 @@ from .batchfiles import Steps
 from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError, MissingKey
 from .executors.base import Ending, Executor
-from .files import OutputFiles
+from .files import OutputFiles, reused_journals
 from .frames import frame_result, is_frame
 from .jobfile import load_job
 from .journal import Journal, JournalSet
@@ -89,7 +89,8 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
             _no_batches_left_running(job, files)
             files.journal.unlink(missing_ok=True)
             shutil.rmtree(files.parts, ignore_errors=True)
-        journal = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers)), files.parts)
+        journal = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers)), files.parts,
+                             reused=reused_journals(job))  # fmt: skip
         try:
             job = setup.simulated(job, source)
             executor = executor or executor_for(job, handle_signals=True)

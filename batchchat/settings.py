@@ -22,7 +22,7 @@ SETTINGS = (
     "retry_errors", "grace", "simulator", "models", "variants", "option_columns", "options_column",
     "response_format", "json_schema", "labels", "invalid_retries", "expected_column", "score",
     "turns_column", "prices", "max_cost", "limit", "batch_api", "poll_every", "detach", "cancel", "live_retry",
-    "batch_discount", "ray", "ray_workers",
+    "batch_discount", "ray", "ray_workers", "reuse",
 )  # fmt: skip
 # Settings that say one thing two ways; the job file may use one while a flag sets the other.
 SAME_SETTING = {

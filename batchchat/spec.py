@@ -64,6 +64,10 @@ class Resume:
     restart: bool = False  # discard the journal: send everything again
     retry_errors: bool = False  # send again the requests that ended in error
     grace_s: float = 10.0  # after Ctrl-C or SIGTERM, how long in-flight requests may finish
+    # other outputs (or their journals) whose answers this job reuses, as if this output's journal
+    # held them: a trial written elsewhere is not paid for again
+    reuse: tuple[Path, ...] = ()
+    usual: Path | None = None  # the output the job writes without -o, when -o names another: reused too
 
 
 @dataclass(frozen=True)

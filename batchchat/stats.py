@@ -205,6 +205,26 @@ class RowTally:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchTimes:
+    """Provider batches, as the journal's steps record them: submitted, collected and still
+    waiting (each with its requests), and how long each collected one took from submission
+    (its file's upload) to collection. What a batch run's summary and ``show`` say instead of a
+    rate of requests, which batches do not have."""
+
+    submitted: int = 0
+    submitted_requests: int = 0
+    collected: int = 0
+    collected_requests: int = 0
+    waiting: int = 0
+    waiting_requests: int = 0
+    waits: tuple[float, ...] = ()  # seconds from submission to collection, shortest first
+
+    @property
+    def any(self) -> bool:
+        return bool(self.submitted or self.collected or self.waiting)
+
+
+@dataclass(frozen=True, slots=True)
 class GroupSummary:
     """One model and variant over every row of the output (earlier runs' answers included)."""
 
@@ -257,6 +277,7 @@ class Summary:
     output_completion_tokens: int = 0
     paid: tuple[tuple[str, int], ...] = ()  # rows by who paid for their request (``PAID``)
     unshown_tokens: int = 0  # of this run's, in answers no row's token cells count (re-asks to go, repeated lines)
+    batches: BatchTimes | None = None  # a provider batch run's batches: this run's, and those still waiting
     labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
     unreported: int = 0  # answers this run whose server did not report usage
     crowded: str | None = None  # when and why fewer requests went at once than asked
@@ -315,8 +336,8 @@ class Stats:
         """US dollars this run spent, when every model that answered has a price."""
         return spending(self.prices, self.counters.usage) if self.prices else None
 
-    def summary(self, wall_s: float, rows: RowTally, *, cost_cap: float | None = None,
-                budget_stopped: bool = False, streamed: bool = False) -> Summary:  # fmt: skip
+    def summary(self, wall_s: float, rows: RowTally, *, cost_cap: float | None = None, budget_stopped: bool = False,
+                streamed: bool = False, batches: BatchTimes | None = None) -> Summary:  # fmt: skip
         latencies = ordered(self._latencies)
         ttfts = ordered(self._ttfts)
         return Summary(
@@ -355,6 +376,7 @@ class Stats:
             unreported_cost=spending(self.prices, self.counters.unreported_bound) if self.prices else None,
             repeated=tuple(sorted(self.counters.repeated.items())),
             extra_batches=self.counters.extra_batches,
+            batches=batches,
         )
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from . import jsonio
+from .batchfiles import Steps
 from .errors import JobError
 from .files import OutputFiles, open_nofollow
 from .records import ERROR, OK, OUTPUT_COLUMNS, PENDING
 from .source import open_source
-from .stats import PAID, GroupSummary, RowTally
+from .stats import PAID, BatchTimes, GroupSummary, RowTally
 from .stored import valid_record
 
 SHOWN = 20  # rows in each sample table
@@ -41,6 +42,7 @@ class Timeline:
     limited: list[int]  # attempts answered 429
     failed: list[bool]
     job: dict[str, Any] | None  # the latest run's settings
+    steps: list[dict[str, Any]] = field(default_factory=list)  # provider batch steps, in order
 
 
 def read_timeline(paths: Sequence[Path]) -> Timeline:
@@ -48,6 +50,7 @@ def read_timeline(paths: Sequence[Path]) -> Timeline:
     first; records from before times were recorded are left out."""
     rows: list[tuple[float, int, int, int, bool]] = []
     job: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = []
     for path in paths:
         if not path.is_file():
             continue
@@ -61,6 +64,8 @@ def read_timeline(paths: Sequence[Path]) -> Timeline:
                     continue
                 if isinstance(record.get("job"), dict):
                     job = record["job"]
+                if isinstance(record.get("batch_step"), dict):
+                    steps.append(record["batch_step"])
                 at = record.get("at")
                 if isinstance(at, int | float) and valid_record(record) and record.get("status") != PENDING:
                     attempts, asks = int(record.get("attempts") or 0), int(record.get("answers") or 1)
@@ -68,7 +73,7 @@ def read_timeline(paths: Sequence[Path]) -> Timeline:
                                  record.get("status") == ERROR))  # fmt: skip
     rows.sort()
     return Timeline(at=[r[0] for r in rows], attempts=[r[1] for r in rows], retries=[r[2] for r in rows],
-                    limited=[r[3] for r in rows], failed=[r[4] for r in rows], job=job)  # fmt: skip
+                    limited=[r[3] for r in rows], failed=[r[4] for r in rows], job=job, steps=steps)  # fmt: skip
 
 
 @dataclass
@@ -123,6 +128,12 @@ class Overview:
         return self.timeline.job
 
     @property
+    def batches(self) -> BatchTimes | None:
+        """The output's provider batches, when it was answered by them: a batch's answers arrive
+        all at once, so its pace is the time from submission to collection, not a rate."""
+        return Steps.read(self.timeline.steps).times() if self.timeline.steps else None
+
+    @property
     def duration_s(self) -> float | None:
         """From the first finished request to the last, as the journal recorded them."""
         at = self.timeline.at
@@ -130,8 +141,9 @@ class Overview:
 
     @property
     def requests_per_s(self) -> float | None:
+        """Requests finished a second, over at least a second of them, of requests sent live."""
         seconds = self.duration_s
-        return (len(self.timeline.at) - 1) / seconds if seconds else None
+        return (len(self.timeline.at) - 1) / seconds if seconds and seconds >= 1 and not self.batches else None
 
     @property
     def rate_limited(self) -> int:

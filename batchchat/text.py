@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .endpoint import endpoint_label
 from .executors.base import BatchProgress, Ending
-from .stats import PAID, PAID_EARLIER, PAID_RUN, PAID_SHARED, percentile
+from .stats import PAID, PAID_EARLIER, PAID_RUN, PAID_SHARED, BatchTimes, percentile
 from .words import dollars, duration, plural
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ def plan_lines(plan: Plan) -> list[str]:
     lines = [f"{plural(plan.rows, 'row')}{fanout} from {plan.source} -> {plan.endpoint}"]
     if plan.limit is not None and plan.input_rows >= plan.limit:
         first = "the first input row" if plan.limit == 1 else f"the first {plan.limit:,} input rows"
-        lines.append(f"only {first} (--limit); run without it to go on: what is answered now is not sent again")
+        again = f" by a run to {plan.output}, or to another output given --reuse {plan.output}" if plan.output else ""
+        lines.append(f"only {first} (--limit); run without it to go on: what is answered now is not sent again{again}")
     if plan.invalid_rows:
         more = ", ..." if plan.invalid_inputs > len(plan.first_invalid) else ""
         shown = ", ".join(map(str, plan.first_invalid)) + more
@@ -71,15 +72,27 @@ def plan_lines(plan: Plan) -> list[str]:
     if plan.done_rows:
         notes.append(f"{plural(plan.done_rows, 'row')} answered by an earlier run (journal)")
     if plan.reasked:
+        notes.append(f"{plural(plan.reasked, 'answer')} that failed the job's checks will be asked again (re-asks)")
+    if plan.rejudged:
         notes.append(
-            f"{plural(plan.reasked, 'stored answer')} {'fails' if plan.reasked == 1 else 'fail'} the job's "
+            f"{plural(plan.rejudged, 'stored answer')} {'fails' if plan.rejudged == 1 else 'fail'} the job's "
             "changed checks and will be asked again"
         )
     if plan.shared_rows:
         notes.append(f"{plural(plan.shared_rows, 'row')} share a request with an identical row")
     if notes:
-        lines.append(f"{'; '.join(notes)}; {plural(plan.to_send, 'request')} to send")
+        lines.append(f"{'; '.join(notes)}; {to_send(plan)}")
+    elif plan.waiting:
+        lines.append(to_send(plan))
     return lines
+
+
+def to_send(plan: Plan) -> str:
+    """The requests still to answer: those already waiting in provider batches are not sent again."""
+    if not plan.waiting:
+        return f"{plural(plan.to_send, 'request')} to send"
+    return (f"{plural(plan.to_send - plan.waiting, 'request')} to send, "
+            f"{plan.waiting:,} waiting in provider batches submitted before")  # fmt: skip
 
 
 def progress_line(total: int, stats: Stats | None, elapsed_s: float, stopping: bool = False) -> str:
@@ -119,7 +132,11 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
                  f"({plural(s.answered, 'request')})"]  # fmt: skip
     else:
         lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
-    if s.requests == 0 and s.answered == 0:
+    if s.batches is not None and (s.batches.any or s.answered):
+        invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
+        lines += [f"this run: {batch_times_text(s.batches)}; {plural(s.answered, 'request')} finished{invalid}",
+                  tokens_line(s)]  # fmt: skip
+    elif s.requests == 0 and s.answered == 0:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
         invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
@@ -191,6 +208,24 @@ def quiet_line(result: RunResult, finished: bool = True) -> str:
     if s.budget_stopped:
         line += " (stopped at the cost cap)"
     return line + (f"; output: {result.output}" if result.output is not None else "")
+
+
+def batch_times_text(b: BatchTimes) -> str:
+    """Provider batches: submitted, collected and how long they took, still waiting."""
+    parts = []
+    if b.submitted:
+        parts.append(f"{plural(b.submitted, 'batch', 'batches')} submitted ({plural(b.submitted_requests, 'request')})")
+    if b.collected:
+        took = ""
+        if len(b.waits) == 1:
+            took = f"; {duration(b.waits[0])} from submission to collection"
+        elif b.waits:
+            took = (f"; from submission to collection: median {duration(percentile(b.waits, 50) or 0)}, "
+                    f"longest {duration(b.waits[-1])}")  # fmt: skip
+        parts.append(f"{b.collected:,} collected ({plural(b.collected_requests, 'request')}{took})")
+    if b.waiting:
+        parts.append(f"{b.waiting:,} still waiting at the provider ({plural(b.waiting_requests, 'request')})")
+    return "provider batches: " + (", ".join(parts) if parts else "none")
 
 
 def _unreported(s: Summary) -> str:
@@ -336,9 +371,13 @@ def overview_text(seen: Overview) -> str:
     tally = seen.tally
     lines.append(output_tokens_line(tally.prompt_tokens, tally.completion_tokens, tally.cost,
                                     tuple((payer, tally.paid[payer]) for payer in PAID if tally.paid[payer])))  # fmt: skip
-    if seen.duration_s is not None:
-        lines.append(f"requests: {len(seen.timeline.at):,} finished over {duration(seen.duration_s)} "
-                     f"({seen.requests_per_s or 0:,.1f}/s); {seen.rate_limited:,} answered 429, "
+    batches = seen.batches
+    if batches is not None:
+        lines.append(batch_times_text(batches))
+    elif seen.duration_s is not None:
+        rate = seen.requests_per_s
+        pace = f"over {duration(seen.duration_s)} ({rate:,.1f}/s)" if rate is not None else "within a second"
+        lines.append(f"requests: {len(seen.timeline.at):,} finished {pace}; {seen.rate_limited:,} answered 429, "
                      f"{plural(seen.retries, 'retry', 'retries')}")  # fmt: skip
     if seen.latencies:
         ordered = sorted(seen.latencies)

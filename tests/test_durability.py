@@ -94,7 +94,7 @@ def test_ctrl_c_lets_requests_in_flight_finish_keeps_everything_and_resumes(sim_
     # a pending row has no answer, but says which model it waits for
     assert all(r["response"] is None and r["model"] == "sim-chat" for r in rows if r["status"] == "pending")
     resumed = start(source, output, server.url)
-    assert resumed.wait(timeout=60) == 0
+    assert resumed.wait(timeout=60) == 0, resumed.communicate()[1]
     check_complete(output, texts)
     assert server.stats()["answered_twice"] == 0
 

@@ -201,7 +201,7 @@ class _Rounds:
             await self._replay(self._waiting())
             self._keep_unclaimed()
             for batch, _ in finished:
-                self._record({"step": "collected", "batch": batch})
+                self._record({"step": "collected", "batch": batch, "at": time.time()})
             self.results.clear()
             self.origin.clear()
             if self.to_submit and not self.engine.cancel and not self.stop.is_set():

@@ -1,0 +1,51 @@
+"""A trial written elsewhere, and what a later run reuses of it: exactly what README says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchchat.simulator import BackgroundSimulator
+
+from .helpers import cli, read_output, write_csv
+
+
+def hundred(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "in.csv", ["prompt"], [[f"question {i}"] for i in range(100)])
+
+
+def test_a_trial_written_elsewhere_is_reused_when_named_and_then_kept_by_the_new_output(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    source = hundred(tmp_path)
+    common = ("-i", source, "-m", "sim-chat", "--base-url", sim.url)
+    trial = cli("run", *common, "--limit", "20", "-o", tmp_path / "trial.parquet")
+    assert trial.exit_code == 0
+    assert f"not sent again by a run to {tmp_path / 'trial.parquet'}, or to another output given --reuse" in trial.stderr
+    full = cli("run", *common, "-o", tmp_path / "full.parquet", "--reuse", tmp_path / "trial.parquet")
+    assert full.exit_code == 0, full.stderr
+    assert len(sim.requests) == 100  # 20, then the 80 the trial did not answer
+    rows = read_output(tmp_path / "full.parquet")
+    assert [r["paid"] for r in rows] == ["earlier_run"] * 20 + ["this_run"] * 80
+    assert [r["response"] for r in rows[:20]] == [r["response"] for r in read_output(tmp_path / "trial.parquet")]
+    (tmp_path / "trial.parquet").unlink()
+    (tmp_path / "trial.parquet.journal").unlink()
+    again = cli("run", *common, "-o", tmp_path / "full.parquet")  # the copies are this output's own now
+    assert again.exit_code == 0 and len(sim.requests) == 100
+    assert read_output(tmp_path / "full.parquet") == [{**r, "paid": "earlier_run"} for r in rows]
+    unnamed = cli("run", *common, "-o", tmp_path / "other.parquet")  # nothing named, nothing reused: as README says
+    assert unnamed.exit_code == 0 and len(sim.requests) == 200
+
+
+def test_a_run_written_elsewhere_reuses_the_jobs_own_output_and_a_missing_one_is_named(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    source = hundred(tmp_path)
+    common = ("-i", source, "-m", "sim-chat", "--base-url", sim.url)
+    assert cli("run", *common, "--limit", "30").exit_code == 0  # the job's own output: in.out.parquet
+    elsewhere = cli("run", *common, "-o", tmp_path / "copy.csv")
+    assert elsewhere.exit_code == 0 and len(sim.requests) == 100
+    assert "30 rows answered by an earlier run" in elsewhere.stderr
+    missing = cli("run", *common, "-o", tmp_path / "x.csv", "--reuse", tmp_path / "nothing.parquet")
+    assert missing.exit_code == 2
+    assert f"--reuse: {tmp_path / 'nothing.parquet'} has no journal" in missing.stderr
+    assert not (tmp_path / "x.csv").exists()
