@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,6 +134,35 @@ def test_detach_submits_and_exits_and_a_later_run_collects(tmp_path: Path, sim_f
     collected = cli("run", *common, "--detach")
     assert collected.exit_code == 0 and {r["status"] for r in read_output(output)} == {"ok"}
     assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+
+
+def test_a_batch_run_speaks_of_batches_and_of_re_asks_as_re_asks(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=1.0, labels=("yes", "no"), invalid_rate=0.4, seed=3)
+    source = questions(tmp_path)
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api", "--labels", "yes,no",
+              "--detach")  # fmt: skip
+    submitted = cli("run", *common)
+    assert submitted.exit_code == 0, submitted.stderr
+    assert ("this run: provider batches: 1 batch submitted (12 requests), 1 still waiting at the provider "
+            "(12 requests); 0 requests finished") in submitted.stderr  # fmt: skip
+    time.sleep(1.1)
+    collected = cli("run", *common)
+    err = collected.stderr
+    assert "0 requests to send, 12 waiting in provider batches submitted before" in err
+    assert re.search(r"1 collected \(12 requests; \d+ s from submission to collection\)", err), err
+    reasked = int(re.search(r"provider batches: 1 batch submitted \((\d+) requests?\)", err)[1])  # type: ignore[index]
+    assert reasked > 0 and "/s)" not in err and "changed checks" not in err
+    time.sleep(1.1)
+    third = cli("run", *common)
+    assert f"{reasked} answer{'s' if reasked > 1 else ''} that failed the job's checks will be asked again (re-asks)" in third.stderr
+    assert "changed checks" not in third.stderr
+    shown = cli("show", output)
+    assert re.search(r"provider batches: \d+ batches submitted \(\d+ requests\), \d+ collected", shown.output)
+    assert "/s)" not in shown.output and "finished over" not in shown.output
+    assert cli("report", output).exit_code == 0
+    page = output.with_name(output.name + ".report.html").read_text(encoding="utf-8")
+    assert "requests/s" not in page and "provider batches" in page
 
 
 def test_cancel_stops_the_running_batches_and_keeps_what_they_finished(tmp_path: Path, sim_factory: Any) -> None:
