@@ -58,7 +58,7 @@ def _summary(seen: Overview) -> str:
     if seen.cost is not None:
         facts.append(("cost", dollars(seen.cost)))
     if seen.batches is not None:
-        facts.append(("provider batches", batch_times_text(seen.batches).removeprefix("provider batches: ")))
+        facts.append(("provider batches", batch_times_text(seen.batches)))
     elif seen.duration_s is not None:
         facts.append(("duration", duration(seen.duration_s)))
         if seen.requests_per_s is not None:

@@ -15,6 +15,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ class Overview:
     def job(self) -> dict[str, Any] | None:
         return self.timeline.job
 
-    @property
+    @cached_property
     def batches(self) -> BatchTimes | None:
         """The output's provider batches, when it was answered by them: a batch's answers arrive
         all at once, so its pace is the time from submission to collection, not a rate."""

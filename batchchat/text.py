@@ -134,7 +134,7 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
     if s.batches is not None and (s.batches.any or s.answered):
         invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
-        lines += [f"this run: {batch_times_text(s.batches)}; {plural(s.answered, 'request')} finished{invalid}",
+        lines += [f"this run: provider batches: {batch_times_text(s.batches)}; {plural(s.answered, 'request')} finished{invalid}",
                   tokens_line(s)]  # fmt: skip
     elif s.requests == 0 and s.answered == 0:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
@@ -211,7 +211,8 @@ def quiet_line(result: RunResult, finished: bool = True) -> str:
 
 
 def batch_times_text(b: BatchTimes) -> str:
-    """Provider batches: submitted, collected and how long they took, still waiting."""
+    """Provider batches, after "provider batches: ": submitted, collected and how long they took,
+    still waiting."""
     parts = []
     if b.submitted:
         parts.append(f"{plural(b.submitted, 'batch', 'batches')} submitted ({plural(b.submitted_requests, 'request')})")
@@ -225,7 +226,7 @@ def batch_times_text(b: BatchTimes) -> str:
         parts.append(f"{b.collected:,} collected ({plural(b.collected_requests, 'request')}{took})")
     if b.waiting:
         parts.append(f"{b.waiting:,} still waiting at the provider ({plural(b.waiting_requests, 'request')})")
-    return "provider batches: " + (", ".join(parts) if parts else "none")
+    return ", ".join(parts) if parts else "none"
 
 
 def _unreported(s: Summary) -> str:
@@ -373,7 +374,7 @@ def overview_text(seen: Overview) -> str:
                                     tuple((payer, tally.paid[payer]) for payer in PAID if tally.paid[payer])))  # fmt: skip
     batches = seen.batches
     if batches is not None:
-        lines.append(batch_times_text(batches))
+        lines.append(f"provider batches: {batch_times_text(batches)}")
     elif seen.duration_s is not None:
         rate = seen.requests_per_s
         pace = f"over {duration(seen.duration_s)} ({rate:,.1f}/s)" if rate is not None else "within a second"
