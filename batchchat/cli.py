@@ -731,7 +731,9 @@ def serve(host: str, port: int, api_key_env: str | None, labels: str | None, **o
     if api_key_env:
         options["api_key"] = os.environ.get(api_key_env)
         if not options["api_key"]:
-            _fail(f"--api-key-env: the variable {api_key_env} is not set", False)
+            from .endpoint import key_state
+
+            _fail(f"--api-key-env: the variable {api_key_env} {key_state(api_key_env)}", False)
     try:
         asyncio.run(serve_forever(SimConfig(**options), host, port, ready))
     except OSError as e:

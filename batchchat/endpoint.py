@@ -152,3 +152,8 @@ def is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def key_state(variable: str) -> str:
+    """"is empty" for a key variable set to nothing (``TOGETHER_API_KEY=``), else "is not set"."""
+    return "is empty" if variable in os.environ else "is not set"

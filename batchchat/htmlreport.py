@@ -54,7 +54,8 @@ def _summary(seen: Overview) -> str:
     facts = [("rows", f"{seen.rows:,}"), ("ok", f"{seen.ok:,}"), ("errors", f"{seen.errors_count:,}")]
     if seen.pending_count:
         facts.append(("pending", f"{seen.pending_count:,}"))
-    facts.append(("tokens", f"{seen.prompt_tokens:,} prompt + {seen.completion_tokens:,} completion"))
+    tokens = "tokens" if seen.counted_once else "tokens, every row (an older table: shared requests count again)"
+    facts.append((tokens, f"{seen.prompt_tokens:,} prompt + {seen.completion_tokens:,} completion"))
     if seen.cost is not None:
         facts.append(("cost", dollars(seen.cost)))
     if seen.batches is not None:

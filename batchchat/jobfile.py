@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, is_loopback, shown_url
+from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, is_loopback, key_state, shown_url
 from .errors import JobError, MissingKey
 from .money import prices_for
 from .reading import lone_surrogate
@@ -385,9 +385,8 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool, name
                        "copied with it?); set it to the key alone")  # fmt: skip
     missing = endpoint.missing_key
     if check_key and missing:
-        state = "is empty" if missing in os.environ else "is not set"
         raise MissingKey(
-            f"no API key: the variable {missing} {state}. Export it (export {missing}=...), "
+            f"no API key: the variable {missing} {key_state(missing)}. Export it (export {missing}=...), "
             f"name another variable with {name('api_key_env')}, or try batchchat offline with provider sim "
             f"({name('provider')})"
         )

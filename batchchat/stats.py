@@ -97,6 +97,7 @@ class GroupTally:
         self.completion_tokens = 0
         self.cost = 0.0
         self.unpriced = 0  # rows whose cost counts but is unknown
+        self.priced = 0  # rows with a cost cell (a model without a price has none, even pending)
 
 
 class RowTally:
@@ -119,6 +120,7 @@ class RowTally:
         self.paid: Counter[str] = Counter()  # rows by who paid for their request
         # who paid -> [prompt tokens, completion tokens, cost, rows whose cost is unknown]
         self._by_payer: dict[str, list[float]] = {}
+        self.priced = 0  # rows with a cost cell
 
     def add(self, status: str, error_type: str | None) -> None:
         self.rows += 1
@@ -145,6 +147,9 @@ class RowTally:
             tally.latencies.append(latency_s)
         if paid is not None:
             self.paid[paid] += 1
+        if cost is not None:
+            tally.priced += 1
+            self.priced += 1
         if paid == PAID_SHARED or (paid is None and status == PENDING):
             return  # paid by another row, or not asked yet
         payer = self._by_payer.setdefault(paid or "", [0, 0, 0.0, 0])
@@ -175,7 +180,7 @@ class RowTally:
     def cost(self) -> float | None:
         """The cost column's sum over the rows that paid (earlier runs' included); None when a
         row's cost is unknown (no price, or no usage reported)."""
-        return None if self._sum(3) else self._sum(2)
+        return None if self._sum(3) or not self.priced else self._sum(2)
 
     def paid_by(self, payer: str) -> tuple[int, int, float | None]:
         """Prompt tokens, completion tokens and cost of the rows ``payer`` paid for."""
@@ -199,7 +204,7 @@ class RowTally:
                 latency_p95_s=percentile(latencies, 95),
                 prompt_tokens=t.prompt_tokens,
                 completion_tokens=t.completion_tokens,
-                cost=None if t.unpriced else t.cost,
+                cost=None if t.unpriced or not t.priced else t.cost,
             ))  # fmt: skip
         return tuple(summaries)
 
@@ -276,7 +281,9 @@ class Summary:
     output_prompt_tokens: int = 0  # of the output's requests, each once (earlier runs' included)
     output_completion_tokens: int = 0
     paid: tuple[tuple[str, int], ...] = ()  # rows by who paid for their request (``PAID``)
-    unshown_tokens: int = 0  # of this run's, in answers no row's token cells count (re-asks to go, repeated lines)
+    # the this_run rows' tokens less this run's: more where those rows count answers an earlier run
+    # paid for (asked again now), fewer where this run paid for answers no row counts (re-asks to go)
+    rows_beyond_run: int = 0
     batches: BatchTimes | None = None  # a provider batch run's batches: this run's, and those still waiting
     labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
     unreported: int = 0  # answers this run whose server did not report usage
@@ -368,7 +375,7 @@ class Stats:
             output_prompt_tokens=rows.prompt_tokens,
             output_completion_tokens=rows.completion_tokens,
             paid=tuple((payer, rows.paid[payer]) for payer in PAID if rows.paid[payer]),
-            unshown_tokens=max(0, self.tokens - sum(rows.paid_by(PAID_RUN)[:2])),
+            rows_beyond_run=sum(rows.paid_by(PAID_RUN)[:2]) - self.tokens,
             labels=tuple(rows.labels.most_common()),
             unreported=self.counters.unreported,
             crowded=self.counters.crowded,

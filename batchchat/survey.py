@@ -110,6 +110,7 @@ class Overview:
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     timeline: Timeline = field(default_factory=lambda: Timeline([], [], [], [], [], None))
     tally: RowTally = field(default_factory=RowTally)  # the rows' totals, as the run's summary counts them
+    counted_once: bool = True  # False for a table from before the paid column: shared rows count again
     shown_column: str | None = None  # the input column samples show beside the answers
 
     @property
@@ -207,6 +208,7 @@ def _read_table(seen: Overview, path: Path) -> None:
                 pending_fanout = []
             row += 1
     seen.tally = tally
+    seen.counted_once = "paid" in columns
     seen.groups = tally.group_summaries()
     seen.prompt_tokens, seen.completion_tokens = tally.prompt_tokens, tally.completion_tokens
     seen.cost = tally.cost if "cost" in columns else None

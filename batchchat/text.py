@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .endpoint import endpoint_label
+from .endpoint import endpoint_label, key_state
 from .executors.base import BatchProgress, Ending
 from .stats import PAID, PAID_EARLIER, PAID_RUN, PAID_SHARED, BatchTimes, percentile
 from .words import dollars, duration, plural
@@ -76,10 +76,11 @@ def plan_lines(plan: Plan) -> list[str]:
     if plan.rejudged:
         notes.append(
             f"{plural(plan.rejudged, 'stored answer')} {'fails' if plan.rejudged == 1 else 'fail'} the job's "
-            "changed checks and will be asked again"
+            "changed checks: asked again while re-asks are left, else an error"
         )
     if plan.shared_rows:
-        notes.append(f"{plural(plan.shared_rows, 'row')} share a request with an identical row")
+        notes.append(f"{plural(plan.shared_rows, 'row')} {'shares' if plan.shared_rows == 1 else 'share'} a request "
+                     "with an identical row")  # fmt: skip
     if notes:
         lines.append(f"{'; '.join(notes)}; {to_send(plan)}")
     elif plan.waiting:
@@ -132,11 +133,11 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
                  f"({plural(s.answered, 'request')})"]  # fmt: skip
     else:
         lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
-    if s.batches is not None and (s.batches.any or s.answered):
+    if s.batches is not None and s.batches.any:
         invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
         lines += [f"this run: provider batches: {batch_times_text(s.batches)}; {plural(s.answered, 'request')} finished{invalid}",
                   tokens_line(s)]  # fmt: skip
-    elif s.requests == 0 and s.answered == 0:
+    elif s.requests == 0 and s.answered == 0 and not s.budget_stopped:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
         invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
@@ -175,15 +176,7 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     if len(s.groups) > 1 or any(g.scored for g in s.groups):
         lines += group_table(s.groups)
     if s.budget_stopped:
-        close = ""
-        if s.refused is not None and s.cost is not None and s.cost_cap is not None:
-            close = (f", {dollars(max(0.0, s.cost_cap - s.cost))} left, once every answer in flight had come: the next "
-                     f"request may cost up to {dollars(s.refused)}")  # fmt: skip
-        lines.append(
-            f"stopped at the cost cap: spent {dollars(s.cost)}{_unreported(s)} of {dollars(s.cost_cap)} this run{close}; the "
-            f"{plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to continue "
-            "(each run may spend up to the cap)"
-        )
+        lines.append(cap_line(s))
     if result.ending is Ending.DETACHED:
         lines.append(
             f"the {plural(s.pending, 'row')} still pending {'runs' if s.pending == 1 else 'run'} as provider batches: "
@@ -194,6 +187,30 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     return "\n".join(lines)
 
 
+def cap_line(s: Summary) -> str:
+    """What the cost cap stopped, how close the run came to it, and what to do."""
+    cap, spent, bound = s.cost_cap or 0.0, s.cost or 0.0, s.refused
+    if bound is not None and s.requests == 0 and spent == 0:
+        return (f"stopped at the cost cap: nothing was sent, since the first request may cost up to {dollars(bound)} "
+                f"(an upper bound), more than the cap of {dollars(cap)}; raise the cap to send it")  # fmt: skip
+    close = ""
+    if bound is not None:
+        left, most = _apart(max(0.0, cap - spent), bound)
+        close = f", {left} left, once every answer in flight had come: the next request may cost up to {most}"
+    return (f"stopped at the cost cap: spent {dollars(s.cost)}{_unreported(s)} of {dollars(s.cost_cap)} this run{close}; "
+            f"the {plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to "
+            "continue (each run may spend up to the cap)")  # fmt: skip
+
+
+def _apart(smaller: float, larger: float) -> tuple[str, str]:
+    """Two amounts as dollars, with digits enough to tell them apart."""
+    for digits in (None, 4, 6, 8):
+        shown = [dollars(v) if digits is None else f"${v:,.{digits}f}" for v in (smaller, larger)]
+        if shown[0] != shown[1]:
+            break
+    return shown[0], shown[1]
+
+
 def quiet_line(result: RunResult, finished: bool = True) -> str:
     """The one line a quiet run ends with, for a cron job's log: when, rows and how they ended,
     what this run sent and spent, and where the output is."""
@@ -202,7 +219,11 @@ def quiet_line(result: RunResult, finished: bool = True) -> str:
     line = f"{when} {'done' if finished else 'stopped'}: {plural(s.rows, 'row')}, {s.ok:,} ok, {plural(s.errors, 'error')}"
     if s.error_types:
         line += " (" + ", ".join(f"{name} {count:,}" for name, count in s.error_types) + ")"
-    line += f", {s.pending:,} pending; this run {plural(s.answered, 'request')} in {duration(s.wall_s)}"
+    line += f", {s.pending:,} pending; this run "
+    if s.batches is not None and s.batches.any:
+        line += f"provider batches: {batch_times_text(s.batches)}; {plural(s.answered, 'request')} finished"
+    else:
+        line += f"{plural(s.answered, 'request')} in {duration(s.wall_s)}"
     if s.cost is not None:
         line += f", cost {dollars(s.cost)}"
     if s.budget_stopped:
@@ -250,9 +271,12 @@ def tokens_line(s: Summary) -> str:
     line = "tokens this run: "
     if reported:
         line += f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}"
-    if s.unshown_tokens:
-        line += (f" ({s.unshown_tokens:,} of them in answers no row counts: answers still to be asked again, "
+    if s.rows_beyond_run < 0:
+        line += (f" ({-s.rows_beyond_run:,} of them in answers no row counts: answers still to be asked again, "
                  "repeated batch result lines, or a row whose other answers did not report usage)")  # fmt: skip
+    elif s.rows_beyond_run > 0:
+        line += (f" (the rows it answered count {s.rows_beyond_run:,} more: answers an earlier run paid for, "
+                 "which failed the checks and were asked again now)")  # fmt: skip
     if s.unreported:
         line += ("; " if reported else "") + f"usage not reported for {plural(s.unreported, 'answer')}"
     if s.cost is not None and not reported:
@@ -262,13 +286,21 @@ def tokens_line(s: Summary) -> str:
     return line
 
 
-def output_tokens_line(prompt: int, completion: int, cost: float | None, paid: Sequence[tuple[str, int]]) -> str:
+def output_tokens_line(prompt: int, completion: int, cost: float | None, paid: Sequence[tuple[str, int]], *,
+                       run: str = "this run", counted_once: bool = True) -> str:  # fmt: skip
     """The tokens and cost of an output's requests, each counted once, and who paid for its rows'
-    (its ``paid`` column): how the table's columns sum to these figures."""
-    line = f"the output's requests, each counted once: {prompt:,} prompt + {completion:,} completion tokens"
+    (its ``paid`` column): how the table's columns sum to these figures. A table from before that
+    column cannot tell shared rows apart: its rows are summed, and it says so."""
+    if counted_once:
+        line = f"the output's requests, each counted once: {prompt:,} prompt + {completion:,} completion tokens"
+    else:
+        line = (f"the output's rows, each counted (a table without the paid column, from an older batchchat: rows "
+                f"sharing a request count it again; run the job again to rewrite it): {prompt:,} prompt + "
+                f"{completion:,} completion tokens")  # fmt: skip
     line += f"; cost {dollars(cost)}" if cost is not None else ""
     if paid:
-        line += "; rows paid by " + ", ".join(f"{PAID_WORDS[payer]} {count:,}" for payer, count in paid)
+        words = {**PAID_WORDS, PAID_RUN: run}
+        line += "; rows paid by " + ", ".join(f"{words[payer]} {count:,}" for payer, count in paid)
     return line
 
 
@@ -354,7 +386,8 @@ def dry_run_text(dry: DryRun) -> str:
             text = text[: SHOWN_REQUEST_CHARS - 3] + "..."
         lines.append(f"first request: {text}")
     if dry.missing_key:
-        lines.append(f"note: {dry.missing_key} is not set; a real run needs it (export {dry.missing_key}=...)")
+        lines.append(f"note: {dry.missing_key} {key_state(dry.missing_key)}; a real run needs it "
+                     f"(export {dry.missing_key}=...)")  # fmt: skip
     if plan.output is not None:
         lines.append(f"output would be: {plan.output}")
     return "\n".join(lines)
@@ -371,7 +404,8 @@ def overview_text(seen: Overview) -> str:
     lines = [f"{seen.output}: {plural(seen.rows, 'row')}: {status}"]
     tally = seen.tally
     lines.append(output_tokens_line(tally.prompt_tokens, tally.completion_tokens, tally.cost,
-                                    tuple((payer, tally.paid[payer]) for payer in PAID if tally.paid[payer])))  # fmt: skip
+                                    tuple((payer, tally.paid[payer]) for payer in PAID if tally.paid[payer]),
+                                    run="the run that wrote it", counted_once=seen.counted_once))  # fmt: skip
     batches = seen.batches
     if batches is not None:
         lines.append(f"provider batches: {batch_times_text(batches)}")

@@ -35,6 +35,9 @@ def dollars(value: float | None) -> str:
 
 
 def duration(seconds: float) -> str:
+    """``0.4 s`` under ten seconds (a short run is not ``0 s``), whole seconds to 90, then minutes, hours."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:

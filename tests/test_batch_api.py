@@ -150,7 +150,7 @@ def test_a_batch_run_speaks_of_batches_and_of_re_asks_as_re_asks(tmp_path: Path,
     collected = cli("run", *common)
     err = collected.stderr
     assert "0 requests to send, 12 waiting in provider batches submitted before" in err
-    assert re.search(r"1 collected \(12 requests; \d+ s from submission to collection\)", err), err
+    assert re.search(r"1 collected \(12 requests; [\d.]+ s from submission to collection\)", err), err
     reasked = int(re.search(r"provider batches: 1 batch submitted \((\d+) requests?\)", err)[1])  # type: ignore[index]
     assert reasked > 0 and "/s)" not in err and "changed checks" not in err
     time.sleep(1.1)
@@ -439,3 +439,19 @@ def test_no_batch_api_at_the_url_says_so(tmp_path: Path, sim: Any) -> None:
     result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m", "--base-url", sim.url + "/nothing",
                  "--batch-api")  # fmt: skip
     assert result.exit_code == 2 and "has no Batch API" in result.stderr
+
+
+def test_a_cost_cap_goes_on_submitting_as_collected_batches_free_their_bounds(tmp_path: Path, sim_factory: Any) -> None:
+    """A batch holds its requests' bounds until it is collected; what it really cost is less, so
+    the next round submits more, until a request does not fit with no batch out."""
+    sim = sim_factory(batch_seconds=0.2)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"question {i:02d}"] for i in range(60)])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--batch-api", "-q",
+                 "--price", "sim-chat=1000,2000", "--max-tokens", "10", "--max-cost", "0.5")  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    assert sim.stats()["batches_created"] >= 2  # not one round and a stop
+    rows = [r for r in read_output(output) if r["status"] == "ok"]
+    spent = sum(float(r["cost"]) for r in rows)  # at the batch price
+    assert 0.5 - 0.06 < spent <= 0.5  # within one request's bound (about $0.051 at the batch price) of the cap
+    assert "(stopped at the cost cap)" in result.stderr and "provider batches:" in result.stderr

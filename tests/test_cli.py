@@ -69,7 +69,7 @@ def test_quiet_ends_with_one_line_and_errors_always_print(sim, prompts, tmp_path
     assert result.exit_code == 0 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert re.fullmatch(r"batchchat: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC done: 2 rows, 2 ok, 0 errors, 0 pending; "
-                        rf"this run 2 requests in \d+ s, cost \$[\d.]+; output: {re.escape(str(tmp_path / 'out.csv'))}",
+                        rf"this run 2 requests in [\d.]+ s, cost \$[\d.]+; output: {re.escape(str(tmp_path / 'out.csv'))}",
                         line), line  # fmt: skip
     failed = cli("run", "-i", tmp_path / "missing.csv", "-m", "sim-chat", "--base-url", sim.url, "--quiet")
     assert failed.exit_code == 2 and "missing.csv" in failed.stderr
@@ -215,6 +215,8 @@ def test_every_problem_of_a_job_is_reported_at_once_and_an_empty_key_is_called_e
     assert "has no column 'prompt'" in both.stderr and "the variable TOGETHER_API_KEY is empty" in both.stderr
     fixed = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", model, "--prompt-column", "question")
     assert fixed.exit_code == 2 and "problems" not in fixed.stderr and "TOGETHER_API_KEY is empty" in fixed.stderr
+    dry = cli("run", "-i", source, "-m", model, "--prompt-column", "question", "--dry-run")
+    assert dry.exit_code == 0 and "note: TOGETHER_API_KEY is empty; a real run needs it" in dry.stdout
     monkeypatch.delenv("TOGETHER_API_KEY")
     unset = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", model, "--prompt-column", "question")
     assert "the variable TOGETHER_API_KEY is not set" in unset.stderr
@@ -245,3 +247,9 @@ def test_run_help_names_every_exit_code_and_messages_read_right(tmp_path, sim):
     assert "'a', 'b' have none; give them with --price" in unpriced.stderr
     one = cli("run", "-i", source, "-m", "a", "--base-url", sim.url, "--max-cost", "1", "--max-tokens", "5")
     assert "'a' has none; give one with --price" in one.stderr
+
+
+def test_one_shared_row_is_said_in_the_singular(tmp_path, sim):
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["a"]])
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url", sim.url)
+    assert "1 row shares a request with an identical row" in result.stderr

@@ -171,6 +171,22 @@ def test_a_small_cap_waits_for_the_answers_in_flight_before_it_is_spent(tmp_path
             "answer in flight had come: the next request may cost up to $") in result.stderr  # fmt: skip
 
 
+def test_a_cap_below_the_first_requests_bound_says_to_raise_it(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    job = priced_job(tmp_path, sim.url, rows=3)
+    result = cli("run", job, "--max-cost", "0.01")
+    assert result.exit_code == 1 and not sim.requests
+    assert "stopped at the cost cap: nothing was sent, since the first request may cost up to $" in result.stderr
+    assert "more than the cap of $0.010; raise the cap to send it" in result.stderr
+    assert "nothing to send" not in result.stderr and "run again to continue" not in result.stderr
+
+
+def test_amounts_that_would_read_alike_are_shown_apart() -> None:
+    from batchchat.text import _apart
+
+    assert _apart(0.1301, 0.1349) == ("$0.1301", "$0.1349")
+    assert _apart(0.5, 1.25) == ("$0.50", "$1.25")
+
+
 def test_a_cost_cap_needs_prices(tmp_path: Path, sim: BackgroundSimulator) -> None:
     write_csv(tmp_path / "in.csv", ["prompt"], [["hi"]])
     result = cli("run", "-i", tmp_path / "in.csv", "-m", "m", "--base-url", sim.url, "--max-cost", "1")

@@ -52,3 +52,12 @@ def test_this_runs_tokens_and_cost_count_every_answer_received_by_model():
     stats.counters.add_usage("c", Usage(1, 1))  # a model without a price: the total is unknown
     assert stats.cost is None
     assert Stats(total=1).cost is None
+
+
+def test_a_model_without_a_price_has_no_cost_even_while_all_its_rows_are_pending() -> None:
+    rows = RowTally()
+    rows.add_row("pending", None, "m", None, cost=None)
+    rows.add_row("pending", None, "priced", None, cost=0.0)
+    costs = {g.model: g.cost for g in rows.group_summaries()}
+    assert costs == {"m": None, "priced": 0.0}
+    assert rows.cost is not None  # one model is priced, the other has no counted row

@@ -137,3 +137,37 @@ def test_the_summary_show_the_report_and_overview_agree_and_the_table_adds_up_to
         page = figures(output.with_name("out.parquet.report.html"))
         assert (page["rows"], page["prompt_tokens"], page["completion_tokens"], page["cost"]) == (
             seen.rows, seen.prompt_tokens, seen.completion_tokens, seen.cost)  # fmt: skip
+
+
+def test_a_table_from_before_the_paid_column_is_summed_row_by_row_and_says_so(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["a"], ["a"], ["b"]])
+    output = tmp_path / "out.parquet"
+    with BackgroundSimulator(SimConfig()) as sim:
+        assert cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url).exit_code == 0
+    table = pq.read_table(output)
+    pq.write_table(table.drop_columns(["paid"]), output)  # as an older batchchat wrote it
+    rows = read_output(output)
+    shown = cli("show", output).output
+    every = sum(r["prompt_tokens"] for r in rows)
+    assert "the output's rows, each counted (a table without the paid column, from an older batchchat" in shown
+    assert f": {every:,} prompt + " in shown and "each counted once" not in shown
+
+
+def test_the_summary_says_how_the_rows_of_this_run_differ_from_what_it_paid(tmp_path: Path) -> None:
+    """Under changed checks, a row asked again now counts the answer an earlier run paid for too."""
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"item {i}"] for i in range(30)])
+    output = tmp_path / "out.parquet"
+    with BackgroundSimulator(SimConfig(labels=("yes", "no", "maybe"))) as sim:
+        common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+        assert cli("run", *common, "--labels", "yes,no,maybe").exit_code == 0
+        again = cli("run", *common, "--labels", "yes,no", "--invalid-retries", "3")
+    rows = read_output(output)
+    this_run = [r for r in rows if r["paid"] == "this_run"]
+    assert this_run  # the "maybe" rows, asked again
+    said = re.search(r"tokens this run: ([\d,]+) prompt \+ ([\d,]+) completion = ([\d,]+)", again.stderr)
+    assert said is not None
+    held = sum((r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0) for r in this_run)
+    more = held - int(said[3].replace(",", ""))
+    assert more > 0 and f"(the rows it answered count {more:,} more: answers an earlier run paid for" in again.stderr

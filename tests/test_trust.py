@@ -87,7 +87,7 @@ def test_changed_labels_judge_stored_answers_again_and_ask_again_those_that_fail
     assert server.stats()["received"] == ROWS
     server.simulator.config = replace(server.simulator.config, labels=LABELS_AFTER)  # the model now knows the new set
     dry = cli("run", *common, "--labels", ",".join(LABELS_AFTER), "--dry-run")
-    assert f"{ROWS} stored answers fail the job's changed checks and will be asked again" in dry.stdout
+    assert f"{ROWS} stored answers fail the job's changed checks: asked again while re-asks are left, else an error" in dry.stdout
     after = cli("run", *common, "--labels", ",".join(LABELS_AFTER))
     assert after.exit_code == 0, after.stderr
     assert server.stats()["received"] == 2 * ROWS  # each stored answer re-asked once, and only once

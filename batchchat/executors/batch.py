@@ -505,7 +505,10 @@ class _Rounds:
         chosen: list[ChatRequest] = []
         for request in self.to_submit:
             if self.budget is not None:
-                held = self.budget.reserve(request)
+                # Room the batches out now free as they are collected (their estimates are upper
+                # bounds): the rest waits for a later round; with none out, the cap is reached.
+                budget = self.budget
+                held = budget.reserve_if_room(request) if budget.held else budget.reserve(request)
                 if held is None:
                     break
                 self.held[request.key] = held
