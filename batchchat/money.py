@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from .records import ChatRequest
+from .records import ChatRequest, Usage
 from .spec import Price, Prices
 
 DEFAULT_COMPLETION_TOKENS = 256  # an answer's estimate when max_tokens is unset
@@ -163,10 +163,13 @@ class Budget:
     summary reports, so the two cannot disagree.
     """
 
-    def __init__(self, cap: float, prices: Prices, counters: Paid) -> None:
+    def __init__(self, cap: float, prices: Prices, counters: Paid | None) -> None:
+        """``counters`` None: what was spent is what ``settle`` is told (provider batches, whose
+        answers collected from earlier runs' batches are not this run's to count)."""
         self.cap = cap
         self.prices = prices
         self.counters = counters
+        self.settled = 0.0
         self.in_flight = 0.0
         self.held = 0  # reservations held
         self.exhausted = False
@@ -175,7 +178,26 @@ class Budget:
 
     @property
     def spent(self) -> float:
-        return paid(self.prices, self.counters)
+        return paid(self.prices, self.counters) if self.counters is not None else self.settled
+
+    def settle(self, held: float, model: str, usage: Usage | None) -> None:
+        """A request this run submitted is answered (``usage``; None for no answer): its bound
+        is released and what it cost is spent (its bound, where the usage is not known)."""
+        self.release(held)
+        if usage is not None:
+            self.spend(model, usage, held)
+
+    def spend(self, model: str, usage: Usage, bound: float) -> None:
+        """An answer to a request this run submitted, billed (``bound`` where its usage is not known)."""
+        price = self.prices.get(model)
+        if price is None:
+            return
+        known = usage.prompt_tokens is not None and usage.completion_tokens is not None
+        self.settled += price.cost(usage.prompt_tokens or 0, usage.completion_tokens or 0) if known else bound
+
+    def _fits(self, cost: float) -> bool:
+        """Within the cap, give or take float rounding (0.1 + 0.05 is a hair over 0.15)."""
+        return self.spent + self.in_flight + cost <= self.cap * (1 + 1e-9) + 1e-12
 
     def _bound(self, request: ChatRequest) -> float:
         price = self.prices.get(request.model)
@@ -192,7 +214,7 @@ class Budget:
         exhausted) if it does not fit beside what is spent and held, without waiting (a provider
         batch holds its requests' estimates until it is collected)."""
         cost = self._bound(request)
-        if self.exhausted or self.spent + self.in_flight + cost > self.cap:
+        if self.exhausted or not self._fits(cost):
             self.exhausted, self.refused = True, cost
             return None
         return self._hold(cost)
@@ -200,13 +222,13 @@ class Budget:
     def reserve_if_room(self, request: ChatRequest) -> float | None:
         """``reserve`` when it fits now; else None, and the budget is not taken as spent."""
         cost = self._bound(request)
-        return None if self.exhausted or self.spent + self.in_flight + cost > self.cap else self._hold(cost)
+        return None if self.exhausted or not self._fits(cost) else self._hold(cost)
 
     async def admit(self, request: ChatRequest) -> float | None:
         """``reserve``, waiting while requests in flight may leave room for this one."""
         cost = self._bound(request)
         while not self.exhausted:
-            if self.spent + self.in_flight + cost <= self.cap:
+            if self._fits(cost):
                 return self._hold(cost)
             if not self.held:
                 break
@@ -217,6 +239,11 @@ class Budget:
         self.exhausted = True
         self.refused = cost if self.refused is None else self.refused
         return None
+
+    @property
+    def stop(self) -> tuple[float, float] | None:
+        """When spent: what it counts as spent, and the bound of the request it refused."""
+        return (self.spent, self.refused) if self.exhausted and self.refused is not None else None
 
     def release(self, held: float) -> None:
         self.in_flight -= held

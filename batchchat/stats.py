@@ -22,7 +22,7 @@ from .spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("crowded", "extra_batches", "invalid", "notes", "rate", "rate_limited", "refused", "repeated",
+    __slots__ = ("cap_stop", "crowded", "extra_batches", "invalid", "notes", "rate", "rate_limited", "repeated",
                  "requests", "retries", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
@@ -41,7 +41,8 @@ class Counters:
         self.notes: Counter[str] = Counter()  # answers with odd values, by how they were read (``reading``)
         self.repeated: Counter[str] = Counter()  # provider batch -> result lines for a request it answered already
         self.extra_batches = 0  # batches the provider made of a file already made one of (found this run)
-        self.refused: float | None = None  # the bound of the request the cost cap did not let go
+        # when the cost cap stopped the run: (what it counted as spent, the bound of the request it refused)
+        self.cap_stop: tuple[float, float] | None = None
 
     def merge(self, other: Counters) -> None:
         """Another process's counts (a Ray worker's), added to these."""
@@ -61,7 +62,7 @@ class Counters:
         self.rate = other.rate if other.rate is not None else self.rate
         self.waiting_until = max(self.waiting_until, other.waiting_until)
         self.crowded = other.crowded or self.crowded
-        self.refused = other.refused if other.refused is not None else self.refused
+        self.cap_stop = other.cap_stop if other.cap_stop is not None else self.cap_stop
 
     def add_usage(self, model: str, usage: Usage) -> None:
         """An answer arrived and is paid for, whatever becomes of it (a re-ask, a conversation's turn)."""
@@ -274,7 +275,7 @@ class Summary:
     cost: float | None = None  # US dollars this run spent, when every model asked has a price
     cost_cap: float | None = None  # --max-cost, when set
     budget_stopped: bool = False  # the cap stopped the run; the rows not sent are pending
-    refused: float | None = None  # the bound of the request the cap did not let go: how close the run came
+    cap_stop: tuple[float, float] | None = None  # (spent as the cap counts it, the bound it refused): how close
     groups: tuple[GroupSummary, ...] = ()
     earlier_without_ttft: int = 0  # in a streamed run, ok rows answered by earlier runs that did not stream
     output_cost: float | None = None  # the cost of the output's requests (earlier runs' included), when all priced
@@ -368,7 +369,7 @@ class Stats:
             cost=self.cost,
             cost_cap=cost_cap,
             budget_stopped=budget_stopped,
-            refused=self.counters.refused,
+            cap_stop=self.counters.cap_stop,
             groups=rows.group_summaries(),
             earlier_without_ttft=rows.earlier_without_ttft if streamed else 0,
             output_cost=rows.cost,

@@ -188,8 +188,10 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
 
 
 def cap_line(s: Summary) -> str:
-    """What the cost cap stopped, how close the run came to it, and what to do."""
-    cap, spent, bound = s.cost_cap or 0.0, s.cost or 0.0, s.refused
+    """What the cost cap stopped, how close the run came to it, and what to do. A provider batch
+    run's cap counts what it submitted, not the answers it collected of earlier runs' batches."""
+    cap = s.cost_cap or 0.0
+    spent, bound = s.cap_stop if s.cap_stop is not None else (s.cost or 0.0, None)
     if bound is not None and s.requests == 0 and spent == 0:
         return (f"stopped at the cost cap: nothing was sent, since the first request may cost up to {dollars(bound)} "
                 f"(an upper bound), more than the cap of {dollars(cap)}; raise the cap to send it")  # fmt: skip
@@ -197,7 +199,7 @@ def cap_line(s: Summary) -> str:
     if bound is not None:
         left, most = _apart(max(0.0, cap - spent), bound)
         close = f", {left} left, once every answer in flight had come: the next request may cost up to {most}"
-    return (f"stopped at the cost cap: spent {dollars(s.cost)}{_unreported(s)} of {dollars(s.cost_cap)} this run{close}; "
+    return (f"stopped at the cost cap: spent {dollars(spent)}{_unreported(s)} of {dollars(cap)} this run{close}; "
             f"the {plural(s.pending, 'row')} not sent {'is' if s.pending == 1 else 'are'} 'pending'; run again to "
             "continue (each run may spend up to the cap)")  # fmt: skip
 
@@ -227,7 +229,8 @@ def quiet_line(result: RunResult, finished: bool = True) -> str:
     if s.cost is not None:
         line += f", cost {dollars(s.cost)}"
     if s.budget_stopped:
-        line += " (stopped at the cost cap)"
+        nothing = s.requests == 0 and s.cap_stop is not None and s.cap_stop[0] == 0
+        line += " (stopped at the cost cap: the first request may cost more; raise it)" if nothing else " (stopped at the cost cap)"
     return line + (f"; output: {result.output}" if result.output is not None else "")
 
 
@@ -271,12 +274,12 @@ def tokens_line(s: Summary) -> str:
     line = "tokens this run: "
     if reported:
         line += f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion = {s.total_tokens:,}"
-    if s.rows_beyond_run < 0:
-        line += (f" ({-s.rows_beyond_run:,} of them in answers no row counts: answers still to be asked again, "
-                 "repeated batch result lines, or a row whose other answers did not report usage)")  # fmt: skip
-    elif s.rows_beyond_run > 0:
-        line += (f" (the rows it answered count {s.rows_beyond_run:,} more: answers an earlier run paid for, "
-                 "which failed the checks and were asked again now)")  # fmt: skip
+    if s.rows_beyond_run:
+        line += (f" (the rows it answered count {abs(s.rows_beyond_run):,} "
+                 f"{'more' if s.rows_beyond_run > 0 else 'fewer'}: they count answers earlier runs paid for, asked "
+                 "again now or a conversation's earlier turns, and leave out answers this run paid for that no row "
+                 "counts yet, such as answers to be asked again, unfinished conversations, repeated batch result "
+                 "lines and answers that reported no usage)")  # fmt: skip
     if s.unreported:
         line += ("; " if reported else "") + f"usage not reported for {plural(s.unreported, 'answer')}"
     if s.cost is not None and not reported:

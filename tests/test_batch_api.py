@@ -455,3 +455,19 @@ def test_a_cost_cap_goes_on_submitting_as_collected_batches_free_their_bounds(tm
     spent = sum(float(r["cost"]) for r in rows)  # at the batch price
     assert 0.5 - 0.06 < spent <= 0.5  # within one request's bound (about $0.051 at the batch price) of the cap
     assert "(stopped at the cost cap)" in result.stderr and "provider batches:" in result.stderr
+
+
+def test_a_capped_detached_job_submits_every_night_its_cap_counting_only_what_it_submits(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    """Answers collected of last night's batches were paid under last night's cap: tonight's
+    submits its own share all the same, night after night."""
+    sim = sim_factory(batch_seconds=0.3)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"question {i:02d}"] for i in range(60)])
+    args = ("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m1", "--base-url", sim.url, "--batch-api",
+            "--detach", "--price", "m1=0.001,10000", "--max-tokens", "5", "--max-cost", "0.1", "--poll-every", "0.2")  # fmt: skip
+    for night in range(1, 5):
+        result = cli(*args)
+        assert result.exit_code == 0, result.stderr  # submitted, detached: not "stopped at the cost cap"
+        assert sim.stats()["batches_created"] == night
+        time.sleep(0.5)  # the night's batch finishes

@@ -196,3 +196,13 @@ def test_a_cost_cap_needs_prices(tmp_path: Path, sim: BackgroundSimulator) -> No
 def test_the_summary_reports_the_actual_cost(tmp_path: Path, sim: BackgroundSimulator) -> None:
     result = cli("run", priced_job(tmp_path, sim.url, rows=3))
     assert f"; cost {money(cost_of(read_output(tmp_path / 'out.csv')))}" in result.stderr
+
+
+def test_a_cap_that_fits_requests_exactly_takes_them_all(tmp_path: Path, sim: BackgroundSimulator) -> None:
+    """0.05 + 0.05 + 0.05 is a hair over 0.15 in floating point: the third request fits all the same."""
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"item {i}"] for i in range(10)])
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m1", "--base-url", sim.url,
+                 "--price", "m1=0,10000", "--max-tokens", "5", "--max-cost", "0.15", "--concurrency", "1")  # fmt: skip
+    assert result.exit_code == 1
+    assert [r["status"] for r in read_output(tmp_path / "out.csv")].count("ok") == 3
+    assert "spent $0.15 of $0.15 this run" in result.stderr

@@ -170,4 +170,4 @@ def test_the_summary_says_how_the_rows_of_this_run_differ_from_what_it_paid(tmp_
     assert said is not None
     held = sum((r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0) for r in this_run)
     more = held - int(said[3].replace(",", ""))
-    assert more > 0 and f"(the rows it answered count {more:,} more: answers an earlier run paid for" in again.stderr
+    assert more > 0 and f"(the rows it answered count {more:,} more: they count answers earlier runs paid for" in again.stderr

@@ -38,7 +38,7 @@ from ..client.batches import MAKE_TIMEOUT_S, BatchClient, BatchInfo
 from ..connect import open_client
 from ..endpoint import Endpoint, is_loopback
 from ..money import Budget
-from ..records import ChatRequest, ChatResult, RowOutcome
+from ..records import ChatRequest, ChatResult, RowOutcome, Usage
 from ..retry import once, with_retries
 from ..spec import NO_PRICES, Answers, Job, Prices, RetryPolicy, SimConfig
 from ..unit import Asker, Stopped
@@ -141,7 +141,8 @@ class _Rounds:
         self.results: dict[str, Result] = {}
         self.to_submit: list[ChatRequest] = []
         self.queued: set[str] = set()  # ids in to_submit
-        self.budget = Budget(engine.max_cost, engine.prices, ledger.counters) if engine.max_cost is not None else None
+        # The cap is on what this run submits: answers collected from earlier runs' batches are not counted
+        self.budget = Budget(engine.max_cost, engine.prices, None) if engine.max_cost is not None else None
         self.held: dict[str, float] = {}  # id -> the budget held for it until its answer comes
         self.waiting: set[str] = set()  # ids in batches whose answers are not yet kept
         self.consumed: set[str] = set()  # ids of collected answers some request took
@@ -212,7 +213,7 @@ class _Rounds:
                 return Ending.STOPPED
             if not self.steps.running() and not self.steps.watched(time.time(), WATCH_S):
                 if self.budget is not None and self.budget.exhausted:
-                    self.ledger.counters.refused = self.budget.refused
+                    self.ledger.counters.cap_stop = self.budget.stop
                     return Ending.BUDGET
                 return Ending.DONE
             if self.engine.detach:
@@ -409,6 +410,7 @@ class _Rounds:
                 custom_id, result, used = read_line(raw, batch, latency, self.batches.chat)
                 if used is not None:  # an error line that says what it used: billed
                     self.ledger.counters.add_usage(model, used)
+                    self._spent(custom_id, model, used)
                 if custom_id is None:
                     self.unread[batch] += 1
                     continue
@@ -417,16 +419,23 @@ class _Rounds:
                     before = self.origin.get(custom_id, batch)
                     self.ledger.counters.repeated[before if before in self.steps.extras else batch] += 1
                     if rank(result) <= rank(prior):
-                        self._paid(model, result)
+                        self._paid(model, result, custom_id)
                         continue
-                    self._paid(model, prior)
+                    self._paid(model, prior, custom_id)
                 self.results[custom_id] = result
                 self.origin[custom_id] = batch
 
-    def _paid(self, model: str, result: Result) -> None:
+    def _paid(self, model: str, result: Result, custom_id: str) -> None:
         """A result line that is not kept: what it answered is billed all the same."""
         if isinstance(result, ChatResult):
             self.ledger.counters.add_usage(model, result.usage)
+            self._spent(custom_id, model, result.usage)
+
+    def _spent(self, custom_id: str | None, model: str, usage: Usage) -> None:
+        """A line billed beside the answer kept, for a request this run submitted: in its cap."""
+        held = self.held.get(custom_id or "")
+        if held is not None and self.budget is not None:
+            self.budget.spend(model, usage, held)
 
     def _unanswered(self, finished: list[tuple[str, BatchInfo]]) -> None:
         """A request a finished batch holds and no result line answered (it expired, failed or
@@ -439,7 +448,9 @@ class _Rounds:
                     self.results[custom_id] = unanswered(batch, info.status, self.unread[batch])
                 amount = self.held.pop(custom_id, None)
                 if amount is not None and self.budget is not None:
-                    self.budget.release(amount)
+                    result = self.results[custom_id]
+                    usage = result.usage if isinstance(result, ChatResult) else None
+                    self.budget.settle(amount, self.steps.models.get(self.steps.file_of(batch), ""), usage)
 
     async def _read(self, file_id: str) -> list[bytes]:
         return [line async for line in self.batches.lines(file_id)]
@@ -471,7 +482,7 @@ class _Rounds:
             if key in store and not (store.failed(key) or store.unfinished(key) or store.stale(key)):
                 if custom_id in self.origin:  # a line, not an error made for a line that never came
                     self.ledger.counters.repeated[self.origin[custom_id]] += 1
-                    self._paid(model, found)
+                    self._paid(model, found, custom_id)
                 continue
             if isinstance(found, E.RequestError):
                 self.ledger.keep(RowOutcome.failed(-1, key=key, model=model, error_type=found.error_type,

@@ -128,6 +128,6 @@ class LiveExecutor:
         if signalled:
             return Ending.STOPPED
         if budget is not None and budget.exhausted:
-            ledger.counters.refused = budget.refused
+            ledger.counters.cap_stop = budget.stop
             return Ending.BUDGET
         return Ending.DONE
