@@ -133,14 +133,13 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
                  f"({plural(s.answered, 'request')})"]  # fmt: skip
     else:
         lines = [f"{'done' if finished else 'stopped'}: {plural(s.rows, 'row')}: {status}"]
+    invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
     if s.batches is not None and s.batches.any:
-        invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
         lines += [f"this run: provider batches: {batch_times_text(s.batches)}; {plural(s.answered, 'request')} finished{invalid}",
                   tokens_line(s)]  # fmt: skip
     elif s.requests == 0 and s.answered == 0 and not s.budget_stopped:
         lines.append("this run: nothing to send (every row was answered before, or had nothing to send)")
     else:
-        invalid = f", {plural(s.invalid_answers, 'invalid answer')} (JSON or label)" if s.invalid_answers else ""
         lines += [
             f"this run: {plural(s.answered, 'request')} finished in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
             f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {plural(s.retries, 'retry', 'retries')}{invalid}",
