@@ -179,7 +179,8 @@ def _figure(width: float = 6.4, height: float = 2.4) -> tuple[Any, Any]:
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "batchchat", "font.size": 9,
                          "axes.spines.top": False, "axes.spines.right": False,
                          "text.parse_math": False, "text.usetex": False})  # fmt: skip
-    return plt.subplots(figsize=(width, height))
+    figure, axes = plt.subplots(figsize=(width, height))
+    return figure, axes
 
 
 def _svg(figure: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,11 @@ from batchchat.cli import main
 from batchchat.simulator import BackgroundSimulator
 
 KEY_VARIABLES = ("TOGETHER_API_KEY", "OPENAI_API_KEY", "TOGETHER_BASE_URL", "OPENAI_BASE_URL")
+
+
+# The report extra (matplotlib) is installed: without it (`pip install '.[test]'`), a test checks
+# what it can of a run and leaves the report out.
+REPORTS = importlib.util.find_spec("matplotlib") is not None
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,8 @@ def connect(cluster: RayCluster) -> int:
     if not ray.is_initialized():
         address = None if cluster.address == "local" else cluster.address
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+    resources: Callable[[], dict[str, float]] = ray.cluster_resources  # ray's own is untyped
+    return max(1, int(resources().get("CPU", 1)))
 
 
 def sizes(job: Job, cpus: int) -> tuple[int, int]:
