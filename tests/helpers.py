@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,17 @@ def write_table(path: Path, columns: dict[str, list[Any]]) -> Path:
 
     pq.write_table(pa.table(columns), path)
     return path
+
+
+def interrupt_child(process: subprocess.Popen[str], timeout: float = 20) -> int:
+    """Ctrl-C a child and wait for it to end; one that does not is killed (a failed test leaves
+    no server behind), and the failure says how the child held its signals."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{process.pid}/status")
+        held = [line for line in status.read_text().splitlines() if line.startswith("Sig")] if status.exists() else []
+        process.kill()
+        process.wait()
+        raise AssertionError(f"the child did not stop within {timeout} s of SIGINT; its signals: {held}") from None

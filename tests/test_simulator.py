@@ -3,7 +3,6 @@
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from batchchat.simulator import request_digest, synthetic_reply
 
-from .helpers import cli, read_output, write_csv
+from .helpers import cli, interrupt_child, read_output, write_csv
 
 
 def post(url: str, body: dict, *, raw: bytes | None = None, key: str | None = None) -> tuple[int, dict, bytes]:
@@ -212,8 +211,7 @@ def test_serve_command_prints_its_url_and_answers_until_stopped():
         assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
         assert post(url, body())[0] == 401
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=20) == 0
+        assert interrupt_child(process) == 0
 
 
 def answer_of(url: str, request: dict) -> str:
