@@ -154,7 +154,7 @@ def reused_journals(job: Job) -> list[Path]:
             raise JobError(f"{job.names('reuse')}: {path} has no journal ({journal} does not exist); name an output "
                            "a run wrote, or its journal")  # fmt: skip
         found.append(journal)
-    usual = job.resume.usual
-    if usual is not None and OutputFiles.of(usual).journal.is_file():
-        found.append(OutputFiles.of(usual).journal)
+    usual = OutputFiles.of(job.resume.usual).journal if job.resume.usual is not None else None
+    if usual is not None and usual.is_file():
+        found.append(usual)
     return found

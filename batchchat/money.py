@@ -160,7 +160,8 @@ class Budget:
     nothing in flight stops dispatching, and the run ends with the rest pending.
 
     What was spent is read from the run's counters of every answer received, the same figures the
-    summary reports, so the two cannot disagree.
+    summary reports, so the two cannot disagree; a provider batch run's, from what it submitted
+    (``settle``).
     """
 
     def __init__(self, cap: float, prices: Prices, counters: Paid | None) -> None:
@@ -210,35 +211,26 @@ class Budget:
         return cost
 
     def reserve(self, request: ChatRequest) -> float | None:
-        """The estimate held for ``request`` until ``release``, or None (and the budget is
-        exhausted) if it does not fit beside what is spent and held, without waiting (a provider
-        batch holds its requests' estimates until it is collected)."""
+        """The estimate held for ``request`` until ``release``, without waiting; None if it does
+        not fit beside what is spent and held. With nothing held, no room will come: the budget
+        is then exhausted. (A provider batch holds its requests' estimates until it is collected,
+        and submits the rest in a later round.)"""
         cost = self._bound(request)
-        if self.exhausted or not self._fits(cost):
-            self.exhausted, self.refused = True, cost
-            return None
-        return self._hold(cost)
-
-    def reserve_if_room(self, request: ChatRequest) -> float | None:
-        """``reserve`` when it fits now; else None, and the budget is not taken as spent."""
-        cost = self._bound(request)
-        return None if self.exhausted or not self._fits(cost) else self._hold(cost)
+        if not self.exhausted and self._fits(cost):
+            return self._hold(cost)
+        if not self.held:
+            self.exhausted = True
+            self.refused = cost if self.refused is None else self.refused
+        return None
 
     async def admit(self, request: ChatRequest) -> float | None:
         """``reserve``, waiting while requests in flight may leave room for this one."""
-        cost = self._bound(request)
-        while not self.exhausted:
-            if self._fits(cost):
-                return self._hold(cost)
-            if not self.held:
-                break
+        while (held := self.reserve(request)) is None and not self.exhausted:
             if self._released is None:
                 self._released = asyncio.Event()
             self._released.clear()
             await self._released.wait()
-        self.exhausted = True
-        self.refused = cost if self.refused is None else self.refused
-        return None
+        return held
 
     @property
     def stop(self) -> tuple[float, float] | None:

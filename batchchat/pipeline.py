@@ -74,7 +74,8 @@ class Stages:
         self.running = False  # provider batches of earlier runs to collect
 
     def plan(self, output: Path | None) -> Plan:
-        running = Steps.read(self.store.steps).running()
+        steps = Steps.read(self.store.steps)
+        running = steps.running()
         if running and not self.job.batch.enabled:  # sent live, they would be paid for twice
             names = self.job.names
             raise JobError(
@@ -86,7 +87,7 @@ class Stages:
         self.stats.total = plan.to_send
         self.running = bool(running)
         if running:
-            waiting = {request_key_of(cid) for cid in Steps.read(self.store.steps).waiting()}
+            waiting = {request_key_of(cid) for cid in steps.waiting()}
             rows = self.rows
             sent = sum(1 for row in range(len(rows.keys)) if rows.sends[row] and rows.keys[row] in waiting)
             plan = replace(plan, waiting=sent)

@@ -165,8 +165,8 @@ class RowTally:
             payer[2] += cost
             tally.cost += cost
 
-    def _sum(self, index: int, payers: tuple[str, ...] | None = None) -> float:
-        return sum(v[index] for k, v in self._by_payer.items() if payers is None or k in payers)
+    def _sum(self, index: int) -> float:
+        return sum(payer[index] for payer in self._by_payer.values())
 
     @property
     def prompt_tokens(self) -> int:
@@ -183,10 +183,15 @@ class RowTally:
         row's cost is unknown (no price, or no usage reported)."""
         return None if self._sum(3) or not self.priced else self._sum(2)
 
-    def paid_by(self, payer: str) -> tuple[int, int, float | None]:
-        """Prompt tokens, completion tokens and cost of the rows ``payer`` paid for."""
-        found = self._by_payer.get(payer, [0, 0, 0.0, 0])
-        return int(found[0]), int(found[1]), None if found[3] else float(found[2])
+    def tokens_paid_by(self, payer: str) -> int:
+        """Prompt and completion tokens of the rows ``payer`` paid for."""
+        found = self._by_payer.get(payer)
+        return int(found[0] + found[1]) if found is not None else 0
+
+    @property
+    def payers(self) -> tuple[tuple[str, int], ...]:
+        """Rows by who paid for their request (``PAID``), in that order, those with any."""
+        return tuple((payer, self.paid[payer]) for payer in PAID if self.paid[payer])
 
     def group_summaries(self) -> tuple[GroupSummary, ...]:
         summaries = []
@@ -375,8 +380,8 @@ class Stats:
             output_cost=rows.cost,
             output_prompt_tokens=rows.prompt_tokens,
             output_completion_tokens=rows.completion_tokens,
-            paid=tuple((payer, rows.paid[payer]) for payer in PAID if rows.paid[payer]),
-            rows_beyond_run=sum(rows.paid_by(PAID_RUN)[:2]) - self.tokens,
+            paid=rows.payers,
+            rows_beyond_run=rows.tokens_paid_by(PAID_RUN) - self.tokens,
             labels=tuple(rows.labels.most_common()),
             unreported=self.counters.unreported,
             crowded=self.counters.crowded,

@@ -90,19 +90,10 @@ class Overview:
     """An output, summed up; ``groups`` is per model and variant, over every row."""
 
     output: Path
-    rows: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    error_types: Counter[str] = field(default_factory=Counter)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None  # the cost column's sum, when there is one
-    groups: tuple[GroupSummary, ...] = ()
-    labels: Counter[str] = field(default_factory=Counter)
     fields: dict[str, Distribution] = field(default_factory=dict)
     latencies: array[float] = field(default_factory=lambda: array("d"))
     ttfts: array[float] = field(default_factory=lambda: array("d"))
     tokens_per_row: array[float] = field(default_factory=lambda: array("d"))
-    cost_by_model: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     slowest: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -112,6 +103,49 @@ class Overview:
     tally: RowTally = field(default_factory=RowTally)  # the rows' totals, as the run's summary counts them
     counted_once: bool = True  # False for a table from before the paid column: shared rows count again
     shown_column: str | None = None  # the input column samples show beside the answers
+
+    # The rows' figures, as the tally counted them (the one computation the run's summary shares).
+
+    @property
+    def rows(self) -> int:
+        return self.tally.rows
+
+    @property
+    def statuses(self) -> Counter[str]:
+        return self.tally.statuses
+
+    @property
+    def error_types(self) -> Counter[str]:
+        return self.tally.error_types
+
+    @property
+    def labels(self) -> Counter[str]:
+        return self.tally.labels
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.tally.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.tally.completion_tokens
+
+    @property
+    def cost(self) -> float | None:
+        """Of the output's requests, each once; None without a cost column or a price."""
+        return self.tally.cost
+
+    @cached_property
+    def groups(self) -> tuple[GroupSummary, ...]:
+        return self.tally.group_summaries()
+
+    @property
+    def cost_by_model(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for group in self.groups:
+            if group.cost is not None:
+                found[group.model] = found.get(group.model, 0.0) + group.cost
+        return found
 
     @property
     def ok(self) -> int:
@@ -193,7 +227,6 @@ def _read_table(seen: Overview, path: Path) -> None:
     inputs = [c for c in columns if c not in ADDED and not c.startswith("out_")]
     seen.shown_column = prompt if prompt in inputs else (inputs[0] if inputs else None)
     out_fields = [c for c in columns if c.startswith("out_")]
-    tally = RowTally()
     fanout = max(1, len(job.get("models") or [1]) * max(1, len(job.get("variants") or [])))
     row = 0
     pending_fanout: list[dict[str, Any]] = []
@@ -201,23 +234,13 @@ def _read_table(seen: Overview, path: Path) -> None:
         values = {name: batch.column(name).to_pylist() for name in columns}
         for i in range(batch.num_rows):
             cells = {name: values[name][i] for name in columns}
-            _count(seen, tally, cells, row, out_fields)
+            _count(seen, cells, row, out_fields)
             pending_fanout.append(cells)
             if len(pending_fanout) == fanout:
                 _compare(seen, pending_fanout, row // fanout)
                 pending_fanout = []
             row += 1
-    seen.tally = tally
     seen.counted_once = "paid" in columns
-    seen.groups = tally.group_summaries()
-    seen.prompt_tokens, seen.completion_tokens = tally.prompt_tokens, tally.completion_tokens
-    seen.cost = tally.cost if "cost" in columns else None
-    seen.statuses, seen.error_types, seen.labels = tally.statuses, tally.error_types, tally.labels
-    seen.rows = tally.rows
-    seen.cost_by_model = {}
-    for group in seen.groups:
-        if group.cost is not None:
-            seen.cost_by_model[group.model] = seen.cost_by_model.get(group.model, 0.0) + group.cost
     seen.slowest.sort(key=lambda r: -(r["latency_s"] or 0))
 
 
@@ -232,14 +255,14 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _count(seen: Overview, tally: RowTally, cells: dict[str, Any], row: int, out_fields: list[str]) -> None:
+def _count(seen: Overview, cells: dict[str, Any], row: int, out_fields: list[str]) -> None:
     status = str(cells.get("status") or PENDING)
     error_type = cells.get("error_type")
     model = str(cells.get("model") or "")
     variant = cells.get("variant") or None
     paid = cells.get("paid") or None
     label = cells.get("label") or None
-    tally.add_row(status, str(error_type) if error_type else None, model, variant,
+    seen.tally.add_row(status, str(error_type) if error_type else None, model, variant,
                   prompt_tokens=_count_of(cells.get("prompt_tokens")),
                   completion_tokens=_count_of(cells.get("completion_tokens")),
                   cost=_number(cells.get("cost")), paid=str(paid) if paid in PAID else None,

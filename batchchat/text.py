@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .endpoint import endpoint_label, key_state
 from .executors.base import BatchProgress, Ending
-from .stats import PAID, PAID_EARLIER, PAID_RUN, PAID_SHARED, BatchTimes, percentile
+from .stats import PAID_EARLIER, PAID_RUN, PAID_SHARED, BatchTimes, percentile
 from .words import dollars, duration, plural
 
 if TYPE_CHECKING:
@@ -405,8 +405,7 @@ def overview_text(seen: Overview) -> str:
         status += f", {seen.pending_count:,} pending"
     lines = [f"{seen.output}: {plural(seen.rows, 'row')}: {status}"]
     tally = seen.tally
-    lines.append(output_tokens_line(tally.prompt_tokens, tally.completion_tokens, tally.cost,
-                                    tuple((payer, tally.paid[payer]) for payer in PAID if tally.paid[payer]),
+    lines.append(output_tokens_line(tally.prompt_tokens, tally.completion_tokens, tally.cost, tally.payers,
                                     run="the run that wrote it", counted_once=seen.counted_once))  # fmt: skip
     batches = seen.batches
     if batches is not None:

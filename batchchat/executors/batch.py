@@ -518,8 +518,7 @@ class _Rounds:
             if self.budget is not None:
                 # Room the batches out now free as they are collected (their estimates are upper
                 # bounds): the rest waits for a later round; with none out, the cap is reached.
-                budget = self.budget
-                held = budget.reserve_if_room(request) if budget.held else budget.reserve(request)
+                held = self.budget.reserve(request)
                 if held is None:
                     break
                 self.held[request.key] = held

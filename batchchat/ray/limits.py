@@ -61,7 +61,7 @@ class SharedLimitsImpl:
         while len(granted) < most:
             held: float | None = 0.0
             if self.budget is not None:  # the first waits for room; more only while it is there
-                held = await self.budget.admit(request) if not granted else self.budget.reserve_if_room(request)
+                held = await self.budget.admit(request) if not granted else self.budget.reserve(request)
             if held is None:
                 return granted, bool(self.budget and self.budget.exhausted), self.throttle.rate, self.throttle.held_s
             try:
