@@ -279,7 +279,7 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     metavar="KEY=VALUE,...",
     multiple=True,
     help="A simulator setting, with --provider sim (latency_ms, jitter_ms, tokens_per_s, rpm, tpm, fault_rate, "
-    "seed, labels, invalid_rate; for batches batch_dialect, batch_seconds, batch_error_rate, batch_expire_at, "
+    "seed, labels, invalid_rate, slots, share_429, share_503, rpm_later, rpm_change_s; for batches batch_dialect, batch_seconds, batch_error_rate, batch_expire_at, "
     "batch_fail_at, batch_max_lines, batch_delay_ms, batch_upload_delay_ms, batch_create_delay_ms, "
     "batch_upload_fails, batch_create_fails). Repeatable.",
 )
@@ -692,6 +692,16 @@ async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -
 @click.option("--one-at-a-time", is_flag=True,
               help="Serve one request at a time, a new one cutting the stream in flight short, as llama.cpp's "
                    "server does by default.")  # fmt: skip
+@click.option("--slots", default=0, type=click.IntRange(0),
+              help="Serve this many requests at once; one more stream arriving cuts the oldest in flight short "
+                   "(llama.cpp's server with --parallel N).")  # fmt: skip
+@click.option("--share-429", default=0.0, type=click.FloatRange(0, 1),
+              help="Share of requests answered 429 (retry-after 1) whatever the rate, as providers do.")  # fmt: skip
+@click.option("--share-503", default=0.0, type=click.FloatRange(0, 1),
+              help="Share of requests answered 503 whatever the rate (capacity short).")  # fmt: skip
+@click.option("--rpm-later", type=click.IntRange(1), help="The requests/min limit once --rpm-change-s has passed.")
+@click.option("--rpm-change-s", default=0.0, type=click.FloatRange(0),
+              help="Seconds after the first request when --rpm-later replaces --rpm (a limit that moves).")  # fmt: skip
 @click.option("--batch-delay-ms", default=0.0, type=click.FloatRange(0),
               help="Every files or batches call waits this long before it is read.")  # fmt: skip
 @click.option("--batch-upload-delay-ms", default=0.0, type=click.FloatRange(0),

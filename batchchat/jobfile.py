@@ -459,6 +459,11 @@ def _simulator(value: Any, at: str) -> SimConfig:
         batch_create_fails=whole(entries.get("batch_create_fails"), of("batch_create_fails"), 0) or 0,
         batch_max_lines=whole(entries.get("batch_max_lines"), of("batch_max_lines"), 1),
         one_at_a_time=flag(entries.get("one_at_a_time"), of("one_at_a_time"), False),
+        slots=whole(entries.get("slots"), of("slots"), 0) or 0,
+        share_429=number(entries.get("share_429"), of("share_429"), 0.0, 1.0) or 0.0,
+        share_503=number(entries.get("share_503"), of("share_503"), 0.0, 1.0) or 0.0,
+        rpm_later=whole(entries.get("rpm_later"), of("rpm_later"), 1),
+        rpm_change_s=number(entries.get("rpm_change_s"), of("rpm_change_s"), 0.0) or 0.0,
     )
 
 

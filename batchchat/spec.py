@@ -170,6 +170,13 @@ class SimConfig:
     # Like llama.cpp's server as it comes: one request at a time, and a new one cuts the stream in
     # flight short (it just ends: no finish_reason, no [DONE]).
     one_at_a_time: bool = False
+    slots: int = 0  # serve this many at once (0: any number); one more stream arriving cuts the oldest short
+    # Providers as they really behave: a share of requests answered 429 (retry-after 1) or 503
+    # whatever the rate, and a requests/min limit that becomes another some seconds into a run.
+    share_429: float = 0.0
+    share_503: float = 0.0
+    rpm_later: int | None = None
+    rpm_change_s: float = 0.0  # after the first request, when rpm_later takes over from rpm
     # Its Batch API: which provider's dialect it speaks, how long a batch takes, and how it fails.
     batch_dialect: str = "together"
     batch_seconds: float = 1.0

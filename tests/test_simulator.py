@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -301,3 +302,47 @@ def test_offline_the_simulator_plays_models_that_differ_and_prices_them_from_the
     again = cli(*args[:4], tmp_path / "again.parquet", *args[5:])
     assert again.exit_code == 0
     assert [r["score"] for r in read_output(tmp_path / "again.parquet")] == [r["score"] for r in rows]  # steady
+
+
+@pytest.mark.parametrize(("setting", "status"), [("share_429", 429), ("share_503", 503)])
+def test_a_share_of_requests_is_refused_whatever_the_rate(sim_factory, setting, status):
+    """A provider's 429s and 503s that no rate causes: that share of 200 distinct requests, sent
+    one at a time (far under any limit), repeatable by seed."""
+    server = sim_factory(**{setting: 0.2}, seed=3)
+    statuses = statuses_of(server, 200)
+    assert set(statuses) == {200, status}
+    assert 25 <= statuses.count(status) <= 55  # 20% of 200, give or take chance
+    assert statuses == statuses_of(sim_factory(**{setting: 0.2}, seed=3), 200)
+    if status == 429:
+        _, headers, _ = next(answer for i in range(200) if (answer := post(server.url, body(f"q{i}")))[0] == 429)
+        assert headers["retry-after"] == "1" and "x-ratelimit-limit" not in headers  # no limit said it
+
+
+def test_a_requests_limit_that_moves_some_seconds_into_a_run(sim_factory):
+    server = sim_factory(rpm=60, rpm_later=600, rpm_change_s=0.3)
+    assert post(server.url, body("one"))[1]["x-ratelimit-limit"] == "60"
+    assert post(server.url, body("two"))[0] == 429  # one a second, before the change
+    time.sleep(0.4)
+    status, headers, _ = post(server.url, body("three"))
+    assert status == 200 and headers["x-ratelimit-limit"] == "600"
+
+
+def test_a_server_with_n_slots_cuts_the_oldest_stream_when_one_more_arrives(sim_factory):
+    server = sim_factory(slots=2, tokens_per_s=200)
+
+    async def go(n: int) -> list[bytes]:
+        async with aiohttp.ClientSession() as session:
+            async def one(i: int) -> bytes:
+                await asyncio.sleep(0.05 * i)  # in order: the first is the oldest
+                async with session.post(server.url + "/chat/completions", json=body(f"q{i}", stream=True)) as r:
+                    return await r.read()
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    streams = asyncio.run(go(3))
+    done = [b"[DONE]" in payload for payload in streams]
+    assert done == [False, True, True]  # the third arrival cut the first, and took its slot
+    stats = server.stats()
+    assert stats["streams_cut"] == 1 and stats["max_served"] == 2
+    streams = asyncio.run(go(2))  # as many as its slots: none cut
+    assert all(b"[DONE]" in payload for payload in streams) and server.stats()["streams_cut"] == 1

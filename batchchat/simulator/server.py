@@ -91,8 +91,8 @@ class Simulator:
         self._first_at: float | None = None  # when the first request arrived (monotonic)
         self._last_at: float | None = None  # when the last answer was complete
         self.batches = BatchStore(self.config, self.counts, self._batch_answer)
-        self._one = asyncio.Lock()  # one_at_a_time: the request being served holds it
-        self._cut: asyncio.Event | None = None  # ... and a stream in flight ends when this is set
+        self._slots: asyncio.Semaphore | None = None  # slots (one_at_a_time: one): held while served
+        self._serving: list[asyncio.Event] = []  # of the requests served, oldest first: set, a stream ends
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # a batch file may hold 200 MB
@@ -159,13 +159,22 @@ class Simulator:
         self._in_flight += 1
         self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self._in_flight)
         try:
-            if not self.config.one_at_a_time:
+            slots = self.config.slots or (1 if self.config.one_at_a_time else 0)
+            if not slots:
                 return await self._answer(request)
-            if self._cut is not None:  # the new request cuts the stream in flight short
-                self._cut.set()
-            async with self._one:
-                self._cut = asyncio.Event()
-                return await self._answer(request, self._cut)
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(slots)
+            served = [cut for cut in self._serving if not cut.is_set()]
+            if len(served) >= slots:  # the new request cuts the oldest stream in flight short
+                served[0].set()
+            async with self._slots:
+                cut = asyncio.Event()
+                self._serving.append(cut)
+                self.counts["max_served"] = max(self.counts["max_served"], len(self._serving))
+                try:
+                    return await self._answer(request, cut)
+                finally:
+                    self._serving.remove(cut)
         finally:
             self._in_flight -= 1
 
@@ -202,6 +211,12 @@ class Simulator:
         fault = options.get("fault")
         if fault is not None and "times" in options and arrival > int(float_option(options, "times") or 0):
             fault = None
+        if fault is None:  # a provider's 429s and 503s that no rate causes
+            config = self.config
+            if config.share_429 and chance(config.seed, digest, arrival, "429") < config.share_429:
+                fault = "429"
+            elif config.share_503 and chance(config.seed, digest, arrival, "503") < config.share_503:
+                fault = "503"
         if fault is None and self.config.fault_rate > 0:
             seed = self.config.seed
             if chance(seed, digest, arrival, "fault") < self.config.fault_rate:
@@ -246,6 +261,10 @@ class Simulator:
 
     def _check_limits(self, cost: int) -> web.Response | None:
         now = time.monotonic()
+        later = self.config.rpm_later
+        moved = later and self._first_at is not None and now - self._first_at >= self.config.rpm_change_s
+        if later and moved and (self._rpm is None or self._rpm.limit != later):  # the limit moves, once
+            self._rpm = _Bucket(later)
         waits = []
         if self._rpm is not None:
             waits.append(self._rpm.wait_for(1, now))
