@@ -154,6 +154,10 @@ class RequestError(BatchchatError):
         self.retryable = retryable
         self.headers: Mapping[str, str] = headers or {}
         self.unreachable = unreachable
+        # Set by the throttle: a 429 or 503 that the client's rate did not cause (the provider
+        # answers a share of requests so whatever the rate). Only its own request waits, and not
+        # the server's whole hint: see ``retry.wait_seconds``.
+        self.lone = False
 
     def __repr__(self) -> str:
         return f"RequestError({self.error_type!r}, {self.message!r}, status={self.status})"

@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
+LONE_WAIT_S = 0.1  # a lone 429 or 503's first wait, doubling with each attempt up to the server's hint
 HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
 # Failures that would repeat for every row: no retry, and no more requests at all.
 FATAL_TYPES = frozenset({AUTH, NO_CREDIT, REDIRECT})
@@ -104,8 +105,22 @@ def backoff_seconds(attempt: int, rng: random.Random) -> float:
 
 
 def wait_seconds(error: BaseException | None, attempt: int, rng: random.Random) -> float:
+    """The server's hint, or an exponential backoff. A lone 429 or 503 (one the throttle found
+    the client's rate did not cause) waits until the limit it names resets, or else a short
+    backoff growing to the hint: a bare ``retry-after`` on such an answer speaks of the
+    provider's capacity, not of this client, and waiting it out costs the run's tail a whole
+    second per such answer, while a request answered so several times in a row soon waits as
+    long as asked."""
     if isinstance(error, RequestError):
         hint = hint_seconds(error.headers)
+        if error.lone:
+            # when the answer says its limit resets, that is when (a bucket out of requests) ...
+            reset = reset_seconds(error.headers["x-ratelimit-reset"]) if "x-ratelimit-reset" in error.headers else None
+            if reset is not None:
+                return _clamp(reset)
+            if hint is not None:  # ... else a short backoff, growing to the hint
+                ceiling = LONE_WAIT_S * 2 ** (attempt - 1)
+                return min(rng.uniform(ceiling / 2, ceiling), hint)
         if hint is not None:
             return hint
     return backoff_seconds(attempt, rng)

@@ -22,8 +22,8 @@ from .spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("cap_stop", "crowded", "extra_batches", "invalid", "notes", "rate", "rate_limited", "repeated",
-                 "requests", "retries", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
+    __slots__ = ("cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes", "paced", "rate", "rate_limited",
+                 "repeated", "requests", "retries", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
@@ -38,6 +38,8 @@ class Counters:
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
         self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
         self.crowded: str | None = None  # why fewer requests went at once than asked
+        self.paced: str | None = None  # each cut of the rate, when and why
+        self.last_cut: str | None = None  # the latest of them, for the progress lines
         self.notes: Counter[str] = Counter()  # answers with odd values, by how they were read (``reading``)
         self.repeated: Counter[str] = Counter()  # provider batch -> result lines for a request it answered already
         self.extra_batches = 0  # batches the provider made of a file already made one of (found this run)
@@ -62,6 +64,8 @@ class Counters:
         self.rate = other.rate if other.rate is not None else self.rate
         self.waiting_until = max(self.waiting_until, other.waiting_until)
         self.crowded = other.crowded or self.crowded
+        self.paced = other.paced or self.paced
+        self.last_cut = other.last_cut or self.last_cut
         self.cap_stop = other.cap_stop if other.cap_stop is not None else self.cap_stop
 
     def add_usage(self, model: str, usage: Usage) -> None:
@@ -294,6 +298,7 @@ class Summary:
     labels: tuple[tuple[str, int], ...] = ()  # rows by label, most frequent first
     unreported: int = 0  # answers this run whose server did not report usage
     crowded: str | None = None  # when and why fewer requests went at once than asked
+    paced: str | None = None  # when and why the rate was cut, and what it was allowed at the end
     notes: tuple[tuple[str, int], ...] = ()  # answers with odd values, by how they were read, most frequent first
     unreported_cost: float | None = None  # at most what the answers that reported no usage cost, priced
     repeated: tuple[tuple[str, int], ...] = ()  # (provider batch, result lines repeating a request)
@@ -385,6 +390,7 @@ class Stats:
             labels=tuple(rows.labels.most_common()),
             unreported=self.counters.unreported,
             crowded=self.counters.crowded,
+            paced=self.counters.paced,
             notes=tuple(self.counters.notes.most_common()),
             unreported_cost=spending(self.prices, self.counters.unreported_bound) if self.prices else None,
             repeated=tuple(sorted(self.counters.repeated.items())),

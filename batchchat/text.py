@@ -105,7 +105,7 @@ def progress_line(total: int, stats: Stats | None, elapsed_s: float, stopping: b
     if stats is not None:
         c = stats.counters
         if c.rate is not None:
-            line += f" (the throttle allows {c.rate:,.1f}/s)"
+            line += f" (the throttle allows {c.rate:,.1f}/s{'; ' + c.last_cut if c.last_cut else ''})"
         line += (f"; {plural(c.rate_limited, '429')}, {plural(c.retries, 'retry', 'retries')}, "
                  f"{plural(stats.errors, 'error')}; {plural(stats.tokens, 'token')}")  # fmt: skip
         if stats.cost is not None:
@@ -152,6 +152,8 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         lines.append(latency)
     if s.crowded:
         lines.append(f"concurrency lowered: {s.crowded}")
+    if s.paced:
+        lines.append(f"rate: {s.paced}")
     if s.notes:
         lines.append("answers with odd values, read as well as they could be: "
                      + "; ".join(f"{count:,} with {note}" for note, count in s.notes))  # fmt: skip

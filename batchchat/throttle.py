@@ -25,7 +25,9 @@ Every attempt, first or retry, passes here before it is sent:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,10 +39,14 @@ from .money import DEFAULT_COMPLETION_TOKENS, likely
 from .records import ChatRequest, ChatResult
 from .retry import HINT_CAP_S, hint_seconds, reset_seconds
 
-BETA = 0.7  # multiplicative decrease on a 429
-STEP_SHARE = 0.05  # additive increase per second of successes, as a share of the rate after the cut
+BETA = 0.7  # multiplicative decrease on a 429 ...
+LEAST_SENT = 8  # requests in a window before its 429s are judged (fewer when fewer go at once)
+DEEPEST_CUT = 0.25  # ... or down to the share the limit let through, to a quarter at most at once ...
+MARGIN = 0.9  # ... and a little under it, since that share is a guess
+STEP_SHARE = 0.1  # additive increase per second of successes, as a share of the rate after the cut
 MIN_RATE = 0.05  # requests/s: never stop altogether
 DEFAULT_COOLDOWN_S = 1.0  # when a 429 carries no hint
+CHANGES_TOLD = 4  # cuts of the rate the summary tells one by one
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,103 +148,230 @@ class Pacer:
 
 
 class Congestion:
-    """Tells the 429s our own rate causes from those it does not.
+    """Tells the 429s (or 503s) our own rate causes from those it does not.
 
-    Providers answer some requests 429 even under the limit (Together does, in bursts, when
+    Providers answer a share of requests 429 or 503 whatever the rate (Together does when
     capacity is short). Cutting the rate and holding every request for each of those collapses a
-    job. So a 429 counts as ours only with company: of the requests sent lately (the last
-    ``WINDOW_S`` seconds, or the last ``WINDOW_REQUESTS`` when that is more), at least ``MIN_429``
-    answered 429, at a share above the background by ``FLOOR`` and by ``ABOVE`` standard errors
-    (by chance, a window of twenty often holds more than its share); with no background known,
-    any 429 is ours (waiting for more evidence at a run's start lets a small limit without
-    headers use up the first rows' attempts). The others only delay their own request. Shares
-    count requests by when they were sent, not when answers came: a 429 comes back at once, an
-    answer takes seconds.
+    job: at a lower rate fewer of them arrive per second, which looks like the cut worked. So
+    they are judged by their *share* of the requests sent, never their count. The share of lone
+    429s over the last ``LONG_S`` seconds (before the window judged) is the background: what the
+    provider answers so anyway, re-estimated as the run goes. Before any request says otherwise
+    it is taken as ``PRIOR_SHARE``, worth ``PRIOR_WEIGHT`` requests, so the first burst of a
+    run, where chance is widest, needs a share well above any provider's background. A 429 is
+    ours when, of the requests sent lately (the last ``WINDOW_S`` seconds, or the last
+    ``WINDOW_REQUESTS`` when that is more), at least ``MIN_LIMITED`` answered so, at a share
+    above the background by ``FLOOR`` and by ``ABOVE`` standard errors. Shares count requests by
+    when they were sent, not when answers came: a 429 comes back at once, an answer takes seconds.
 
-    Every cut is judged a little later, by whether the 429s track our rate. Over a limit, the
-    share of 429s is ``1 - limit/rate``: slowing down makes it fall clearly, or it stays high
-    while the rate is still far over. Background 429s keep their share whatever the rate. A cut
-    after which the share did neither is undone at once (with the cuts made while it was judged),
-    and that share becomes the background.
+    Every cut is judged a little later, by whether the share followed the rate. Over a limit, the
+    share is ``1 - limit/rate``: slowing down makes it fall clearly, or it stays high while the
+    rate is still far over. Background 429s keep their share whatever the rate. A cut after which
+    the share did neither is undone at once (with the cuts made while it was judged), and the
+    429s that caused it count as background from then on.
     """
 
     WINDOW_S = 2.0
     WINDOW_REQUESTS = 20
-    MIN_429 = 2
+    MIN_LIMITED = 2
     FLOOR = 0.1  # a share of 429s above the background that means "too fast" ...
-    ABOVE = 2.0  # ... when it is also this many standard errors above it
+    CHANCE = 0.005  # ... when the background would give as many this rarely, at most
+    PRIOR_SHARE = 0.2
+    PRIOR_WEIGHT = 25
+    LEAST_SHARE = 0.01  # standard errors are taken at this background at least (none would make any 429 ours)
+    LONG_S = 30.0  # the background is of the requests sent this long before the window
     BEFORE_S = 10.0  # a cut is judged against the share over this long before it ...
     REVIEW_S = 2.0  # ... and this long after it (once its cool-down ended), at the soonest ...
-    REVIEW_REQUESTS = 60  # ... on as many requests sent at least, each side (if there were)
+    REVIEW_REQUESTS = 60  # ... on as many requests sent at least ...
+    REVIEW_LONG_S = 10.0  # ... or on a window's worth, once this long has passed (a slow rate)
     FELL = 2.0  # the cut was right if the share fell by this many standard errors ...
     STILL_OVER = 0.5  # ... or stayed above this (still far over the limit)
-    KEPT = 4096  # events remembered of each kind
+    KEPT = 8192  # events remembered of each kind
 
-    def __init__(self) -> None:
-        self._sent: deque[float] = deque(maxlen=self.KEPT)  # when requests departed
-        self._limited: deque[float] = deque(maxlen=self.KEPT)  # when the requests answered 429 departed
-        self.background = 0.0  # the share of 429s that slowing down did not remove
-        self._review: tuple[float, float, float | None] | None = None  # (cut at, judged from, rate before)
+    def __init__(self, sending: Congestion | None = None, least_sent: int = 1) -> None:
+        """``sending``: another signal of the same requests, whose departures this one reads.
+        ``least_sent``: requests sent in a window before its share says anything (a run's first
+        two requests both refused are too few to judge a rate by)."""
+        self.least_sent = least_sent
+        # sorted times, the newest KEPT to 2 * KEPT of each
+        self._sent: list[float] = sending._sent if sending is not None else []  # when requests departed
+        self._own_sent = sending is None
+        self.evidence = ""  # why the latest 429 was ours: "12 of 40 requests sent in 2.0 s answered"
+        self.passing = BETA  # the share of requests the limit let through then
+        self.speed = 0.0
+        # Once a cut is kept, the rate is held near a limit and goes over it as it rises, so the
+        # 429s then are not background: it is fixed at the cut and only lowered by later ones.
+        self._fixed: float | None = None
+        self._limited: list[float] = []  # when the requests answered 429 departed
+        self._ours: list[list[float]] = []  # spans of sending times whose 429s were judged ours, apart and in order
+        # (cut at, judged from, rate before, the window that found 429s ours: its start and share, requests/s then)
+        self._review: tuple[float, float, float | None, float, float, float] | None = None
+        self._kept: list[tuple[float | None, float, float]] = []  # cuts kept: (rate before, requests/s after, share after)
 
     def departed(self, now: float) -> None:
-        self._sent.append(now)
+        if self._own_sent:
+            _keep(self._sent, now, self.KEPT)
 
     def limited(self, sent_at: float) -> None:
         """A 429, to the request sent at ``sent_at``."""
-        self._limited.append(sent_at)
+        _keep(self._limited, sent_at, self.KEPT)
 
     def _count(self, since: float, until: float = math.inf) -> tuple[int, int]:
-        """Of the requests sent in [since, until]: how many were answered 429, how many sent."""
-        sent = sum(1 for when in self._sent if since <= when <= until)
-        return sum(1 for when in self._limited if since <= when <= until), sent
+        """Of the requests sent in [since, until): how many were answered 429, how many sent."""
+        return _between(self._limited, since, until), _between(self._sent, since, until)
 
     def _start(self, until: float, seconds: float, requests: int) -> float:
         """The start of the last ``seconds`` before ``until``, or of its last ``requests`` sent."""
-        sent = [when for when in self._sent if when <= until]
         since = until - seconds
-        return min(since, sent[-requests]) if len(sent) >= requests else -math.inf
+        sent = self._sent
+        index = bisect.bisect_right(sent, until) - requests
+        return min(since, sent[index]) if index >= 0 else -math.inf
+
+    def background(self, until: float) -> float:
+        """The share of requests sent in the ``LONG_S`` before ``until`` answered 429 though our
+        rate was not the cause, with the prior's weight (or the share fixed by a kept cut)."""
+        if self._fixed is not None:
+            return self._fixed
+        share, sent = self._measured(until)
+        return (share * sent + self.PRIOR_SHARE * self.PRIOR_WEIGHT) / (sent + self.PRIOR_WEIGHT)
+
+    def _measured(self, until: float) -> tuple[float, int]:
+        """The share of lone 429s in the ``LONG_S`` before ``until``, without the prior, and of how many requests."""
+        since = until - self.LONG_S
+        limited, sent = self._count(since, until)
+        for start, end in self._ours:  # what was sent while the 429s were ours says nothing of the background
+            if start < until and end > since:
+                limited -= _between(self._limited, max(since, start), min(until, end))
+                sent -= _between(self._sent, max(since, start), min(until, end))
+        return (limited / sent if sent > 0 else 0.0), max(sent, 0)
 
     def ours(self, now: float) -> bool:
-        """Whether the latest 429 is one our rate caused."""
-        limited, sent = self._count(self._start(now, self.WINDOW_S, self.WINDOW_REQUESTS))
-        background = self.background
-        if limited < self.MIN_429 or limited < (background + self.FLOOR) * sent:
+        """Whether the latest 429 is one our rate caused; if so, it and its window's are marked ours."""
+        start = self._start(now, self.WINDOW_S, self.WINDOW_REQUESTS)
+        limited, sent = self._count(start)
+        if limited < self.MIN_LIMITED or not sent:
             return False
-        if not background:
-            return True
-        # Above the background by chance, in a window of twenty, is common at a high background
-        # (a quarter of requests answered 429: seven of twenty one time in five); by ABOVE standard
-        # errors, it is rare.
-        return (limited / sent - background) / math.sqrt(background * (1 - background) / sent) >= self.ABOVE
+        background = self.background(start)
+        share = limited / sent
+        if share < background + self.FLOOR:
+            return False
+        if self._review is not None and share < self.STILL_OVER:
+            return False  # a cut is judged: the next waits for its verdict, unless still far over the limit
+        if sent < self.least_sent or _tail(limited, sent, max(background, self.LEAST_SHARE)) > self.CHANCE:
+            return False
+        sent_from = self._sent[bisect.bisect_left(self._sent, start)]
+        self.evidence = f"{limited:,} of {sent:,} requests sent in {max(now - sent_from, 0.1):.1f} s answered"
+        # Over a limit, the share let through is limit/rate: the cut goes there, when deeper than BETA
+        self.passing = max(DEEPEST_CUT, MARGIN * (1 - share) / (1 - background))
+        self.speed = sent / max(now - sent_from, 1.0)  # requests/s the window went at (its start in a burst)
+        spans = self._ours
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], now + 1e-9)
+        else:
+            spans.append([start, now + 1e-9])
+            if len(spans) > self.KEPT:
+                del spans[: len(spans) // 2]
+        return True
 
-    def cut(self, now: float, rate_before: float | None, held_until: float) -> None:
-        """A cut from ``rate_before`` (None: unbounded), judged from the end of its cool-down
-        (``held_until``) against the requests sent before it."""
+    def cut(self, now: float, rate_before: float | None, held_until: float, speed: float) -> None:
+        """A cut from ``rate_before`` (None: unbounded; ``speed``: the requests/s sent then), judged
+        from the end of its cool-down (``held_until``) against the requests sent before it."""
         if self._review is None:  # cuts made while one is judged are judged with it
-            self._review = (now, max(now, held_until), rate_before)
+            window = self._start(now, self.WINDOW_S, self.WINDOW_REQUESTS)
+            self._fixed = self.background(window)
+            limited, sent = self._count(window)
+            first = self._sent[bisect.bisect_left(self._sent, window)] if sent else now
+            speed = sent / (now - first) if now - first >= 0.5 else speed  # what the window was sent at
+            self._review = (now, max(now, held_until), rate_before, window, limited / sent if sent else 1.0, speed)
 
     @property
     def reviewing(self) -> bool:
         """Whether a cut waits to be judged."""
         return self._review is not None
 
-    def review(self, now: float) -> tuple[bool, float | None]:
-        """Once a cut can be judged: whether it was wrong, and the rate to go back to."""
+    def review(self, now: float) -> tuple[bool, float | None, float]:
+        """Once a cut can be judged: whether it was wrong, the rate to go back to, and the share after it."""
         if self._review is None or now - self._review[1] < self.REVIEW_S:
-            return False, None
-        at, since, rate = self._review
+            return False, None, 0.0
+        at, since, rate, window, _, speed = self._review
         limited_after, sent_after = self._count(since)
-        if sent_after < self.REVIEW_REQUESTS:
-            return False, None
+        if sent_after < (self.REVIEW_REQUESTS if now - since < self.REVIEW_LONG_S else self.WINDOW_REQUESTS):
+            return False, None, 0.0
         self._review = None
-        # the requests sent before the cut: their answers are all in by now
-        limited_before, sent_before = self._count(self._start(at, self.BEFORE_S, self.REVIEW_REQUESTS), at)
+        # Judged three ways. Still far over the limit: kept. The share fell below the window's
+        # that found the 429s ours: kept. Else, the share after the cut is what the provider
+        # answers anyway: kept if that is the background the window was judged against (the cut
+        # brought the share back to it), undone if clearly above it (the background was wrong,
+        # and the window's 429s were the provider's as well).
+        limited_before, sent_before = self._count(window, at)
         after = limited_after / sent_after
-        if after >= self.STILL_OVER or not sent_before or _fell(
-                limited_before, sent_before, limited_after, sent_after) >= self.FELL:  # fmt: skip
-            return False, None
-        self.background = max(self.background, after)  # not ours: ignored from now on
-        return True, rate
+        # Over a limit, the share is 1 - limit/rate: at the rate sent since, the window's share
+        # would have become this. Closer to it than to the window's own share, the share followed the rate.
+        before = limited_before / sent_before if sent_before else 1.0
+        followed = max(0.0, 1 - (1 - before) * speed / (sent_after / max(now - since, 1e-3)))
+        tracked = abs(after - followed) < abs(after - before)
+        background = self.background(window)
+        least = max(background, self.LEAST_SHARE)
+        above = after >= background + self.FLOOR / 2 and (after - background) / math.sqrt(
+            least * (1 - least) / sent_after) >= self.FELL  # fmt: skip
+        speed_after = sent_after / max(now - since, 1e-3)
+        kept = after >= self.STILL_OVER or not above or tracked or (sent_before and _fell(
+            limited_before, sent_before, limited_after, sent_after) >= self.FELL)  # fmt: skip
+        # Across cuts: a share no lower at a much lower rate than after an earlier cut did not
+        # follow the rate, whatever each cut looked like alone; back to the rate of that cut.
+        earlier = next((k for k in self._kept if k[1] >= speed_after / BETA and k[2] <= after + self.FLOOR / 2), None)
+        if kept and earlier is None:
+            # Once a second cut is kept, a limit is confirmed and the prior's caution is spent;
+            # one, at a run's start, may still be chance.
+            measured, of = self._measured(window)
+            spent = 0.0 if self._kept else 1.0
+            self._fixed = min(background, after, measured if of >= self.WINDOW_REQUESTS else spent)
+            self._kept.append((rate, speed_after, after))
+            return False, None, after
+        if earlier is not None:
+            rate = earlier[0]
+            del self._kept[self._kept.index(earlier):]
+        # back to no bound at all, the background is measured again; else it is at least this
+        self._fixed = None if rate is None else max(background, after)
+        spans = self._ours  # not ours after all: background from now on
+        while spans and spans[-1][0] >= window:
+            spans.pop()
+        if spans and spans[-1][1] > window:
+            spans[-1][1] = window
+        return True, rate, after
+
+
+def _tail(limited: int, sent: int, share: float) -> float:
+    """The chance that ``limited`` or more of ``sent`` requests are refused when each is with
+    chance ``share`` (the binomial tail, summed in logarithms: windows hold thousands)."""
+    if limited <= 0:
+        return 1.0
+    if share >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(share), math.log1p(-share)
+    base = math.lgamma(sent + 1)
+    total = 0.0
+    for count in range(limited, sent + 1):
+        term = math.exp(base - math.lgamma(count + 1) - math.lgamma(sent - count + 1) + count * log_p
+                        + (sent - count) * log_q)  # fmt: skip
+        total += term
+        if term < total * 1e-12:
+            break
+    return min(total, 1.0)
+
+
+def _between(times: list[float], since: float, until: float = math.inf) -> int:
+    """How many of the sorted ``times`` lie in [since, until)."""
+    return bisect.bisect_left(times, until) - bisect.bisect_left(times, since)
+
+
+def _keep(times: list[float], when: float, kept: int) -> None:
+    """Adds ``when`` in order, forgetting the oldest ``kept`` once there are twice as many."""
+    if not times or when >= times[-1]:
+        times.append(when)
+    else:
+        bisect.insort(times, when)
+    if len(times) > 2 * kept:
+        del times[:kept]
 
 
 def _fell(limited_before: int, sent_before: int, limited_after: int, sent_after: int) -> float:
@@ -250,6 +383,16 @@ def _fell(limited_before: int, sent_before: int, limited_after: int, sent_after:
 
 
 @dataclass(frozen=True, slots=True)
+class RateChange:
+    """A cut of the departure rate, or one undone, for the progress lines and the summary."""
+
+    at: float  # epoch seconds
+    before: float | None  # requests/s; None: only concurrency bounded it
+    after: float | None
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class Permit:
     dispatched_at: float
     raw_cost: float
@@ -257,6 +400,7 @@ class Permit:
 
 CROWDED_AFTER = 2  # failures since the slots last changed, at least, ...
 CROWDED_SHARE = 0.5  # ... and this share of the requests sent since: a server that takes fewer fails most
+CROWDED_SAMPLE = 8  # 503s: of as many requests sent since at least (or the slots open, when more)
 OPEN_SHARE = 0.1  # a slot opens again when fewer than this share of a whole window failed ...
 OPEN_AFTER_S = 30.0  # ... and this long after a cut; doubled each time an opened slot brought the failures back
 OPEN_AFTER_MAX_S = 600.0
@@ -267,11 +411,13 @@ WORDS = {STREAM_TRUNCATED: ("cut", "stream", "streams"), TIMEOUT: ("timed out on
 class Crowding:
     """How many requests the server takes at once. Streams cut short, timeouts and 503s, from
     requests that met others in flight, say it takes fewer than it is sent (llama.cpp's server
-    serves one and cuts the stream in flight when the next arrives): when most recent requests
-    fail so, the slots are halved, to one at least. A provider failing now and then, whatever the
+    serves as many as it has slots and cuts a stream in flight when one more arrives): when most
+    recent requests fail so, the slots are halved, to one at least, and each later failure of
+    the requests sent before that cut brings them down to the requests still in flight, so they
+    settle at what the server serves (the requests it did not cut), not below. A provider failing now and then, whatever the
     concurrency, fails far fewer than that and is left alone. A slot opens again once a whole
-    window of answers is nearly clean, and the wait before it doubles each time an opened slot
-    brought the failures back, so a server that really serves one at a time costs a retry now
+    window of answers is nearly clean; one that brings the failures back closes at its first
+    failure, and the wait before the next doubles, so a server that really serves one at a time costs a retry now
     and then, not one per row.
     """
 
@@ -289,6 +435,7 @@ class Crowding:
         self._opened = False  # a slot was opened since the last cut
         self.seen: dict[str, int] = {}  # failures taken as crowding, by error type
         self.crowd = 0  # requests in flight when the first cut was decided
+        self._opened_from: int | None = None  # the slots that served cleanly before the last one opened
         self._forget()
 
     def _record(self, failed: int) -> None:
@@ -315,16 +462,28 @@ class Crowding:
         if crowd < 2 or not (kind in (STREAM_TRUNCATED, TIMEOUT) or (kind == SERVER_ERROR and error.status == 503)):
             return False  # alone, it was not crowded out
         self.seen[kind] = self.seen.get(kind, 0) + 1
-        if permit.dispatched_at < self._cut_at:
-            return False  # sent before the last cut, which already answered it
+        if permit.dispatched_at < self._cut_at:  # sent before the last cut, which answered it ...
+            # ... but a server that cut one more stream kept fewer than that
+            if kind == STREAM_TRUNCATED and self._opened_from is None and crowd - 1 < self.limit:
+                self.limit = max(1, crowd - 1)
+                self.lowest = min(self.lowest, self.limit)
+                self._window = max(20, 10 * self.limit)
+                return True
+            return False
         self._record(1)
         self._failed += 1
         # Weighed against what was sent, not what came back: failures come back first (a 503 is
         # quick, an answer is not), so early on nearly everything back is a failure.
-        if self._failed < CROWDED_AFTER or self._failed < CROWDED_SHARE * self._sent or self.limit <= 1:
+        opened = self._opened_from is not None  # a slot opened: its first failure answers it
+        # 503s come back at once, and providers send some whatever the load: judged on a fuller sample
+        sample = max(self.limit, CROWDED_SAMPLE) if kind == SERVER_ERROR else 0
+        if (not opened and (self._failed < CROWDED_AFTER or self._failed < CROWDED_SHARE * self._sent
+                           or self._sent < sample)) or self.limit <= 1:  # fmt: skip
             return False
         self.crowd = self.crowd or crowd
-        self.limit = max(1, min(self.limit, crowd) // 2)
+        # one slot more than served cleanly brought failures back: back to that many; else halve
+        self.limit = self._opened_from if self._opened_from is not None else max(1, min(self.limit, crowd) // 2)
+        self._opened_from = None
         self.lowest = min(self.lowest, self.limit)
         self._forget()
         self._cut_at = now
@@ -342,6 +501,7 @@ class Crowding:
             return False
         if len(self._recent) < self._window or self._failures >= OPEN_SHARE * self._window:
             return False
+        self._opened_from = self.limit
         self.limit += 1
         self._opened = True
         self._forget()  # what the server does with one more is new evidence
@@ -379,7 +539,10 @@ class Throttle:
         self._pacer = Pacer()
         self.adaptive_rate: float | None = None  # requests/s; None until the first 429
         self._step = 0.0
-        self._congestion = Congestion()
+        least = min(concurrency, LEAST_SENT)
+        self._congestion = Congestion(least_sent=least)  # 429s
+        self._capacity = Congestion(self._congestion, least)  # 503s, of the same requests sent
+        self.changes: list[RateChange] = []  # every cut of the rate, and every cut undone
         self._successes = 0
         self._last_cut_at = -math.inf
         self.resume_at = 0.0  # the shared cool-down: nothing departs before this loop time
@@ -446,6 +609,22 @@ class Throttle:
         """When and why fewer requests went at once than asked, for the summary."""
         return self.crowding.note
 
+    @property
+    def paced(self) -> str | None:
+        """Each cut of the rate and each undone, when and why, and the rate allowed at the end."""
+        if not self.changes:
+            return None
+        told = [_change_text(change) for change in self.changes[:CHANGES_TOLD]]
+        if len(self.changes) > CHANGES_TOLD:
+            told.append(f"{len(self.changes) - CHANGES_TOLD:,} more")
+        now = f"{self.rate:,.1f}/s" if self.rate is not None else "no bound but concurrency"
+        return f"{'; '.join(told)}; allowed {now} at the end"
+
+    @property
+    def last_cut(self) -> str | None:
+        """The latest change of the rate, for the progress lines."""
+        return _change_text(self.changes[-1]) if self.changes else None
+
     def _wake(self) -> None:
         """Hand the slots open to attempts waiting, in the order they came."""
         while self._room and self._in_flight < self.crowding.limit:
@@ -475,8 +654,8 @@ class Throttle:
                     await asyncio.sleep(delay)
             if holds == self._holds:
                 return
-            # A hold began while this request waited: its reservation is void. It waits out the
-            # hold and is paced again, giving up the capacity it took (never more than the limits).
+            # A hold began while this request waited: it waits out the hold and is paced again,
+            # giving up the capacity it took (never more than the limits).
 
     def succeeded(self, permit: Permit, result: ChatResult) -> None:
         if result.headers:
@@ -487,14 +666,15 @@ class Throttle:
             if self.token_ceiling is not None:  # the mean answer size sets the pace
                 self._repace()
         crowding = self.crowding
-        if self.adaptive_rate is None and crowding.limit >= crowding.asked and not self._congestion.reviewing:
+        if (self.adaptive_rate is None and crowding.limit >= crowding.asked and not self._congestion.reviewing
+                and not self._capacity.reviewing):  # fmt: skip
             return  # nothing was cut: nothing to judge, reopen or raise (every answer passes here)
         now = asyncio.get_running_loop().time()
         self._answered(now)
         if crowding.succeeded(now):
             self._wake()
-        if self.adaptive_rate is not None:
-            self._successes += 1
+        if self.adaptive_rate is not None and not (self._congestion.reviewing or self._capacity.reviewing):
+            self._successes += 1  # (not while a cut is judged: the rate it is judged at holds still)
             if self._successes >= max(1.0, self.adaptive_rate):  # about a second's worth
                 self._successes = 0
                 self.adaptive_rate += self._step
@@ -507,36 +687,49 @@ class Throttle:
             self._learn(error.headers)
         now = asyncio.get_running_loop().time()
         self.crowding.failed(now, permit, error, self._in_flight)
-        if error.status is not None and error.error_type != RATE_LIMITED:
-            self._answered(now)
-        if error.error_type != RATE_LIMITED:
+        limited = error.error_type == RATE_LIMITED
+        if not (limited or error.status == 503):
+            if error.status is not None:
+                self._answered(now)
             return
-        self._answered(now, limited_sent_at=permit.dispatched_at)
-        ceiling = self.request_ceiling
+        signal = self._congestion if limited else self._capacity
+        signal.limited(permit.dispatched_at)
+        self._answered(now)
+        ceiling = self.request_ceiling if limited else None
         over_ceiling = ceiling is not None and self._recent_rate(now) > ceiling
-        if not (over_ceiling or self._congestion.ours(now)):
-            return  # a 429 our rate did not cause: only its own request waits (the retry policy)
+        if not (over_ceiling or signal.ours(now)):
+            error.lone = True  # our rate did not cause it: only its own request waits (the retry policy)
+            return
         hint = hint_seconds(error.headers)
         self._hold_until(now + (hint if hint is not None else DEFAULT_COOLDOWN_S))
         if permit.dispatched_at > self._last_cut_at:  # the first 429 of a new congestion event
             before = self.adaptive_rate
-            base = before if before is not None else self._recent_rate(now)
+            base = before if before is not None else max(self._recent_rate(now), signal.speed)
             # Faster than the limit the headers state: that limit is the answer. At or under it,
             # the stated limit is not the whole story (dynamic limits, shared keys): cut.
-            self.adaptive_rate = ceiling if ceiling is not None and base > ceiling else max(MIN_RATE, base * BETA)
+            if ceiling is not None and base > ceiling:
+                self.adaptive_rate = ceiling
+                why = f"faster than the {ceiling * 60:,.0f} requests/min the server's headers state"
+            else:
+                self.adaptive_rate = max(MIN_RATE, base * min(BETA, signal.passing))
+                why = signal.evidence + (" 429" if limited else " 503")
             self._step = max(MIN_RATE, self.adaptive_rate * STEP_SHARE)
             self._successes = 0
             self._last_cut_at = now
-            self._congestion.cut(now, before, self.resume_at)
+            signal.cut(now, before, self.resume_at, base)
+            self.changes.append(RateChange(time.time(), base, self.adaptive_rate, why))
             self._repace()
 
-    def _answered(self, now: float, *, limited_sent_at: float | None = None) -> None:
-        if limited_sent_at is not None:
-            self._congestion.limited(limited_sent_at)
-        wrong, rate = self._congestion.review(now)
-        if wrong:  # the cut did not lessen the 429s: back to the rate before it
-            self.adaptive_rate = rate
-            self._repace()
+    def _answered(self, now: float) -> None:
+        for signal, what in ((self._congestion, "429s"), (self._capacity, "503s")):
+            wrong, rate, after = signal.review(now)
+            if wrong:  # the cut did not lessen the 429s: back to the rate before it
+                cut_to = self.adaptive_rate
+                self.adaptive_rate = rate
+                self._step = max(MIN_RATE, (rate or 0.0) * STEP_SHARE)
+                why = f"undone: the share of {what} did not follow the rate ({after:.0%} after the cut)"
+                self.changes.append(RateChange(time.time(), cut_to, rate, why))
+                self._repace()
 
     def _hold_until(self, when: float) -> None:
         if when > self.resume_at:
@@ -554,9 +747,16 @@ class Throttle:
     def _learn(self, headers: Mapping[str, str]) -> None:
         info = read_rate_headers(headers)
         if info.request_limit:
-            self.request_ceiling = info.request_limit / 60.0
+            ceiling, before = info.request_limit / 60.0, self.request_ceiling
+            self.request_ceiling = ceiling
+            if before is not None and abs(ceiling - before) > 0.05 * before:  # the stated limit moved
+                why = f"the server's headers state {info.request_limit:,.0f} requests/min, {before * 60:,.0f} before"
+                self.changes.append(RateChange(time.time(), before, ceiling, why))
             if self.adaptive_rate is not None:
-                self.adaptive_rate = min(self.adaptive_rate, self.request_ceiling)
+                # a limit the rate was held at that rose (Together's dynamic limits grow with
+                # traffic): the rate goes with it; cuts below it, for 429s of its own, stand
+                held = before is not None and ceiling > before and self.adaptive_rate >= 0.9 * before
+                self.adaptive_rate = ceiling if held else min(self.adaptive_rate, ceiling)
         if info.token_limit:
             self.token_ceiling = info.token_limit / 60.0
         if info.request_limit or info.token_limit:
@@ -569,6 +769,14 @@ class Throttle:
         mean = self.estimator.mean_tokens or 1.0
         if info.tokens_remaining is not None and info.tokens_remaining < mean and info.tokens_reset_s:
             self._hold_until(now + min(info.tokens_reset_s, HINT_CAP_S))
+
+
+def _change_text(change: RateChange) -> str:
+    """'at 12:03:05 UTC from 80.0/s to 56.0/s: 12 of 40 requests sent in 2.0 s answered 429'."""
+    at = time.strftime("%H:%M:%S UTC", time.gmtime(change.at))
+    before = f"{change.before:,.1f}/s" if change.before is not None else "no bound"
+    after = f"{change.after:,.1f}/s" if change.after is not None else "no bound but concurrency"
+    return f"at {at} from {before} to {after}: {change.why}"
 
 
 def _half_second_bucket(rpm: int) -> tuple[float, float]:

@@ -59,6 +59,16 @@ class Limiter(Protocol):
         """Why fewer requests go at once than asked, if they do."""
         ...
 
+    @property
+    def paced(self) -> str | None:
+        """Each cut of the rate, when and why, if there were."""
+        ...
+
+    @property
+    def last_cut(self) -> str | None:
+        """The latest cut of the rate, when and why."""
+        ...
+
     async def acquire(self, request: ChatRequest) -> Any:
         """A permit to depart now, holding a place in flight until ``release``."""
         ...
@@ -369,6 +379,7 @@ class Asker:
                     throttle.failed(permit, error)
                     count.crowded = throttle.crowded
                     count.rate = throttle.rate
+                    count.paced, count.last_cut = throttle.paced, throttle.last_cut
                     count.waiting_until = time.time() + throttle.held_s
                 if self.stop_fatal and is_fatal(error):
                     raise FatalAPIError(error.message, error) from None
@@ -377,7 +388,9 @@ class Asker:
             self.reached = True
             if throttle is not None and permit is not None:
                 throttle.succeeded(permit, result)
-                count.rate = throttle.rate
+                if count.rate != throttle.rate:  # raised, or a cut undone
+                    count.rate = throttle.rate
+                    count.paced, count.last_cut = throttle.paced, throttle.last_cut
                 count.crowded = throttle.crowded  # a slot may have opened again
                 if result.headers:  # a limit that says it is used up holds everyone
                     count.waiting_until = time.time() + throttle.held_s

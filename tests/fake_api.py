@@ -64,6 +64,8 @@ class FakeAPI:
     attempts: dict[int, int] = field(default_factory=dict)
     answered: dict[int, int] = field(default_factory=dict)
     one_at_a_time: bool = False  # like llama.cpp's server: serves one, and a new arrival cuts the one in flight
+    over_status: int = 429  # what a request over the rate gets: 503 plays a provider short of capacity
+    rate_later: tuple[float, float] | None = None  # (at, rate): the limit moves then
     in_flight: int = 0
     peak: int = 0
     cut: int = 0  # answers cut short by a new arrival
@@ -82,6 +84,8 @@ class FakeAPI:
 
     def _admit(self, now: float) -> float:
         """0 when the bucket has room, else the seconds until it will."""
+        if self.rate_later is not None and now >= self.rate_later[0]:
+            self.rate, self.burst, self.rate_later = self.rate_later[1], None, None
         if self.rate is None:
             return 0.0
         capacity = self.burst or self.rate
@@ -103,6 +107,8 @@ class FakeAPI:
             wait = self._admit(now)
             if wait > 0:
                 self.rejected.append(now)
+                if self.over_status != 429:  # no limit said: the capacity ran short
+                    raise error(self.over_status)
                 headers = self._limit_headers()
                 if self.retry_after is not None:
                     headers["retry-after"] = self.retry_after

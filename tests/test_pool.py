@@ -99,10 +99,20 @@ def test_rows_that_keep_failing_end_as_error_rows_after_max_attempts():
 )
 def test_a_retry_waits_what_the_server_asked(headers, wait, monkeypatch):
     monkeypatch.setattr("batchchat.retry.time.time", lambda: 0.0)  # the wall clock the HTTP date is read against
-    api = FakeAPI(script=lambda request, attempt: error(503, headers) if attempt == 1 else None)
+    api = FakeAPI(script=lambda request, attempt: error(500, headers) if attempt == 1 else None)
     run(api, requests(1))
     first, second = api.departures
     assert second - first == pytest.approx(wait, abs=0.01)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_lone_refusal_waits_a_short_backoff_not_its_whole_hint(status):
+    """A 429 or 503 the client's rate did not cause (one request, far under any limit): its
+    retry-after speaks of the provider's capacity; waiting it out would cost a run's tail."""
+    api = FakeAPI(script=lambda request, attempt: error(status, {"retry-after": "3"}) if attempt == 1 else None)
+    run(api, requests(1))
+    first, second = api.departures
+    assert 0.05 <= second - first <= 0.1 + 1e-6
 
 
 def test_without_a_hint_retries_back_off_exponentially_with_jitter():
@@ -153,7 +163,7 @@ def test_a_request_waiting_out_its_backoff_holds_no_slot_and_another_worker_fill
     """Row 0 waits 10 s to be retried; the other 19 rows keep both slots busy meanwhile (9.5 s of
     work, two at a time), and row 0's retry ends last, at 11 s. Without a worker lent for the
     rest, the other rows go one at a time for those 10 s, and the job takes 15 s."""
-    api = FakeAPI(latency=1.0, script=lambda request, attempt: error(503, {"retry-after": "10"})
+    api = FakeAPI(latency=1.0, script=lambda request, attempt: error(500, {"retry-after": "10"})
                   if request.row == 0 and attempt == 1 else None)  # fmt: skip
 
     async def go():

@@ -125,6 +125,8 @@ class LeasedThrottle:
         self._flusher: asyncio.Task[None] | None = None
         self.spent = False  # the shared budget refused a lease
         self.crowded: str | None = None  # the shared throttle's, not told to workers
+        self.paced: str | None = None  # (likewise)
+        self.last_cut: str | None = None
         self._urgent: asyncio.Future[None] | None = None
 
     async def acquire(self, request: ChatRequest) -> _Leased:

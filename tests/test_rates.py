@@ -1,0 +1,57 @@
+"""Rate limits as providers really behave, through the CLI against the simulator on loopback:
+refusals no rate causes, limits that move, servers with a few slots."""
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .helpers import cli, read_output, write_csv
+
+
+def prompts(tmp_path: Path, rows: int) -> Path:
+    return write_csv(tmp_path / "in.csv", ["prompt"], [[f"question {i}: what about {i}?"] for i in range(rows)])
+
+
+def test_refusals_no_rate_causes_are_retried_alone_and_every_row_ends_ok(sim_factory: Any, tmp_path: Path) -> None:
+    server = sim_factory(share_429=0.15, share_503=0.05, latency_ms=20, seed=5)
+    output = tmp_path / "out.parquet"
+    result = cli("run", "-i", prompts(tmp_path, 150), "-o", output, "-m", "sim-chat", "--base-url", server.url,
+                 "--concurrency", "16", "--max-attempts", "8")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [row["status"] for row in read_output(output)] == ["ok"] * 150
+    stats = server.stats()
+    assert stats["status:429"] > 10 and stats["status:503"] > 2
+    assert stats["answered_twice"] == 0
+    # any cut made for them was undone: their share did not follow the rate
+    told = re.search(r"^rate: (.*)$", result.output, re.MULTILINE)
+    assert told is None or "undone" in told.group(1), result.output
+
+
+def test_a_limit_that_falls_mid_run_is_followed_and_the_summary_and_progress_say_when_and_why(
+        sim_factory: Any, tmp_path: Path) -> None:  # fmt: skip
+    server = sim_factory(rpm=60_000, rpm_later=6000, rpm_change_s=0.1, latency_ms=10)
+    output = tmp_path / "out.parquet"
+    result = cli("run", "-i", prompts(tmp_path, 400), "-o", output, "-m", "sim-chat", "--base-url", server.url,
+                 "--concurrency", "16", "--progress-every", "0.5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [row["status"] for row in read_output(output)] == ["ok"] * 400
+    told = re.search(r"^rate: (.*)$", result.output, re.MULTILINE)
+    assert told is not None, result.output
+    assert re.match(r"at \d\d:\d\d:\d\d UTC from 1,000\.0/s to 100\.0/s: the server's headers state 6,000 "
+                    r"requests/min, 60,000 before", told.group(1)), told.group(1)  # fmt: skip
+    assert told.group(1).endswith("allowed 100.0/s at the end")
+    assert re.search(r"the throttle allows 100\.0/s; at \d\d:\d\d:\d\d UTC from", result.output), result.output
+    assert server.stats().get("rate_limited", 0) <= 16  # a burst at the change at most, not a storm
+
+
+def test_a_server_with_two_slots_is_sent_two_at_a_time(sim_factory: Any, tmp_path: Path) -> None:
+    """llama.cpp's server with --parallel 2: a third stream arriving cuts the oldest short."""
+    server = sim_factory(slots=2, latency_ms=20, tokens_per_s=2000)
+    output = tmp_path / "out.parquet"
+    result = cli("run", "-i", prompts(tmp_path, 40), "-o", output, "-m", "local", "--base-url", server.url, "--stream",
+                 "--concurrency", "8", "--max-attempts", "6")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [row["status"] for row in read_output(output)] == ["ok"] * 40
+    stats = server.stats()
+    assert 1 <= stats["streams_cut"] <= 12  # a burst at first, not one per row
+    assert "concurrency lowered: the server cut" in result.output and "ran at 2" in result.output, result.output
