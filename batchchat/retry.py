@@ -118,9 +118,12 @@ def wait_seconds(error: BaseException | None, attempt: int, rng: random.Random) 
             reset = reset_seconds(error.headers["x-ratelimit-reset"]) if "x-ratelimit-reset" in error.headers else None
             if reset is not None:
                 return _clamp(reset)
-            if hint is not None:  # ... else a short backoff, growing to the hint
+            # ... else a short backoff, growing to the hint. A 429 that names no wait at all is
+            # more likely a limit that says nothing (its next attempts keep the usual backoff).
+            if hint is not None or error.status == 503:
                 ceiling = LONE_WAIT_S * 2 ** (attempt - 1)
-                return min(rng.uniform(ceiling / 2, ceiling), hint)
+                short = rng.uniform(ceiling / 2, ceiling)
+                return short if hint is None else min(short, hint)
         if hint is not None:
             return hint
     return backoff_seconds(attempt, rng)
