@@ -11,7 +11,7 @@ and the ideal time, over several seeds (min, median, max):
 "job s" is the run's own timer (first request to last answer); ratios are to the clean run of
 the same size measured in the same session (the median of its seeds), or to the ideal.
 
-    python benchmarks/rate_limited.py [--seeds 3] [--quick]
+    python benchmarks/rate_limited.py [--seeds 3] [--quick] [--cases honest,sporadic,moving,slots]
 """
 
 from __future__ import annotations
@@ -141,12 +141,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per sporadic case")
     parser.add_argument("--quick", action="store_true", help="200 rows only, one seed, small moving and slot runs")
     parser.add_argument("--rows", type=int, default=300, help="rows of the honest-limit case")
+    parser.add_argument("--cases", default="honest,sporadic,moving,slots", help="which, comma-separated")
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
     seeds = list(range(1 if args.quick else args.seeds))
-    honest(args.rows)
-    sporadic(seeds, [200] if args.quick else [200, 2000])
-    moving(300 if args.quick else 600)
-    slots(40 if args.quick else 200)
+    if "honest" in cases:
+        honest(args.rows)
+    if "sporadic" in cases:
+        sporadic(seeds, [200] if args.quick else [200, 2000])
+    if "moving" in cases:
+        moving(300 if args.quick else 600)
+    if "slots" in cases:
+        slots(40 if args.quick else 200)
 
 
 if __name__ == "__main__":
