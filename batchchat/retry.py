@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
-LONE_WAIT_S = 0.1  # a lone 429 or 503's first wait, doubling with each attempt up to the server's hint
+LONE_WAIT_S = 0.1  # a lone 429 or 503's first wait (at most), ...
+LONE_GROWTH = 1.5  # ... times this for each attempt after, up to the server's hint
 HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
 # Failures that would repeat for every row: no retry, and no more requests at all.
 FATAL_TYPES = frozenset({AUTH, NO_CREDIT, REDIRECT})
@@ -121,7 +122,7 @@ def wait_seconds(error: BaseException | None, attempt: int, rng: random.Random) 
             # ... else a short backoff, growing to the hint. A 429 that names no wait at all is
             # more likely a limit that says nothing (its next attempts keep the usual backoff).
             if hint is not None or error.status == 503:
-                ceiling = LONE_WAIT_S * 2 ** (attempt - 1)
+                ceiling = LONE_WAIT_S * LONE_GROWTH ** (attempt - 1)
                 short = rng.uniform(ceiling / 2, ceiling)
                 return short if hint is None else min(short, hint)
         if hint is not None:

@@ -64,6 +64,7 @@ class FakeAPI:
     attempts: dict[int, int] = field(default_factory=dict)
     answered: dict[int, int] = field(default_factory=dict)
     one_at_a_time: bool = False  # like llama.cpp's server: serves one, and a new arrival cuts the one in flight
+    slots: int = 0  # serves this many at once (one_at_a_time: one); one more arriving cuts the oldest served
     over_status: int = 429  # what a request over the rate gets: 503 plays a provider short of capacity
     rate_later: tuple[float, float] | None = None  # (at, rate): the limit moves then
     in_flight: int = 0
@@ -73,8 +74,8 @@ class FakeAPI:
     def __post_init__(self) -> None:
         self._level = self.burst or (self.rate or 0)
         self._stamp = 0.0
-        self._serving: asyncio.Lock | None = None
-        self._cutting: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._served: list[asyncio.Event] = []  # of the requests served, oldest first: set, it is cut
 
     def _limit_headers(self) -> dict[str, str]:
         if not self.limit_headers or self.rate is None:
@@ -119,8 +120,8 @@ class FakeAPI:
             if scripted is not None:
                 raise scripted
             latency = self.latency + (self.jitter(request.row) if self.jitter else 0.0)
-            if self.one_at_a_time:
-                await self._serve_alone(latency)
+            if self.one_at_a_time or self.slots:
+                await self._serve_in_a_slot(latency)
             else:
                 await asyncio.sleep(latency)
             self.answered[request.row] = self.answered.get(request.row, 0) + 1
@@ -130,17 +131,22 @@ class FakeAPI:
         finally:
             self.in_flight -= 1
 
-    async def _serve_alone(self, latency: float) -> None:
-        """Wait for the one request being served; arriving cuts its answer short."""
-        if self._cutting is not None:
-            self._cutting.set()
-        self._serving = self._serving or asyncio.Lock()
-        async with self._serving:
-            cutting = self._cutting = asyncio.Event()
+    async def _serve_in_a_slot(self, latency: float) -> None:
+        """Wait for a slot; arriving when all are served cuts the oldest answer short."""
+        slots = self.slots or 1
+        served = [cut for cut in self._served if not cut.is_set()]
+        if len(served) >= slots:
+            served[0].set()
+        self._slots = self._slots or asyncio.Semaphore(slots)
+        async with self._slots:
+            cutting = asyncio.Event()
+            self._served.append(cutting)
             try:
                 await asyncio.wait_for(cutting.wait(), latency)
             except TimeoutError:
                 return
+            finally:
+                self._served.remove(cutting)
             self.cut += 1
             raise truncated()
 

@@ -1,7 +1,6 @@
 """Limits, cool-down, AIMD and header pacing, on a virtual clock (no real waiting)."""
 
 import asyncio
-import itertools
 import random
 
 import pytest
@@ -309,7 +308,7 @@ def test_a_server_that_serves_one_at_a_time_is_sent_one_at_a_time():
     assert counters.crowded.startswith("the server cut ") and "at once; ran at 1" in counters.crowded
 
 
-def test_a_crowded_server_gets_concurrency_back_slowly_once_it_recovers():
+def test_a_crowded_server_gets_its_concurrency_back_in_a_few_tries_once_it_recovers():
     api = FakeAPI(latency=0.2)
     api.script = lambda request, attempt: (
         truncated() if asyncio.get_running_loop().time() < 5 and api.in_flight > 2 else None
@@ -335,11 +334,12 @@ def test_a_crowded_server_gets_concurrency_back_slowly_once_it_recovers():
     assert lowest <= 2
     cut_at = next(at for at, limit in seen if limit == lowest)
     assert cut_at < 5
-    assert all(limit == lowest for at, limit in seen if cut_at <= at < cut_at + 29)  # nothing opens for 30 s
-    assert seen[-1][1] > lowest  # ... but it does later
-    steps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
-    assert max(steps) == 1  # one slot at a time
-    assert counters.crowded == throttle.crowded and f"ran at {lowest} (now {seen[-1][1]})" in counters.crowded
+    assert all(limit <= 2 for at, limit in seen if cut_at <= at < 5)  # nothing more while crowded ...
+    # ... then, between what served and what failed, the middle is tried after each clean
+    # window: most slots back within seconds, the last one after a longer wait ...
+    assert [limit for at, limit in seen if 5 <= at < 15][-1] >= 6
+    assert seen[-1][1] == 8  # ... and every slot in the end
+    assert counters.crowded == throttle.crowded and f"ran at {lowest} (now 8)" in counters.crowded
 
 
 def test_a_stream_cut_now_and_then_does_not_lower_concurrency():
@@ -351,7 +351,9 @@ def test_a_stream_cut_now_and_then_does_not_lower_concurrency():
     outcomes, counters, _ = run(FakeAPI(latency=0.2, script=script), requests(2000), throttle)
     assert all(o.status == "ok" for o in outcomes.values())
     assert counters.retries > 20
-    assert throttle.crowding.limit == 16 and counters.crowded is None
+    # halved at the first, which is how a crowded local server is told: undone once more came
+    # at a share no crowding explains
+    assert throttle.crowding.limit == 16 and (counters.crowded is None or "so 16 went on" in counters.crowded)
 
 
 @pytest.mark.parametrize("kind", ["timeout", "503"])
@@ -420,3 +422,27 @@ def test_a_small_limit_without_headers_or_hints_loses_no_row(concurrency, monkey
         api = FakeAPI(latency=0.05, rate=0.2, burst=1, limit_headers=False, retry_after=None, reset_header=False)
         outcomes, _, _ = run(api, requests(10), Throttle(concurrency), max_attempts=6)  # the CLI's default
         assert all(o.status == "ok" for o in outcomes.values()), (seed, [o.error for o in outcomes.values()])
+
+
+def test_eight_rows_on_a_one_slot_server_cost_at_most_three_cut_streams():
+    """The first stream cut short halves the slots at once; the cuts of the requests sent before
+    it bring them down to what the server served."""
+    api = FakeAPI(latency=0.5, one_at_a_time=True)
+    throttle = Throttle(4)
+    outcomes, counters, _ = run(api, requests(8), throttle, max_attempts=4)
+    assert [o.status for o in outcomes.values()] == ["ok"] * 8
+    assert counters.requests <= 11 and throttle.crowding.limit == 1
+
+
+@pytest.mark.parametrize("slots", [2, 4, 6])
+def test_a_server_with_n_slots_settles_at_n_and_goes_nearly_as_fast_as_told_n(slots):
+    told = run(FakeAPI(latency=0.3, slots=slots), requests(1000), Throttle(slots))[2]
+    api = FakeAPI(latency=0.3, slots=slots)
+    throttle = Throttle(16)
+    outcomes, counters, elapsed = run(api, requests(1000), throttle)
+    assert all(o.status == "ok" for o in outcomes.values())
+    assert throttle.crowding.limit == slots
+    assert elapsed <= 1.1 * told
+    assert api.cut <= 20
+    assert counters.crowded is not None
+    assert counters.crowded.endswith((f"(now {slots})", f"ran at {slots}")), counters.crowded
