@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputChanged, JobError
-from .keys import RowKeys, request_key
+from .keys import RowKeys, keyed, request_key
 from .records import ChatRequest, InvalidRow
 from .spec import RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring, not_json, option_problem
 from .template import Template, cell_text, parse_template
@@ -169,7 +169,7 @@ def row_requests(spec: RowSpec, batch: pa.RecordBatch, start: int, source_name: 
             continue
         for j, (slot, messages, params, key_params, turns) in enumerate(asked):
             out = row * fanout + j
-            key = request_key(slot.model, messages, key_params, turns=turns)
+            key, sent = keyed(slot.model, messages, key_params, turns=turns)
             if occurrences is not None:
                 sample = occurrences[key]
                 occurrences[key] = sample + 1
@@ -177,7 +177,7 @@ def row_requests(spec: RowSpec, batch: pa.RecordBatch, start: int, source_name: 
                     key = request_key(slot.model, messages, key_params, sample, turns)
                     if samples is not None:
                         samples[out] = sample
-            items.append(ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns))
+            items.append(ChatRequest.encoded(out, key, slot.model, messages, params, turns, sent))
     return items
 
 
@@ -267,10 +267,10 @@ class RequestBuilder:
                 for j, (slot, messages, params, key_params, turns) in enumerate(asked):
                     if wanted[first + j]:
                         key = keys[first + j]
-                        again = request_key(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
+                        again, sent = keyed(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
                         if key != again:
                             raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
-                        yield ChatRequest(first + j, key, slot.model, messages, params, turns)
+                        yield ChatRequest.encoded(first + j, key, slot.model, messages, params, turns, sent)
             start += batch.num_rows
 
 
