@@ -169,7 +169,7 @@ def row_requests(spec: RowSpec, batch: pa.RecordBatch, start: int, source_name: 
             continue
         for j, (slot, messages, params, key_params, turns) in enumerate(asked):
             out = row * fanout + j
-            key, sent = keyed(slot.model, messages, key_params, turns=turns)
+            key = request_key(slot.model, messages, key_params, turns=turns)
             if occurrences is not None:
                 sample = occurrences[key]
                 occurrences[key] = sample + 1
@@ -177,7 +177,9 @@ def row_requests(spec: RowSpec, batch: pa.RecordBatch, start: int, source_name: 
                     key = request_key(slot.model, messages, key_params, sample, turns)
                     if samples is not None:
                         samples[out] = sample
-            items.append(ChatRequest.encoded(out, key, slot.model, messages, params, turns, sent))
+            # Without the messages' JSON: the plan keeps these requests, and their text is enough
+            # to hold in memory (the client encodes a kept request's messages once more instead).
+            items.append(ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns))
     return items
 
 
@@ -267,6 +269,7 @@ class RequestBuilder:
                 for j, (slot, messages, params, key_params, turns) in enumerate(asked):
                     if wanted[first + j]:
                         key = keys[first + j]
+                        # The messages' JSON hashed for this check is also the body's: sent as it is.
                         again, sent = keyed(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
                         if key != again:
                             raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
