@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .compact import first_rows
-from .jsonio import same_dumps, same_dumps_messages
+from .jsonio import same_dumps, same_dumps_request
 
 
 class RowKeys:
@@ -50,40 +50,14 @@ def request_key(
     ``sample`` tells apart repeats of one request that are each to be answered (no dedup);
     ``turns`` are the user turns of a scripted conversation, sent after ``messages``.
     """
-    return keyed(model, messages, params, sample, turns)[0]
-
-
-def keyed(
-    model: str,
-    messages: Sequence[dict[str, Any]],
-    params: Sequence[tuple[str, Any]],
-    sample: int = 0,
-    turns: Sequence[str] = (),
-) -> tuple[str, bytes]:
-    """``request_key``, and the JSON of ``messages`` it hashed: the bulk of a request's bytes,
-    which its body can send as they are rather than encode them again.
-
-    The key hashes the standard library's text of ``[model, messages, params, sample?, turns?]``.
-    That text is its parts' texts joined by commas inside brackets, so hashing the parts one
-    after another gives the very same key without joining them (a copy of every byte).
-    """
-    sent = same_dumps_messages(messages)
-    digest = hashlib.sha256(b"[")
-    digest.update(same_dumps(model))
-    digest.update(b",")
-    digest.update(sent)
-    digest.update(b",")
-    digest.update(same_dumps(params))
+    parts: list[Any] = [model, messages, params]
     if sample or turns:
-        digest.update(b",")
-        digest.update(same_dumps(sample))
+        parts.append(sample)
     if turns:
-        digest.update(b",")
-        digest.update(same_dumps(turns))
-    digest.update(b"]")
+        parts.append(turns)
     # No sort_keys: rows are built the same way on every pass and every run, so the order is stable,
     # and sorting would be the costliest part of the key.
-    return digest.hexdigest()[:32], sent
+    return hashlib.sha256(same_dumps_request(parts, messages, params)).hexdigest()[:32]
 
 
 def messages_key(messages: Sequence[Any]) -> str:

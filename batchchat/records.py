@@ -23,18 +23,6 @@ class ChatRequest:
     messages: tuple[dict[str, Any], ...]
     params: tuple[tuple[str, Any], ...] = ()
     turns: tuple[str, ...] = ()  # a scripted conversation: user turns sent one by one after messages
-    # The JSON of ``messages`` that their key hashed, for the body to send as it is rather than
-    # encode them again. Not an init field: a request made from this one (``dataclasses.replace``,
-    # with other messages or a re-ask's key) has none, so it never sends bytes not its own.
-    messages_json: bytes | None = field(default=None, init=False, repr=False, compare=False)
-
-    @classmethod
-    def encoded(cls, row: int, key: str, model: str, messages: tuple[dict[str, Any], ...],
-                params: tuple[tuple[str, Any], ...], turns: tuple[str, ...], messages_json: bytes) -> ChatRequest:  # fmt: skip
-        """A request with the JSON of its messages as its key hashed them (``keys.keyed``)."""
-        request = cls(row, key, model, messages, params, turns)
-        object.__setattr__(request, "messages_json", messages_json)
-        return request
 
     def body(self) -> dict[str, Any]:
         return {"model": self.model, "messages": list(self.messages), **dict(self.params)}

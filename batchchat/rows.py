@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputChanged, JobError
-from .keys import RowKeys, keyed, request_key
+from .keys import RowKeys, request_key
 from .records import ChatRequest, InvalidRow
 from .spec import RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring, not_json, option_problem
 from .template import Template, cell_text, parse_template
@@ -177,8 +177,6 @@ def row_requests(spec: RowSpec, batch: pa.RecordBatch, start: int, source_name: 
                     key = request_key(slot.model, messages, key_params, sample, turns)
                     if samples is not None:
                         samples[out] = sample
-            # Without the messages' JSON: the plan keeps these requests, and their text is enough
-            # to hold in memory (the client encodes a kept request's messages once more instead).
             items.append(ChatRequest(row=out, key=key, model=slot.model, messages=messages, params=params, turns=turns))
     return items
 
@@ -269,11 +267,10 @@ class RequestBuilder:
                 for j, (slot, messages, params, key_params, turns) in enumerate(asked):
                     if wanted[first + j]:
                         key = keys[first + j]
-                        # The messages' JSON hashed for this check is also the body's: sent as it is.
-                        again, sent = keyed(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
+                        again = request_key(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
                         if key != again:
                             raise InputChanged(self.source_name, f"row {start + i + 1} is not what it was")
-                        yield ChatRequest.encoded(first + j, key, slot.model, messages, params, turns, sent)
+                        yield ChatRequest(first + j, key, slot.model, messages, params, turns)
             start += batch.num_rows
 
 

@@ -214,7 +214,12 @@ class ChatClient:
 
     async def _attempt(self, request: ChatRequest, on_text: Callable[[str], None] | None) -> ChatResult:
         assert self._session is not None, "use ChatClient as an async context manager"
-        data = request_body(request, self.stream, self.stream_usage)
+        body = request.body()
+        if self.stream:
+            body["stream"] = True
+            if self.stream_usage:
+                body.setdefault("stream_options", {"include_usage": True})
+        data = jsonio.dumps(body)
         started = time.perf_counter()
         streaming = False
         try:
@@ -247,25 +252,6 @@ class ChatClient:
         if not answered:
             raise status_error(status, body_bytes, content_type, headers)
         return parse_completion(body_bytes, latency, headers)
-
-
-def request_body(request: ChatRequest, stream: bool, stream_usage: bool) -> bytes:
-    """The JSON body of ``request``: its model, its messages, its options (then the stream's).
-
-    The messages' JSON, the bulk of the bytes, is the one their key hashed where the request
-    carries it: written once per request, not again here. It is the standard library's text of
-    the same messages, which is orjson's but for the odd number (a value either way)."""
-    options = dict(request.params)
-    if stream:
-        options["stream"] = True
-        if stream_usage:
-            options.setdefault("stream_options", {"include_usage": True})
-    sent = request.messages_json
-    if sent is None:
-        return jsonio.dumps({"model": request.model, "messages": list(request.messages), **options})
-    rest = jsonio.dumps(options)  # b"{...}", whose inside follows the messages
-    return b"".join((b'{"model":', jsonio.dumps(request.model), b',"messages":', sent,
-                     b"," + rest[1:] if len(rest) > 2 else b"}"))  # fmt: skip
 
 
 class Redacting:
