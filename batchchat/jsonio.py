@@ -15,6 +15,7 @@ with this module.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -73,6 +74,50 @@ def same_dumps(value: Any) -> bytes:
             if not _may_differ(text):
                 return text
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def same_dumps_request(parts: list[Any], messages: Any, params: Any) -> bytes:
+    """``same_dumps(parts)`` for a request key's parts: model, ``messages``, ``params``, then a
+    sample number and user turns. Where the messages are all text (nearly always) only the
+    options' text is looked at for where orjson's may differ: orjson writes every text as the
+    standard library does (tests/test_jsonio.py checks every character) and differs only in
+    numbers. Looking at the whole text read every byte of a prompt three times, more than
+    encoding it took."""
+    if orjson is not None and _texts_only(messages):
+        try:
+            text = orjson.dumps(parts, default=_refuse, option=_ONLY_JSON)
+            if _plain(params) or not _may_differ(orjson.dumps(params, default=_refuse, option=_ONLY_JSON)):
+                return text
+        except TypeError:  # a lone surrogate, or what orjson refuses: the standard library decides
+            pass
+    return same_dumps(parts)
+
+
+def _plain(params: Any) -> bool:
+    """Whether request options (name, value) are all written alike by orjson and the standard
+    library, by their values' types alone: text, whole numbers, true, false, null, and floats
+    that are 0 or from 1e-4 up (smaller ones orjson writes without an exponent)."""
+    for _, value in params:
+        kind = type(value)
+        if kind is float:
+            if not (value == 0.0 or 1e-4 <= abs(value) < math.inf):
+                return False
+        elif not (kind is str or kind is int or kind is bool or value is None):
+            return False
+    return True
+
+
+def _texts_only(messages: Any) -> bool:
+    """Whether ``messages`` are plain objects of plain text, keys and values."""
+    if type(messages) not in (tuple, list):
+        return False
+    for message in messages:
+        if type(message) is not dict:
+            return False
+        for name, value in message.items():
+            if type(name) is not str or type(value) is not str:
+                return False
+    return True
 
 
 def loads(data: bytes | str) -> Any:

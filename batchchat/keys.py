@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .compact import first_rows
-from .jsonio import same_dumps
+from .jsonio import same_dumps, same_dumps_request
 
 
 class RowKeys:
@@ -57,7 +57,7 @@ def request_key(
         parts.append(turns)
     # No sort_keys: rows are built the same way on every pass and every run, so the order is stable,
     # and sorting would be the costliest part of the key.
-    return hashlib.sha256(same_dumps(parts)).hexdigest()[:32]
+    return hashlib.sha256(same_dumps_request(parts, messages, params)).hexdigest()[:32]
 
 
 def messages_key(messages: Sequence[Any]) -> str:

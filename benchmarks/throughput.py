@@ -2,7 +2,9 @@
 
 Every client runs in its own process against a fresh `benchmarks/fast_server.py`, a chat
 endpoint that answers with fixed bytes and costs a fraction of any client's CPU per request (its
-own CPU is reported beside, to show it), on the same prompts:
+own CPU is reported beside, to show it), on the same prompts, of two sets (`prompt_sets.py`): short
+prompts of one shape, and a real table's mix (varied lengths, a tenth about 2 KB, some CJK and
+emoji), where a client's cost per byte shows:
 
 - the bare loop, as a user's script would be: the prompts read from the same Parquet file, one
   aiohttp session, a semaphore, each answer parsed, the answers and their tokens written to a
@@ -40,17 +42,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-PROMPT = "Question {i}: what about {i}?"
+sys.path.insert(0, str(HERE))
+from prompt_sets import PROMPT_SETS  # noqa: E402
 
 BARE = r"""
 import asyncio, json, sys, aiohttp
 url, n, conc, stream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "stream"
-PROMPT, source, output = sys.argv[5], sys.argv[6], sys.argv[7]
+kind, here, source, output = sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 if source != "-":  # with I/O: the prompts from the Parquet file, the answers and tokens to another
     import pyarrow as pa, pyarrow.parquet as pq
     prompts = pq.read_table(source, columns=["prompt"]).column("prompt").to_pylist()
-else:
-    prompts = [PROMPT.format(i=i) for i in range(n)]
+else:  # the same prompts, made in memory
+    sys.path.insert(0, here)
+    from prompt_sets import prompts_of
+    prompts = prompts_of(kind, n)
 async def main():
     sem = asyncio.Semaphore(conc)
     headers = {"Content-Type": "application/json"}
@@ -82,7 +87,10 @@ asyncio.run(main())
 
 SDK = r"""
 import asyncio, sys
-url, n, conc, stream, PROMPT, sdk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "stream", sys.argv[5], sys.argv[6]
+url, n, conc, stream, kind, here, sdk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "stream", *sys.argv[5:8]
+sys.path.insert(0, here)
+from prompt_sets import prompts_of
+prompts = prompts_of(kind, n)
 if sdk == "together":
     from together import AsyncTogether as Client
     url = url.removesuffix("/v1")  # Together's SDK adds /v1/chat/completions itself
@@ -90,7 +98,7 @@ else:
     from openai import AsyncOpenAI as Client
 client = Client(api_key="not-needed", base_url=url)
 async def one(i, sem):
-    messages = [{"role": "user", "content": PROMPT.format(i=i)}]
+    messages = [{"role": "user", "content": prompts[i]}]
     async with sem:  # unbounded, these SDKs slow down superlinearly (see benchmarks/README.md)
         if not stream:
             answer = await client.chat.completions.create(model="sim-chat", messages=messages)
@@ -133,7 +141,8 @@ def simulator_stats(url: str) -> dict:
         return json.load(response)
 
 
-def timed(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, int, int, float, str]:
+def timed(command: list[str], env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> tuple[float, int, int, float, str]:  # fmt: skip
     """(wall seconds, exit code, peak RSS in MB, CPU seconds, end of stderr) of one process.
     ``cwd``: not the repository, whose ``batchchat`` folder ``python -m`` would put before an
     A/B checkout's ``PYTHONPATH``."""
@@ -149,12 +158,13 @@ def timed(command: list[str], env: dict[str, str] | None = None, cwd: Path | Non
         return wall, process.returncode, usage.ru_maxrss // 1024, cpu, errors.read()[-500:]
 
 
-def write_prompts(path: Path, rows: int) -> None:
+def write_prompts(path: Path, rows: int, kind: str = "fixed") -> None:
     """In a process of its own: the peak RSS a child reports (wait4) starts from its parent's
     size when it was started, so this process stays small."""
-    code = ("import sys, pyarrow as pa, pyarrow.parquet as pq; n = int(sys.argv[2]); "
-            "pq.write_table(pa.table({'prompt': [sys.argv[3].format(i=i) for i in range(n)]}), sys.argv[1])")  # fmt: skip
-    subprocess.run([sys.executable, "-c", code, str(path), str(rows), PROMPT], check=True)
+    code = ("import sys, pyarrow as pa, pyarrow.parquet as pq; sys.path.insert(0, sys.argv[4]); "
+            "from prompt_sets import prompts_of; "
+            "pq.write_table(pa.table({'prompt': prompts_of(sys.argv[3], int(sys.argv[2]))}), sys.argv[1])")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code, str(path), str(rows), kind, str(HERE)], check=True)
 
 
 def measure(name: str, command: list[str], rows: int, stream: bool, env: dict[str, str] | None = None,
@@ -175,45 +185,58 @@ def measure(name: str, command: list[str], rows: int, stream: bool, env: dict[st
             "complete": answered >= rows and code == 0}  # fmt: skip
 
 
-def throughput(rows: int, concurrency: int, sdks: bool, repeat: int, folder: Path,
-               compare: dict[str, str], modes: tuple[str, ...] = ("json", "stream")) -> list[dict]:  # fmt: skip
-    """Each client's figures; the bare loop and batchchat (and each ``compare`` checkout, by
-    label -> folder) as the median of ``repeat`` interleaved rounds, ratios taken within a round."""
-    source = folder / "prompts.parquet"
-    write_prompts(source, rows)
+def throughput(rows: int, concurrency: int, sdks: bool, repeat: int, folder: Path, compare: dict[str, str],
+               modes: tuple[str, ...] = ("json", "stream"), prompt_sets: tuple[str, ...] = PROMPT_SETS) -> list[dict]:  # fmt: skip
+    """Each client's figures on each prompt set; the bare loop and batchchat (and each ``compare``
+    checkout, by label -> folder) as the median of ``repeat`` interleaved rounds, ratios taken
+    within a round."""
     results = []
-    for mode in modes:
-        stream = mode == "stream"
-        bare = [sys.executable, "-c", BARE, "{url}", str(rows), str(concurrency), mode, PROMPT]
-        bare_io = [*bare, str(source), str(folder / f"answers-{mode}-bare.parquet")]
-        output = folder / f"answers-{mode}.parquet"
-        ours = [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
-                "--base-url", "{url}", "--concurrency", str(concurrency), "-q", *(["--stream"] if stream else [])]  # fmt: skip
-        clients = [("batchchat (CLI)", None), *((label, {"PYTHONPATH": path}) for label, path in compare.items())]
-        rounds: list[list[dict]] = []
-        for _ in range(repeat):
-            measured = [measure(BARE_LABEL, bare_io, rows, stream, cwd=folder),
-                        measure(BARE_PLAIN_LABEL, [*bare, "-", "-"], rows, stream, cwd=folder)]  # fmt: skip
-            for label, env in clients:
-                measured.append(measure(label, ours, rows, stream, env, cwd=folder))
-                for leftover in folder.glob("answers-*"):
-                    leftover.unlink()
-            rounds.append(measured)
-        for i in range(len(clients) + 2):
-            median = _median_of([r[i] for r in rounds])
-            median["ratio"] = statistics.median(r[i]["req_s"] / r[0]["req_s"] for r in rounds)
-            median["cpu_ratio"] = statistics.median(r[i]["cpu_us"] / r[0]["cpu_us"] for r in rounds)
-            median["rounds"] = repeat
-            results.append(median)
-            if i == 0:
-                for sdk, label in (("together", "AsyncTogether + gather"), ("openai", "AsyncOpenAI + gather")):
-                    if sdks and importlib.util.find_spec(sdk):
-                        command = [sys.executable, "-c", SDK, "{url}", str(rows), str(concurrency), mode, PROMPT, sdk]
-                        r = measure(label, command, rows, stream)
-                        r["ratio"] = r["req_s"] / median["req_s"]
-                        r["cpu_ratio"] = r["cpu_us"] / median["cpu_us"]
-                        r["rounds"] = 1
-                        results.append(r)
+    for kind in prompt_sets:
+        source = folder / f"prompts-{kind}.parquet"
+        write_prompts(source, rows, kind)
+        for mode in modes:
+            results += _rounds(rows, concurrency, sdks, repeat, folder, compare, mode, kind, source)
+    return results
+
+
+def _rounds(rows: int, concurrency: int, sdks: bool, repeat: int, folder: Path, compare: dict[str, str],
+            mode: str, kind: str, source: Path) -> list[dict]:  # fmt: skip
+    """One mode on one prompt set: the interleaved rounds, then the SDKs once each."""
+    stream = mode == "stream"
+    bare = [sys.executable, "-c", BARE, "{url}", str(rows), str(concurrency), mode, kind, str(HERE)]
+    bare_io = [*bare, str(source), str(folder / f"answers-{mode}-bare.parquet")]
+    output = folder / f"answers-{mode}.parquet"
+    ours = [sys.executable, "-m", "batchchat", "run", "-i", str(source), "-o", str(output), "-m", "sim-chat",
+            "--base-url", "{url}", "--concurrency", str(concurrency), "-q", *(["--stream"] if stream else [])]  # fmt: skip
+    clients = [("batchchat (CLI)", None), *((label, {"PYTHONPATH": path}) for label, path in compare.items())]
+    rounds: list[list[dict]] = []
+    for _ in range(repeat):
+        measured = [measure(BARE_LABEL, bare_io, rows, stream, cwd=folder),
+                    measure(BARE_PLAIN_LABEL, [*bare, "-", "-"], rows, stream, cwd=folder)]  # fmt: skip
+        for label, env in clients:
+            measured.append(measure(label, ours, rows, stream, env, cwd=folder))
+            for leftover in folder.glob("answers-*"):
+                leftover.unlink()
+        rounds.append(measured)
+    results = []
+    for i in range(len(clients) + 2):
+        median = _median_of([r[i] for r in rounds])
+        median["ratio"] = statistics.median(r[i]["req_s"] / r[0]["req_s"] for r in rounds)
+        median["cpu_ratio"] = statistics.median(r[i]["cpu_us"] / r[0]["cpu_us"] for r in rounds)
+        median["rounds"] = repeat
+        median["prompts"] = kind
+        results.append(median)
+        if i == 0:
+            for sdk, label in (("together", "AsyncTogether + gather"), ("openai", "AsyncOpenAI + gather")):
+                if sdks and importlib.util.find_spec(sdk):
+                    command = [sys.executable, "-c", SDK, "{url}", str(rows), str(concurrency), mode, kind, str(HERE),
+                               sdk]  # fmt: skip
+                    r = measure(label, command, rows, stream)
+                    r["ratio"] = r["req_s"] / median["req_s"]
+                    r["cpu_ratio"] = r["cpu_us"] / median["cpu_us"]
+                    r["rounds"] = 1
+                    r["prompts"] = kind
+                    results.append(r)
     return results
 
 
@@ -256,6 +279,9 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="REF",
                         help="also measure batchchat at this git commit, in the same rounds (an A/B)")  # fmt: skip
     parser.add_argument("--mode", choices=["json", "stream"], action="append", help="only this mode (default: both)")
+    parser.add_argument("--prompts", choices=PROMPT_SETS, action="append",
+                        help="only this prompt set (default: both): fixed, short prompts of one shape; mix, a real "
+                             "table's (varied lengths, a tenth about 2 KB, some CJK and emoji)")  # fmt: skip
     parser.add_argument("--no-sdks", action="store_true", help="skip the SDK clients")
     parser.add_argument("--no-rate-limited", action="store_true", help="skip the rate-limited runs")
     args = parser.parse_args()
@@ -267,7 +293,7 @@ def main() -> None:
         compare = {f"batchchat at {ref}": checkout(ref, folder) for ref in args.compare}
         try:
             results = throughput(args.rows, args.concurrency, not args.no_sdks, args.repeat, folder, compare,
-                                 tuple(args.mode or ("json", "stream")))
+                                 tuple(args.mode or ("json", "stream")), tuple(args.prompts or PROMPT_SETS))  # fmt: skip
         finally:
             for path in compare.values():
                 subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", path],
@@ -275,13 +301,12 @@ def main() -> None:
         print(f"## Throughput: {args.rows:,} requests, concurrency {args.concurrency}, fixed-answer server\n")
         print(f"Bare loop and batchchat: median of {args.repeat} interleaved rounds, ratios taken within each "
               "round. CPU: the client process's, start-up included. Server CPU: the server's, per request.\n")  # fmt: skip
-        print(
-            "| client | mode | req/s | vs bare | CPU us/req | vs bare | server CPU us/req | wall s | rounds | complete |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| client | mode | prompts | req/s | vs bare | CPU us/req | vs bare | server CPU us/req | wall s | rounds "
+              "| complete |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
             complete = "yes" if r["complete"] else f"NO (exit {r['exit']})"
-            print(f"| {r['client']} | {'stream' if r['stream'] else 'json'} | {r['req_s']:,.0f} | {r['ratio']:.2f} | "
+            print(f"| {r['client']} | {'stream' if r['stream'] else 'json'} | {r['prompts']} | {r['req_s']:,.0f} | {r['ratio']:.2f} | "
                   f"{r['cpu_us']:.0f} | {r['cpu_ratio']:.2f} | {r['server_cpu_us']:.0f} | {r['wall_s']:.1f} | "
                   f"{r['rounds']} | {complete} |")  # fmt: skip
 

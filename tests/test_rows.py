@@ -182,3 +182,19 @@ def test_a_kept_requests_size_is_never_underestimated():
         actual = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         assert sum(_size(r) for r in made) >= actual, name
+
+
+def test_a_kept_request_is_counted_at_what_it_takes_whatever_its_script():
+    """Text not ASCII was counted at four bytes a character, so half of a real table's prompts
+    (accented, CJK) counted twice what they take, and were built and hashed again when sent."""
+    import sys
+
+    from batchchat.plan import _size
+    from batchchat.records import ChatRequest
+
+    for text in ("Question 1: what about 1?", "café " * 400, "第2問: " + "翀飅玐" * 300, "🚀" * 500):
+        message = {"role": "user", "content": text}
+        request = ChatRequest(0, "0" * 32, "sim-chat", (message,))
+        held = sys.getsizeof(request) + sys.getsizeof(request.key) + sys.getsizeof(request.messages)
+        held += sys.getsizeof(message) + sum(map(sys.getsizeof, [*message, *message.values()]))
+        assert held <= _size(request) <= held + 200
