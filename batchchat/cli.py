@@ -237,7 +237,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     help="Column holding a JSON list of {role, content} messages (conversation history).",
 )
 @request_options()
-@click.option("--concurrency", type=int, help="Requests in flight at once [default: 16].")
+@click.option("--concurrency", type=int,
+              help="Requests in flight at once, at most: fewer while a server shows it takes fewer [default: 16].")  # fmt: skip
 @click.option(
     "--rpm", type=int, help="Requests per minute, never exceeded [default: adapt to 429s and rate-limit headers]."
 )
@@ -693,15 +694,16 @@ async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -
               help="Serve one request at a time, a new one cutting the stream in flight short, as llama.cpp's "
                    "server does by default.")  # fmt: skip
 @click.option("--slots", default=0, type=click.IntRange(0),
-              help="Serve this many requests at once; one more stream arriving cuts the oldest in flight short "
-                   "(llama.cpp's server with --parallel N).")  # fmt: skip
+              help="Serve this many requests at once (0: any number); one more stream arriving cuts the oldest in "
+                   "flight short, as llama.cpp's server does (--slots 1 is --one-at-a-time).")  # fmt: skip
 @click.option("--share-429", default=0.0, type=click.FloatRange(0, 1),
               help="Share of requests answered 429 (retry-after 1) whatever the rate, as providers do.")  # fmt: skip
 @click.option("--share-503", default=0.0, type=click.FloatRange(0, 1),
               help="Share of requests answered 503 whatever the rate (capacity short).")  # fmt: skip
 @click.option("--rpm-later", type=click.IntRange(1), help="The requests/min limit once --rpm-change-s has passed.")
 @click.option("--rpm-change-s", default=0.0, type=click.FloatRange(0),
-              help="Seconds after the first request when --rpm-later replaces --rpm (a limit that moves).")  # fmt: skip
+              help="When --rpm-later replaces --rpm: this many seconds after the first request (a limit that "
+                   "moves).")  # fmt: skip
 @click.option("--batch-delay-ms", default=0.0, type=click.FloatRange(0),
               help="Every files or batches call waits this long before it is read.")  # fmt: skip
 @click.option("--batch-upload-delay-ms", default=0.0, type=click.FloatRange(0),

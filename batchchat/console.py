@@ -65,10 +65,16 @@ class Progress:
             self._ticker.start()
 
     def _tick(self) -> None:
+        told: tuple[str | None, str | None] = (None, None)  # the rate's change and the crowding told so far
         while not self._done.wait(self.every_s):
             assert self._plan is not None
             elapsed = time.monotonic() - self._began
-            say(f"batchchat: {progress_line(self._plan.to_send, self.stats, elapsed, self._stopping)}", err=True)
+            counters = self.stats.counters if self.stats is not None else None
+            news = (counters.last_cut, counters.crowded) if counters is not None else (None, None)
+            fresh = (news[0] if news[0] != told[0] else None, news[1] if news[1] != told[1] else None)
+            told = news
+            line = progress_line(self._plan.to_send, self.stats, elapsed, self._stopping, news=fresh)
+            say(f"batchchat: {line}", err=True)
 
     def row_done(self, outcome: RowOutcome, stats: Stats) -> None:
         self.answered += 1

@@ -26,6 +26,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
 LONE_WAIT_S = 0.1  # a lone 429 or 503's first wait (at most), ...
 LONE_GROWTH = 1.5  # ... times this for each attempt after, up to the server's hint
+LEAST_WAIT_S = 0.05  # a hint is waited this long at least, times the attempt (with jitter)
 HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
 # Failures that would repeat for every row: no retry, and no more requests at all.
 FATAL_TYPES = frozenset({AUTH, NO_CREDIT, REDIRECT})
@@ -107,26 +108,24 @@ def backoff_seconds(attempt: int, rng: random.Random) -> float:
 
 def wait_seconds(error: BaseException | None, attempt: int, rng: random.Random) -> float:
     """The server's hint, or an exponential backoff. A lone 429 or 503 (one the throttle found
-    the client's rate did not cause) waits until the limit it names resets, or else a short
-    backoff growing to the hint: a bare ``retry-after`` on such an answer speaks of the
-    provider's capacity, not of this client, and waiting it out costs the run's tail a whole
-    second per such answer, while a request answered so several times in a row soon waits as
-    long as asked."""
+    the client's rate did not cause) with no more than a bare ``retry-after`` waits a short
+    backoff, growing to the hint: such a hint speaks of the provider's capacity, not of this
+    client, and waiting it out costs the run's tail a whole second per such answer, while a
+    request answered so several times in a row soon waits as long as asked."""
     if isinstance(error, RequestError):
         hint = hint_seconds(error.headers)
-        if error.lone:
-            # when the answer says its limit resets, that is when (a bucket out of requests) ...
-            reset = reset_seconds(error.headers["x-ratelimit-reset"]) if "x-ratelimit-reset" in error.headers else None
-            if reset is not None:
-                return _clamp(reset)
-            # ... else a short backoff, growing to the hint. A 429 that names no wait at all is
-            # more likely a limit that says nothing (its next attempts keep the usual backoff).
-            if hint is not None or error.status == 503:
-                ceiling = LONE_WAIT_S * LONE_GROWTH ** (attempt - 1)
-                short = rng.uniform(ceiling / 2, ceiling)
-                return short if hint is None else min(short, hint)
+        # A lone one that speaks of a rate limit (x-ratelimit-*) waits as asked, as any other: the
+        # limit is real, only not yet known to be ours, and short waits would spend the row's
+        # attempts against it. So does a 429 that names no wait at all (a limit that says nothing).
+        speaks = any(name.startswith(("x-ratelimit-", "x-tokenlimit-")) for name in error.headers)
+        if error.lone and not speaks and (hint is not None or error.status == 503):
+            ceiling = LONE_WAIT_S * LONE_GROWTH ** (attempt - 1)
+            short = rng.uniform(ceiling / 2, ceiling)
+            return short if hint is None else min(short, hint)
         if hint is not None:
-            return hint
+            # "0.000" (a limit's next token due within a millisecond) is not a plan: retried at
+            # once, every row refused together would spend its attempts in the same instant
+            return max(hint, rng.uniform(0.5, 1.0) * LEAST_WAIT_S * attempt)
     return backoff_seconds(attempt, rng)
 
 

@@ -96,16 +96,18 @@ def to_send(plan: Plan) -> str:
             f"{plan.waiting:,} waiting in provider batches submitted before")  # fmt: skip
 
 
-def progress_line(total: int, stats: Stats | None, elapsed_s: float, stopping: bool = False) -> str:
+def progress_line(total: int, stats: Stats | None, elapsed_s: float, stopping: bool = False,
+                  news: tuple[str | None, str | None] = (None, None)) -> str:  # fmt: skip
     """One plain line of progress, for logs: requests done, rate, trouble, tokens, cost, time left
-    (or, once the run is stopping, that it is)."""
+    (or, once the run is stopping, that it is). ``news``: a change of the rate and of the
+    concurrency since the line before, told once."""
     done = stats.done if stats is not None else 0
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     line = f"progress: {done:,} of {plural(total, 'request')} ({done / max(total, 1):.0%}), {rate:,.1f}/s"
     if stats is not None:
         c = stats.counters
         if c.rate is not None:
-            line += f" (the throttle allows {c.rate:,.1f}/s{'; ' + c.last_cut if c.last_cut else ''})"
+            line += f" (the throttle allows {c.rate:,.1f}/s)"
         line += (f"; {plural(c.rate_limited, '429')}, {plural(c.retries, 'retry', 'retries')}, "
                  f"{plural(stats.errors, 'error')}; {plural(stats.tokens, 'token')}")  # fmt: skip
         if stats.cost is not None:
@@ -113,6 +115,11 @@ def progress_line(total: int, stats: Stats | None, elapsed_s: float, stopping: b
         waiting = c.waiting_until - time.time()
         if waiting >= 1:
             line += f"; waiting {duration(waiting)} for the server's rate limit to reset"
+        cut, crowded = news
+        if cut:
+            line += f"; rate changed {cut}"
+        if crowded:
+            line += f"; concurrency lowered: {crowded}"
     if stopping:
         line += "; stopping: waiting for the requests in flight"
     elif 0 < done < total and rate > 0:

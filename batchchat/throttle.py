@@ -40,12 +40,14 @@ from .records import ChatRequest, ChatResult
 from .retry import HINT_CAP_S, hint_seconds, reset_seconds
 
 BETA = 0.7  # multiplicative decrease on a 429 ...
+SPEED_SPAN_S = 1.0  # a window's rate is taken over this long at least (a run's first burst leaves at once)
 LEAST_SENT = 8  # requests in a window before its 429s are judged (fewer when fewer go at once)
 DEEPEST_CUT = 0.25  # ... or down to the share the limit let through, to a quarter at most at once ...
 MARGIN = 0.9  # ... and a little under it, since that share is a guess
 STEP_SHARE = 0.1  # additive increase per second of successes, as a share of the rate after the cut
 MIN_RATE = 0.05  # requests/s: never stop altogether
 DEFAULT_COOLDOWN_S = 1.0  # when a 429 carries no hint
+LEAST_HOLD_S = 0.01
 CHANGES_TOLD = 4  # cuts of the rate the summary tells one by one
 
 
@@ -198,6 +200,7 @@ class Congestion:
         self.evidence = ""  # why the latest 429 was ours: "12 of 40 requests sent in 2.0 s answered"
         self.passing = BETA  # the share of requests the limit let through then
         self.speed = 0.0
+        self.judged_against: float | None = None  # the background the latest 429 found ours was judged against
         # Once a cut is kept, the rate is held near a limit and goes over it as it rises, so the
         # 429s then are not background: it is fixed at the cut and only lowered by later ones.
         self._fixed: float | None = None
@@ -258,11 +261,12 @@ class Congestion:
             return False  # a cut is judged: the next waits for its verdict, unless still far over the limit
         if sent < self.least_sent or _tail(limited, sent, max(background, self.LEAST_SHARE)) > self.CHANCE:
             return False
+        self.judged_against = background
         sent_from = self._sent[bisect.bisect_left(self._sent, start)]
         self.evidence = f"{limited:,} of {sent:,} requests sent in {max(now - sent_from, 0.1):.1f} s answered"
         # Over a limit, the share let through is limit/rate: the cut goes there, when deeper than BETA
         self.passing = max(DEEPEST_CUT, MARGIN * (1 - share) / (1 - background))
-        self.speed = sent / max(now - sent_from, 1.0)  # requests/s the window went at (its start in a burst)
+        self.speed = sent / max(now - sent_from, SPEED_SPAN_S)  # requests/s the window went at
         spans = self._ours
         if spans and start <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], now + 1e-9)
@@ -277,7 +281,8 @@ class Congestion:
         from the end of its cool-down (``held_until``) against the requests sent before it."""
         if self._review is None:  # cuts made while one is judged are judged with it
             window = self._start(now, self.WINDOW_S, self.WINDOW_REQUESTS)
-            self._fixed = self.background(window)
+            self._fixed = self.judged_against if self.judged_against is not None else self.background(window)
+            self.judged_against = None
             limited, sent = self._count(window)
             first = self._sent[bisect.bisect_left(self._sent, window)] if sent else now
             speed = sent / (now - first) if now - first >= 0.5 else speed  # what the window was sent at
@@ -466,8 +471,12 @@ class Crowding:
         """Whether the slots were cut. ``crowd``: requests in flight as it failed, itself included
         (the one cut short is often the first sent, alone, so what it met counts, not what it left with)."""
         kind = error.error_type
-        if crowd < 2 or not (kind in (STREAM_TRUNCATED, TIMEOUT) or (kind == SERVER_ERROR and error.status == 503)):
-            return False  # alone, it was not crowded out
+        if not (kind in (STREAM_TRUNCATED, TIMEOUT) or (kind == SERVER_ERROR and error.status == 503)):
+            return False
+        if crowd < 2:  # alone, it was not crowded out: a cut still judged hears that failures go on
+            if self._provisional is not None and permit.dispatched_at >= self._cut_at:
+                self._record(1)
+            return False
         self.seen[kind] = self.seen.get(kind, 0) + 1
         if permit.dispatched_at < self._cut_at:  # sent before the last cut, which answered it ...
             # ... but a server that cut one more stream kept fewer than that
@@ -486,7 +495,7 @@ class Crowding:
             # one, when it came within two rounds of requests; else a few, as a provider's now
             # and then would come later and rarer.
             self._provisional = (self.limit, 1 if self._sent <= 2 * self.limit else PROVISIONAL_WINDOWS)
-            self._cut(now, max(1, min(self.limit, crowd) // 2), crowd)
+            self._cut(now, max(1, self.limit // 2), self.limit)
             return True
         # Weighed against what was sent, not what came back: failures come back first (a 503 is
         # quick, an answer is not), so early on nearly everything back is a failure.
@@ -498,7 +507,8 @@ class Crowding:
                            or self._sent < sample)) or self.limit <= 1:  # fmt: skip
             return False
         # one slot more than served cleanly brought failures back: back to that many; else halve
-        self._cut(now, self._opened_from if self._opened_from is not None else max(1, min(self.limit, crowd) // 2), crowd)
+        self._cut(now, self._opened_from if self._opened_from is not None else max(1, min(self.limit, crowd) // 2),
+                  self.limit)
         return True
 
     def _cut(self, now: float, limit: int, crowd: int) -> None:
@@ -753,42 +763,49 @@ class Throttle:
         self._answered(now)
         ceiling = self.request_ceiling if limited else None
         over_ceiling = ceiling is not None and self._recent_rate(now) > ceiling
-        if not (over_ceiling or signal.ours(now)):
+        ours = signal.ours(now)
+        if not (over_ceiling or ours):
             error.lone = True  # our rate did not cause it: only its own request waits (the retry policy)
             return
         hint = hint_seconds(error.headers)
         self._hold_until(now + (hint if hint is not None else DEFAULT_COOLDOWN_S))
-        if permit.dispatched_at > self._last_cut_at:  # the first 429 of a new congestion event
-            before = self.adaptive_rate
-            base = before if before is not None else max(self._recent_rate(now), signal.speed)
-            # Faster than the limit the headers state: that limit is the answer. At or under it,
-            # the stated limit is not the whole story (dynamic limits, shared keys): cut.
-            if ceiling is not None and base > ceiling:
-                self.adaptive_rate = ceiling
-                why = f"faster than the {ceiling * 60:,.0f} requests/min the server's headers state"
-            else:
-                self.adaptive_rate = max(MIN_RATE, base * min(BETA, signal.passing))
-                why = signal.evidence + (" 429" if limited else " 503")
-            self._step = max(MIN_RATE, self.adaptive_rate * STEP_SHARE)
-            self._successes = 0
-            self._last_cut_at = now
+        if permit.dispatched_at <= self._last_cut_at:
+            return  # of a congestion event already answered: once per event, not per response
+        before = self.adaptive_rate
+        base = before if before is not None else max(self._recent_rate(now), signal.speed)
+        allowed = self.rate
+        if ceiling is not None and base > ceiling:
+            # Faster than the limit the headers state: that limit is the answer (no share to judge)
+            self.adaptive_rate = ceiling
+            why = f"faster than the {ceiling * 60:,.0f} requests/min the server's headers state"
+        elif ours:
+            # At or under the stated limit, it is not the whole story (dynamic limits, shared keys)
+            self.adaptive_rate = max(MIN_RATE, base * min(BETA, signal.passing))
+            why = f"{signal.evidence} {'429' if limited else '503'}"
             signal.cut(now, before, self.resume_at, base)
-            self.changes.append(RateChange(time.time(), base, self.adaptive_rate, why))
-            self._repace()
+        else:
+            return  # a burst over the stated limit, already paced at it: the hold is the answer
+        self._step = max(MIN_RATE, self.adaptive_rate * STEP_SHARE)
+        self._successes = 0
+        self._last_cut_at = now
+        self._repace()
+        self.changes.append(RateChange(time.time(), allowed if allowed is not None else base, self.rate, why))
 
     def _answered(self, now: float) -> None:
         for signal, what in ((self._congestion, "429s"), (self._capacity, "503s")):
             wrong, rate, after = signal.review(now)
             if wrong:  # the cut did not lessen the 429s: back to the rate before it
-                cut_to = self.adaptive_rate
+                allowed = self.rate
                 self.adaptive_rate = rate
                 self._step = max(MIN_RATE, (rate or 0.0) * STEP_SHARE)
-                why = f"undone: the share of {what} did not follow the rate ({after:.0%} after the cut)"
-                self.changes.append(RateChange(time.time(), cut_to, rate, why))
                 self._repace()
+                why = f"undone: the share of {what} did not follow the rate ({after:.0%} after the cut)"
+                self.changes.append(RateChange(time.time(), allowed, self.rate, why))
 
     def _hold_until(self, when: float) -> None:
-        if when > self.resume_at:
+        # A hold of next to nothing ("x-ratelimit-reset: 0.000") voids no reservation: it would
+        # set the pacer back to now, and let everyone waiting go at once, into the same limit.
+        if when > self.resume_at and when - asyncio.get_running_loop().time() >= LEAST_HOLD_S:
             self.resume_at = when
             self._pacer.next_at = when
             self._holds += 1  # reservations made before the hold are void

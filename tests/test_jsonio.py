@@ -95,7 +95,7 @@ MESSAGES = TEXTS | st.lists(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.text(max_size=8), MESSAGES, st.lists(st.tuples(st.text(max_size=5), VALUES), max_size=2),
        st.integers(0, 3), st.lists(st.text(max_size=8), max_size=2))  # fmt: skip
 def test_a_key_is_the_hash_of_the_standard_librarys_text_of_its_parts(model, messages, params, sample, turns):
