@@ -286,7 +286,8 @@ STEPS = {
 }
 
 
-@pytest.mark.parametrize("dialect", ["together", "openai"])
+# OpenAI's dialect differs only in the bodies, which faster tests cover: its kills run with the slow tests
+@pytest.mark.parametrize("dialect", ["together", pytest.param("openai", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("step", list(STEPS))
 def test_a_kill_at_any_step_resumes_the_same_batches_and_never_creates_one_twice(
     tmp_path: Path, sim_factory: Any, step: str, dialect: str

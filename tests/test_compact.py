@@ -2,6 +2,7 @@
 
 import hashlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +40,7 @@ def test_keys_ending_in_zero_bytes_are_told_apart():
     assert index.get("00" * 14 + "1000") is None and len(index) == 3
 
 
+@pytest.mark.slow
 def test_a_million_keys_take_a_fraction_of_a_dict():
     import tracemalloc
 

@@ -47,6 +47,7 @@ def check_complete(output, texts) -> None:
     assert [r["response"] for r in rows] == [synthetic_reply(body(t))[0] for t in texts]  # each its own answer
 
 
+@pytest.mark.slow
 def test_killed_at_random_points_and_resumed_the_table_is_whole_and_little_is_paid_twice(sim_factory, tmp_path):
     server = sim_factory(latency_ms=20, jitter_ms=40, seed=1)
     texts = prompts()

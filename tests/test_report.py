@@ -163,6 +163,7 @@ def test_dollars_in_labels_models_and_fields_are_text_not_tex(tmp_path: Path, si
     assert "$$$" in (tmp_path / "fields.parquet.report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_a_large_output_gives_a_small_report(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
