@@ -5,9 +5,10 @@ import random
 
 import pytest
 
+from batchchat.congestion import BETA, DEEPEST_CUT, Congestion
 from batchchat.records import ChatRequest
 from batchchat.stats import Counters
-from batchchat.throttle import BETA, DEEPEST_CUT, Congestion, Permit, Throttle, TokenEstimator, read_rate_headers
+from batchchat.throttle import Permit, Throttle, TokenEstimator, read_rate_headers
 from tests.fake_api import FakeAPI, drive, error, requests, timed_out, truncated
 from tests.virtual_time import run_virtual
 
