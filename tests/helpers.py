@@ -88,6 +88,13 @@ def write_table(path: Path, columns: dict[str, list[Any]]) -> Path:
     return path
 
 
+def hears_ctrl_c() -> None:
+    """A child's ``preexec_fn``: Ctrl-C as a terminal would give it. A test run started in the
+    background of a script (``pytest ... &``) ignores SIGINT, and its children inherit that:
+    Python then installs no KeyboardInterrupt for them (found by a CI started with ``&``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_child(process: subprocess.Popen[str], timeout: float = 20) -> int:
     """Ctrl-C a child and wait for it to end; one that does not is killed (a failed test leaves
     no server behind), and the failure says how the child held its signals."""

@@ -13,7 +13,7 @@ import pytest
 
 from batchchat.simulator import request_digest, synthetic_reply
 
-from .helpers import cli, interrupt_child, read_output, write_csv
+from .helpers import cli, hears_ctrl_c, interrupt_child, read_output, write_csv
 
 
 def post(url: str, body: dict, *, raw: bytes | None = None, key: str | None = None) -> tuple[int, dict, bytes]:
@@ -200,6 +200,7 @@ def test_serve_command_prints_its_url_and_answers_until_stopped():
         [sys.executable, "-m", "batchchat", "serve", "--port", "0", "--latency-ms", "5", "--api-key-env", "SIM_KEY",
          "--labels", "spam, ham"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SIM_KEY": "k-123"},
+        preexec_fn=hears_ctrl_c,
     )  # fmt: skip
     try:
         line = process.stdout.readline()
