@@ -152,7 +152,7 @@ def main() -> None:
     if "moving" in cases:
         moving(300 if args.quick else 600)
     if "slots" in cases:
-        slots(40 if args.quick else 200)
+        slots(40 if args.quick else 1000)
 
 
 if __name__ == "__main__":
