@@ -9,6 +9,7 @@ import math
 BETA = 0.7  # multiplicative decrease on a 429 ...
 DEEPEST_CUT = 0.25  # ... or down to the share the limit let through, to a quarter at most at once ...
 MARGIN = 0.9  # ... and a little under it, since that share is a guess
+KEPT_CUTS = 64  # cuts kept, remembered to judge the next against
 SPEED_SPAN_S = 1.0  # a window's rate is taken over this long at least (a run's first burst leaves at once)
 
 
@@ -25,14 +26,18 @@ class Congestion:
     run, where chance is widest, needs a share well above any provider's background. A 429 is
     ours when, of the requests sent lately (the last ``WINDOW_S`` seconds, or the last
     ``WINDOW_REQUESTS`` when that is more), at least ``MIN_LIMITED`` answered so, at a share
-    above the background by ``FLOOR`` and by ``ABOVE`` standard errors. Shares count requests by
-    when they were sent, not when answers came: a 429 comes back at once, an answer takes seconds.
+    above the background by ``FLOOR``, and the background would give as many less often than
+    ``CHANCE`` (the binomial tail). Shares count requests by when they were sent, not when
+    answers came: a 429 comes back at once, an answer takes seconds.
 
     Every cut is judged a little later, by whether the share followed the rate. Over a limit, the
-    share is ``1 - limit/rate``: slowing down makes it fall clearly, or it stays high while the
-    rate is still far over. Background 429s keep their share whatever the rate. A cut after which
-    the share did neither is undone at once (with the cuts made while it was judged), and the
-    429s that caused it count as background from then on.
+    share is ``1 - limit/rate``: slowing down makes it fall, to the background once under the
+    limit, or it stays high while the rate is still far over. Background 429s keep their share
+    whatever the rate. A cut after which the share stayed clearly above the background it was
+    judged against, without falling, is undone at once (with the cuts made while it was judged),
+    and the 429s that caused it count as background from then on; so is one whose share, at a
+    much lower rate, is no lower than after an earlier cut. A cut kept fixes the background (the
+    rate then rises until it goes over again, and those 429s are not background).
     """
 
     WINDOW_S = 2.0
@@ -42,10 +47,9 @@ class Congestion:
     CHANCE = 0.005  # ... when the background would give as many this rarely, at most
     PRIOR_SHARE = 0.2
     PRIOR_WEIGHT = 25
-    LEAST_SHARE = 0.01  # standard errors are taken at this background at least (none would make any 429 ours)
+    LEAST_SHARE = 0.01  # chance is reckoned at this background at least (none would make any 429 ours)
     LONG_S = 30.0  # the background is of the requests sent this long before the window
-    BEFORE_S = 10.0  # a cut is judged against the share over this long before it ...
-    REVIEW_S = 2.0  # ... and this long after it (once its cool-down ended), at the soonest ...
+    REVIEW_S = 2.0  # a cut is judged this long after it (once its cool-down ended), at the soonest ...
     REVIEW_REQUESTS = 60  # ... on as many requests sent at least ...
     REVIEW_LONG_S = 10.0  # ... or on a window's worth, once this long has passed (a slow rate)
     FELL = 2.0  # the cut was right if the share fell by this many standard errors ...
@@ -165,23 +169,22 @@ class Congestion:
         if sent_after < (self.REVIEW_REQUESTS if now - since < self.REVIEW_LONG_S else self.WINDOW_REQUESTS):
             return False, None, 0.0
         self._review = None
-        # Judged three ways. Still far over the limit: kept. The share fell below the window's
-        # that found the 429s ours: kept. Else, the share after the cut is what the provider
-        # answers anyway: kept if that is the background the window was judged against (the cut
-        # brought the share back to it), undone if clearly above it (the background was wrong,
-        # and the window's 429s were the provider's as well).
+        # Kept when the share is still far over the limit, fell below the window's that found the
+        # 429s ours, followed the rate (over a limit the share is 1 - limit/rate: at the rate
+        # sent since, the window's share would have become this; closer to it than to the
+        # window's own), or came back to the background the window was judged against. Undone
+        # when none of these: clearly above that background, the background was wrong, and the
+        # window's 429s were the provider's as well.
         limited_before, sent_before = self._count(window, at)
         after = limited_after / sent_after
-        # Over a limit, the share is 1 - limit/rate: at the rate sent since, the window's share
-        # would have become this. Closer to it than to the window's own share, the share followed the rate.
+        speed_after = sent_after / max(now - since, 1e-3)
         before = limited_before / sent_before if sent_before else 1.0
-        followed = max(0.0, 1 - (1 - before) * speed / (sent_after / max(now - since, 1e-3)))
+        followed = max(0.0, 1 - (1 - before) * speed / speed_after)
         tracked = abs(after - followed) < abs(after - before)
         background = self.background(window)
         least = max(background, self.LEAST_SHARE)
         above = after >= background + self.FLOOR / 2 and (after - background) / math.sqrt(
             least * (1 - least) / sent_after) >= self.FELL  # fmt: skip
-        speed_after = sent_after / max(now - since, 1e-3)
         kept = after >= self.STILL_OVER or not above or tracked or (sent_before and _fell(
             limited_before, sent_before, limited_after, sent_after) >= self.FELL)  # fmt: skip
         # Across cuts: a share no lower at a much lower rate than after an earlier cut did not
@@ -193,7 +196,7 @@ class Congestion:
             measured, of = self._measured(window)
             spent = 0.0 if self._kept else 1.0
             self._fixed = min(background, after, measured if of >= self.WINDOW_REQUESTS else spent)
-            self._kept.append((rate, speed_after, after))
+            self._kept = [*self._kept[-KEPT_CUTS:], (rate, speed_after, after)]
             return False, None, after
         if earlier is not None:
             rate = earlier[0]

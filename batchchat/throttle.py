@@ -44,7 +44,7 @@ LEAST_SENT = 8  # requests in a window before its 429s are judged (fewer when fe
 STEP_SHARE = 0.1  # additive increase per second of successes, as a share of the rate after the cut
 MIN_RATE = 0.05  # requests/s: never stop altogether
 DEFAULT_COOLDOWN_S = 1.0  # when a 429 carries no hint
-LEAST_HOLD_S = 0.01
+LEAST_HOLD_S = 0.01  # a shorter hold ("x-ratelimit-reset: 0.000") holds nothing
 CHANGES_TOLD = 4  # cuts of the rate the summary tells one by one
 
 
@@ -186,7 +186,8 @@ class Throttle:
         least = min(concurrency, LEAST_SENT)
         self._congestion = Congestion(least_sent=least)  # 429s
         self._capacity = Congestion(self._congestion, least)  # 503s, of the same requests sent
-        self.changes: list[RateChange] = []  # every cut of the rate, and every cut undone
+        self.changes: list[RateChange] = []  # the first cuts of the rate (or undone) and the latest
+        self.changed = 0  # how many in all
         self._successes = 0
         self._last_cut_at = -math.inf
         self.resume_at = 0.0  # the shared cool-down: nothing departs before this loop time
@@ -259,10 +260,17 @@ class Throttle:
         if not self.changes:
             return None
         told = [_change_text(change) for change in self.changes[:CHANGES_TOLD]]
-        if len(self.changes) > CHANGES_TOLD:
-            told.append(f"{len(self.changes) - CHANGES_TOLD:,} more")
+        if self.changed > CHANGES_TOLD:
+            told.append(f"{self.changed - CHANGES_TOLD:,} more, the latest {_change_text(self.changes[-1])}")
         now = f"{self.rate:,.1f}/s" if self.rate is not None else "no bound but concurrency"
         return f"{'; '.join(told)}; allowed {now} at the end"
+
+    def _changed(self, change: RateChange) -> None:
+        """Kept: the first few, told one by one, and the latest (a storm of them stays small)."""
+        self.changed += 1
+        if len(self.changes) > CHANGES_TOLD:
+            self.changes.pop()
+        self.changes.append(change)
 
     @property
     def last_cut(self) -> str | None:
@@ -367,7 +375,7 @@ class Throttle:
         self._successes = 0
         self._last_cut_at = now
         self._repace()
-        self.changes.append(RateChange(time.time(), allowed if allowed is not None else base, self.rate, why))
+        self._changed(RateChange(time.time(), allowed if allowed is not None else base, self.rate, why))
 
     def _answered(self, now: float) -> None:
         for signal, what in ((self._congestion, "429s"), (self._capacity, "503s")):
@@ -378,7 +386,7 @@ class Throttle:
                 self._step = max(MIN_RATE, (rate or 0.0) * STEP_SHARE)
                 self._repace()
                 why = f"undone: the share of {what} did not follow the rate ({after:.0%} after the cut)"
-                self.changes.append(RateChange(time.time(), allowed, self.rate, why))
+                self._changed(RateChange(time.time(), allowed, self.rate, why))
 
     def _hold_until(self, when: float) -> None:
         # A hold of next to nothing ("x-ratelimit-reset: 0.000") voids no reservation: it would
@@ -402,7 +410,7 @@ class Throttle:
             self.request_ceiling = ceiling
             if before is not None and abs(ceiling - before) > 0.05 * before:  # the stated limit moved
                 why = f"the server's headers state {info.request_limit:,.0f} requests/min, {before * 60:,.0f} before"
-                self.changes.append(RateChange(time.time(), before, ceiling, why))
+                self._changed(RateChange(time.time(), before, ceiling, why))
             if self.adaptive_rate is not None:
                 # a limit the rate was held at that rose (Together's dynamic limits grow with
                 # traffic): the rate goes with it; cuts below it, for 429s of its own, stand

@@ -8,7 +8,7 @@ import pytest
 from batchchat.congestion import BETA, DEEPEST_CUT, Congestion
 from batchchat.records import ChatRequest
 from batchchat.stats import Counters
-from batchchat.throttle import Permit, Throttle, TokenEstimator, read_rate_headers
+from batchchat.throttle import Permit, RateChange, Throttle, TokenEstimator, read_rate_headers
 from tests.fake_api import FakeAPI, drive, error, requests, timed_out, truncated
 from tests.virtual_time import run_virtual
 
@@ -136,7 +136,7 @@ def test_one_burst_of_429s_is_one_cut_not_one_per_response():
         await asyncio.sleep(0.01)
         for _ in range(12):
             throttle.failed(Permit(dispatched_at=0.0, raw_cost=1), error(429))
-        after_burst, cuts = throttle.adaptive_rate, len(throttle.changes)
+        after_burst, cuts = throttle.adaptive_rate, throttle.changed
         await asyncio.sleep(3)
         sent_at = loop.time()
         for _ in range(20):  # a new burst, of requests sent after the cut: again twelve of twenty
@@ -144,7 +144,7 @@ def test_one_burst_of_429s_is_one_cut_not_one_per_response():
             throttle._congestion.departed(sent_at)
         for _ in range(12):
             throttle.failed(Permit(dispatched_at=sent_at, raw_cost=1), error(429))
-        return after_burst, cuts, throttle.adaptive_rate, len(throttle.changes)
+        return after_burst, cuts, throttle.adaptive_rate, throttle.changed
 
     after_burst, cuts, after_second, all_cuts = run_virtual(go())
     # the cut goes to the share let through when it was found ours (less a margin), a quarter at most
@@ -451,3 +451,18 @@ def test_a_server_with_n_slots_settles_at_n_and_goes_nearly_as_fast_as_told_n(sl
     assert api.cut <= 20
     assert counters.crowded is not None
     assert counters.crowded.endswith((f"(now {slots})", f"ran at {slots}")), counters.crowded
+
+
+def test_a_storm_of_changes_is_told_as_the_first_few_and_the_latest():
+    async def go():
+        throttle = Throttle(8)
+        for i in range(300):
+            throttle._changed(RateChange(1_796_000_000.0 + i, 10.0 + i, 9.0 + i, f"reason {i}"))
+        return throttle
+
+    throttle = run_virtual(go())
+    assert throttle.changed == 300 and len(throttle.changes) <= 5
+    told = throttle.paced
+    assert told is not None and "reason 0" in told and "reason 3" in told and "reason 4;" not in told
+    assert "296 more, the latest at " in told and told.endswith("reason 299; allowed no bound but concurrency at the end")
+    assert throttle.last_cut is not None and throttle.last_cut.endswith("reason 299")
