@@ -22,7 +22,7 @@ from .spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes", "paced", "rate", "rate_limited",
+    __slots__ = ("busy", "cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes", "paced", "rate", "rate_limited",
                  "repeated", "requests", "retries", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
@@ -34,6 +34,7 @@ class Counters:
         self.invalid = 0  # answers that were not the JSON or label asked for (each re-asked while re-asks last)
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
+        self.busy = 0  # ... and answered 503 (a provider short of capacity, or a crowded server)
         self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
         self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
@@ -60,6 +61,7 @@ class Counters:
         self.invalid += other.invalid
         self.requests += other.requests
         self.rate_limited += other.rate_limited
+        self.busy += other.busy
         self.retries += other.retries
         self.rate = other.rate if other.rate is not None else self.rate
         self.waiting_until = max(self.waiting_until, other.waiting_until)
@@ -279,6 +281,7 @@ class Summary:
     ttft_p95_s: float | None = None
     requests: int = 0
     rate_limited: int = 0
+    busy: int = 0  # attempts answered 503
     retries: int = 0
     invalid_answers: int = 0  # answers that were not the JSON or label asked for
     cost: float | None = None  # US dollars this run spent, when every model asked has a price
@@ -374,6 +377,7 @@ class Stats:
             ttft_p95_s=percentile(ttfts, 95),
             requests=self.counters.requests,
             rate_limited=self.counters.rate_limited,
+            busy=self.counters.busy,
             retries=self.counters.retries,
             invalid_answers=self.counters.invalid,
             cost=self.cost,

@@ -149,7 +149,8 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     else:
         lines += [
             f"this run: {plural(s.answered, 'request')} finished in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
-            f"{s.requests:,} sent, {s.rate_limited:,} answered 429, {plural(s.retries, 'retry', 'retries')}{invalid}",
+            f"{s.requests:,} sent, {s.rate_limited:,} answered 429{f', {s.busy:,} answered 503' if s.busy else ''}, "
+            f"{plural(s.retries, 'retry', 'retries')}{invalid}",
             tokens_line(s),
         ]
     if s.latency_p50_s is not None and s.latency_p95_s is not None:

@@ -375,6 +375,7 @@ class Asker:
             except RequestError as error:
                 self.reached = self.reached or error.status is not None
                 count.rate_limited += error.error_type == RATE_LIMITED
+                count.busy += error.status == 503
                 if throttle is not None and permit is not None:
                     throttle.failed(permit, error)
                     count.crowded = throttle.crowded

@@ -22,6 +22,7 @@ def test_refusals_no_rate_causes_are_retried_alone_and_every_row_ends_ok(sim_fac
     stats = server.stats()
     assert stats["status:429"] > 10 and stats["status:503"] > 2
     assert stats["answered_twice"] == 0
+    assert f"{stats['status:429']:,} answered 429, {stats['status:503']:,} answered 503, " in result.output
     # any cut made for them was undone: their share did not follow the rate
     told = re.search(r"^rate: (.*)$", result.output, re.MULTILINE)
     assert told is None or "undone" in told.group(1), result.output
