@@ -375,7 +375,8 @@ class Throttle:
         self._successes = 0
         self._last_cut_at = now
         self._repace()
-        self._changed(RateChange(time.time(), allowed if allowed is not None else base, self.rate, why))
+        if self.rate != allowed:  # (already paced at the stated limit, a cut to it changes nothing)
+            self._changed(RateChange(time.time(), allowed if allowed is not None else base, self.rate, why))
 
     def _answered(self, now: float) -> None:
         for signal, what in ((self._congestion, "429s"), (self._capacity, "503s")):

@@ -5,6 +5,7 @@ stopping the whole job, and ``batchchat.ray.chat`` over a dataset."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,16 @@ def test_a_429_storm_cools_every_worker(tmp_path: Path, sim_factory: Any) -> Non
     stats = sim.stats()
     limited = stats.get("rate_limited", 0)
     assert stats["answered"] == 150 and limited / stats["received"] < 0.2, stats  # the first 429 slowed them all
+
+
+def test_the_shared_throttles_changes_of_the_rate_reach_the_summary(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(rpm=60_000, rpm_later=3000, rpm_change_s=0.5, latency_ms=10)  # the stated limit falls
+    result = cli("run", "-i", prompts(tmp_path, 300), "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url",
+                 sim.url, "--ray", "--ray-workers", "2", "--concurrency", "8")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    told = re.search(r"^rate: at \d\d:\d\d:\d\d UTC from [\d,.]+/s to 50\.0/s: the server's headers state 3,000 "
+                     r"requests/min, 60,000 before", result.stderr, re.MULTILINE)  # fmt: skip
+    assert told is not None, result.stderr
 
 
 def test_a_bad_key_stops_the_whole_job_with_exit_2(tmp_path: Path, sim_factory: Any) -> None:

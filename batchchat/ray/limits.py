@@ -78,7 +78,7 @@ class SharedLimitsImpl:
             granted.append(number)
         return granted, False, self.throttle.rate, self.throttle.held_s
 
-    def report(self, reports: list[Report]) -> tuple[float | None, float]:
+    def report(self, reports: list[Report]) -> tuple[float | None, float, tuple[str | None, str | None, str | None]]:
         """Attempts done: their places in flight are free, their 429s and headers teach the pace."""
         for report in reports:
             leased = self.leased.pop(report.permit, None)
@@ -99,7 +99,8 @@ class SharedLimitsImpl:
             self.throttle.release()
             if self.budget is not None:
                 self.budget.release(held)
-        return self.throttle.rate, self.throttle.held_s
+        throttle = self.throttle  # and what the summary tells of it: workers' counters carry it to the driver
+        return throttle.rate, throttle.held_s, (throttle.paced, throttle.last_cut, throttle.crowded)
 
     def spent(self) -> tuple[dict[str, list[int]], bool]:
         """Tokens paid for by model, and whether the budget stopped the dispatching."""
@@ -124,8 +125,9 @@ class LeasedThrottle:
         self._lease_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self.spent = False  # the shared budget refused a lease
-        self.crowded: str | None = None  # the shared throttle's, not told to workers
-        self.paced: str | None = None  # (likewise)
+        # the shared throttle's notes, as its latest answer to a report told them
+        self.crowded: str | None = None
+        self.paced: str | None = None
         self.last_cut: str | None = None
         self._urgent: asyncio.Future[None] | None = None
 
@@ -178,7 +180,7 @@ class LeasedThrottle:
         """Everything to report, sent now; and the permits leased and not used, given back."""
         reports, self._reports = self._reports, []
         if reports:
-            self.rate, self.held_s = await self.shared.report.remote(reports)
+            self.rate, self.held_s, (self.paced, self.last_cut, self.crowded) = await self.shared.report.remote(reports)
 
     async def close(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):

@@ -100,7 +100,10 @@ class Worker:
         ledger = Ledger(store or own, stats, _Collect(finished), self.check)
         ending = await self.live.send(work, ledger, client.complete, throttle=self.throttle)
         await self.throttle.flush()
-        return finished, stats.counters, ending is Ending.BUDGET or self.throttle.spent
+        counters, throttle = stats.counters, self.throttle  # the shared throttle's notes, as of its last answer
+        counters.paced, counters.last_cut = throttle.paced or counters.paced, throttle.last_cut or counters.last_cut
+        counters.crowded = throttle.crowded or counters.crowded
+        return finished, counters, ending is Ending.BUDGET or self.throttle.spent
 
     async def close(self) -> None:
         await self.throttle.close()
