@@ -280,8 +280,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     metavar="KEY=VALUE,...",
     multiple=True,
     help="A simulator setting, with --provider sim (latency_ms, jitter_ms, tokens_per_s, rpm, tpm, fault_rate, "
-    "seed, labels, invalid_rate, slots, share_429, share_503, rpm_later, rpm_change_s; for batches batch_dialect, batch_seconds, batch_error_rate, batch_expire_at, "
-    "batch_fail_at, batch_max_lines, batch_delay_ms, batch_upload_delay_ms, batch_create_delay_ms, "
+    "seed, labels, invalid_rate, slots, share_429, share_503, rpm_later, rpm_change_s; for batches batch_dialect, "
+    "batch_seconds, batch_error_rate, batch_expire_at, batch_fail_at, batch_max_lines, batch_delay_ms, batch_upload_delay_ms, batch_create_delay_ms, "
     "batch_upload_fails, batch_create_fails). Repeatable.",
 )
 @click.option(

@@ -73,8 +73,8 @@ class Congestion:
         self._fixed: float | None = None
         self._limited: list[float] = []  # when the requests answered 429 departed
         self._ours: list[list[float]] = []  # spans of sending times whose 429s were judged ours, apart and in order
-        # (cut at, judged from, rate before, the window that found 429s ours: its start and share, requests/s then)
-        self._review: tuple[float, float, float | None, float, float, float] | None = None
+        # (cut at, judged from, rate before, the start of the window that found 429s ours, requests/s it went at)
+        self._review: tuple[float, float, float | None, float, float] | None = None
         self._kept: list[tuple[float | None, float, float]] = []  # cuts kept: (rate before, requests/s after, share after)
 
     def departed(self, now: float) -> None:
@@ -150,10 +150,10 @@ class Congestion:
             window = self._start(now, self.WINDOW_S, self.WINDOW_REQUESTS)
             self._fixed = self.judged_against if self.judged_against is not None else self.background(window)
             self.judged_against = None
-            limited, sent = self._count(window)
+            sent = _between(self._sent, window)
             first = self._sent[bisect.bisect_left(self._sent, window)] if sent else now
             speed = sent / (now - first) if now - first >= 0.5 else speed  # what the window was sent at
-            self._review = (now, max(now, held_until), rate_before, window, limited / sent if sent else 1.0, speed)
+            self._review = (now, max(now, held_until), rate_before, window, speed)
 
     @property
     def reviewing(self) -> bool:
@@ -164,7 +164,7 @@ class Congestion:
         """Once a cut can be judged: whether it was wrong, the rate to go back to, and the share after it."""
         if self._review is None or now - self._review[1] < self.REVIEW_S:
             return False, None, 0.0
-        at, since, rate, window, _, speed = self._review
+        at, since, rate, window, speed = self._review
         limited_after, sent_after = self._count(since)
         if sent_after < (self.REVIEW_REQUESTS if now - since < self.REVIEW_LONG_S else self.WINDOW_REQUESTS):
             return False, None, 0.0

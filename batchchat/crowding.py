@@ -22,14 +22,18 @@ WORDS = {STREAM_TRUNCATED: ("cut", "stream", "streams"), TIMEOUT: ("timed out on
 class Crowding:
     """How many requests the server takes at once. Streams cut short, timeouts and 503s, from
     requests that met others in flight, say it takes fewer than it is sent (llama.cpp's server
-    serves as many as it has slots and cuts a stream in flight when one more arrives): when most
-    recent requests fail so, the slots are halved, to one at least, and each later failure of
-    the requests sent before that cut brings them down to the requests still in flight, so they
-    settle at what the server serves (the requests it did not cut), not below. A provider failing now and then, whatever the
-    concurrency, fails far fewer than that and is left alone. A slot opens again once a whole
-    window of answers is nearly clean; one that brings the failures back closes at its first
-    failure, and the wait before the next doubles, so a server that really serves one at a time costs a retry now
-    and then, not one per row.
+    serves as many as it has slots and cuts a stream in flight when one more arrives).
+
+    The first stream cut short halves the slots at once; timeouts and 503s do when most of the
+    requests sent since failed so. Each later cut of a stream sent before brings the slots down
+    to the requests still in flight (the server kept those), not below a quarter of them. A cut
+    made at a first stream cut is judged on the windows of answers after it, and undone when
+    failures went on at a share no crowding explains (a provider failing now and then, whatever
+    the concurrency): that share is the background from then on. Between the slots that serve
+    cleanly and the fewest that failed, the middle is tried after each clean window, so N slots
+    are found in a few tries; one more than that is tried after a long wait, which doubles each
+    time it brought the failures back, so a server that really serves N costs a retry now and
+    then, not one per row.
     """
 
     def __init__(self, concurrency: int) -> None:
@@ -45,7 +49,7 @@ class Crowding:
         self._open_after = OPEN_AFTER_S
         self._opened = False  # a slot was opened since the last cut
         self.seen: dict[str, int] = {}  # failures taken as crowding, by error type
-        self.crowd = 0  # requests in flight when the first cut was decided
+        self.crowd = 0  # the slots open when the first cut was made
         self._opened_from: int | None = None  # the slots that served cleanly before the last one opened
         # A cut at the first stream cut short, still to be judged: (slots before it, clean windows still asked)
         self._provisional: tuple[int, int] | None = None
@@ -66,8 +70,12 @@ class Crowding:
         """Evidence is of the slots it was gathered at: it starts again when they change."""
         self._recent.clear()
         self._failures = 0
-        self._window = max(20, 10 * self.limit)
+        self._sized()
         self._sent = self._failed = 0
+
+    def _sized(self) -> None:
+        """A window of answers to judge the slots by, the larger the more of them."""
+        self._window = max(20, 10 * self.limit)
 
     def departed(self) -> None:
         self._sent += 1
@@ -88,7 +96,7 @@ class Crowding:
             if kind == STREAM_TRUNCATED and self._opened_from is None and crowd - 1 < self.limit:
                 self.limit = max(1, crowd - 1, self._floor)
                 self.lowest = min(self.lowest, self.limit)
-                self._window = max(20, 10 * self.limit)
+                self._sized()
                 return True
             return False
         self._record(1)
@@ -100,7 +108,7 @@ class Crowding:
             # one, when it came within two rounds of requests; else a few, as a provider's now
             # and then would come later and rarer.
             self._provisional = (self.limit, 1 if self._sent <= 2 * self.limit else PROVISIONAL_WINDOWS)
-            self._cut(now, max(1, self.limit // 2), self.limit)
+            self._cut(now, max(1, self.limit // 2))
             return True
         # Weighed against what was sent, not what came back: failures come back first (a 503 is
         # quick, an answer is not), so early on nearly everything back is a failure.
@@ -112,16 +120,15 @@ class Crowding:
                            or self._sent < sample)) or self.limit <= 1:  # fmt: skip
             return False
         # one slot more than served cleanly brought failures back: back to that many; else halve
-        self._cut(now, self._opened_from if self._opened_from is not None else max(1, min(self.limit, crowd) // 2),
-                  self.limit)
+        self._cut(now, self._opened_from if self._opened_from is not None else max(1, min(self.limit, crowd) // 2))
         return True
 
-    def _cut(self, now: float, limit: int, crowd: int) -> None:
-        # what the slots may be tried at again, halving the distance each time (N slots found in a
-        # few tries), and how low later failures of the requests sent before may bring them
+    def _cut(self, now: float, limit: int) -> None:
+        # the slots that failed (the middle up to them is tried next), how low later failures of
+        # the requests sent before may bring them, and how many were sent at once, for the note
         self._bad = min(self._bad, self.limit)
         self._floor = max(1, self.limit // 4)
-        self.crowd = self.crowd or crowd
+        self.crowd = self.crowd or self.limit
         self.limit = limit
         self._opened_from = None
         self.lowest = min(self.lowest, self.limit)
@@ -168,7 +175,8 @@ class Crowding:
         if len(self._recent) < self._window or self._failures >= OPEN_SHARE * self._window:
             return False
         self._opened_from = self.limit
-        self.limit = min(self.asked, self.limit + max(1, (self._bad - self.limit) // 2) if searching else self.limit + 1)
+        step = max(1, (self._bad - self.limit) // 2) if searching else 1
+        self.limit = min(self.asked, self.limit + step)
         if not searching:
             self._bad = self.asked + 1  # long after: what failed then may not now
         self._opened = True
