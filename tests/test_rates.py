@@ -12,13 +12,18 @@ def prompts(tmp_path: Path, rows: int) -> Path:
     return write_csv(tmp_path / "in.csv", ["prompt"], [[f"question {i}: what about {i}?"] for i in range(rows)])
 
 
+def run_all_ok(tmp_path: Path, url: str, rows: int, *options: str) -> Any:
+    """A run of ``rows`` prompts against the simulator at ``url``, checked to end with every row ok."""
+    output = tmp_path / "out.parquet"
+    result = cli("run", "-i", prompts(tmp_path, rows), "-o", output, "--base-url", url, *options)
+    assert result.exit_code == 0, result.output
+    assert [row["status"] for row in read_output(output)] == ["ok"] * rows
+    return result
+
+
 def test_refusals_no_rate_causes_are_retried_alone_and_every_row_ends_ok(sim_factory: Any, tmp_path: Path) -> None:
     server = sim_factory(share_429=0.15, share_503=0.05, latency_ms=20, seed=5)
-    output = tmp_path / "out.parquet"
-    result = cli("run", "-i", prompts(tmp_path, 150), "-o", output, "-m", "sim-chat", "--base-url", server.url,
-                 "--concurrency", "16", "--max-attempts", "8")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert [row["status"] for row in read_output(output)] == ["ok"] * 150
+    result = run_all_ok(tmp_path, server.url, 150, "-m", "sim-chat", "--concurrency", "16", "--max-attempts", "8")
     stats = server.stats()
     assert stats["status:429"] > 10 and stats["status:503"] > 2
     assert stats["answered_twice"] == 0
@@ -31,11 +36,7 @@ def test_refusals_no_rate_causes_are_retried_alone_and_every_row_ends_ok(sim_fac
 def test_a_limit_that_falls_mid_run_is_followed_and_the_summary_and_progress_say_when_and_why(
         sim_factory: Any, tmp_path: Path) -> None:  # fmt: skip
     server = sim_factory(rpm=60_000, rpm_later=6000, rpm_change_s=0.1, latency_ms=10)
-    output = tmp_path / "out.parquet"
-    result = cli("run", "-i", prompts(tmp_path, 400), "-o", output, "-m", "sim-chat", "--base-url", server.url,
-                 "--concurrency", "16", "--progress-every", "0.5")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert [row["status"] for row in read_output(output)] == ["ok"] * 400
+    result = run_all_ok(tmp_path, server.url, 400, "-m", "sim-chat", "--concurrency", "16", "--progress-every", "0.5")
     told = re.search(r"^rate: (.*)$", result.output, re.MULTILINE)
     assert told is not None, result.output
     assert re.match(r"at \d\d:\d\d:\d\d UTC from 1,000\.0/s to 100\.0/s: the server's headers state 6,000 "
@@ -51,11 +52,8 @@ def test_a_limit_that_falls_mid_run_is_followed_and_the_summary_and_progress_say
 def test_a_server_with_two_slots_is_sent_two_at_a_time(sim_factory: Any, tmp_path: Path) -> None:
     """llama.cpp's server with --parallel 2: a third stream arriving cuts the oldest short."""
     server = sim_factory(slots=2, latency_ms=20, tokens_per_s=2000)
-    output = tmp_path / "out.parquet"
-    result = cli("run", "-i", prompts(tmp_path, 40), "-o", output, "-m", "local", "--base-url", server.url, "--stream",
-                 "--concurrency", "8", "--max-attempts", "6", "--progress-every", "0.1")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert [row["status"] for row in read_output(output)] == ["ok"] * 40
+    result = run_all_ok(tmp_path, server.url, 40, "-m", "local", "--stream", "--concurrency", "8", "--max-attempts", "6",
+                        "--progress-every", "0.1")  # fmt: skip
     stats = server.stats()
     assert 1 <= stats["streams_cut"] <= 12  # a burst at first, not one per row
     assert "concurrency lowered: the server cut" in result.output and "ran at 2" in result.output, result.output
@@ -68,11 +66,7 @@ def test_every_change_of_the_rate_says_why_and_the_last_agrees_with_the_rate_at_
     """A limit stated in headers that halves while 32 requests are in flight: a burst of 429s
     over it, each change told with its reason, none contradicting the next."""
     server = sim_factory(rpm=2400, rpm_later=1200, rpm_change_s=1.0, latency_ms=50)
-    output = tmp_path / "out.parquet"
-    result = cli("run", "-i", prompts(tmp_path, 100), "-o", output, "-m", "sim-chat", "--base-url", server.url,
-                 "--concurrency", "32")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert [row["status"] for row in read_output(output)] == ["ok"] * 100
+    result = run_all_ok(tmp_path, server.url, 100, "-m", "sim-chat", "--concurrency", "32")
     told = re.search(r"^rate: (.*)$", result.output, re.MULTILINE)
     assert told is not None, result.output
     changes = told.group(1).split("; ")
