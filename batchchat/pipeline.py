@@ -4,6 +4,7 @@ store, the summary. Also what a run gives back."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -127,15 +128,19 @@ class Stages:
 
 class _Requests:
     """The plan's requests to send, on each pass over them (an engine that goes in rounds passes
-    more than once): those the plan kept, or built again from the input."""
+    more than once): the first ones as the plan kept them, the rest (past what it keeps) built
+    again from the input. Keeping the first ones, not none, makes a large input cost the more
+    the larger it is, not all at once past a size."""
 
     def __init__(self, setup: Setup, source: TableSource, rows: Rows) -> None:
         self.setup, self.source, self.rows = setup, source, rows
 
     def __iter__(self) -> Iterator[ChatRequest]:
-        if self.rows.kept is not None:
-            return watched(self.rows.kept, self.source)
-        return self.setup.builder.requests(self.source, self.rows.keys, self.rows.sends)
+        rows = self.rows
+        kept = watched(rows.kept, self.source)
+        if rows.built_from is None:
+            return kept
+        return itertools.chain(kept, self.setup.builder.requests(self.source, rows.keys, rows.sends, rows.built_from))
 
 
 def finished(tally: RowTally) -> int:

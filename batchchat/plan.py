@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from .source import TableSource
 
 SHOWN_INVALID_ROWS = 5
-# The requests the plan builds are kept for the sending pass while their estimated size stays
-# under this (``_size`` errs high: about 35,000 short prompts, 16 MB in fact): building and
-# hashing each again from the input is a tenth of the CPU a request costs. A larger input is
-# built again, a row at a time, as it is sent.
+# The requests the plan builds are kept for the sending pass up to this estimated size
+# (``_size`` errs high: about 35,000 short prompts, 16 MB in fact): building and hashing each
+# again from the input is a tenth of the CPU a request costs. Those past it are built again, a
+# row at a time, as they are sent; the first ones are still kept.
 KEPT_BYTES = 32 << 20
 
 
@@ -77,7 +77,8 @@ class Rows:
     invalid: dict[int, str]  # output row -> why it has nothing to send
     sends: bytearray  # the first row asking for each request still to be answered
     first: bytearray  # the first row asking for each request
-    kept: list[ChatRequest] | None = None  # the requests to send, when small enough to keep
+    kept: list[ChatRequest] = field(default_factory=list)  # the first requests to send, as the plan built them
+    built_from: int | None = None  # the first row whose request was not kept (None: every one was)
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,9 @@ class Setup:
         done = 0
         retry_errors = self.retry_errors
         input_rows = 0
-        kept: list[ChatRequest] | None = []
+        kept: list[ChatRequest] = []  # up to KEPT_BYTES of them; the rest are built again when sent
         kept_bytes = 0
+        built_from: int | None = None
         for batch, items in self.builder.rows(source):
             input_rows += batch.num_rows
             stored = (i.key for i in items if isinstance(i, ChatRequest) and i.key in store)
@@ -152,10 +154,10 @@ class Setup:
                 else:
                     key = item.key
                     keys.append(key)
-                    if kept is not None:
+                    if built_from is None:
                         kept_bytes += _size(item)
                         if kept_bytes > KEPT_BYTES:
-                            kept = None  # too large to keep: the sending pass builds them again
+                            built_from = item.row  # this one and those after: built again when sent
                         else:
                             kept.append(item)
                     again = judged.get(key)
@@ -177,7 +179,7 @@ class Setup:
         sends = _both(first, wants)
         reasked = _both(first, reasks).count(1)
         changed_checks = _both(first, changed).count(1)
-        rows = Rows(keys, invalid, sends, first, [r for r in kept if sends[r.row]] if kept is not None else None)
+        rows = Rows(keys, invalid, sends, first, [r for r in kept if sends[r.row]], built_from)
         if input_rows == 0:
             raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
         fanout = self.builder.fanout
@@ -228,12 +230,18 @@ def _footprint(value: Any) -> int:
     widest needs: counting four for any text not ASCII held half of a real table's prompts
     (accented, CJK) at twice their size, and built and hashed them again when sent."""
     if isinstance(value, str):
-        return sys.getsizeof(value)
-    if isinstance(value, dict):
-        return sys.getsizeof(value) + sum(_footprint(k) + _footprint(v) for k, v in value.items())
+        return _sizeof(value)
+    if isinstance(value, dict):  # a message: its texts counted here, not by a call each (a third of the plan's time)
+        size = _sizeof(value)
+        for k, v in value.items():
+            size += (_sizeof(k) if type(k) is str else _footprint(k)) + (_sizeof(v) if type(v) is str else _footprint(v))
+        return size
     if isinstance(value, list | tuple):
-        return sys.getsizeof(value) + sum(_footprint(v) for v in value)
+        return _sizeof(value) + sum([_footprint(v) for v in value])
     return 32
+
+
+_sizeof = sys.getsizeof
 
 
 def _both(a: bytearray, b: bytearray) -> bytearray:

@@ -233,8 +233,9 @@ class RequestBuilder:
             yield batch, row_requests(self.spec, batch, start, self.source_name, occurrences, self.samples)
             start += batch.num_rows
 
-    def requests(self, source: TableSource, keys: RowKeys, wanted: Sequence[int]) -> Iterator[ChatRequest]:
-        """The requests of the output rows ``wanted`` marks (truthy by row), built one at a time.
+    def requests(self, source: TableSource, keys: RowKeys, wanted: Sequence[int], start: int = 0) -> Iterator[ChatRequest]:
+        """The requests of the output rows ``wanted`` marks (truthy by row) from row ``start`` on,
+        built one at a time.
 
         The messages of rows not wanted (answered already, invalid, repeats) are never built. One
         row at a time keeps the event loop free: a whole batch at once would stall in-flight
@@ -242,9 +243,9 @@ class RequestBuilder:
         input that changed since cannot send one row's prompt under another row's key, which
         would put a wrong answer in the journal for good.
         """
-        return watched(self._built(source, keys, wanted), source)
+        return watched(self._built(source, keys, wanted, start), source)
 
-    def _built(self, source: TableSource, keys: RowKeys, wanted: Sequence[int]) -> Iterator[ChatRequest]:
+    def _built(self, source: TableSource, keys: RowKeys, wanted: Sequence[int], start_row: int) -> Iterator[ChatRequest]:
         spec = self.spec
         reader = _Reader(spec, self.source_name)
         start = 0
@@ -254,7 +255,7 @@ class RequestBuilder:
             values: dict[str, list[Any]] | None = None
             if (start + batch.num_rows) * fanout > planned:
                 raise InputChanged(self.source_name, "it has more rows than when the run began")
-            for i in range(batch.num_rows):
+            for i in range(max(0, start_row // fanout - start), batch.num_rows):
                 first = (start + i) * fanout
                 if not (wanted[first] if fanout == 1 else any(wanted[first : first + fanout])):
                     continue
@@ -265,7 +266,7 @@ class RequestBuilder:
                 if isinstance(asked, str):
                     raise InputChanged(self.source_name, f"row {start + i + 1} no longer has anything to send")
                 for j, (slot, messages, params, key_params, turns) in enumerate(asked):
-                    if wanted[first + j]:
+                    if wanted[first + j] and first + j >= start_row:
                         key = keys[first + j]
                         again = request_key(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
                         if key != again:

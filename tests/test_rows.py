@@ -119,9 +119,10 @@ def test_keys_are_stable_and_change_with_what_is_sent():
     assert len(key) == 32
 
 
-def test_the_plan_keeps_the_requests_to_send_while_they_are_small_and_none_past_that(monkeypatch):
+def test_the_plan_keeps_the_first_requests_to_send_and_the_rest_are_built_again(monkeypatch):
     from batchchat.journal import MemoryStore
-    from batchchat.plan import Setup
+    from batchchat.pipeline import _Requests
+    from batchchat.plan import Setup, _size
     from batchchat.records import RowOutcome
     from batchchat.source import ArrowSource
 
@@ -132,12 +133,37 @@ def test_the_plan_keeps_the_requests_to_send_while_they_are_small_and_none_past_
     _, rows = setup.plan(source, store, None)
     built = list(setup.builder.requests(source, rows.keys, rows.sends))
     assert rows.kept == built and [r.row for r in built] == [0, 1, 4]  # a repeat and an empty row send nothing
+    assert rows.built_from is None and list(_Requests(setup, source, rows)) == built
     store.add(RowOutcome(1, built[1].key, "ok", 1, "m", response="B"))
     _, rows = setup.plan(source, store, None)
     assert [r.row for r in rows.kept] == [0, 4]  # an answered row is not kept to send again
-    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", 2000)  # three requests take more than this
+    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", _size(built[0]) + _size(built[1]) // 2)  # one fits, not two
     _, rows = setup.plan(source, store, None)
-    assert rows.kept is None and [r.row for r in setup.builder.requests(source, rows.keys, rows.sends)] == [0, 4]
+    assert [r.row for r in rows.kept] == [0] and rows.built_from == 1
+    sent = list(_Requests(setup, source, rows))
+    assert sent == [built[0], built[2]] and sent[0] is rows.kept[0]  # the first as kept, the rest built again
+    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", 0)
+    _, rows = setup.plan(source, store, None)
+    assert rows.kept == [] and rows.built_from == 0 and list(_Requests(setup, source, rows)) == [built[0], built[2]]
+
+
+@pytest.mark.parametrize("keep", range(7))
+def test_with_several_models_the_kept_requests_may_end_inside_a_row_and_each_is_sent_once(monkeypatch, keep):
+    from batchchat.journal import MemoryStore
+    from batchchat.pipeline import _Requests
+    from batchchat.plan import Setup, _size
+    from batchchat.source import ArrowSource
+
+    job = load_job(None, models=["m1", "m2", "m3"], provider="sim")
+    source = ArrowSource(pa.table({"prompt": ["a", "b", "a", "c"]}))
+    setup = Setup.of(job, source.columns, "in.csv")
+    _, rows = setup.plan(source, MemoryStore(), None)
+    every = list(_Requests(setup, source, rows))
+    assert [(r.row, r.model) for r in every] == [(row, f"m{row % 3 + 1}") for row in (0, 1, 2, 3, 4, 5, 9, 10, 11)]
+    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", sum(_size(r) for r in every[:keep]))
+    _, rows = setup.plan(source, MemoryStore(), None)
+    assert len(rows.kept) == keep and rows.built_from == keep  # the repeat at row 6 counts, and is not sent
+    assert list(_Requests(setup, source, rows)) == every
 
 
 @pytest.mark.parametrize("kept", [True, False], ids=["kept", "built-again"])
