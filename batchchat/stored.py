@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
 from .reading import read_completion
@@ -14,6 +15,7 @@ from .records import ERROR, OK, PENDING, RowOutcome
 
 # Everything of an outcome but its row: rows asking the same thing share one record.
 RECORD_FIELDS = tuple(f.name for f in fields(RowOutcome) if f.name != "row")
+assert fields(RowOutcome)[0].name == "row"  # the rest, in order, are RECORD_FIELDS: ``outcome_of`` passes them by place
 # What an answer's record leaves to the answer itself: read from it (``reading``) when read back.
 READ_FROM_ANSWER = ("response", "finish_reason")
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -51,7 +53,7 @@ def record_of(outcome: RowOutcome) -> dict[str, Any]:
     no answer. An answer's record holds the completion as received, and leaves out what is read
     from it: its text and finish reason, its tokens (unless the row paid for several answers),
     its id (unless the engine named it otherwise)."""
-    record = {name: value for name in RECORD_FIELDS if (value := getattr(outcome, name)) is not None}
+    record = {name: value for name, value in zip(RECORD_FIELDS, _record_values(outcome), strict=True) if value is not None}
     answer = outcome.answer
     if answer is not None:
         for name in READ_FROM_ANSWER:
@@ -67,19 +69,25 @@ def record_of(outcome: RowOutcome) -> dict[str, Any]:
 def outcome_of(record: dict[str, Any], answers: bool = False) -> RowOutcome:
     """A record read back (checked by ``valid_record``); an answer's fields read from the answer
     it keeps, by the same rules as when it arrived."""
-    fields: dict[str, Any] = {name: record.get(name) for name in RECORD_FIELDS}
-    answer = fields["answer"]
+    get = record.get
+    values: list[Any] = [get(name) for name in RECORD_FIELDS]  # by place, not by name: the output reads every record
+    answer = values[_ANSWER]
     if answer is not None:
         reading = read_completion(answer)
-        fields["response"], fields["finish_reason"] = reading.content, reading.finish_reason
-        if all(fields[name] is None for name in TOKEN_FIELDS):
+        values[_RESPONSE], values[_FINISH_REASON] = reading.content, reading.finish_reason
+        if values[_PROMPT_TOKENS] is None and values[_COMPLETION_TOKENS] is None and values[_TOTAL_TOKENS] is None:
             usage = reading.usage
-            fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                          total_tokens=usage.total_tokens)  # fmt: skip
-        if fields["request_id"] is None:
-            fields["request_id"] = reading.request_id
+            values[_PROMPT_TOKENS], values[_COMPLETION_TOKENS] = usage.prompt_tokens, usage.completion_tokens
+            values[_TOTAL_TOKENS] = usage.total_tokens
+        if values[_REQUEST_ID] is None:
+            values[_REQUEST_ID] = reading.request_id
         if not answers:
-            fields["answer"] = None
-    return RowOutcome(row=-1, **fields)
+            values[_ANSWER] = None
+    return RowOutcome(-1, *values)
+
+
+_record_values = attrgetter(*RECORD_FIELDS)
+_ANSWER, _RESPONSE, _FINISH_REASON, _REQUEST_ID = map(RECORD_FIELDS.index, ("answer", "response", "finish_reason", "request_id"))
+_PROMPT_TOKENS, _COMPLETION_TOKENS, _TOTAL_TOKENS = map(RECORD_FIELDS.index, TOKEN_FIELDS)
 
 
