@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .records import quick_init
 
+
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Event:
     data: str
@@ -28,6 +31,13 @@ class SSEDecoder:
         """Events completed by this chunk."""
         self._buffer += chunk
         events: list[Event] = []
+        if b"\r" not in self._buffer:  # the usual stream, LF endings only: split in one pass
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                event = self._line(line.decode("utf-8", "replace"))
+                if event is not None:
+                    events.append(event)
+            return events
         while True:
             line, ending = _next_line(self._buffer)
             if ending is None:
