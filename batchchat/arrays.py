@@ -25,8 +25,8 @@ _STRING_BYTES = (1 << 31) - 1  # a string array's 32-bit offsets reach this far
 
 def array_of(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
     """``pa.array(values, type=kind)``, without loading pandas for the common kinds. Each pass
-    over the values is one C loop where it can be (``count``, ``map``, ``set``): the output's
-    columns are built for every row of every run."""
+    over the values is one C loop where it can be (``map``, ``set``, numpy), and a column of
+    nulls is made at once: the output's columns are built for every row of every run."""
     values = values if isinstance(values, list) else list(values)
     n = len(values)
     present = [v for v in values if v is not None]

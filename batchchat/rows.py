@@ -233,8 +233,9 @@ class RequestBuilder:
             yield batch, row_requests(self.spec, batch, start, self.source_name, occurrences, self.samples)
             start += batch.num_rows
 
-    def requests(self, source: TableSource, keys: RowKeys, wanted: Sequence[int], start: int = 0) -> Iterator[ChatRequest]:
-        """The requests of the output rows ``wanted`` marks (truthy by row) from row ``start`` on,
+    def requests(self, source: TableSource, keys: RowKeys, wanted: Sequence[int],
+                 from_row: int = 0) -> Iterator[ChatRequest]:  # fmt: skip
+        """The requests of the output rows ``wanted`` marks (truthy by row), from ``from_row`` on,
         built one at a time.
 
         The messages of rows not wanted (answered already, invalid, repeats) are never built. One
@@ -243,9 +244,10 @@ class RequestBuilder:
         input that changed since cannot send one row's prompt under another row's key, which
         would put a wrong answer in the journal for good.
         """
-        return watched(self._built(source, keys, wanted, start), source)
+        return watched(self._built(source, keys, wanted, from_row), source)
 
-    def _built(self, source: TableSource, keys: RowKeys, wanted: Sequence[int], start_row: int) -> Iterator[ChatRequest]:
+    def _built(self, source: TableSource, keys: RowKeys, wanted: Sequence[int],
+               from_row: int) -> Iterator[ChatRequest]:  # fmt: skip
         spec = self.spec
         reader = _Reader(spec, self.source_name)
         start = 0
@@ -255,7 +257,7 @@ class RequestBuilder:
             values: dict[str, list[Any]] | None = None
             if (start + batch.num_rows) * fanout > planned:
                 raise InputChanged(self.source_name, "it has more rows than when the run began")
-            for i in range(max(0, start_row // fanout - start), batch.num_rows):
+            for i in range(max(0, from_row // fanout - start), batch.num_rows):  # rows before: kept by the plan
                 first = (start + i) * fanout
                 if not (wanted[first] if fanout == 1 else any(wanted[first : first + fanout])):
                     continue
@@ -266,7 +268,7 @@ class RequestBuilder:
                 if isinstance(asked, str):
                     raise InputChanged(self.source_name, f"row {start + i + 1} no longer has anything to send")
                 for j, (slot, messages, params, key_params, turns) in enumerate(asked):
-                    if wanted[first + j] and first + j >= start_row:
+                    if wanted[first + j] and first + j >= from_row:
                         key = keys[first + j]
                         again = request_key(slot.model, messages, key_params, self.samples.get(first + j, 0), turns)
                         if key != again:
