@@ -137,7 +137,8 @@ class _Requests:
 
     def __iter__(self) -> Iterator[ChatRequest]:
         rows = self.rows
-        kept = watched(rows.kept, self.source)
+        sends = rows.sends  # read as it is now: a Ray block clears the rows another block claimed
+        kept = watched((r for r in rows.kept if sends[r.row]), self.source)
         if rows.built_from is None:
             return kept
         return itertools.chain(kept, self.setup.builder.requests(self.source, rows.keys, rows.sends, rows.built_from))

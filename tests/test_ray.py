@@ -133,7 +133,9 @@ def test_chat_adds_the_output_columns_to_a_dataset_and_resumes_from_its_journal(
     import batchchat
     import batchchat.ray
 
-    frame = pd.DataFrame({"prompt": [f"question {i % 30}" for i in range(40)], "n": range(40)})
+    # 4 blocks of 20: the second asks 10 prompts of its own and 10 the first claimed (a block
+    # whose requests the plan kept sent those too, and paid for them twice)
+    frame = pd.DataFrame({"prompt": [f"question {i % 30}" for i in range(80)], "n": range(80)})
     local = batchchat.run_frame(frame, model="sim-chat", base_url=sim.url)
     answered = sim.stats()["answered"]
     ds = ray.data.from_pandas(frame).repartition(4)

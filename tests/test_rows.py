@@ -147,6 +147,27 @@ def test_the_plan_keeps_the_first_requests_to_send_and_the_rest_are_built_again(
     assert rows.kept == [] and rows.built_from == 0 and list(_Requests(setup, source, rows)) == [built[0], built[2]]
 
 
+@pytest.mark.parametrize("keep", [0, 1, 2, 3])
+def test_a_row_whose_request_another_sends_is_not_sent_whether_it_was_kept_or_is_built_again(monkeypatch, keep):
+    """A Ray block plans its rows, then clears ``sends`` for the requests another block claimed:
+    the kept ones were sent all the same, and paid for twice."""
+    from batchchat.journal import MemoryStore
+    from batchchat.pipeline import _Requests
+    from batchchat.plan import Setup, _size
+    from batchchat.source import ArrowSource
+
+    job = load_job(None, model="m", provider="sim")
+    source = ArrowSource(pa.table({"prompt": ["a", "b", "c"]}))
+    setup = Setup.of(job, source.columns, "in.csv")
+    _, rows = setup.plan(source, MemoryStore(), None)
+    every = list(_Requests(setup, source, rows))
+    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", sum(_size(r) for r in every[:keep]))
+    _, rows = setup.plan(source, MemoryStore(), None)
+    assert len(rows.kept) == keep
+    rows.sends[1] = 0  # another block asks "b"
+    assert [r.row for r in _Requests(setup, source, rows)] == [0, 2]
+
+
 @pytest.mark.parametrize("keep", range(7))
 def test_with_several_models_the_kept_requests_may_end_inside_a_row_and_each_is_sent_once(monkeypatch, keep):
     from batchchat.journal import MemoryStore
