@@ -141,7 +141,7 @@ class _Requests:
         kept = watched((r for r in rows.kept if sends[r.row]), self.source)
         if rows.built_from is None:
             return kept
-        return itertools.chain(kept, self.setup.builder.requests(self.source, rows.keys, rows.sends, rows.built_from))
+        return itertools.chain(kept, self.setup.builder.requests(self.source, rows.keys, sends, rows.built_from))
 
 
 def finished(tally: RowTally) -> int:

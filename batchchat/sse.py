@@ -30,22 +30,18 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[Event]:
         """Events completed by this chunk."""
         self._buffer += chunk
-        events: list[Event] = []
         if b"\r" not in self._buffer:  # the usual stream, LF endings only: split in one pass
             *lines, self._buffer = self._buffer.split(b"\n")
-            for line in lines:
-                event = self._line(line.decode("utf-8", "replace"))
-                if event is not None:
-                    events.append(event)
-            return events
-        while True:
-            line, ending = _next_line(self._buffer)
-            if ending is None:
-                return events
-            self._buffer = self._buffer[len(line) + ending :]
-            event = self._line(line.decode("utf-8", "replace"))
-            if event is not None:
-                events.append(event)
+        else:
+            lines = []
+            while True:
+                line, ending = _next_line(self._buffer)
+                if ending is None:
+                    break
+                lines.append(line)
+                self._buffer = self._buffer[len(line) + ending :]
+        events = (self._line(line.decode("utf-8", "replace")) for line in lines)
+        return [event for event in events if event is not None]
 
     def close(self) -> list[Event]:
         """The end of the stream: a last event whose lines were complete but had no blank line after.
