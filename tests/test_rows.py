@@ -147,22 +147,29 @@ def test_the_plan_keeps_the_first_requests_to_send_and_the_rest_are_built_again(
     assert rows.kept == [] and rows.built_from == 0 and list(_Requests(setup, source, rows)) == [built[0], built[2]]
 
 
-@pytest.mark.parametrize("keep", [0, 1, 2, 3])
-def test_a_row_whose_request_another_sends_is_not_sent_whether_it_was_kept_or_is_built_again(monkeypatch, keep):
-    """A Ray block plans its rows, then clears ``sends`` for the requests another block claimed:
-    the kept ones were sent all the same, and paid for twice."""
+def _planned_keeping(monkeypatch, prompts, models, keep):
+    """A plan of ``prompts`` that keeps its first ``keep`` requests (``KEPT_BYTES`` set to their
+    size): the setup, the source, every request to send, and the plan's rows."""
     from batchchat.journal import MemoryStore
     from batchchat.pipeline import _Requests
     from batchchat.plan import Setup, _size
     from batchchat.source import ArrowSource
 
-    job = load_job(None, model="m", provider="sim")
-    source = ArrowSource(pa.table({"prompt": ["a", "b", "c"]}))
+    job = load_job(None, models=models, provider="sim")
+    source = ArrowSource(pa.table({"prompt": prompts}))
     setup = Setup.of(job, source.columns, "in.csv")
-    _, rows = setup.plan(source, MemoryStore(), None)
-    every = list(_Requests(setup, source, rows))
+    every = list(_Requests(setup, source, setup.plan(source, MemoryStore(), None)[1]))
     monkeypatch.setattr("batchchat.plan.KEPT_BYTES", sum(_size(r) for r in every[:keep]))
-    _, rows = setup.plan(source, MemoryStore(), None)
+    return setup, source, every, setup.plan(source, MemoryStore(), None)[1]
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2, 3])
+def test_a_row_whose_request_another_sends_is_not_sent_whether_it_was_kept_or_is_built_again(monkeypatch, keep):
+    """A Ray block plans its rows, then clears ``sends`` for the requests another block claimed:
+    the kept ones were sent all the same, and paid for twice."""
+    from batchchat.pipeline import _Requests
+
+    setup, source, _, rows = _planned_keeping(monkeypatch, ["a", "b", "c"], ["m"], keep)
     assert len(rows.kept) == keep
     rows.sends[1] = 0  # another block asks "b"
     assert [r.row for r in _Requests(setup, source, rows)] == [0, 2]
@@ -170,19 +177,10 @@ def test_a_row_whose_request_another_sends_is_not_sent_whether_it_was_kept_or_is
 
 @pytest.mark.parametrize("keep", range(7))
 def test_with_several_models_the_kept_requests_may_end_inside_a_row_and_each_is_sent_once(monkeypatch, keep):
-    from batchchat.journal import MemoryStore
     from batchchat.pipeline import _Requests
-    from batchchat.plan import Setup, _size
-    from batchchat.source import ArrowSource
 
-    job = load_job(None, models=["m1", "m2", "m3"], provider="sim")
-    source = ArrowSource(pa.table({"prompt": ["a", "b", "a", "c"]}))
-    setup = Setup.of(job, source.columns, "in.csv")
-    _, rows = setup.plan(source, MemoryStore(), None)
-    every = list(_Requests(setup, source, rows))
+    setup, source, every, rows = _planned_keeping(monkeypatch, ["a", "b", "a", "c"], ["m1", "m2", "m3"], keep)
     assert [(r.row, r.model) for r in every] == [(row, f"m{row % 3 + 1}") for row in (0, 1, 2, 3, 4, 5, 9, 10, 11)]
-    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", sum(_size(r) for r in every[:keep]))
-    _, rows = setup.plan(source, MemoryStore(), None)
     assert len(rows.kept) == keep and rows.built_from == keep  # the repeat at row 6 counts, and is not sent
     assert list(_Requests(setup, source, rows)) == every
 
