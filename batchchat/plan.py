@@ -228,7 +228,8 @@ def _size(request: ChatRequest) -> int:
         if type(message) is dict:
             size += _sizeof(message)
             for k, v in message.items():
-                size += (_sizeof(k) if type(k) is str else _footprint(k)) + (_sizeof(v) if type(v) is str else _footprint(v))
+                size += _sizeof(k) if type(k) is str else _footprint(k)
+                size += _sizeof(v) if type(v) is str else _footprint(v)
         else:
             size += _footprint(message)
     if request.params:
