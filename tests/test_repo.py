@@ -214,3 +214,101 @@ def test_the_version_is_the_installed_metadata_and_the_types_ship():
         f.endswith(".pth") for f in shipped
     )  # a wheel, or an editable install
     assert (PACKAGE / "py.typed").exists()
+
+
+# --- ARCHITECTURE.md's names -------------------------------------------------------------------
+
+# Dotted names ARCHITECTURE.md may cite that are not the package's: a library's, or an argument's.
+NOT_OURS = ("ray.data.", "pa.", "sys.", "ledger.")
+
+
+def defined_names() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Each module's top-level names (functions, classes, assignments), and each class's own
+    names (methods, fields, constants, enum members), from the source: no module is imported, so
+    an optional extra missing changes nothing."""
+    import ast
+
+    tops: dict[str, set[str]] = {}
+    classes: dict[str, set[str]] = {}
+
+    def assigned(node: ast.stmt) -> list[str]:
+        if isinstance(node, ast.Assign):
+            return [t.id for t in node.targets if isinstance(t, ast.Name)]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            return [node.target.id]
+        return []
+
+    for path in PACKAGE.rglob("*.py"):
+        names = tops.setdefault(module_name(path), set())
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            names.update(assigned(node))
+            if isinstance(node, ast.ClassDef):
+                members = classes.setdefault(node.name, set())
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                        members.add(item.name)
+                    members.update(assigned(item))
+    return tops, classes
+
+
+def cited_names(text: str) -> set[str]:
+    """The code ARCHITECTURE.md names in backquotes that the check can tell is a name of ours:
+    dotted names, ``CamelCase`` and ``CONSTANT`` names, names with an underscore, calls; argument
+    lists dropped. Single plain words (``run``, ``ok``) may be a command or a status: left out;
+    file names are paths, checked as such."""
+    cited = set()
+    for quoted in re.findall(r"`([^`\s]+)`", text):
+        name = re.sub(r"\(.*\)$", "", quoted.removeprefix("batchchat."))
+        dotted = re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name)
+        if not dotted or name.endswith(".py") or name.startswith(NOT_OURS):
+            continue
+        if "." in name or "_" in name.strip("_") or name[0].isupper() or quoted.endswith(")"):
+            cited.add(name)
+    return cited
+
+
+def unresolved(name: str, tops: dict[str, set[str]], classes: dict[str, set[str]]) -> bool:
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):  # the longest module the name starts with
+        module = ".".join(parts[:cut])
+        if module in tops:
+            rest = parts[cut:]
+            if not rest:
+                return False
+            if rest[0] not in tops[module]:
+                return True
+            return len(rest) > 1 and (len(rest) > 2 or rest[1] not in classes.get(rest[0], set()))
+    if len(parts) == 2:  # Class.member
+        return parts[1] not in classes.get(parts[0], set())
+    if len(parts) > 2:
+        return True
+    if any(name in names for names in tops.values()) or any(name in members for members in classes.values()):
+        return False
+    # a value the code writes (an error type, a field of a batch line) is named in it as a string
+    written = (f'"{name}"' in path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py"))
+    return not (name.islower() and any(written))
+
+
+def test_architecture_md_names_only_what_exists():
+    """Every module, function, class, member and constant the guide names, and every file and
+    folder it points to, is in the code: a recipe that names a place that moved sends its reader
+    nowhere."""
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    tops, classes = defined_names()
+    cited = cited_names(text)
+    assert {"pipeline.Stages", "Setup.plan", "endpoint.PROVIDERS", "derive_batch"} <= cited  # the check reads the guide
+    missing = sorted(name for name in cited if unresolved(name, tops, classes))
+    paths = {p for p in re.findall(r"`([\w./-]+(?:\.py|/))`", text)}
+    gone = sorted(p for p in paths if not (PACKAGE / p).exists() and not (ROOT / p).exists())
+    assert not missing and not gone, f"ARCHITECTURE.md names what the code does not have: {missing + gone}"
+
+
+def test_the_architecture_check_finds_a_name_that_is_not_there():
+    tops, classes = defined_names()
+    assert not unresolved("plan.Setup.plan", tops, classes) and not unresolved("KEPT_BYTES", tops, classes)
+    for wrong in ("plan.Setup.build", "plan.Nothing", "Setup.nothing", "NO_SUCH_CONSTANT", "pipline.Stages"):
+        assert unresolved(wrong, tops, classes), wrong
+    assert "pipeline.Stages" in cited_names("see `pipeline.Stages` and `Setup.of(job, x)`; `run`, `ok`")
+    assert "run" not in cited_names("see `run`")
