@@ -14,9 +14,9 @@ from typing import Any
 from .batchfiles import Limits, dialect_of, split
 from .files import OutputFiles
 from .jobfile import build_job
-from .journal import Journal, JournalSet, MemoryStore, Store
+from .journal import MemoryStore, Store
 from .money import Estimates, GroupEstimate, estimate_all
-from .pipeline import journal_scope
+from .pipeline import open_store
 from .plan import Plan, Setup
 from .records import ChatRequest
 from .source import open_source
@@ -85,9 +85,7 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     if job.output is not None:
         files = OutputFiles.of(job.output, job.names("output"))
         files.check()  # what a run would find only after paying
-        if not job.resume.restart and files.journal.exists():
-            store = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers), read_only=True),
-                               files.parts)  # fmt: skip
+        store = open_store(job, files.journal, files.parts, read_only=True, forget=job.resume.restart)
     try:
         plan, rows = setup.plan(source, store, job.output)
     finally:

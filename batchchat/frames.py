@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError
 from .executors.base import Ending, Executor
-from .files import reused_journals
 from .jobfile import load_job
-from .journal import Journal, JournalSet, MemoryStore, Store
+from .journal import JournalSet, MemoryStore, Store
 from .lock import OutputLock
-from .pipeline import RunResult, Stages, finished, journal_scope
+from .pipeline import RunResult, Stages, finished, open_store
 from .plan import Setup
 from .progress import Bar, Observer, Silent
 from .records import RowOutcome
@@ -96,8 +95,7 @@ async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = No
         return await _frame_rows(job, frame, source, setup, MemoryStore(), watcher, bar, executor)
     journal_path = Path(journal)
     with OutputLock(journal_path, "journal="):  # journal.lock beside it
-        store = JournalSet(Journal(journal_path, journal_scope(job.endpoint, job.answers)),
-                           journal_path.with_name(journal_path.name + ".parts"), reused=reused_journals(job))  # fmt: skip
+        store = open_store(job, journal_path, journal_path.with_name(journal_path.name + ".parts"))
         try:
             return await _frame_rows(job, frame, source, setup, store, watcher, bar, executor)
         finally:

@@ -204,9 +204,12 @@ class MemoryStore:
 class Journal:
     """The journal file of one output, seen from one scope; open it while holding the output's lock."""
 
-    def __init__(self, path: Path, scope: Scope | None = None, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, scope: Scope | None = None, *, read_only: bool = False, empty: bool = False) -> None:
         """``read_only`` reads without taking over the file: a torn tail is skipped, not cut away,
-        and nothing is recorded (a dry run may look while another run writes)."""
+        and nothing is recorded (a dry run may look while another run writes). ``empty`` (read
+        only): the file's records are not read, as if it were gone (a dry run of a restart, which
+        would delete it)."""
+        assert read_only or not empty, "only a journal that records nothing can ignore what it holds"
         self.path = path
         self.scope = scope or Scope("unknown")
         self.read_only = read_only
@@ -229,7 +232,9 @@ class Journal:
         self._created = False  # whether this run made the file
         self._size = 0
         self._reader: IO[bytes] | None = None
-        self._read_existing()
+        self._end_of_good = 0
+        if not empty:
+            self._read_existing()
         self._earlier_end = self._size if self._file is not None else self._end_of_good  # records before: earlier runs'
 
     def __len__(self) -> int:

@@ -164,6 +164,11 @@ class Budget:
     (``settle``).
     """
 
+    @classmethod
+    def of(cls, cap: float | None, prices: Prices, counters: Paid | None) -> Budget | None:
+        """A run's budget: None without a cap (every engine builds it this way)."""
+        return cls(cap, prices, counters) if cap is not None else None
+
     def __init__(self, cap: float, prices: Prices, counters: Paid | None) -> None:
         """``counters`` None: what was spent is what ``settle`` is told (provider batches, whose
         answers collected from earlier runs' batches are not this run's to count)."""

@@ -15,7 +15,8 @@ from .assemble import Assembled, assemble
 from .batchfiles import Steps, request_key_of
 from .errors import JobError
 from .executors.base import Ending, Executor, Ledger, Work
-from .journal import Scope, Store
+from .files import reused_journals
+from .journal import Journal, JournalSet, Scope, Store
 from .records import ERROR, OK, PENDING, ChatRequest
 from .rows import watched
 from .spec import describe
@@ -54,6 +55,18 @@ class RunResult:
 def journal_scope(endpoint: Endpoint, answers: Answers) -> Scope:
     """A stored answer is reused only for a request to the same endpoint, judged by the same checks."""
     return Scope(endpoint.identity, answers.signature)
+
+
+def open_store(job: Job, journal: Path, parts: Path | None, *, read_only: bool = False,
+               forget: bool = False) -> JournalSet:  # fmt: skip
+    """A job's store: its output's journal, the parts beside it that Ray workers write, and the
+    journals of the outputs it reuses (their answers count as earlier runs'). Every kind of run
+    opens it this one way, so a dry run plans against what the run would find (it read no reused
+    journal, and counted their answers as requests to send). ``read_only``: a look that may run
+    while another run writes; ``forget``: the output's own journal and parts taken as gone (a dry
+    run of a restart, which would delete them)."""
+    main = Journal(journal, journal_scope(job.endpoint, job.answers), read_only=read_only, empty=forget)
+    return JournalSet(main, None if forget else parts, reused=reused_journals(job))
 
 
 class Stages:

@@ -18,12 +18,12 @@ from .batchfiles import Steps
 from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError, MissingKey
 from .executors.base import Ending, Executor
-from .files import OutputFiles, reused_journals
+from .files import OutputFiles
 from .frames import frame_result, is_frame
 from .jobfile import load_job
-from .journal import Journal, JournalSet
+from .journal import JournalSet
 from .lock import OutputLock
-from .pipeline import RunResult, Stages, finished, journal_scope
+from .pipeline import RunResult, Stages, finished, open_store
 from .plan import Setup
 from .progress import Observer, Silent
 from .records import PENDING
@@ -89,8 +89,7 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
             _no_batches_left_running(job, files)
             files.journal.unlink(missing_ok=True)
             shutil.rmtree(files.parts, ignore_errors=True)
-        journal = JournalSet(Journal(files.journal, journal_scope(job.endpoint, job.answers)), files.parts,
-                             reused=reused_journals(job))  # fmt: skip
+        journal = open_store(job, files.journal, files.parts)
         try:
             job = setup.simulated(job, source)
             executor = executor or executor_for(job, handle_signals=True)
@@ -130,7 +129,7 @@ def _no_batches_left_running(job: Job, files: OutputFiles) -> None:
     """Forgetting the journal must not leave provider batches running, billed and unwatched."""
     if not files.journal.exists():
         return
-    journal = Journal(files.journal, journal_scope(job.endpoint, job.answers), read_only=True)
+    journal = open_store(job, files.journal, None, read_only=True)
     try:
         running = Steps.read(journal.steps).running()
     finally:

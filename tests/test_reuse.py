@@ -49,3 +49,25 @@ def test_a_run_written_elsewhere_reuses_the_jobs_own_output_and_a_missing_one_is
     assert missing.exit_code == 2
     assert f"--reuse: {tmp_path / 'nothing.parquet'} has no journal" in missing.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_dry_run_counts_what_a_run_would_reuse_and_so_sends_what_it_said(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    """A dry run read no reused journal: it said all 100 requests were to send (and estimated
+    their cost) where the run sent 70. It now opens the store as the run does, --restart too."""
+    source = hundred(tmp_path)
+    common = ("-i", source, "-m", "sim-chat", "--base-url", sim.url)
+    assert cli("run", *common, "--limit", "30", "-o", tmp_path / "trial.parquet").exit_code == 0
+    reuse = ("--reuse", tmp_path / "trial.parquet")
+    for flags, to_send in [((), 100), (reuse, 70), ((*reuse, "--restart"), 70)]:
+        dry = cli("run", *common, "-o", tmp_path / "full.parquet", *flags, "--dry-run")
+        assert dry.exit_code == 0 and f"{to_send} requests to send" in dry.stdout, (flags, dry.stdout)
+        assert not (tmp_path / "full.parquet.journal").exists()  # a look, writing nothing
+    assert len(sim.requests) == 30
+    assert cli("run", *common, "-o", tmp_path / "full.parquet", *reuse).exit_code == 0
+    assert len(sim.requests) == 100  # the 70 the dry run said
+    redo = cli("run", *common, "-o", tmp_path / "full.parquet", "--restart", "--dry-run")
+    assert "100 requests to send" in redo.stdout  # its own journal forgotten, as --restart would
+    kept = cli("run", *common, "-o", tmp_path / "full.parquet", "--dry-run")
+    assert "0 requests to send" in kept.stdout

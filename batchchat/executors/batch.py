@@ -142,7 +142,7 @@ class _Rounds:
         self.to_submit: list[ChatRequest] = []
         self.queued: set[str] = set()  # ids in to_submit
         # The cap is on what this run submits: answers collected from earlier runs' batches are not counted
-        self.budget = Budget(engine.max_cost, engine.prices, None) if engine.max_cost is not None else None
+        self.budget = Budget.of(engine.max_cost, engine.prices, None)
         self.held: dict[str, float] = {}  # id -> the budget held for it until its answer comes
         self.waiting: set[str] = set()  # ids in batches whose answers are not yet kept
         self.consumed: set[str] = set()  # ids of collected answers some request took

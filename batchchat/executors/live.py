@@ -71,7 +71,7 @@ class LiveExecutor:
         stop = asyncio.Event()
         signalled = at_once = False
         limits = self.limits
-        budget = Budget(self.max_cost, self.prices, ledger.counters) if self.max_cost is not None else None
+        budget = Budget.of(self.max_cost, self.prices, ledger.counters)
         resting = Resting()
         asker = Asker(
             send,

@@ -21,7 +21,7 @@ from typing import Any
 import ray
 
 from ..jobfile import load_job
-from ..journal import Scope
+from ..pipeline import journal_scope
 from ..spec import Job, RayCluster
 from .engine import connect, sizes
 from .limits import SharedLimits
@@ -44,7 +44,7 @@ def chat(ds: ray.data.Dataset, job: Job | str | os.PathLike[str] | None = None, 
     cluster = job.ray if job.ray.enabled else RayCluster(address="local")
     workers, share = sizes(job, connect(cluster))
     folder = Path(journal) if journal is not None else None
-    storage = Storage(folder, None, Scope(job.endpoint.identity, job.answers.signature))
+    storage = Storage(folder, None, journal_scope(job.endpoint, job.answers))
     shared = SharedLimits.options(num_cpus=0).remote(job.limits, job.max_cost, job.paid_prices)
     claims = Claims.options(num_cpus=0).remote() if folder is not None else None  # answers to share need a folder
     return ds.map_batches(Blocks, fn_constructor_kwargs={"job": job, "shared": shared, "claims": claims,

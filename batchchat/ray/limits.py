@@ -50,7 +50,7 @@ class SharedLimitsImpl:
     def __init__(self, limits: Limits, max_cost: float | None, prices: Prices) -> None:
         self.throttle = Throttle(limits.concurrency, rpm=limits.rpm, tpm=limits.tpm)
         self.paid = Counters()  # what every worker's answers cost: the budget reads it
-        self.budget = Budget(max_cost, prices, self.paid) if max_cost is not None else None
+        self.budget = Budget.of(max_cost, prices, self.paid)
         self.leased: dict[int, tuple[Permit, ChatRequest, float]] = {}
         self.ids = itertools.count()
 
