@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .assemble import Assembled, assemble
-from .batchfiles import Steps, request_key_of
 from .errors import JobError
-from .executors.base import Ending, Executor, Ledger, Work
+from .executors.base import Elsewhere, Ending, Executor, Ledger, Work
 from .files import reused_journals
 from .journal import Journal, JournalSet, Scope, Store
 from .records import ERROR, OK, PENDING, ChatRequest
@@ -88,8 +87,8 @@ class Stages:
         self.running = False  # provider batches of earlier runs to collect
 
     def plan(self, output: Path | None) -> Plan:
-        steps = Steps.read(self.store.steps)
-        running = steps.running()
+        elsewhere = Elsewhere.of(self.store)
+        running = elsewhere.running
         if running and not self.job.batch.enabled:  # sent live, they would be paid for twice
             names = self.job.names
             raise JobError(
@@ -101,7 +100,7 @@ class Stages:
         self.stats.total = plan.to_send
         self.running = bool(running)
         if running:
-            waiting = {request_key_of(cid) for cid in steps.waiting()}
+            waiting = elsewhere.waiting
             rows = self.rows
             sent = sum(1 for row in range(len(rows.keys)) if rows.sends[row] and rows.keys[row] in waiting)
             plan = replace(plan, waiting=sent)
@@ -128,13 +127,13 @@ class Stages:
     def assemble(self, tally: RowTally) -> Iterator[Assembled]:
         assert self.rows is not None, "plan first"
         slots = self.setup.builder.spec.groups
-        waiting = {request_key_of(cid) for cid in Steps.read(self.store.steps).waiting()}
+        waiting = Elsewhere.of(self.store).waiting  # as the run left them
         return assemble(self.source, self.rows, slots, self.store, tally, self.setup.derived, waiting)
 
     def summary(self, tally: RowTally) -> Summary:
         job = self.job
         capped = self.ending is Ending.BUDGET and tally.statuses[PENDING] > 0  # rows the cap left unsent
-        batches = Steps.read(self.store.steps).times(self.began) if job.batch.enabled else None
+        batches = Elsewhere.times(self.store, self.began) if job.batch.enabled else None
         return self.stats.summary(self.wall_s, tally, cost_cap=job.max_cost, budget_stopped=capped,
                                   streamed=job.stream, batches=batches)  # fmt: skip
 

@@ -14,10 +14,9 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from .batchfiles import Steps
 from .engines import executor_for
 from .errors import FatalAPIError, Interrupted, JobError, MissingKey
-from .executors.base import Ending, Executor
+from .executors.base import Elsewhere, Ending, Executor
 from .files import OutputFiles
 from .frames import frame_result, is_frame
 from .jobfile import load_job
@@ -131,7 +130,7 @@ def _no_batches_left_running(job: Job, files: OutputFiles) -> None:
         return
     journal = open_store(job, files.journal, None, read_only=True)
     try:
-        running = Steps.read(journal.steps).running()
+        running = Elsewhere.of(journal).running
     finally:
         journal.close()
     if running:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..answers import AnswerCheck
+from ..batchfiles import Steps, request_key_of
 from ..journal import Store
 from ..records import ERROR, OK, PENDING, ChatRequest, RowOutcome
-from ..stats import Counters, Stats
+from ..stats import BatchTimes, Counters, Stats
 
 if TYPE_CHECKING:
     from ..progress import Observer
@@ -42,6 +43,27 @@ class BatchProgress:
     requests: int  # in them
     done: int  # requests the provider has answered or failed so far
     failed: int
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """Work an engine submitted to run elsewhere (provider batches), as the store's records leave
+    it: what may still run there (billed: to be collected, never sent again) and the keys of the
+    requests waiting in it. Only the batch engine knows the shape of its records
+    (``batchfiles.Steps``); the stages and runs read them through this."""
+
+    running: tuple[str, ...] = ()  # files and batches that may still run at the provider
+    waiting: frozenset[str] = frozenset()  # request keys in them
+
+    @classmethod
+    def of(cls, store: Store) -> Elsewhere:
+        steps = Steps.read(store.steps)
+        return cls(tuple(steps.running()), frozenset(request_key_of(cid) for cid in steps.waiting()))
+
+    @staticmethod
+    def times(store: Store, since: float) -> BatchTimes:
+        """The batches submitted and collected since ``since`` (epoch), and those still waiting."""
+        return Steps.read(store.steps).times(since)
 
 
 @dataclass(frozen=True)
