@@ -19,6 +19,7 @@ import click
 
 from .console import Progress, Shown, say
 from .errors import BatchchatError, FatalAPIError, Interrupted, MissingKey, RequestError, StorageError
+from .spec import SIM_POLL_S, Answers, BatchAPI, Limits, Resume, RetryPolicy, Scoring, default
 from .text import dry_run_text, overview_text, quiet_line, summary_text
 from .words import plural
 
@@ -199,12 +200,12 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
             multiple=True,
             help="Any other request field; VALUE is read as JSON when it parses. Repeatable.",
         ),
-        click.option("--max-attempts", type=int, help="Attempts per request, the first included [default: 6]."),
+        click.option("--max-attempts", type=int, help=f"Attempts per request, the first included [default: {default(RetryPolicy, 'max_attempts')}]."),
         click.option(
             "--timeout",
             type=float,
             metavar="SECONDS",
-            help="Limit for each attempt; when streaming, for each silence [default: 300].",
+            help=f"Limit for each attempt; when streaming, for each silence [default: {default(RetryPolicy, 'timeout_s'):g}].",
         ),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
@@ -238,7 +239,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
 )
 @request_options()
 @click.option("--concurrency", type=int,
-              help="Requests in flight at once, at most: fewer while a server shows it takes fewer [default: 16].")  # fmt: skip
+              help="Requests in flight at once, at most: fewer while a server shows it takes fewer "
+                   f"[default: {default(Limits, 'concurrency')}].")  # fmt: skip
 @click.option(
     "--rpm", type=int, help="Requests per minute, never exceeded [default: adapt to 429s and rate-limit headers]."
 )
@@ -264,7 +266,7 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     "--grace",
     type=float,
     metavar="SECONDS",
-    help="After Ctrl-C or SIGTERM, how long requests in flight may finish [default: 10].",
+    help=f"After Ctrl-C or SIGTERM, how long requests in flight may finish [default: {default(Resume, 'grace_s'):g}].",
 )
 @click.option(
     "--variant",
@@ -300,13 +302,15 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
 )
 @click.option("--labels", metavar="A,B,...", help="Answers must be one of these labels; adds a `label` column.")
 @click.option(
-    "--invalid-retries", type=int, help="Asks again for an answer that breaks the schema or labels [default: 2]."
+    "--invalid-retries",
+    type=int,
+    help=f"Asks again for an answer that breaks the schema or labels [default: {default(Answers, 'invalid_retries')}].",
 )
 @click.option("--expected-column", metavar="NAME", help="Column of expected answers; adds a `score` column.")
 @click.option(
     "--score",
     type=click.Choice(["exact", "contains", "regex", "json_equal"]),
-    help="How answers are compared with the expected column [default: exact].",
+    help=f"How answers are compared with the expected column [default: {default(Scoring, 'method')}].",
 )
 @click.option(
     "--price",
@@ -337,7 +341,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     "--poll-every",
     type=float,
     metavar="SECONDS",
-    help="How often a waiting run asks how its batches stand [default: 30; 0.2 on this machine].",
+    help=f"How often a waiting run asks how its batches stand [default: {default(BatchAPI, 'poll_s'):g}; {SIM_POLL_S:g} on "
+    "this machine].",
 )
 @click.option(
     "--cancel", is_flag=True, default=None, help="Cancel this output's running batches; keep what they finished."

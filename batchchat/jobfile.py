@@ -41,6 +41,7 @@ from .spec import (
     INVALID_TEXT,
     RESERVED_PARAMS,
     SCORES,
+    SIM_POLL_S,
     Answers,
     BatchAPI,
     Job,
@@ -54,6 +55,7 @@ from .spec import (
     Scoring,
     SimConfig,
     Variant,
+    default,
     normalize_label,
     option_problem,
 )
@@ -226,18 +228,18 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         params=tuple(sorted(params.items())),
         endpoint=endpoint,
         limits=Limits(
-            concurrency=whole(s.get("concurrency"), at("concurrency"), 1, 10_000) or 16,
+            concurrency=whole(s.get("concurrency"), at("concurrency"), 1, 10_000) or default(Limits, "concurrency"),
             rpm=whole(s.get("rpm"), at("rpm"), 1),
             tpm=whole(s.get("tpm"), at("tpm"), 1),
         ),
         retry=RetryPolicy(
-            max_attempts=whole(s.get("max_attempts"), at("max_attempts"), 1, 100) or 6,
-            timeout_s=number(s.get("timeout"), at("timeout"), 0.001) or 300.0,
+            max_attempts=whole(s.get("max_attempts"), at("max_attempts"), 1, 100) or default(RetryPolicy, "max_attempts"),
+            timeout_s=number(s.get("timeout"), at("timeout"), 0.001) or default(RetryPolicy, "timeout_s"),
         ),
         resume=Resume(
             restart=flag(s.get("restart"), at("restart"), False),
             retry_errors=flag(s.get("retry_errors"), at("retry_errors"), False),
-            grace_s=_default(number(s.get("grace"), at("grace"), 0.0, 3600.0), 10.0),
+            grace_s=_default(number(s.get("grace"), at("grace"), 0.0, 3600.0), default(Resume, "grace_s")),
             reuse=_paths(s.get("reuse"), at("reuse")),
         ),
         stream=_stream(s, at),
@@ -294,7 +296,8 @@ def _batch(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], st
     here = endpoint.provider == "sim" or (endpoint.base_url is not None and is_loopback(endpoint.base_url))
     return BatchAPI(
         enabled=True,
-        poll_s=_default(number(s.get("poll_every"), at("poll_every"), 0.01, 3600.0), 0.2 if here else 30.0),
+        poll_s=_default(number(s.get("poll_every"), at("poll_every"), 0.01, 3600.0),
+                        SIM_POLL_S if here else default(BatchAPI, "poll_s")),
         detach=detach,
         cancel=cancel,
         live_retry=live_retry,
@@ -634,7 +637,7 @@ def parse_scoring(expected: Any, method: Any, at: Callable[[str], str],
         )
     if score is not None and column is None:
         raise JobError(f"{at('score')} needs the column of expected answers: set {name('expected_column')}")
-    return Scoring(column, score or "exact")
+    return Scoring(column, score or default(Scoring, "method"))
 
 
 def parse_prices(value: Any, at: str) -> dict[str, Price]:

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,6 +42,15 @@ class Prompt:
     system: str | None = None
     turns_column: str | None = None  # a JSON list of user turns, sent one after another
     column_optional: bool = False  # the default prompt column beside a messages column: used where it exists
+
+
+def default(part: type, name: str) -> Any:
+    """The default of a setting, as the part of a job that holds it declares it: the job-file
+    reader and the flags' help take it from here, so it is written once (the library's keywords
+    are read by the job-file reader)."""
+    found = [f.default for f in fields(part) if f.name == name]
+    assert found, f"{part.__name__} has no setting {name}"
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -202,13 +211,16 @@ class SimConfig:
         )
 
 
+SIM_POLL_S = 0.2  # a batch run against a server on this machine asks this often: it answers in moments
+
+
 @dataclass(frozen=True)
 class BatchAPI:
     """Running the job as provider batches (``batch_api``): about half the price, results within
     a day, no rate limit."""
 
     enabled: bool = False
-    poll_s: float = 30.0  # how often a waiting run asks how its batches stand
+    poll_s: float = 30.0  # how often a waiting run asks how its batches stand (SIM_POLL_S on this machine)
     detach: bool = False  # submit and return: a later run collects
     cancel: bool = False  # cancel this output's running batches (and collect what they finished)
     live_retry: bool = False  # the requests that ended in error before go live, not in a batch

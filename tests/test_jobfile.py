@@ -148,3 +148,41 @@ def test_simulator_table_is_checked(tmp_path, prompts):
     job_file = write_job(tmp_path, 'input = "prompts.csv"\nmodel = "m"\nprovider = "sim"\n[simulator]\nlatncy_ms = 5\n')
     with pytest.raises(JobError, match="did you mean 'latency_ms'"):
         load_job(job_file)
+
+
+@pytest.mark.parametrize(
+    ("flag", "part", "name", "read"),
+    [
+        ("--concurrency", "Limits", "concurrency", lambda job: job.limits.concurrency),
+        ("--max-attempts", "RetryPolicy", "max_attempts", lambda job: job.retry.max_attempts),
+        ("--timeout", "RetryPolicy", "timeout_s", lambda job: job.retry.timeout_s),
+        ("--grace", "Resume", "grace_s", lambda job: job.resume.grace_s),
+        ("--invalid-retries", "Answers", "invalid_retries", lambda job: job.answers.invalid_retries),
+        ("--score", "Scoring", "method", lambda job: job.scoring.method),
+        ("--poll-every", "BatchAPI", "poll_s", lambda job: job.batch.poll_s),
+    ],
+)
+def test_a_settings_default_is_the_same_in_the_help_a_job_file_and_the_library(tmp_path, flag, part, name, read):
+    """Defaults were written in the job's parts, again in the job-file reader and again in the
+    flags' help: the help said 300 s where a changed part would have waited otherwise. Each is now
+    read from the part that holds it; this checks all three say the same."""
+    import batchchat.spec as spec
+    from batchchat.cli import run
+
+    value = spec.default(getattr(spec, part), name)
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    option = next(p for p in run.params if flag in p.opts)
+    assert f"[default: {shown}" in " ".join((option.help or "").split()), option.help
+    # A batch run against a remote endpoint, so that every part is in use (the simulator polls faster).
+    settings = {"model": "m", "base_url": "https://api.example.com/v1", "batch_api": True}
+    job_file = tmp_path / "job.toml"
+    job_file.write_text('model = "m"\nbase_url = "https://api.example.com/v1"\nbatch_api = true\n', encoding="utf-8")
+    assert read(load_job(None, check_key=False, **settings)) == value
+    assert read(load_job(job_file, check_key=False)) == value
+
+
+def test_the_default_of_a_setting_that_is_not_there_is_refused():
+    import batchchat.spec as spec
+
+    with pytest.raises(AssertionError):
+        spec.default(spec.Limits, "nothing")
