@@ -40,6 +40,7 @@ def assemble(source: TableSource, rows: Rows, slots: Sequence[tuple[str, str | N
         if end > len(rows.keys):
             raise InputChanged(source.name, "it has more rows than when the run began")
         keys = [rows.keys[row] for row in range(first, end)]
+        store.prefetch(key for key in keys if key is not None)  # one search a batch: get_many, then who paid
         records = store.get_many(key for key in keys if key is not None)
         if store.has_stale:  # answers judged by other checks are judged by the job's
             records.update(stale_outcomes(store, records, check))

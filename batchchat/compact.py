@@ -13,7 +13,7 @@ there are few. The first row of each key is found by one sort of the 16-byte key
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,8 +33,10 @@ class KeyIndex:
         self._odd: dict[str, int] = {}  # keys of any other shape, never folded
         self._keys: np.ndarray[Any, Any] | None = None  # sorted, dtype S16
         self._values: np.ndarray[Any, Any] | None = None  # uint32 (int64 past 4 GB), in the keys' order
+        self._hot: dict[str, int] = {}  # the folded keys last prefetched: their numbers, -1 where absent
 
     def __setitem__(self, key: str, value: int) -> None:
+        self._hot.pop(key, None)
         if len(key) != HEX_KEY:
             self._odd[key] = value
             return
@@ -51,8 +53,39 @@ class KeyIndex:
         value = self._odd.get(key)
         if value is not None:
             return value
+        value = self._hot.get(key)
+        if value is not None:
+            return value if value >= 0 else None
         at = self._find(key)
         return None if at is None else int(self._values[at])  # type: ignore[index]
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Look the folded keys among ``keys`` up at once, so that asking for each next is a
+        dict lookup: one search of the arrays for a batch of rows, not a numpy call a key (a
+        third of the CPU of a 200,000-row rerun). Only the last call's keys are held."""
+        self._hot = {}
+        if self._keys is None:
+            return
+        import numpy as np
+
+        wanted: dict[str, bytes] = {}
+        for key in keys:
+            if len(key) == HEX_KEY and key not in self._recent and key not in wanted:
+                try:
+                    packed = bytes.fromhex(key)
+                except ValueError:
+                    continue
+                if packed.hex() == key:  # upper case and other shapes are never folded
+                    wanted[key] = packed
+        if not wanted:
+            return
+        folded = self._keys
+        probe = np.array(list(wanted.values()), dtype="S16")
+        at = np.minimum(np.searchsorted(folded, probe), len(folded) - 1)
+        found = folded[at] == probe  # compared as arrays (see _find)
+        values = self._values[at].astype(np.int64)  # type: ignore[index]
+        values[~found] = -1
+        self._hot = dict(zip(wanted, values.tolist(), strict=True))
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None

@@ -112,6 +112,11 @@ class Store(Protocol):
 
     def add(self, outcome: RowOutcome) -> None: ...
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Look many keys up at once (a batch of rows): asking for each next is then cheap.
+        What it answers is the same either way."""
+        ...
+
     def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
         """The outcomes stored for the keys that have one; with ``answers``, each with the answer
         as received (``RowOutcome.answer``), which assembly does not need."""
@@ -184,6 +189,9 @@ class MemoryStore:
         # What was read from the answer is all a run in memory needs: the answer itself, as
         # received, would only hold memory (a journal keeps it, for reading again later).
         self._outcomes[outcome.key] = replace(outcome, answer=None) if outcome.answer is not None else outcome
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        pass
 
     def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
         return {key: o for key in keys if (o := self._outcomes.get(key)) is not None}
@@ -360,6 +368,9 @@ class Journal:
             self._cut_back()
             raise StorageError("the journal", self.path, e) from None
         self.steps.append(step)
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        self._offsets.prefetch(keys)
 
     def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
         """Records for the keys that have one, read in file order (cheap, mostly sequential)."""
@@ -638,6 +649,11 @@ class JournalSet:
 
     def add_step(self, step: dict[str, Any]) -> None:
         self.main.add_step(step)
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for journal in (self.main, *self.parts, *self.reused):
+            journal.prefetch(keys)
 
     def get_many(self, keys: Iterable[str], answers: bool = False) -> dict[str, RowOutcome]:
         if not self.parts and not self.reused:

@@ -144,6 +144,7 @@ class Setup:
         built_from: int | None = None
         for batch, items in self.builder.rows(source):
             input_rows += batch.num_rows
+            store.prefetch(i.key for i in items if isinstance(i, ChatRequest))  # one search a batch, not one a row
             stored = (i.key for i in items if isinstance(i, ChatRequest) and i.key in store)
             judged = stale_outcomes(store, stored, self.check)
             for item in items:

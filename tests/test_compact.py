@@ -132,3 +132,30 @@ def test_runs_past_the_fold_answer_each_row_once_and_resume(monkeypatch, tmp_pat
     batchchat.run(input=source, output=output, model="sim-chat", base_url=sim.url)
     assert sim.stats()["answered"] == 32 and sim.stats()["answered_twice"] == 0  # only the 9 new
     check(read_output(output), more)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(keys, st.integers(0, 2**40)), max_size=120), st.integers(1, 9),
+       st.lists(keys, max_size=40), st.lists(st.tuples(keys, st.integers(0, 2**40)), max_size=20))  # fmt: skip
+def test_keys_looked_up_at_once_answer_as_a_dict_does_and_after_a_write_too(writes, fold_at, fetched, later):
+    """``prefetch`` answers a batch's keys from one search; a key written after it (folded or
+    not) must answer its new number, and one never written none."""
+    index, model = KeyIndex(fold_at=fold_at), {}
+    for k, value in writes:
+        index[k] = model[k] = value
+    index.prefetch(fetched)
+    for k in fetched:
+        assert index.get(k) == model.get(k)
+    for k, value in later:
+        index[k] = model[k] = value
+    for k in {*model, *fetched, *(key(n) for n in range(70))}:
+        assert index.get(k) == model.get(k) and (k in index) == (k in model)
+
+
+def test_a_prefetched_key_is_found_without_a_search_of_its_own(monkeypatch):
+    index = KeyIndex(fold_at=2)
+    for n in range(10):
+        index[key(n)] = n
+    index.prefetch([key(3), key(99)])
+    monkeypatch.setattr(KeyIndex, "_find", lambda self, k: pytest.fail(f"searched for {k} one at a time"))
+    assert index.get(key(3)) == 3 and index.get(key(99)) is None

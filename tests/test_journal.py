@@ -215,3 +215,35 @@ def test_a_live_lock_names_its_process_and_a_dead_ones_lock_is_taken_over(tmp_pa
     with OutputLock(output) as lock:
         assert f"pid {os.getpid()}" in lock.path.read_text()
     assert not (tmp_path / "out.parquet.lock").exists()
+
+
+def test_a_journal_holding_more_keys_than_its_dict_answers_a_rerun_the_same(tmp_path, monkeypatch):
+    """Past FOLD_AT keys the index keeps them in sorted arrays, and the plan and the assembly look
+    a batch's keys up at once (``prefetch``): a rerun of a finished run sends nothing, and writes
+    the very rows it wrote, each paid by the earlier run; the rows that failed are found failed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import batchchat
+
+    monkeypatch.setattr("batchchat.compact.FOLD_AT", 8)
+    prompts = [f"question {i}" for i in range(90)] + ["question 3", ""]
+    pq.write_table(pa.table({"prompt": prompts}), tmp_path / "in.parquet")
+    settings = dict(input=tmp_path / "in.parquet", output=tmp_path / "out.parquet", model="sim-chat",
+                    provider="sim", simulator={"fault_rate": 0.2, "seed": 3}, max_attempts=1)  # fmt: skip
+    first = batchchat.run(**settings)
+    before = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    statuses = [r["status"] for r in before]
+    assert statuses.count("error") > 2 and statuses.count("ok") > 50  # some failed, some answered
+    again = batchchat.run(**settings)
+    after = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert again.summary.requests == 0 and first.summary.requests == 90
+    assert [{**r, "paid": None} for r in after] == [{**r, "paid": None} for r in before]
+    assert [r["paid"] for r in after] == [
+        None if r["status"] == "error" and r["error_type"] == "invalid_input" else
+        "shared" if i == 90 else "earlier_run" for i, r in enumerate(before)]  # fmt: skip
+    pq.write_table(pa.table({"prompt": prompts + [f"new {i}" for i in range(10)]}), tmp_path / "in.parquet")
+    grown = batchchat.run(**settings)  # ten keys the journal has not got: sent, not taken as answered
+    assert grown.summary.requests == 10
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert rows[:92] == after and {r["paid"] for r in rows[92:]} == {"this_run"}
