@@ -152,6 +152,13 @@ def test_keys_looked_up_at_once_answer_as_a_dict_does_and_after_a_write_too(writ
         assert index.get(k) == model.get(k) and (k in index) == (k in model)
 
 
+def test_keys_looked_up_at_once_after_a_fold_of_only_odd_keys():
+    index = KeyIndex(fold_at=1)
+    index["x" * 32] = 0  # 32 characters, not hexadecimal: kept aside, and the arrays folded empty
+    index.prefetch([key(0), "x" * 32])
+    assert index.get(key(0)) is None and index.get("x" * 32) == 0
+
+
 def test_a_prefetched_key_is_found_without_a_search_of_its_own(monkeypatch):
     index = KeyIndex(fold_at=2)
     for n in range(10):
