@@ -16,7 +16,7 @@ from .files import OutputFiles
 from .jobfile import build_job
 from .journal import MemoryStore, Store
 from .money import Estimates, GroupEstimate, estimate_all
-from .pipeline import open_store
+from .pipeline import open_store, under_way, with_waiting
 from .plan import Plan, Setup
 from .records import ChatRequest
 from .source import open_source
@@ -87,11 +87,14 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         files.check()  # what a run would find only after paying
         store = open_store(job, files.journal, files.parts, read_only=True, forget=job.resume.restart)
     try:
+        elsewhere = under_way(job, store)  # refused as the run would be, or its batches counted
         plan, rows = setup.plan(source, store, job.output)
     finally:
         store.close()
+    plan = with_waiting(plan, rows, elsewhere)
     builder = setup.builder
-    requests = builder.requests(source, rows.keys, rows.sends)
+    # what waits in provider batches is collected, neither sent nor submitted again
+    requests = (r for r in builder.requests(source, rows.keys, rows.sends) if r.key not in elsewhere.waiting)
     first = next(requests, None)
     slots = builder.spec.groups
     everything = itertools.chain([first] if first is not None else [], requests)
@@ -99,6 +102,7 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     batch = None
     if job.batch.enabled:
         limits = Limits.of(dialect_of(job.endpoint, job.simulator), job.simulator if job.endpoint.provider == "sim" else None)
-        count = sum(1 for _ in split(builder.requests(source, rows.keys, rows.sends), limits))
-        batch = BatchPlan(count, plan.to_send, limits, estimates.cost_at(job.paid_prices))
+        new = (r for r in builder.requests(source, rows.keys, rows.sends) if r.key not in elsewhere.waiting)
+        count = sum(1 for _ in split(new, limits))
+        batch = BatchPlan(count, plan.to_send - plan.waiting, limits, estimates.cost_at(job.paid_prices))
     return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices, batch)

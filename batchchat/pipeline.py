@@ -56,6 +56,31 @@ def journal_scope(endpoint: Endpoint, answers: Answers) -> Scope:
     return Scope(endpoint.identity, answers.signature)
 
 
+def under_way(job: Job, store: Store) -> Elsewhere:
+    """What provider batches of earlier runs left running for this output. A job that does not
+    use them is refused: sent live, those requests would be paid for twice."""
+    elsewhere = Elsewhere.of(store)
+    running = elsewhere.running
+    if running and not job.batch.enabled:
+        names = job.names
+        raise JobError(
+            f"provider batches of this output are still running ({plural(len(running), 'file')} of requests "
+            f"submitted with {names('batch_api')}): collect them with {names('batch_api')}, or cancel them with "
+            f"{names('batch_api')} {names('cancel')}, before running without it"
+        )
+    return elsewhere
+
+
+def with_waiting(plan: Plan, rows: Rows, elsewhere: Elsewhere) -> Plan:
+    """``plan``, counting which of its requests to send already wait in provider batches (they
+    are collected, not sent again)."""
+    if not elsewhere.running:
+        return plan
+    waiting = elsewhere.waiting
+    sent = sum(1 for row in range(len(rows.keys)) if rows.sends[row] and rows.keys[row] in waiting)
+    return replace(plan, waiting=sent)
+
+
 def open_store(job: Job, journal: Path, parts: Path | None, *, read_only: bool = False,
                forget: bool = False) -> JournalSet:  # fmt: skip
     """A job's store: its output's journal, the parts beside it that Ray workers write, and the
@@ -87,24 +112,11 @@ class Stages:
         self.running = False  # provider batches of earlier runs to collect
 
     def plan(self, output: Path | None) -> Plan:
-        elsewhere = Elsewhere.of(self.store)
-        running = elsewhere.running
-        if running and not self.job.batch.enabled:  # sent live, they would be paid for twice
-            names = self.job.names
-            raise JobError(
-                f"provider batches of this output are still running ({plural(len(running), 'file')} of requests "
-                f"submitted with {names('batch_api')}): collect them with {names('batch_api')}, or cancel them with "
-                f"{names('batch_api')} {names('cancel')}, before running without it"
-            )
+        elsewhere = under_way(self.job, self.store)
         plan, self.rows = self.setup.plan(self.source, self.store, output)
         self.stats.total = plan.to_send
-        self.running = bool(running)
-        if running:
-            waiting = elsewhere.waiting
-            rows = self.rows
-            sent = sum(1 for row in range(len(rows.keys)) if rows.sends[row] and rows.keys[row] in waiting)
-            plan = replace(plan, waiting=sent)
-        return plan
+        self.running = bool(elsewhere.running)
+        return with_waiting(plan, self.rows, elsewhere)
 
     async def execute(self, executor: Executor) -> Ending:
         """The plan's work, answered by ``executor`` into the store (nothing to do: done)."""

@@ -348,7 +348,7 @@ def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
 def dry_run_text(dry: DryRun) -> str:
     plan = dry.plan
     lines = ["dry run: nothing was sent", *plan_lines(plan)]
-    if not plan.done_rows and not plan.shared_rows:
+    if not plan.done_rows and not plan.shared_rows and not plan.waiting:  # else plan_lines said it
         lines.append(f"{plural(plan.to_send, 'request')} to send")
     rows = [("model", "variant", "requests", "prompt tokens", "completion tokens", "cost")]
     for g in dry.groups:

@@ -473,3 +473,23 @@ def test_a_capped_detached_job_submits_every_night_its_cap_counting_only_what_it
         assert result.exit_code == 0, result.stderr  # submitted, detached: not "stopped at the cost cap"
         assert sim.stats()["batches_created"] == night
         time.sleep(0.5)  # the night's batch finishes
+
+
+def test_a_dry_run_counts_the_requests_waiting_in_batches_and_refuses_as_the_run_would(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    """With batches still running, a dry run said every request was to send and estimated it;
+    the run collects them instead (with --batch-api) or refuses (without)."""
+    sim = sim_factory(batch_seconds=30.0)
+    source = questions(tmp_path)
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url)
+    assert cli("run", *common, "--batch-api", "--detach").exit_code == 0
+    dry = cli("run", *common, "--batch-api", "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    assert "0 requests to send, 12 waiting in provider batches submitted before" in dry.stdout, dry.stdout
+    assert "12 requests to send" not in dry.stdout
+    for command in (("--dry-run",), ()):  # a dry run says what the run does: no
+        refused = cli("run", *common, *command)
+        assert refused.exit_code == 2 and "provider batches of this output are still running" in refused.stderr
+    assert sim.stats()["batches_created"] == 1
