@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,8 +94,13 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         store.close()
     plan = with_waiting(plan, rows, elsewhere)
     builder = setup.builder
-    # what waits in provider batches is collected, neither sent nor submitted again
-    requests = (r for r in builder.requests(source, rows.keys, rows.sends) if r.key not in elsewhere.waiting)
+
+    def new() -> Iterator[ChatRequest]:
+        """The requests the run would send: what waits in provider batches is collected, neither
+        sent nor submitted again."""
+        return (r for r in builder.requests(source, rows.keys, rows.sends) if r.key not in elsewhere.waiting)
+
+    requests = new()
     first = next(requests, None)
     slots = builder.spec.groups
     everything = itertools.chain([first] if first is not None else [], requests)
@@ -102,7 +108,6 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     batch = None
     if job.batch.enabled:
         limits = Limits.of(dialect_of(job.endpoint, job.simulator), job.simulator if job.endpoint.provider == "sim" else None)
-        new = (r for r in builder.requests(source, rows.keys, rows.sends) if r.key not in elsewhere.waiting)
-        count = sum(1 for _ in split(new, limits))
+        count = sum(1 for _ in split(new(), limits))
         batch = BatchPlan(count, plan.to_send - plan.waiting, limits, estimates.cost_at(job.paid_prices))
     return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices, batch)
