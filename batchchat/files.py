@@ -148,8 +148,12 @@ def reused_journals(job: Job) -> list[Path]:
     """The journals of the outputs a job reuses: those it names (each must have one), and the
     journal of the output it writes without -o, when it writes elsewhere and that one exists."""
     found = []
+    own = OutputFiles.of(job.output).journal.resolve() if job.output is not None else None
     for path in job.resume.reuse:
         journal = path if path.name.endswith(".journal") else OutputFiles.of(path).journal
+        if job.resume.restart and journal.resolve() == own:  # refused before the journal is deleted
+            raise JobError(f"{job.names('reuse')} names {path}, this run's own output, whose journal "
+                           f"{job.names('restart')} deletes: keep one of them")  # fmt: skip
         if not journal.is_file():
             raise JobError(f"{job.names('reuse')}: {path} has no journal ({journal} does not exist); name an output "
                            "a run wrote, or its journal")  # fmt: skip

@@ -71,3 +71,20 @@ def test_a_dry_run_counts_what_a_run_would_reuse_and_so_sends_what_it_said(
     assert "100 requests to send" in redo.stdout  # its own journal forgotten, as --restart would
     kept = cli("run", *common, "-o", tmp_path / "full.parquet", "--dry-run")
     assert "0 requests to send" in kept.stdout
+
+
+def test_reusing_the_output_a_restart_forgets_is_refused_before_anything_is_deleted(
+    tmp_path: Path, sim: BackgroundSimulator
+) -> None:
+    """The run deleted the journal (--restart), then failed: "--reuse: out.parquet has no
+    journal"; the dry run said 100 requests to send. Both now refuse at once, naming both."""
+    source = hundred(tmp_path)
+    output = tmp_path / "out.parquet"
+    common = ("-i", source, "-m", "sim-chat", "--base-url", sim.url, "-o", output)
+    assert cli("run", *common, "--limit", "30").exit_code == 0
+    journal = (tmp_path / "out.parquet.journal").read_bytes()
+    for dry in ((), ("--dry-run",)):
+        refused = cli("run", *common, "--reuse", output, "--restart", *dry)
+        assert refused.exit_code == 2, refused.stderr
+        assert f"--reuse names {output}, this run's own output, whose journal --restart deletes" in refused.stderr
+    assert (tmp_path / "out.parquet.journal").read_bytes() == journal and len(sim.requests) == 30
