@@ -85,6 +85,8 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
     with OutputLock(output, job.names("output")):
         files.remove_stale_temps()
         if job.resume.restart:
+            # before anything is deleted: it opens the store as the run will, so a --reuse the
+            # restart would break (the output's own journal) is refused here too
             _no_batches_left_running(job, files)
             files.journal.unlink(missing_ok=True)
             shutil.rmtree(files.parts, ignore_errors=True)
