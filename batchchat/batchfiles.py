@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .endpoint import Endpoint
+from .providers import PROVIDERS
 from .records import ChatRequest
 from .spec import SimConfig
 from .stats import BatchTimes
 
 ENDPOINT = "/v1/chat/completions"
-MAX_LINES = 50_000  # requests per file, at both providers
-MAX_BYTES = {"together": 100 * 1024 * 1024, "openai": 200 * 1024 * 1024}
 
 
 def dialect_of(endpoint: Endpoint, simulator: SimConfig) -> str:
@@ -38,15 +37,18 @@ def dialect_of(endpoint: Endpoint, simulator: SimConfig) -> str:
 class Limits:
     """What one file (and so one batch) may hold."""
 
-    lines: int = MAX_LINES
-    bytes: int = MAX_BYTES["together"]
+    lines: int
+    bytes: int
 
     @classmethod
     def of(cls, dialect: str, simulator: SimConfig | None = None) -> Limits:
-        lines = MAX_LINES
+        """The limits of the provider whose Batch API is spoken (``dialect``: its name)."""
+        provider = PROVIDERS[dialect]
+        assert provider.batch_max_lines is not None and provider.batch_max_bytes is not None
+        lines = provider.batch_max_lines
         if simulator is not None and simulator.batch_max_lines:
             lines = min(lines, simulator.batch_max_lines)
-        return cls(lines, MAX_BYTES.get(dialect, MAX_BYTES["together"]))
+        return cls(lines, provider.batch_max_bytes)
 
 
 def line(request: ChatRequest) -> bytes:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from .client import ChatClient
 from .endpoint import Endpoint
+from .providers import dialect
 from .spec import RetryPolicy, SimConfig
 
 
@@ -30,6 +31,7 @@ async def open_client(endpoint: Endpoint, *, concurrency: int, retry: RetryPolic
             timeout_s=retry.timeout_s,
             stream=stream,
             stream_usage=endpoint.stream_usage,
+            wire=dialect(endpoint.dialect),
         ) as client:
             yield client
     finally:

@@ -84,7 +84,7 @@ class Crowding:
         """Whether the slots were cut. ``crowd``: requests in flight as it failed, itself included
         (the one cut short is often the first sent, alone, so what it met counts, not what it left with)."""
         kind = error.error_type
-        if not (kind in (STREAM_TRUNCATED, TIMEOUT) or (kind == SERVER_ERROR and error.status == 503)):
+        if not (kind in (STREAM_TRUNCATED, TIMEOUT) or (kind == SERVER_ERROR and error.busy)):
             return False
         if crowd < 2:  # alone, it was not crowded out: a cut still judged hears that failures go on
             if self._provisional is not None and sent_at >= self._cut_at:

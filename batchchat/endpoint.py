@@ -15,14 +15,8 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from .errors import AUTH, NO_CREDIT, REDIRECT, RequestError
+from .providers import PROVIDERS, provider_at
 
-PROVIDERS: dict[str, tuple[str | None, str | None]] = {
-    "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "sim": (None, None),
-}
-# Read as the providers' SDKs read them: the base URL when neither a flag nor the job file sets one.
-URL_VARIABLES = {"together": "TOGETHER_BASE_URL", "openai": "OPENAI_BASE_URL"}
 SIMULATOR = "the built-in simulator"
 
 
@@ -67,14 +61,19 @@ class Endpoint:
         return f"{url} (from {self.base_url_env})" if self.base_url_env else url
 
     @property
+    def dialect(self) -> str:
+        """The wire format requests here are sent in: the provider's."""
+        return PROVIDERS[self.provider].dialect
+
+    @property
     def stream_usage(self) -> bool:
         """Whether streams must ask for usage (OpenAI's ``stream_options``). Together and the
         simulator send usage on the final chunk unasked; vLLM and OpenAI send it only when asked,
         and servers that do not know the option ignore it."""
         if self.provider == "sim" or self.base_url is None:
             return False
-        host = urlparse(self.base_url).hostname or ""
-        return not (host == "together.xyz" or host.endswith((".together.xyz", ".together.ai")))
+        known = provider_at(self.base_url)
+        return known.stream_usage if known is not None else True
 
     def auth_problem(self, error: RequestError) -> str:
         """What a 401 means and what to do: a key was refused, or none was sent."""
@@ -112,8 +111,6 @@ def endpoint_label(identity: str) -> str:
     return SIMULATOR if identity == "sim" else identity
 
 
-# Host names that serve one and the same API.
-SAME_HOST = {"api.together.ai": "api.together.xyz"}
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -123,7 +120,8 @@ def normalized_url(url: str) -> str:
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     host = (parsed.hostname or "").lower()
-    host = SAME_HOST.get(host, host)
+    known = provider_at(url)
+    host = known.hosts[0] if known is not None else host  # one API, whichever of its names it was reached at
     if ":" in host:
         host = f"[{host}]"
     try:

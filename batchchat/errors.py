@@ -22,8 +22,9 @@ stable string anyway.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+from .ratehints import RateInfo
 
 # Stable values of the output column ``error_type``.
 RATE_LIMITED = "rate_limited"
@@ -132,8 +133,10 @@ class Interrupted(BatchchatError, KeyboardInterrupt):
 class RequestError(BatchchatError):
     """One HTTP attempt failed.
 
-    ``headers`` keeps only the response headers the retry policy reads (lower-cased), so the
-    error stays small and never carries request headers, where the API key lives.
+    ``rate`` is what the response said of the provider's limits and of when to ask again, as its
+    dialect read it (no headers are kept: the error stays small and never carries request
+    headers, where the API key lives). ``busy``: the provider said it is short of capacity (a
+    503, Anthropic's 529 "overloaded"), which slows the rate as 429s do.
     """
 
     def __init__(
@@ -143,8 +146,9 @@ class RequestError(BatchchatError):
         *,
         status: int | None = None,
         retryable: bool = False,
-        headers: Mapping[str, str] | None = None,
+        rate: RateInfo | None = None,
         unreachable: bool = False,
+        busy: bool = False,
     ) -> None:
         """``unreachable``: no connection could be made at all (refused, DNS, TLS, connect timeout)."""
         super().__init__(message)
@@ -152,8 +156,9 @@ class RequestError(BatchchatError):
         self.message = message
         self.status = status
         self.retryable = retryable
-        self.headers: Mapping[str, str] = headers or {}
+        self.rate = rate
         self.unreachable = unreachable
+        self.busy = busy
         # Set by the throttle: a 429 or 503 that the client's rate did not cause (the provider
         # answers a share of requests so whatever the rate). Only its own request waits, and not
         # the server's whole hint: see ``retry.wait_seconds``.

@@ -19,9 +19,10 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from .endpoint import PROVIDERS, URL_VARIABLES, Endpoint, is_loopback, key_state, shown_url
+from .endpoint import Endpoint, is_loopback, key_state, shown_url
 from .errors import JobError, MissingKey
 from .money import prices_for
+from .providers import PROVIDERS
 from .reading import lone_surrogate
 from .schema import check_schema, schema_of
 from .settings import (
@@ -202,7 +203,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
             raise JobError(f"output folder {parent} does not exist; create it or choose another {name('output')}")
 
     # the simulator plays the models it is asked for, at the prices Together's catalogue gives them
-    priced_at = PROVIDERS["together"][0] if endpoint.provider == "sim" else endpoint.base_url
+    priced_at = PROVIDERS["together"].base_url if endpoint.provider == "sim" else endpoint.base_url
     prices = prices_for(models, parse_prices(s.get("prices"), at("prices")), priced_at)
     variants = parse_variants(s.get("variants"), at("variants"))
     max_cost = number(s.get("max_cost"), at("max_cost"), 0.0)
@@ -283,6 +284,9 @@ def _batch(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], st
         return BatchAPI()
     if _stream(s, at):
         raise JobError(f"{at('batch_api')}: a provider batch does not stream; drop {name('stream')}")
+    if PROVIDERS[endpoint.provider].batch_max_lines is None and endpoint.provider != "sim":
+        raise JobError(f"{at('batch_api')}: batchchat does not send provider {endpoint.provider}'s batches yet; "
+                       f"drop {name('batch_api')} to send its requests live")  # fmt: skip
     detach, cancel = flag(s.get("detach"), at("detach"), False), flag(s.get("cancel"), at("cancel"), False)
     if detach and cancel:
         raise JobError(f"{at('detach')} and {at('cancel')} are both set; cancelling waits for the batches, keep one")
@@ -349,9 +353,10 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool, name
             f"{at('provider')}: unknown provider '{provider}'; use one of "
             f"{', '.join(PROVIDERS)}{did_you_mean(provider, PROVIDERS)}"
         )
-    default_url, default_env = PROVIDERS[provider]
+    known = PROVIDERS[provider]
+    default_url, default_env = known.base_url, known.key_env
     base_url = text(s.get("base_url"), at("base_url"))
-    url_env = URL_VARIABLES.get(provider)
+    url_env = known.base_url_env
     if base_url is None and url_env and os.environ.get(url_env, "").strip():
         base_url = os.environ[url_env].strip()
         at = _naming("base_url", f"{url_env} (in the environment)", at)

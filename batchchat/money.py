@@ -30,8 +30,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
+from .providers import provider_at
 from .records import ChatRequest, Usage
 from .spec import Price, Prices
 
@@ -251,14 +251,10 @@ class Budget:
             self._released.set()
 
 
-# The catalogue's provider for an API host.
-CATALOGUE_PROVIDERS = {"api.together.xyz": "together", "api.together.ai": "together", "api.openai.com": "openai"}
-
-
 def catalogue_provider(base_url: str | None) -> str | None:
     """The catalogue's name for the provider at ``base_url``, if it knows it."""
-    host = (urlparse(base_url).hostname or "") if base_url else ""
-    return CATALOGUE_PROVIDERS.get(host.lower())
+    known = provider_at(base_url)
+    return known.catalogue if known is not None else None
 
 
 def catalogue_prices(models: Iterable[str], provider: str) -> dict[str, Price]:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .ratehints import RateInfo
 from .records import ChatResult, Usage
 
 # The most tokens one answer can count: past every model's context by far (an int64 column would
@@ -81,12 +82,12 @@ def bounded(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def received(answer: Any, latency_s: float, ttft_s: float | None = None,
-             headers: Mapping[str, str] | None = None) -> ChatResult:  # fmt: skip
-    """An answer as it came, with what it says."""
-    content, finish, usage, request_id, model, problem, notes = read_completion(answer)
-    return ChatResult(content, finish, usage, request_id, model, latency_s, ttft_s, headers or {}, answer, problem,
-                      notes)  # fmt: skip
+def received(answer: Any, latency_s: float, ttft_s: float | None = None, rate: RateInfo | None = None,
+             read: Callable[[Any], Reading] | None = None) -> ChatResult:  # fmt: skip
+    """An answer as it came, with what it says (read by ``read``: a chat completion unless its
+    dialect says otherwise)."""
+    content, finish, usage, request_id, model, problem, notes = (read or read_completion)(answer)
+    return ChatResult(content, finish, usage, request_id, model, latency_s, ttft_s, rate, answer, problem, notes)
 
 
 def read_completion(answer: Any) -> Reading:
@@ -101,9 +102,9 @@ def read_completion(answer: Any) -> Reading:
 
 def _read(answer: Any, notes: list[str]) -> Reading:
     if type(answer) is not dict:
-        return Reading(problem=f"the answer is not a JSON object: {_shown(answer)}")
+        return Reading(problem=f"the answer is not a JSON object: {shown(answer)}")
     get = answer.get
-    request_id, model = _id(get("id"), notes), _id(get("model"), notes)
+    request_id, model = read_id(get("id"), notes), read_id(get("model"), notes)
     usage = read_usage(get("usage"), notes)
     kind = get("object")
     choices = get("choices")
@@ -111,17 +112,17 @@ def _read(answer: Any, notes: list[str]) -> Reading:
     message: Any = None
     problem = None
     if type(kind) is str and kind != "chat.completion" and kind != "chat.completion.chunk":
-        problem = f"a {_shown(kind, 40)} instead of a chat completion"
+        problem = f"a {shown(kind, 40)} instead of a chat completion"
     elif type(choices) is not list or not choices:
-        problem = f"the answer has no choices: {_shown(answer)}"
+        problem = f"the answer has no choices: {shown(answer)}"
     elif type(choice := choices[0]) is not dict:
-        problem = f"choices[0] is not an object: {_shown(choice)}"
+        problem = f"choices[0] is not an object: {shown(choice)}"
     else:
         message = choice.get("message")
         if message is None:
             message = choice.get("delta")  # a chunk's shape, sent whole
         if type(message) is not dict:
-            problem = f"choices[0] has no message: {_shown(choice)}"
+            problem = f"choices[0] has no message: {shown(choice)}"
     if problem is not None:
         return Reading(None, None, usage, request_id, model, problem, tuple(dict.fromkeys(notes)))
     content = message.get("content")
@@ -130,7 +131,7 @@ def _read(answer: Any, notes: list[str]) -> Reading:
     finish = choice.get("finish_reason")
     if finish is not None and type(finish) is not str:
         notes.append(NOT_TEXT_FINISH)
-        finish = _json_text(finish)
+        finish = json_text(finish)
     if finish is not None and not finish.isascii():
         finish = clean_text(finish, notes)
     return Reading(content, finish, usage, request_id, model, None, tuple(dict.fromkeys(notes)) if notes else ())
@@ -158,7 +159,7 @@ def read_content(content: Any, notes: list[str]) -> str | None:
     if isinstance(content, dict) and isinstance(content.get("text"), str):
         return clean_text(content["text"], notes)
     notes.append(ODD_CONTENT)
-    return clean_text(_json_text(content), notes)
+    return clean_text(json_text(content), notes)
 
 
 def _part_text(part: Any, notes: list[str]) -> str | None:
@@ -175,7 +176,7 @@ def _part_text(part: Any, notes: list[str]) -> str | None:
     elif isinstance(part, list):
         return read_content(part, notes)
     notes.append(ODD_CONTENT)
-    return _json_text(part)
+    return json_text(part)
 
 
 def read_usage(usage: Any, notes: list[str] | None = None) -> Usage:
@@ -186,15 +187,15 @@ def read_usage(usage: Any, notes: list[str] | None = None) -> Usage:
         if notes is not None:
             notes.append(BAD_COUNT)
         return NO_USAGE
-    prompt = _count(usage.get("prompt_tokens"), notes)
-    completion = _count(usage.get("completion_tokens"), notes)
-    total = _count(usage.get("total_tokens"), notes)
+    prompt = read_count(usage.get("prompt_tokens"), notes)
+    completion = read_count(usage.get("completion_tokens"), notes)
+    total = read_count(usage.get("total_tokens"), notes)
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion
     return Usage(prompt, completion, total)
 
 
-def _count(value: Any, notes: list[str] | None) -> int | None:
+def read_count(value: Any, notes: list[str] | None) -> int | None:
     if type(value) is int and 0 <= value <= MAX_COUNT:  # the usual case, first
         return value
     if value is None:
@@ -206,7 +207,7 @@ def _count(value: Any, notes: list[str] | None) -> int | None:
     return None
 
 
-def _id(value: Any, notes: list[str]) -> str | None:
+def read_id(value: Any, notes: list[str]) -> str | None:
     if type(value) is str:
         return (value if value.isascii() else clean_text(value, notes)) or None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -246,13 +247,13 @@ def clean_text(text: str, notes: list[str] | None = None) -> str:
     return text
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     except (TypeError, ValueError, RecursionError):
         return repr(value)
 
 
-def _shown(value: Any, limit: int = SHOWN) -> str:
-    text = clean_text(_json_text(value) if not isinstance(value, str) else value)
+def shown(value: Any, limit: int = SHOWN) -> str:
+    text = clean_text(json_text(value) if not isinstance(value, str) else value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

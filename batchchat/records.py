@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, TypeVar
 
 from .errors import BAD_RESPONSE
+from .ratehints import RateInfo
 
 T = TypeVar("T")
 
@@ -94,7 +95,7 @@ class ChatResult:
     model: str | None
     latency_s: float
     ttft_s: float | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers, for the throttle
+    rate: RateInfo | None = None  # what the response said of the provider's limits, for the throttle
     answer: Any = None  # the completion as received (redacted), or None for one known only by its reading
     problem: str | None = None
     notes: tuple[str, ...] = ()  # what was odd in it, and how it was read

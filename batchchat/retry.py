@@ -1,7 +1,7 @@
 """Which failures are worth another attempt, and how long to wait before it.
 
-The server's own hint comes first (``retry-after-ms``, ``retry-after`` in seconds or as an HTTP
-date, Together's ``x-ratelimit-reset``): it knows when capacity returns. Without one, waits grow
+The server's own hint comes first (the wait its response asks for, as its dialect read it:
+``ratehints.RateInfo.wait_s``): it knows when capacity returns. Without one, waits grow
 exponentially with full jitter, so many workers that failed together do not return together.
 """
 
@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -27,7 +24,6 @@ BACKOFF_CAP_S = 60.0
 LONE_WAIT_S = 0.1  # a lone 429 or 503's first wait (at most), ...
 LONE_GROWTH = 1.5  # ... times this for each attempt after, up to the server's hint
 LEAST_WAIT_S = 0.05  # a hint is waited this long at least, times the attempt (with jitter)
-HINT_CAP_S = 300.0  # a hint beyond this is more likely a bug than a plan; wait this long at most
 # Failures that would repeat for every row: no retry, and no more requests at all.
 FATAL_TYPES = frozenset({AUTH, NO_CREDIT, REDIRECT})
 _JITTER = random.Random()  # one for the whole process: seeding a new one per request costs a syscall
@@ -50,56 +46,6 @@ def is_fatal(error: RequestError) -> bool:
     return error.error_type in FATAL_TYPES
 
 
-def hint_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """The wait a response asks for, in seconds, or None when it asks for none we understand."""
-    if "retry-after-ms" in headers:
-        value = _float(headers["retry-after-ms"])
-        if value is not None:
-            return _clamp(value / 1000.0)
-    if "retry-after" in headers:
-        raw = headers["retry-after"].strip()
-        value = _float(raw)
-        if value is not None:
-            return _clamp(value)
-        try:
-            when = parsedate_to_datetime(raw).timestamp()
-        except (TypeError, ValueError, IndexError):
-            when = None
-        if when is not None:
-            return _clamp(when - (time.time() if now is None else now))
-    if "x-ratelimit-reset" in headers:
-        value = reset_seconds(headers["x-ratelimit-reset"], now)
-        if value is not None:
-            return _clamp(value)
-    return None
-
-
-def reset_seconds(text: str, now: float | None = None) -> float | None:
-    """A reset time as seconds from now: a number of seconds, an epoch timestamp, or ``6m0s``."""
-    raw = text.strip()
-    value = _float(raw)
-    if value is None:
-        return duration_seconds(raw)
-    if value > 1e12:  # an epoch timestamp in milliseconds
-        value /= 1000.0
-    if value > 1e9:  # an epoch timestamp rather than a number of seconds
-        value -= time.time() if now is None else now
-    return max(value, 0.0)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def duration_seconds(text: str) -> float | None:
-    """OpenAI-style durations: ``20ms``, ``1s``, ``6m0s``, ``1h2m3.5s``."""
-    text = text.strip()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
 def backoff_seconds(attempt: int, rng: random.Random) -> float:
     """Full jitter over an exponential ceiling: 0.5 s, 1 s, 2 s ... capped at 60 s."""
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
@@ -113,12 +59,14 @@ def wait_seconds(error: BaseException | None, attempt: int, rng: random.Random) 
     client, and waiting it out costs the run's tail a whole second per such answer, while a
     request answered so several times in a row soon waits as long as asked."""
     if isinstance(error, RequestError):
-        hint = hint_seconds(error.headers)
-        # A lone one that speaks of a rate limit (x-ratelimit-*) waits as asked, as any other: the
-        # limit is real, only not yet known to be ours, and short waits would spend the row's
-        # attempts against it. So does a 429 that names no wait at all (a limit that says nothing).
-        speaks = any(name.startswith(("x-ratelimit-", "x-tokenlimit-")) for name in error.headers)
-        if error.lone and not speaks and (hint is not None or error.status == 503):
+        rate = error.rate
+        hint = rate.wait_s if rate is not None else None
+        # A lone one that speaks of a rate limit (its limits, remaining or resets) waits as asked,
+        # as any other: the limit is real, only not yet known to be ours, and short waits would
+        # spend the row's attempts against it. So does a 429 that names no wait at all (a limit
+        # that says nothing).
+        speaks = rate is not None and rate.states_limit
+        if error.lone and not speaks and (hint is not None or error.busy):
             ceiling = LONE_WAIT_S * LONE_GROWTH ** (attempt - 1)
             short = rng.uniform(ceiling / 2, ceiling)
             return short if hint is None else min(short, hint)
@@ -200,15 +148,3 @@ async def once(make: Callable[[], Awaitable[T]], look: Callable[[], Awaitable[T 
         return await make()
 
     return await with_retries(attempt, max_attempts, sleep=sleep)
-
-
-def _float(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value == value and value not in (float("inf"), float("-inf")) else None
-
-
-def _clamp(seconds: float) -> float:
-    return min(max(seconds, 0.0), HINT_CAP_S)

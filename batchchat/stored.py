@@ -10,7 +10,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any
 
-from .reading import read_completion
+from .providers import read_answer
 from .records import ERROR, OK, PENDING, RowOutcome
 
 # Everything of an outcome but its row: rows asking the same thing share one record.
@@ -73,7 +73,7 @@ def outcome_of(record: dict[str, Any], answers: bool = False) -> RowOutcome:
     values: list[Any] = [get(name) for name in RECORD_FIELDS]  # by place, not by name: the output reads every record
     answer = values[_ANSWER]
     if answer is not None:
-        reading = read_completion(answer)
+        reading = read_answer(answer)
         values[_RESPONSE], values[_FINISH_REASON] = reading.content, reading.finish_reason
         if values[_PROMPT_TOKENS] is None and values[_COMPLETION_TOKENS] is None and values[_TOTAL_TOKENS] is None:
             usage = reading.usage

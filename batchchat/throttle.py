@@ -28,7 +28,6 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -37,8 +36,8 @@ from .congestion import BETA, Congestion
 from .crowding import Crowding
 from .errors import RATE_LIMITED, RequestError
 from .money import DEFAULT_COMPLETION_TOKENS, likely
+from .ratehints import HINT_CAP_S, RateInfo
 from .records import ChatRequest, ChatResult
-from .retry import HINT_CAP_S, hint_seconds, reset_seconds
 
 LEAST_SENT = 8  # requests in a window before its 429s are judged (fewer when fewer go at once)
 STEP_SHARE = 0.1  # additive increase per second of successes, as a share of the rate after the cut
@@ -46,55 +45,6 @@ MIN_RATE = 0.05  # requests/s: never stop altogether
 DEFAULT_COOLDOWN_S = 1.0  # when a 429 carries no hint
 LEAST_HOLD_S = 0.01  # a shorter hold ("x-ratelimit-reset: 0.000") holds nothing
 CHANGES_TOLD = 4  # cuts of the rate the summary tells one by one
-
-
-@dataclass(frozen=True, slots=True)
-class RateInfo:
-    """What a provider's headers say about its limits, per minute, in both dialects."""
-
-    request_limit: float | None = None
-    requests_remaining: float | None = None
-    requests_reset_s: float | None = None
-    token_limit: float | None = None
-    tokens_remaining: float | None = None
-    tokens_reset_s: float | None = None
-
-
-def read_rate_headers(headers: Mapping[str, str]) -> RateInfo:
-    """Together (``x-ratelimit-limit``, ``x-tokenlimit-*``, ``-dynamic`` variants preferred) and
-    OpenAI (``x-ratelimit-limit-requests``, ``x-ratelimit-reset-tokens: 6m0s`` ...)."""
-
-    def number(*names: str) -> float | None:
-        for name in names:
-            if name in headers:
-                try:
-                    value = float(headers[name])
-                except ValueError:
-                    continue
-                if math.isfinite(value) and value >= 0:
-                    return value
-        return None
-
-    def seconds(*names: str) -> float | None:
-        for name in names:
-            if name in headers:
-                value = reset_seconds(headers[name])
-                if value is not None:
-                    return value
-        return None
-
-    return RateInfo(
-        request_limit=number("x-ratelimit-limit-requests", "x-ratelimit-limit-dynamic", "x-ratelimit-limit"),
-        requests_remaining=number(
-            "x-ratelimit-remaining-requests", "x-ratelimit-remaining-dynamic", "x-ratelimit-remaining"
-        ),
-        requests_reset_s=seconds("x-ratelimit-reset-requests", "x-ratelimit-reset"),
-        token_limit=number("x-ratelimit-limit-tokens", "x-tokenlimit-limit-dynamic", "x-tokenlimit-limit"),
-        tokens_remaining=number(
-            "x-ratelimit-remaining-tokens", "x-tokenlimit-remaining-dynamic", "x-tokenlimit-remaining"
-        ),
-        tokens_reset_s=seconds("x-ratelimit-reset-tokens"),
-    )
 
 
 class TokenEstimator:
@@ -310,8 +260,8 @@ class Throttle:
             # giving up the capacity it took (never more than the limits).
 
     def succeeded(self, permit: Permit, result: ChatResult) -> None:
-        if result.headers:
-            self._learn(result.headers)
+        if result.rate is not None:
+            self._learn(result.rate)
         total = result.usage.total_tokens
         if total is not None:
             self.estimator.observe(permit.raw_cost, total)
@@ -335,12 +285,12 @@ class Throttle:
                 self._repace()
 
     def failed(self, permit: Permit, error: RequestError) -> None:
-        if error.headers:
-            self._learn(error.headers)
+        if error.rate is not None:
+            self._learn(error.rate)
         now = asyncio.get_running_loop().time()
         self.crowding.failed(now, permit.dispatched_at, error, self._in_flight)
         limited = error.error_type == RATE_LIMITED
-        if not (limited or error.status == 503):
+        if not (limited or error.busy):
             if error.status is not None:
                 self._answered(now)
             return
@@ -353,7 +303,7 @@ class Throttle:
         if not (over_ceiling or ours):
             error.lone = True  # our rate did not cause it: only its own request waits (the retry policy)
             return
-        hint = hint_seconds(error.headers)
+        hint = error.rate.wait_s if error.rate is not None else None
         self._hold_until(now + (hint if hint is not None else DEFAULT_COOLDOWN_S))
         if permit.dispatched_at <= self._last_cut_at:
             return  # of a congestion event already answered: once per event, not per response
@@ -404,8 +354,7 @@ class Throttle:
             recent.popleft()
         return max(float(len(recent)), MIN_RATE)
 
-    def _learn(self, headers: Mapping[str, str]) -> None:
-        info = read_rate_headers(headers)
+    def _learn(self, info: RateInfo) -> None:
         if info.request_limit:
             ceiling, before = info.request_limit / 60.0, self.request_ceiling
             self.request_ceiling = ceiling

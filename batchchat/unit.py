@@ -375,7 +375,7 @@ class Asker:
             except RequestError as error:
                 self.reached = self.reached or error.status is not None
                 count.rate_limited += error.error_type == RATE_LIMITED
-                count.busy += error.status == 503
+                count.busy += error.busy
                 if throttle is not None and permit is not None:
                     throttle.failed(permit, error)
                     count.crowded = throttle.crowded
@@ -393,7 +393,7 @@ class Asker:
                     count.rate = throttle.rate
                     count.paced, count.last_cut = throttle.paced, throttle.last_cut
                 count.crowded = throttle.crowded  # a slot may have opened again
-                if result.headers:  # a limit that says it is used up holds everyone
+                if result.rate is not None:  # a limit that says it is used up holds everyone
                     count.waiting_until = time.time() + throttle.held_s
             count.add_usage(request.model, result.usage)  # paid for: the budget reads it from here
             if result.notes:

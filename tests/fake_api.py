@@ -11,10 +11,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchchat.client import status_error
 from batchchat.errors import STREAM_TRUNCATED, TIMEOUT, RequestError
 from batchchat.executors.pool import drain
 from batchchat.money import Budget
+from batchchat.providers.openai import rate_of, status_error
 from batchchat.records import ChatRequest, ChatResult, RowOutcome, Usage
 from batchchat.stats import Counters
 from batchchat.throttle import Throttle
@@ -127,7 +127,7 @@ class FakeAPI:
             self.answered[request.row] = self.answered.get(request.row, 0) + 1
             usage = Usage(self.tokens // 2, self.tokens - self.tokens // 2, self.tokens)
             return ChatResult(f"a{request.row}", "stop", usage, f"id{request.row}", "m", self.latency,
-                              headers=self._limit_headers())  # fmt: skip
+                              rate=rate_of(self._limit_headers()) if self._limit_headers() else None)  # fmt: skip
         finally:
             self.in_flight -= 1
 

@@ -8,6 +8,7 @@ import pytest
 from batchchat.client import ChatClient
 from batchchat.errors import RequestError
 from batchchat.keys import request_key
+from batchchat.ratehints import RateInfo
 from batchchat.records import ChatRequest
 from batchchat.simulator import synthetic_reply
 
@@ -87,7 +88,8 @@ def test_error_messages_are_the_providers_own_and_html_pages_are_reduced_to_text
 
 def test_a_429_keeps_the_headers_the_retry_policy_reads(sim):
     error = failure(sim.url, request("[sim:fault=429]"))
-    assert error.headers == {"retry-after": "1"}  # the scripted 429 carries no limit headers
+    assert error.rate == RateInfo(wait_s=1.0)  # the scripted 429 carries no limit headers
+    assert not error.rate.states_limit
 
 
 def test_a_slow_answer_times_out_as_a_retryable_timeout(sim):
@@ -110,7 +112,7 @@ def test_the_key_goes_in_the_authorization_header_only_when_there_is_one(sim):
 
 
 def test_x_should_retry_overrides_the_status_default():
-    from batchchat.client import status_error
+    from batchchat.providers.openai import status_error
 
     body = b'{"error": {"message": "try again"}}'
     assert status_error(400, body, "application/json", {"x-should-retry": "true"}).retryable is True

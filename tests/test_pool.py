@@ -98,7 +98,7 @@ def test_rows_that_keep_failing_end_as_error_rows_after_max_attempts():
     ids=["retry-after-ms", "retry-after-seconds", "retry-after-date", "x-ratelimit-reset", "reset-duration"],
 )
 def test_a_retry_waits_what_the_server_asked(headers, wait, monkeypatch):
-    monkeypatch.setattr("batchchat.retry.time.time", lambda: 0.0)  # the wall clock the HTTP date is read against
+    monkeypatch.setattr("batchchat.providers.base.time.time", lambda: 0.0)  # the wall clock the HTTP date is read against
     api = FakeAPI(script=lambda request, attempt: error(500, headers) if attempt == 1 else None)
     run(api, requests(1))
     first, second = api.departures

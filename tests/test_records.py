@@ -69,7 +69,7 @@ def test_the_hot_records_are_made_by_quick_init_and_keep_their_defaults():
             f.name for f in fields(cls)
         ]
     result = ChatResult("text", "stop", Usage(1, 2, 3), "id", "m", 0.5)
-    assert (result.ttft_s, result.headers, result.answer, result.problem, result.notes) == (None, {}, None, None, ())
+    assert (result.ttft_s, result.rate, result.answer, result.problem, result.notes) == (None, None, None, None, ())
     outcome = RowOutcome(0, "k", "ok", 1, "m")
     assert all(getattr(outcome, f.name) is None for f in fields(RowOutcome)[5:])
     assert ChatRequest(0, "k", "m", ()).params == () and Usage() == Usage(None, None, None)

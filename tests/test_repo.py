@@ -298,7 +298,7 @@ def test_architecture_md_names_only_what_exists():
     text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
     tops, classes = defined_names()
     cited = cited_names(text)
-    assert {"pipeline.Stages", "Setup.plan", "endpoint.PROVIDERS", "derive_batch"} <= cited  # the check reads the guide
+    assert {"pipeline.Stages", "Setup.plan", "providers.PROVIDERS", "derive_batch"} <= cited  # the check reads the guide
     missing = sorted(name for name in cited if unresolved(name, tops, classes))
     paths = {p for p in re.findall(r"`([\w./-]+(?:\.py|/))`", text)}
     gone = sorted(p for p in paths if not (PACKAGE / p).exists() and not (ROOT / p).exists())

@@ -5,7 +5,9 @@ from email.utils import formatdate
 import pytest
 
 from batchchat.errors import RequestError
-from batchchat.retry import backoff_seconds, duration_seconds, hint_seconds, wait_seconds, with_retries
+from batchchat.providers.base import duration_seconds
+from batchchat.providers.openai import rate_of
+from batchchat.retry import backoff_seconds, wait_seconds, with_retries
 
 NOW = 1_800_000_000.0
 
@@ -28,7 +30,7 @@ NOW = 1_800_000_000.0
     ],
 )
 def test_server_hints_in_every_form(headers, expected):
-    assert hint_seconds(headers, now=NOW) == expected
+    assert rate_of(headers, now=NOW).wait_s == expected
 
 
 @pytest.mark.parametrize(
@@ -47,7 +49,7 @@ def test_backoff_is_full_jitter_under_a_doubling_ceiling_capped_at_a_minute():
 
 
 def test_a_hint_wins_over_backoff():
-    error = RequestError("rate_limited", "slow down", status=429, retryable=True, headers={"retry-after": "4"})
+    error = RequestError("rate_limited", "slow down", status=429, retryable=True, rate=rate_of({"retry-after": "4"}))
     assert wait_seconds(error, 1, random.Random(0)) == 4.0
     assert wait_seconds(RequestError("server_error", "x", retryable=True), 1, random.Random(0)) <= 0.5
 
@@ -78,7 +80,7 @@ def run_retries(call, max_attempts):
 
 def test_retryable_errors_are_retried_until_an_answer():
     call = Flaky(RequestError("server_error", "500", retryable=True),
-                 RequestError("rate_limited", "429", retryable=True, headers={"retry-after": "2"}))  # fmt: skip
+                 RequestError("rate_limited", "429", retryable=True, rate=rate_of({"retry-after": "2"})))  # fmt: skip
     done, waits = run_retries(call, 6)
     assert (done.result, done.error, done.attempts) == ("answer", None, 3)
     assert len(waits) == 2 and waits[1] == 2.0

@@ -6,9 +6,10 @@ import json
 import pytest
 
 import batchchat
-from batchchat.client import ChatClient, StreamAssembly
+from batchchat.client import ChatClient
 from batchchat.errors import RequestError
 from batchchat.jobfile import load_job
+from batchchat.providers.openai import StreamAssembly
 from batchchat.simulator import synthetic_reply
 from batchchat.sse import Event
 from tests.helpers import cli, read_output, write_csv

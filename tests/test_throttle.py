@@ -6,9 +6,10 @@ import random
 import pytest
 
 from batchchat.congestion import BETA, DEEPEST_CUT, Congestion
+from batchchat.providers.openai import rate_of
 from batchchat.records import ChatRequest
 from batchchat.stats import Counters
-from batchchat.throttle import Permit, RateChange, Throttle, TokenEstimator, read_rate_headers
+from batchchat.throttle import Permit, RateChange, Throttle, TokenEstimator
 from tests.fake_api import FakeAPI, drive, error, requests, timed_out, truncated
 from tests.virtual_time import run_virtual
 
@@ -174,8 +175,8 @@ def test_no_requests_left_holds_until_the_stated_reset():
     async def go():
         throttle = Throttle(4)
         now = asyncio.get_running_loop().time()
-        throttle._learn({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
-                         "x-ratelimit-reset-requests": "2s"})  # fmt: skip
+        throttle._learn(rate_of({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
+                                 "x-ratelimit-reset-requests": "2s"}))  # fmt: skip
         return throttle.resume_at - now, throttle.request_ceiling
 
     hold, ceiling = run_virtual(go())
@@ -210,7 +211,7 @@ def test_with_rpm_given_a_429_still_backs_off():
     ids=["together", "together-dynamic", "openai", "garbage"],
 )  # fmt: skip
 def test_rate_headers_in_both_dialects(headers, expected):
-    info = read_rate_headers(headers)
+    info = rate_of(headers)
     for name in ("request_limit", "requests_remaining", "requests_reset_s", "token_limit", "tokens_remaining",
                  "tokens_reset_s"):  # fmt: skip
         value = getattr(info, name)

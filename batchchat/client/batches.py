@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import aiohttp
 
 from .. import errors as E
-from .chat import ChatClient, connection_error, cut, read_capped, redirect_error, status_error
+from ..providers.base import cut
+from .chat import ChatClient, connection_error, read_capped, redirect_error
 
 PURPOSE = {"together": "batch-api", "openai": "batch"}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -204,8 +205,9 @@ class BatchClient:
             raise redirect_error(status, response.headers.get("Location"))
         if status != 200:
             body = await read_capped(response, 64 * 1024)
-            raise self.chat.redacted(status_error(status, body, response.headers.get("Content-Type", ""),
-                                                  dict(response.headers)))  # fmt: skip
+            wire = self.chat.dialect
+            raise self.chat.redacted(wire.error(status, body, response.headers.get("Content-Type", ""),
+                                                wire.rate(response.headers)))  # fmt: skip
 
 
 def _file_entry(data: Any) -> tuple[str | None, str | None]:

@@ -16,10 +16,9 @@ take a gigabyte of memory).
 from __future__ import annotations
 
 import base64
-import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -27,36 +26,21 @@ import aiohttp
 
 from .. import errors as E
 from .. import jsonio
-from ..reading import bounded, clean_text, needs_bounds, read_content, received, with_content
+from ..providers import Dialect, dialect
+from ..providers.base import CUT, StreamReader, snippet
+from ..ratehints import RateInfo
+from ..reading import received
 from ..records import ChatRequest, ChatResult
-from ..sse import Event, SSEDecoder
+from ..sse import SSEDecoder
 from ..version import __version__
-
-# Response headers the retry policy and the throttle read; everything else is dropped.
-RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-retry")
 
 CONNECT_TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer (or a whole stream) larger than this is refused
 MAX_ERROR_BYTES = 64 * 1024  # an error body is read this far: the message is at its start
 REDACTED = "[redacted]"
-CUT = "..."  # where a long server text was cut short
 MIN_SECRET_START = 4  # a cut text ending in this much of a secret has it redacted
 MIN_ANSWER_KEY = 12  # shorter API keys are placeholders: answers are not searched for them
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-
-# status -> (error_type, retryable)
-STATUS_ERRORS: dict[int, tuple[str, bool]] = {
-    400: (E.BAD_REQUEST, False),
-    401: (E.AUTH, False),
-    402: (E.NO_CREDIT, False),
-    403: (E.FORBIDDEN, False),
-    404: (E.NOT_FOUND, False),
-    408: (E.TIMEOUT, True),
-    409: (E.CONFLICT, True),
-    422: (E.BAD_REQUEST, False),
-    429: (E.RATE_LIMITED, True),
-}
-
 
 class ChatClient:
     """One aiohttp session for a whole run, so connections are reused across requests."""
@@ -70,23 +54,26 @@ class ChatClient:
         timeout_s: float,
         stream: bool = False,
         stream_usage: bool = False,
+        wire: Dialect | None = None,
     ) -> None:
         """``stream`` asks for SSE; ``stream_usage`` also asks for usage the OpenAI way
         (``stream_options.include_usage``), which Together does not need: it sends usage anyway.
-        Credentials in ``base_url`` (``https://user:pass@host/v1``) are sent as basic auth."""
+        ``wire``: the dialect spoken (chat completions unless said). Credentials in ``base_url``
+        (``https://user:pass@host/v1``) are sent as basic auth."""
+        self.dialect = wire or dialect("openai")
         url, user, password = split_credentials(base_url)
         self.base_url = url.rstrip("/")
-        self.url = self.base_url + "/chat/completions"
+        self.url = self.base_url + self.dialect.path
         headers = {"Content-Type": "application/json", "User-Agent": f"batchchat/{__version__}"}
-        if api_key and user is not None:
+        auth = self.dialect.auth_headers(api_key) if api_key else {}
+        if auth.get("Authorization") and user is not None:
             raise E.JobError(
                 "the base URL carries credentials (user:password@) and an API key is set too; both would be the "
                 "Authorization header: keep one (drop them from the URL, or unset the key variable)"
             )
+        headers.update(auth)
         token = None
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        elif user is not None:
+        if user is not None:
             token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
             headers["Authorization"] = f"Basic {token}"
         # Longest first, so a secret holding another is replaced whole.
@@ -139,12 +126,13 @@ class ChatClient:
         if not self._answer_secrets:
             return result
         answer = self._redact_value(result.answer)
+        read = self.dialect.read
         if answer is not result.answer:
-            result = received(answer, result.latency_s, result.ttft_s, result.headers)
+            result = received(answer, result.latency_s, result.ttft_s, result.rate, read)
         content = result.content
         if content is not None and self._redact_answer(content) != content:  # a key split across parts
-            answer = with_content(answer, self._redact_answer(content))
-            result = received(answer, result.latency_s, result.ttft_s, result.headers)
+            answer = self.dialect.with_text(answer, self._redact_answer(content))
+            result = received(answer, result.latency_s, result.ttft_s, result.rate, read)
         return result
 
     def _redact_value(self, value: Any) -> Any:
@@ -210,29 +198,25 @@ class ChatClient:
         if message == error.message:
             return error
         return E.RequestError(error.error_type, message, status=error.status, retryable=error.retryable,
-                              headers=error.headers, unreachable=error.unreachable)  # fmt: skip
+                              rate=error.rate, unreachable=error.unreachable, busy=error.busy)  # fmt: skip
 
     async def _attempt(self, request: ChatRequest, on_text: Callable[[str], None] | None) -> ChatResult:
         assert self._session is not None, "use ChatClient as an async context manager"
-        body = request.body()
-        if self.stream:
-            body["stream"] = True
-            if self.stream_usage:
-                body.setdefault("stream_options", {"include_usage": True})
-        data = jsonio.dumps(body)
+        wire = self.dialect
+        data = jsonio.dumps(wire.body(request, self.stream, self.stream_usage))
         started = time.perf_counter()
         streaming = False
         try:
             async with self._session.post(self.url, data=data, allow_redirects=False) as response:
                 status = response.status
-                headers = rate_headers(response.headers)
+                rate = wire.rate(response.headers)
                 content_type = response.headers.get("Content-Type", "")
                 if 300 <= status < 400:
                     raise redirect_error(status, response.headers.get("Location"))
                 answered = 200 <= status < 300  # any 2xx: an answer (201, 203 ... as some proxies send)
                 if answered and self.stream and content_type.startswith("text/event-stream"):
                     streaming = True
-                    return await _read_stream(response, started, headers, on_text)
+                    return await _read_stream(response, started, rate, wire.stream(on_text))
                 body_bytes = await read_capped(response, MAX_ANSWER_BYTES if answered else MAX_ERROR_BYTES)
         except aiohttp.ConnectionTimeoutError:
             raise E.RequestError(
@@ -250,8 +234,8 @@ class ChatClient:
             raise connection_error(e, streaming, self.url) from None
         latency = time.perf_counter() - started
         if not answered:
-            raise status_error(status, body_bytes, content_type, headers)
-        return parse_completion(body_bytes, latency, headers)
+            raise wire.error(status, body_bytes, content_type, rate)
+        return wire.answer(body_bytes, latency, rate)
 
 
 class Redacting:
@@ -310,7 +294,7 @@ def _too_large(size: int) -> E.RequestError:
 def redirect_error(status: int, location: str | None) -> E.RequestError:
     """A redirect is an error that names where it points: following it would turn the POST into a
     GET (301-303) or send the prompt and the key to another origin (307, 308)."""
-    where = _snippet((location or "an unnamed place").encode(), limit=300)
+    where = snippet((location or "an unnamed place").encode(), limit=300)
     return E.RequestError(
         E.REDIRECT, f"HTTP {status}: the endpoint redirects to {where}; batchchat does not follow redirects for "
         "API calls. If that address is right, use it as the base URL", status=status, retryable=False,
@@ -331,11 +315,10 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
 async def _read_stream(
     response: aiohttp.ClientResponse,
     started: float,
-    headers: Mapping[str, str],
-    on_text: Callable[[str], None] | None,
+    rate: RateInfo | None,
+    stream: StreamReader,
 ) -> ChatResult:
     decoder = SSEDecoder()
-    stream = StreamAssembly(on_text)
     size = 0
     try:
         async for chunk in response.content.iter_any():
@@ -345,7 +328,7 @@ async def _read_stream(
             elapsed = time.perf_counter() - started
             for event in decoder.feed(chunk):
                 stream.add(event, elapsed)
-            if stream.complete:  # finish_reason and usage are in: whatever follows cannot spoil it
+            if stream.complete:  # the answer is whole: whatever follows cannot spoil it
                 break
     except aiohttp.ClientError:
         if not stream.complete:
@@ -353,141 +336,7 @@ async def _read_stream(
     if not stream.complete:
         for event in decoder.close():
             stream.add(event, time.perf_counter() - started)
-    return stream.result(time.perf_counter() - started, headers)
-
-
-class StreamAssembly:
-    """Chunks of a streamed answer into one ChatResult, in both dialects.
-
-    Together puts usage on the chunk that carries ``finish_reason``; OpenAI sends it on an extra
-    chunk with empty ``choices``, and only when asked; some servers never send it, and then usage
-    stays unknown rather than guessed. An answer counts only once both ``finish_reason`` and
-    ``[DONE]`` have arrived, or ``finish_reason`` and usage: anything less may be cut short, and
-    partial text is never an answer. Once an answer is complete, what follows (a malformed chunk,
-    a dropped connection) is ignored: the answer was delivered and paid for.
-
-    The chunks' values are kept as they came (``answer``: the completion they make, in the shape
-    of a JSON answer), whatever their types; reading them is ``reading.read_completion``'s.
-    """
-
-    def __init__(self, on_text: Callable[[str], None] | None = None) -> None:
-        self.on_text = on_text
-        self.pieces: list[Any] = []  # each chunk's delta.content, as it came
-        self.finish_reason: Any = None
-        self.usage: Any = None
-        self.request_id: Any = None
-        self.model: Any = None
-        self.kind: Any = None  # the chunks' ``object``, as the first that has one names it
-        self.index: Any = None  # the choice followed: the first the chunks name (0, most often)
-        self.messages = False  # whether the choice ever carried a delta (or a message)
-        self.texts: list[Any] = []  # a completions-style stream's choices[].text, kept: no chat answer
-        self.unread = 0  # chunks nested too deeply to read
-        self.ttft_s: float | None = None
-        self.done = False
-        self.usage_received = False
-
-    @property
-    def complete(self) -> bool:
-        return self.finish_reason is not None and (self.done or self.usage_received)
-
-    def add(self, event: Event, elapsed_s: float) -> None:
-        if self.done or self.complete:
-            return
-        if event.data.strip() == "[DONE]":
-            self.done = True
-            return
-        try:
-            chunk, fast = jsonio.loads_how(event.data)
-        except RecursionError:  # JSON, but nested past reading: the stream goes on without it
-            self.unread += 1
-            return
-        except json.JSONDecodeError:
-            chunk, fast = None, True
-        if not isinstance(chunk, dict):
-            raise E.RequestError(
-                E.BAD_RESPONSE, f"malformed stream chunk: {_snippet(event.data.encode('utf-8', 'replace'))}",
-                retryable=True,
-            )  # fmt: skip
-        if needs_bounds(event.data, fast):
-            chunk = bounded(chunk)
-        if chunk.get("error"):
-            raise E.RequestError(
-                E.SERVER_ERROR, f"error in the stream: {_error_message(chunk)}", status=200, retryable=True
-            )
-        if self.request_id is None:
-            self.request_id = chunk.get("id")
-        if self.model is None:
-            self.model = chunk.get("model")
-        if self.kind is None:
-            self.kind = chunk.get("object")
-        choices = chunk.get("choices")
-        if isinstance(choices, list):
-            for choice in choices:
-                if not isinstance(choice, dict):
-                    continue
-                index = choice.get("index", 0)
-                if self.index is None and isinstance(index, int | str | None):
-                    self.index = index
-                if index != self.index:
-                    continue  # another choice's (n > 1)
-                delta = choice.get("delta")
-                if delta is None:
-                    delta = choice.get("message")  # a chunk with the shape of a whole answer
-                if isinstance(delta, dict):
-                    self.messages = True
-                    self._piece(delta.get("content"), elapsed_s)
-                elif choice.get("text") is not None:
-                    self.texts.append(choice["text"])
-                finish = choice.get("finish_reason")
-                if finish is not None and finish != "":
-                    self.finish_reason = finish
-        elif isinstance(chunk.get("token"), dict):  # older Together streams: the text on "token" alone
-            self.messages = True
-            self._piece(chunk["token"].get("text"), elapsed_s)
-        if chunk.get("usage") is not None:
-            self.usage = chunk["usage"]
-            self.usage_received = True
-
-    def _piece(self, piece: Any, elapsed_s: float) -> None:
-        if piece is None or piece == "" or piece == []:
-            return
-        self.pieces.append(piece)
-        text = piece if isinstance(piece, str) else read_content(piece, [])
-        if not text:
-            return
-        if self.ttft_s is None:
-            self.ttft_s = elapsed_s
-        if self.on_text is not None:
-            self.on_text(text)
-
-    def answer(self) -> dict[str, Any]:
-        """The completion the chunks make: the text joined (the pieces as they came, when one is
-        not text), the last finish reason and usage, the first id, model and kind (a chunk's kind
-        named as the whole answer's). A stream that never carried a message (a completions-style
-        one) has none in its answer either: it is no chat answer, as the same answer whole is not."""
-        pieces = self.pieces
-        content: Any = "".join(pieces) if all(isinstance(p, str) for p in pieces) else list(pieces)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
-        if self.messages or not self.texts:
-            choice["message"] = {"role": "assistant", "content": content}
-        else:
-            choice["text"] = self.texts
-        kind = self.kind
-        answer: dict[str, Any] = {"id": self.request_id, "object": "chat.completion" if kind in (
-            None, "chat.completion.chunk") else kind, "model": self.model, "choices": [choice]}  # fmt: skip
-        if self.usage is not None:
-            answer["usage"] = self.usage
-        if self.unread:
-            answer["unread_chunks"] = self.unread  # JSON nested past reading, left out
-        return answer
-
-    def result(self, latency_s: float, headers: Mapping[str, str]) -> ChatResult:
-        if not self.complete:
-            missing = " and ".join(
-                m for m, ok in (("[DONE]", self.done), ("a finish_reason", self.finish_reason is not None)) if not ok
-            )
-            raise E.RequestError(E.STREAM_TRUNCATED, f"stream ended without {missing}", status=200, retryable=True)
-        return received(self.answer(), latency_s, self.ttft_s, dict(headers))
+    return stream.result(time.perf_counter() - started, rate)
 
 
 def connection_error(error: aiohttp.ClientError, streaming: bool, url: str) -> E.RequestError:
@@ -500,91 +349,6 @@ def connection_error(error: aiohttp.ClientError, streaming: bool, url: str) -> E
     if isinstance(error, aiohttp.ClientConnectorError):  # refused, DNS or TLS: no connection at all
         return E.RequestError(E.CONNECTION, f"cannot connect to {url}: {detail}", retryable=True, unreachable=True)
     return E.RequestError(E.CONNECTION, f"connection failed: {detail}", retryable=True)
-
-
-def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The rate-limit and retry headers of a response, with lower-case names."""
-    kept = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower.startswith(RATE_HEADER_PREFIXES):
-            kept[lower] = value
-    return kept
-
-
-def parse_completion(body: bytes, latency_s: float, headers: Mapping[str, str] | None = None) -> ChatResult:
-    """A 200 answer. A JSON object is an answer, paid for: whatever its fields hold, it is kept
-    and read (``reading``), never asked again for its shape. A body that is not JSON (cut off,
-    an HTML page) or that carries an error is a failed attempt, retried."""
-    try:
-        data, fast = jsonio.loads_how(body)
-    except RecursionError:  # JSON nested past reading: paid all the same, and kept as its text
-        return received(body.decode("utf-8", "replace"), latency_s, headers=headers)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise E.RequestError(
-            E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {_snippet(body)}", status=200, retryable=True
-        ) from None
-    if needs_bounds(body, fast):
-        data = bounded(data)
-    if not isinstance(data, dict):
-        raise E.RequestError(
-            E.BAD_RESPONSE, f"HTTP 200 with unexpected JSON: {_snippet(body)}", status=200, retryable=True
-        )
-    if data.get("error") and not data.get("choices"):
-        raise E.RequestError(
-            E.SERVER_ERROR, f"HTTP 200 carrying an error: {_error_message(data)}", status=200, retryable=True
-        )
-    return received(data, latency_s, headers=headers)
-
-
-def status_error(status: int, body: bytes, content_type: str, headers: Mapping[str, str]) -> E.RequestError:
-    error_type, retryable = STATUS_ERRORS.get(
-        status, (E.SERVER_ERROR, True) if status >= 500 else (E.HTTP_ERROR, False)
-    )
-    data: Any = None
-    if "html" not in content_type.lower():
-        try:
-            data = jsonio.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            data = None
-    if isinstance(data, dict) and "error" in data:
-        detail = _error_message(data)
-        code = data["error"].get("code") if isinstance(data["error"], dict) else None
-        if status == 429 and code == "insufficient_quota":
-            error_type, retryable = E.NO_CREDIT, False
-    else:
-        detail = _snippet(body, html="html" in content_type.lower())
-    should_retry = headers.get("x-should-retry", "").strip().lower()
-    if should_retry in ("true", "false"):  # the server's explicit word, as OpenAI-style SDKs obey
-        retryable = should_retry == "true"
-    return E.RequestError(error_type, f"HTTP {status}: {detail}", status=status, retryable=retryable, headers=headers)
-
-
-def _error_message(data: dict[str, Any]) -> str:
-    error = data.get("error")
-    if isinstance(error, dict):
-        message = error.get("message") or error.get("code") or error.get("type")
-        return clean_text(cut(str(message) if message else json.dumps(error), 500))
-    return clean_text(cut(str(error), 500))
-
-
-def cut(text: str, limit: int) -> str:
-    """``text``, cut short at ``limit`` with ``CUT`` (which redaction looks at)."""
-    return text if len(text) <= limit else text[:limit] + CUT
-
-
-_TAG = re.compile(rb"<[^>]*>")
-_SPACE = re.compile(rb"\s+")
-
-
-def _snippet(body: bytes, html: bool = False, limit: int = 200) -> str:
-    """A short, printable piece of a body that was not what we expected (an HTML page, say)."""
-    if html or body.lstrip()[:1] == b"<":
-        body = _TAG.sub(b" ", body)
-    text = _SPACE.sub(b" ", body).strip().decode("utf-8", "replace")
-    if not text:
-        return "(empty body)"
-    return cut(text, limit)
 
 
 def _first_line(e: BaseException) -> str:

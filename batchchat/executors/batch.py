@@ -67,7 +67,7 @@ class BatchExecutor:
 
     endpoint: Endpoint
     dialect: str = "together"
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=lambda: Limits.of("together"))
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     answers: Answers = field(default_factory=Answers)
     poll_s: float = 30.0

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import errors as E
 from .. import jsonio
-from ..client.chat import ChatClient, status_error
+from ..client.chat import ChatClient
 from ..reading import bounded, clean_text, needs_bounds, read_usage, received
 from ..records import ChatResult, Usage
 from ..words import plural
@@ -45,7 +45,7 @@ def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient) -> tuple
     body = response.get("body") if isinstance(response, dict) else None
     carries_error = isinstance(body, dict) and body.get("error") and not body.get("choices")
     if status is not None and 200 <= status < 300 and not carries_error:
-        result = chat.cleaned(received(body, latency))
+        result = chat.cleaned(received(body, latency, read=chat.dialect.read))
         shown = f"{batch}/{result.request_id}" if result.request_id else batch
         return custom_id, replace(result, request_id=shown), None
     used = read_usage(body.get("usage")) if isinstance(body, dict) and body.get("usage") is not None else None
@@ -56,7 +56,7 @@ def failure(status: int | None, body: Any, error: Any, chat: ChatClient) -> E.Re
     """An error line's error, named as a live answer's error is where it can be. A batch's
     answer is final: it is not retried (``--retry-errors`` sends it again)."""
     if status is not None:
-        refused = status_error(status, jsonio.dumps(body), "application/json", {})
+        refused = chat.dialect.error(status, jsonio.dumps(body), "application/json", None)
         return replace_retry(chat.redacted(refused))
     if isinstance(error, dict):
         code = clean_text(str(error.get("code") or error.get("type") or ""))
@@ -90,4 +90,4 @@ def unanswered(batch: str, status: str, unread: int) -> E.RequestError:
 def replace_retry(error: E.RequestError) -> E.RequestError:
     """A batch's answer is final: its error is not retried (--retry-errors sends it again)."""
     return E.RequestError(error.error_type, error.message, status=error.status, retryable=False,
-                          headers=error.headers)  # fmt: skip
+                          rate=error.rate, busy=error.busy)  # fmt: skip

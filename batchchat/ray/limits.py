@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import ray
 
 from ..errors import RATE_LIMITED, RequestError
 from ..money import Budget, estimate
+from ..ratehints import RateInfo
 from ..records import ChatRequest, ChatResult, Usage
 from ..spec import Limits, Prices
 from ..stats import Counters
@@ -39,9 +39,10 @@ class Report:
     model: str
     answered: bool  # an answer came (paid for)
     usage: tuple[int | None, int | None, int | None] = (None, None, None)
-    headers: Mapping[str, str] | None = None
+    rate: RateInfo | None = None
     error_type: str | None = None
     status: int | None = None
+    busy: bool = False
 
 
 class SharedLimitsImpl:
@@ -91,10 +92,10 @@ class SharedLimitsImpl:
                 if usage.prompt_tokens is None or usage.completion_tokens is None:
                     self.paid.add_unreported(report.model, usage, estimate(request))
                 self.throttle.succeeded(permit, ChatResult(None, None, usage, None, None, 0.0,
-                                                           headers=report.headers or {}))  # fmt: skip
+                                                           rate=report.rate))  # fmt: skip
             else:
                 error = RequestError(report.error_type or "error", "", status=report.status,
-                                     headers=report.headers or {})  # fmt: skip
+                                     rate=report.rate, busy=report.busy)  # fmt: skip
                 self.throttle.failed(permit, error)
             self.throttle.release()
             if self.budget is not None:
@@ -158,11 +159,11 @@ class LeasedThrottle:
     def succeeded(self, permit: _Leased, result: ChatResult) -> None:
         usage = result.usage
         self._report(Report(permit.number, permit.model, True, (usage.prompt_tokens, usage.completion_tokens,
-                                                                  usage.total_tokens), result.headers or None))  # fmt: skip
+                                                                  usage.total_tokens), result.rate))  # fmt: skip
 
     def failed(self, permit: _Leased, error: RequestError) -> None:
-        report = Report(permit.number, permit.model, False, headers=error.headers or None,
-                        error_type=error.error_type, status=error.status)  # fmt: skip
+        report = Report(permit.number, permit.model, False, rate=error.rate,
+                        error_type=error.error_type, status=error.status, busy=error.busy)  # fmt: skip
         self._report(report, now=error.error_type == RATE_LIMITED)  # a 429 holds every worker: at once
 
     def _report(self, report: Report, now: bool = False) -> None:

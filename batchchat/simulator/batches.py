@@ -27,13 +27,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ..providers import PROVIDERS
 from ..spec import SimConfig
 from .answers import STATUS_FAULTS, chance, directive, invalid_body
 
 ENDPOINT = "/v1/chat/completions"
 PURPOSE = {"together": "batch-api", "openai": "batch"}
-MAX_BYTES = {"together": 100 * 1024 * 1024, "openai": 200 * 1024 * 1024}
-MAX_LINES = 50_000
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -127,8 +126,9 @@ class BatchStore:
         if purpose != PURPOSE[self.dialect]:
             return _error(400, f"purpose must be '{PURPOSE[self.dialect]}', got {purpose!r}")
         data = upload.file.read()
-        if len(data) > MAX_BYTES[self.dialect]:
-            return _error(400, f"the file is larger than {MAX_BYTES[self.dialect]} bytes")
+        most = PROVIDERS[self.dialect].batch_max_bytes or 0
+        if len(data) > most:
+            return _error(400, f"the file is larger than {most} bytes")
         self.counts["uploads_taken"] += 1  # the whole file is here: it is kept even if the client goes
         await asyncio.sleep(self.config.batch_upload_delay_ms / 1000.0)
         file = SimFile(f"file-sim-{self.run}-{len(self.files) + 1:06d}", str(purpose), upload.filename, data)
@@ -225,7 +225,8 @@ class BatchStore:
             lines.append(line)
         if not lines:
             return [], "the file holds no requests"
-        if len(lines) > min(MAX_LINES, self.config.batch_max_lines or MAX_LINES):
+        most = PROVIDERS[self.dialect].batch_max_lines or 0
+        if len(lines) > min(most, self.config.batch_max_lines or most):
             return [], f"the file holds {len(lines)} requests, more than a batch may"
         if self.dialect == "openai" and len({line["body"]["model"] for line in lines}) > 1:
             return [], "a batch may use only one model"

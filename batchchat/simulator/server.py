@@ -1,9 +1,11 @@
-"""The built-in chat-completions server: ``batchchat serve`` and provider ``sim``.
+"""The built-in chat server: ``batchchat serve`` and provider ``sim``.
 
-It answers ``POST /v1/chat/completions`` the way Together does (JSON with usage, or an SSE
-stream with usage on the final chunk and ``data: [DONE]``; OpenAI's extra usage chunk when the
-request sets ``stream_options.include_usage``), enforces requests/min and tokens/min with 429s
-and rate-limit headers, and injects faults. Its answers are synthetic: a deterministic function
+It speaks every wire format batchchat knows, each at its dialect's path, in that dialect's words
+(``providers.base.ServerWire``): ``POST /v1/chat/completions`` the way Together does (JSON with
+usage, or an SSE stream with usage on the final chunk and ``data: [DONE]``; OpenAI's extra usage
+chunk when the request sets ``stream_options.include_usage``), ``POST /v1/messages`` the way
+Anthropic does (content blocks, named stream events, 529 when overloaded). It enforces
+requests/min and tokens/min with 429s and rate-limit headers, and injects faults. Its answers are synthetic: a deterministic function
 of the request body, so a test can tell which request an answer belongs to and a rerun gets the
 same answer.
 
@@ -28,11 +30,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import web
 
+from ..providers import DIALECTS
+from ..providers.base import ServerWire
 from ..spec import SimConfig
 from .answers import STATUS_FAULTS, chance, directive, float_option, invalid_body, request_digest, shaped_reply
 from .batches import BatchStore
@@ -96,7 +100,8 @@ class Simulator:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # a batch file may hold 200 MB
-        app.router.add_post("/v1/chat/completions", self._chat)
+        for dialect in DIALECTS.values():
+            app.router.add_post("/v1" + dialect.path, self._handler(dialect.server))
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/sim/stats", self._stats)
         self.batches.routes(app)
@@ -155,13 +160,19 @@ class Simulator:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    def _handler(self, wire: ServerWire) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def chat(request: web.Request) -> web.StreamResponse:
+            return await self._chat(request, wire)
+
+        return chat
+
+    async def _chat(self, request: web.Request, wire: ServerWire) -> web.StreamResponse:
         self._in_flight += 1
         self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self._in_flight)
         try:
             slots = self.config.slots or (1 if self.config.one_at_a_time else 0)
             if not slots:
-                return await self._answer(request)
+                return await self._answer(request, wire)
             if self._slots is None:
                 self._slots = asyncio.Semaphore(slots)
             served = [cut for cut in self._serving if not cut.is_set()]
@@ -172,35 +183,38 @@ class Simulator:
                 self._serving.append(cut)
                 self.counts["max_served"] = max(self.counts["max_served"], len(self._serving))
                 try:
-                    return await self._answer(request, cut)
+                    return await self._answer(request, wire, cut)
                 finally:
                     self._serving.remove(cut)
         finally:
             self._in_flight -= 1
 
-    async def _answer(self, request: web.Request, cut: asyncio.Event | None = None) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, wire: ServerWire,
+                      cut: asyncio.Event | None = None) -> web.StreamResponse:  # fmt: skip
         raw = await request.read()
         self.counts["received"] += 1
         if self._first_at is None:
             self._first_at = time.monotonic()
         try:
-            body = json.loads(raw)
+            sent = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            return self._error(400, "invalid_request_error", "request body is not valid JSON")
-        problem = invalid_body(body)
-        if problem:
-            return self._error(400, "invalid_request_error", problem)
+            return self._error(wire, 400, "invalid_request_error", "request body is not valid JSON")
+        body = wire.neutral(sent)  # the request as a chat-completions body: answers are made from it
+        problem = body if isinstance(body, str) else invalid_body(body)
+        if problem or isinstance(body, str):
+            return self._error(wire, 400, "invalid_request_error", problem or "invalid request")
         if self.record:
-            self.requests.append({"body": body, "authorization": request.headers.get("Authorization")})
-        if self.config.api_key and request.headers.get("Authorization") != f"Bearer {self.config.api_key}":
-            return self._error(401, "authentication_error", "Invalid API key provided", code="invalid_api_key")
+            self.requests.append({"body": sent, "authorization": request.headers.get("Authorization"),
+                                  "x-api-key": request.headers.get("x-api-key")})  # fmt: skip
+        if self.config.api_key and not wire.authorized(request.headers, self.config.api_key):
+            return self._error(wire, 401, "authentication_error", "Invalid API key provided", code="invalid_api_key")
         digest = request_digest(body)
         self.arrivals[digest] += 1
         arrival = self.arrivals[digest]
         options = directive(body)
         content, finish, prompt_tokens, completion_tokens = shaped_reply(body, self.config, arrival, digest, options)
 
-        limited = self._check_limits(prompt_tokens + completion_tokens)
+        limited = self._check_limits(wire, prompt_tokens + completion_tokens)
         if limited is not None:
             return limited
 
@@ -225,23 +239,19 @@ class Simulator:
         if fault is not None:
             self.counts["faults"] += 1
             self.counts[f"fault:{fault}"] += 1
-            response = await self._fault(request, fault, streaming)
+            response = await self._fault(request, wire, fault, streaming)
             if response is not None:
                 return response
 
         latency = self.config.latency_ms / 1000.0
         if self.config.jitter_ms:
             latency += chance(self.config.seed, digest, arrival, "jitter") * self.config.jitter_ms / 1000.0
-        answer = {
-            # [sim:id=X] answers with id X, as a caching proxy whose ids depend on the prompt alone
-            "id": options.get("id") or f"sim-{digest[:12]}-{arrival}",
-            "created": int(time.time()),
-            "model": body["model"],
-        }
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        # [sim:id=X] answers with id X, as a caching proxy whose ids depend on the prompt alone
+        answer_id = options.get("id") or f"sim-{digest[:12]}-{arrival}"
+        model = body["model"]
         if streaming:
-            response = await self._stream(request, body, answer, content, finish, usage, latency, fault, cut)
+            answer = _Answer(answer_id, model, content, finish, prompt_tokens, completion_tokens)
+            response = await self._stream(request, wire, body, answer, latency, fault, cut)
             if cut is not None and cut.is_set():
                 return response  # cut short: not an answer
         else:
@@ -249,17 +259,15 @@ class Simulator:
                 latency += completion_tokens / self.config.tokens_per_s
             if latency > 0:
                 await asyncio.sleep(latency)
-            choice = {"index": 0, "message": {"role": "assistant", "content": content},
-                      "finish_reason": finish, "logprobs": None}  # fmt: skip
-            payload = {**answer, "object": "chat.completion", "choices": [choice], "usage": usage}
-            response = web.json_response(payload, headers=self._limit_headers())
+            payload = wire.answer(answer_id, model, content, finish, prompt_tokens, completion_tokens)
+            response = web.json_response(payload, headers=self._limit_headers(wire))
         if fault is None:
             self.counts["answered"] += 1
             self.answers[digest] += 1
             self._last_at = time.monotonic()
         return response
 
-    def _check_limits(self, cost: int) -> web.Response | None:
+    def _check_limits(self, wire: ServerWire, cost: int) -> web.Response | None:
         now = time.monotonic()
         later = self.config.rpm_later
         moved = later and self._first_at is not None and now - self._first_at >= self.config.rpm_change_s
@@ -274,11 +282,10 @@ class Simulator:
         if wait > 0:
             self.counts["rate_limited"] += 1
             which = "request" if self._rpm is not None and waits[0] > 0 else "token"
-            headers = self._limit_headers()
+            headers = self._limit_headers(wire, wait)
             headers["retry-after"] = str(max(1, math.ceil(wait)))
-            headers["x-ratelimit-reset"] = f"{wait:.3f}"
             return self._error(
-                429, "rate_limit_exceeded", f"simulated {which} rate limit exceeded",
+                wire, 429, "rate_limit_exceeded", f"simulated {which} rate limit exceeded",
                 code=f"dynamic_{which}_limited", headers=headers,
             )  # fmt: skip
         if self._rpm is not None:
@@ -287,33 +294,27 @@ class Simulator:
             self._tpm.take(cost)
         return None
 
-    def _limit_headers(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        if self._rpm is not None:
-            headers["x-ratelimit-limit"] = str(self._rpm.limit)
-            headers["x-ratelimit-remaining"] = str(max(0, int(self._rpm.level)))
-        if self._tpm is not None:
-            headers["x-tokenlimit-limit"] = str(self._tpm.limit)
-            headers["x-tokenlimit-remaining"] = str(max(0, int(self._tpm.level)))
-        return headers
+    def _limit_headers(self, wire: ServerWire, reset_s: float | None = None) -> dict[str, str]:
+        requests = (self._rpm.limit, max(0, int(self._rpm.level))) if self._rpm is not None else None
+        tokens = (self._tpm.limit, max(0, int(self._tpm.level))) if self._tpm is not None else None
+        return wire.limit_headers(requests, tokens, reset_s)
 
-    def _error(
-        self, status: int, kind: str, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
-    ) -> web.Response:
+    def _error(self, wire: ServerWire, status: int, kind: str, message: str, *, code: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
         self.counts[f"status:{status}"] += 1
-        error = {"message": message, "type": kind, "param": None, "code": code}
-        return web.json_response({"error": error}, status=status, headers=headers)
+        return web.json_response(wire.error(status, kind, message, code), status=status, headers=headers)
 
-    async def _fault(self, request: web.Request, fault: str, streaming: bool) -> web.StreamResponse | None:
+    async def _fault(self, request: web.Request, wire: ServerWire, fault: str,
+                     streaming: bool) -> web.StreamResponse | None:  # fmt: skip
         """An injected failure, or None for faults that happen inside a stream."""
         if fault in STATUS_FAULTS:
             kind, message = STATUS_FAULTS[fault]
-            return self._error(int(fault), kind, message)
+            return self._error(wire, wire.busy_status if fault == "503" else int(fault), kind, message)
         if fault == "429":
-            return self._error(429, "rate_limit_exceeded", "simulated rate limit",
+            return self._error(wire, 429, "rate_limit_exceeded", "simulated rate limit",
                                code="dynamic_request_limited", headers={"retry-after": "1"})  # fmt: skip
         if fault == "insufficient_quota":
-            return self._error(429, "insufficient_quota", "simulated: you exceeded your current quota",
+            return self._error(wire, 429, "insufficient_quota", "simulated: you exceeded your current quota",
                                code="insufficient_quota")  # fmt: skip
         if fault == "html502":
             page = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"
@@ -339,38 +340,32 @@ class Simulator:
         if fault in ("stream_cut", "stream_malformed", "stream_error"):
             if streaming:
                 return None
-            return self._error(400, "invalid_request_error", f"simulator fault '{fault}' needs a streaming request")
-        return self._error(400, "invalid_request_error", f"unknown simulator fault '{fault}'")
+            return self._error(wire, 400, "invalid_request_error", f"simulator fault '{fault}' needs a streaming request")
+        return self._error(wire, 400, "invalid_request_error", f"unknown simulator fault '{fault}'")
 
     async def _stream(
         self,
         request: web.Request,
+        wire: ServerWire,
         body: dict[str, Any],
-        answer: dict[str, Any],
-        content: str,
-        finish: str,
-        usage: dict[str, int],
+        answer: _Answer,
         latency: float,
         fault: str | None,
         cut: asyncio.Event | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **self._limit_headers()},
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **self._limit_headers(wire)},
         )
         await response.prepare(request)
-        base = {**answer, "object": "chat.completion.chunk"}
 
-        async def send(chunk: dict[str, Any] | str) -> None:
-            data = chunk if isinstance(chunk, str) else json.dumps(chunk, ensure_ascii=False)
-            await response.write(f"data: {data}\n\n".encode())
+        async def send(*events: str) -> None:
+            await response.write("".join(events).encode())
 
         if latency > 0:
             await asyncio.sleep(latency)
-        await send(
-            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        )
-        words = content.split(" ")
+        await send(*wire.stream_start(answer.id, answer.model, answer.prompt))
+        words = answer.content.split(" ")
         pause = 1.0 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
         for i, word in enumerate(words):
             if fault is not None and i == len(words) // 2:
@@ -382,7 +377,7 @@ class Simulator:
                     _drop(request)
                     return response
                 if fault == "stream_error":
-                    await send({"error": {"message": "simulated error mid-stream", "type": "server_error"}})
+                    await send(wire.stream_error("simulated error mid-stream"))
                     await response.write_eof()
                     return response
             if pause:
@@ -391,21 +386,20 @@ class Simulator:
                 self.counts["streams_cut"] += 1
                 await response.write_eof()
                 return response
-            text = word if i == 0 else " " + word
-            chunk = {**base, "token": {"id": i, "text": text, "logprob": 0.0, "special": False},
-                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
-            await send(chunk)
-        final: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
-        options = body.get("stream_options")
-        openai_usage = isinstance(options, dict) and options.get("include_usage")
-        if not openai_usage:
-            final["usage"] = usage
-        await send(final)
-        if openai_usage:
-            await send({**base, "choices": [], "usage": usage})
-        await send("[DONE]")
+            await send(wire.stream_piece(answer.id, answer.model, i, word if i == 0 else " " + word))
+        await send(*wire.stream_end(answer.id, answer.model, answer.finish, answer.prompt, answer.completion, body))
         await response.write_eof()
         return response
+
+
+@dataclass(frozen=True)
+class _Answer:
+    id: str
+    model: str
+    content: str
+    finish: str
+    prompt: int
+    completion: int
 
 
 def _drop(request: web.Request) -> None:

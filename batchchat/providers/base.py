@@ -1,0 +1,214 @@
+"""The seam between batchchat and a wire format: what a ``Dialect`` does, and the plain HTTP
+facts every dialect reads alike.
+
+A dialect is everything specific to one wire format: the path and the auth headers, a request's
+body, an answer's reading (whole or streamed), an error's meaning, the rate-limit headers, and the
+built-in simulator's side of the same wire (``ServerWire``). Nothing outside a dialect's module
+knows a field name of its format: the client sends bytes and hands back what the dialect made of
+them, the throttle and the retry policy read ``RateInfo``, the journal keeps an answer as received
+and reads it back through the dialect that claims it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+from ..errors import RequestError
+from ..ratehints import HINT_CAP_S, RateInfo
+from ..reading import Reading
+from ..records import ChatRequest, ChatResult
+from ..sse import Event
+
+
+class StreamReader(Protocol):
+    """A streamed answer, assembled event by event."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether the answer is whole (what follows cannot spoil it)."""
+        ...
+
+    def add(self, event: Event, elapsed_s: float) -> None: ...
+
+    def result(self, latency_s: float, rate: RateInfo | None) -> ChatResult:
+        """The answer the events made; a ``RequestError`` (stream_truncated) if it is not whole."""
+        ...
+
+
+class ServerWire(Protocol):
+    """The simulator's side of a wire format: it answers in it, from the same synthetic answers."""
+
+    busy_status: int  # what the provider answers when short of capacity
+
+    def neutral(self, body: Any) -> dict[str, Any] | str:
+        """The request as a chat-completions body (what the simulator's answers are made from), or
+        why it is refused (a 400)."""
+        ...
+
+    def authorized(self, headers: Mapping[str, str], key: str) -> bool: ...
+
+    def answer(self, answer_id: str, model: str, content: str, finish: str, prompt: int, completion: int) -> dict[str, Any]:
+        ...
+
+    def stream_start(self, answer_id: str, model: str, prompt: int) -> list[str]:
+        """The events before the first piece of text, each as its SSE text."""
+        ...
+
+    def stream_piece(self, answer_id: str, model: str, index: int, text: str) -> str: ...
+
+    def stream_end(self, answer_id: str, model: str, finish: str, prompt: int, completion: int,
+                   body: dict[str, Any]) -> list[str]: ...  # fmt: skip
+
+    def stream_error(self, message: str) -> str: ...
+
+    def error(self, status: int, kind: str, message: str, code: str | None) -> dict[str, Any]:
+        """An error body; ``kind`` is the chat-completions error type, which a wire may restate."""
+        ...
+
+    def limit_headers(self, requests: tuple[int, int] | None, tokens: tuple[int, int] | None,
+                      reset_s: float | None) -> dict[str, str]:  # fmt: skip
+        """Rate-limit headers: (limit per minute, remaining) of requests and of tokens, and when
+        the limit that refused resets (for a 429)."""
+        ...
+
+
+class Dialect(Protocol):
+    """One wire format, as the client, the journal and the simulator use it."""
+
+    name: str
+    path: str  # after the base URL: "/chat/completions", "/messages"
+    server: ServerWire
+
+    def auth_headers(self, key: str) -> dict[str, str]: ...
+
+    def body(self, request: ChatRequest, stream: bool, stream_usage: bool) -> dict[str, Any]:
+        """What is sent for ``request``: a JSON object."""
+        ...
+
+    def answer(self, body: bytes, latency_s: float, rate: RateInfo | None) -> ChatResult:
+        """A 2xx body: the answer (kept as received, and read), or a ``RequestError`` for a body
+        that is no answer (not JSON, an error object), to be tried again."""
+        ...
+
+    def stream(self, on_text: Callable[[str], None] | None) -> StreamReader: ...
+
+    def error(self, status: int, body: bytes, content_type: str, rate: RateInfo | None) -> RequestError: ...
+
+    def rate(self, headers: Mapping[str, str]) -> RateInfo | None:
+        """What the response headers say of the limits and of when to ask again; None: nothing."""
+        ...
+
+    def claims(self, answer: Any) -> bool:
+        """Whether a kept answer is in this format (the journal reads each by its own dialect)."""
+        ...
+
+    def read(self, answer: Any) -> Reading:
+        """A kept answer read; never raises."""
+        ...
+
+    def with_text(self, answer: dict[str, Any], text: str) -> dict[str, Any]:
+        """``answer`` with its text replaced (a secret redacted across two parts)."""
+        ...
+
+
+# --- plain HTTP, as every dialect reads it ---------------------------------------------------
+
+CUT = "..."  # where a long server text was cut short (redaction looks for it)
+_TAG = re.compile(rb"<[^>]*>")
+_SPACE = re.compile(rb"\s+")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, cut short at ``limit`` with ``CUT``."""
+    return text if len(text) <= limit else text[:limit] + CUT
+
+
+def snippet(body: bytes, html: bool = False, limit: int = 200) -> str:
+    """A short, printable piece of a body that was not what we expected (an HTML page, say)."""
+    if html or body.lstrip()[:1] == b"<":
+        body = _TAG.sub(b" ", body)
+    text = _SPACE.sub(b" ", body).strip().decode("utf-8", "replace")
+    if not text:
+        return "(empty body)"
+    return cut(text, limit)
+
+
+def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait ``retry-after-ms`` or ``retry-after`` (seconds, or an HTTP date) asks for, capped."""
+    if "retry-after-ms" in headers:
+        value = number(headers["retry-after-ms"])
+        if value is not None:
+            return capped(value / 1000.0)
+    if "retry-after" in headers:
+        raw = headers["retry-after"].strip()
+        value = number(raw)
+        if value is not None:
+            return capped(value)
+        try:
+            when = parsedate_to_datetime(raw).timestamp()
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            return capped(when - (time.time() if now is None else now))
+    return None
+
+
+def reset_seconds(text: str, now: float | None = None) -> float | None:
+    """A reset time as seconds from now: a number of seconds, an epoch timestamp, or ``6m0s``."""
+    raw = text.strip()
+    value = number(raw)
+    if value is None:
+        return duration_seconds(raw)
+    if value > 1e12:  # an epoch timestamp in milliseconds
+        value /= 1000.0
+    if value > 1e9:  # an epoch timestamp rather than a number of seconds
+        value -= time.time() if now is None else now
+    return max(value, 0.0)
+
+
+def duration_seconds(text: str) -> float | None:
+    """OpenAI-style durations: ``20ms``, ``1s``, ``6m0s``, ``1h2m3.5s``."""
+    text = text.strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def count_header(headers: Mapping[str, str], *names: str) -> float | None:
+    """The first of ``names`` holding a count (finite, not negative)."""
+    for name in names:
+        if name in headers:
+            value = number(headers[name])
+            if value is not None and value >= 0:
+                return value
+    return None
+
+
+def should_retry(headers: Mapping[str, str]) -> bool | None:
+    """``x-should-retry``: the server's explicit word, as OpenAI-style SDKs obey it."""
+    word = headers.get("x-should-retry", "").strip().lower()
+    return word == "true" if word in ("true", "false") else None
+
+
+def number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
+
+
+def capped(seconds: float) -> float:
+    return min(max(seconds, 0.0), HINT_CAP_S)
+
+
+def lower_names(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers with lower-case names (aiohttp's are case-insensitive; a plain dict's are not)."""
+    return {name.lower(): value for name, value in headers.items()}
