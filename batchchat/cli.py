@@ -19,6 +19,7 @@ import click
 
 from .console import Progress, Shown, say
 from .errors import BatchchatError, FatalAPIError, Interrupted, MissingKey, RequestError, StorageError
+from .providers import PROVIDERS
 from .spec import SIM_POLL_S, Answers, BatchAPI, Limits, Resume, RetryPolicy, Scoring, default
 from .text import dry_run_text, overview_text, quiet_line, summary_text
 from .words import plural
@@ -182,9 +183,9 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
         click.option("--system", metavar="TEXT", help="System message sent first in every request."),
         click.option(
             "--provider",
-            type=click.Choice(["together", "openai", "sim"]),
-            help="together (TOGETHER_API_KEY), openai (OPENAI_API_KEY), or sim (built-in simulator, no key) "
-            "[default: together].",
+            type=click.Choice(list(PROVIDERS)),
+            help=", ".join(f"{p.name} ({p.key_env})" for p in PROVIDERS.values() if p.key_env)
+            + ", or sim (built-in simulator, no key) [default: together].",
         ),
         click.option(
             "--base-url", metavar="URL", help="Any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."

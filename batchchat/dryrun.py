@@ -44,6 +44,7 @@ class DryRun:
     messages_from: str = ""  # which settings and columns make each row's messages
     prices: Prices = field(default_factory=lambda: NO_PRICES)  # of the models asked
     batch: BatchPlan | None = None  # with batch_api: the files and what they would cost
+    dialect: str = "openai"  # the wire format the requests are sent in
 
     @property
     def groups(self) -> tuple[GroupEstimate, ...]:
@@ -110,4 +111,5 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
         limits = Limits.of(dialect_of(job.endpoint, job.simulator), job.simulator if job.endpoint.provider == "sim" else None)
         count = sum(1 for _ in split(new(), limits))
         batch = BatchPlan(count, plan.to_send - plan.waiting, limits, estimates.cost_at(job.paid_prices))
-    return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices, batch)
+    return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices, batch,
+                  job.endpoint.dialect)

@@ -261,14 +261,16 @@ def catalogue_prices(models: Iterable[str], provider: str) -> dict[str, Price]:
     """The catalogue's price of each model it knows at ``provider``, in US dollars per million tokens."""
     from genai_prices import Usage, calc_price  # loaded only when a price is looked up
 
-    million = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    # Priced on a thousand tokens each way, then scaled: a million in one request would be priced
+    # at the long-prompt tier where a model has one (Anthropic's past 200,000 input tokens).
+    thousand = Usage(input_tokens=1000, output_tokens=1000)
     found = {}
     for model in models:
         try:
-            price = calc_price(million, model, provider_id=provider)
+            price = calc_price(thousand, model, provider_id=provider)
         except LookupError:
             continue
-        found[model] = Price(float(price.input_price), float(price.output_price), source="catalogue")
+        found[model] = Price(float(price.input_price * 1000), float(price.output_price * 1000), source="catalogue")
     return found
 
 

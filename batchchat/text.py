@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .endpoint import endpoint_label, key_state
 from .executors.base import BatchProgress, Ending
+from .providers import dialect
 from .stats import PAID_EARLIER, PAID_RUN, PAID_SHARED, BatchTimes, percentile
 from .words import dollars, duration, plural
 
@@ -390,7 +391,7 @@ def dry_run_text(dry: DryRun) -> str:
         lines.append(f"each row sends: {dry.messages_from}")
     if dry.first_request is not None:
         request = dry.first_request
-        body = request.body()
+        body = dialect(dry.dialect).body(request, False, False)  # as it is sent
         if request.turns:
             body["turns"] = list(request.turns)
         text = json.dumps(body, ensure_ascii=False)

@@ -17,7 +17,8 @@ from click.testing import CliRunner, Result
 from batchchat.cli import main
 from batchchat.simulator import BackgroundSimulator
 
-KEY_VARIABLES = ("TOGETHER_API_KEY", "OPENAI_API_KEY", "TOGETHER_BASE_URL", "OPENAI_BASE_URL")
+KEY_VARIABLES = ("TOGETHER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TOGETHER_BASE_URL", "OPENAI_BASE_URL",
+                 "ANTHROPIC_BASE_URL")
 
 
 # The report extra (matplotlib) is installed: without it (`pip install '.[test]'`), a test checks
