@@ -26,8 +26,8 @@ from .pipeline import RunResult, Stages, finished, open_store
 from .plan import Setup
 from .progress import Observer, Silent
 from .records import PENDING
-from .sink import output_batches, output_schema, typed_output, write_output
-from .source import FileSource, TableSource, count_rows, open_source
+from .sink import Sink, output_batches, output_schema, sink_for, typed_output
+from .source import FileSource, TableSource, open_source
 from .spec import Job
 from .stats import RowTally
 from .sync import run_sync
@@ -108,18 +108,13 @@ def run(job: Job | str | os.PathLike[str] | pd.DataFrame | None = None, /, *, ob
     return run_sync(arun(job, observer=observer, **settings))  # type: ignore[arg-type]
 
 
-def _keep_whole_output(job: Job, files: OutputFiles, rows: int) -> None:
+def _keep_whole_output(job: Job, sink: Sink, output: object, rows: int) -> None:
     """A trial on the first rows (``limit``) must not replace an output that holds more rows: the
-    rows it would drop were paid for."""
-    if not files.target.exists():
-        return
-    try:
-        held = count_rows(files.target)
-    except JobError:
-        return  # not a table batchchat can read: replacing it loses no rows of ours
-    if held > rows:
+    rows it would drop were paid for. (One batchchat cannot read holds no rows of ours.)"""
+    held = sink.count_rows()
+    if held is not None and held > rows:
         raise JobError(
-            f"the output {files.output} holds {plural(held, 'row')}, and this run, limited to the first input rows "
+            f"the output {output} holds {plural(held, 'row')}, and this run, limited to the first input rows "
             f"({job.names('limit')}), would write {rows:,}: it would drop rows already answered. Run without "
             f"{job.names('limit')} (what is answered is not sent again), or write the trial elsewhere "
             f"({job.names('output')})"
@@ -158,17 +153,18 @@ async def _run_file(job: Job, source: TableSource, setup: Setup, journal: Journa
     if isinstance(source, FileSource):
         source.seal()  # what every pass must read again
     stages = Stages(job, setup, source, journal, observer)
+    sink = sink_for(files)
     plan = stages.plan(output)
     if job.limit is not None:
-        _keep_whole_output(job, files, plan.rows)
+        _keep_whole_output(job, sink, output, plan.rows)
     observer.started(plan)
     fanout = setup.builder.fanout
 
     def write() -> RowTally:
         tally = RowTally()
-        restore = source.for_output if typed_output(files.target) else None
+        restore = source.for_output if sink.typed else None
         unchanged = source.verify if isinstance(source, FileSource) else None  # before it replaces the output
-        write_output(files, output_batches(stages.assemble(tally), schema, fanout, restore), schema, unchanged)
+        sink.replace(output_batches(stages.assemble(tally), schema, fanout, restore), schema, unchanged)
         return tally
 
     try:

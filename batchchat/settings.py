@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JobError
+from .tableformats import SUFFIXES, format_of
 
 SETTINGS = (
     "input", "output", "model", "prompt_column", "template", "messages_column", "system",
@@ -34,7 +35,6 @@ SAME_SETTING = {
 }
 
 
-TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
 
 def text(value: Any, at: str) -> str | None:
@@ -51,10 +51,10 @@ def table_path(value: Any, at: str, what: str) -> Path | None:
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise JobError(f"{at} must be a file path, got {value!r}")
     path = Path(value)
-    if path.suffix.lower() not in TABLE_SUFFIXES:
+    if format_of(path) is None:
         raise JobError(
             f"{at}: cannot tell the format of {what} file {path} from its suffix "
-            f"'{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}"
+            f"'{path.suffix}'; use one of {', '.join(SUFFIXES)}"
         )
     return path
 

@@ -1,9 +1,11 @@
 """The output table: every input column, then the outcome columns, one row per input row.
 
 The input is read again batch by batch and joined with the outcomes by row position, so the
-output keeps input order whatever order answers arrived in. The file is written beside its
-destination under a temporary name and renamed into place only when complete: a failed run
-never leaves a half-written table where an older, complete one stood.
+output keeps input order whatever order answers arrived in. Where it goes is a ``Sink``: it is
+written whole and replaces what was there only once complete, so a failed run never leaves a
+half-written table where an older, complete one stood. A file (``FileSink``, any format of
+``tableformats``) is written beside its destination under a temporary name and renamed into
+place; ``sink_for`` picks the sink of an output, in one place.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -24,7 +26,8 @@ from .arrays import array_of, positions
 from .errors import JobError, StorageError
 from .files import OutputFiles
 from .records import OUTPUT_COLUMNS, PENDING, RowOutcome
-from .source import JSON_TEXT, TableSource
+from .source import JSON_TEXT, TableSource, open_source
+from .tableformats import SUFFIXES, format_of
 from .version import installed
 
 if TYPE_CHECKING:
@@ -67,7 +70,8 @@ def output_schema(source: TableSource, derived: Derived, typed: bool = True) -> 
 
 
 def typed_output(path: Path) -> bool:
-    return path.suffix.lower() == ".parquet"
+    table = format_of(path)
+    return table is not None and table.typed
 
 
 def added_arrays(outcomes: Sequence[RowOutcome | None], extras: Mapping[str, list[Any]],
@@ -108,40 +112,6 @@ def table_of(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches(list(batches), schema=schema)
 
 
-def write_output(
-    files: OutputFiles,
-    batches: Iterator[pa.RecordBatch],
-    schema: pa.Schema,
-    check: Callable[[], None] | None = None,
-) -> None:
-    """Write the whole table to a new temporary file beside the output, then rename it over the
-    output, which keeps its permissions. The temporary file has an unpredictable name and is
-    written through its own descriptor, so nothing planted beside the output is written to.
-    ``check`` runs once the table is written and before it replaces the output; if it raises,
-    the output is left as it was."""
-    path = files.target
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv", ".jsonl"):  # job validation refuses others; this guards library misuse
-        raise JobError(f"output {files.output}: unsupported suffix '{path.suffix}'; use .parquet, .csv or .jsonl")
-    try:
-        handle, temporary = files.open_temp()
-    except OSError as e:
-        raise StorageError("the output", files.output, e) from None
-    try:
-        with os.fdopen(handle, "wb") as f:
-            _write_table(f, suffix, batches, schema)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check()
-        os.replace(temporary, path)
-    except OSError as e:  # the input's own errors are JobErrors; an OSError here is the disk's
-        raise StorageError("the output", files.output, e) from None
-    finally:
-        with contextlib.suppress(OSError):  # a read-only folder: the next run removes it
-            temporary.unlink(missing_ok=True)
-
-
 NULLABLE = {pa.int64(): ("int64", "Int64"), pa.int32(): ("int32", "Int32"), pa.bool_(): ("bool", "boolean")}
 
 
@@ -161,24 +131,111 @@ def pandas_metadata(schema: pa.Schema, added: Sequence[str]) -> dict[bytes, byte
     return {**(schema.metadata or {}), b"pandas": json.dumps(description).encode()}
 
 
-def _write_table(f: BinaryIO, suffix: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
-    if suffix == ".parquet":
-        with pq.ParquetWriter(f, schema) as writer:  # its pandas description is output_schema's
-            for batch in batches:
-                writer.write_batch(batch)
-    elif suffix == ".csv":
-        csv_schema = pa.schema([pa.field(field.name, _csv_type(field.type)) for field in schema])
-        with pcsv.CSVWriter(f, csv_schema) as writer:
-            for batch in batches:
-                writer.write_batch(_csv_ready(batch, csv_schema))
-    else:
-        as_json = [field.name for field in schema if field.metadata == JSON_TEXT]
+def write_parquet(f: BinaryIO, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    with pq.ParquetWriter(f, schema) as writer:  # its pandas description is output_schema's
         for batch in batches:
-            rows = batch.to_pylist()
-            for row in rows:  # lists and objects read from JSONL go back as they were
-                for name in as_json:
-                    row[name] = json.loads(row[name]) if row[name] is not None else None
-            f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows).encode("utf-8"))
+            writer.write_batch(batch)
+
+
+def write_csv(f: BinaryIO, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    csv_schema = pa.schema([pa.field(field.name, _csv_type(field.type)) for field in schema])
+    with pcsv.CSVWriter(f, csv_schema) as writer:
+        for batch in batches:
+            writer.write_batch(_csv_ready(batch, csv_schema))
+
+
+def write_jsonl(f: BinaryIO, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    as_json = [field.name for field in schema if field.metadata == JSON_TEXT]
+    for batch in batches:
+        rows = batch.to_pylist()
+        for row in rows:  # lists and objects read from JSONL go back as they were
+            for name in as_json:
+                row[name] = json.loads(row[name]) if row[name] is not None else None
+        f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows).encode("utf-8"))
+
+
+# The writer of each format of ``tableformats.FORMATS``, by its name.
+WRITERS: dict[str, Callable[[BinaryIO, Iterator[pa.RecordBatch], pa.Schema], None]] = {
+    "parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl}  # fmt: skip
+
+
+class Sink(Protocol):
+    """Where an output table goes: written whole, replacing what was there only once complete."""
+
+    @property
+    def typed(self) -> bool:
+        """Whether lists and objects keep their types (else they are written as JSON text)."""
+        ...
+
+    def replace(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema,
+                check: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """The whole table written; ``check`` runs once it is written and before it replaces
+        the output, which is left as it was if it raises."""
+        ...
+
+    def count_rows(self) -> int | None:
+        """The rows of the table there now; None when there is none (or none batchchat can read)."""
+        ...
+
+    def read(self) -> TableSource:
+        """The table there now, read back (``show``, the report)."""
+        ...
+
+
+class FileSink:
+    """An output file, in the format its suffix names."""
+
+    def __init__(self, files: OutputFiles) -> None:
+        table = format_of(files.target)
+        if table is None:  # job validation refuses others; this guards library misuse
+            raise JobError(f"output {files.output}: unsupported suffix '{files.target.suffix}'; use one of "
+                           f"{', '.join(SUFFIXES)}")  # fmt: skip
+        self.files = files
+        self.format = table
+
+    @property
+    def typed(self) -> bool:
+        return self.format.typed
+
+    def replace(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema,
+                check: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Written to a new temporary file beside the output, then renamed over it (which keeps
+        its permissions). The temporary file has an unpredictable name and is written through its
+        own descriptor, so nothing planted beside the output is written to."""
+        files = self.files
+        try:
+            handle, temporary = files.open_temp()
+        except OSError as e:
+            raise StorageError("the output", files.output, e) from None
+        try:
+            with os.fdopen(handle, "wb") as f:
+                WRITERS[self.format.name](f, batches, schema)
+                f.flush()
+                os.fsync(f.fileno())
+            if check is not None:
+                check()
+            os.replace(temporary, files.target)
+        except OSError as e:  # the input's own errors are JobErrors; an OSError here is the disk's
+            raise StorageError("the output", files.output, e) from None
+        finally:
+            with contextlib.suppress(OSError):  # a read-only folder: the next run removes it
+                temporary.unlink(missing_ok=True)
+
+    def count_rows(self) -> int | None:
+        if not self.files.target.exists():
+            return None
+        try:
+            return self.read().count_rows()
+        except JobError:
+            return None  # not a table batchchat can read
+
+    def read(self) -> TableSource:
+        return open_source(self.files.target)
+
+
+def sink_for(files: OutputFiles) -> Sink:
+    """The sink of an output."""
+    return FileSink(files)
 
 
 def to_frame(

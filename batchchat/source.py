@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputChanged, JobError
 from .reading import lone_surrogate
+from .tableformats import SUFFIXES, format_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,6 +73,10 @@ class TableSource:
         """Raise ``InputChanged`` if the input is no longer the one read (a table in memory
         cannot change; a file can)."""
 
+    def count_rows(self) -> int:
+        """Its rows (all of them: ``limit`` aside), read through unless the format says."""
+        return sum(batch.num_rows for batch in self._read_batches())
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows in order, in Arrow batches; no more than ``limit`` of them."""
         left = self.limit
@@ -91,16 +96,6 @@ class TableSource:
         raise NotImplementedError
 
 
-def count_rows(path: Path) -> int:
-    """The rows of a table file (a Parquet file says so in its footer; others are read)."""
-    if path.suffix.lower() == ".parquet":
-        try:
-            return int(pq.ParquetFile(path).metadata.num_rows)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise JobError(f"cannot read {path}: {e}") from None
-    return sum(batch.num_rows for batch in open_source(path).batches())
-
-
 def open_source(path: Path, limit: int | None = None) -> TableSource:
     """The input file ``path``; ``limit``: only its first rows."""
     source = _open(path)
@@ -108,8 +103,7 @@ def open_source(path: Path, limit: int | None = None) -> TableSource:
     return source
 
 
-def _open(path: Path) -> TableSource:
-    suffix = path.suffix.lower()
+def _open(path: Path) -> FileSource:
     if not path.is_file():
         raise JobError(f"input {path} does not exist or is not a file")
     try:
@@ -119,13 +113,10 @@ def _open(path: Path) -> TableSource:
         raise JobError(f"cannot read input {path}: {e.strerror}; check its permissions") from None
     if empty:
         raise JobError(f"input {path} is empty (0 bytes); it needs a header and at least one row")
-    if suffix == ".csv":
-        return CsvSource(path)
-    if suffix == ".parquet":
-        return ParquetSource(path)
-    if suffix == ".jsonl":
-        return JsonlSource(path)
-    raise JobError(f"input {path}: unsupported suffix '{path.suffix}'; use .csv, .parquet or .jsonl")
+    table = format_of(path)
+    if table is None:
+        raise JobError(f"input {path}: unsupported suffix '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
+    return READERS[table.name](path)
 
 
 class ArrowSource(TableSource):
@@ -260,6 +251,9 @@ class ParquetSource(FileSource):
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"cannot read {path} as Parquet: {_arrow_message(e)}") from None
         super().__init__(self._file.schema_arrow, str(path))
+
+    def count_rows(self) -> int:
+        return int(self._file.metadata.num_rows)  # its footer says
 
     def _read_batches(self) -> Iterator[pa.RecordBatch]:
         start = 0
@@ -519,3 +513,7 @@ def unclosed_quote(path: Path) -> str | None:
 def _arrow_message(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# The reader of each format of ``tableformats.FORMATS``, by its name.
+READERS: dict[str, Callable[[Path], FileSource]] = {"parquet": ParquetSource, "csv": CsvSource, "jsonl": JsonlSource}

@@ -24,7 +24,8 @@ from .batchfiles import Steps
 from .errors import JobError
 from .files import OutputFiles, open_nofollow
 from .records import ERROR, OK, OUTPUT_COLUMNS, PENDING
-from .source import open_source
+from .sink import sink_for
+from .source import TableSource
 from .stats import PAID, BatchTimes, GroupSummary, RowTally
 from .stored import valid_record
 
@@ -213,12 +214,11 @@ def overview(output: str | Path) -> Overview:
     seen = Overview(path)
     parts = sorted(files.parts.glob("*.journal")) if files.parts.is_dir() else []
     seen.timeline = read_timeline([files.journal, *parts])
-    _read_table(seen, path)
+    _read_table(seen, sink_for(files).read(), path)
     return seen
 
 
-def _read_table(seen: Overview, path: Path) -> None:
-    source = open_source(path)
+def _read_table(seen: Overview, source: TableSource, path: Path) -> None:
     columns = source.columns
     if "status" not in columns or "response" not in columns:
         raise JobError(f"{path} is not a table batchchat wrote: it has no status and response columns")
