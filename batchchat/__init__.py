@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import BatchchatError, FatalAPIError, Interrupted, JobError, RequestError
+from .core.errors import BatchchatError, FatalAPIError, Interrupted, JobError, RequestError
 
 if TYPE_CHECKING:
-    from .dryrun import DryRun, dry_run
-    from .frames import arun_frame, run_frame
-    from .htmlreport import write_report as report
-    from .jobfile import load_job
-    from .pipeline import RunResult
-    from .runfile import arun, run
-    from .spec import Job
-    from .survey import Overview, overview
-    from .version import __version__
+    from .core.version import __version__
+    from .execute.pipeline import RunResult
+    from .job.jobfile import load_job
+    from .job.spec import Job
+    from .reports.htmlreport import write_report as report
+    from .reports.survey import Overview, overview
+    from .runs.dryrun import DryRun, dry_run
+    from .runs.frames import arun_frame, run_frame
+    from .runs.runfile import arun, run
 
 __all__ = [
     "BatchchatError",
@@ -48,11 +48,12 @@ __all__ = [
 ]
 
 # name -> (module, the name there): loaded on first use
-_LAZY = {"RunResult": ("pipeline", "RunResult"), "arun": ("runfile", "arun"), "run": ("runfile", "run"),
-         "arun_frame": ("frames", "arun_frame"), "run_frame": ("frames", "run_frame"), "DryRun": ("dryrun", "DryRun"),
-         "dry_run": ("dryrun", "dry_run"), "Job": ("spec", "Job"), "load_job": ("jobfile", "load_job"),
-         "__version__": ("version", "__version__"), "report": ("htmlreport", "write_report"),
-         "overview": ("survey", "overview"), "Overview": ("survey", "Overview")}  # fmt: skip
+_LAZY = {"RunResult": ("execute.pipeline", "RunResult"), "arun": ("runs.runfile", "arun"), "run": ("runs.runfile", "run"),
+         "arun_frame": ("runs.frames", "arun_frame"), "run_frame": ("runs.frames", "run_frame"),
+         "DryRun": ("runs.dryrun", "DryRun"), "dry_run": ("runs.dryrun", "dry_run"), "Job": ("job.spec", "Job"),
+         "load_job": ("job.jobfile", "load_job"), "__version__": ("core.version", "__version__"),
+         "report": ("reports.htmlreport", "write_report"), "overview": ("reports.survey", "overview"),
+         "Overview": ("reports.survey", "Overview")}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

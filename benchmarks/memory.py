@@ -52,13 +52,13 @@ def real_run(rows: int, source: Path, folder: Path, concurrency: int, env: dict[
 FINISHED = r"""
 import sys
 from pathlib import Path
-from batchchat.journal import Journal
-from batchchat.jobfile import load_job
-from batchchat.pipeline import journal_scope
-from batchchat.plan import Setup
-from batchchat.records import RowOutcome
-from batchchat.journal import MemoryStore
-from batchchat.source import open_source
+from batchchat.store.journal import Journal
+from batchchat.job.jobfile import load_job
+from batchchat.execute.pipeline import journal_scope
+from batchchat.plan.plan import Setup
+from batchchat.core.records import RowOutcome
+from batchchat.store.journal import MemoryStore
+from batchchat.input.source import open_source
 source_path, output, url = sys.argv[1:4]
 job = load_job(input=source_path, output=output, model="m", base_url=url)
 source = open_source(Path(source_path), None)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from batchchat.job.spec import SimConfig
 from batchchat.simulator import BackgroundSimulator
-from batchchat.spec import SimConfig
 from tests.helpers import KEY_VARIABLES
 
 

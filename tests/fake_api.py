@@ -11,14 +11,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchchat.errors import STREAM_TRUNCATED, TIMEOUT, RequestError
-from batchchat.executors.pool import drain
-from batchchat.money import Budget
+from batchchat.core.errors import STREAM_TRUNCATED, TIMEOUT, RequestError
+from batchchat.core.records import ChatRequest, ChatResult, RowOutcome, Usage
+from batchchat.execute.pool import drain
+from batchchat.execute.unit import Asker, Resting, Send
+from batchchat.job.money import Budget
+from batchchat.pacing.throttle import Throttle
 from batchchat.providers.openai import rate_of, status_error
-from batchchat.records import ChatRequest, ChatResult, RowOutcome, Usage
-from batchchat.stats import Counters
-from batchchat.throttle import Throttle
-from batchchat.unit import Asker, Resting, Send
+from batchchat.store.stats import Counters
 
 Script = Callable[[ChatRequest, int], RequestError | None]  # (request, attempt number) -> error or None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from batchchat.cli import main
+from batchchat.cli.commands import main
 from batchchat.simulator import BackgroundSimulator
 
 KEY_VARIABLES = ("TOGETHER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TOGETHER_BASE_URL", "OPENAI_BASE_URL",

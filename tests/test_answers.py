@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from batchchat.answers import AnswerCheck, Derived, match_label, parse_json_answer, score
-from batchchat.errors import INVALID_LABEL, INVALID_OUTPUT, SERVER_ERROR
-from batchchat.spec import Answers, Scoring
+from batchchat.core.errors import INVALID_LABEL, INVALID_OUTPUT, SERVER_ERROR
+from batchchat.job.spec import Answers, Scoring
+from batchchat.plan.answers import AnswerCheck, Derived, match_label, parse_json_answer, score
 
 LABELS = ("positive", "negative", "neutral", "very negative")
 SCHEMA = {

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 import pytest
 
 from batchchat.client import ChatClient
-from batchchat.errors import RequestError
-from batchchat.keys import request_key
+from batchchat.core.errors import RequestError
+from batchchat.core.keys import request_key
+from batchchat.core.records import ChatRequest
 from batchchat.providers import dialect, read_answer
 from batchchat.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicServer, message_body, rate_of
-from batchchat.records import ChatRequest
 from batchchat.simulator import synthetic_reply
 from tests.helpers import KEY_VARIABLES, cli, read_output, write_csv
 

@@ -324,8 +324,8 @@ def test_a_batch_created_but_not_recorded_is_adopted_not_made_again(tmp_path: Pa
 
 
 def test_a_batch_the_provider_no_longer_has_is_asked_again(tmp_path: Path) -> None:
+    from batchchat.job.spec import SimConfig
     from batchchat.simulator import BackgroundSimulator
-    from batchchat.spec import SimConfig
 
     source = questions(tmp_path)
     output = tmp_path / "out.csv"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchchat.cli import parse_param
+from batchchat.cli.commands import parse_param
 from tests.helpers import cli, cli_subprocess, read_output, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,9 +123,9 @@ def test_run_with_nothing_says_how_to_start():
 
 
 def test_the_progress_bar_shows_rate_429s_retries_tokens_and_errors():
-    from batchchat.progress import live_counters
-    from batchchat.records import RowOutcome, Usage
-    from batchchat.stats import Stats
+    from batchchat.core.records import RowOutcome, Usage
+    from batchchat.output.progress import live_counters
+    from batchchat.store.stats import Stats
 
     stats = Stats(total=3)
     stats.add(RowOutcome(0, "k", "ok", 2, "m", response="a", prompt_tokens=1000, completion_tokens=234))

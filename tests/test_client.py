@@ -6,10 +6,10 @@ import socket
 import pytest
 
 from batchchat.client import ChatClient
-from batchchat.errors import RequestError
-from batchchat.keys import request_key
-from batchchat.ratehints import RateInfo
-from batchchat.records import ChatRequest
+from batchchat.core.errors import RequestError
+from batchchat.core.keys import request_key
+from batchchat.core.ratehints import RateInfo
+from batchchat.core.records import ChatRequest
 from batchchat.simulator import synthetic_reply
 
 

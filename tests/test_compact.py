@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchchat.compact import KeyIndex
+from batchchat.core.compact import KeyIndex
 
 
 def key(n: int) -> str:
@@ -57,8 +57,8 @@ def test_a_million_keys_take_a_fraction_of_a_dict():
 def test_the_first_row_of_each_key_is_found_by_sorting_as_by_a_set(monkeypatch):
     import random
 
-    import batchchat.compact as compact
-    from batchchat.compact import first_rows
+    import batchchat.core.compact as compact
+    from batchchat.core.compact import first_rows
 
     rng = random.Random(5)
     pool = [bytes.fromhex(key(n)) for n in range(50)] + [bytes(15) + b"\x01", b"\x01" + bytes(15)]
@@ -81,8 +81,8 @@ def test_percentiles_of_many_measurements_are_those_of_few(monkeypatch):
     import random
     from array import array
 
-    import batchchat.compact as compact
-    from batchchat.stats import percentile
+    import batchchat.core.compact as compact
+    from batchchat.store.stats import percentile
 
     values = array("d", (random.Random(3).expovariate(2) for _ in range(5001)))
     few = [percentile(compact.ordered(values), q) for q in (50, 95)]
@@ -107,7 +107,7 @@ def test_runs_past_the_fold_answer_each_row_once_and_resume(monkeypatch, tmp_pat
     first rows. Shared prompts share an answer, each answer lands on its row, and a rerun sends
     only what is new."""
     import batchchat
-    import batchchat.compact as compact
+    import batchchat.core.compact as compact
     from batchchat.simulator import synthetic_reply
     from tests.helpers import read_output, write_csv
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 import batchchat
-from batchchat.money import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
+from batchchat.core.words import dollars as money
+from batchchat.job.money import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from batchchat.simulator import BackgroundSimulator
-from batchchat.words import dollars as money
 
 from .helpers import cli, read_output, write_csv
 
@@ -181,7 +181,7 @@ def test_a_cap_below_the_first_requests_bound_says_to_raise_it(tmp_path: Path, s
 
 
 def test_amounts_that_would_read_alike_are_shown_apart() -> None:
-    from batchchat.text import _apart
+    from batchchat.reports.text import _apart
 
     assert _apart(0.1301, 0.1349) == ("$0.1301", "$0.1349")
     assert _apart(0.5, 1.25) == ("$0.50", "$1.25")

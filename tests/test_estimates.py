@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from batchchat.money import Budget, estimate, prompt_bound
-from batchchat.records import ChatRequest, ChatResult, Usage
-from batchchat.spec import Price
-from batchchat.stats import Counters
-from batchchat.throttle import Throttle
+from batchchat.core.records import ChatRequest, ChatResult, Usage
+from batchchat.job.money import Budget, estimate, prompt_bound
+from batchchat.job.spec import Price
+from batchchat.pacing.throttle import Throttle
+from batchchat.store.stats import Counters
 from tests.fake_api import run_requests
 from tests.virtual_time import run_virtual
 

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import batchchat
+from batchchat.core.words import dollars as money
 from batchchat.simulator import BackgroundSimulator
-from batchchat.stats import percentile
-from batchchat.words import dollars as money
+from batchchat.store.stats import percentile
 
 from .helpers import cli, read_output, write_csv
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from batchchat.core.words import dollars as money
 from batchchat.simulator import BackgroundSimulator
-from batchchat.words import dollars as money
 
 from .helpers import cli, read_output, write_csv
 from .hostile_server import HostileServer
@@ -271,7 +271,7 @@ class Stopper:
         self.ending = ending
 
     async def execute(self, work: Any, ledger: Any) -> Any:
-        from batchchat.records import ChatResult, RowOutcome, Usage
+        from batchchat.core.records import ChatResult, RowOutcome, Usage
 
         for request in work.requests:
             ledger.finished(RowOutcome.answered(request, ChatResult("a", "stop", Usage(1, 1, 2), "r", "m", 0.1), 1))
@@ -282,11 +282,11 @@ class Stopper:
 def test_the_resume_advice_after_a_restart_does_not_restart_again(tmp_path: Path) -> None:
     import asyncio
 
-    from batchchat.cli import flag_name
-    from batchchat.errors import Interrupted
-    from batchchat.executors.base import Ending
-    from batchchat.jobfile import build_job
-    from batchchat.runfile import arun
+    from batchchat.cli.commands import flag_name
+    from batchchat.core.errors import Interrupted
+    from batchchat.execute.base import Ending
+    from batchchat.job.jobfile import build_job
+    from batchchat.runs.runfile import arun
 
     source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
     settings = {"input": str(source), "output": str(tmp_path / "out.csv"), "model": "m", "provider": "sim"}
@@ -304,10 +304,10 @@ def test_the_resume_advice_after_a_restart_does_not_restart_again(tmp_path: Path
 def test_a_run_stopped_at_once_says_what_the_journal_keeps(tmp_path: Path) -> None:
     import asyncio
 
-    from batchchat.errors import Interrupted
-    from batchchat.executors.base import Ending
-    from batchchat.runfile import arun
-    from batchchat.text import summary_text
+    from batchchat.core.errors import Interrupted
+    from batchchat.execute.base import Ending
+    from batchchat.reports.text import summary_text
+    from batchchat.runs.runfile import arun
 
     source = write_csv(tmp_path / "in.csv", ["prompt"], [["a"], ["b"]])
     with pytest.raises(Interrupted) as stopped:
@@ -382,8 +382,8 @@ def test_help_and_messages_read_plainly(tmp_path: Path, sim: BackgroundSimulator
 
 
 def test_a_plain_progress_line_after_the_stop_says_so_not_the_time_left() -> None:
-    from batchchat.stats import Stats
-    from batchchat.text import progress_line
+    from batchchat.reports.text import progress_line
+    from batchchat.store.stats import Stats
 
     stats = Stats(10)
     stats.done = 4

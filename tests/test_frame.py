@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 import batchchat
-from batchchat.errors import JobError
+from batchchat.core.errors import JobError
+from batchchat.output.sink import OUTPUT_COLUMNS
 from batchchat.simulator import synthetic_reply
-from batchchat.sink import OUTPUT_COLUMNS
 
 
 def frame() -> pd.DataFrame:

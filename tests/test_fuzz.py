@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchchat.errors import JobError
-from batchchat.jobfile import load_job
-from batchchat.records import ChatRequest, InvalidRow
-from batchchat.rows import RequestBuilder, RowSpec
-from batchchat.source import open_source
-from batchchat.template import parse_template
+from batchchat.core.errors import JobError
+from batchchat.core.records import ChatRequest, InvalidRow
+from batchchat.core.template import parse_template
+from batchchat.input.source import open_source
+from batchchat.job.jobfile import load_job
+from batchchat.plan.rows import RequestBuilder, RowSpec
 
 # Any Unicode text a file can hold: everything but lone surrogates, which UTF-8 cannot encode.
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batchchat.errors import InputChanged
+from batchchat.core.errors import InputChanged
 from batchchat.simulator import BackgroundSimulator, synthetic_reply
 
 from .helpers import KEY_VARIABLES, cli, read_output, write_csv
@@ -55,7 +55,7 @@ def start_run(source: Path, output: Path, url: str, *extra: str, kept: bool = Tr
     """``kept=False``: the plan keeps no request, so the sending pass builds each again from the
     input (as it does for an input too large to keep)."""
     env = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
-    cli = "from batchchat.cli import main; import batchchat.plan as plan; plan.KEPT_BYTES = int(sys.argv.pop(1)); main()"
+    cli = "from batchchat.cli.commands import main; import batchchat.plan.plan as plan; plan.KEPT_BYTES = int(sys.argv.pop(1)); main()"
     return subprocess.Popen(
         [sys.executable, "-c", f"import sys; {cli}", str(plan_keeps(kept)), "run", "-i", str(source), "-o",
          str(output), "-m", "sim-chat", "--base-url", url, "--concurrency", "8", *extra],
@@ -64,7 +64,7 @@ def start_run(source: Path, output: Path, url: str, *extra: str, kept: bool = Tr
 
 
 def plan_keeps(kept: bool) -> int:
-    from batchchat.plan import KEPT_BYTES
+    from batchchat.plan.plan import KEPT_BYTES
 
     return KEPT_BYTES if kept else 0
 
@@ -111,10 +111,10 @@ def test_an_input_changed_mid_run_is_refused_and_a_rerun_pays_nothing_twice(
 def test_a_request_is_never_sent_under_another_rows_key(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from batchchat.jobfile import load_job
-    from batchchat.journal import MemoryStore
-    from batchchat.plan import Setup
-    from batchchat.source import ArrowSource
+    from batchchat.input.source import ArrowSource
+    from batchchat.job.jobfile import load_job
+    from batchchat.plan.plan import Setup
+    from batchchat.store.journal import MemoryStore
 
     job = load_job(None, model="m", provider="sim")
     before = ArrowSource(pa.table({"prompt": ["a", "b", "c"]}))
@@ -193,7 +193,7 @@ def test_symlinks_at_the_journal_lock_and_temp_names_are_never_written_through(
 
 
 def test_an_output_symlinked_to_another_runs_output_shares_its_lock(tmp_path: Path, sim: BackgroundSimulator) -> None:
-    from batchchat.lock import OutputLock
+    from batchchat.store.lock import OutputLock
 
     real = tmp_path / "real.parquet"
     alias = tmp_path / "alias.parquet"

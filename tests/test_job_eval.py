@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from batchchat.cli import flag_name
-from batchchat.errors import JobError
-from batchchat.jobfile import build_job, load_job
-from batchchat.spec import Price, Variant
+from batchchat.cli.commands import flag_name
+from batchchat.core.errors import JobError
+from batchchat.job.jobfile import build_job, load_job
+from batchchat.job.spec import Price, Variant
 
 
 @pytest.fixture

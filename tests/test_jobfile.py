@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from batchchat.cli import flag_name
-from batchchat.errors import JobError
-from batchchat.jobfile import build_job, load_job
+from batchchat.cli.commands import flag_name
+from batchchat.core.errors import JobError
+from batchchat.job.jobfile import build_job, load_job
 
 
 @pytest.fixture
@@ -166,8 +166,8 @@ def test_a_settings_default_is_the_same_in_the_help_a_job_file_and_the_library(t
     """Defaults were written in the job's parts, again in the job-file reader and again in the
     flags' help: the help said 300 s where a changed part would have waited otherwise. Each is now
     read from the part that holds it; this checks all three say the same."""
-    import batchchat.spec as spec
-    from batchchat.cli import run
+    import batchchat.job.spec as spec
+    from batchchat.cli.commands import run
 
     value = spec.default(getattr(spec, part), name)
     shown = f"{value:g}" if isinstance(value, float) else str(value)
@@ -182,7 +182,7 @@ def test_a_settings_default_is_the_same_in_the_help_a_job_file_and_the_library(t
 
 
 def test_the_default_of_a_setting_that_is_not_there_is_refused():
-    import batchchat.spec as spec
+    import batchchat.job.spec as spec
 
     with pytest.raises(AssertionError):
         spec.default(spec.Limits, "nothing")

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from batchchat.errors import JobError
-from batchchat.journal import Journal, Scope
-from batchchat.lock import OutputLock
-from batchchat.records import RowOutcome
+from batchchat.core.errors import JobError
+from batchchat.core.records import RowOutcome
+from batchchat.store.journal import Journal, Scope
+from batchchat.store.lock import OutputLock
 
 
 def outcome(key: str, status: str = "ok", text: str = "answer") -> RowOutcome:
@@ -197,7 +197,7 @@ def test_records_of_the_wrong_types_are_skipped_and_counted(tmp_path):
     journal.close()
 
 
-HOLD = "import sys, time; from pathlib import Path; from batchchat.lock import OutputLock; " \
+HOLD = "import sys, time; from pathlib import Path; from batchchat.store.lock import OutputLock; " \
        "OutputLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)"  # fmt: skip
 
 
@@ -226,7 +226,7 @@ def test_a_journal_holding_more_keys_than_its_dict_answers_a_rerun_the_same(tmp_
 
     import batchchat
 
-    monkeypatch.setattr("batchchat.compact.FOLD_AT", 8)
+    monkeypatch.setattr("batchchat.core.compact.FOLD_AT", 8)
     prompts = [f"question {i}" for i in range(90)] + ["question 3", ""]
     pq.write_table(pa.table({"prompt": prompts}), tmp_path / "in.parquet")
     settings = dict(input=tmp_path / "in.parquet", output=tmp_path / "out.parquet", model="sim-chat",

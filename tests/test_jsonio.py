@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchchat import jsonio
-from batchchat.arrays import array_of
-from batchchat.keys import request_key
+from batchchat.core import jsonio
+from batchchat.core.arrays import array_of
+from batchchat.core.keys import request_key
 
 SCALARS = (
     st.none()

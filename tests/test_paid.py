@@ -21,8 +21,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchchat import jsonio
-from batchchat.reading import bounded, needs_bounds, read_completion
+from batchchat.core import jsonio
+from batchchat.core.reading import bounded, needs_bounds, read_completion
 
 from .helpers import cli, read_output, write_csv, write_jsonl
 from .hostile_server import HostileServer, completion
@@ -308,8 +308,8 @@ def test_a_journal_written_by_this_version_is_refused_by_a_reader_of_older_recor
     assert json.loads(lines[0]) == {"journal": "batchchat", "version": 3}
     old = tmp_path / "old.journal"
     old.write_text(json.dumps({"journal": "batchchat", "version": 2}) + "\n", encoding="utf-8")
-    from batchchat.journal import Journal, Scope
-    from batchchat.records import RowOutcome
+    from batchchat.core.records import RowOutcome
+    from batchchat.store.journal import Journal, Scope
 
     j = Journal(old, Scope("e"))
     j.add(RowOutcome(0, "k", "ok", 1, "m", answer=completion("hi")))

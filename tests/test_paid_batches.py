@@ -20,7 +20,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchchat.reading import read_completion
+from batchchat.core.reading import read_completion
 
 from .helpers import cli, read_output, write_csv
 from .hostile_server import HostileServer, completion
@@ -497,9 +497,9 @@ def test_ctrl_c_while_cancel_waits_for_a_killed_runs_create_drops_nothing(tmp_pa
 
 
 def test_a_batch_gone_for_good_is_taken_as_gone_over_detached_runs_too(tmp_path: Path) -> None:
-    from batchchat.executors.batch import MISSES
+    from batchchat.execute.batch import MISSES
+    from batchchat.job.spec import SimConfig
     from batchchat.simulator import BackgroundSimulator
-    from batchchat.spec import SimConfig
 
     source = write_csv(tmp_path / "in.csv", ["prompt"], [[q] for q in QUESTIONS])
     output = tmp_path / "out.csv"

@@ -7,9 +7,9 @@ from email.utils import formatdate
 
 import pytest
 
-from batchchat.errors import FatalAPIError, RequestError
-from batchchat.stats import Counters
-from batchchat.throttle import Throttle
+from batchchat.core.errors import FatalAPIError, RequestError
+from batchchat.pacing.throttle import Throttle
+from batchchat.store.stats import Counters
 from tests.fake_api import FakeAPI, drive, error, requests
 from tests.virtual_time import run_virtual
 

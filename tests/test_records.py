@@ -4,7 +4,7 @@ from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
 
 import pytest
 
-from batchchat.records import ChatRequest, ChatResult, RowOutcome, Usage, quick_init
+from batchchat.core.records import ChatRequest, ChatResult, RowOutcome, Usage, quick_init
 
 
 @dataclass(frozen=True, slots=True)

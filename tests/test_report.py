@@ -109,9 +109,9 @@ def test_a_streamed_run_report_shows_time_to_first_token(tmp_path: Path, sim_fac
 
 
 def test_a_stopped_run_report_says_what_is_pending(tmp_path: Path) -> None:
-    from batchchat.executors.base import Ending
-    from batchchat.htmlreport import write_report
-    from batchchat.runfile import arun
+    from batchchat.execute.base import Ending
+    from batchchat.reports.htmlreport import write_report
+    from batchchat.runs.runfile import arun
 
     from .test_first_hour import Stopper
 
@@ -168,7 +168,7 @@ def test_a_large_output_gives_a_small_report(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from batchchat.htmlreport import write_report
+    from batchchat.reports.htmlreport import write_report
 
     n = 200_000
     table = pa.table({

@@ -4,10 +4,10 @@ from email.utils import formatdate
 
 import pytest
 
-from batchchat.errors import RequestError
+from batchchat.core.errors import RequestError
+from batchchat.pacing.retry import backoff_seconds, wait_seconds, with_retries
 from batchchat.providers.base import duration_seconds
 from batchchat.providers.openai import rate_of
-from batchchat.retry import backoff_seconds, wait_seconds, with_retries
 
 NOW = 1_800_000_000.0
 

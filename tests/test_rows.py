@@ -4,11 +4,11 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from batchchat.errors import JobError
-from batchchat.jobfile import load_job
-from batchchat.keys import request_key
-from batchchat.records import ChatRequest, InvalidRow
-from batchchat.rows import RequestBuilder, RowSpec, row_requests
+from batchchat.core.errors import JobError
+from batchchat.core.keys import request_key
+from batchchat.core.records import ChatRequest, InvalidRow
+from batchchat.job.jobfile import load_job
+from batchchat.plan.rows import RequestBuilder, RowSpec, row_requests
 
 
 def build(rows: list[dict], **settings):
@@ -120,11 +120,11 @@ def test_keys_are_stable_and_change_with_what_is_sent():
 
 
 def test_the_plan_keeps_the_first_requests_to_send_and_the_rest_are_built_again(monkeypatch):
-    from batchchat.journal import MemoryStore
-    from batchchat.pipeline import _Requests
-    from batchchat.plan import Setup, _size
-    from batchchat.records import RowOutcome
-    from batchchat.source import ArrowSource
+    from batchchat.core.records import RowOutcome
+    from batchchat.execute.pipeline import _Requests
+    from batchchat.input.source import ArrowSource
+    from batchchat.plan.plan import Setup, _size
+    from batchchat.store.journal import MemoryStore
 
     job = load_job(None, model="m", provider="sim")
     source = ArrowSource(pa.table({"prompt": ["a", "b", "a", "", "c"]}))
@@ -137,12 +137,12 @@ def test_the_plan_keeps_the_first_requests_to_send_and_the_rest_are_built_again(
     store.add(RowOutcome(1, built[1].key, "ok", 1, "m", response="B"))
     _, rows = setup.plan(source, store, None)
     assert [r.row for r in rows.kept] == [0, 4]  # an answered row is not kept to send again
-    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", _size(built[0]) + _size(built[1]) // 2)  # one fits, not two
+    monkeypatch.setattr("batchchat.plan.plan.KEPT_BYTES", _size(built[0]) + _size(built[1]) // 2)  # one fits, not two
     _, rows = setup.plan(source, store, None)
     assert [r.row for r in rows.kept] == [0] and rows.built_from == 1
     sent = list(_Requests(setup, source, rows))
     assert sent == [built[0], built[2]] and sent[0] is rows.kept[0]  # the first as kept, the rest built again
-    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", 0)
+    monkeypatch.setattr("batchchat.plan.plan.KEPT_BYTES", 0)
     _, rows = setup.plan(source, store, None)
     assert rows.kept == [] and rows.built_from == 0 and list(_Requests(setup, source, rows)) == [built[0], built[2]]
 
@@ -150,16 +150,16 @@ def test_the_plan_keeps_the_first_requests_to_send_and_the_rest_are_built_again(
 def _planned_keeping(monkeypatch, prompts, models, keep):
     """A plan of ``prompts`` that keeps its first ``keep`` requests (``KEPT_BYTES`` set to their
     size): the setup, the source, every request to send, and the plan's rows."""
-    from batchchat.journal import MemoryStore
-    from batchchat.pipeline import _Requests
-    from batchchat.plan import Setup, _size
-    from batchchat.source import ArrowSource
+    from batchchat.execute.pipeline import _Requests
+    from batchchat.input.source import ArrowSource
+    from batchchat.plan.plan import Setup, _size
+    from batchchat.store.journal import MemoryStore
 
     job = load_job(None, models=models, provider="sim")
     source = ArrowSource(pa.table({"prompt": prompts}))
     setup = Setup.of(job, source.columns, "in.csv")
     every = list(_Requests(setup, source, setup.plan(source, MemoryStore(), None)[1]))
-    monkeypatch.setattr("batchchat.plan.KEPT_BYTES", sum(_size(r) for r in every[:keep]))
+    monkeypatch.setattr("batchchat.plan.plan.KEPT_BYTES", sum(_size(r) for r in every[:keep]))
     return setup, source, every, setup.plan(source, MemoryStore(), None)[1]
 
 
@@ -167,7 +167,7 @@ def _planned_keeping(monkeypatch, prompts, models, keep):
 def test_a_row_whose_request_another_sends_is_not_sent_whether_it_was_kept_or_is_built_again(monkeypatch, keep):
     """A Ray block plans its rows, then clears ``sends`` for the requests another block claimed:
     the kept ones were sent all the same, and paid for twice."""
-    from batchchat.pipeline import _Requests
+    from batchchat.execute.pipeline import _Requests
 
     setup, source, _, rows = _planned_keeping(monkeypatch, ["a", "b", "c"], ["m"], keep)
     assert len(rows.kept) == keep
@@ -177,7 +177,7 @@ def test_a_row_whose_request_another_sends_is_not_sent_whether_it_was_kept_or_is
 
 @pytest.mark.parametrize("keep", range(7))
 def test_with_several_models_the_kept_requests_may_end_inside_a_row_and_each_is_sent_once(monkeypatch, keep):
-    from batchchat.pipeline import _Requests
+    from batchchat.execute.pipeline import _Requests
 
     setup, source, every, rows = _planned_keeping(monkeypatch, ["a", "b", "a", "c"], ["m1", "m2", "m3"], keep)
     assert [(r.row, r.model) for r in every] == [(row, f"m{row % 3 + 1}") for row in (0, 1, 2, 3, 4, 5, 9, 10, 11)]
@@ -190,7 +190,7 @@ def test_a_run_sends_and_writes_the_same_whether_its_requests_were_kept_or_built
     from tests.helpers import cli, read_output, write_csv
 
     if not kept:
-        monkeypatch.setattr("batchchat.plan.KEPT_BYTES", 0)
+        monkeypatch.setattr("batchchat.plan.plan.KEPT_BYTES", 0)
     source = write_csv(tmp_path / "in.csv", ["prompt"], [["one"], ["two"], ["one"], [""], ["three"]])
     result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "m1", "-m", "m2", "--base-url", sim.url)
     assert result.exit_code == 1  # the empty row is an error row
@@ -210,7 +210,7 @@ def test_a_kept_requests_size_is_never_underestimated():
     import json
     import tracemalloc
 
-    from batchchat.plan import _size
+    from batchchat.plan.plan import _size
 
     tools = [{"type": "function", "function": {"name": f"f{j}", "description": "x" * 100,
                                                "parameters": {"type": "object"}}} for j in range(8)]  # fmt: skip
@@ -234,8 +234,8 @@ def test_a_kept_request_is_counted_at_what_it_takes_whatever_its_script():
     (accented, CJK) counted twice what they take, and were built and hashed again when sent."""
     import sys
 
-    from batchchat.plan import _size
-    from batchchat.records import ChatRequest
+    from batchchat.core.records import ChatRequest
+    from batchchat.plan.plan import _size
 
     for text in ("Question 1: what about 1?", "café " * 400, "第2問: " + "翀飅玐" * 300, "🚀" * 500):
         message = {"role": "user", "content": text}

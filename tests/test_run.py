@@ -4,8 +4,8 @@
 import pytest
 
 import batchchat
+from batchchat.output.sink import OUTPUT_COLUMNS
 from batchchat.simulator import synthetic_reply
-from batchchat.sink import OUTPUT_COLUMNS
 from tests.helpers import read_output, sent_prompts, write_csv, write_table
 
 AWKWARD = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchchat.errors import JobError
-from batchchat.schema import check_schema, output_fields, schema_of, validate
+from batchchat.core.errors import JobError
+from batchchat.core.schema import check_schema, output_fields, schema_of, validate
 
 SENTIMENT = {
     "type": "object",

@@ -15,17 +15,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from batchchat.answers import Derived, derive_batch
-from batchchat.errors import AUTH, FatalAPIError, Interrupted, RequestError
-from batchchat.executors.base import Ending, Ledger, Work
-from batchchat.frames import frame_result
-from batchchat.jobfile import load_job
-from batchchat.journal import Journal
-from batchchat.keys import request_key
-from batchchat.records import ChatRequest, ChatResult, InvalidRow, RowOutcome, Usage
-from batchchat.rows import RowSpec, row_requests
-from batchchat.runfile import arun
-from batchchat.spec import Answers, Price, Scoring
+from batchchat.core.errors import AUTH, FatalAPIError, Interrupted, RequestError
+from batchchat.core.keys import request_key
+from batchchat.core.records import ChatRequest, ChatResult, InvalidRow, RowOutcome, Usage
+from batchchat.execute.base import Ending, Ledger, Work
+from batchchat.job.jobfile import load_job
+from batchchat.job.spec import Answers, Price, Scoring
+from batchchat.plan.answers import Derived, derive_batch
+from batchchat.plan.rows import RowSpec, row_requests
+from batchchat.runs.frames import frame_result
+from batchchat.runs.runfile import arun
+from batchchat.store.journal import Journal
 from tests.helpers import read_output, write_csv
 
 
@@ -126,10 +126,10 @@ def test_a_dataframe_run_takes_any_executor_too() -> None:
 
 
 def test_the_ledger_keeps_every_outcome_in_the_store_and_counts_only_finished_ones(tmp_path: Path) -> None:
-    from batchchat.answers import AnswerCheck
-    from batchchat.journal import Scope
-    from batchchat.progress import Silent
-    from batchchat.stats import Stats
+    from batchchat.output.progress import Silent
+    from batchchat.plan.answers import AnswerCheck
+    from batchchat.store.journal import Scope
+    from batchchat.store.stats import Stats
 
     journal = Journal(tmp_path / "j.journal", Scope("sim"))
     stats = Stats(2)

@@ -237,7 +237,7 @@ SCHEMA = {
 
 
 def test_a_response_format_gets_json_that_fits_its_schema(sim_factory):
-    from batchchat.schema import validate
+    from batchchat.core.schema import validate
 
     sim = sim_factory()
     openai_form = {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}}
@@ -250,7 +250,7 @@ def test_a_response_format_gets_json_that_fits_its_schema(sim_factory):
 
 
 def test_given_labels_it_answers_one_in_varied_spelling(sim_factory):
-    from batchchat.answers import match_label
+    from batchchat.plan.answers import match_label
 
     labels = ("positive", "negative", "neutral")
     sim = sim_factory(labels=labels)
@@ -261,8 +261,8 @@ def test_given_labels_it_answers_one_in_varied_spelling(sim_factory):
 
 
 def test_the_invalid_rate_spoils_that_share_and_asking_again_can_succeed(sim_factory):
-    from batchchat.answers import AnswerCheck
-    from batchchat.spec import Answers
+    from batchchat.job.spec import Answers
+    from batchchat.plan.answers import AnswerCheck
 
     check = AnswerCheck(Answers(schema=SCHEMA, json_required=True))
     sim = sim_factory(invalid_rate=0.3, seed=5)
@@ -283,7 +283,7 @@ def test_a_reply_directive_answers_exactly_that_text(sim):
 def test_offline_the_simulator_plays_models_that_differ_and_prices_them_from_the_catalogue(tmp_path: Path) -> None:
     """A scored job on provider sim compares its models as real ones would compare: each gets a
     steady share of the expected answers right (more for a bigger model), and costs money."""
-    from batchchat.survey import overview
+    from batchchat.reports.survey import overview
 
     questions = [[f"What is {i} + {i}?", str(2 * i)] for i in range(40)]
     source = write_csv(tmp_path / "in.csv", ["question", "answer"], questions)

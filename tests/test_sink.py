@@ -4,11 +4,11 @@ counts, reads back and replaces, and a new format added by its three entries alo
 import pyarrow as pa
 import pytest
 
-from batchchat import tableformats
-from batchchat.errors import JobError
-from batchchat.files import OutputFiles
-from batchchat.sink import WRITERS, sink_for, write_jsonl
-from batchchat.source import READERS, JsonlSource
+from batchchat.core import tableformats
+from batchchat.core.errors import JobError
+from batchchat.input.source import READERS, JsonlSource
+from batchchat.output.sink import WRITERS, sink_for, write_jsonl
+from batchchat.store.files import OutputFiles
 from tests.helpers import cli, write_table
 
 SCHEMA = pa.schema([("prompt", pa.string()), ("n", pa.int64())])

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchchat.errors import JobError
-from batchchat.source import open_source
+from batchchat.core.errors import JobError
+from batchchat.input.source import open_source
 from tests.helpers import write_csv, write_jsonl
 
 AWKWARD = ["NA", "null", "0", "007", "", "  padded  ", 'say "hi", then leave', "line one\nline two", "🚀 émoji", "TRUE"]
@@ -30,7 +30,7 @@ def test_csv_with_a_byte_order_mark_keeps_clean_column_names(tmp_path):
 
 
 def test_csv_read_in_several_batches_keeps_every_row_in_order(tmp_path, monkeypatch):
-    monkeypatch.setattr("batchchat.source.CSV_BLOCK_BYTES", 4096)
+    monkeypatch.setattr("batchchat.input.source.CSV_BLOCK_BYTES", 4096)
     rows = [[str(i), f"prompt number {i} " + "x" * (i % 50)] for i in range(3000)]
     source = open_source(write_csv(tmp_path / "big.csv", ["id", "prompt"], rows))
     batches = list(source.batches())
@@ -70,7 +70,7 @@ def test_jsonl_columns_keep_their_types_nested_ones_on_output_and_mixed_ones_bec
 
 
 def test_jsonl_types_are_settled_over_the_whole_file(tmp_path, monkeypatch):
-    monkeypatch.setattr("batchchat.source.BATCH_ROWS", 2)
+    monkeypatch.setattr("batchchat.input.source.BATCH_ROWS", 2)
     path = write_jsonl(tmp_path / "in.jsonl", [
         {"n": None, "h": []}, {"n": 1, "h": None}, {"n": 2.5, "h": [{"role": "user", "content": "x"}]},
         {"n": 3, "h": [{"role": "user", "content": "y", "name": "z"}]}, {"n": "four"},

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from batchchat.sse import Event, SSEDecoder
+from batchchat.core.sse import Event, SSEDecoder
 
 STREAM = (
     b": keep-alive comment\r\n"

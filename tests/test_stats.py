@@ -1,7 +1,7 @@
 import pytest
 
-from batchchat.records import ERROR, OK, RowOutcome, Usage
-from batchchat.stats import RowTally, Stats, percentile
+from batchchat.core.records import ERROR, OK, RowOutcome, Usage
+from batchchat.store.stats import RowTally, Stats, percentile
 
 
 def test_percentile_interpolates_between_ranks():
@@ -41,7 +41,7 @@ def test_the_summary_counts_this_runs_requests_and_the_outputs_rows():
 
 
 def test_this_runs_tokens_and_cost_count_every_answer_received_by_model():
-    from batchchat.spec import Price
+    from batchchat.job.spec import Price
 
     stats = Stats(total=2, prices={"a": Price(1.0, 2.0), "b": Price(10.0, 20.0)})
     stats.counters.add_usage("a", Usage(1_000, 500))

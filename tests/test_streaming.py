@@ -7,11 +7,11 @@ import pytest
 
 import batchchat
 from batchchat.client import ChatClient
-from batchchat.errors import RequestError
-from batchchat.jobfile import load_job
+from batchchat.core.errors import RequestError
+from batchchat.core.sse import Event
+from batchchat.job.jobfile import load_job
 from batchchat.providers.openai import StreamAssembly
 from batchchat.simulator import synthetic_reply
-from batchchat.sse import Event
 from tests.helpers import cli, read_output, write_csv
 
 
@@ -91,7 +91,7 @@ def test_only_the_first_choice_counts_and_nothing_after_done():
 
 
 def stream_once(url: str, text: str, *, usage_option: bool, timeout: float = 30):
-    from batchchat.records import ChatRequest
+    from batchchat.core.records import ChatRequest
 
     request = ChatRequest(row=0, key="k", model="sim-chat", messages=({"role": "user", "content": text},))
     pieces = []

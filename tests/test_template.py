@@ -1,7 +1,7 @@
 import pytest
 
-from batchchat.errors import JobError
-from batchchat.template import cell_text, parse_template
+from batchchat.core.errors import JobError
+from batchchat.core.template import cell_text, parse_template
 
 
 def test_placeholders_are_filled_from_the_row():

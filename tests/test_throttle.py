@@ -5,11 +5,11 @@ import random
 
 import pytest
 
-from batchchat.congestion import BETA, DEEPEST_CUT, Congestion
+from batchchat.core.records import ChatRequest
+from batchchat.pacing.congestion import BETA, DEEPEST_CUT, Congestion
+from batchchat.pacing.throttle import Permit, RateChange, Throttle, TokenEstimator
 from batchchat.providers.openai import rate_of
-from batchchat.records import ChatRequest
-from batchchat.stats import Counters
-from batchchat.throttle import Permit, RateChange, Throttle, TokenEstimator
+from batchchat.store.stats import Counters
 from tests.fake_api import FakeAPI, drive, error, requests, timed_out, truncated
 from tests.virtual_time import run_virtual
 
@@ -239,7 +239,7 @@ def test_refusals_our_rate_does_not_cause_cost_only_their_own_retries(status, sh
     """429s (or 503s) a provider sends whatever the rate are judged by their share of the
     requests sent, which does not fall when the rate does: the rate is not cut for them (or a
     cut is undone at once), and each waits a short backoff rather than its hint. Over any seed."""
-    from batchchat import retry
+    from batchchat.pacing import retry
 
     clean_s = clean_time(rows)
     for seed in range(seeds):
@@ -253,7 +253,7 @@ def test_refusals_our_rate_does_not_cause_cost_only_their_own_retries(status, sh
 
 
 def test_a_quarter_refused_whatever_the_rate_never_collapses_the_run(monkeypatch):
-    from batchchat import retry
+    from batchchat.pacing import retry
 
     monkeypatch.setattr(retry, "_JITTER", random.Random(0))
     clean_s = clean_time(1000)
@@ -421,7 +421,7 @@ def test_over_a_high_background_a_429_is_ours_only_well_above_it_by_chance(limit
 def test_a_small_limit_without_headers_or_hints_loses_no_row(concurrency, monkeypatch):
     """One request every five seconds, and 429s that say nothing: the first ones must slow
     everyone at once, or the first rows use up their attempts backing off alone."""
-    from batchchat import retry
+    from batchchat.pacing import retry
 
     for seed in range(8):
         monkeypatch.setattr(retry, "_JITTER", random.Random(seed))

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchchat import run
+from batchchat.job.spec import SimConfig
+from batchchat.reports.survey import overview
+from batchchat.reports.text import group_table, summary_text
 from batchchat.simulator import BackgroundSimulator
-from batchchat.spec import SimConfig
-from batchchat.survey import overview
-from batchchat.text import group_table, summary_text
 
 from .helpers import REPORTS, cli, read_output, write_csv
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from .. import errors as E
+from ..core import errors as E
 from ..providers.base import cut
 from .chat import ChatClient, connection_error, read_capped, redirect_error
 

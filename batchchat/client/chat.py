@@ -24,15 +24,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
-from .. import errors as E
-from .. import jsonio
+from ..core import errors as E
+from ..core import jsonio
+from ..core.ratehints import RateInfo
+from ..core.reading import received
+from ..core.records import ChatRequest, ChatResult
+from ..core.sse import SSEDecoder
+from ..core.version import __version__
 from ..providers import Dialect, dialect
 from ..providers.base import CUT, StreamReader, snippet
-from ..ratehints import RateInfo
-from ..reading import received
-from ..records import ChatRequest, ChatResult
-from ..sse import SSEDecoder
-from ..version import __version__
 
 CONNECT_TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer (or a whole stream) larger than this is refused

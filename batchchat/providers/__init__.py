@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from ..reading import Reading, read_completion
+from ..core.reading import Reading, read_completion
 from .anthropic import AnthropicDialect
 from .base import Dialect
 from .openai import OpenAIDialect

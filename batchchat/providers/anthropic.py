@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import errors as E
-from .. import jsonio
-from ..ratehints import RateInfo
-from ..reading import (
+from ..core import errors as E
+from ..core import jsonio
+from ..core.ratehints import RateInfo
+from ..core.reading import (
     NOT_TEXT_FINISH,
     Reading,
     bounded,
@@ -36,8 +36,8 @@ from ..reading import (
     received,
     shown,
 )
-from ..records import ChatRequest, ChatResult, Usage
-from ..sse import Event
+from ..core.records import ChatRequest, ChatResult, Usage
+from ..core.sse import Event
 from .base import ServerWire, count_header, cut, retry_after_s, snippet
 
 VERSION = "2023-06-01"

@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from ..errors import RequestError
-from ..ratehints import HINT_CAP_S, RateInfo
-from ..reading import Reading
-from ..records import ChatRequest, ChatResult
-from ..sse import Event
+from ..core.errors import RequestError
+from ..core.ratehints import HINT_CAP_S, RateInfo
+from ..core.reading import Reading
+from ..core.records import ChatRequest, ChatResult
+from ..core.sse import Event
 
 
 class StreamReader(Protocol):

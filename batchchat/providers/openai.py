@@ -16,12 +16,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import errors as E
-from .. import jsonio
-from ..ratehints import RateInfo
-from ..reading import Reading, bounded, clean_text, needs_bounds, read_completion, read_content, received, with_content
-from ..records import ChatRequest, ChatResult
-from ..sse import Event
+from ..core import errors as E
+from ..core import jsonio
+from ..core.ratehints import RateInfo
+from ..core.reading import (
+    Reading,
+    bounded,
+    clean_text,
+    needs_bounds,
+    read_completion,
+    read_content,
+    received,
+    with_content,
+)
+from ..core.records import ChatRequest, ChatResult
+from ..core.sse import Event
 from .base import ServerWire, capped, count_header, cut, reset_seconds, retry_after_s, should_retry, snippet
 
 # status -> (error_type, retryable)

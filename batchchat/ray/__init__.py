@@ -20,9 +20,9 @@ from typing import Any
 
 import ray
 
-from ..jobfile import load_job
-from ..pipeline import journal_scope
-from ..spec import Job, RayCluster
+from ..execute.pipeline import journal_scope
+from ..job.jobfile import load_job
+from ..job.spec import Job, RayCluster
 from .engine import connect, sizes
 from .limits import SharedLimits
 from .workers import Blocks, Claims, Storage

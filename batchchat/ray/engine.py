@@ -19,12 +19,12 @@ from typing import Any
 
 import ray
 
-from ..errors import BatchchatError, InputChanged
-from ..executors.base import Ending, Ledger, Work
-from ..executors.signals import graceful_stop
-from ..journal import JournalSet, Scope
-from ..records import ChatRequest
-from ..spec import Job, RayCluster
+from ..core.errors import BatchchatError, InputChanged
+from ..core.records import ChatRequest
+from ..execute.base import Ending, Ledger, Work
+from ..execute.signals import graceful_stop
+from ..job.spec import Job, RayCluster
+from ..store.journal import JournalSet, Scope
 from .limits import SharedLimits
 from .workers import Answerer, Storage
 

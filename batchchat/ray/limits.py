@@ -18,14 +18,14 @@ from typing import Any
 
 import ray
 
-from ..errors import RATE_LIMITED, RequestError
-from ..money import Budget, estimate
-from ..ratehints import RateInfo
-from ..records import ChatRequest, ChatResult, Usage
-from ..spec import Limits, Prices
-from ..stats import Counters
-from ..throttle import Permit, Throttle
-from ..unit import OverBudget
+from ..core.errors import RATE_LIMITED, RequestError
+from ..core.ratehints import RateInfo
+from ..core.records import ChatRequest, ChatResult, Usage
+from ..execute.unit import OverBudget
+from ..job.money import Budget, estimate
+from ..job.spec import Limits, Prices
+from ..pacing.throttle import Permit, Throttle
+from ..store.stats import Counters
 
 REPORT_EVERY_S = 0.1  # how often a worker sends what it has to report, 429s excepted
 MORE_WITHIN_S = 0.02  # a lease takes more permits only while they come this quickly

@@ -23,21 +23,21 @@ from typing import Any, TypeVar
 
 import ray
 
-from ..answers import AnswerCheck
 from ..client import ChatClient
-from ..connect import open_client
-from ..executors.base import Ending, Ledger, Work
-from ..executors.live import LiveExecutor
-from ..journal import Journal, JournalSet, MemoryStore, Scope, Store
-from ..pipeline import Stages
-from ..plan import Setup
-from ..progress import Silent
-from ..records import ChatRequest, RowOutcome
-from ..sink import output_batches, output_schema, table_of
-from ..source import ArrowSource
-from ..spec import Job
-from ..stats import Counters, RowTally, Stats
-from ..unit import TurnKey
+from ..core.records import ChatRequest, RowOutcome
+from ..execute.base import Ending, Ledger, Work
+from ..execute.connect import open_client
+from ..execute.live import LiveExecutor
+from ..execute.pipeline import Stages
+from ..execute.unit import TurnKey
+from ..input.source import ArrowSource
+from ..job.spec import Job
+from ..output.progress import Silent
+from ..output.sink import output_batches, output_schema, table_of
+from ..plan.answers import AnswerCheck
+from ..plan.plan import Setup
+from ..store.journal import Journal, JournalSet, MemoryStore, Scope, Store
+from ..store.stats import Counters, RowTally, Stats
 from .limits import LeasedThrottle
 
 T = TypeVar("T")

@@ -12,9 +12,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..keys import messages_key
-from ..schema import schema_of
-from ..spec import SimConfig
+from ..core.keys import messages_key
+from ..core.schema import schema_of
+from ..job.spec import SimConfig
 
 STATUS_FAULTS = {
     "400": ("invalid_request_error", "simulated invalid request"),

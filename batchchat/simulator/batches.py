@@ -27,8 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..job.spec import SimConfig
 from ..providers import PROVIDERS
-from ..spec import SimConfig
 from .answers import STATUS_FAULTS, chance, directive, invalid_body
 
 ENDPOINT = "/v1/chat/completions"

@@ -35,9 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..job.spec import SimConfig
 from ..providers import DIALECTS
 from ..providers.base import ServerWire
-from ..spec import SimConfig
 from .answers import STATUS_FAULTS, chance, directive, float_option, invalid_body, request_digest, shaped_reply
 from .batches import BatchStore
 

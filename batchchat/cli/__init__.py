@@ -1,0 +1,5 @@
+"""The command line: the click commands (``commands``) and the terminal (``console``)."""
+
+from .commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,219 @@
+"""The files of a provider batch: one JSON line per request, and how requests are split into
+files within the provider's limits. Kept apart from the engine so a dry run can plan the files
+without loading an HTTP client.
+
+A line's ``custom_id`` is what the request was asked under: its key, which is stable across runs,
+so results match back whatever order they come in and whichever run collects them (a re-ask of
+an invalid answer is the key with the answer's number, ``key.2``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.records import ChatRequest
+from ..job.endpoint import Endpoint
+from ..job.spec import SimConfig
+from ..providers import PROVIDERS
+from ..store.stats import BatchTimes
+
+ENDPOINT = "/v1/chat/completions"
+
+
+def dialect_of(endpoint: Endpoint, simulator: SimConfig) -> str:
+    """Whose Batch API the endpoint speaks: OpenAI's for provider openai, Together's otherwise
+    (the simulator speaks the one it is set to)."""
+    if endpoint.provider == "sim":
+        return simulator.batch_dialect
+    return "openai" if endpoint.provider == "openai" else "together"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one file (and so one batch) may hold."""
+
+    lines: int
+    bytes: int
+
+    @classmethod
+    def of(cls, dialect: str, simulator: SimConfig | None = None) -> Limits:
+        """The limits of the provider whose Batch API is spoken (``dialect``: its name)."""
+        provider = PROVIDERS[dialect]
+        assert provider.batch_max_lines is not None and provider.batch_max_bytes is not None
+        lines = provider.batch_max_lines
+        if simulator is not None and simulator.batch_max_lines:
+            lines = min(lines, simulator.batch_max_lines)
+        return cls(lines, provider.batch_max_bytes)
+
+
+def line(request: ChatRequest) -> bytes:
+    """The request as a batch line. ``method`` and ``url`` are OpenAI's; Together accepts them."""
+    record = {"custom_id": request.key, "method": "POST", "url": ENDPOINT, "body": request.body()}
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The requests of one file: one model, within the limits."""
+
+    model: str
+    ids: tuple[str, ...]  # custom ids, in file order
+    data: bytes
+
+
+def split(requests: Iterable[ChatRequest], limits: Limits) -> Iterator[Chunk]:
+    """Files of requests, one model each (OpenAI requires it, and it keeps a batch's price one
+    price), each within ``limits``. A file is yielded as soon as it is full, so a million
+    requests never sit in memory as lines at once; the rest come at the end, one per model."""
+    open_files: dict[str, tuple[list[str], list[bytes], int]] = {}
+    for request in requests:
+        data = line(request)
+        ids, lines, size = open_files.get(request.model, ([], [], 0))
+        if ids and (len(ids) >= limits.lines or size + len(data) > limits.bytes):
+            yield Chunk(request.model, tuple(ids), b"".join(lines))
+            ids, lines, size = [], [], 0
+        ids.append(request.key)
+        lines.append(data)
+        open_files[request.model] = (ids, lines, size + len(data))
+    for model, (ids, lines, _) in open_files.items():
+        if ids:
+            yield Chunk(model, tuple(ids), b"".join(lines))
+
+
+@dataclass
+class Steps:
+    """The provider batch steps a journal keeps, read into what they mean: the files uploaded
+    and the ids each holds, the batch made over each, which batches are collected, and which
+    files will never get one.
+
+    A call that makes something is recorded before it is made (``upload`` with the file's name
+    and ids, ``create`` with the file), and what it made after (``file``, ``batch``): a run that
+    finds an intent without its result looks for what the call may have made before making it
+    again. A batch made over a file that has one already (a create that timed out, then acted)
+    is an ``extra``: cancelled, and collected all the same, since what it finished is billed.
+    """
+
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # file -> the custom ids it holds
+    models: dict[str, str] = field(default_factory=dict)  # file -> its model
+    uploaded_at: dict[str, float] = field(default_factory=dict)  # file -> when (epoch)
+    batch_of: dict[str, str] = field(default_factory=dict)  # file -> its batch
+    collected: set[str] = field(default_factory=set)  # batches whose answers are kept
+    collected_at: dict[str, float] = field(default_factory=dict)  # batch -> when (epoch), where recorded
+    dropped: set[str] = field(default_factory=set)  # files whose batch is gone for good
+    uploads: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name -> (ids, model, at), not yet a file
+    creating: dict[str, float] = field(default_factory=dict)  # file -> when its batch was last asked for
+    creates: Counter[str] = field(default_factory=Counter)  # file -> create calls made for it
+    extras: dict[str, str] = field(default_factory=dict)  # batch -> the file it repeats
+    missing: Counter[str] = field(default_factory=Counter)  # batch -> looks in a row the provider had none
+
+    @classmethod
+    def read(cls, steps: Sequence[dict[str, Any]]) -> Steps:
+        read = cls()
+        for step in steps:
+            read.take(step)
+        return read
+
+    def take(self, step: dict[str, Any]) -> None:
+        kind = step.get("step")
+        file, batch, name = step.get("file"), step.get("batch"), step.get("name")
+        at = _time(step.get("at"))
+        if kind == "upload" and isinstance(name, str) and isinstance(step.get("ids"), str):
+            self.uploads[name] = (step["ids"], str(step.get("model") or ""), at)
+        elif kind == "file" and isinstance(file, str):
+            ids, model = step.get("ids"), step.get("model")
+            if isinstance(name, str) and name in self.uploads:  # the upload it confirms holds its ids
+                ids, model, at = self.uploads.pop(name)
+            if not isinstance(ids, str):
+                return
+            self.dropped.discard(file)  # an id the provider gave again: a new file
+            self.batch_of.pop(file, None)
+            self.creating.pop(file, None)
+            self.files[file] = tuple(ids.split())
+            self.models[file] = str(model or "")
+            self.uploaded_at[file] = at
+        elif kind == "upload_lost" and isinstance(name, str):
+            self.uploads.pop(name, None)
+        elif kind == "create" and isinstance(file, str):
+            self.creating[file] = at
+            self.creates[file] += 1
+        elif kind == "batch" and isinstance(batch, str) and isinstance(file, str):
+            self.batch_of[file] = batch
+            self.extras.pop(batch, None)  # an extra taken as the file's own (its own was gone)
+        elif kind == "extra" and isinstance(batch, str) and isinstance(file, str):
+            self.extras[batch] = file
+        elif kind == "collected" and isinstance(batch, str):
+            self.collected.add(batch)
+            if "at" in step:
+                self.collected_at[batch] = at
+        elif kind == "missing" and isinstance(batch, str):
+            self.missing[batch] += 1
+        elif kind == "seen" and isinstance(batch, str):
+            self.missing.pop(batch, None)
+        elif kind == "dropped" and isinstance(file, str):
+            self.dropped.add(file)
+
+    def open_files(self) -> list[str]:
+        """Files whose answers are still to be kept: their requests wait, and are not sent again."""
+        return [f for f in self.files if f not in self.dropped and self.batch_of.get(f) not in self.collected]
+
+    def open_extras(self) -> list[str]:
+        """Extra batches not yet collected."""
+        return [batch for batch in self.extras if batch not in self.collected]
+
+    def running(self) -> list[str]:
+        """What may still run at the provider, billed: the open files (their batches, made or
+        about to be) and the extra batches not yet collected."""
+        return self.open_files() + self.open_extras()
+
+    def waiting(self) -> set[str]:
+        """The custom ids in open files."""
+        return {cid for file in self.open_files() for cid in self.files[file]}
+
+    def suspect(self, file: str) -> bool:
+        """Whether more than one create was sent for ``file``: the provider may make a second
+        batch of it late (a create that timed out, then acted), to be found as an extra."""
+        return self.creates[file] > 1
+
+    def watched(self, now: float, window: float) -> list[str]:
+        """Files with more than one create, the last sent less than ``window`` seconds before
+        ``now``, and fewer extras found than creates beyond the first: looked at for an extra
+        batch even once their own is collected."""
+        extras = Counter(self.extras.values())
+        return [file for file in self.creates if self.suspect(file) and now < self.creating.get(file, 0.0) + window
+                and file not in self.dropped and extras[file] < self.creates[file] - 1]  # fmt: skip
+
+    def times(self, since: float | None = None) -> BatchTimes:
+        """The batches submitted and collected since ``since`` (epoch; None: ever), and those
+        still waiting, with how long each collected one took (extra batches left out)."""
+        own = {batch: file for file, batch in self.batch_of.items()}
+        submitted = [file for file, at in self.uploaded_at.items() if since is None or at >= since]
+        collected = [batch for batch in self.collected if batch in own
+                     and (since is None or self.collected_at.get(batch, -1.0) >= since)]  # fmt: skip
+        waiting = self.open_files()
+        waits = [self.collected_at[b] - self.uploaded_at[own[b]] for b in collected
+                 if b in self.collected_at and own[b] in self.uploaded_at]  # fmt: skip
+        return BatchTimes(
+            submitted=len(submitted), submitted_requests=sum(len(self.files[file]) for file in submitted),
+            collected=len(collected), collected_requests=sum(len(self.files.get(own[b], ())) for b in collected),
+            waiting=len(waiting), waiting_requests=sum(len(self.files[file]) for file in waiting),
+            waits=tuple(sorted(max(0.0, wait) for wait in waits)),
+        )  # fmt: skip
+
+    def file_of(self, batch: str) -> str:
+        extra = self.extras.get(batch)
+        return extra if extra is not None else next(file for file, made in self.batch_of.items() if made == batch)
+
+
+def _time(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else time.time()
+
+
+def request_key_of(custom_id: str) -> str:
+    """The key of the request a custom id asks: ``key.2`` is the second answer asked for ``key``."""
+    head, _, tail = custom_id.rpartition(".")
+    return head if head and tail.isdigit() else custom_id

@@ -1,0 +1,93 @@
+"""The lines of a provider batch's result files, read: each an answer (a 2xx, kept whatever its
+body holds, read as a live answer is) or an error named as a live answer's error is, tied to the
+request by its ``custom_id``. Which of two lines for one request stands (``rank``), and the error
+of a request no line answered (``unanswered``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from ..client.chat import ChatClient
+from ..core import errors as E
+from ..core import jsonio
+from ..core.reading import bounded, clean_text, needs_bounds, read_usage, received
+from ..core.records import ChatResult, Usage
+from ..core.words import plural
+
+Result = ChatResult | E.RequestError
+# An error line's code, as the live error type of the same failure.
+LINE_ERRORS = {"server_error": E.SERVER_ERROR, "invalid_request_error": E.BAD_REQUEST, "not_found": E.NOT_FOUND,
+               "authentication_error": E.AUTH, "rate_limit_exceeded": E.RATE_LIMITED, "billing_error": E.NO_CREDIT,
+               "timeout": E.TIMEOUT}  # fmt: skip
+
+
+def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient) -> tuple[str | None, Result, Usage | None]:
+    """One line of a result file: an answer (a 2xx, kept whatever its body holds), or the error
+    the provider gave, and what an error line says it used (billed all the same). A line
+    that cannot be tied to a request has no id."""
+    try:
+        record, fast = jsonio.loads_how(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False), None
+    if needs_bounds(raw, fast):
+        record = bounded(record)
+    custom_id = record.get("custom_id") if isinstance(record, dict) else None
+    if not isinstance(custom_id, str) or not custom_id.isascii() or not custom_id:  # ids are request keys
+        return None, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False), None
+    response = record.get("response")
+    status = response.get("status_code") if isinstance(response, dict) else None
+    if (isinstance(status, str) and status.isdigit()) or (isinstance(status, float) and status.is_integer()):
+        status = int(status)
+    if not isinstance(status, int) or isinstance(status, bool):
+        status = None
+    body = response.get("body") if isinstance(response, dict) else None
+    carries_error = isinstance(body, dict) and body.get("error") and not body.get("choices")
+    if status is not None and 200 <= status < 300 and not carries_error:
+        result = chat.cleaned(received(body, latency, read=chat.dialect.read))
+        shown = f"{batch}/{result.request_id}" if result.request_id else batch
+        return custom_id, replace(result, request_id=shown), None
+    used = read_usage(body.get("usage")) if isinstance(body, dict) and body.get("usage") is not None else None
+    return custom_id, failure(status, body, record.get("error"), chat), used
+
+
+def failure(status: int | None, body: Any, error: Any, chat: ChatClient) -> E.RequestError:
+    """An error line's error, named as a live answer's error is where it can be. A batch's
+    answer is final: it is not retried (``--retry-errors`` sends it again)."""
+    if status is not None:
+        refused = chat.dialect.error(status, jsonio.dumps(body), "application/json", None)
+        return replace_retry(chat.redacted(refused))
+    if isinstance(error, dict):
+        code = clean_text(str(error.get("code") or error.get("type") or ""))
+        message = clean_text(str(error.get("message") or "the provider gave no reason"))
+        kind = LINE_ERRORS.get(code, E.BATCH_ERROR)
+        shown = message if kind != E.BATCH_ERROR or not code else f"{code}: {message}"
+        return chat.redacted(E.RequestError(kind, shown, retryable=False))
+    if isinstance(error, str) and error:
+        return chat.redacted(E.RequestError(E.BATCH_ERROR, clean_text(error), retryable=False))
+    return E.RequestError(E.BAD_RESPONSE, "a result line with neither response nor error", retryable=False)
+
+
+def rank(result: Result) -> int:
+    """Which of two result lines for one request stands: an answer over an error, and a readable
+    answer over one that is not."""
+    if isinstance(result, E.RequestError):
+        return 0
+    return 1 if result.problem is not None else 2
+
+
+def unanswered(batch: str, status: str, unread: int) -> E.RequestError:
+    """The error of a request a finished batch holds and no result line answered."""
+    if status == "completed":
+        why = f" ({plural(unread, 'result line')} could not be read)" if unread else ""
+        return E.RequestError(E.BAD_RESPONSE, f"batch {batch} completed without a result for this request{why}",
+                              retryable=False)  # fmt: skip
+    return E.RequestError(f"batch_{status}", f"batch {batch} ended {status} before answering this request",
+                          retryable=False)  # fmt: skip
+
+
+def replace_retry(error: E.RequestError) -> E.RequestError:
+    """A batch's answer is final: its error is not retried (--retry-errors sends it again)."""
+    return E.RequestError(error.error_type, error.message, status=error.status, retryable=False,
+                          rate=error.rate, busy=error.busy)  # fmt: skip

@@ -1,0 +1,1 @@
+"""The input table, read as Arrow batches on every pass."""
