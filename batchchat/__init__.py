@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from .reports.htmlreport import write_report as report
     from .reports.survey import Overview, overview
     from .runs.dryrun import DryRun, dry_run
-    from .runs.frames import arun_frame, run_frame
-    from .runs.runfile import arun, run
+    from .runs.frames import arun_frame, run, run_frame
+    from .runs.runfile import arun
 
 __all__ = [
     "BatchchatError",
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # name -> (module, the name there): loaded on first use
-_LAZY = {"RunResult": ("execute.pipeline", "RunResult"), "arun": ("runs.runfile", "arun"), "run": ("runs.runfile", "run"),
+_LAZY = {"RunResult": ("execute.pipeline", "RunResult"), "arun": ("runs.runfile", "arun"), "run": ("runs.frames", "run"),
          "arun_frame": ("runs.frames", "arun_frame"), "run_frame": ("runs.frames", "run_frame"),
          "DryRun": ("runs.dryrun", "DryRun"), "dry_run": ("runs.dryrun", "dry_run"), "Job": ("job.spec", "Job"),
          "load_job": ("job.jobfile", "load_job"), "__version__": ("core.version", "__version__"),

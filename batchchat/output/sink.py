@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import pyarrow as pa
@@ -67,11 +66,6 @@ def output_schema(source: TableSource, derived: Derived, typed: bool = True) -> 
     added = added_fields(derived)
     schema = pa.schema(list(inputs) + added)
     return schema.with_metadata(pandas_metadata(schema, [f.name for f in added])) if typed else schema
-
-
-def typed_output(path: Path) -> bool:
-    table = format_of(path)
-    return table is not None and table.typed
 
 
 def added_arrays(outcomes: Sequence[RowOutcome | None], extras: Mapping[str, list[Any]],

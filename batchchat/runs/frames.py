@@ -31,12 +31,22 @@ from ..plan.plan import Setup
 from ..store.journal import JournalSet, MemoryStore, Store
 from ..store.lock import OutputLock
 from ..store.stats import RowTally
+from . import runfile
 from .engines import executor_for
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SOURCE_NAME = "the DataFrame"
+
+
+def run(job: Job | str | os.PathLike[str] | pd.DataFrame | None = None, /, *, observer: Observer | None = None,
+        **settings: Any) -> RunResult:  # fmt: skip
+    """``batchchat.run``: a job on files (``runfile.run``); or, given a DataFrame, its rows answered
+    and the frame returned with the summary (``result.frame``)."""
+    if is_frame(job):
+        return run_sync(frame_result(job, observer=observer, **settings))
+    return runfile.run(job, observer=observer, **settings)  # type: ignore[arg-type]
 
 
 def is_frame(value: object) -> TypeGuard[pd.DataFrame]:

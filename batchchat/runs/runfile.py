@@ -24,17 +24,15 @@ from ..input.source import FileSource, TableSource, open_source
 from ..job.jobfile import load_job
 from ..job.spec import Job
 from ..output.progress import Observer, Silent
-from ..output.sink import Sink, output_batches, output_schema, sink_for, typed_output
+from ..output.sink import Sink, output_batches, output_schema, sink_for
 from ..plan.plan import Setup
 from ..store.files import OutputFiles
 from ..store.journal import JournalSet
 from ..store.lock import OutputLock
 from ..store.stats import RowTally
 from .engines import executor_for
-from .frames import frame_result, is_frame
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
 
 
@@ -79,8 +77,9 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
     source = open_source(job.required("input"), job.limit)
     output = job.required("output")
     setup = Setup.of(job, source.columns, source.name)
-    schema = output_schema(source, setup.derived, typed_output(output))
     files = OutputFiles.of(output, job.names("output"))
+    sink = sink_for(files)
+    schema = output_schema(source, setup.derived, sink.typed)
     files.check()
     with OutputLock(output, job.names("output")):
         files.remove_stale_temps()
@@ -94,18 +93,16 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
         try:
             job = setup.simulated(job, source)
             executor = executor or executor_for(job, handle_signals=True)
-            return await _run_file(job, source, setup, journal, files, schema, observer or Silent(), executor)
+            return await _run_file(job, source, setup, journal, files, sink, schema, observer or Silent(), executor)
         finally:
             journal.close()
 
 
-def run(job: Job | str | os.PathLike[str] | pd.DataFrame | None = None, /, *, observer: Observer | None = None,
+def run(job: Job | str | os.PathLike[str] | None = None, /, *, observer: Observer | None = None,
         **settings: Any) -> RunResult:  # fmt: skip
     """``arun`` for code without an event loop, and for notebooks, whose loop is already running.
-    Given a DataFrame, answers its rows and returns the frame with the summary (``result.frame``)."""
-    if is_frame(job):
-        return run_sync(frame_result(job, observer=observer, **settings))
-    return run_sync(arun(job, observer=observer, **settings))  # type: ignore[arg-type]
+    (``batchchat.run`` takes a DataFrame too: ``frames.run``.)"""
+    return run_sync(arun(job, observer=observer, **settings))
 
 
 def _keep_whole_output(job: Job, sink: Sink, output: object, rows: int) -> None:
@@ -147,13 +144,12 @@ def _again(job: Job) -> str:
     return again
 
 
-async def _run_file(job: Job, source: TableSource, setup: Setup, journal: JournalSet, files: OutputFiles,
+async def _run_file(job: Job, source: TableSource, setup: Setup, journal: JournalSet, files: OutputFiles, sink: Sink,
                     schema: pa.Schema, observer: Observer, executor: Executor) -> RunResult:  # fmt: skip
     output = files.output
     if isinstance(source, FileSource):
         source.seal()  # what every pass must read again
     stages = Stages(job, setup, source, journal, observer)
-    sink = sink_for(files)
     plan = stages.plan(output)
     if job.limit is not None:
         _keep_whole_output(job, sink, output, plan.rows)
