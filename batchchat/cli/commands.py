@@ -19,8 +19,7 @@ import click
 
 from ..core.errors import BatchchatError, FatalAPIError, Interrupted, MissingKey, RequestError, StorageError
 from ..core.words import plural
-from ..job.spec import SIM_POLL_S, Answers, BatchAPI, Limits, Resume, RetryPolicy, Scoring, default
-from ..providers import PROVIDERS
+from ..job.settings import CHOICE, FLAG, FLOAT, INT, TABLE, flag_name
 from ..reports.text import dry_run_text, overview_text, quiet_line, summary_text
 from .console import Progress, Shown, say
 
@@ -33,14 +32,37 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 EXIT_JOB = 2
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused what the run wrote
 EXIT_INTERRUPTED = 130
-# Settings whose flag is not --setting-name: a message names the flag the user typed.
-SHORT_FLAGS = {"input": "-i/--input", "output": "-o/--output", "model": "-m/--model", "models": "-m/--model",
-               "params": "--param", "simulator": "--sim", "variants": "--variant",
-               "option_columns": "--option-column", "json_schema": "--json-schema", "prices": "--price"}  # fmt: skip
+CLICK_TYPES: dict[str, Any] = {INT: int, FLOAT: float}
 
 
-def flag_name(key: str) -> str:
-    return SHORT_FLAGS.get(key, "--" + key.replace("_", "-"))
+def setting_options(command: str) -> Callable[[Command], Command]:
+    """The flags of ``command`` ("run" or "chat"), made from the settings table: each setting's
+    flag, value type, choices, help and stated default are the table's."""
+    options = []
+    for setting in TABLE:
+        if not setting.flags or (command == "chat" and not setting.chat):
+            continue
+        help_text = setting.chat if command == "chat" and isinstance(setting.chat, str) else setting.help_text
+        multiple = setting.multiple and not (command == "chat" and isinstance(setting.chat, str))
+        if setting.kind == FLAG:
+            if "/" in setting.flags[0]:  # --stream/--no-stream: click makes the pair
+                options.append(click.option(*setting.flags, setting.name, default=None, help=help_text))
+            else:
+                options.append(click.option(*setting.flags, setting.name, is_flag=True, default=None, help=help_text))
+        elif setting.bare is not None:
+            options.append(click.option(*setting.flags, setting.name, is_flag=False, flag_value=setting.bare,
+                                        default=None, metavar=setting.metavar, help=help_text))  # fmt: skip
+        else:
+            kind = click.Choice(list(setting.choices)) if setting.kind == CHOICE else CLICK_TYPES.get(setting.kind)
+            options.append(click.option(*setting.flags, setting.name, type=kind, metavar=setting.metavar,
+                                        multiple=multiple, help=help_text))  # fmt: skip
+
+    def decorate(function: Command) -> Command:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
 
 
 def parse_param(text: str, flag: str = "--param") -> tuple[str, Any]:
@@ -126,18 +148,13 @@ def main() -> None:
     """
 
 
-# `batchchat run --help` shows its options in these groups, in this order (the rest under "Other").
-OPTION_GROUPS = {
-    "Input and prompts": ["input_path", "prompt_column", "template", "messages_column", "turns_column", "system",
-                          "option_columns", "options_column", "limit"],
-    "Model and request": ["models", "provider", "base_url", "api_key_env", "max_tokens", "temperature", "top_p",
-                          "params", "variants", "stream"],
-    "Limits and retries": ["concurrency", "rpm", "tpm", "max_attempts", "timeout", "price_flags", "max_cost"],
-    "Output and resume": ["output_path", "restart", "reuse", "retry_errors", "dedup", "grace", "report"],
-    "Evaluation": ["json_schema", "labels", "invalid_retries", "expected_column", "score"],
-    "Provider batches (half price, within 24 h)": ["batch_api", "detach", "poll_every", "cancel", "live_retry"],
-    "Past one machine": ["ray", "ray_workers"],
-}  # fmt: skip
+# `batchchat run --help` shows its options in these groups, in this order (the rest under "Other"):
+# the settings table's, and the flags of the command itself.
+OPTION_GROUPS: dict[str, list[str]] = {}
+for _setting in TABLE:
+    if _setting.group is not None and _setting.flags:
+        OPTION_GROUPS.setdefault(_setting.group, []).append(_setting.name)
+OPTION_GROUPS["Output and resume"].append("report")
 RUN_EXAMPLES = """\b
   batchchat run jobs/demo.toml                       the demo, on the built-in simulator
   batchchat run -i questions.csv -m meta-llama/Llama-3.3-70B-Instruct-Turbo
@@ -167,200 +184,10 @@ class GroupedCommand(click.Command):
             formatter.write_text(RUN_EXAMPLES)
 
 
-def request_options(*, several_models: bool = True) -> Callable[[Command], Command]:
-    """The options ``run`` and ``chat`` share: model, system prompt, endpoint, request, retries."""
-    options = [
-        click.option(
-            "-m",
-            "--model",
-            "models",
-            metavar="NAME",
-            multiple=several_models,
-            help="Model to ask (required unless the job file sets it; repeat it to compare models)."
-            if several_models
-            else "Model to ask (required).",
-        ),
-        click.option("--system", metavar="TEXT", help="System message sent first in every request."),
-        click.option(
-            "--provider",
-            type=click.Choice(list(PROVIDERS)),
-            help=", ".join(f"{p.name} ({p.key_env})" for p in PROVIDERS.values() if p.key_env)
-            + ", or sim (built-in simulator, no key) [default: together].",
-        ),
-        click.option(
-            "--base-url", metavar="URL", help="Any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."
-        ),
-        click.option("--api-key-env", metavar="NAME", help="Environment variable holding the API key."),
-        click.option("--max-tokens", type=int, help="Most tokens per answer."),
-        click.option("--temperature", type=float, help="Sampling temperature."),
-        click.option("--top-p", type=float, help="Nucleus sampling probability."),
-        click.option(
-            "--param",
-            "params",
-            metavar="KEY=VALUE",
-            multiple=True,
-            help="Any other request field; VALUE is read as JSON when it parses. Repeatable.",
-        ),
-        click.option("--max-attempts", type=int, help=f"Attempts per request, the first included [default: {default(RetryPolicy, 'max_attempts')}]."),
-        click.option(
-            "--timeout",
-            type=float,
-            metavar="SECONDS",
-            help=f"Limit for each attempt; when streaming, for each silence [default: {default(RetryPolicy, 'timeout_s'):g}].",
-        ),
-        click.option("--debug", is_flag=True, help="Show tracebacks."),
-    ]
-
-    def decorate(command: Command) -> Command:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
-
-
 @main.command(cls=GroupedCommand, context_settings={"max_content_width": 100})
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False))
-@click.option("-i", "--input", "input_path", metavar="PATH", help="Prompt table: .csv, .parquet or .jsonl.")
-@click.option(
-    "-o",
-    "--output",
-    "output_path",
-    metavar="PATH",
-    help="Output table: .parquet, .csv or .jsonl [default: INPUT.out.parquet beside the input].",
-)
-@click.option("--prompt-column", metavar="NAME", help="Column holding each prompt [default: prompt].")
-@click.option(
-    "--template", metavar="TEXT", help="Prompt built from columns: 'Classify: {text}'. {{ }} are literal braces."
-)
-@click.option(
-    "--messages-column",
-    metavar="NAME",
-    help="Column holding a JSON list of {role, content} messages (conversation history).",
-)
-@request_options()
-@click.option("--concurrency", type=int,
-              help="Requests in flight at once, at most: fewer while a server shows it takes fewer "
-                   f"[default: {default(Limits, 'concurrency')}].")  # fmt: skip
-@click.option(
-    "--rpm", type=int, help="Requests per minute, never exceeded [default: adapt to 429s and rate-limit headers]."
-)
-@click.option("--tpm", type=int, help="Tokens per minute (prompt estimate + max_tokens, corrected by usage).")
-@click.option(
-    "--stream/--no-stream",
-    default=None,
-    help="Stream answers (SSE) to measure time to first token (ttft_s) [default: no].",
-)
-@click.option("--restart", is_flag=True, default=None, help="Forget the journal of earlier runs: send every row again.")
-@click.option("--reuse", "reuse", multiple=True, metavar="OUTPUT", type=click.Path(dir_okay=False),
-              help="Reuse the answers another output's journal holds (a trial written with -o); repeatable.")
-@click.option(
-    "--retry-errors", is_flag=True, default=None, help="Send again the rows that ended in error in earlier runs."
-)
-@click.option(
-    "--dedup/--no-dedup",
-    default=None,
-    help="Send identical requests once and give every row the answer [default: dedup]; "
-    "--no-dedup sends each (sampling).",
-)
-@click.option(
-    "--grace",
-    type=float,
-    metavar="SECONDS",
-    help=f"After Ctrl-C or SIGTERM, how long requests in flight may finish [default: {default(Resume, 'grace_s'):g}].",
-)
-@click.option(
-    "--variant",
-    "variants",
-    metavar="KEY=VALUE,...",
-    multiple=True,
-    help="Also send every row with these request options (name=... names it). Repeatable: "
-    "--variant temperature=0 --variant temperature=0.7.",
-)
-@click.option(
-    "--sim",
-    "sim_settings",
-    metavar="KEY=VALUE,...",
-    multiple=True,
-    help="A simulator setting, with --provider sim (latency_ms, jitter_ms, tokens_per_s, rpm, tpm, fault_rate, "
-    "seed, labels, invalid_rate, slots, share_429, share_503, rpm_later, rpm_change_s; for batches batch_dialect, "
-    "batch_seconds, batch_error_rate, batch_expire_at, batch_fail_at, batch_max_lines, batch_delay_ms, batch_upload_delay_ms, batch_create_delay_ms, "
-    "batch_upload_fails, batch_create_fails). Repeatable.",
-)
-@click.option(
-    "--option-column",
-    "option_columns",
-    metavar="NAME",
-    multiple=True,
-    help="A column whose cells set the request field of the same name (e.g. max_tokens). Repeatable.",
-)
-@click.option("--options-column", metavar="NAME", help="Column holding a JSON object of request fields per row.")
-@click.option("--turns-column", metavar="NAME", help="Column holding a JSON list of user turns, sent one by one.")
-@click.option(
-    "--json-schema",
-    metavar="JSON|FILE",
-    help="Ask for JSON fitting this schema (inline, or a .json file); fields become out_<field> columns.",
-)
-@click.option("--labels", metavar="A,B,...", help="Answers must be one of these labels; adds a `label` column.")
-@click.option(
-    "--invalid-retries",
-    type=int,
-    help=f"Asks again for an answer that breaks the schema or labels [default: {default(Answers, 'invalid_retries')}].",
-)
-@click.option("--expected-column", metavar="NAME", help="Column of expected answers; adds a `score` column.")
-@click.option(
-    "--score",
-    type=click.Choice(["exact", "contains", "regex", "json_equal"]),
-    help=f"How answers are compared with the expected column [default: {default(Scoring, 'method')}].",
-)
-@click.option(
-    "--price",
-    "price_flags",
-    metavar="MODEL=IN,OUT",
-    multiple=True,
-    help="US dollars per million input and output tokens of MODEL, over the job file's and the catalogue's. "
-    "Repeatable.",
-)
-@click.option(
-    "--max-cost",
-    type=float,
-    metavar="USD",
-    help="Stop sending before this run would spend more (needs a price for every model, and --max-tokens).",
-)
-@click.option("--limit", type=int, metavar="N", help="Only the first N input rows (a trial of a large job).")
-@click.option(
-    "--batch-api",
-    is_flag=True,
-    default=None,
-    help="Send the requests as the provider's batches (Together, OpenAI): about half the price, results within "
-    "24 h, no rate limit. The same output table.",
-)
-@click.option(
-    "--detach/--no-detach", default=None, help="Submit the batches and exit; run the same command again to collect."
-)
-@click.option(
-    "--poll-every",
-    type=float,
-    metavar="SECONDS",
-    help=f"How often a waiting run asks how its batches stand [default: {default(BatchAPI, 'poll_s'):g}; {SIM_POLL_S:g} on "
-    "this machine].",
-)
-@click.option(
-    "--cancel", is_flag=True, default=None, help="Cancel this output's running batches; keep what they finished."
-)
-@click.option(
-    "--live-retry", is_flag=True, default=None, help="With --retry-errors, send the rows that failed live, not batched."
-)
-@click.option(
-    "--ray",
-    is_flag=False,
-    flag_value="local",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Answer on Ray workers (pip install 'batchchat[ray]'): alone, a Ray started for the run; or a cluster's "
-    "address (auto, ray://head:10001). Limits are the cluster's totals.",
-)
-@click.option("--ray-workers", type=int, metavar="N", help="Ray workers [default: one per CPU of the cluster].")
+@setting_options("run")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.option("--dry-run", is_flag=True, help="Check everything and estimate tokens and cost; send nothing.")
 @click.option("--report", is_flag=True, help="At the end, write OUTPUT.report.html: the run's plots and tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary: one line at the end (rows, errors, cost, output), and errors.")
@@ -372,10 +199,8 @@ def request_options(*, several_models: bool = True) -> Callable[[Command], Comma
     metavar="SECONDS",
     help="Without a terminal (cron, nohup, CI), print a progress line this often [default: 30].",
 )
-def run(job_file: str | None, input_path: str | None, output_path: str | None, params: tuple[str, ...],
-        models: tuple[str, ...], json_schema: str | None, dry_run: bool, report: bool, quiet: bool, debug: bool,
-        variants: tuple[str, ...], sim_settings: tuple[str, ...], progress_every: float,
-        price_flags: tuple[str, ...], **options: Any) -> None:  # fmt: skip
+def run(job_file: str | None, dry_run: bool, report: bool, quiet: bool, debug: bool, progress_every: float,
+        **options: Any) -> None:  # fmt: skip
     """Send every row of a table to a chat model and write the answers beside the input rows.
 
     JOB_FILE is an optional TOML job file; flags override what it sets.
@@ -397,20 +222,12 @@ def run(job_file: str | None, input_path: str | None, output_path: str | None, p
         from ..runs.runfile import every_problem
         from ..runs.runfile import run as run_job
 
-        if job_file is None and input_path is None:
+        if job_file is None and options["input"] is None:
             raise BatchchatError(
                 "nothing to run: give a job file (batchchat run jobs/demo.toml) or an input table "
                 "(batchchat run -i prompts.csv -m MODEL)"
             )
-        param_values = dict(parse_param(p) for p in params)
-        options["option_columns"] = list(options["option_columns"]) or None
-        options["reuse"] = list(options["reuse"]) or None
-        simulator = {k: v for text in sim_settings for k, v in parse_pairs(text, "--sim").items()}
-        overrides = {"input": input_path, "output": output_path, **options, "params": param_values or None,
-                     "model": _models(models), "json_schema": _json_schema(json_schema),
-                     "variants": [parse_pairs(text, "--variant") for text in variants] or None,
-                     "simulator": simulator or None,
-                     "prices": dict(parse_price(text) for text in price_flags) or None}  # fmt: skip
+        overrides = from_flags(options)
         try:
             job = build_job(job_file, overrides, flag_name, check_key=not dry_run)
         except MissingKey as missing:
@@ -515,10 +332,31 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _models(names: tuple[str, ...]) -> str | list[str] | None:
+def _models(names: str | tuple[str, ...] | None) -> str | list[str] | None:
+    if isinstance(names, str):  # chat's one model
+        return names
     if not names:
         return None
     return names[0] if len(names) == 1 else list(names)
+
+
+# The settings whose flags' text is read into the value a job takes (the rest pass as click typed them).
+FROM_TEXT: dict[str, Callable[[Any], Any]] = {
+    "params": lambda texts: dict(parse_param(text) for text in texts) or None,
+    "model": _models,
+    "json_schema": lambda text: _json_schema(text),
+    "variants": lambda texts: [parse_pairs(text, "--variant") for text in texts] or None,
+    "simulator": lambda texts: {k: v for text in texts for k, v in parse_pairs(text, "--sim").items()} or None,
+    "prices": lambda texts: dict(parse_price(text) for text in texts) or None,
+    "option_columns": lambda texts: list(texts) or None,
+    "reuse": lambda texts: list(texts) or None,
+}
+
+
+def from_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings the flags give, as a job takes them."""
+    return {name: FROM_TEXT[name](value) if name in FROM_TEXT and value is not None else value
+            for name, value in options.items()}  # fmt: skip
 
 
 def _json_schema(value: str | None) -> dict[str, Any] | None:
@@ -555,16 +393,15 @@ def _fail(message: str, debug: bool, code: int = EXIT_JOB) -> NoReturn:
 
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("prompt", required=False)
-@request_options(several_models=False)
-@click.option("--stream/--no-stream", default=None, help="Print the answer as it arrives [default: no].")
+@setting_options("chat")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.option(
     "--save",
     type=click.Path(dir_okay=False),
     metavar="FILE.jsonl",
     help='Append the conversation to this file as one JSONL row {"messages": [...]}.',
 )
-def chat(prompt: str | None, params: tuple[str, ...], models: str | None, save: str | None, debug: bool,
-         **options: Any) -> None:  # fmt: skip
+def chat(prompt: str | None, save: str | None, debug: bool, **options: Any) -> None:
     """Ask one question (PROMPT), or, without one, hold a conversation that keeps its history.
 
     In a conversation each line of input is a turn, until end of input (Ctrl-D). A file saved with
@@ -577,8 +414,7 @@ def chat(prompt: str | None, params: tuple[str, ...], models: str | None, save: 
         from ..job.jobfile import build_job
         from ..runs.chat import check_save_path
 
-        param_values = dict(parse_param(p) for p in params)
-        job = build_job(None, {**options, "model": models, "params": param_values or None}, flag_name)
+        job = build_job(None, from_flags(options), flag_name)
         save_path = Path(save) if save else None
         if save_path is not None:
             check_save_path(save_path)

@@ -13,7 +13,7 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -27,12 +27,17 @@ from ..providers import PROVIDERS
 from .endpoint import Endpoint, is_loopback, key_state, shown_url
 from .money import prices_for
 from .settings import (
+    BATCHES,
     SAME_SETTING,
     SETTINGS,
+    SIM_KEYS,
+    TABLE,
     boolean,
+    choice,
     did_you_mean,
     flag,
     number,
+    read,
     table,
     table_path,
     text,
@@ -63,7 +68,6 @@ from .spec import (
 )
 
 T = TypeVar("T")
-SIM_SETTINGS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
 
 
 def load_job(path: str | os.PathLike[str] | None = None, /, *, check_key: bool = True, **overrides: Any) -> Job:
@@ -177,9 +181,8 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
     if answers.response_format is not None:
         params["response_format"] = answers.response_format
 
-    for key, value in (("max_tokens", whole(s.get("max_tokens"), at("max_tokens"), 1)),
-                       ("temperature", number(s.get("temperature"), at("temperature"), 0.0)),
-                       ("top_p", number(s.get("top_p"), at("top_p"), 0.0, 1.0))):  # fmt: skip
+    for key in ("max_tokens", "temperature", "top_p"):
+        value = read(s, at, key)
         if value is not None:
             params[key] = value
     check_params(params, at("params"))
@@ -206,7 +209,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
     priced_at = PROVIDERS["together"].base_url if endpoint.provider == "sim" else endpoint.base_url
     prices = prices_for(models, parse_prices(s.get("prices"), at("prices")), priced_at)
     variants = parse_variants(s.get("variants"), at("variants"))
-    max_cost = number(s.get("max_cost"), at("max_cost"), 0.0)
+    max_cost = read(s, at, "max_cost")
     if max_cost is not None:
         unpriced = [m for m in models if m not in prices]
         if unpriced:
@@ -228,23 +231,16 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         prompt=prompt,
         params=tuple(sorted(params.items())),
         endpoint=endpoint,
-        limits=Limits(
-            concurrency=whole(s.get("concurrency"), at("concurrency"), 1, 10_000) or default(Limits, "concurrency"),
-            rpm=whole(s.get("rpm"), at("rpm"), 1),
-            tpm=whole(s.get("tpm"), at("tpm"), 1),
-        ),
-        retry=RetryPolicy(
-            max_attempts=whole(s.get("max_attempts"), at("max_attempts"), 1, 100) or default(RetryPolicy, "max_attempts"),
-            timeout_s=number(s.get("timeout"), at("timeout"), 0.001) or default(RetryPolicy, "timeout_s"),
-        ),
+        limits=Limits(concurrency=read(s, at, "concurrency"), rpm=read(s, at, "rpm"), tpm=read(s, at, "tpm")),
+        retry=RetryPolicy(max_attempts=read(s, at, "max_attempts"), timeout_s=read(s, at, "timeout")),
         resume=Resume(
-            restart=flag(s.get("restart"), at("restart"), False),
-            retry_errors=flag(s.get("retry_errors"), at("retry_errors"), False),
-            grace_s=_default(number(s.get("grace"), at("grace"), 0.0, 3600.0), default(Resume, "grace_s")),
+            restart=read(s, at, "restart"),
+            retry_errors=read(s, at, "retry_errors"),
+            grace_s=read(s, at, "grace"),
             reuse=_paths(s.get("reuse"), at("reuse")),
         ),
         stream=_stream(s, at),
-        dedup=flag(s.get("dedup"), at("dedup"), True),
+        dedup=read(s, at, "dedup"),
         simulator=_simulator(s.get("simulator"), at("simulator")),
         variants=variants,
         row_options=parse_row_options(s.get("option_columns"), s.get("options_column"), at),
@@ -252,7 +248,7 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
         scoring=parse_scoring(s.get("expected_column"), s.get("score"), at, name),
         prices=MappingProxyType(prices),
         max_cost=max_cost,
-        limit=whole(s.get("limit"), at("limit"), 1),
+        limit=read(s, at, "limit"),
         batch=_batch(s, at, name, endpoint),
         ray=_ray(s, at, name),
     )
@@ -266,17 +262,17 @@ def _ray(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], str]
             raise JobError(f"{at('ray_workers')} is a setting of Ray runs; add {name('ray')} or drop it")
         return RayCluster()
     address = "local" if value is True else text(value, at("ray"))
-    if flag(s.get("batch_api"), at("batch_api"), False):
+    if read(s, at, "batch_api"):
         raise JobError(f"{at('ray')} and {at('batch_api')} are both set: provider batches need no cluster; keep one")
-    return RayCluster(address=address, workers=whole(s.get("ray_workers"), at("ray_workers"), 1, 10_000))
+    return RayCluster(address=address, workers=read(s, at, "ray_workers"))
 
 
-BATCH_SETTINGS = ("poll_every", "detach", "cancel", "live_retry", "batch_discount")
+BATCH_SETTINGS = tuple(setting.name for setting in TABLE if setting.group == BATCHES and setting.name != "batch_api")
 
 
 def _batch(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], str], endpoint: Endpoint) -> BatchAPI:
     """Provider batches (``batch_api``), and the settings that only mean something with them."""
-    enabled = flag(s.get("batch_api"), at("batch_api"), False)
+    enabled = read(s, at, "batch_api")
     if not enabled:
         for key in BATCH_SETTINGS:
             if s.get(key) is not None and s.get(key) is not False:
@@ -287,25 +283,24 @@ def _batch(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], st
     if PROVIDERS[endpoint.provider].batch_max_lines is None and endpoint.provider != "sim":
         raise JobError(f"{at('batch_api')}: batchchat does not send provider {endpoint.provider}'s batches yet; "
                        f"drop {name('batch_api')} to send its requests live")  # fmt: skip
-    detach, cancel = flag(s.get("detach"), at("detach"), False), flag(s.get("cancel"), at("cancel"), False)
+    detach, cancel = read(s, at, "detach"), read(s, at, "cancel")
     if detach and cancel:
         raise JobError(f"{at('detach')} and {at('cancel')} are both set; cancelling waits for the batches, keep one")
     if detach and endpoint.provider == "sim":
         raise JobError(f"{at('detach')}: provider sim starts a simulator that ends with the run, and its batches "
                        "with it; run `batchchat serve` and point the job at it with its --base-url")  # fmt: skip
-    live_retry = flag(s.get("live_retry"), at("live_retry"), False)
-    if live_retry and not flag(s.get("retry_errors"), at("retry_errors"), False):
+    live_retry = read(s, at, "live_retry")
+    if live_retry and not read(s, at, "retry_errors"):
         raise JobError(f"{at('live_retry')} sends the requests that ended in error again, live: it needs "
                        f"{name('retry_errors')}")  # fmt: skip
     here = endpoint.provider == "sim" or (endpoint.base_url is not None and is_loopback(endpoint.base_url))
     return BatchAPI(
         enabled=True,
-        poll_s=_default(number(s.get("poll_every"), at("poll_every"), 0.01, 3600.0),
-                        SIM_POLL_S if here else default(BatchAPI, "poll_s")),
+        poll_s=SIM_POLL_S if here and s.get("poll_every") is None else read(s, at, "poll_every"),
         detach=detach,
         cancel=cancel,
         live_retry=live_retry,
-        discount=_default(number(s.get("batch_discount"), at("batch_discount"), 0.0, 1.0), 0.5),
+        discount=read(s, at, "batch_discount"),
     )
 
 
@@ -314,9 +309,9 @@ def _prompt(s: dict[str, Any], where: dict[str, str]) -> Prompt:
         return where.get(key, key)
 
     column = text(s.get("prompt_column"), at("prompt_column"))
-    template = text(s.get("template"), at("template"))
-    messages_column = text(s.get("messages_column"), at("messages_column"))
-    turns_column = text(s.get("turns_column"), at("turns_column"))
+    template = read(s, at, "template")
+    messages_column = read(s, at, "messages_column")
+    turns_column = read(s, at, "turns_column")
     system = s.get("system")
     if system is not None and not isinstance(system, str):
         raise JobError(f"{at('system')} must be text, got {system!r}")
@@ -439,8 +434,8 @@ def _simulator(value: Any, at: str) -> SimConfig:
         return SimConfig()
     entries = table(value, at)
     for key in entries:
-        if key not in SIM_SETTINGS:
-            raise JobError(f"{at}: unknown simulator setting '{key}'{did_you_mean(key, SIM_SETTINGS)}")
+        if key not in SIM_KEYS:
+            raise JobError(f"{at}: unknown simulator setting '{key}'{did_you_mean(key, SIM_KEYS)}")
 
     def of(key: str) -> str:
         return f"the simulator's {key} ({at})"
@@ -455,7 +450,7 @@ def _simulator(value: Any, at: str) -> SimConfig:
         seed=whole(entries.get("seed"), of("seed")) or 0,
         labels=_sim_labels(entries.get("labels"), of("labels")),
         invalid_rate=number(entries.get("invalid_rate"), of("invalid_rate"), 0.0, 1.0) or 0.0,
-        batch_dialect=_choice(entries.get("batch_dialect"), of("batch_dialect"), ("together", "openai")) or "together",
+        batch_dialect=choice(entries.get("batch_dialect"), of("batch_dialect"), ("together", "openai")) or "together",
         batch_seconds=_default(number(entries.get("batch_seconds"), of("batch_seconds"), 0.0), 1.0),
         batch_error_rate=number(entries.get("batch_error_rate"), of("batch_error_rate"), 0.0, 1.0) or 0.0,
         batch_expire_at=number(entries.get("batch_expire_at"), of("batch_expire_at"), 0.0, 1.0),
@@ -473,13 +468,6 @@ def _simulator(value: Any, at: str) -> SimConfig:
         rpm_later=whole(entries.get("rpm_later"), of("rpm_later"), 1),
         rpm_change_s=number(entries.get("rpm_change_s"), of("rpm_change_s"), 0.0) or 0.0,
     )
-
-
-def _choice(value: Any, at: str, choices: tuple[str, ...]) -> str | None:
-    chosen = text(value, at)
-    if chosen is not None and chosen not in choices:
-        raise JobError(f"{at} must be one of {', '.join(choices)}, got {chosen!r}{did_you_mean(chosen, choices)}")
-    return chosen
 
 
 def _sim_labels(value: Any, at: str) -> tuple[str, ...]:
