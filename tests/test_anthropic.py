@@ -233,3 +233,14 @@ def test_a_dry_run_shows_the_request_as_anthropic_gets_it_priced_below_the_long_
     # the catalogue's price for prompts under 200,000 tokens, not the tier a million-token prompt pays
     assert "price of claude-sonnet-4-5: $3.00 input, $15.00 output per million tokens" in result.stdout
     assert "ANTHROPIC_API_KEY is not set" in result.stdout
+
+
+def test_the_summary_counts_overloaded_answers_as_529s(sim_factory, tmp_path):
+    server = sim_factory(share_503=0.2, latency_ms=5, seed=2)
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"question {i}"] for i in range(60)])
+    result = cli("run", "-i", source, "-o", tmp_path / "out.parquet", "-m", "sim-chat", "--base-url", server.url,
+                 "--provider", "anthropic", "--max-attempts", "10")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    overloaded = server.stats()["status:529"]
+    assert overloaded > 0 and "status:503" not in server.stats()
+    assert f"{overloaded:,} answered 529, " in result.stderr

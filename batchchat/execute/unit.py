@@ -375,7 +375,9 @@ class Asker:
             except RequestError as error:
                 self.reached = self.reached or error.status is not None
                 count.rate_limited += error.error_type == RATE_LIMITED
-                count.busy += error.busy
+                if error.busy:
+                    count.busy += 1
+                    count.busy_statuses.add(error.status or 503)
                 if throttle is not None and permit is not None:
                     throttle.failed(permit, error)
                     count.crowded = throttle.crowded

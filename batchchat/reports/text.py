@@ -150,7 +150,7 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
     else:
         lines += [
             f"this run: {plural(s.answered, 'request')} finished in {s.wall_s:.1f} s ({s.requests_per_s:,.1f}/s); "
-            f"{s.requests:,} sent, {s.rate_limited:,} answered 429{f', {s.busy:,} answered 503' if s.busy else ''}, "
+            f"{s.requests:,} sent, {s.rate_limited:,} answered 429{f', {s.busy:,} answered {s.busy_as}' if s.busy else ''}, "
             f"{plural(s.retries, 'retry', 'retries')}{invalid}",
             tokens_line(s),
         ]

@@ -22,7 +22,7 @@ from ..job.spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("busy", "cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes", "paced", "rate", "rate_limited",
+    __slots__ = ("busy", "busy_statuses", "cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes", "paced", "rate", "rate_limited",
                  "repeated", "requests", "retries", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
@@ -34,7 +34,8 @@ class Counters:
         self.invalid = 0  # answers that were not the JSON or label asked for (each re-asked while re-asks last)
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
-        self.busy = 0  # ... and answered 503 (a provider short of capacity, or a crowded server)
+        self.busy = 0  # ... and answered 503 (a provider short of capacity, or a crowded server), or 529
+        self.busy_statuses: set[int] = set()  # which of them: 503, Anthropic's 529 "overloaded"
         self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
         self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
@@ -62,6 +63,7 @@ class Counters:
         self.requests += other.requests
         self.rate_limited += other.rate_limited
         self.busy += other.busy
+        self.busy_statuses |= other.busy_statuses
         self.retries += other.retries
         self.rate = other.rate if other.rate is not None else self.rate
         self.waiting_until = max(self.waiting_until, other.waiting_until)
@@ -281,7 +283,8 @@ class Summary:
     ttft_p95_s: float | None = None
     requests: int = 0
     rate_limited: int = 0
-    busy: int = 0  # attempts answered 503
+    busy: int = 0  # attempts answered 503 (or 529)
+    busy_as: str = "503"  # the statuses they were answered with: "503", "529", "503/529"
     retries: int = 0
     invalid_answers: int = 0  # answers that were not the JSON or label asked for
     cost: float | None = None  # US dollars this run spent, when every model asked has a price
@@ -378,6 +381,7 @@ class Stats:
             requests=self.counters.requests,
             rate_limited=self.counters.rate_limited,
             busy=self.counters.busy,
+            busy_as="/".join(map(str, sorted(self.counters.busy_statuses))) or "503",
             retries=self.counters.retries,
             invalid_answers=self.counters.invalid,
             cost=self.cost,
