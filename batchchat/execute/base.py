@@ -63,7 +63,12 @@ class Elsewhere:
     @staticmethod
     def times(store: Store, since: float) -> BatchTimes:
         """The batches submitted and collected since ``since`` (epoch), and those still waiting."""
-        return Steps.read(store.steps).times(since)
+        return Elsewhere.times_of(store.steps, since)
+
+    @staticmethod
+    def times_of(steps: list[dict[str, Any]], since: float = 0.0) -> BatchTimes:
+        """The same, of the steps a journal holds (an output looked at after its run)."""
+        return Steps.read(steps).times(since)
 
 
 @dataclass(frozen=True)

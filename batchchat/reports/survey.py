@@ -22,7 +22,7 @@ from typing import Any
 from ..core import jsonio
 from ..core.errors import JobError
 from ..core.records import ERROR, OK, OUTPUT_COLUMNS, PENDING
-from ..execute.batchfiles import Steps
+from ..execute.base import Elsewhere
 from ..input.source import TableSource
 from ..output.sink import sink_for
 from ..store.files import OutputFiles, open_nofollow
@@ -168,7 +168,7 @@ class Overview:
     def batches(self) -> BatchTimes | None:
         """The output's provider batches, when it was answered by them: a batch's answers arrive
         all at once, so its pace is the time from submission to collection, not a rate."""
-        return Steps.read(self.timeline.steps).times() if self.timeline.steps else None
+        return Elsewhere.times_of(self.timeline.steps) if self.timeline.steps else None
 
     @property
     def duration_s(self) -> float | None:
