@@ -92,10 +92,16 @@ def received(answer: Any, latency_s: float, ttft_s: float | None = None, rate: R
 
 def read_completion(answer: Any) -> Reading:
     """A chat completion (or a streamed one, as ``StreamAssembly`` keeps it) read; never raises."""
+    return guarded(_read, answer)
+
+
+def guarded(read: Callable[[Any, list[str]], Reading], answer: Any) -> Reading:
+    """``read(answer, notes)``, which never raises: an answer no rule foresaw stays kept, and its
+    row says it could not be read (every dialect's reader goes through this)."""
     notes: list[str] = []
     try:
-        return _read(answer, notes)
-    except Exception as e:  # a value no rule foresaw: the answer stays kept, its row says so
+        return read(answer, notes)
+    except Exception as e:
         return Reading(problem=f"the answer could not be read ({type(e).__name__}: {str(e)[:SHOWN]})",
                        notes=tuple(dict.fromkeys(notes)))  # fmt: skip
 

@@ -29,6 +29,7 @@ from ..core.reading import (
     Reading,
     bounded,
     clean_text,
+    guarded,
     json_text,
     needs_bounds,
     read_count,
@@ -38,7 +39,7 @@ from ..core.reading import (
 )
 from ..core.records import ChatRequest, ChatResult, Usage
 from ..core.sse import Event
-from .base import ServerWire, count_header, cut, retry_after_s, snippet
+from .base import HTTP_ERRORS, ServerWire, count_header, cut, retry_after_s, snippet
 
 VERSION = "2023-06-01"
 # Anthropic requires max_tokens; a job that sets none gets this many (every current model allows it).
@@ -46,17 +47,7 @@ DEFAULT_MAX_TOKENS = 4096
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
           "refusal": "content_filter"}  # fmt: skip
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}  # the simulator's finish, said back
-STATUS_ERRORS: dict[int, tuple[str, bool]] = {
-    400: (E.BAD_REQUEST, False),
-    401: (E.AUTH, False),
-    402: (E.NO_CREDIT, False),
-    403: (E.FORBIDDEN, False),
-    404: (E.NOT_FOUND, False),
-    408: (E.TIMEOUT, True),
-    409: (E.CONFLICT, True),
-    413: (E.BAD_REQUEST, False),
-    429: (E.RATE_LIMITED, True),
-}
+STATUS_ERRORS = {**HTTP_ERRORS, 413: (E.BAD_REQUEST, False)}  # request_too_large
 OVERLOADED = 529
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -180,12 +171,7 @@ def _block(part: Any) -> Any:
 
 def read_message(answer: Any) -> Reading:
     """A message (or a streamed one, as ``MessageStream`` keeps it) read; never raises."""
-    notes: list[str] = []
-    try:
-        return _read(answer, notes)
-    except Exception as e:  # a value no rule foresaw: the answer stays kept, its row says so
-        return Reading(problem=f"the answer could not be read ({type(e).__name__}: {str(e)[:120]})",
-                       notes=tuple(dict.fromkeys(notes)))  # fmt: skip
+    return guarded(_read, answer)
 
 
 def _read(answer: Any, notes: list[str]) -> Reading:

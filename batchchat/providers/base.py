@@ -17,7 +17,17 @@ from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from ..core.errors import RequestError
+from ..core.errors import (
+    AUTH,
+    BAD_REQUEST,
+    CONFLICT,
+    FORBIDDEN,
+    NO_CREDIT,
+    NOT_FOUND,
+    RATE_LIMITED,
+    TIMEOUT,
+    RequestError,
+)
 from ..core.ratehints import HINT_CAP_S, RateInfo
 from ..core.reading import Reading
 from ..core.records import ChatRequest, ChatResult
@@ -116,6 +126,19 @@ class Dialect(Protocol):
 
 
 # --- plain HTTP, as every dialect reads it ---------------------------------------------------
+
+# status -> (error_type, retryable), as every provider means them; a dialect adds its own.
+HTTP_ERRORS: dict[int, tuple[str, bool]] = {
+    400: (BAD_REQUEST, False),
+    401: (AUTH, False),
+    402: (NO_CREDIT, False),
+    403: (FORBIDDEN, False),
+    404: (NOT_FOUND, False),
+    408: (TIMEOUT, True),
+    409: (CONFLICT, True),
+    422: (BAD_REQUEST, False),
+    429: (RATE_LIMITED, True),
+}
 
 CUT = "..."  # where a long server text was cut short (redaction looks for it)
 _TAG = re.compile(rb"<[^>]*>")

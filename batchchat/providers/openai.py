@@ -31,20 +31,19 @@ from ..core.reading import (
 )
 from ..core.records import ChatRequest, ChatResult
 from ..core.sse import Event
-from .base import ServerWire, capped, count_header, cut, reset_seconds, retry_after_s, should_retry, snippet
+from .base import (
+    HTTP_ERRORS,
+    ServerWire,
+    capped,
+    count_header,
+    cut,
+    reset_seconds,
+    retry_after_s,
+    should_retry,
+    snippet,
+)
 
-# status -> (error_type, retryable)
-STATUS_ERRORS: dict[int, tuple[str, bool]] = {
-    400: (E.BAD_REQUEST, False),
-    401: (E.AUTH, False),
-    402: (E.NO_CREDIT, False),
-    403: (E.FORBIDDEN, False),
-    404: (E.NOT_FOUND, False),
-    408: (E.TIMEOUT, True),
-    409: (E.CONFLICT, True),
-    422: (E.BAD_REQUEST, False),
-    429: (E.RATE_LIMITED, True),
-}
+STATUS_ERRORS = HTTP_ERRORS
 # Response headers that say something of the limits or of retrying; the rest is never read.
 RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-retry")
 
