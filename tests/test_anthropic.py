@@ -244,3 +244,51 @@ def test_the_summary_counts_overloaded_answers_as_529s(sim_factory, tmp_path):
     overloaded = server.stats()["status:529"]
     assert overloaded > 0 and "status:503" not in server.stats()
     assert f"{overloaded:,} answered 529, " in result.stderr
+
+
+def events(*pairs):
+    import json as _json
+
+    from batchchat.core.sse import Event
+
+    return [Event(_json.dumps({"type": kind, **data}), kind) for kind, data in pairs]
+
+
+def assembled(*pairs):
+    stream = ANTHROPIC.stream(None)
+    for event in events(*pairs):
+        stream.add(event, 0.01)
+    return stream.result(0.02, None)
+
+
+END = (("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}), ("message_stop", {}))
+START = ("message_start", {"message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                                       "content": [], "usage": {"input_tokens": 5, "output_tokens": 1}}})  # fmt: skip
+
+
+def test_a_stream_with_odd_values_is_kept_and_read_never_a_crash():
+    """A paid stream whose fields are not what the format promises is assembled all the same:
+    its pieces kept as they came, and read by the usual rules."""
+    odd = assembled(START, ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": 5}}),
+                    ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "x"}}), *END)  # fmt: skip
+    assert odd.answer["content"][0]["text"] == [5, "x"] and odd.content == "5x" and odd.problem is None
+    thinking = assembled(START, ("content_block_start", {"index": 0, "content_block": {"type": "thinking",
+                                                                                        "thinking": ["a"]}}),
+                         ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "b"}}),
+                         ("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "SIG"}}),
+                         ("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "t",
+                                                                                 "name": "f", "input": {}}}),
+                         ("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": 7}}),
+                         ("content_block_delta", {"index": 1, "delta": {"type": "citations_delta", "citation": {"a": 1}}}),
+                         *END)  # fmt: skip
+    first, second = thinking.answer["content"]
+    assert first == {"type": "thinking", "thinking": [["a"], "b"], "signature": "SIG"}  # the signature kept
+    assert second["input_text"] == [7] and second["deltas"] == [{"type": "citations_delta", "citation": {"a": 1}}]
+    assert thinking.finish_reason == "stop" and thinking.content is None and thinking.problem is None
+    assert read_answer(thinking.answer) == read_answer(thinking.answer)  # read back the same, from the journal
+    tool = assembled(START, ("content_block_start", {"index": 0, "content_block": {"type": "tool_use", "id": "t",
+                                                                                    "name": "f", "input": {}}}),
+                     ("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"a":'}}),
+                     ("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": " 1}"}}),
+                     *END)  # fmt: skip
+    assert tool.answer["content"][0]["input"] == {"a": 1}

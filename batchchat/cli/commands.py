@@ -43,7 +43,7 @@ def setting_options(command: str) -> Callable[[Command], Command]:
         if not setting.flags or (command == "chat" and not setting.chat):
             continue
         help_text = setting.chat if command == "chat" and isinstance(setting.chat, str) else setting.help_text
-        multiple = setting.multiple and not (command == "chat" and isinstance(setting.chat, str))
+        multiple = setting.multiple
         if setting.kind == FLAG:
             if "/" in setting.flags[0]:  # --stream/--no-stream: click makes the pair
                 options.append(click.option(*setting.flags, setting.name, default=None, help=help_text))
@@ -54,6 +54,8 @@ def setting_options(command: str) -> Callable[[Command], Command]:
                                         default=None, metavar=setting.metavar, help=help_text))  # fmt: skip
         else:
             kind = click.Choice(list(setting.choices)) if setting.kind == CHOICE else CLICK_TYPES.get(setting.kind)
+            if setting.file:
+                kind = click.Path(dir_okay=False)
             options.append(click.option(*setting.flags, setting.name, type=kind, metavar=setting.metavar,
                                         multiple=multiple, help=help_text))  # fmt: skip
 
@@ -222,6 +224,10 @@ def run(job_file: str | None, dry_run: bool, report: bool, quiet: bool, debug: b
         from ..runs.runfile import every_problem
         from ..runs.runfile import run as run_job
 
+        address = options.get("ray")
+        if job_file is None and isinstance(address, str) and address.lower().endswith(".toml"):
+            raise BatchchatError(f"--ray took {address} as a Ray address: give the job file first "
+                                 f"(batchchat run {address} --ray), or the address with --ray=ADDRESS")  # fmt: skip
         if job_file is None and options["input"] is None:
             raise BatchchatError(
                 "nothing to run: give a job file (batchchat run jobs/demo.toml) or an input table "
@@ -414,7 +420,11 @@ def chat(prompt: str | None, save: str | None, debug: bool, **options: Any) -> N
         from ..job.jobfile import build_job
         from ..runs.chat import check_save_path
 
-        job = build_job(None, from_flags(options), flag_name)
+        settings = from_flags(options)
+        if isinstance(settings.get("model"), list):
+            raise BatchchatError(f"-m/--model: a conversation asks one model, and {len(settings['model'])} are given; "
+                                 "give -m once")  # fmt: skip
+        job = build_job(None, settings, flag_name)
         save_path = Path(save) if save else None
         if save_path is not None:
             check_save_path(save_path)

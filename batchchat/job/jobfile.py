@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from ..core.errors import JobError, MissingKey
 from ..core.reading import lone_surrogate
 from ..core.schema import check_schema, schema_of
+from ..core.tableformats import format_of
 from ..core.template import parse_template
 from ..providers import PROVIDERS
 from .endpoint import Endpoint, is_loopback, key_state, shown_url
@@ -146,6 +147,8 @@ def build_job(
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
+    if format_of(path) is not None:
+        raise JobError(f"{path} is a table, not a job file: give it as the input (-i {path}, or input='{path}')")
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -262,6 +265,9 @@ def _ray(s: dict[str, Any], at: Callable[[str], str], name: Callable[[str], str]
             raise JobError(f"{at('ray_workers')} is a setting of Ray runs; add {name('ray')} or drop it")
         return RayCluster()
     address = "local" if value is True else text(value, at("ray"))
+    if address is not None and address.lower().endswith(".toml"):
+        raise JobError(f"{at('ray')}: '{address}' is a job file, not a Ray address; give the job file first "
+                       f"(batchchat run {address} {name('ray')}) or the address after {name('ray')}=")  # fmt: skip
     if read(s, at, "batch_api"):
         raise JobError(f"{at('ray')} and {at('batch_api')} are both set: provider batches need no cluster; keep one")
     return RayCluster(address=address, workers=read(s, at, "ray_workers"))

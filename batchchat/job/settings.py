@@ -31,7 +31,9 @@ from .spec import (
     default,
 )
 
-SIM_KEYS = tuple(f.name for f in fields(SimConfig) if f.name != "api_key")  # keys never live in job files
+# The simulator's settings a job may give: not its key (keys never live in job files), nor the
+# rows' expected answers (the job's expected column gives them).
+SIM_KEYS = tuple(f.name for f in fields(SimConfig) if f.name not in ("api_key", "expected"))
 # Kinds of value a setting takes (``Setting.kind``).
 TEXT, INT, FLOAT, FLAG, CHOICE, OTHER = "text", "int", "float", "flag", "choice", "other"
 
@@ -62,6 +64,7 @@ class Setting:
     multiple: bool = False  # the flag may be given again (each adds)
     bare: str | None = None  # the value of the flag given without one (``--ray``)
     chat: bool | str = False  # a flag of `batchchat chat` too; text: its help there
+    file: bool = False  # the flag names a file (not a folder)
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -92,10 +95,14 @@ def _shown(value: Any) -> str | None:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _suffixes() -> str:
+    return ", ".join(SUFFIXES[:-1]) + " or " + SUFFIXES[-1]
+
+
 INPUTS, REQUEST, LIMITS, OUTPUT = "Input and prompts", "Model and request", "Limits and retries", "Output and resume"
 EVALUATION, BATCHES, CLUSTER = "Evaluation", "Provider batches (half price, within 24 h)", "Past one machine"
 TABLE = (
-    Setting("input", OTHER, "Prompt table: .csv, .parquet or .jsonl.", INPUTS, "-i/--input", "PATH"),
+    Setting("input", OTHER, f"Prompt table: {_suffixes()}.", INPUTS, "-i/--input", "PATH"),
     Setting("prompt_column", TEXT, "Column holding each prompt", INPUTS, metavar="NAME",
             default=default(Prompt, "column")),
     Setting("template", TEXT, "Prompt built from columns: 'Classify: {text}'. {{ }} are literal braces.", INPUTS,
@@ -141,11 +148,11 @@ TABLE = (
             "the catalogue's. Repeatable.", LIMITS, "--price", "MODEL=IN,OUT", multiple=True),
     Setting("max_cost", FLOAT, "Stop sending before this run would spend more (needs a price for every model, "
             "and --max-tokens).", LIMITS, metavar="USD", low=0.0),
-    Setting("output", OTHER, "Output table: .parquet, .csv or .jsonl", OUTPUT, "-o/--output", "PATH",
+    Setting("output", OTHER, f"Output table: {_suffixes()}", OUTPUT, "-o/--output", "PATH",
             shown_default="INPUT.out.parquet beside the input"),
     Setting("restart", FLAG, "Forget the journal of earlier runs: send every row again.", OUTPUT),
     Setting("reuse", OTHER, "Reuse the answers another output's journal holds (a trial written with -o); "
-            "repeatable.", OUTPUT, metavar="OUTPUT", multiple=True),
+            "repeatable.", OUTPUT, metavar="OUTPUT", multiple=True, file=True),
     Setting("retry_errors", FLAG, "Send again the rows that ended in error in earlier runs.", OUTPUT),
     Setting("dedup", FLAG, "Send identical requests once and give every row the answer; --no-dedup sends each "
             "(sampling)", OUTPUT, "--dedup/--no-dedup", default=True, shown_default="dedup"),
@@ -161,13 +168,14 @@ TABLE = (
             metavar="NAME"),
     Setting("score", CHOICE, "How answers are compared with the expected column", EVALUATION,
             default=default(Scoring, "method"), choices=SCORES),
-    Setting("batch_api", FLAG, "Send the requests as the provider's batches (Together, OpenAI): about half the "
-            "price, results within 24 h, no rate limit. The same output table.", BATCHES),
+    Setting("batch_api", FLAG, "Send the requests as the provider's batches (" + ", ".join(
+            p.name.capitalize() for p in PROVIDERS.values() if p.batch_max_lines) + "): about half the price, results "
+            "within 24 h, no rate limit. The same output table.", BATCHES),
     Setting("detach", FLAG, "Submit the batches and exit; run the same command again to collect.", BATCHES,
             "--detach/--no-detach"),
     Setting("poll_every", FLOAT, "How often a waiting run asks how its batches stand", BATCHES,
             metavar="SECONDS", low=0.01, high=3600.0, default=default(BatchAPI, "poll_s"),
-            shown_default=f"{default(BatchAPI, 'poll_s'):g}; {SIM_POLL_S:g} on this machine"),
+            shown_default=f"{default(BatchAPI, 'poll_s'):g}; {SIM_POLL_S:g} for a server on this machine"),
     Setting("cancel", FLAG, "Cancel this output's running batches; keep what they finished.", BATCHES),
     Setting("live_retry", FLAG, "With --retry-errors, send the rows that failed live, not batched.", BATCHES),
     Setting("batch_discount", FLOAT, "A batch's price off the live price, where the price has no batch rate.",

@@ -32,6 +32,7 @@ from ..core.reading import (
     guarded,
     json_text,
     needs_bounds,
+    read_content,
     read_count,
     read_id,
     received,
@@ -53,6 +54,9 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}  # fmt: skip
 RATE_PREFIX = "anthropic-ratelimit-"
+# The field each kind of content delta adds to its block.
+DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature",
+                "input_json_delta": "partial_json"}  # fmt: skip
 
 
 class AnthropicDialect:
@@ -188,8 +192,8 @@ def _read(answer: Any, notes: list[str]) -> Reading:
         problem = f"the message has no content blocks: {shown(answer)}"
     if problem is not None or type(content) is not list:
         return Reading(None, None, usage, request_id, model, problem, tuple(dict.fromkeys(notes)))
-    texts = [block["text"] for block in content if type(block) is dict and block.get("type") == "text"
-             and type(block.get("text")) is str]  # fmt: skip
+    texts = [block["text"] if type(block["text"]) is str else read_content(block["text"], notes) or ""
+             for block in content if type(block) is dict and block.get("type") == "text" and "text" in block]  # fmt: skip
     text = clean_text("".join(texts), notes) if texts or not content else None  # tool use alone: no text
     reason = get("stop_reason")
     finish: str | None
@@ -224,12 +228,20 @@ class MessageStream:
     or ``message_stop``: anything less may be cut short. An ``error`` event before then fails the
     attempt (an overloaded one as the provider being short of capacity). What follows a whole
     answer is ignored: it was delivered and paid for.
+
+    The deltas are kept as they came: each block's pieces joined where all are text, else kept as
+    the list they make; deltas of kinds not known here (citations ...) kept whole on their block.
+    Nothing in the events can make assembling them fail: the answer was paid for, and a value no
+    rule foresaw is the row's error when the answer is read, never a crash.
     """
 
     def __init__(self, on_text: Callable[[str], None] | None = None) -> None:
         self.on_text = on_text
         self.message: dict[str, Any] = {}
-        self.blocks: dict[Any, dict[str, Any]] = {}
+        self.blocks: dict[Any, dict[str, Any]] = {}  # index -> the block as content_block_start gave it
+        self.pieces: dict[Any, dict[str, list[Any]]] = {}  # index -> field -> the deltas' values, in order
+        self.others: dict[Any, list[Any]] = {}  # index -> deltas of other kinds, whole
+        self.order: list[Any] = []  # the blocks' indexes, as they first came
         self.stop_reason: Any = None
         self.stop_sequence: Any = None
         self.usage: dict[str, Any] = {}
@@ -263,9 +275,11 @@ class MessageStream:
             if isinstance(self.message.get("usage"), dict):
                 self.usage.update(self.message["usage"])
         elif kind == "content_block_start" and isinstance(data.get("content_block"), dict):
+            self._seen(_index(data))
             self.blocks[_index(data)] = dict(data["content_block"])
         elif kind == "content_block_delta" and isinstance(data.get("delta"), dict):
-            self._delta(self.blocks.setdefault(_index(data), {"type": "text", "text": ""}), data["delta"], elapsed_s)
+            self._seen(_index(data))
+            self._delta(_index(data), data["delta"], elapsed_s)
         elif kind == "message_delta":
             delta = data.get("delta")
             if isinstance(delta, dict):
@@ -277,31 +291,43 @@ class MessageStream:
         elif kind == "message_stop":
             self.stopped = True
 
-    def _delta(self, block: dict[str, Any], delta: dict[str, Any], elapsed_s: float) -> None:
+    def _seen(self, index: Any) -> None:
+        if index not in self.blocks and index not in self.pieces and index not in self.others:
+            self.order.append(index)
+
+    def _delta(self, index: Any, delta: dict[str, Any], elapsed_s: float) -> None:
         kind = delta.get("type")
-        if kind == "text_delta" and isinstance(delta.get("text"), str):
-            block["text"] = (block.get("text") or "") + delta["text"]
-            if delta["text"]:
-                if self.ttft_s is None:
-                    self.ttft_s = elapsed_s
-                if self.on_text is not None:
-                    self.on_text(delta["text"])
-        elif kind == "input_json_delta":
-            block["partial_json"] = (block.get("partial_json") or "") + str(delta.get("partial_json") or "")
-        elif kind == "thinking_delta":
-            block["thinking"] = (block.get("thinking") or "") + str(delta.get("thinking") or "")
+        field = DELTA_FIELDS.get(kind) if isinstance(kind, str) else None
+        if field is None or field not in delta:
+            self.others.setdefault(index, []).append(delta)
+            return
+        piece = delta[field]
+        self.pieces.setdefault(index, {}).setdefault(field, []).append(piece)
+        if field == "text" and isinstance(piece, str) and piece:
+            if self.ttft_s is None:
+                self.ttft_s = elapsed_s
+            if self.on_text is not None:
+                self.on_text(piece)
 
     def answer(self) -> dict[str, Any]:
         """The message the events made, in the shape of a whole answer."""
         blocks = []
-        for block in self.blocks.values():  # in the order they started
+        for index in self.order:
+            block = dict(self.blocks.get(index) or {"type": "text"})
+            for field, pieces in self.pieces.get(index, {}).items():
+                start = block.get(field)
+                parts = ([start] if start is not None and start != "" else []) + pieces
+                block[field] = "".join(parts) if all(isinstance(p, str) for p in parts) else parts
             if "partial_json" in block:  # a tool's input, streamed as JSON text
-                text = block["partial_json"]
-                block = {k: v for k, v in block.items() if k != "partial_json"}
+                text = block.pop("partial_json")
                 try:
-                    block["input"] = json.loads(text) if text else {}
+                    block["input"] = json.loads(text) if isinstance(text, str) and text else block.get("input", {})
                 except (json.JSONDecodeError, RecursionError):
                     block["input_text"] = text  # kept as it came
+                if not isinstance(text, str):
+                    block["input_text"] = text
+            if index in self.others:
+                block["deltas"] = self.others[index]  # kept as they came
             blocks.append(block)
         return {**self.message, "type": "message", "content": blocks, "stop_reason": self.stop_reason,
                 "stop_sequence": self.stop_sequence, "usage": self.usage}  # fmt: skip
@@ -310,7 +336,12 @@ class MessageStream:
         if not self.complete:
             raise E.RequestError(E.STREAM_TRUNCATED, "stream ended without its stop reason (message_delta)",
                                  status=200, retryable=True)  # fmt: skip
-        return received(self.answer(), latency_s, self.ttft_s, rate, read_message)
+        try:
+            answer = self.answer()
+        except Exception as e:  # paid for all the same: kept, and its row says it could not be read
+            answer = {**self.message, "type": "message", "content": None, "stop_reason": self.stop_reason,
+                      "usage": self.usage, "unassembled": f"{type(e).__name__}: {str(e)[:120]}"}  # fmt: skip
+        return received(answer, latency_s, self.ttft_s, rate, read_message)
 
 
 def _index(data: dict[str, Any]) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..core.errors import JobError
+
 if TYPE_CHECKING:
     from ..execute.base import Executor
     from ..job.spec import Job
@@ -17,7 +19,13 @@ def executor_for(job: Job, *, handle_signals: bool) -> Executor:
 
         return BatchExecutor.for_job(job, handle_signals=handle_signals)
     if job.ray.enabled:
-        from ..ray.engine import RayExecutor
+        try:
+            from ..ray.engine import RayExecutor
+        except ModuleNotFoundError as missing:
+            if missing.name != "ray" and not (missing.name or "").startswith("ray."):
+                raise
+            raise JobError(f"{job.names('ray')} needs Ray, which is not installed here: pip install "
+                           "'batchchat[ray]'") from None  # fmt: skip
 
         return RayExecutor.for_job(job, handle_signals=handle_signals)
     from ..execute.live import LiveExecutor

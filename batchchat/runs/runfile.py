@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 def as_job(job: Job | str | os.PathLike[str] | None, settings: dict[str, Any]) -> Job:
     if job is not None and not isinstance(job, Job | str | os.PathLike):
         kind = type(job).__name__
+        if kind == "DataFrame":
+            raise TypeError("arun takes a job file's path or a Job; for a DataFrame, await arun_frame(df, ...) "
+                            "(or batchchat.run(df, ...))")  # fmt: skip
         raise TypeError(
             f"run takes a job file's path, a Job or a pandas DataFrame, not a {kind}; for a list of prompts, "
             "run(pd.DataFrame({'prompt': prompts}), ...); for a Series, series.to_frame('prompt')"
