@@ -4,6 +4,7 @@ the same output table as any provider, and a run killed and resumed."""
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from batchchat.client import ChatClient
-from batchchat.core.errors import RequestError
+from batchchat.core.errors import JobError, RequestError
 from batchchat.core.keys import request_key
 from batchchat.core.records import ChatRequest
 from batchchat.providers import dialect, read_answer
@@ -292,3 +293,51 @@ def test_a_stream_with_odd_values_is_kept_and_read_never_a_crash():
                      ("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": " 1}"}}),
                      *END)  # fmt: skip
     assert tool.answer["content"][0]["input"] == {"a": 1}
+
+
+def test_a_known_providers_url_takes_its_wire_and_key_and_no_other_providers_key_goes_there(monkeypatch):
+    from batchchat.job.jobfile import load_job
+
+    monkeypatch.setenv("TOGETHER_API_KEY", "tgp-not-for-anthropic-0123456789")
+    job = load_job(model="m", base_url="https://api.anthropic.com/v1", check_key=False)
+    assert (job.endpoint.provider, job.endpoint.api_key_env, job.endpoint.dialect) == (
+        "anthropic", "ANTHROPIC_API_KEY", "anthropic")  # fmt: skip
+    with pytest.raises(JobError, match="is anthropic's API, and provider= is openai: openai's key"):
+        load_job(model="m", provider="openai", base_url="https://api.anthropic.com/v1", check_key=False)
+
+
+@pytest.mark.parametrize(("settings", "said"), [
+    ({"params": {"seed": 1}}, "request option 'seed' (params=) cannot go to anthropic"),
+    ({"variants": [{"name": "v", "presence_penalty": 1}]}, "request option 'presence_penalty' (variants=)"),
+    ({"params": {"system": "x"}}, "the system prompt is a setting of its own"),
+    ({"json_schema": {"type": "object", "properties": {"a": {"type": "string"}}}}, "json_schema=: anthropic cannot"),
+])  # fmt: skip
+def test_options_the_messages_api_refuses_are_refused_before_anything_is_sent(settings, said):
+    from batchchat.job.jobfile import load_job
+
+    with pytest.raises(JobError, match=re.escape(said)):
+        load_job(model="m", provider="anthropic", check_key=False, **settings)
+
+
+def test_the_same_server_in_two_formats_shares_no_answers(sim, tmp_path):
+    """The simulator speaks both: an answer in one format is not reused for a job in the other."""
+    _, first = run_table(tmp_path, sim.url, "one.parquet")
+    sent = sim.stats()["received"]
+    source = tmp_path / "in.csv"
+    result = cli("run", "-i", source, "-o", tmp_path / "one.parquet", "-m", "sim-chat", "--base-url", sim.url,
+                 "--provider", "anthropic")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert sim.stats()["received"] == sent + len(first)  # every row asked again, in Anthropic's format
+    assert all(row["request_id"].startswith("msg_") for row in read_output(tmp_path / "one.parquet"))
+
+
+def test_rfc_3339_resets_in_any_case_and_without_an_offset_are_read_as_utc():
+    now = 1_800_000_000.0
+    at = datetime.fromtimestamp(now + 3, tz=UTC).strftime("%Y-%m-%dt%H:%M:%S.%fz")
+    naive = datetime.fromtimestamp(now + 4, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    info = rate_of({"anthropic-ratelimit-requests-reset": at, "anthropic-ratelimit-tokens-reset": naive,
+                    "x-should-retry": "false"}, now=now)  # fmt: skip
+    assert info.requests_reset_s == pytest.approx(3.0) and info.tokens_reset_s == pytest.approx(4.0)
+    error = ANTHROPIC.error(529, b'{"type": "error", "error": {"type": "overloaded_error", "message": "x"}}',
+                            "application/json", info)  # fmt: skip
+    assert error.busy and not error.retryable  # the server's explicit word wins

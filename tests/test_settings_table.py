@@ -89,3 +89,22 @@ def test_an_unset_setting_takes_the_tables_default():
     table = {s.name: s.default for s in TABLE}
     assert read == {name: table[name] for name in read}
     assert {s.name for s in TABLE if s.kind == FLAG and s.default is None} >= {"restart", "batch_api"}
+
+
+def test_every_setting_of_the_table_is_read_by_the_job_reader():
+    """A setting declared and never read would be accepted and do nothing."""
+    from pathlib import Path
+
+    import batchchat.job.jobfile as jobfile
+
+    code = Path(jobfile.__file__).read_text(encoding="utf-8")
+    unread = [s.name for s in TABLE if f'"{s.name}"' not in code and f"'{s.name}'" not in code]
+    assert not unread, unread
+
+
+def test_the_table_formats_readers_and_writers_name_the_same_formats():
+    from batchchat.core.tableformats import FORMATS
+    from batchchat.input.source import READERS
+    from batchchat.output.sink import WRITERS
+
+    assert set(READERS) == set(WRITERS) == {table.name for table in FORMATS}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from ..core.errors import AUTH, NO_CREDIT, REDIRECT, RequestError
-from ..providers import PROVIDERS, provider_at
+from ..providers import DEFAULT_DIALECT, PROVIDERS, provider_at
 
 SIMULATOR = "the built-in simulator"
 
@@ -49,7 +49,9 @@ class Endpoint:
         URL credentials. The simulator is one endpoint, whatever port it starts on."""
         if self.provider == "sim" or self.base_url is None:
             return "sim"
-        return normalized_url(self.base_url)
+        url = normalized_url(self.base_url)
+        # one server may speak two formats (the simulator does): an answer in one is not the other's
+        return url if self.dialect == DEFAULT_DIALECT else f"{url} ({self.dialect})"
 
     @property
     def shown(self) -> str:

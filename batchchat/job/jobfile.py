@@ -24,7 +24,7 @@ from ..core.reading import lone_surrogate
 from ..core.schema import check_schema, schema_of
 from ..core.tableformats import format_of
 from ..core.template import parse_template
-from ..providers import PROVIDERS
+from ..providers import PROVIDERS, dialect, provider_at
 from .endpoint import Endpoint, is_loopback, key_state, shown_url
 from .money import prices_for
 from .settings import (
@@ -212,6 +212,15 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
     priced_at = PROVIDERS["together"].base_url if endpoint.provider == "sim" else endpoint.base_url
     prices = prices_for(models, parse_prices(s.get("prices"), at("prices")), priced_at)
     variants = parse_variants(s.get("variants"), at("variants"))
+    wire = dialect(endpoint.dialect)
+    for options, where_set in [(params, at("params")), *((dict(v.params), at("variants")) for v in variants)]:
+        for option in options:
+            why = wire.refused(option)
+            if why is not None and not (option == "response_format" and answers.response_format is not None):
+                raise JobError(f"request option '{option}' ({where_set}) cannot go to {endpoint.provider}: {why}")
+            if why is not None:
+                raise JobError(f"{at('json_schema') if s.get('json_schema') is not None else at('response_format')}: "
+                               f"{endpoint.provider} cannot be asked for JSON this way: {why}")
     max_cost = read(s, at, "max_cost")
     if max_cost is not None:
         unpriced = [m for m in models if m not in prices]
@@ -380,6 +389,16 @@ def _endpoint(s: dict[str, Any], at: Callable[[str], str], check_key: bool, name
                 "expected something like https://api.together.xyz/v1"
             )
         base_url = base_url.rstrip("/")
+        owner = provider_at(base_url)  # a known provider's own API: its wire format and its key
+        if owner is not None and owner.name != provider:
+            if s.get("provider") is None:
+                provider, default_env = owner.name, owner.key_env
+            elif key_env is None or owner.dialect != known.dialect:
+                raise JobError(
+                    f"{at('base_url')} is {owner.name}'s API, and {at('provider')} is {provider}: "
+                    f"{provider}'s {'key (' + str(default_env) + ')' if key_env is None else 'wire format'} would "
+                    f"be sent there; drop {name('provider')} (the URL says which) or give {provider}'s own URL"
+                )  # fmt: skip
     endpoint = Endpoint(provider=provider, base_url=base_url or default_url, api_key_env=key_env or default_env,
                         base_url_env=url_env)  # fmt: skip
     if base_url is not None and urlparse(base_url).username is not None and endpoint.api_key():

@@ -40,7 +40,7 @@ from ..core.reading import (
 )
 from ..core.records import ChatRequest, ChatResult, Usage
 from ..core.sse import Event
-from .base import HTTP_ERRORS, ServerWire, count_header, cut, retry_after_s, snippet
+from .base import HTTP_ERRORS, ServerWire, count_header, cut, retry_after_s, should_retry, snippet
 
 VERSION = "2023-06-01"
 # Anthropic requires max_tokens; a job that sets none gets this many (every current model allows it).
@@ -54,6 +54,17 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}  # fmt: skip
 RATE_PREFIX = "anthropic-ratelimit-"
+# Chat-completions options the Messages API does not take (it answers them 400, every row).
+REFUSED = {
+    "system": "the system prompt is a setting of its own (system), sent at the top level",
+    "response_format": "the Messages API has no response_format; ask for the JSON in the prompt, or use labels",
+    "seed": "the Messages API has no seed", "n": "the Messages API gives one answer a request",
+    "presence_penalty": "the Messages API has no presence_penalty",
+    "frequency_penalty": "the Messages API has no frequency_penalty", "logprobs": "the Messages API has no logprobs",
+    "top_logprobs": "the Messages API has no logprobs", "logit_bias": "the Messages API has no logit_bias",
+    "user": "the Messages API takes metadata = {user_id = ...} instead",
+    "stream_options": "streams always carry usage in the Messages API",
+}  # fmt: skip
 # The field each kind of content delta adds to its block.
 DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature",
                 "input_json_delta": "partial_json"}  # fmt: skip
@@ -102,13 +113,15 @@ class AnthropicDialect:
         if isinstance(data, dict) and "error" in data:
             return _error_of(status, data, rate)
         error_type, retryable = STATUS_ERRORS.get(status, (E.SERVER_ERROR, True) if status >= 500 else (E.HTTP_ERROR, False))
+        if rate is not None and rate.should_retry is not None:
+            retryable = rate.should_retry
         detail = snippet(body, html="html" in content_type.lower())
         return E.RequestError(error_type, f"HTTP {status}: {detail}", status=status, retryable=retryable, rate=rate,
                               busy=status in (503, OVERLOADED))  # fmt: skip
 
     def rate(self, headers: Mapping[str, str]) -> RateInfo | None:
         kept = {name.lower(): value for name, value in headers.items()
-                if name.lower().startswith((RATE_PREFIX, "retry-after"))}  # fmt: skip
+                if name.lower().startswith((RATE_PREFIX, "retry-after", "x-should-retry"))}  # fmt: skip
         return rate_of(kept) if kept else None
 
     def claims(self, answer: Any) -> bool:
@@ -116,6 +129,9 @@ class AnthropicDialect:
 
     def read(self, answer: Any) -> Reading:
         return read_message(answer)
+
+    def refused(self, option: str) -> str | None:
+        return REFUSED.get(option)
 
     def with_text(self, answer: dict[str, Any], text: str) -> dict[str, Any]:
         blocks = [block for block in answer.get("content") or () if not (isinstance(block, dict) and block.get("type") == "text")]
@@ -361,6 +377,8 @@ def _error_of(status: int, data: dict[str, Any], rate: RateInfo | None = None, s
     error_type, retryable = STATUS_ERRORS.get(status, (E.SERVER_ERROR, True) if status >= 500 else (E.HTTP_ERROR, False))
     if kind == "billing_error" or "credit balance is too low" in text.lower():
         error_type, retryable = E.NO_CREDIT, False
+    elif rate is not None and rate.should_retry is not None:  # the server's explicit word, as its SDK obeys
+        retryable = rate.should_retry
     return E.RequestError(error_type, f"HTTP {status}: {text}", status=status, retryable=retryable, rate=rate, busy=busy)
 
 
@@ -372,9 +390,10 @@ def rate_of(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
         for name in names:
             if name in headers:
                 try:
-                    when = datetime.fromisoformat(headers[name].strip().replace("Z", "+00:00")).timestamp()
+                    stamp = datetime.fromisoformat(headers[name].strip().upper().replace("Z", "+00:00"))
                 except ValueError:
                     continue
+                when = (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).timestamp()  # UTC unless said
                 return max(0.0, when - (time.time() if now is None else now))
         return None
 
@@ -387,6 +406,7 @@ def rate_of(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
         tokens_remaining=count_header(headers, *(f"{RATE_PREFIX}{t}-remaining" for t in tokens)),
         tokens_reset_s=reset(*(f"{RATE_PREFIX}{t}-reset" for t in tokens)),
         wait_s=retry_after_s(headers, now),
+        should_retry=should_retry(headers),
     )
 
 

@@ -124,6 +124,11 @@ class Dialect(Protocol):
         """``answer`` with its text replaced (a secret redacted across two parts)."""
         ...
 
+    def refused(self, option: str) -> str | None:
+        """Why a request option cannot be sent in this format (None: it can), so a job says so
+        before it sends a request every row would have refused."""
+        ...
+
 
 # --- plain HTTP, as every dialect reads it ---------------------------------------------------
 

@@ -88,6 +88,9 @@ class OpenAIDialect:
     def with_text(self, answer: dict[str, Any], text: str) -> dict[str, Any]:
         return with_content(answer, text)
 
+    def refused(self, option: str) -> str | None:
+        return None  # servers differ in what they take; each says so itself
+
 
 def rate_of(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
     """Together's and OpenAI's rate headers (lower-case names) read; the wait asked for is

@@ -35,7 +35,7 @@ class Counters:
         self.requests = 0  # HTTP attempts sent
         self.rate_limited = 0  # of which answered 429
         self.busy = 0  # ... and answered 503 (a provider short of capacity, or a crowded server), or 529
-        self.busy_statuses: set[int] = set()  # which of them: 503, Anthropic's 529 "overloaded"
+        self.busy_statuses: set[str] = set()  # how they were said: "503", Anthropic's "529", "overloaded" in a stream
         self.retries = 0  # attempts after a request's first
         self.rate: float | None = None  # the departure rate the throttle allows now, requests/s
         self.waiting_until = 0.0  # epoch time: every request waits for the server's limit until then
@@ -381,7 +381,7 @@ class Stats:
             requests=self.counters.requests,
             rate_limited=self.counters.rate_limited,
             busy=self.counters.busy,
-            busy_as="/".join(map(str, sorted(self.counters.busy_statuses))) or "503",
+            busy_as="/".join(sorted(self.counters.busy_statuses)) or "503",
             retries=self.counters.retries,
             invalid_answers=self.counters.invalid,
             cost=self.cost,
