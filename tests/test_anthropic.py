@@ -234,6 +234,8 @@ def test_a_dry_run_shows_the_request_as_anthropic_gets_it_priced_below_the_long_
     # the catalogue's price for prompts under 200,000 tokens, not the tier a million-token prompt pays
     assert "price of claude-sonnet-4-5: $3.00 input, $15.00 output per million tokens" in result.stdout
     assert "ANTHROPIC_API_KEY is not set" in result.stdout
+    # what is sent bounds the answer: Anthropic's max_tokens, always there
+    assert "completion: max_tokens per answer):" in result.stdout and " 4,096 " in result.stdout
 
 
 def test_the_summary_counts_overloaded_answers_as_529s(sim_factory, tmp_path):

@@ -326,16 +326,18 @@ class Estimates:
 
 
 def estimate_all(requests: Iterable[ChatRequest], group: Callable[[ChatRequest], tuple[str, str | None]],
-                 groups: Iterable[tuple[str, str | None]], prices: Prices) -> Estimates:  # fmt: skip
+                 groups: Iterable[tuple[str, str | None]], prices: Prices,
+                 sent_max_tokens: int | None = None) -> Estimates:  # fmt: skip
     """Estimates of ``requests``, by the (model, variant) ``group`` gives each; every group of
-    ``groups`` is listed, even one with nothing to send."""
+    ``groups`` is listed, even one with nothing to send. ``sent_max_tokens``: what the wire sends
+    for a request that sets none (Anthropic's requires one), a real bound."""
     totals: dict[tuple[str, str | None], list[int]] = {g: [0, 0, 0] for g in groups}
     likely_tokens = 0
     bounded = True
     for request in requests:
-        tokens = estimate(request)
+        tokens = estimate(request, sent_max_tokens or DEFAULT_COMPLETION_TOKENS)
         likely_tokens += likely(request).prompt_tokens
-        bounded = bounded and "max_tokens" in dict(request.params)
+        bounded = bounded and (sent_max_tokens is not None or "max_tokens" in dict(request.params))
         total = totals.setdefault(group(request), [0, 0, 0])
         total[0] += 1
         total[1] += tokens.prompt_tokens

@@ -73,6 +73,7 @@ DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "signature_d
 class AnthropicDialect:
     name = "anthropic"
     path = "/messages"
+    max_tokens_sent: int | None = DEFAULT_MAX_TOKENS
 
     def __init__(self) -> None:
         self.server: ServerWire = AnthropicServer()

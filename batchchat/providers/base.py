@@ -92,6 +92,7 @@ class Dialect(Protocol):
     name: str
     path: str  # after the base URL: "/chat/completions", "/messages"
     server: ServerWire
+    max_tokens_sent: int | None  # what a request that sets no max_tokens is sent with (None: nothing)
 
     def auth_headers(self, key: str) -> dict[str, str]: ...
 

@@ -51,6 +51,7 @@ RATE_HEADER_PREFIXES = ("x-ratelimit", "x-tokenlimit", "retry-after", "x-should-
 class OpenAIDialect:
     name = "openai"
     path = "/chat/completions"
+    max_tokens_sent: int | None = None
 
     def __init__(self) -> None:
         self.server: ServerWire = OpenAIServer()

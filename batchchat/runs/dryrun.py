@@ -20,6 +20,7 @@ from ..job.jobfile import build_job
 from ..job.money import Estimates, GroupEstimate, estimate_all
 from ..job.spec import NO_PRICES, Job, Prices
 from ..plan.plan import Plan, Setup
+from ..providers import dialect
 from ..store.files import OutputFiles
 from ..store.journal import MemoryStore, Store
 
@@ -105,7 +106,8 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     first = next(requests, None)
     slots = builder.spec.groups
     everything = itertools.chain([first] if first is not None else [], requests)
-    estimates = estimate_all(everything, lambda r: slots[r.row % builder.fanout], slots, job.prices)
+    sent = dialect(job.endpoint.dialect).max_tokens_sent
+    estimates = estimate_all(everything, lambda r: slots[r.row % builder.fanout], slots, job.prices, sent)
     batch = None
     if job.batch.enabled:
         limits = Limits.of(dialect_of(job.endpoint, job.simulator), job.simulator if job.endpoint.provider == "sim" else None)
