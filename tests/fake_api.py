@@ -34,7 +34,7 @@ def requests(n: int, max_tokens: int | None = None) -> list[ChatRequest]:
 def error(status: int, headers: dict[str, str] | None = None, code: str | None = None) -> RequestError:
     """The RequestError the real client makes of this status."""
     body = json.dumps({"error": {"message": f"status {status}", "code": code}}).encode()
-    return status_error(status, body, "application/json", headers or {})
+    return status_error(status, body, "application/json", rate_of(headers) if headers else None)
 
 
 def timed_out() -> RequestError:

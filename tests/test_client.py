@@ -112,9 +112,9 @@ def test_the_key_goes_in_the_authorization_header_only_when_there_is_one(sim):
 
 
 def test_x_should_retry_overrides_the_status_default():
-    from batchchat.providers.openai import status_error
+    from batchchat.providers.openai import rate_of, status_error
 
     body = b'{"error": {"message": "try again"}}'
-    assert status_error(400, body, "application/json", {"x-should-retry": "true"}).retryable is True
-    assert status_error(503, body, "application/json", {"x-should-retry": "false"}).retryable is False
-    assert status_error(503, body, "application/json", {}).retryable is True
+    assert status_error(400, body, "application/json", rate_of({"x-should-retry": "true"})).retryable is True
+    assert status_error(503, body, "application/json", rate_of({"x-should-retry": "false"})).retryable is False
+    assert status_error(503, body, "application/json", None).retryable is True

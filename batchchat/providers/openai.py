@@ -150,11 +150,8 @@ def parse_completion(body: bytes, latency_s: float, rate: RateInfo | None = None
     return received(data, latency_s, rate=rate)
 
 
-def status_error(status: int, body: bytes, content_type: str, rate: RateInfo | Mapping[str, str] | None
-                 ) -> E.RequestError:  # fmt: skip
-    """A non-2xx answer as a ``RequestError``; ``rate`` may be given as the response's headers."""
-    if rate is not None and not isinstance(rate, RateInfo):
-        rate = rate_of({name.lower(): value for name, value in rate.items()}) if rate else None
+def status_error(status: int, body: bytes, content_type: str, rate: RateInfo | None) -> E.RequestError:
+    """A non-2xx answer as a ``RequestError``."""
     error_type, retryable = STATUS_ERRORS.get(
         status, (E.SERVER_ERROR, True) if status >= 500 else (E.HTTP_ERROR, False)
     )
