@@ -5,9 +5,9 @@ It speaks every wire format batchchat knows, each at its dialect's path, in that
 usage, or an SSE stream with usage on the final chunk and ``data: [DONE]``; OpenAI's extra usage
 chunk when the request sets ``stream_options.include_usage``), ``POST /v1/messages`` the way
 Anthropic does (content blocks, named stream events, 529 when overloaded). It enforces
-requests/min and tokens/min with 429s and rate-limit headers, and injects faults. Its answers are synthetic: a deterministic function
-of the request body, so a test can tell which request an answer belongs to and a rerun gets the
-same answer.
+requests/min and tokens/min with 429s and rate-limit headers, and injects faults. Its answers are
+synthetic: a deterministic function of the request body, so a test can tell which request an
+answer belongs to and a rerun gets the same answer.
 
 Faults come two ways. ``fault_rate`` injects them at random, decided by a hash of the body and
 how many times that body has arrived, so a run is repeatable. A directive written in a message,
