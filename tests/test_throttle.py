@@ -362,11 +362,17 @@ def test_a_stream_cut_now_and_then_does_not_lower_concurrency():
     assert throttle.crowding.limit == 16 and (counters.crowded is None or "so 16 went on" in counters.crowded)
 
 
-@pytest.mark.parametrize("kind", ["timeout", "503"])
+@pytest.mark.parametrize("kind", ["timeout", "503", "529"])
 def test_timeouts_and_503s_in_company_lower_concurrency_too(kind):
+    from batchchat.providers import dialect
+
+    overloaded = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+
     def script(request, attempt):
         if api.in_flight <= 2:
             return None
+        if kind == "529":  # Anthropic's "overloaded", said as it says it
+            return dialect("anthropic").error(529, overloaded, "application/json", None)
         return timed_out() if kind == "timeout" else error(503)
 
     api = FakeAPI(latency=0.2, script=script)
@@ -375,7 +381,7 @@ def test_timeouts_and_503s_in_company_lower_concurrency_too(kind):
     assert all(o.status == "ok" for o in outcomes.values())
     assert throttle.crowding.lowest <= 2
     assert counters.crowded is not None
-    assert ("timed out on" if kind == "timeout" else "answered 503 to") in counters.crowded
+    assert ("timed out on" if kind == "timeout" else f"answered {kind} to") in counters.crowded
 
 
 def test_a_lone_request_that_times_out_does_not_lower_concurrency():

@@ -15,8 +15,7 @@ CROWDED_SAMPLE = 8  # 503s: of as many requests sent since at least (or the slot
 OPEN_SHARE = 0.1  # a slot opens again when fewer than this share of a whole window failed ...
 OPEN_AFTER_S = 30.0  # ... and this long after a cut; doubled each time an opened slot brought the failures back
 OPEN_AFTER_MAX_S = 600.0
-WORDS = {STREAM_TRUNCATED: ("cut", "stream", "streams"), TIMEOUT: ("timed out on", "request", "requests"),
-         SERVER_ERROR: ("answered 503 to", "request", "requests")}  # fmt: skip
+WORDS = {STREAM_TRUNCATED: ("cut", "stream", "streams"), TIMEOUT: ("timed out on", "request", "requests")}  # fmt: skip
 
 
 class Crowding:
@@ -48,7 +47,7 @@ class Crowding:
         self._cut_at = -math.inf
         self._open_after = OPEN_AFTER_S
         self._opened = False  # a slot was opened since the last cut
-        self.seen: dict[str, int] = {}  # failures taken as crowding, by error type
+        self.seen: dict[str, int] = {}  # failures taken as crowding, by kind (a server error by its status)
         self.crowd = 0  # the slots open when the first cut was made
         self._opened_from: int | None = None  # the slots that served cleanly before the last one opened
         # A cut at the first stream cut short, still to be judged: (slots before it, clean windows still asked)
@@ -90,7 +89,10 @@ class Crowding:
             if self._provisional is not None and sent_at >= self._cut_at:
                 self._record(1)
             return False
-        self.seen[kind] = self.seen.get(kind, 0) + 1
+        # a server error as it was said: a 503, Anthropic's 529, or an overload said inside a stream
+        status = error.status or 503
+        told = kind if kind != SERVER_ERROR else f"answered {status} to" if status >= 500 else "said it was overloaded to"
+        self.seen[told] = self.seen.get(told, 0) + 1
         if sent_at < self._cut_at:  # sent before the last cut, which answered it ...
             # ... but a server that cut one more stream kept fewer than that
             if kind == STREAM_TRUNCATED and self._opened_from is None and crowd - 1 < self.limit:
@@ -188,8 +190,9 @@ class Crowding:
         """What the summary says of it: "the server cut 12 streams when sent 2 at once; ran at 1"."""
         if self.lowest >= self.asked:
             return None
-        what = ", ".join(f"{WORDS[kind][0]} {count:,} {WORDS[kind][1] if count == 1 else WORDS[kind][2]}"
-                         for kind, count in self.seen.items())  # fmt: skip
+        what = ", ".join(f"{words[0]} {count:,} {words[1] if count == 1 else words[2]}"
+                         for told, count in self.seen.items()
+                         for words in [WORDS.get(told, (told, "request", "requests"))])  # fmt: skip
         if self.undone and self.limit >= self.asked:
             return (f"the server {what} when sent {self.crowd} at once; {self.lowest} at once failed as often "
                     f"({self.background:.0%}), so {self.asked} went on")
