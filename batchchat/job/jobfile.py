@@ -45,7 +45,6 @@ from .settings import (
     whole,
 )
 from .spec import (
-    DEFAULT_INVALID_RETRIES,
     INVALID_TEXT,
     RESERVED_PARAMS,
     SCORES,
@@ -619,7 +618,7 @@ def parse_answers(response_format: Any, json_schema: Any, labels: Any, retries: 
         schema=schema,
         json_required=json_required,
         labels=label_list,
-        invalid_retries=_default(whole(retries, at("invalid_retries"), 0, 100), DEFAULT_INVALID_RETRIES),
+        invalid_retries=read({"invalid_retries": retries}, at, "invalid_retries"),
         response_format=response_format,
     )
 

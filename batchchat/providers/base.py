@@ -236,8 +236,3 @@ def number(text: str) -> float | None:
 
 def capped(seconds: float) -> float:
     return min(max(seconds, 0.0), HINT_CAP_S)
-
-
-def lower_names(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers with lower-case names (aiohttp's are case-insensitive; a plain dict's are not)."""
-    return {name.lower(): value for name, value in headers.items()}
