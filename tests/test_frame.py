@@ -75,6 +75,9 @@ url = sys.argv[1]
 df = pd.DataFrame({"prompt": [f"slow question {i}" for i in range(40)]})
 async def cell():  # a notebook cell: a loop is running, and run_frame blocks it
     return batchchat.run_frame(df, model="sim-chat", base_url=url, concurrency=4)
+# A kernel hears the interrupt button whatever its parent ignored (a test run started in the
+# background of a script ignores SIGINT, and a Python started so installs no KeyboardInterrupt).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # the user presses "interrupt"
 loop = asyncio.new_event_loop()  # like Jupyter: no asyncio.run, so SIGINT raises KeyboardInterrupt
 try:
