@@ -343,3 +343,13 @@ def test_rfc_3339_resets_in_any_case_and_without_an_offset_are_read_as_utc():
     error = ANTHROPIC.error(529, b'{"type": "error", "error": {"type": "overloaded_error", "message": "x"}}',
                             "application/json", info)  # fmt: skip
     assert error.busy and not error.retryable  # the server's explicit word wins
+
+
+def test_a_row_option_the_messages_api_refuses_is_refused_naming_its_cell(sim, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["prompt", "seed"], [["hi", "1"], ["there", "2"]])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--provider", "anthropic",
+                 "--option-column", "seed")  # fmt: skip
+    assert result.exit_code == 2
+    assert "row 1, column 'seed': request option 'seed' cannot go to anthropic" in result.stderr, result.stderr
+    assert sim.stats().get("received", 0) == 0 and not output.exists()  # nothing sent, nothing written

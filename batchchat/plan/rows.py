@@ -27,6 +27,7 @@ from ..core.keys import RowKeys, request_key
 from ..core.records import ChatRequest, InvalidRow
 from ..core.template import Template, cell_text, parse_template
 from ..job.spec import RESERVED_PARAMS, Job, Params, Prompt, RowOptions, Scoring, not_json, option_problem
+from ..providers import dialect
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -70,6 +71,8 @@ class RowSpec:
     # The response_format that asks for the job's JSON belongs to its answer checks: a changed
     # schema judges stored answers again (the journal's scope) rather than making new requests.
     check_format: Mapping[str, Any] | None = None
+    wire: str = "openai"  # the endpoint's wire format, which may refuse a row's request options
+    provider: str = ""
 
     @classmethod
     def of(cls, job: Job, columns: Sequence[str]) -> RowSpec:
@@ -97,6 +100,8 @@ class RowSpec:
             scoring=job.scoring,
             dedup=job.dedup,
             check_format=job.answers.response_format if job.answers.json_required else None,
+            wire=job.endpoint.dialect,
+            provider=job.endpoint.provider,
         )
 
     @property
@@ -359,6 +364,9 @@ class _Reader:
                     f"{cell}: request option '{field}' cannot be set per row "
                     f"({RESERVED_PARAMS.get(field, 'batchchat keeps one answer per row, so n must be 1')})"
                 )
+            why = dialect(self.spec.wire).refused(field)
+            if why is not None:
+                raise JobError(f"{cell}: request option '{field}' cannot go to {self.spec.provider}: {why}")
             problem = option_problem(field, value)  # NaN sent would be null while its key hashed NaN
             if problem:
                 raise JobError(f"{cell}: request option '{field}' {problem}, got {value!r}")
