@@ -215,11 +215,12 @@ def _job_from(s: dict[str, Any], params: dict[str, Any], where: dict[str, str], 
     for options, where_set in [(params, at("params")), *((dict(v.params), at("variants")) for v in variants)]:
         for option in options:
             why = wire.refused(option)
-            if why is not None and not (option == "response_format" and answers.response_format is not None):
-                raise JobError(f"request option '{option}' ({where_set}) cannot go to {endpoint.provider}: {why}")
-            if why is not None:
-                raise JobError(f"{at('json_schema') if s.get('json_schema') is not None else at('response_format')}: "
-                               f"{endpoint.provider} cannot be asked for JSON this way: {why}")
+            if why is None:
+                continue
+            if option == "response_format" and answers.response_format is not None:  # the job's answer checks ask it
+                asked = at("json_schema") if s.get("json_schema") is not None else at("response_format")
+                raise JobError(f"{asked}: {endpoint.provider} cannot be asked for JSON this way: {why}")
+            raise JobError(f"request option '{option}' ({where_set}) cannot go to {endpoint.provider}: {why}")
     max_cost = read(s, at, "max_cost")
     if max_cost is not None:
         unpriced = [m for m in models if m not in prices]

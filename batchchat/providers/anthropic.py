@@ -40,7 +40,18 @@ from ..core.reading import (
 )
 from ..core.records import ChatRequest, ChatResult, Usage
 from ..core.sse import Event
-from .base import HTTP_ERRORS, ServerWire, count_header, cut, retry_after_s, should_retry, snippet
+from .base import (
+    HTTP_ERRORS,
+    ServerWire,
+    count_header,
+    cut,
+    error_json,
+    kept_headers,
+    parse_answer,
+    retry_after_s,
+    should_retry,
+    snippet,
+)
 
 VERSION = "2023-06-01"
 # Anthropic requires max_tokens; a job that sets none gets this many (every current model allows it).
@@ -85,32 +96,14 @@ class AnthropicDialect:
         return message_body(request, stream)
 
     def answer(self, body: bytes, latency_s: float, rate: RateInfo | None) -> ChatResult:
-        try:
-            data, fast = jsonio.loads_how(body)
-        except RecursionError:  # JSON nested past reading: paid all the same, and kept as its text
-            return received(body.decode("utf-8", "replace"), latency_s, rate=rate, read=read_message)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise E.RequestError(E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {snippet(body)}",
-                                 status=200, retryable=True) from None  # fmt: skip
-        if needs_bounds(body, fast):
-            data = bounded(data)
-        if not isinstance(data, dict):
-            raise E.RequestError(E.BAD_RESPONSE, f"HTTP 200 with unexpected JSON: {snippet(body)}", status=200,
-                                 retryable=True)  # fmt: skip
-        if data.get("type") == "error":
-            raise _error_of(200, data)
-        return received(data, latency_s, rate=rate, read=read_message)
+        return parse_answer(body, latency_s, rate, read_message,
+                            lambda data: _error_of(200, data) if data.get("type") == "error" else None)
 
     def stream(self, on_text: Callable[[str], None] | None) -> MessageStream:
         return MessageStream(on_text)
 
     def error(self, status: int, body: bytes, content_type: str, rate: RateInfo | None) -> E.RequestError:
-        data: Any = None
-        if "html" not in content_type.lower():
-            try:
-                data = jsonio.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                data = None
+        data = error_json(body, content_type)
         if isinstance(data, dict) and "error" in data:
             return _error_of(status, data, rate)
         error_type, retryable = STATUS_ERRORS.get(status, (E.SERVER_ERROR, True) if status >= 500 else (E.HTTP_ERROR, False))
@@ -121,8 +114,7 @@ class AnthropicDialect:
                               busy=status in (503, OVERLOADED))  # fmt: skip
 
     def rate(self, headers: Mapping[str, str]) -> RateInfo | None:
-        kept = {name.lower(): value for name, value in headers.items()
-                if name.lower().startswith((RATE_PREFIX, "retry-after", "x-should-retry"))}  # fmt: skip
+        kept = kept_headers(headers, (RATE_PREFIX, "retry-after", "x-should-retry"))
         return rate_of(kept) if kept else None
 
     def claims(self, answer: Any) -> bool:

@@ -11,15 +11,18 @@ and reads it back through the dialect that claims it.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
+from ..core import jsonio
 from ..core.errors import (
     AUTH,
     BAD_REQUEST,
+    BAD_RESPONSE,
     CONFLICT,
     FORBIDDEN,
     NO_CREDIT,
@@ -29,7 +32,7 @@ from ..core.errors import (
     RequestError,
 )
 from ..core.ratehints import HINT_CAP_S, RateInfo
-from ..core.reading import Reading
+from ..core.reading import Reading, bounded, needs_bounds, received
 from ..core.records import ChatRequest, ChatResult
 from ..core.sse import Event
 
@@ -150,6 +153,49 @@ CUT = "..."  # where a long server text was cut short (redaction looks for it)
 _TAG = re.compile(rb"<[^>]*>")
 _SPACE = re.compile(rb"\s+")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_answer(body: bytes, latency_s: float, rate: RateInfo | None, read: Callable[[Any], Reading],
+                 refusal: Callable[[dict[str, Any]], RequestError | None]) -> ChatResult:  # fmt: skip
+    """A 2xx body, in any dialect. A JSON object is an answer, paid for: whatever its fields hold,
+    it is kept and read (``read``), never asked again for its shape. A body that is not JSON (cut
+    off, an HTML page), or one that ``refusal`` finds carries an error, is a failed attempt,
+    retried."""
+    try:
+        data, fast = jsonio.loads_how(body)
+    except RecursionError:  # JSON nested past reading: paid all the same, and kept as its text
+        return received(body.decode("utf-8", "replace"), latency_s, rate=rate, read=read)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError(BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {snippet(body)}", status=200,
+                           retryable=True) from None  # fmt: skip
+    if needs_bounds(body, fast):
+        data = bounded(data)
+    if not isinstance(data, dict):
+        raise RequestError(BAD_RESPONSE, f"HTTP 200 with unexpected JSON: {snippet(body)}", status=200, retryable=True)
+    error = refusal(data)
+    if error is not None:
+        raise error
+    return received(data, latency_s, rate=rate, read=read)
+
+
+def error_json(body: bytes, content_type: str) -> Any:
+    """An error response's JSON; None for an HTML page or a body that is not JSON."""
+    if "html" in content_type.lower():
+        return None
+    try:
+        return jsonio.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def kept_headers(headers: Mapping[str, str], prefixes: tuple[str, ...]) -> dict[str, str]:
+    """The headers whose names start with ``prefixes``, by their lower-case names."""
+    kept = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith(prefixes):
+            kept[lower] = value
+    return kept
 
 
 def cut(text: str, limit: int) -> str:

@@ -37,6 +37,9 @@ from .base import (
     capped,
     count_header,
     cut,
+    error_json,
+    kept_headers,
+    parse_answer,
     reset_seconds,
     retry_after_s,
     should_retry,
@@ -77,7 +80,7 @@ class OpenAIDialect:
         return status_error(status, body, content_type, rate)
 
     def rate(self, headers: Mapping[str, str]) -> RateInfo | None:
-        kept = {name.lower(): value for name, value in headers.items() if name.lower().startswith(RATE_HEADER_PREFIXES)}
+        kept = kept_headers(headers, RATE_HEADER_PREFIXES)
         return rate_of(kept) if kept else None
 
     def claims(self, answer: Any) -> bool:
@@ -126,28 +129,16 @@ def rate_of(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
 
 
 def parse_completion(body: bytes, latency_s: float, rate: RateInfo | None = None) -> ChatResult:
-    """A 200 answer. A JSON object is an answer, paid for: whatever its fields hold, it is kept
-    and read (``reading``), never asked again for its shape. A body that is not JSON (cut off,
-    an HTML page) or that carries an error is a failed attempt, retried."""
-    try:
-        data, fast = jsonio.loads_how(body)
-    except RecursionError:  # JSON nested past reading: paid all the same, and kept as its text
-        return received(body.decode("utf-8", "replace"), latency_s, rate=rate)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise E.RequestError(
-            E.BAD_RESPONSE, f"HTTP 200 with a body that is not JSON: {snippet(body)}", status=200, retryable=True
-        ) from None
-    if needs_bounds(body, fast):
-        data = bounded(data)
-    if not isinstance(data, dict):
-        raise E.RequestError(
-            E.BAD_RESPONSE, f"HTTP 200 with unexpected JSON: {snippet(body)}", status=200, retryable=True
-        )
+    """A 2xx chat completion (``base.parse_answer``); one that carries an error and no choices is
+    a failed attempt."""
+    return parse_answer(body, latency_s, rate, read_completion, _carried_error)
+
+
+def _carried_error(data: dict[str, Any]) -> E.RequestError | None:
     if data.get("error") and not data.get("choices"):
-        raise E.RequestError(
-            E.SERVER_ERROR, f"HTTP 200 carrying an error: {error_message(data)}", status=200, retryable=True
-        )
-    return received(data, latency_s, rate=rate)
+        return E.RequestError(E.SERVER_ERROR, f"HTTP 200 carrying an error: {error_message(data)}", status=200,
+                              retryable=True)  # fmt: skip
+    return None
 
 
 def status_error(status: int, body: bytes, content_type: str, rate: RateInfo | None) -> E.RequestError:
@@ -155,12 +146,7 @@ def status_error(status: int, body: bytes, content_type: str, rate: RateInfo | N
     error_type, retryable = STATUS_ERRORS.get(
         status, (E.SERVER_ERROR, True) if status >= 500 else (E.HTTP_ERROR, False)
     )
-    data: Any = None
-    if "html" not in content_type.lower():
-        try:
-            data = jsonio.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            data = None
+    data = error_json(body, content_type)
     if isinstance(data, dict) and "error" in data:
         detail = error_message(data)
         code = data["error"].get("code") if isinstance(data["error"], dict) else None
