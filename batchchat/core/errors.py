@@ -164,5 +164,12 @@ class RequestError(BatchchatError):
         # the server's whole hint: see ``retry.wait_seconds``.
         self.lone = False
 
+    @property
+    def overload(self) -> str:
+        """How a busy server said so (``busy``): its status, a 503 or Anthropic's 529, or
+        "overloaded" when it said so inside a stream that began with a 200."""
+        status = self.status or 503
+        return str(status) if status >= 500 else "overloaded"
+
     def __repr__(self) -> str:
         return f"RequestError({self.error_type!r}, {self.message!r}, status={self.status})"

@@ -377,8 +377,7 @@ class Asker:
                 count.rate_limited += error.error_type == RATE_LIMITED
                 if error.busy:
                     count.busy += 1
-                    busy_status = error.status or 503  # an overload said inside a stream came with a 200
-                    count.busy_statuses.add(str(busy_status) if busy_status >= 500 else "overloaded")
+                    count.busy_statuses.add(error.overload)
                 if throttle is not None and permit is not None:
                     throttle.failed(permit, error)
                     count.crowded = throttle.crowded

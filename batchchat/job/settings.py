@@ -71,14 +71,17 @@ class Setting:
         """The flag's declarations, as click takes them."""
         if self.flag is None:
             return ()
-        spelled = self.flag or "--" + self.name.replace("_", "-")
+        spelled = self._spelled
         return (spelled,) if "/--no-" in spelled else tuple(spelled.split("/"))
 
     @property
     def shown(self) -> str:
         """The flag as a message names it: ``-i/--input``, ``--stream``."""
-        spelled = self.flag or "--" + self.name.replace("_", "-")
-        return spelled.split("/--no-")[0]
+        return self._spelled.split("/--no-")[0]
+
+    @property
+    def _spelled(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
 
     @property
     def help_text(self) -> str:

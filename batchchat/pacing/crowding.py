@@ -90,8 +90,8 @@ class Crowding:
                 self._record(1)
             return False
         # a server error as it was said: a 503, Anthropic's 529, or an overload said inside a stream
-        status = error.status or 503
-        told = kind if kind != SERVER_ERROR else f"answered {status} to" if status >= 500 else "said it was overloaded to"
+        said = error.overload
+        told = kind if kind != SERVER_ERROR else "said it was overloaded to" if said == "overloaded" else f"answered {said} to"
         self.seen[told] = self.seen.get(told, 0) + 1
         if sent_at < self._cut_at:  # sent before the last cut, which answered it ...
             # ... but a server that cut one more stream kept fewer than that
