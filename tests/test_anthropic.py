@@ -173,15 +173,6 @@ def test_a_refused_key_names_anthropics_variable(sim_factory, tmp_path, monkeypa
     assert result.exit_code == 0, result.stderr
 
 
-def test_provider_batches_are_refused_until_batchchat_sends_anthropics(tmp_path):
-    source = write_csv(tmp_path / "in.csv", ["prompt"], [["hello"]])
-    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "claude-x", "--provider", "anthropic",
-                 "--batch-api")  # fmt: skip
-    assert result.exit_code == 2
-    assert "--batch-api" in result.stderr and "anthropic" in result.stderr
-    assert not (tmp_path / "out.csv").exists()
-
-
 @pytest.mark.slow
 def test_killed_mid_run_and_resumed_pays_only_what_was_in_flight(sim_factory, tmp_path):
     server = sim_factory(latency_ms=20, jitter_ms=40, seed=3)

@@ -1,27 +1,25 @@
-"""A provider's Batch API over the chat client's session: upload a file of requests, create a
-batch over it, follow it, cancel it, and read the files it answered with.
+"""A provider's Batch API over the chat client's session: upload a file of requests (or hold
+it, for a wire that sends them inline), create a batch over it, follow it, cancel it, and read
+the results it answered with.
 
-Together and OpenAI differ in small ways (the file's purpose, ``completion_window``, the created
-batch wrapped in ``{"job": ...}`` or not, status spelling, counts or a percentage); ``dialect``
-says which to speak, and ``BatchInfo`` is the same whichever answered. Every error is a
-``RequestError`` with the key and URL password redacted, as for chat requests.
+What differs between providers (paths, bodies, the batch object's words, result lines) is the
+provider's ``BatchWire``; this module only makes the calls. Every error is a ``RequestError``
+with the key and URL password redacted, as for chat requests.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import aiohttp
 
 from ..core import errors as E
-from ..providers.base import cut
+from ..providers.base import BatchInfo, BatchWire, cut
 from .chat import ChatClient, connection_error, read_capped, redirect_error
 
-PURPOSE = {"together": "batch-api", "openai": "batch"}
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # a batch object, a file object, a list of batches
 LIST_PAGE = 100
 MAX_PAGES = 1000  # a list is read this far at most (100,000 items): one that never ends is cut here
@@ -30,53 +28,16 @@ T = TypeVar("T")
 # --timeout says for chat requests: one that times out may still be acted on by the provider, and
 # is then looked for before it is made again (``retry.once``), so it must rarely time out at all.
 MAKE_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    """A batch as the provider reports it, in either dialect."""
-
-    id: str
-    status: str  # lower case: validating, in_progress, finalizing, completed, failed, expired, cancelling, cancelled
-    input_file_id: str | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    total: int | None = None  # requests, where the provider counts them (OpenAI)
-    done: int | None = None  # answered or failed so far
-    failed: int | None = None
-    progress: float | None = None  # percent done, where the provider says so (Together)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL
-
-    @classmethod
-    def read(cls, data: Any) -> BatchInfo:
-        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not isinstance(data.get("status"), str):
-            raise E.RequestError(E.BAD_RESPONSE, f"not a batch: {cut(str(data), 200)}", retryable=True)
-        found = data.get("request_counts")
-        counts: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
-        completed, failed = _int(counts.get("completed")), _int(counts.get("failed"))
-        progress = data.get("progress")
-        return cls(
-            id=data["id"],
-            status=data["status"].lower(),
-            input_file_id=_text(data.get("input_file_id")),
-            output_file_id=_text(data.get("output_file_id")),
-            error_file_id=_text(data.get("error_file_id")),
-            total=_int(counts.get("total")),
-            done=None if completed is None else completed + (failed or 0),
-            failed=failed,
-            progress=float(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None,
-        )
+HELD = "held-"  # the id of a file of requests held here, for a wire that sends them inline
 
 
 class BatchClient:
     """The files and batches endpoints beside a chat client's ``/chat/completions``."""
 
-    def __init__(self, chat: ChatClient, dialect: str) -> None:
+    def __init__(self, chat: ChatClient, wire: BatchWire) -> None:
         self.chat = chat
-        self.dialect = dialect
+        self.wire = wire
+        self.held: dict[str, bytes] = {}  # file id -> its lines, for a wire that sends them inline
 
     def _make_timeout(self) -> aiohttp.ClientTimeout:
         """How long a call that makes something may take: ``MAKE_TIMEOUT_S`` at least."""
@@ -84,9 +45,14 @@ class BatchClient:
 
     async def upload(self, name: str, data: bytes) -> str:
         """A file of batch lines uploaded; its id. ``name`` should be unique: a failed upload is
-        looked for by it (``find_file``) before it is made again."""
+        looked for by it (``find_file``) before it is made again. A wire that sends requests
+        inline holds them here instead, for as long as this client lives: a run that stops before
+        their batch is made leaves nothing at the provider, and its requests are asked again."""
+        if self.wire.inline:
+            self.held[HELD + name] = data
+            return HELD + name
         form = aiohttp.FormData()
-        form.add_field("purpose", PURPOSE[self.dialect])
+        form.add_field("purpose", self.wire.purpose)
         form.add_field("file", data, filename=name, content_type="application/jsonl")
         payload = form()
         try:
@@ -105,36 +71,46 @@ class BatchClient:
         return file_id
 
     async def create(self, file_id: str) -> BatchInfo:
-        body: dict[str, Any] = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
-        if self.dialect == "openai":
-            body["completion_window"] = "24h"
-        reply = await self._json("POST", "/batches", json_body=body, timeout=self._make_timeout())
-        if isinstance(reply, Mapping) and isinstance(reply.get("job"), Mapping):  # Together wraps it
-            reply = reply["job"]
+        lines = b""
+        if self.wire.inline:
+            held = self.held.get(file_id)
+            if held is None:  # a run that stopped between holding them and making their batch
+                raise E.RequestError(E.NOT_FOUND, f"the requests of {file_id} were held by a run that stopped before "
+                                     "their batch was made: they are asked again", status=410, retryable=False)  # fmt: skip
+            lines = held
+        body = self.wire.create(file_id, lines)
+        reply = await self._json("POST", self.wire.batches, data=body, headers={"Content-Type": "application/json"},
+                                 timeout=self._make_timeout())  # fmt: skip
         return self._batch(reply)
 
     async def get(self, batch_id: str) -> BatchInfo:
-        return self._batch(await self._json("GET", f"/batches/{batch_id}"))
+        return self._batch(await self._json("GET", f"{self.wire.batches}/{batch_id}"))
 
     async def cancel(self, batch_id: str) -> BatchInfo:
-        return self._batch(await self._json("POST", f"/batches/{batch_id}/cancel"))
+        return self._batch(await self._json("POST", f"{self.wire.batches}/{batch_id}/cancel"))
 
     def _batch(self, data: Any) -> BatchInfo:
         try:
-            return BatchInfo.read(data)
+            return self.wire.batch(data)
         except E.RequestError as error:  # its message quotes the provider's words: redacted
             raise self.chat.redacted(error) from None
 
-    async def find_all(self, file_id: str) -> list[BatchInfo]:
-        """Every batch the provider made over ``file_id`` (one created by a run that died before
-        it could record it, or by a create that failed after acting): more than one means a
-        create acted more than once (one that timed out, then took effect all the same)."""
-        return [batch for batch in await self._listed("/batches", self._batch) if batch.input_file_id == file_id]
+    async def find_all(self, file_id: str, count: int, since: float | None) -> list[BatchInfo]:
+        """Every batch the provider may have made over ``file_id`` (``count`` requests, its first
+        create sent at ``since``): one created by a run that died before it could record it, or
+        by a create that failed after acting. More than one means a create acted more than once
+        (one that timed out, then took effect all the same)."""
+        if self.wire.inline and since is None:  # never sent: nothing can hold its requests
+            return []
+        return [batch for batch in await self._listed(self.wire.batches, self._batch)
+                if self.wire.over(batch, file_id, count, since)]  # fmt: skip
 
     async def find_file(self, name: str) -> str | None:
         """The id of a file uploaded under ``name`` (one whose upload failed after the provider
         kept it), or None."""
-        files = await self._listed(f"/files?purpose={PURPOSE[self.dialect]}", _file_entry)
+        if self.wire.inline:
+            return HELD + name if HELD + name in self.held else None
+        files = await self._listed(f"/files?purpose={self.wire.purpose}", _file_entry)
         return next((file_id for file_id, filename in files if filename == name), None)
 
     async def _listed(self, path: str, read: Callable[[Any], T]) -> list[T]:
@@ -143,7 +119,7 @@ class BatchClient:
         after: str | None = None
         joiner = "&" if "?" in path else "?"
         for _ in range(MAX_PAGES):
-            query = f"{joiner}limit={LIST_PAGE}" + (f"&after={after}" if after else "")
+            query = f"{joiner}limit={LIST_PAGE}" + (f"&after={after}&after_id={after}" if after else "")
             reply = await self._json("GET", f"{path}{query}")
             page = reply.get("data") if isinstance(reply, Mapping) else reply
             if not isinstance(page, list):
@@ -151,16 +127,22 @@ class BatchClient:
                                                         retryable=True))  # fmt: skip
             items += [read(item) for item in page]
             more = isinstance(reply, Mapping) and reply.get("has_more") is True
-            last = page[-1].get("id") if page and isinstance(page[-1], Mapping) else None
+            last = reply.get("last_id") if isinstance(reply, Mapping) else None
+            if not isinstance(last, str):
+                last = page[-1].get("id") if page and isinstance(page[-1], Mapping) else None
             if not more or not isinstance(last, str) or last == after:  # the end, or a list that ignores "after"
                 return items
             after = last
         return items
 
-    async def lines(self, file_id: str) -> AsyncIterator[bytes]:
-        """The lines of a file, as they arrive: a result file of 50,000 answers is never read
-        whole into memory."""
-        url = f"{self.chat.base_url}/files/{file_id}/content"
+    async def lines(self, where: str) -> AsyncIterator[bytes]:
+        """The result lines at ``where`` (a path after the base URL, or a URL on the API's own
+        host: the key is never sent elsewhere), as they arrive: a result file of 50,000 answers
+        is never read whole into memory."""
+        url = where if "://" in where else f"{self.chat.base_url}{where}"
+        if urlparse(url).netloc != urlparse(self.chat.base_url).netloc:
+            raise E.RequestError(E.BAD_RESPONSE, f"the results are said to be at {cut(where, 200)}, off the API's "
+                                 "own host: not read, so the key is not sent there", retryable=False)  # fmt: skip
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.chat.timeout_s)
         try:
             async with self.chat.session.get(url, allow_redirects=False, timeout=timeout) as response:
@@ -179,11 +161,11 @@ class BatchClient:
         except TimeoutError:
             raise E.RequestError(E.TIMEOUT, f"no data for {self.chat.timeout_s:g} s from {url}", retryable=True) from None
 
-    async def _json(self, method: str, path: str, *, json_body: Any = None, data: Any = None,
+    async def _json(self, method: str, path: str, *, data: Any = None,
                     headers: Mapping[str, str] | None = None, timeout: aiohttp.ClientTimeout | None = None) -> Any:  # fmt: skip
         url = f"{self.chat.base_url}{path}"
         try:
-            async with self.chat.session.request(method, url, json=json_body, data=data, headers=headers,
+            async with self.chat.session.request(method, url, data=data, headers=headers,
                                                  allow_redirects=False,
                                                  timeout=timeout or self.chat.session.timeout) as response:  # fmt: skip
                 await self._check(response)
@@ -215,10 +197,6 @@ def _file_entry(data: Any) -> tuple[str | None, str | None]:
     if not isinstance(data, Mapping):
         return None, None
     return _text(data.get("id")), _text(data.get("filename"))
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _text(value: Any) -> str | None:

@@ -18,6 +18,13 @@ collected after its answers are kept. A run takes up the steps it finds: it wait
 batches, creates the batch of a file that has none (adopting one the provider already made over
 that file, for a run killed between the create and its record), and collects again a batch whose
 answers were not all kept. A request waiting in a batch is never submitted again.
+
+What each provider's Batch API looks like is its ``BatchWire``'s: this engine sees files, batches
+and result lines in neutral words. Where a batch says which file it holds, one found for a file
+is surely that file's, and an extra one is cancelled. Where it does not (Anthropic's), a batch
+found for a file is taken on its time and size, proved by its results once it ends (one whose
+results name none of the file's requests is ``foreign``: set aside unread), and never cancelled
+on a guess.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, cast
 
-from ..client.batches import MAKE_TIMEOUT_S, BatchClient, BatchInfo
+from ..client.batches import MAKE_TIMEOUT_S, BatchClient
 from ..core import errors as E
 from ..core.records import ChatRequest, ChatResult, RowOutcome, Usage
 from ..core.words import plural
@@ -40,6 +47,8 @@ from ..job.endpoint import Endpoint, is_loopback
 from ..job.money import Budget
 from ..job.spec import NO_PRICES, Answers, Job, Prices, RetryPolicy, SimConfig
 from ..pacing.retry import once, with_retries
+from ..providers import BATCH_WIRES
+from ..providers.base import BatchInfo
 from .base import BatchProgress, Ending, Ledger, Work
 from .batchfiles import Chunk, Limits, Steps, dialect_of, request_key_of, split
 from .connect import open_client
@@ -102,7 +111,7 @@ class BatchExecutor:
     async def execute(self, work: Work, ledger: Ledger) -> Ending:
         async with open_client(self.endpoint, concurrency=4, retry=self.retry, stream=False,
                                simulator=self.simulator) as client:  # fmt: skip
-            rounds = _Rounds(self, work, ledger, BatchClient(client, self.dialect))
+            rounds = _Rounds(self, work, ledger, BatchClient(client, BATCH_WIRES[self.dialect]))
             await rounds.confirm_uploads()  # what a killed run uploaded waits in a batch, or is forgotten
             if self.live_retry is not None:  # the errors of earlier runs, live, before the rest
                 store = ledger.store
@@ -323,16 +332,23 @@ class _Rounds:
         recorded) the first listed. Any other is an extra (creates that all acted), collected
         since what it finishes is billed, and cancelled while the file's own batch is there
         (listed, or ``alive``: the provider answered for it, its list lagging behind)."""
-        found = await self.batches.find_all(file)
-        mine = self.steps.batch_of.get(file)
+        steps = self.steps
+        found = await self.batches.find_all(file, len(steps.files[file]), steps.first_create.get(file))
+        mine = steps.batch_of.get(file)
+        others = ({b for f, b in steps.batch_of.items() if f != file} | {b for b, f in steps.extras.items() if f != file}
+                  | steps.foreign)  # fmt: skip
+        found = [info for info in found if info.id not in others]  # another file's, or known not to be this one's
         first = next((info for info in found if info.id == mine), None) if mine else (found[0] if found else None)
         for info in found:
             if first is not None and info.id == first.id:
                 continue
-            if info.id not in self.steps.extras:
+            if info.id not in steps.extras:
                 self._record({"step": "extra", "batch": info.id, "file": file, "at": time.time()})
                 self.ledger.counters.extra_batches += 1
-            if (first is not None or alive) and not info.finished and info.status != "cancelling":
+            # Cancelled only when surely this file's: a batch that does not say what it holds may be
+            # someone else's; it is collected, and its results tell.
+            sure = self.batches.wire.names_its_file
+            if sure and (first is not None or alive) and not info.finished and info.status != "cancelling":
                 await self._cancel(info.id)
         return first
 
@@ -398,32 +414,38 @@ class _Rounds:
     async def _download(self, batch: str, info: BatchInfo) -> None:
         """The result lines of a finished batch, by id. For one id, an answer wins over an error
         line, and a readable answer over one that is not: every line after the first for an id
-        is counted as a repeat, and its tokens as paid when it is an answer."""
+        is counted as a repeat, and its tokens as paid when it is an answer. A batch taken for
+        the file's without proof whose lines answer none of its requests is someone else's:
+        ``foreign``, not read, and the file gets a batch of its own."""
         file = self.steps.file_of(batch)
         model = self.steps.models.get(file, "")
         latency = max(0.0, time.time() - self.steps.uploaded_at.get(file, time.time()))
-        for file_id in (info.output_file_id, info.error_file_id):
-            if file_id is None:
+        wire, chat = self.batches.wire, self.batches.chat
+        read = []
+        for where in wire.results(info):
+            read += [read_line(raw, batch, latency, chat, wire) for raw in await self._call(partial(self._read, where))]
+        if not wire.names_its_file and read:
+            ids = set(self.steps.files.get(file, ()))
+            if not any(custom_id in ids for custom_id, _, _ in read):
+                self._record({"step": "foreign", "batch": batch, "file": file, "at": time.time()})
+                return
+        for custom_id, result, used in read:
+            if used is not None:  # an error line that says what it used: billed
+                self.ledger.counters.add_usage(model, used)
+                self._spent(custom_id, model, used)
+            if custom_id is None:
+                self.unread[batch] += 1
                 continue
-            lines = await self._call(partial(self._read, file_id))
-            for raw in lines:
-                custom_id, result, used = read_line(raw, batch, latency, self.batches.chat)
-                if used is not None:  # an error line that says what it used: billed
-                    self.ledger.counters.add_usage(model, used)
-                    self._spent(custom_id, model, used)
-                if custom_id is None:
-                    self.unread[batch] += 1
+            prior = self.results.get(custom_id)
+            if prior is not None:  # a repeat: named after the extra batch, when one of the two is
+                before = self.origin.get(custom_id, batch)
+                self.ledger.counters.repeated[before if before in self.steps.extras else batch] += 1
+                if rank(result) <= rank(prior):
+                    self._paid(model, result, custom_id)
                     continue
-                prior = self.results.get(custom_id)
-                if prior is not None:  # a repeat: named after the extra batch, when one of the two is
-                    before = self.origin.get(custom_id, batch)
-                    self.ledger.counters.repeated[before if before in self.steps.extras else batch] += 1
-                    if rank(result) <= rank(prior):
-                        self._paid(model, result, custom_id)
-                        continue
-                    self._paid(model, prior, custom_id)
-                self.results[custom_id] = result
-                self.origin[custom_id] = batch
+                self._paid(model, prior, custom_id)
+            self.results[custom_id] = result
+            self.origin[custom_id] = batch
 
     def _paid(self, model: str, result: Result, custom_id: str) -> None:
         """A result line that is not kept: what it answered is billed all the same."""
@@ -441,7 +463,7 @@ class _Rounds:
         """A request a finished batch holds and no result line answered (it expired, failed or
         was cancelled first, or its line could not be read) gets an error that says so."""
         for batch, info in finished:
-            if batch in self.steps.extras:
+            if batch in self.steps.extras or batch in self.steps.foreign:
                 continue
             for custom_id in self.steps.files[self.steps.file_of(batch)]:
                 if custom_id not in self.results:
@@ -452,8 +474,8 @@ class _Rounds:
                     usage = result.usage if isinstance(result, ChatResult) else None
                     self.budget.settle(amount, self.steps.models.get(self.steps.file_of(batch), ""), usage)
 
-    async def _read(self, file_id: str) -> list[bytes]:
-        return [line async for line in self.batches.lines(file_id)]
+    async def _read(self, where: str) -> list[bytes]:
+        return [line async for line in self.batches.lines(where)]
 
     async def _replay(self, waiting: set[str]) -> None:
         """Every request not finished takes its answers from the results; what is left to ask
@@ -523,7 +545,7 @@ class _Rounds:
                     break
                 self.held[request.key] = held
             chosen.append(request)
-        for chunk in split(chosen, self.engine.limits):
+        for chunk in split(chosen, self.engine.limits, self.batches.wire):
             if self.stop.is_set():
                 break
             await self._submit_file(chunk)

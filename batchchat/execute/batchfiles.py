@@ -9,7 +9,6 @@ an invalid answer is the key with the answer's number, ``key.2``).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,18 +18,18 @@ from typing import Any
 from ..core.records import ChatRequest
 from ..job.endpoint import Endpoint
 from ..job.spec import SimConfig
-from ..providers import PROVIDERS
+from ..providers import BATCH_WIRES, PROVIDERS
+from ..providers.base import BatchWire
 from ..store.stats import BatchTimes
-
-ENDPOINT = "/v1/chat/completions"
 
 
 def dialect_of(endpoint: Endpoint, simulator: SimConfig) -> str:
-    """Whose Batch API the endpoint speaks: OpenAI's for provider openai, Together's otherwise
-    (the simulator speaks the one it is set to)."""
+    """Whose Batch API the endpoint speaks (a name in ``providers.BATCH_WIRES``): its provider's,
+    Together's for a server batchchat knows no Batch API of (the simulator speaks the one it
+    is set to)."""
     if endpoint.provider == "sim":
         return simulator.batch_dialect
-    return "openai" if endpoint.provider == "openai" else "together"
+    return endpoint.provider if endpoint.provider in BATCH_WIRES else "together"
 
 
 @dataclass(frozen=True)
@@ -51,12 +50,6 @@ class Limits:
         return cls(lines, provider.batch_max_bytes)
 
 
-def line(request: ChatRequest) -> bytes:
-    """The request as a batch line. ``method`` and ``url`` are OpenAI's; Together accepts them."""
-    record = {"custom_id": request.key, "method": "POST", "url": ENDPOINT, "body": request.body()}
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
 @dataclass(frozen=True)
 class Chunk:
     """The requests of one file: one model, within the limits."""
@@ -66,13 +59,13 @@ class Chunk:
     data: bytes
 
 
-def split(requests: Iterable[ChatRequest], limits: Limits) -> Iterator[Chunk]:
+def split(requests: Iterable[ChatRequest], limits: Limits, wire: BatchWire) -> Iterator[Chunk]:
     """Files of requests, one model each (OpenAI requires it, and it keeps a batch's price one
     price), each within ``limits``. A file is yielded as soon as it is full, so a million
     requests never sit in memory as lines at once; the rest come at the end, one per model."""
     open_files: dict[str, tuple[list[str], list[bytes], int]] = {}
     for request in requests:
-        data = line(request)
+        data = wire.line(request)
         ids, lines, size = open_files.get(request.model, ([], [], 0))
         if ids and (len(ids) >= limits.lines or size + len(data) > limits.bytes):
             yield Chunk(request.model, tuple(ids), b"".join(lines))
@@ -90,6 +83,10 @@ class Steps:
     """The provider batch steps a journal keeps, read into what they mean: the files uploaded
     and the ids each holds, the batch made over each, which batches are collected, and which
     files will never get one.
+
+    A batch taken for a file's without proof (a wire whose batches do not say what they hold)
+    whose results turn out to answer none of its requests is ``foreign``: not read, and the file
+    has no batch again.
 
     A call that makes something is recorded before it is made (``upload`` with the file's name
     and ids, ``create`` with the file), and what it made after (``file``, ``batch``): a run that
@@ -110,6 +107,8 @@ class Steps:
     creates: Counter[str] = field(default_factory=Counter)  # file -> create calls made for it
     extras: dict[str, str] = field(default_factory=dict)  # batch -> the file it repeats
     missing: Counter[str] = field(default_factory=Counter)  # batch -> looks in a row the provider had none
+    first_create: dict[str, float] = field(default_factory=dict)  # file -> when its first create was sent
+    foreign: set[str] = field(default_factory=set)  # batches taken for a file's whose results were others'
 
     @classmethod
     def read(cls, steps: Sequence[dict[str, Any]]) -> Steps:
@@ -140,6 +139,7 @@ class Steps:
             self.uploads.pop(name, None)
         elif kind == "create" and isinstance(file, str):
             self.creating[file] = at
+            self.first_create.setdefault(file, at)
             self.creates[file] += 1
         elif kind == "batch" and isinstance(batch, str) and isinstance(file, str):
             self.batch_of[file] = batch
@@ -156,6 +156,16 @@ class Steps:
             self.missing.pop(batch, None)
         elif kind == "dropped" and isinstance(file, str):
             self.dropped.add(file)
+        elif kind == "foreign" and isinstance(batch, str):
+            self.foreign.add(batch)
+            self.collected.add(batch)
+            self.extras.pop(batch, None)
+            if isinstance(file, str) and self.batch_of.get(file) == batch:
+                del self.batch_of[file]
+
+    def known(self) -> set[str]:
+        """Every batch the steps name: none of them is another file's lost batch."""
+        return set(self.batch_of.values()) | set(self.extras) | self.foreign | self.collected
 
     def open_files(self) -> list[str]:
         """Files whose answers are still to be kept: their requests wait, and are not sent again."""

@@ -15,17 +15,20 @@ from ..core import jsonio
 from ..core.reading import bounded, clean_text, needs_bounds, read_usage, received
 from ..core.records import ChatResult, Usage
 from ..core.words import plural
+from ..providers.base import BatchWire
 
 Result = ChatResult | E.RequestError
 # An error line's code, as the live error type of the same failure.
 LINE_ERRORS = {"server_error": E.SERVER_ERROR, "invalid_request_error": E.BAD_REQUEST, "not_found": E.NOT_FOUND,
                "authentication_error": E.AUTH, "rate_limit_exceeded": E.RATE_LIMITED, "billing_error": E.NO_CREDIT,
-               "timeout": E.TIMEOUT}  # fmt: skip
+               "timeout": E.TIMEOUT, "batch_cancelled": "batch_cancelled",
+               "batch_expired": "batch_expired"}  # fmt: skip
 
 
-def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient) -> tuple[str | None, Result, Usage | None]:
-    """One line of a result file: an answer (a 2xx, kept whatever its body holds), or the error
-    the provider gave, and what an error line says it used (billed all the same). A line
+def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient,
+              wire: BatchWire) -> tuple[str | None, Result, Usage | None]:  # fmt: skip
+    """One line of a batch's results: an answer (a 2xx, kept whatever its body holds), or the
+    error the provider gave, and what an error line says it used (billed all the same). A line
     that cannot be tied to a request has no id."""
     try:
         record, fast = jsonio.loads_how(raw)
@@ -33,23 +36,16 @@ def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient) -> tuple
         return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False), None
     if needs_bounds(raw, fast):
         record = bounded(record)
-    custom_id = record.get("custom_id") if isinstance(record, dict) else None
+    line = wire.result(record)
+    custom_id, status, body = line.custom_id, line.status, line.body
     if not isinstance(custom_id, str) or not custom_id.isascii() or not custom_id:  # ids are request keys
         return None, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False), None
-    response = record.get("response")
-    status = response.get("status_code") if isinstance(response, dict) else None
-    if (isinstance(status, str) and status.isdigit()) or (isinstance(status, float) and status.is_integer()):
-        status = int(status)
-    if not isinstance(status, int) or isinstance(status, bool):
-        status = None
-    body = response.get("body") if isinstance(response, dict) else None
-    carries_error = isinstance(body, dict) and body.get("error") and not body.get("choices")
-    if status is not None and 200 <= status < 300 and not carries_error:
+    if status is not None and 200 <= status < 300 and not line.error:
         result = chat.cleaned(received(body, latency, read=chat.dialect.read))
         shown = f"{batch}/{result.request_id}" if result.request_id else batch
         return custom_id, replace(result, request_id=shown), None
     used = read_usage(body.get("usage")) if isinstance(body, dict) and body.get("usage") is not None else None
-    return custom_id, failure(status, body, record.get("error"), chat), used
+    return custom_id, failure(status, body, line.error, chat), used
 
 
 def failure(status: int | None, body: Any, error: Any, chat: ChatClient) -> E.RequestError:

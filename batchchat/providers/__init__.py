@@ -14,9 +14,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..core.reading import Reading, read_completion
-from .anthropic import AnthropicDialect
-from .base import Dialect
-from .openai import OpenAIDialect
+from .anthropic import AnthropicBatches, AnthropicDialect
+from .base import BatchWire, Dialect
+from .openai import OpenAIBatches, OpenAIDialect
 
 MB = 1024 * 1024
 
@@ -41,10 +41,13 @@ PROVIDERS: dict[str, Provider] = {
     "openai": Provider("openai", "https://api.openai.com/v1", "OPENAI_BASE_URL", "OPENAI_API_KEY", "openai", "openai",
                        ("api.openai.com",), 50_000, 200 * MB),
     "anthropic": Provider("anthropic", "https://api.anthropic.com/v1", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY",
-                          "anthropic", "anthropic", ("api.anthropic.com",)),
+                          "anthropic", "anthropic", ("api.anthropic.com",), 100_000, 256 * MB),
     "sim": Provider("sim", None, None, None, "openai", stream_usage=False),
 }  # fmt: skip
 DIALECTS: dict[str, Dialect] = {"openai": OpenAIDialect(), "anthropic": AnthropicDialect()}
+# Each Batch API batchchat speaks, by the name of the provider that serves it.
+BATCH_WIRES: dict[str, BatchWire] = {"together": OpenAIBatches("together"), "openai": OpenAIBatches("openai"),
+                                     "anthropic": AnthropicBatches()}  # fmt: skip
 DEFAULT_DIALECT = "openai"  # what an answer no other dialect claims is read as
 _SPECIFIC = tuple(d for name, d in DIALECTS.items() if name != DEFAULT_DIALECT)
 
@@ -67,4 +70,4 @@ def read_answer(answer: Any) -> Reading:
     return read_completion(answer)
 
 
-__all__ = ["DIALECTS", "PROVIDERS", "Dialect", "Provider", "dialect", "provider_at", "read_answer"]
+__all__ = ["BATCH_WIRES", "DIALECTS", "PROVIDERS", "BatchWire", "Dialect", "Provider", "dialect", "provider_at", "read_answer"]

@@ -42,6 +42,8 @@ from ..core.records import ChatRequest, ChatResult, Usage
 from ..core.sse import Event
 from .base import (
     HTTP_ERRORS,
+    BatchInfo,
+    ResultLine,
     ServerWire,
     count_header,
     cut,
@@ -381,12 +383,8 @@ def rate_of(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
 
     def reset(*names: str) -> float | None:
         for name in names:
-            if name in headers:
-                try:
-                    stamp = datetime.fromisoformat(headers[name].strip().upper().replace("Z", "+00:00"))
-                except ValueError:
-                    continue
-                when = (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).timestamp()  # UTC unless said
+            when = epoch(headers[name]) if name in headers else None
+            if when is not None:
                 return max(0.0, when - (time.time() if now is None else now))
         return None
 
@@ -401,6 +399,104 @@ def rate_of(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
         wait_s=retry_after_s(headers, now),
         should_retry=should_retry(headers),
     )
+
+
+def epoch(text: Any) -> float | None:
+    """An RFC 3339 time as epoch seconds (UTC unless it says otherwise); None if it is none."""
+    if not isinstance(text, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.strip().upper().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).timestamp()
+
+
+# --- Message Batches ---------------------------------------------------------------------------
+
+ERROR_STATUS = {kind: status for status, kind in ERROR_TYPES.items()} | {"overloaded_error": OVERLOADED}
+# A result that is no answer, as a batch's end names it (``errors.BATCH_ERROR``'s kin).
+ENDED_RESULTS = {"canceled": ("batch_cancelled", "cancelled before it was answered"),
+                 "expired": ("batch_expired", "the batch expired before it was answered")}  # fmt: skip
+
+
+class AnthropicBatches:
+    """Message Batches: the requests go inline in the create call (``{"requests": [{custom_id,
+    params}]}``), a batch is ``in_progress``, ``canceling`` or ``ended`` with counts per result
+    type, and its results are JSONL at ``results_url``, one ``succeeded``, ``errored``,
+    ``canceled`` or ``expired`` result per request.
+
+    A batch says nothing of what it holds (no input file, no metadata), so the batch a create
+    made, when its answer was lost, is one made after the create was sent, holding as many
+    requests; the engine takes it only once its results name the requests. A ``custom_id`` may
+    hold only letters, digits, ``_`` and ``-``: a re-ask's ``key.2`` is sent as ``key_2``."""
+
+    name = "anthropic"
+    inline = True
+    names_its_file = False
+    purpose = ""
+    batches = "/messages/batches"
+
+    def line(self, request: ChatRequest) -> bytes:
+        record = {"custom_id": request.key.replace(".", "_"), "params": message_body(request)}
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+    def create(self, file_id: str, lines: bytes) -> bytes:
+        return b'{"requests":[' + b",".join(lines.splitlines()) + b"]}"
+
+    def batch(self, data: Any) -> BatchInfo:
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
+            raise E.RequestError(E.BAD_RESPONSE, f"not a message batch: {cut(str(data), 200)}", retryable=True)
+        state = data.get("processing_status")
+        if state not in ("in_progress", "canceling", "ended"):
+            raise E.RequestError(E.BAD_RESPONSE, f"not a message batch: {cut(str(data), 200)}", retryable=True)
+        found = data.get("request_counts")
+        counts = {kind: value for kind, value in (found.items() if isinstance(found, Mapping) else ())
+                  if isinstance(value, int) and not isinstance(value, bool) and value >= 0}  # fmt: skip
+        total = sum(counts.values()) if counts else None
+        processing = counts.get("processing", 0)
+        failed = sum(counts.get(kind, 0) for kind in ("errored", "canceled", "expired"))
+        cancelled = data.get("cancel_initiated_at") is not None
+        status = {"in_progress": "in_progress", "canceling": "cancelling"}.get(state) or (
+            "cancelled" if cancelled else "completed")  # fmt: skip
+        url = data.get("results_url")
+        return BatchInfo(id=data["id"], status=status, total=total,
+                         done=None if total is None else total - processing, failed=failed if counts else None,
+                         results_url=url if isinstance(url, str) and url else None,
+                         created_at=epoch(data.get("created_at")))  # fmt: skip
+
+    def results(self, info: BatchInfo) -> list[str]:
+        return [info.results_url] if info.results_url else []
+
+    def result(self, record: Any) -> ResultLine:
+        custom_id = record.get("custom_id") if isinstance(record, dict) else None
+        if not isinstance(custom_id, str):
+            return ResultLine(None, None, None, None)
+        custom_id = custom_id.replace("_", ".")  # as batchchat asked it
+        result = record.get("result")
+        kind = result.get("type") if isinstance(result, dict) else None
+        if kind == "succeeded" and isinstance(result, dict):
+            return ResultLine(custom_id, 200, result.get("message"), None)
+        if kind == "errored" and isinstance(result, dict):
+            error = result.get("error")
+            inner = error.get("error") if isinstance(error, dict) and isinstance(error.get("error"), dict) else error
+            status = ERROR_STATUS.get(str(inner.get("type"))) if isinstance(inner, dict) else None
+            if status is not None:
+                return ResultLine(custom_id, status, {"type": "error", "error": inner}, None)
+            return ResultLine(custom_id, None, None, inner)
+        if kind in ENDED_RESULTS:
+            code, message = ENDED_RESULTS[kind]
+            return ResultLine(custom_id, None, None, {"code": code, "message": message})
+        return ResultLine(custom_id, None, None, None)
+
+    def over(self, info: BatchInfo, file_id: str, count: int, since: float | None) -> bool:
+        """Made no earlier than the first create (a few seconds' clock difference allowed), and
+        holding ``count`` requests."""
+        return (since is not None and info.created_at is not None and info.created_at >= since - CLOCK_SKEW_S
+                and info.total == count)  # fmt: skip
+
+
+CLOCK_SKEW_S = 300.0  # how far the provider's clock may be behind this machine's
 
 
 # --- the simulator's side ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -131,6 +132,79 @@ class Dialect(Protocol):
     def refused(self, option: str) -> str | None:
         """Why a request option cannot be sent in this format (None: it can), so a job says so
         before it sends a request every row would have refused."""
+        ...
+
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A provider batch as its provider reports it, in no provider's words."""
+
+    id: str
+    status: str  # validating, in_progress, finalizing, completed, failed, expired, cancelling, cancelled
+    input_file_id: str | None = None  # None where the requests came inline (Anthropic)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int | None = None  # requests, where the provider counts them
+    done: int | None = None  # answered or failed so far
+    failed: int | None = None
+    progress: float | None = None  # percent done, where the provider says so (Together)
+    results_url: str | None = None  # where the results are read, where not from files (Anthropic)
+    created_at: float | None = None  # epoch, where the provider says
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """One line of a batch's results, in no provider's words: the request it answers (its id as
+    batchchat asked it), and an answer (``status`` 2xx, ``body``, no ``error``) or an error (a
+    status and body, or the provider's ``error`` object)."""
+
+    custom_id: str | None
+    status: int | None
+    body: Any
+    error: Any
+
+
+class BatchWire(Protocol):
+    """One provider's Batch API, as data: which calls make, follow and read a batch. The client
+    makes the calls; the engine sees only ``BatchInfo`` and ``ResultLine``."""
+
+    name: str
+    inline: bool  # the requests go in the create call itself, not in an uploaded file
+    names_its_file: bool  # a batch object says which file it holds: one found by it is surely that file's
+    purpose: str  # an uploaded file's purpose (a wire that uploads)
+    batches: str  # the batches endpoint, after the base URL: "/batches", "/messages/batches"
+
+    def line(self, request: ChatRequest) -> bytes:
+        """The request as one batch line (JSON and a newline), under its id on this wire."""
+        ...
+
+    def create(self, file_id: str, lines: bytes) -> bytes:
+        """The create call's JSON body: over the uploaded ``file_id``, or holding ``lines``."""
+        ...
+
+    def batch(self, data: Any) -> BatchInfo:
+        """A batch object (a create's answer, a get's, a list's item) read; a ``RequestError``
+        (bad_response) for what is no batch."""
+        ...
+
+    def results(self, info: BatchInfo) -> list[str]:
+        """Where a finished batch's result lines are read: paths after the base URL, or URLs."""
+        ...
+
+    def result(self, record: Any) -> ResultLine:
+        """One result line's JSON read."""
+        ...
+
+    def over(self, info: BatchInfo, file_id: str, count: int, since: float | None) -> bool:
+        """Whether ``info`` may be the batch a create made over ``file_id`` (``count`` requests,
+        the first create sent at ``since``; None: never sent)."""
         ...
 
 

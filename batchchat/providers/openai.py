@@ -33,6 +33,8 @@ from ..core.records import ChatRequest, ChatResult
 from ..core.sse import Event
 from .base import (
     HTTP_ERRORS,
+    BatchInfo,
+    ResultLine,
     ServerWire,
     capped,
     count_header,
@@ -303,6 +305,87 @@ class StreamAssembly:
 
 
 # --- the simulator's side ----------------------------------------------------------------------
+
+
+BATCH_ENDPOINT = "/v1/chat/completions"
+
+
+class OpenAIBatches:
+    """The Batch API of Together and OpenAI: a JSONL file uploaded, a batch made over it, output
+    and error files read back. They differ in small ways (the file's purpose, OpenAI's
+    ``completion_window``, Together's create answer wrapped in ``{"job": ...}``, statuses in
+    capitals with a ``progress`` percentage, or ``request_counts``)."""
+
+    inline = False
+    names_its_file = True
+    batches = "/batches"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.purpose = "batch" if name == "openai" else "batch-api"
+
+    def line(self, request: ChatRequest) -> bytes:
+        """``method`` and ``url`` are OpenAI's; Together accepts them."""
+        record = {"custom_id": request.key, "method": "POST", "url": BATCH_ENDPOINT, "body": request.body()}
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+    def create(self, file_id: str, lines: bytes) -> bytes:
+        body: dict[str, Any] = {"input_file_id": file_id, "endpoint": BATCH_ENDPOINT}
+        if self.name == "openai":
+            body["completion_window"] = "24h"
+        return jsonio.dumps(body)
+
+    def batch(self, data: Any) -> BatchInfo:
+        if isinstance(data, Mapping) and isinstance(data.get("job"), Mapping):  # Together wraps a created batch
+            data = data["job"]
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not isinstance(data.get("status"), str):
+            raise E.RequestError(E.BAD_RESPONSE, f"not a batch: {cut(str(data), 200)}", retryable=True)
+        found = data.get("request_counts")
+        counts: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        completed, failed = _count(counts.get("completed")), _count(counts.get("failed"))
+        progress = data.get("progress")
+        return BatchInfo(
+            id=data["id"],
+            status=data["status"].lower(),
+            input_file_id=_text(data.get("input_file_id")),
+            output_file_id=_text(data.get("output_file_id")),
+            error_file_id=_text(data.get("error_file_id")),
+            total=_count(counts.get("total")),
+            done=None if completed is None else completed + (failed or 0),
+            failed=failed,
+            progress=float(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None,
+        )
+
+    def results(self, info: BatchInfo) -> list[str]:
+        """Both files: a completed batch can still hold failed requests."""
+        return [f"/files/{file_id}/content" for file_id in (info.output_file_id, info.error_file_id) if file_id]
+
+    def result(self, record: Any) -> ResultLine:
+        if not isinstance(record, dict):
+            return ResultLine(None, None, None, None)
+        response = record.get("response")
+        status = response.get("status_code") if isinstance(response, dict) else None
+        if (isinstance(status, str) and status.isdigit()) or (isinstance(status, float) and status.is_integer()):
+            status = int(status)
+        if not isinstance(status, int) or isinstance(status, bool):
+            status = None
+        body = response.get("body") if isinstance(response, dict) else None
+        error = record.get("error")
+        if status is not None and 200 <= status < 300:  # an answer, paid, unless its body is an error
+            error = body["error"] if isinstance(body, dict) and body.get("error") and not body.get("choices") else None
+        custom_id = record.get("custom_id")
+        return ResultLine(custom_id if isinstance(custom_id, str) else None, status, body, error)
+
+    def over(self, info: BatchInfo, file_id: str, count: int, since: float | None) -> bool:
+        return info.input_file_id == file_id
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _sse(data: dict[str, Any] | str) -> str:

@@ -375,9 +375,13 @@ def dry_run_text(dry: DryRun) -> str:
         b = dry.batch
         cost = (f"; at batch prices {dollars(b.cost)} (the table's costs are live prices)" if b.cost is not None
                 else "")  # fmt: skip
-        lines.append(f"as provider batches: {plural(b.requests, 'request')} in {plural(b.files, 'file')}, one batch "
-                     f"each (one model a file, at most {b.limits.lines:,} requests and {b.limits.bytes // 2**20} MB)"
-                     f"{cost}")  # fmt: skip
+        most = f"at most {b.limits.lines:,} requests and {b.limits.bytes // 2**20} MB"
+        if b.inline:
+            lines.append(f"as provider batches: {plural(b.requests, 'request')} in {plural(b.files, 'batch', 'batches')}, sent "
+                         f"inline (one model a batch, {most}){cost}")  # fmt: skip
+        else:
+            lines.append(f"as provider batches: {plural(b.requests, 'request')} in {plural(b.files, 'file')}, one "
+                         f"batch each (one model a file, {most}){cost}")  # fmt: skip
     if dry.cost is None and plan.to_send:
         lines.append(
             "no price for some models: pass --price MODEL=IN,OUT, or add [prices] to the job file, "

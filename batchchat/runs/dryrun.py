@@ -20,7 +20,7 @@ from ..job.jobfile import build_job
 from ..job.money import Estimates, GroupEstimate, estimate_all
 from ..job.spec import NO_PRICES, Job, Prices
 from ..plan.plan import Plan, Setup
-from ..providers import dialect
+from ..providers import BATCH_WIRES, dialect
 from ..store.files import OutputFiles
 from ..store.journal import MemoryStore, Store
 
@@ -34,6 +34,7 @@ class BatchPlan:
     requests: int
     limits: Limits
     cost: float | None  # at batch prices
+    inline: bool = False  # the requests go in the create call (one batch a file), not uploaded
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,10 @@ def dry_run(job: Job | str | os.PathLike[str] | None = None, /, **settings: Any)
     estimates = estimate_all(everything, lambda r: slots[r.row % builder.fanout], slots, job.prices, sent)
     batch = None
     if job.batch.enabled:
-        limits = Limits.of(dialect_of(job.endpoint, job.simulator), job.simulator if job.endpoint.provider == "sim" else None)
-        count = sum(1 for _ in split(new(), limits))
-        batch = BatchPlan(count, plan.to_send - plan.waiting, limits, estimates.cost_at(job.paid_prices))
+        speaks = dialect_of(job.endpoint, job.simulator)
+        limits = Limits.of(speaks, job.simulator if job.endpoint.provider == "sim" else None)
+        count = sum(1 for _ in split(new(), limits, BATCH_WIRES[speaks]))
+        batch = BatchPlan(count, plan.to_send - plan.waiting, limits, estimates.cost_at(job.paid_prices),
+                          BATCH_WIRES[speaks].inline)
     return DryRun(plan, estimates, first, job.endpoint.missing_key, builder.describe(), job.prices, batch,
                   job.endpoint.dialect)

@@ -1,4 +1,5 @@
-"""The simulator's Batch API: ``/v1/files`` and ``/v1/batches``, in Together's dialect or OpenAI's.
+"""The simulator's Batch APIs: ``/v1/files`` and ``/v1/batches``, in Together's dialect or
+OpenAI's, and Anthropic's Message Batches at ``/v1/messages/batches``.
 
 A batch answers each of its lines as the live endpoint would answer the same body (the same
 synthetic answers, the same ``[sim:...]`` directives), over ``batch_seconds``: its progress is
@@ -12,12 +13,20 @@ created batch in ``{"job": ...}``, and spells statuses in capitals with a ``prog
 OpenAI wants purpose ``batch``, ``completion_window``, ``method`` and ``url`` on every line and one
 model per batch, and reports ``request_counts``. Each dialect refuses what the other sends, so a
 client that mixes them is found out.
+
+Message Batches take their requests inline (``custom_id`` of letters, digits, ``_`` and ``-``;
+``params`` a Messages body), say ``in_progress``, ``canceling`` or ``ended`` with counts per result
+type, and give one result per request at ``results_url``: ``succeeded``, ``errored``, ``canceled``,
+or ``expired`` (for the lines not done when a batch expires or fails: Anthropic has no failed
+batch). They are served whatever ``batch_dialect`` says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -29,12 +38,15 @@ from aiohttp import web
 
 from ..job.spec import SimConfig
 from ..providers import PROVIDERS
+from ..providers.anthropic import ERROR_TYPES, AnthropicServer
 from .answers import STATUS_FAULTS, chance, directive, invalid_body
 
 ENDPOINT = "/v1/chat/completions"
 PURPOSE = {"together": "batch-api", "openai": "batch"}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+MESSAGE_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+MESSAGES = AnthropicServer()
 
 
 @dataclass
@@ -59,6 +71,9 @@ class SimBatch:
     done_lines: int = 0
     output_file_id: str | None = None
     error_file_id: str | None = None
+    inline: bool = False  # a Message Batch: requests given in the create, results at results_url
+    results: bytes = b""
+    cancel_initiated: float | None = None  # epoch
 
 
 class BatchStore:
@@ -85,6 +100,11 @@ class BatchStore:
         app.router.add_get("/v1/batches", gated(self._list))
         app.router.add_get("/v1/batches/{id}", gated(self._get))
         app.router.add_post("/v1/batches/{id}/cancel", gated(self._cancel))
+        app.router.add_post("/v1/messages/batches", self._gated(self._m_create, MESSAGES))
+        app.router.add_get("/v1/messages/batches", self._gated(self._m_list, MESSAGES))
+        app.router.add_get("/v1/messages/batches/{id}", self._gated(self._m_get, MESSAGES))
+        app.router.add_post("/v1/messages/batches/{id}/cancel", self._gated(self._m_cancel, MESSAGES))
+        app.router.add_get("/v1/messages/batches/{id}/results", self._gated(self._m_results, MESSAGES))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -96,24 +116,27 @@ class BatchStore:
 
     # --- handlers ---
 
-    def _gated(self, handler: Handler) -> Handler:
-        """``handler``, reached only through ``_gate``: every Files and Batches call passes it."""
+    def _gated(self, handler: Handler, messages: AnthropicServer | None = None) -> Handler:
+        """``handler``, reached only through ``_gate``: every Files and Batches call passes it
+        (a Message Batches call, with ``messages``, checks Anthropic's key header)."""
 
         async def gated(request: web.Request) -> web.Response:
-            refused = await self._gate(request)
+            refused = await self._gate(request, messages)
             return refused if refused is not None else await handler(request)
 
         return gated
 
-    async def _gate(self, request: web.Request) -> web.Response | None:
+    async def _gate(self, request: web.Request, messages: AnthropicServer | None) -> web.Response | None:
         """The delay every call waits (for tests that stop a client part-way), and the key check."""
         self.counts[f"call {request.method} {request.path.split('/')[2]}"] += 1  # "call POST files"
-        if request.path.endswith("/content"):
+        if request.path.endswith(("/content", "/results")):
             self.counts["downloads_started"] += 1
         if self.config.batch_delay_ms:
             await asyncio.sleep(self.config.batch_delay_ms / 1000.0)
         key = self.config.api_key
-        if key and request.headers.get("Authorization") != f"Bearer {key}":
+        if messages is not None and key and not messages.authorized(request.headers, key):
+            return web.json_response(messages.error(401, "authentication_error", "invalid x-api-key", None), status=401)
+        if messages is None and key and request.headers.get("Authorization") != f"Bearer {key}":
             return web.json_response({"error": {"message": "Invalid API key provided", "type": "authentication_error"}},
                                      status=401)  # fmt: skip
         return None
@@ -252,7 +275,10 @@ class BatchStore:
         batch.done_lines = min(total, int(share * total))
         if end is not None:
             batch.ended = end
-            self._results(batch)
+            if batch.inline:
+                self._m_ended(batch)
+            else:
+                self._results(batch)
 
     def _results(self, batch: SimBatch) -> None:
         """The output and error files of the lines done, in another order than the input's."""
@@ -329,6 +355,126 @@ class BatchStore:
             "request_counts": {"total": total, "completed": done - failed, "failed": failed},
         }  # fmt: skip
 
+    # --- Anthropic's Message Batches ---
+
+    async def _m_create(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _m_error(400, "request body is not valid JSON")
+        entries = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(entries, list) or not entries:
+            return _m_error(400, "requests: a list of at least one request is required")
+        lines: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for n, entry in enumerate(entries):
+            custom_id = entry.get("custom_id") if isinstance(entry, dict) else None
+            if not isinstance(custom_id, str) or not MESSAGE_ID.fullmatch(custom_id) or custom_id in seen:
+                return _m_error(400, f"requests.{n}.custom_id: unique, 1 to 64 of a-z A-Z 0-9 _ -")
+            seen.add(custom_id)
+            params = entry.get("params")
+            neutral = MESSAGES.neutral(params)
+            problem = neutral if isinstance(neutral, str) else invalid_body(neutral)
+            if problem or (isinstance(params, dict) and params.get("stream")):
+                return _m_error(400, f"requests.{n}.params: {problem or 'a batch request cannot stream'}")
+            assert isinstance(neutral, dict)
+            lines.append({"custom_id": custom_id, "body": neutral})
+        most = PROVIDERS["anthropic"].batch_max_lines or 0
+        if len(lines) > min(most, self.config.batch_max_lines or most):
+            return _m_error(400, f"{len(lines)} requests, more than a batch may hold")
+        self.counts["creates_taken"] += 1  # the call is here: its batch is made even if the client goes
+        await asyncio.sleep(self.config.batch_create_delay_ms / 1000.0)
+        batch = SimBatch(f"msgbatch_sim{self.run}{len(self.batches) + 1:06d}", "", lines, lines[0]["body"]["model"],
+                         time.monotonic(), time.time(), inline=True)  # fmt: skip
+        self.batches[batch.id] = batch
+        self.created_per_file[hashlib.sha256(" ".join(sorted(seen)).encode()).hexdigest()] += 1
+        self.counts["batches_created"] += 1
+        if self.counts["batches_created"] <= self.config.batch_create_fails:
+            return _bad_gateway()  # the batch is made all the same
+        return web.json_response(self._m_shown(batch, request))
+
+    async def _m_list(self, request: web.Request) -> web.Response:
+        """Newest first, ``limit`` at a time after ``after_id``."""
+        self.counts["batch_lists"] += 1
+        listed = [b for b in reversed(self.batches.values()) if b.inline]
+        after = request.query.get("after_id")
+        if after:
+            ids = [b.id for b in listed]
+            listed = listed[ids.index(after) + 1:] if after in ids else []
+        limit = int(request.query.get("limit", "20"))
+        page = [self._m_shown(b, request) for b in listed[:limit]]
+        return web.json_response({"data": page, "has_more": len(listed) > limit,
+                                  "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None})  # fmt: skip
+
+    async def _m_get(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None or not batch.inline:
+            return _m_error(404, "no such message batch", "not_found_error")
+        return web.json_response(self._m_shown(batch, request))
+
+    async def _m_cancel(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None or not batch.inline:
+            return _m_error(404, "no such message batch", "not_found_error")
+        self._advance(batch)
+        if batch.ended is None and batch.cancelled_at is None:
+            batch.cancelled_at = time.monotonic()
+            batch.cancel_initiated = time.time()
+            self.counts["batches_cancelled"] += 1
+        return web.json_response(self._m_shown(batch, request))
+
+    async def _m_results(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None or not batch.inline:
+            return _m_error(404, "no such message batch", "not_found_error")
+        self._advance(batch)
+        if batch.ended is None:
+            return _m_error(400, "the batch has not ended: its results are not ready")
+        self.counts["downloads"] += 1
+        return web.Response(body=batch.results, content_type="application/binary")
+
+    def _m_ended(self, batch: SimBatch) -> None:
+        """One result per request, in another order than the requests'."""
+        lines: list[bytes] = []
+        late = "canceled" if batch.ended == "cancelled" else "expired"
+        for n, line in enumerate(batch.lines):
+            custom_id, body = line["custom_id"], line["body"]
+            if n >= batch.done_lines:
+                lines.append(_line({"custom_id": custom_id, "result": {"type": late}}))
+                continue
+            if self._fails(line):
+                fault = directive(body).get("fault")
+                status = int(fault) if fault in STATUS_FAULTS else 500
+                error = {"type": ERROR_TYPES.get(status, "api_error"), "message": STATUS_FAULTS[str(status)][1]}
+                lines.append(_line({"custom_id": custom_id, "result": {"type": "errored",
+                                                                       "error": {"type": "error", "error": error}}}))
+                continue
+            content, finish, prompt, completion, answer_id = self.answer(body)
+            message = MESSAGES.answer(answer_id, body["model"], content, finish, prompt, completion)
+            lines.append(_line({"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}))
+        lines.sort(key=lambda line: chance("order", line))
+        self.counts["batch_lines_answered"] += batch.done_lines
+        batch.results = b"".join(lines)
+
+    def _m_shown(self, batch: SimBatch, request: web.Request) -> dict[str, Any]:
+        self._advance(batch)
+        done, total = batch.done_lines, len(batch.lines)
+        counts = {"processing": total - done, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        if batch.ended is not None:
+            failed = sum(1 for line in batch.lines[:done] if self._fails(line))
+            late = "canceled" if batch.ended == "cancelled" else "expired"
+            counts = {**counts, "processing": 0, "succeeded": done - failed, "errored": failed, late: total - done}
+        state = "ended" if batch.ended is not None else "canceling" if batch.cancelled_at is not None else "in_progress"
+        base = f"{request.scheme}://{request.host}/v1/messages/batches/{batch.id}"
+        return {
+            "id": batch.id, "type": "message_batch", "processing_status": state, "request_counts": counts,
+            "ended_at": _stamp(time.time()) if batch.ended else None, "created_at": _stamp(batch.created_at),
+            "expires_at": _stamp(batch.created_at + 86400), "archived_at": None,
+            "cancel_initiated_at": _stamp(batch.cancel_initiated) if batch.cancel_initiated else None,
+            "results_url": f"{base}/results" if batch.ended else None,
+        }  # fmt: skip
+
     def _fails(self, line: dict[str, Any]) -> bool:
         if directive(line["body"]).get("fault") in STATUS_FAULTS:
             return True
@@ -353,3 +499,12 @@ def _bad_gateway() -> web.Response:
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=status)
 
+
+
+def _m_error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
+    return web.json_response(MESSAGES.error(status, kind, message, None), status=status)
+
+
+def _stamp(epoch: float) -> str:
+    """An RFC 3339 time, as Anthropic writes them."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"

@@ -1,0 +1,234 @@
+"""Anthropic's Message Batches (``--provider anthropic --batch-api``) against the simulator, over
+real HTTP: requests inline with Anthropic-legal ids, results read from ``results_url``, errored,
+expired and cancelled results as error rows, re-asks in later rounds, and a create whose answer
+was lost (a 502, a kill) found by its time and size, never made twice, and never confused with
+another batch of the same size."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchchat.core.errors import RequestError
+from batchchat.providers import BATCH_WIRES
+from batchchat.providers.base import BatchInfo
+
+from .helpers import cli, read_output, write_csv
+from .test_batch_api import run_until, steps, without_timing
+
+WIRE = BATCH_WIRES["anthropic"]
+QUESTIONS = [f"question {i}" for i in range(12)] + ["question 3"]  # a repeat shares its answer
+
+
+def questions(tmp_path: Path, rows: list[str] = QUESTIONS) -> Path:
+    return write_csv(tmp_path / "in.csv", ["id", "prompt"], [[str(i), p] for i, p in enumerate(rows)])
+
+
+def batch_run(sim: Any, tmp_path: Path, *flags: str) -> list[str]:
+    return ["run", "-i", str(questions(tmp_path)), "-o", str(tmp_path / "out.csv"), "-m", "sim-chat", "--base-url",
+            sim.url, "--provider", "anthropic", "--batch-api", "--poll-every", "0.05", *flags]  # fmt: skip
+
+
+def test_a_message_batch_run_writes_the_table_a_live_run_writes(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.3)
+    source = questions(tmp_path)
+    common = ("-i", source, "-m", "sim-chat", "--base-url", sim.url, "--provider", "anthropic")
+    live = cli("run", *common, "-o", tmp_path / "live.csv")
+    assert live.exit_code == 0, live.stderr
+    batched = cli("run", *common, "-o", tmp_path / "batch.csv", "--batch-api")
+    assert batched.exit_code == 0, batched.stderr
+    assert without_timing(read_output(tmp_path / "batch.csv")) == without_timing(read_output(tmp_path / "live.csv"))
+    assert all(r["request_id"].startswith("msgbatch_sim") for r in read_output(tmp_path / "batch.csv"))
+    store = sim.simulator.batches
+    [batch] = store.batches.values()
+    assert batch.inline and len(batch.lines) == 12  # the repeat is asked once, inline: no file uploaded
+    assert sim.stats()["files_uploaded"] == 0 and sim.stats()["answered_twice"] == 12
+    answered = [json.loads(line)["custom_id"] for line in batch.results.splitlines()]
+    assert answered != [line["custom_id"] for line in batch.lines]  # results came in another order
+    assert "1 batch submitted (12 requests), 1 collected" in batched.stderr
+
+
+def test_a_batch_line_is_a_messages_body_under_an_anthropic_legal_id() -> None:
+    from batchchat.core.records import ChatRequest
+
+    request = ChatRequest(0, "0123456789abcdef0123456789abcdef.2", "claude-x",
+                          ({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}))  # fmt: skip
+    line = json.loads(WIRE.line(request))
+    assert line["custom_id"] == "0123456789abcdef0123456789abcdef_2"  # a re-ask's "." is not allowed
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", line["custom_id"])
+    assert line["params"]["system"] == "be brief" and line["params"]["max_tokens"] > 0
+    assert line["params"]["messages"] == [{"role": "user", "content": "hi"}]
+    assert json.loads(WIRE.create("held-x", WIRE.line(request) * 2)) == {"requests": [line, line]}
+    back = WIRE.result({"custom_id": line["custom_id"], "result": {"type": "canceled"}})
+    assert back.custom_id == request.key and back.error["code"] == "batch_cancelled"
+
+
+@pytest.mark.parametrize(("data", "status", "done", "failed"), [
+    ({"processing_status": "in_progress", "request_counts": {"processing": 3, "succeeded": 1, "errored": 0,
+                                                               "canceled": 0, "expired": 0}}, "in_progress", 1, 0),
+    ({"processing_status": "canceling", "request_counts": {}}, "cancelling", None, None),
+    ({"processing_status": "ended", "request_counts": {"processing": 0, "succeeded": 2, "errored": 1, "canceled": 0,
+                                                         "expired": 1}}, "completed", 4, 2),
+    ({"processing_status": "ended", "cancel_initiated_at": "2026-12-08T01:02:03Z",
+      "request_counts": {"processing": 0, "succeeded": 1, "errored": 0, "canceled": 3, "expired": 0}}, "cancelled", 4, 3),
+])  # fmt: skip
+def test_a_message_batch_is_read_in_neutral_words(data: dict[str, Any], status: str, done: int | None,
+                                                  failed: int | None) -> None:  # fmt: skip
+    info = WIRE.batch({"id": "msgbatch_1", "type": "message_batch", "created_at": "2026-12-08T01:00:00Z", **data})
+    assert (info.status, info.done, info.failed) == (status, done, failed)
+    assert info.created_at == 1796691600.0 and info.finished == (data["processing_status"] == "ended")
+    with pytest.raises(RequestError):
+        WIRE.batch({"id": "batch_1", "status": "completed"})  # an OpenAI batch is no message batch
+
+
+def test_a_lost_create_is_matched_by_time_and_size_only() -> None:
+    made = BatchInfo("msgbatch_1", "in_progress", total=12, created_at=1000.0)
+    assert WIRE.over(made, "held-a", 12, since=1000.5)  # a clock a little ahead of the provider's
+    assert not WIRE.over(made, "held-a", 13, since=1000.0)  # another size
+    assert not WIRE.over(made, "held-a", 12, since=2000.0)  # made long before the create was sent
+    assert not WIRE.over(made, "held-a", 12, since=None)  # no create was ever sent
+
+
+def test_errored_results_are_error_rows_named_as_live_errors_and_the_rest_answered(tmp_path: Path,
+                                                                                  sim_factory: Any) -> None:  # fmt: skip
+    sim = sim_factory(batch_seconds=0.2, batch_error_rate=0.4, seed=2)
+    result = cli(*batch_run(sim, tmp_path))
+    assert result.exit_code == 1
+    out = read_output(tmp_path / "out.csv")
+    failed = [r for r in out if r["status"] == "error"]
+    assert failed and len(failed) < len(out)
+    assert {r["error_type"] for r in failed} == {"server_error"}  # api_error, as a live 500 is named
+    assert all(r["response"] for r in out if r["status"] == "ok")
+
+
+def test_an_expired_batch_keeps_what_it_finished_and_retry_errors_sends_the_rest(tmp_path: Path,
+                                                                                sim_factory: Any) -> None:  # fmt: skip
+    sim = sim_factory(batch_seconds=0.2, batch_expire_at=0.5)
+    args = batch_run(sim, tmp_path)
+    assert cli(*args).exit_code == 1
+    out = read_output(tmp_path / "out.csv")
+    expired = [r for r in out if r["status"] == "error"]
+    assert {r["error_type"] for r in expired} == {"batch_expired"} and len(expired) == 6  # 6 of 12 done
+    assert "expired before it was answered" in expired[0]["error"]
+    again = cli(*args, "--retry-errors", "--live-retry")
+    assert again.exit_code == 0, again.stderr
+    assert all(r["status"] == "ok" for r in read_output(tmp_path / "out.csv"))
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["answered_twice"] == 0
+
+
+def test_cancel_ends_the_batch_and_collects_what_it_finished(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=30)
+    args = batch_run(sim, tmp_path)
+    assert cli(*args, "--detach").exit_code == 0
+    cancelled = cli(*args, "--cancel")
+    assert cancelled.exit_code == 1, cancelled.stderr
+    assert sim.stats()["batches_cancelled"] == 1
+    out = read_output(tmp_path / "out.csv")
+    assert {r["error_type"] for r in out} == {"batch_cancelled"}
+
+
+def test_invalid_labels_are_asked_again_under_ids_anthropic_takes(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(batch_seconds=0.1, labels=("yes", "no"), invalid_rate=0.5, seed=5)
+    source = questions(tmp_path, [f"is {i} even?" for i in range(20)])
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "-m", "sim-chat", "--base-url", sim.url, "--provider", "anthropic",
+                 "--batch-api", "--poll-every", "0.05", "--labels", "yes,no", "--invalid-retries", "3")  # fmt: skip
+    assert result.exit_code in (0, 1), result.stderr
+    assert sim.stats()["batches_created"] >= 2  # the re-asks went in later rounds
+    sent = [line["custom_id"] for batch in sim.simulator.batches.batches.values() for line in batch.lines]
+    assert any(cid.endswith(("_2", "_3")) for cid in sent)  # key.2 went as key_2, and was taken
+    assert all(r["label"] in ("yes", "no") for r in read_output(output) if r["status"] == "ok")
+
+
+def test_a_create_that_fails_after_making_its_batch_is_adopted_not_made_again(tmp_path: Path,
+                                                                             sim_factory: Any) -> None:  # fmt: skip
+    sim = sim_factory(batch_seconds=0.2, batch_create_fails=1)
+    result = cli(*batch_run(sim, tmp_path))
+    assert result.exit_code == 0, result.stderr
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats["batches_per_file"] == 1 and stats["answered_twice"] == 0
+    assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
+
+
+def test_the_results_are_never_read_off_the_apis_own_host(tmp_path: Path, sim_factory: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The key goes with every call: a results URL elsewhere is not followed."""
+    from batchchat.providers.anthropic import AnthropicBatches
+
+    real = AnthropicBatches.batch
+
+    def elsewhere(self: Any, data: Any) -> BatchInfo:
+        info = real(self, data)
+        return BatchInfo(**{**info.__dict__, "results_url": "https://attacker.test/r"}) if info.results_url else info
+
+    monkeypatch.setattr(AnthropicBatches, "batch", elsewhere)
+    sim = sim_factory(batch_seconds=0.1)
+    result = cli(*batch_run(sim, tmp_path))
+    assert result.exit_code != 0
+    assert "attacker.test" in result.stderr and "not read" in result.stderr
+
+
+def make_batch(url: str, custom_ids: list[str]) -> str:
+    """A batch made by someone else on the same account: another job, the same size."""
+    def params(cid: str) -> dict[str, Any]:
+        return {"model": "sim-chat", "max_tokens": 16, "messages": [{"role": "user", "content": f"not ours: {cid}"}]}
+
+    body = json.dumps({"requests": [{"custom_id": cid, "params": params(cid)} for cid in custom_ids]}).encode()
+    request = urllib.request.Request(f"{url}/messages/batches", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return str(json.load(answer)["id"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["during a slow create", "after a slow create"])
+def test_a_kill_around_a_create_then_a_rerun_makes_one_batch(tmp_path: Path, sim_factory: Any, moment: str) -> None:
+    sim = sim_factory(batch_seconds=0.3, batch_delay_ms=100, batch_create_delay_ms=1500)
+    args = batch_run(sim, tmp_path)
+    counter = {"during a slow create": "creates_taken", "after a slow create": "batches_created"}[moment]
+    run_until(args, lambda: sim.stats().get(counter, 0) >= 1)
+    rerun = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
+    stats = sim.stats()
+    assert stats["batches_created"] == 1 and stats["answered_twice"] == 0  # one batch, each answer paid once
+
+
+@pytest.mark.slow
+def test_another_batch_of_the_same_size_made_meanwhile_is_found_out_by_its_results(tmp_path: Path,
+                                                                                   sim_factory: Any) -> None:  # fmt: skip
+    """A killed run's create acts; before the rerun, someone else makes a batch of as many
+    requests. Newest first, theirs is found first: taken, its results name none of this run's
+    requests, so it is set aside unread, and the run's own batch answers every row."""
+    sim = sim_factory(batch_seconds=0.3, batch_delay_ms=100, batch_create_delay_ms=1000)
+    args = batch_run(sim, tmp_path)
+    run_until(args, lambda: sim.stats().get("creates_taken", 0) >= 1)
+    while sim.stats().get("batches_created", 0) < 1:  # the killed run's create acts
+        pass
+    theirs = make_batch(sim.url, [f"other-{i}" for i in range(12)])
+    rerun = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    out = read_output(tmp_path / "out.csv")
+    assert [r["status"] for r in out] == ["ok"] * len(QUESTIONS)
+    assert not any(r["request_id"].startswith(theirs) for r in out)
+    said = re.search(r"tokens this run: .* = (\d+)", rerun.stderr)
+    assert said and int(said[1]) == sum(int(r["total_tokens"]) for r in out[:12])  # theirs not counted as paid
+    journal = steps(tmp_path / "out.csv.journal")
+    assert {"step": "foreign", "batch": theirs} in [{k: s.get(k) for k in ("step", "batch")} for s in journal]
+    assert sim.stats()["batches_created"] == 2 and sim.stats()["answered_twice"] == 0  # theirs and one of ours
+    assert sim.stats().get("batches_cancelled", 0) == 0  # someone else's batch is never cancelled
+
+
+def test_a_dry_run_counts_batches_sent_inline_at_anthropics_limits(tmp_path: Path) -> None:
+    source = questions(tmp_path)
+    dry = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "claude-sonnet-4-5", "-m", "claude-haiku-4-5",
+              "--provider", "anthropic", "--batch-api", "--dry-run")  # fmt: skip
+    assert dry.exit_code == 0, dry.stderr
+    assert "as provider batches: 24 requests in 2 batches, sent inline (one model a batch, at most 100,000 requests " \
+           "and 256 MB); at batch prices $" in dry.stdout
