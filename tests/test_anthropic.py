@@ -344,3 +344,25 @@ def test_a_row_option_the_messages_api_refuses_is_refused_naming_its_cell(sim, t
     assert result.exit_code == 2
     assert "row 1, column 'seed': request option 'seed' cannot go to anthropic" in result.stderr, result.stderr
     assert sim.stats().get("received", 0) == 0 and not output.exists()  # nothing sent, nothing written
+
+
+def test_an_answer_in_another_formats_shape_is_read_once_not_asked_again(tmp_path):
+    """A proxy in front of the Messages API that answers as chat completions: each answer is read
+    by the format it is in, as the journal reads it back, so the row, its tokens and the summary
+    agree and nothing is asked twice."""
+    from aiohttp import web
+
+    from tests.hostile_server import HostileServer, completion
+
+    async def as_completions(request: web.Request) -> web.Response:
+        return web.json_response(completion("Paris"))
+
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [["capital of France?"], ["and of Italy?"]])
+    with HostileServer(as_completions) as server:
+        result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "claude-x", "--base-url", server.url,
+                     "--provider", "anthropic")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        assert len(server.requests) == 2  # one each: a paid answer is never asked again for its shape
+    rows = read_output(tmp_path / "out.csv")
+    assert [(r["response"], r["total_tokens"], r["status"]) for r in rows] == [("Paris", "5", "ok")] * 2
+    assert "tokens this run: 6 prompt + 4 completion = 10" in result.stderr

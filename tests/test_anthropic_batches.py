@@ -60,14 +60,14 @@ def test_a_batch_line_is_a_messages_body_under_an_anthropic_legal_id() -> None:
 
     request = ChatRequest(0, "0123456789abcdef0123456789abcdef.2", "claude-x",
                           ({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}))  # fmt: skip
-    line = json.loads(WIRE.line(request))
-    assert line["custom_id"] == "0123456789abcdef0123456789abcdef_2"  # a re-ask's "." is not allowed
+    line = json.loads(WIRE.line(request, "5eed1234"))
+    assert line["custom_id"] == "5eed1234-0123456789abcdef0123456789abcdef_2"  # the file's mark; no "." allowed
     assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", line["custom_id"])
     assert line["params"]["system"] == "be brief" and line["params"]["max_tokens"] > 0
     assert line["params"]["messages"] == [{"role": "user", "content": "hi"}]
-    assert json.loads(WIRE.create("held-x", WIRE.line(request) * 2)) == {"requests": [line, line]}
+    assert json.loads(WIRE.create("held-x", WIRE.line(request, "5eed1234") * 2)) == {"requests": [line, line]}
     back = WIRE.result({"custom_id": line["custom_id"], "result": {"type": "canceled"}})
-    assert back.custom_id == request.key and back.error["code"] == "batch_cancelled"
+    assert (back.custom_id, back.tag) == (request.key, "5eed1234") and back.error["code"] == "batch_cancelled"
 
 
 @pytest.mark.parametrize(("data", "status", "done", "failed"), [
@@ -90,10 +90,12 @@ def test_a_message_batch_is_read_in_neutral_words(data: dict[str, Any], status: 
 
 def test_a_lost_create_is_matched_by_time_and_size_only() -> None:
     made = BatchInfo("msgbatch_1", "in_progress", total=12, created_at=1000.0)
-    assert WIRE.over(made, "held-a", 12, since=1000.5)  # a clock a little ahead of the provider's
-    assert not WIRE.over(made, "held-a", 13, since=1000.0)  # another size
-    assert not WIRE.over(made, "held-a", 12, since=2000.0)  # made long before the create was sent
-    assert not WIRE.over(made, "held-a", 12, since=None)  # no create was ever sent
+    assert WIRE.over(made, "held-a", 12, (1000.5, 1060.0))  # a clock a little ahead of the provider's
+    assert not WIRE.over(made, "held-a", 13, (1000.0, 1060.0))  # another size
+    assert not WIRE.over(made, "held-a", 12, (2000.0, 2060.0))  # made long before the create was sent
+    assert not WIRE.over(made, "held-a", 12, (500.0, 560.0))  # made long after the creates could act
+    assert not WIRE.over(made, "held-a", 12, None)  # no create was ever sent
+    assert WIRE.past(made, 2000.0) and not WIRE.past(made, 1000.0)  # a list newest first ends at an older one
 
 
 def test_errored_results_are_error_rows_named_as_live_errors_and_the_rest_answered(tmp_path: Path,
@@ -143,7 +145,8 @@ def test_invalid_labels_are_asked_again_under_ids_anthropic_takes(tmp_path: Path
     assert result.exit_code in (0, 1), result.stderr
     assert sim.stats()["batches_created"] >= 2  # the re-asks went in later rounds
     sent = [line["custom_id"] for batch in sim.simulator.batches.batches.values() for line in batch.lines]
-    assert any(cid.endswith(("_2", "_3")) for cid in sent)  # key.2 went as key_2, and was taken
+    assert any(cid.endswith(("_2", "_3")) for cid in sent)  # key.2 went as TAG-key_2, and was taken
+    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{32}(_\d+)?", cid) for cid in sent)
     assert all(r["label"] in ("yes", "no") for r in read_output(output) if r["status"] == "ok")
 
 
@@ -223,6 +226,26 @@ def test_another_batch_of_the_same_size_made_meanwhile_is_found_out_by_its_resul
     assert {"step": "foreign", "batch": theirs} in [{k: s.get(k) for k in ("step", "batch")} for s in journal]
     assert sim.stats()["batches_created"] == 2 and sim.stats()["answered_twice"] == 0  # theirs and one of ours
     assert sim.stats().get("batches_cancelled", 0) == 0  # someone else's batch is never cancelled
+    assert "extra batch" not in rerun.stderr  # the run's one batch is no extra, though found second
+
+
+@pytest.mark.slow
+def test_cancel_leaves_running_a_batch_taken_on_time_and_size_alone(tmp_path: Path, sim_factory: Any) -> None:
+    """After a kill during the create, the batch a rerun finds may be someone else's: --cancel
+    does not cancel it, says so, and collects it once it ends; its results tell whose it was."""
+    sim = sim_factory(batch_seconds=4, batch_delay_ms=100, batch_create_delay_ms=1000)
+    args = batch_run(sim, tmp_path)
+    run_until(args, lambda: sim.stats().get("creates_taken", 0) >= 1)
+    while sim.stats().get("batches_created", 0) < 1:  # the killed run's create acts
+        pass
+    theirs = make_batch(sim.url, [f"other-{i}" for i in range(12)])
+    cancel = subprocess.run([sys.executable, "-m", "batchchat", *args, "--cancel"], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    assert sim.stats().get("batches_cancelled", 0) == 0
+    assert "not cancelled: 2 batches found after a create whose answer was lost" in cancel.stderr
+    out = read_output(tmp_path / "out.csv")
+    assert [r["status"] for r in out] == ["ok"] * len(QUESTIONS) and not any(theirs in r["request_id"] for r in out)
 
 
 def test_a_dry_run_counts_batches_sent_inline_at_anthropics_limits(tmp_path: Path) -> None:
@@ -232,3 +255,57 @@ def test_a_dry_run_counts_batches_sent_inline_at_anthropics_limits(tmp_path: Pat
     assert dry.exit_code == 0, dry.stderr
     assert "as provider batches: 24 requests in 2 batches, sent inline (one model a batch, at most 100,000 requests " \
            "and 256 MB); at batch prices $" in dry.stdout
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_another_output_asking_the_same_requests_keeps_its_batch_and_its_tokens(tmp_path: Path, sim_factory: Any,
+                                                                                cancel: bool) -> None:  # fmt: skip
+    """Output B's batch runs; output A asks the same requests, and its create fails after acting.
+    A's look finds both batches (same time, same size): the ids' marks tell them apart, so A
+    keeps only its own answers and tokens, and never cancels B's."""
+    sim = sim_factory(batch_seconds=1.5, batch_create_fails=2)
+    source = questions(tmp_path)
+    common = ("-i", source, "-m", "sim-chat", "--base-url", sim.url, "--provider", "anthropic", "--batch-api",
+              "--poll-every", "0.05")  # fmt: skip
+    b = cli("run", *common, "-o", tmp_path / "b.csv", "--detach")
+    assert b.exit_code == 0, b.stderr
+    a = cli("run", *common, "-o", tmp_path / "a.csv", *(["--detach"] if cancel else []))
+    if cancel:
+        a = cli("run", *common, "-o", tmp_path / "a.csv", "--cancel")
+    assert a.exit_code == 0, a.stderr
+    assert sim.stats()["batches_created"] == 2 and sim.stats().get("batches_cancelled", 0) == 0
+    rows = read_output(tmp_path / "a.csv")
+    assert [r["status"] for r in rows] == ["ok"] * len(QUESTIONS)
+    said = re.search(r"tokens this run: .* = (\d+)", a.stderr)
+    assert said and int(said[1]) == sum(int(r["total_tokens"]) for r in rows[:12])  # B's not counted as A's
+    mine = {r["request_id"].split("/")[0] for r in rows}
+    collected = cli("run", *common, "-o", tmp_path / "b.csv")
+    assert collected.exit_code == 0, collected.stderr
+    theirs = {r["request_id"].split("/")[0] for r in read_output(tmp_path / "b.csv")}
+    assert len(mine) == len(theirs) == 1 and mine != theirs  # each output's rows from its own batch
+    assert "extra batch" not in a.stderr
+
+
+def test_a_batch_of_this_runs_own_create_whose_lines_name_no_request_is_not_asked_again(
+        tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Results with no readable id (a proxy's page, a changed format) prove nothing against a
+    batch the run's own create made: its requests end as errors, once, and are never sent in a
+    second batch (that would pay twice); the answers' tokens count as paid."""
+    from batchchat.simulator.batches import BatchStore
+
+    real = BatchStore._m_ended
+
+    def without_ids(self: Any, batch: Any) -> None:
+        real(self, batch)
+        batch.results = b"".join(json.dumps({"result": json.loads(line)["result"]}).encode() + b"\n"
+                                 for line in batch.results.splitlines())  # fmt: skip
+
+    monkeypatch.setattr(BatchStore, "_m_ended", without_ids)
+    sim = sim_factory(batch_seconds=0.1)
+    result = cli(*batch_run(sim, tmp_path))
+    assert result.exit_code == 1
+    assert sim.stats()["batches_created"] == 1
+    rows = read_output(tmp_path / "out.csv")
+    assert {r["error_type"] for r in rows} == {"bad_response"} and "could not be read" in rows[0]["error"]
+    said = re.search(r"tokens this run: .* = (\d+)", result.stderr)
+    assert said and int(said[1]) > 0

@@ -95,15 +95,17 @@ class BatchClient:
         except E.RequestError as error:  # its message quotes the provider's words: redacted
             raise self.chat.redacted(error) from None
 
-    async def find_all(self, file_id: str, count: int, since: float | None) -> list[BatchInfo]:
-        """Every batch the provider may have made over ``file_id`` (``count`` requests, its first
-        create sent at ``since``): one created by a run that died before it could record it, or
-        by a create that failed after acting. More than one means a create acted more than once
-        (one that timed out, then took effect all the same)."""
-        if self.wire.inline and since is None:  # never sent: nothing can hold its requests
+    async def find_all(self, file_id: str, count: int, sent: tuple[float, float] | None) -> list[BatchInfo]:
+        """Every batch the provider may have made over ``file_id`` (``count`` requests, its
+        creates sent between the two times of ``sent``): one created by a run that died before
+        it could record it, or by a create that failed after acting. More than one means a
+        create acted more than once (one that timed out, then took effect all the same)."""
+        if self.wire.inline and sent is None:  # never sent: nothing can hold its requests
             return []
-        return [batch for batch in await self._listed(self.wire.batches, self._batch)
-                if self.wire.over(batch, file_id, count, since)]  # fmt: skip
+        since = sent[0] if sent is not None else None
+        listed = await self._listed(self.wire.batches, self._batch,
+                                    None if since is None else lambda info: self.wire.past(info, since))  # fmt: skip
+        return [batch for batch in listed if self.wire.over(batch, file_id, count, sent)]
 
     async def find_file(self, name: str) -> str | None:
         """The id of a file uploaded under ``name`` (one whose upload failed after the provider
@@ -113,19 +115,24 @@ class BatchClient:
         files = await self._listed(f"/files?purpose={self.wire.purpose}", _file_entry)
         return next((file_id for file_id, filename in files if filename == name), None)
 
-    async def _listed(self, path: str, read: Callable[[Any], T]) -> list[T]:
-        """Every item of a list endpoint, page after page (``has_more`` and ``after``)."""
+    async def _listed(self, path: str, read: Callable[[Any], T], past: Callable[[T], bool] | None = None) -> list[T]:
+        """Every item of a list endpoint, page after page (``has_more`` and the page after the
+        last id), up to the first that is ``past`` what is looked for."""
         items: list[T] = []
         after: str | None = None
         joiner = "&" if "?" in path else "?"
         for _ in range(MAX_PAGES):
-            query = f"{joiner}limit={LIST_PAGE}" + (f"&after={after}&after_id={after}" if after else "")
+            query = f"{joiner}limit={LIST_PAGE}" + (f"&{self.wire.after}={after}" if after else "")
             reply = await self._json("GET", f"{path}{query}")
             page = reply.get("data") if isinstance(reply, Mapping) else reply
             if not isinstance(page, list):
                 raise self.chat.redacted(E.RequestError(E.BAD_RESPONSE, f"not a list: {cut(str(reply), 200)}",
                                                         retryable=True))  # fmt: skip
-            items += [read(item) for item in page]
+            for item in page:
+                got = read(item)
+                if past is not None and past(got):
+                    return items
+                items.append(got)
             more = isinstance(reply, Mapping) and reply.get("has_more") is True
             last = reply.get("last_id") if isinstance(reply, Mapping) else None
             if not isinstance(last, str):
@@ -140,7 +147,8 @@ class BatchClient:
         host: the key is never sent elsewhere), as they arrive: a result file of 50,000 answers
         is never read whole into memory."""
         url = where if "://" in where else f"{self.chat.base_url}{where}"
-        if urlparse(url).netloc != urlparse(self.chat.base_url).netloc:
+        there, home = urlparse(url), urlparse(self.chat.base_url)
+        if (there.scheme, there.netloc) != (home.scheme, home.netloc):
             raise E.RequestError(E.BAD_RESPONSE, f"the results are said to be at {cut(where, 200)}, off the API's "
                                  "own host: not read, so the key is not sent there", retryable=False)  # fmt: skip
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.chat.timeout_s)

@@ -158,6 +158,7 @@ class _Rounds:
         self.origin: dict[str, str] = {}  # id -> the batch whose result line stands for it
         self.unread: Counter[str] = Counter()  # batch -> result lines that could not be tied to a request
         self.fresh: set[str] = set()  # files uploaded by this run
+        self.created: set[str] = set()  # batches this run's creates answered with
         self.stop = asyncio.Event()
         self.signalled = 0
         answers = engine.answers
@@ -171,6 +172,15 @@ class _Rounds:
     def _record(self, step: dict[str, Any]) -> None:
         self.ledger.step(step)
         self.steps.take(step)
+
+    def _take(self, file: str, batch: str) -> None:
+        """``batch`` recorded as ``file``'s. One that a create of this run did not answer with is
+        only presumed the file's on a wire whose batches do not say what they hold: it is never
+        cancelled (it may be someone else's) until its results prove it."""
+        step: dict[str, Any] = {"step": "batch", "batch": batch, "file": file, "at": time.time()}
+        if not self.batches.wire.names_its_file and batch not in self.created:
+            step["presumed"] = True
+        self._record(step)
 
     def _open_files(self) -> list[str]:
         return self.steps.open_files()
@@ -241,13 +251,19 @@ class _Rounds:
                         return
                     self._record({"step": "dropped", "file": file, "why": "cancelled before it had a batch"})
                     continue
-                self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+                self._take(file, info.id)
                 batch = info.id
             elif self.steps.suspect(file):  # an extra batch the provider made of it: found, and cancelled
                 await self._call(partial(self._look, file, True))
+            if batch in self.steps.presumed:  # perhaps someone else's: collected when it ends, not cancelled
+                self.ledger.counters.uncancelled += 1
+                continue
             await self._cancel(batch)
         for extra in self.steps.open_extras():
-            await self._cancel(extra)
+            if self.batches.wire.names_its_file:
+                await self._cancel(extra)
+            else:
+                self.ledger.counters.uncancelled += 1
 
     async def _cancel(self, batch: str) -> None:
         """``batch`` cancelled; one that has finished already (a provider may refuse to cancel it)
@@ -295,14 +311,16 @@ class _Rounds:
                     continue
                 assert done.result is not None
                 info = done.result
-            self._record({"step": "batch", "batch": info.id, "file": file, "at": time.time()})
+            self._take(file, info.id)
 
     async def _create(self, file: str) -> BatchInfo:
         """One create call, recorded before it is made: a run killed during it looks for its batch."""
         if self.stop.is_set():
             raise E.RequestError("stopped", "the run is stopping", retryable=False)
         self._record({"step": "create", "file": file, "at": time.time()})
-        return await self.batches.create(file)
+        info = await self.batches.create(file)
+        self.created.add(info.id)
+        return info
 
     def _answered(self, file: str) -> int:
         """Requests in ``file`` whose answer the store holds already."""
@@ -333,7 +351,9 @@ class _Rounds:
         since what it finishes is billed, and cancelled while the file's own batch is there
         (listed, or ``alive``: the provider answered for it, its list lagging behind)."""
         steps = self.steps
-        found = await self.batches.find_all(file, len(steps.files[file]), steps.first_create.get(file))
+        began, ended = steps.first_create.get(file), steps.creating.get(file)
+        sent = None if began is None or ended is None else (began, ended + MAKE_TIMEOUT_S)  # while a create may act
+        found = await self.batches.find_all(file, len(steps.files[file]), sent)
         mine = steps.batch_of.get(file)
         others = ({b for f, b in steps.batch_of.items() if f != file} | {b for b, f in steps.extras.items() if f != file}
                   | steps.foreign)  # fmt: skip
@@ -344,7 +364,8 @@ class _Rounds:
                 continue
             if info.id not in steps.extras:
                 self._record({"step": "extra", "batch": info.id, "file": file, "at": time.time()})
-                self.ledger.counters.extra_batches += 1
+                if self.batches.wire.names_its_file:  # else counted once its results prove it the file's
+                    self.ledger.counters.extra_batches += 1
             # Cancelled only when surely this file's: a batch that does not say what it holds may be
             # someone else's; it is collected, and its results tell.
             sure = self.batches.wire.names_its_file
@@ -424,17 +445,28 @@ class _Rounds:
         read = []
         for where in wire.results(info):
             read += [read_line(raw, batch, latency, chat, wire) for raw in await self._call(partial(self._read, where))]
-        if not wire.names_its_file and read:
-            ids = set(self.steps.files.get(file, ()))
-            if not any(custom_id in ids for custom_id, _, _ in read):
+        if not wire.names_its_file:  # the file's mark on its lines' ids tells whose the batch is
+            tag = self.steps.tags.get(file)
+            marked = any(line.tag for line in read)
+            read = [line for line in read if line.tag in (tag, None)]  # another file's lines are not this one's
+            presumed = batch in self.steps.presumed or batch in self.steps.extras
+            if presumed and marked and not any(line.tag for line in read):
                 self._record({"step": "foreign", "batch": batch, "file": file, "at": time.time()})
                 return
-        for custom_id, result, used in read:
+            if batch in self.steps.extras:  # proved the file's: a second batch of it, or its only one
+                own = self.steps.batch_of.get(file)
+                if own is None or own in self.steps.foreign:
+                    self._take(file, batch)
+                else:
+                    self.ledger.counters.extra_batches += 1
+        for custom_id, _, result, used in read:
             if used is not None:  # an error line that says what it used: billed
                 self.ledger.counters.add_usage(model, used)
                 self._spent(custom_id, model, used)
-            if custom_id is None:
+            if custom_id is None:  # an answer all the same, paid: its tokens count
                 self.unread[batch] += 1
+                if isinstance(result, ChatResult):
+                    self.ledger.counters.add_usage(model, result.usage)
                 continue
             prior = self.results.get(custom_id)
             if prior is not None:  # a repeat: named after the extra batch, when one of the two is
@@ -556,7 +588,7 @@ class _Rounds:
         upload is looked for by its unique name before the file is uploaded again."""
         name = f"batchchat-{uuid.uuid4().hex[:12]}.jsonl"
         self._record({"step": "upload", "name": name, "model": chunk.model, "ids": " ".join(chunk.ids),
-                      "at": time.time()})  # fmt: skip
+                      "tag": chunk.tag, "at": time.time()})  # fmt: skip
         done = await once(partial(self.batches.upload, name, chunk.data), partial(self.batches.find_file, name),
                           self.engine.retry.max_attempts)  # fmt: skip
         if done.error is not None:
@@ -576,7 +608,7 @@ class _Rounds:
         listed = None if extra else await self._call(partial(self._look, file))
         if listed is not None:
             if listed.id != batch:
-                self._record({"step": "batch", "batch": listed.id, "file": file, "at": time.time()})
+                self._take(file, listed.id)
             return cast(BatchInfo, listed)
         self._record({"step": "missing", "batch": batch})  # kept, so that runs apart (--detach) count too
         if self.steps.missing[batch] < MISSES:  # gone now, maybe only for a moment: asked again at the next look
@@ -586,7 +618,7 @@ class _Rounds:
             return None
         others = [b for b, f in self.steps.extras.items() if f == file and b not in self.steps.collected]
         if others:  # its own batch gone, an extra made of the same file answers it instead
-            self._record({"step": "batch", "batch": others[0], "file": file, "at": time.time()})
+            self._take(file, others[0])
             return None
         endpoint = self.engine.endpoint
         local = endpoint.provider == "sim" or (endpoint.base_url is not None and is_loopback(endpoint.base_url))

@@ -10,6 +10,7 @@ an invalid answer is the key with the answer's number, ``key.2``).
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,25 +58,27 @@ class Chunk:
     model: str
     ids: tuple[str, ...]  # custom ids, in file order
     data: bytes
+    tag: str  # the file's own mark, on its lines' ids where the wire's batches do not say what they hold
 
 
 def split(requests: Iterable[ChatRequest], limits: Limits, wire: BatchWire) -> Iterator[Chunk]:
     """Files of requests, one model each (OpenAI requires it, and it keeps a batch's price one
     price), each within ``limits``. A file is yielded as soon as it is full, so a million
     requests never sit in memory as lines at once; the rest come at the end, one per model."""
-    open_files: dict[str, tuple[list[str], list[bytes], int]] = {}
+    open_files: dict[str, tuple[list[str], list[bytes], int, str]] = {}
     for request in requests:
-        data = wire.line(request)
-        ids, lines, size = open_files.get(request.model, ([], [], 0))
+        ids, lines, size, tag = open_files.get(request.model) or ([], [], 0, uuid.uuid4().hex[:8])
+        data = wire.line(request, tag)
         if ids and (len(ids) >= limits.lines or size + len(data) > limits.bytes):
-            yield Chunk(request.model, tuple(ids), b"".join(lines))
-            ids, lines, size = [], [], 0
+            yield Chunk(request.model, tuple(ids), b"".join(lines), tag)
+            ids, lines, size, tag = [], [], 0, uuid.uuid4().hex[:8]
+            data = wire.line(request, tag)
         ids.append(request.key)
         lines.append(data)
-        open_files[request.model] = (ids, lines, size + len(data))
-    for model, (ids, lines, _) in open_files.items():
+        open_files[request.model] = (ids, lines, size + len(data), tag)
+    for model, (ids, lines, _, tag) in open_files.items():
         if ids:
-            yield Chunk(model, tuple(ids), b"".join(lines))
+            yield Chunk(model, tuple(ids), b"".join(lines), tag)
 
 
 @dataclass
@@ -102,13 +105,15 @@ class Steps:
     collected: set[str] = field(default_factory=set)  # batches whose answers are kept
     collected_at: dict[str, float] = field(default_factory=dict)  # batch -> when (epoch), where recorded
     dropped: set[str] = field(default_factory=set)  # files whose batch is gone for good
-    uploads: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name -> (ids, model, at), not yet a file
+    uploads: dict[str, tuple[str, str, float, str]] = field(default_factory=dict)  # name -> (ids, model, at, tag)
     creating: dict[str, float] = field(default_factory=dict)  # file -> when its batch was last asked for
     creates: Counter[str] = field(default_factory=Counter)  # file -> create calls made for it
     extras: dict[str, str] = field(default_factory=dict)  # batch -> the file it repeats
     missing: Counter[str] = field(default_factory=Counter)  # batch -> looks in a row the provider had none
     first_create: dict[str, float] = field(default_factory=dict)  # file -> when its first create was sent
     foreign: set[str] = field(default_factory=set)  # batches taken for a file's whose results were others'
+    presumed: set[str] = field(default_factory=set)  # batches taken for a file's on their time and size alone
+    tags: dict[str, str] = field(default_factory=dict)  # file -> the mark on its lines' ids (``Chunk.tag``)
 
     @classmethod
     def read(cls, steps: Sequence[dict[str, Any]]) -> Steps:
@@ -122,11 +127,12 @@ class Steps:
         file, batch, name = step.get("file"), step.get("batch"), step.get("name")
         at = _time(step.get("at"))
         if kind == "upload" and isinstance(name, str) and isinstance(step.get("ids"), str):
-            self.uploads[name] = (step["ids"], str(step.get("model") or ""), at)
+            self.uploads[name] = (step["ids"], str(step.get("model") or ""), at, str(step.get("tag") or ""))
         elif kind == "file" and isinstance(file, str):
             ids, model = step.get("ids"), step.get("model")
+            tag = ""
             if isinstance(name, str) and name in self.uploads:  # the upload it confirms holds its ids
-                ids, model, at = self.uploads.pop(name)
+                ids, model, at, tag = self.uploads.pop(name)
             if not isinstance(ids, str):
                 return
             self.dropped.discard(file)  # an id the provider gave again: a new file
@@ -135,6 +141,8 @@ class Steps:
             self.files[file] = tuple(ids.split())
             self.models[file] = str(model or "")
             self.uploaded_at[file] = at
+            if tag:
+                self.tags[file] = tag
         elif kind == "upload_lost" and isinstance(name, str):
             self.uploads.pop(name, None)
         elif kind == "create" and isinstance(file, str):
@@ -144,6 +152,10 @@ class Steps:
         elif kind == "batch" and isinstance(batch, str) and isinstance(file, str):
             self.batch_of[file] = batch
             self.extras.pop(batch, None)  # an extra taken as the file's own (its own was gone)
+            if step.get("presumed") is True:
+                self.presumed.add(batch)
+            else:
+                self.presumed.discard(batch)
         elif kind == "extra" and isinstance(batch, str) and isinstance(file, str):
             self.extras[batch] = file
         elif kind == "collected" and isinstance(batch, str):
@@ -158,14 +170,11 @@ class Steps:
             self.dropped.add(file)
         elif kind == "foreign" and isinstance(batch, str):
             self.foreign.add(batch)
+            self.presumed.discard(batch)
             self.collected.add(batch)
             self.extras.pop(batch, None)
             if isinstance(file, str) and self.batch_of.get(file) == batch:
                 del self.batch_of[file]
-
-    def known(self) -> set[str]:
-        """Every batch the steps name: none of them is another file's lost batch."""
-        return set(self.batch_of.values()) | set(self.extras) | self.foreign | self.collected
 
     def open_files(self) -> list[str]:
         """Files whose answers are still to be kept: their requests wait, and are not sent again."""

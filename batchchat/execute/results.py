@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..client.chat import ChatClient
 from ..core import errors as E
@@ -15,6 +15,7 @@ from ..core import jsonio
 from ..core.reading import bounded, clean_text, needs_bounds, read_usage, received
 from ..core.records import ChatResult, Usage
 from ..core.words import plural
+from ..providers import read_answer
 from ..providers.base import BatchWire
 
 Result = ChatResult | E.RequestError
@@ -25,27 +26,39 @@ LINE_ERRORS = {"server_error": E.SERVER_ERROR, "invalid_request_error": E.BAD_RE
                "batch_expired": "batch_expired"}  # fmt: skip
 
 
-def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient,
-              wire: BatchWire) -> tuple[str | None, Result, Usage | None]:  # fmt: skip
+class Line(NamedTuple):
+    """A result line read: the request it answers (None: it cannot be tied to one), the mark of
+    the file it was asked in (where the wire's ids carry one), and its answer or error, with what
+    an error line says it used (billed all the same)."""
+
+    custom_id: str | None
+    tag: str | None
+    result: Result
+    used: Usage | None
+
+
+def read_line(raw: bytes, batch: str, latency: float, chat: ChatClient, wire: BatchWire) -> Line:
     """One line of a batch's results: an answer (a 2xx, kept whatever its body holds), or the
-    error the provider gave, and what an error line says it used (billed all the same). A line
-    that cannot be tied to a request has no id."""
+    error the provider gave."""
     try:
         record, fast = jsonio.loads_how(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        return None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False), None
+        return Line(None, None, E.RequestError(E.BAD_RESPONSE, "unreadable result line", retryable=False), None)
     if needs_bounds(raw, fast):
         record = bounded(record)
     line = wire.result(record)
     custom_id, status, body = line.custom_id, line.status, line.body
     if not isinstance(custom_id, str) or not custom_id.isascii() or not custom_id:  # ids are request keys
-        return None, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False), None
+        custom_id = None  # an answer all the same: read, so that what it was paid is counted
     if status is not None and 200 <= status < 300 and not line.error:
-        result = chat.cleaned(received(body, latency, read=chat.dialect.read))
+        result = chat.cleaned(received(body, latency, read=read_answer))
         shown = f"{batch}/{result.request_id}" if result.request_id else batch
-        return custom_id, replace(result, request_id=shown), None
+        return Line(custom_id, line.tag, replace(result, request_id=shown), None)
+    if custom_id is None:
+        return Line(None, line.tag, E.RequestError(E.BAD_RESPONSE, "result line without custom_id", retryable=False),
+                    None)  # fmt: skip
     used = read_usage(body.get("usage")) if isinstance(body, dict) and body.get("usage") is not None else None
-    return custom_id, failure(status, body, line.error, chat), used
+    return Line(custom_id, line.tag, failure(status, body, line.error, chat), used)
 
 
 def failure(status: int | None, body: Any, error: Any, chat: ChatClient) -> E.RequestError:

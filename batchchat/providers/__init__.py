@@ -70,4 +70,8 @@ def read_answer(answer: Any) -> Reading:
     return read_completion(answer)
 
 
+for _dialect in DIALECTS.values():  # every answer is read as the journal will read it back
+    _dialect.reader = read_answer
+
+
 __all__ = ["BATCH_WIRES", "DIALECTS", "PROVIDERS", "BatchWire", "Dialect", "Provider", "dialect", "provider_at", "read_answer"]

@@ -90,6 +90,7 @@ class AnthropicDialect:
 
     def __init__(self) -> None:
         self.server: ServerWire = AnthropicServer()
+        self.reader: Callable[[Any], Reading] = read_message
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key, "anthropic-version": VERSION}
@@ -98,7 +99,7 @@ class AnthropicDialect:
         return message_body(request, stream)
 
     def answer(self, body: bytes, latency_s: float, rate: RateInfo | None) -> ChatResult:
-        return parse_answer(body, latency_s, rate, read_message,
+        return parse_answer(body, latency_s, rate, self.reader,
                             lambda data: _error_of(200, data) if data.get("type") == "error" else None)
 
     def stream(self, on_text: Callable[[str], None] | None) -> MessageStream:
@@ -427,18 +428,21 @@ class AnthropicBatches:
     ``canceled`` or ``expired`` result per request.
 
     A batch says nothing of what it holds (no input file, no metadata), so the batch a create
-    made, when its answer was lost, is one made after the create was sent, holding as many
-    requests; the engine takes it only once its results name the requests. A ``custom_id`` may
-    hold only letters, digits, ``_`` and ``-``: a re-ask's ``key.2`` is sent as ``key_2``."""
+    made, when its answer was lost, can only be one made while the create was under way,
+    holding as many requests; it is proved the file's by its results, whose ids carry the file's
+    ``tag``: ``TAG-KEY``. Two outputs asking the same requests then still tell their batches
+    apart. A ``custom_id`` may hold only letters, digits, ``_`` and ``-``: a re-ask's ``key.2``
+    is sent as ``TAG-key_2``."""
 
     name = "anthropic"
     inline = True
     names_its_file = False
     purpose = ""
     batches = "/messages/batches"
+    after = "after_id"
 
-    def line(self, request: ChatRequest) -> bytes:
-        record = {"custom_id": request.key.replace(".", "_"), "params": message_body(request)}
+    def line(self, request: ChatRequest, tag: str) -> bytes:
+        record = {"custom_id": f"{tag}-{request.key.replace('.', '_')}", "params": message_body(request)}
         return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
     def create(self, file_id: str, lines: bytes) -> bytes:
@@ -469,11 +473,16 @@ class AnthropicBatches:
         return [info.results_url] if info.results_url else []
 
     def result(self, record: Any) -> ResultLine:
-        custom_id = record.get("custom_id") if isinstance(record, dict) else None
-        if not isinstance(custom_id, str):
+        if not isinstance(record, dict):
             return ResultLine(None, None, None, None)
-        custom_id = custom_id.replace("_", ".")  # as batchchat asked it
-        result = record.get("result")
+        custom_id = record.get("custom_id")
+        if not isinstance(custom_id, str):  # read all the same: an answer without an id is paid
+            return self._result(None, record.get("result"))
+        tag, _, key = custom_id.rpartition("-")
+        line = self._result(key.replace("_", "."), record.get("result"))  # the id as batchchat asked it
+        return ResultLine(line.custom_id, line.status, line.body, line.error, tag or None)
+
+    def _result(self, custom_id: str | None, result: Any) -> ResultLine:
         kind = result.get("type") if isinstance(result, dict) else None
         if kind == "succeeded" and isinstance(result, dict):
             return ResultLine(custom_id, 200, result.get("message"), None)
@@ -489,14 +498,19 @@ class AnthropicBatches:
             return ResultLine(custom_id, None, None, {"code": code, "message": message})
         return ResultLine(custom_id, None, None, None)
 
-    def over(self, info: BatchInfo, file_id: str, count: int, since: float | None) -> bool:
-        """Made no earlier than the first create (a few seconds' clock difference allowed), and
+    def over(self, info: BatchInfo, file_id: str, count: int, sent: tuple[float, float] | None) -> bool:
+        """Made while the creates were under way (a few seconds' clock difference allowed), and
         holding ``count`` requests."""
-        return (since is not None and info.created_at is not None and info.created_at >= since - CLOCK_SKEW_S
-                and info.total == count)  # fmt: skip
+        if sent is None or info.created_at is None or info.total != count:
+            return False
+        return sent[0] - CLOCK_SKEW_S <= info.created_at <= sent[1] + CLOCK_SKEW_S
+
+    def past(self, info: BatchInfo, since: float) -> bool:
+        """Listed newest first: one made before ``since`` ends the look."""
+        return info.created_at is not None and info.created_at < since - CLOCK_SKEW_S
 
 
-CLOCK_SKEW_S = 300.0  # how far the provider's clock may be behind this machine's
+CLOCK_SKEW_S = 30.0  # how far the provider's clock and this machine's may differ
 
 
 # --- the simulator's side ----------------------------------------------------------------------

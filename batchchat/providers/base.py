@@ -97,6 +97,10 @@ class Dialect(Protocol):
     path: str  # after the base URL: "/chat/completions", "/messages"
     server: ServerWire
     max_tokens_sent: int | None  # what a request that sets no max_tokens is sent with (None: nothing)
+    # How a whole answer is read when it arrives: by the dialect that claims it (the registry sets
+    # this), as the journal reads it back, so a server that answers in another format's shape
+    # (a proxy) is read, not retried and paid again, and reads the same on both sides.
+    reader: Callable[[Any], Reading]
 
     def auth_headers(self, key: str) -> dict[str, str]: ...
 
@@ -169,6 +173,7 @@ class ResultLine:
     status: int | None
     body: Any
     error: Any
+    tag: str | None = None  # the mark of the file it was asked in, where the wire's ids carry one
 
 
 class BatchWire(Protocol):
@@ -177,12 +182,16 @@ class BatchWire(Protocol):
 
     name: str
     inline: bool  # the requests go in the create call itself, not in an uploaded file
-    names_its_file: bool  # a batch object says which file it holds: one found by it is surely that file's
+    # A batch object says which file it holds: one found by it is surely that file's. Else the
+    # ids in its results do (``tag``), once it has ended.
+    names_its_file: bool
     purpose: str  # an uploaded file's purpose (a wire that uploads)
     batches: str  # the batches endpoint, after the base URL: "/batches", "/messages/batches"
+    after: str  # the list endpoint's parameter for the page after an id
 
-    def line(self, request: ChatRequest) -> bytes:
-        """The request as one batch line (JSON and a newline), under its id on this wire."""
+    def line(self, request: ChatRequest, tag: str) -> bytes:
+        """The request as one batch line (JSON and a newline), under its id on this wire; a wire
+        whose batches do not say what they hold marks the id with ``tag``, its file's."""
         ...
 
     def create(self, file_id: str, lines: bytes) -> bytes:
@@ -202,9 +211,14 @@ class BatchWire(Protocol):
         """One result line's JSON read."""
         ...
 
-    def over(self, info: BatchInfo, file_id: str, count: int, since: float | None) -> bool:
+    def over(self, info: BatchInfo, file_id: str, count: int, sent: tuple[float, float] | None) -> bool:
         """Whether ``info`` may be the batch a create made over ``file_id`` (``count`` requests,
-        the first create sent at ``since``; None: never sent)."""
+        its creates sent between the two times of ``sent``; None: never sent)."""
+        ...
+
+    def past(self, info: BatchInfo, since: float) -> bool:
+        """Whether ``info``, and every batch a list gives after it, was made before a create sent
+        at ``since`` could have made it (a list newest first ends there)."""
         ...
 
 

@@ -60,6 +60,7 @@ class OpenAIDialect:
 
     def __init__(self) -> None:
         self.server: ServerWire = OpenAIServer()
+        self.reader: Callable[[Any], Reading] = read_completion
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
@@ -73,7 +74,7 @@ class OpenAIDialect:
         return body
 
     def answer(self, body: bytes, latency_s: float, rate: RateInfo | None) -> ChatResult:
-        return parse_completion(body, latency_s, rate)
+        return parse_completion(body, latency_s, rate, self.reader)
 
     def stream(self, on_text: Callable[[str], None] | None) -> StreamAssembly:
         return StreamAssembly(on_text)
@@ -130,10 +131,11 @@ def rate_of(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
     )
 
 
-def parse_completion(body: bytes, latency_s: float, rate: RateInfo | None = None) -> ChatResult:
+def parse_completion(body: bytes, latency_s: float, rate: RateInfo | None = None,
+                     read: Callable[[Any], Reading] = read_completion) -> ChatResult:  # fmt: skip
     """A 2xx chat completion (``base.parse_answer``); one that carries an error and no choices is
     a failed attempt."""
-    return parse_answer(body, latency_s, rate, read_completion, _carried_error)
+    return parse_answer(body, latency_s, rate, read, _carried_error)
 
 
 def _carried_error(data: dict[str, Any]) -> E.RequestError | None:
@@ -319,13 +321,15 @@ class OpenAIBatches:
     inline = False
     names_its_file = True
     batches = "/batches"
+    after = "after"
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.purpose = "batch" if name == "openai" else "batch-api"
 
-    def line(self, request: ChatRequest) -> bytes:
-        """``method`` and ``url`` are OpenAI's; Together accepts them."""
+    def line(self, request: ChatRequest, tag: str) -> bytes:
+        """``method`` and ``url`` are OpenAI's; Together accepts them. No ``tag``: a batch says
+        which file it holds."""
         record = {"custom_id": request.key, "method": "POST", "url": BATCH_ENDPOINT, "body": request.body()}
         return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
@@ -376,8 +380,11 @@ class OpenAIBatches:
         custom_id = record.get("custom_id")
         return ResultLine(custom_id if isinstance(custom_id, str) else None, status, body, error)
 
-    def over(self, info: BatchInfo, file_id: str, count: int, since: float | None) -> bool:
+    def over(self, info: BatchInfo, file_id: str, count: int, sent: tuple[float, float] | None) -> bool:
         return info.input_file_id == file_id
+
+    def past(self, info: BatchInfo, since: float) -> bool:
+        return False
 
 
 def _count(value: Any) -> int | None:

@@ -168,8 +168,12 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
                      + "; ".join(f"{count:,} with {note}" for note, count in s.notes))  # fmt: skip
     if s.extra_batches:
         lines.append(f"the provider made {plural(s.extra_batches, 'extra batch', 'extra batches')} of files submitted "
-                     "once (a create that failed, then acted): cancelled, and collected; what they finished is "
-                     "counted as paid")  # fmt: skip
+                     "once (a create that failed, then acted): collected, and cancelled where the provider's batches "
+                     "say which file they hold; what they finished is counted as paid")  # fmt: skip
+    if s.uncancelled:
+        lines.append(f"not cancelled: {plural(s.uncancelled, 'batch', 'batches')} found after a create whose answer was "
+                     "lost, taken for this output's by time and size alone (the provider's batches do not say what "
+                     "they hold), so perhaps someone else's: collected once ended, their results telling whose")  # fmt: skip
     for batch, count in s.repeated:
         lines.append(f"batch {batch} gave {plural(count, 'result line')} for requests answered already (by another "
                      "of its lines, or another batch of the same file): one answer stands, an answer over an error, and every line "

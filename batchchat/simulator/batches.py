@@ -460,11 +460,12 @@ class BatchStore:
     def _m_shown(self, batch: SimBatch, request: web.Request) -> dict[str, Any]:
         self._advance(batch)
         done, total = batch.done_lines, len(batch.lines)
-        counts = {"processing": total - done, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        failed = sum(1 for line in batch.lines[:done] if self._fails(line))
+        counts = {"processing": total - done, "succeeded": done - failed, "errored": failed, "canceled": 0,
+                  "expired": 0}  # as Anthropic's: they add up to the batch's requests at every moment  # fmt: skip
         if batch.ended is not None:
-            failed = sum(1 for line in batch.lines[:done] if self._fails(line))
             late = "canceled" if batch.ended == "cancelled" else "expired"
-            counts = {**counts, "processing": 0, "succeeded": done - failed, "errored": failed, late: total - done}
+            counts = {**counts, "processing": 0, late: total - done}
         state = "ended" if batch.ended is not None else "canceling" if batch.cancelled_at is not None else "in_progress"
         base = f"{request.scheme}://{request.host}/v1/messages/batches/{batch.id}"
         return {

@@ -23,7 +23,7 @@ class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
     __slots__ = ("busy", "busy_statuses", "cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes", "paced", "rate", "rate_limited",
-                 "repeated", "requests", "retries", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
+                 "repeated", "requests", "retries", "uncancelled", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
@@ -45,6 +45,7 @@ class Counters:
         self.notes: Counter[str] = Counter()  # answers with odd values, by how they were read (``reading``)
         self.repeated: Counter[str] = Counter()  # provider batch -> result lines for a request it answered already
         self.extra_batches = 0  # batches the provider made of a file already made one of (found this run)
+        self.uncancelled = 0  # batches --cancel left running: perhaps someone else's (``Steps.presumed``)
         # when the cost cap stopped the run: (what it counted as spent, the bound of the request it refused)
         self.cap_stop: tuple[float, float] | None = None
 
@@ -59,6 +60,7 @@ class Counters:
         self.notes.update(other.notes)
         self.repeated.update(other.repeated)
         self.extra_batches += other.extra_batches
+        self.uncancelled += other.uncancelled
         self.invalid += other.invalid
         self.requests += other.requests
         self.rate_limited += other.rate_limited
@@ -309,6 +311,7 @@ class Summary:
     unreported_cost: float | None = None  # at most what the answers that reported no usage cost, priced
     repeated: tuple[tuple[str, int], ...] = ()  # (provider batch, result lines repeating a request)
     extra_batches: int = 0  # batches the provider made of a file it had made one of already
+    uncancelled: int = 0  # batches --cancel left running, as perhaps someone else's
 
     @property
     def total_tokens(self) -> int:
@@ -403,6 +406,7 @@ class Stats:
             unreported_cost=spending(self.prices, self.counters.unreported_bound) if self.prices else None,
             repeated=tuple(sorted(self.counters.repeated.items())),
             extra_batches=self.counters.extra_batches,
+            uncancelled=self.counters.uncancelled,
             batches=batches,
         )
 
