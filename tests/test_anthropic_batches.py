@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,17 @@ def make_batch(url: str, custom_ids: list[str]) -> str:
         return str(json.load(answer)["id"])
 
 
+def killed_during_create_then_theirs(sim: Any, args: list[str]) -> str:
+    """A run killed while its create is under way; once that create has acted, someone else
+    makes a batch of as many requests. Theirs, newest, is listed first."""
+    run_until(args, lambda: sim.stats().get("creates_taken", 0) >= 1)
+    deadline = time.monotonic() + 30
+    while sim.stats().get("batches_created", 0) < 1:  # the killed run's create acts
+        assert time.monotonic() < deadline, "the killed run's create never acted"
+        time.sleep(0.01)
+    return make_batch(sim.url, [f"other-{i}" for i in range(12)])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["during a slow create", "after a slow create"])
 def test_a_kill_around_a_create_then_a_rerun_makes_one_batch(tmp_path: Path, sim_factory: Any, moment: str) -> None:
@@ -211,10 +223,7 @@ def test_another_batch_of_the_same_size_made_meanwhile_is_found_out_by_its_resul
     requests, so it is set aside unread, and the run's own batch answers every row."""
     sim = sim_factory(batch_seconds=0.3, batch_delay_ms=100, batch_create_delay_ms=1000)
     args = batch_run(sim, tmp_path)
-    run_until(args, lambda: sim.stats().get("creates_taken", 0) >= 1)
-    while sim.stats().get("batches_created", 0) < 1:  # the killed run's create acts
-        pass
-    theirs = make_batch(sim.url, [f"other-{i}" for i in range(12)])
+    theirs = killed_during_create_then_theirs(sim, args)
     rerun = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     out = read_output(tmp_path / "out.csv")
@@ -235,10 +244,7 @@ def test_cancel_leaves_running_a_batch_taken_on_time_and_size_alone(tmp_path: Pa
     does not cancel it, says so, and collects it once it ends; its results tell whose it was."""
     sim = sim_factory(batch_seconds=4, batch_delay_ms=100, batch_create_delay_ms=1000)
     args = batch_run(sim, tmp_path)
-    run_until(args, lambda: sim.stats().get("creates_taken", 0) >= 1)
-    while sim.stats().get("batches_created", 0) < 1:  # the killed run's create acts
-        pass
-    theirs = make_batch(sim.url, [f"other-{i}" for i in range(12)])
+    theirs = killed_during_create_then_theirs(sim, args)
     cancel = subprocess.run([sys.executable, "-m", "batchchat", *args, "--cancel"], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert cancel.returncode == 0, cancel.stderr

@@ -407,15 +407,19 @@ class BatchStore:
                                   "first_id": page[0]["id"] if page else None,
                                   "last_id": page[-1]["id"] if page else None})  # fmt: skip
 
-    async def _m_get(self, request: web.Request) -> web.Response:
+    def _m_batch(self, request: web.Request) -> SimBatch | None:
         batch = self.batches.get(request.match_info["id"])
-        if batch is None or not batch.inline:
+        return batch if batch is not None and batch.inline else None
+
+    async def _m_get(self, request: web.Request) -> web.Response:
+        batch = self._m_batch(request)
+        if batch is None:
             return _m_error(404, "no such message batch", "not_found_error")
         return web.json_response(self._m_shown(batch, request))
 
     async def _m_cancel(self, request: web.Request) -> web.Response:
-        batch = self.batches.get(request.match_info["id"])
-        if batch is None or not batch.inline:
+        batch = self._m_batch(request)
+        if batch is None:
             return _m_error(404, "no such message batch", "not_found_error")
         self._advance(batch)
         if batch.ended is None and batch.cancelled_at is None:
@@ -425,8 +429,8 @@ class BatchStore:
         return web.json_response(self._m_shown(batch, request))
 
     async def _m_results(self, request: web.Request) -> web.Response:
-        batch = self.batches.get(request.match_info["id"])
-        if batch is None or not batch.inline:
+        batch = self._m_batch(request)
+        if batch is None:
             return _m_error(404, "no such message batch", "not_found_error")
         self._advance(batch)
         if batch.ended is None:
