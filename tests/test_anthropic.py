@@ -366,3 +366,15 @@ def test_an_answer_in_another_formats_shape_is_read_once_not_asked_again(tmp_pat
     rows = read_output(tmp_path / "out.csv")
     assert [(r["response"], r["total_tokens"], r["status"]) for r in rows] == [("Paris", "5", "ok")] * 2
     assert "tokens this run: 6 prompt + 4 completion = 10" in result.stderr
+
+
+def test_a_chat_completion_that_says_type_message_is_read_as_a_chat_completion():
+    """An OpenAI-compatible server that adds ``"type": "message"`` beside ``choices`` is not
+    answering in Anthropic's format."""
+    from tests.hostile_server import completion
+
+    reading = read_answer(completion("Paris", type="message"))
+    assert (reading.content, reading.usage.total_tokens, reading.problem) == ("Paris", 5, None)
+    message = {"type": "message", "content": [{"type": "text", "text": "Rome"}], "stop_reason": "end_turn",
+               "usage": {"input_tokens": 3, "output_tokens": 1}}  # fmt: skip
+    assert read_answer(message).content == "Rome"

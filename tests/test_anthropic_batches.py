@@ -161,22 +161,43 @@ def test_a_create_that_fails_after_making_its_batch_is_adopted_not_made_again(tm
     assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
 
 
-def test_the_results_are_never_read_off_the_apis_own_host(tmp_path: Path, sim_factory: Any,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """The key goes with every call: a results URL elsewhere is not followed."""
+def test_results_are_read_from_the_apis_own_host_whatever_results_url_names(tmp_path: Path, sim_factory: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Behind a gateway, ``results_url`` names Anthropic's host: the key is not sent there, and
+    the results are read from the base URL's host all the same."""
     from batchchat.providers.anthropic import AnthropicBatches
 
     real = AnthropicBatches.batch
 
     def elsewhere(self: Any, data: Any) -> BatchInfo:
         info = real(self, data)
-        return BatchInfo(**{**info.__dict__, "results_url": "https://attacker.test/r"}) if info.results_url else info
+        far = f"https://attacker.test/v1/messages/batches/{info.id}/results"
+        return BatchInfo(**{**info.__dict__, "results_url": far}) if info.results_url else info
 
     monkeypatch.setattr(AnthropicBatches, "batch", elsewhere)
     sim = sim_factory(batch_seconds=0.1)
     result = cli(*batch_run(sim, tmp_path))
-    assert result.exit_code != 0
-    assert "attacker.test" in result.stderr and "not read" in result.stderr
+    assert result.exit_code == 0, result.stderr
+    assert [r["status"] for r in read_output(tmp_path / "out.csv")] == ["ok"] * len(QUESTIONS)
+
+
+@pytest.mark.parametrize("where", ["https://attacker.test/v1/r", "https://127.0.0.1:{port}/v1/r"])
+def test_the_batch_client_reads_no_url_off_the_apis_own_scheme_and_host(sim: Any, where: str) -> None:
+    import asyncio
+
+    from batchchat.client import ChatClient
+    from batchchat.client.batches import BatchClient
+    from batchchat.providers import dialect
+
+    async def read() -> None:
+        async with ChatClient(sim.url, "sk-ant-secret-0123456789", concurrency=1, timeout_s=5,
+                              wire=dialect("anthropic")) as chat:  # fmt: skip
+            port = sim.url.split(":")[2].split("/")[0]
+            async for _ in BatchClient(chat, WIRE).lines(where.format(port=port)):
+                pass
+
+    with pytest.raises(RequestError, match="not read, so the key is not sent there"):
+        asyncio.run(read())
 
 
 def make_batch(url: str, custom_ids: list[str]) -> str:
@@ -190,7 +211,7 @@ def make_batch(url: str, custom_ids: list[str]) -> str:
         return str(json.load(answer)["id"])
 
 
-def killed_during_create_then_theirs(sim: Any, args: list[str]) -> str:
+def killed_during_create_then_theirs(sim: Any, args: list[str], ids: str = "other-{}") -> str:
     """A run killed while its create is under way; once that create has acted, someone else
     makes a batch of as many requests. Theirs, newest, is listed first."""
     run_until(args, lambda: sim.stats().get("creates_taken", 0) >= 1)
@@ -198,7 +219,7 @@ def killed_during_create_then_theirs(sim: Any, args: list[str]) -> str:
     while sim.stats().get("batches_created", 0) < 1:  # the killed run's create acts
         assert time.monotonic() < deadline, "the killed run's create never acted"
         time.sleep(0.01)
-    return make_batch(sim.url, [f"other-{i}" for i in range(12)])
+    return make_batch(sim.url, [ids.format(i) for i in range(12)])
 
 
 @pytest.mark.slow
@@ -216,14 +237,15 @@ def test_a_kill_around_a_create_then_a_rerun_makes_one_batch(tmp_path: Path, sim
 
 
 @pytest.mark.slow
-def test_another_batch_of_the_same_size_made_meanwhile_is_found_out_by_its_results(tmp_path: Path,
-                                                                                   sim_factory: Any) -> None:  # fmt: skip
+@pytest.mark.parametrize("ids", ["other-{}", "req{}", "0123abcd-{}"])
+def test_another_batch_of_the_same_size_made_meanwhile_is_found_out_by_its_results(tmp_path: Path, sim_factory: Any,
+                                                                                   ids: str) -> None:  # fmt: skip
     """A killed run's create acts; before the rerun, someone else makes a batch of as many
     requests. Newest first, theirs is found first: taken, its results name none of this run's
     requests, so it is set aside unread, and the run's own batch answers every row."""
     sim = sim_factory(batch_seconds=0.3, batch_delay_ms=100, batch_create_delay_ms=1000)
     args = batch_run(sim, tmp_path)
-    theirs = killed_during_create_then_theirs(sim, args)
+    theirs = killed_during_create_then_theirs(sim, args, ids)
     rerun = subprocess.run([sys.executable, "-m", "batchchat", *args], capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     out = read_output(tmp_path / "out.csv")
@@ -260,7 +282,7 @@ def test_a_dry_run_counts_batches_sent_inline_at_anthropics_limits(tmp_path: Pat
               "--provider", "anthropic", "--batch-api", "--dry-run")  # fmt: skip
     assert dry.exit_code == 0, dry.stderr
     assert "as provider batches: 24 requests in 2 batches, sent inline (one model a batch, at most 100,000 requests " \
-           "and 256 MB); at batch prices $" in dry.stdout
+           "and 244 MB); at batch prices $" in dry.stdout
 
 
 @pytest.mark.parametrize("cancel", [False, True])
@@ -315,3 +337,28 @@ def test_a_batch_of_this_runs_own_create_whose_lines_name_no_request_is_not_aske
     assert {r["error_type"] for r in rows} == {"bad_response"} and "could not be read" in rows[0]["error"]
     said = re.search(r"tokens this run: .* = (\d+)", result.stderr)
     assert said and int(said[1]) > 0
+
+
+@pytest.mark.slow
+def test_a_killed_outputs_batch_found_after_anothers_is_its_own_not_an_extra(tmp_path: Path, sim_factory: Any) -> None:
+    """A is killed during its create; B, asking the same rows, makes its batch after A's. A's
+    rerun finds both, newest (B's) first: A's own, proved first, is taken as A's, B's is set
+    aside, and nothing is said to be an extra batch or paid twice."""
+    sim = sim_factory(batch_seconds=1.0, batch_delay_ms=50, batch_create_delay_ms=800)
+    a = batch_run(sim, tmp_path)
+    b = [arg if arg != str(tmp_path / "out.csv") else str(tmp_path / "b.csv") for arg in a]
+    run_until(a, lambda: sim.stats().get("creates_taken", 0) >= 1)
+    made = subprocess.run([sys.executable, "-m", "batchchat", *b, "--detach"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    rerun = subprocess.run([sys.executable, "-m", "batchchat", *a], capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    out = read_output(tmp_path / "out.csv")
+    said = re.search(r"tokens this run: .* = (\d+)", rerun.stderr)
+    assert said and int(said[1]) == sum(int(r["total_tokens"]) for r in out[:12])
+    assert "extra batch" not in rerun.stderr and sim.stats().get("batches_cancelled", 0) == 0
+    collected = subprocess.run([sys.executable, "-m", "batchchat", *b], capture_output=True, text=True, timeout=120)
+    assert collected.returncode == 0, collected.stderr
+    mine = {r["request_id"].split("/")[0] for r in out}
+    theirs = {r["request_id"].split("/")[0] for r in read_output(tmp_path / "b.csv")}
+    assert len(mine) == len(theirs) == 1 and mine != theirs

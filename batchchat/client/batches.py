@@ -39,9 +39,13 @@ class BatchClient:
         self.wire = wire
         self.held: dict[str, bytes] = {}  # file id -> its lines, for a wire that sends them inline
 
-    def _make_timeout(self) -> aiohttp.ClientTimeout:
+    @property
+    def make_timeout_s(self) -> float:
         """How long a call that makes something may take: ``MAKE_TIMEOUT_S`` at least."""
-        return aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=max(self.chat.timeout_s, MAKE_TIMEOUT_S))
+        return max(self.chat.timeout_s, MAKE_TIMEOUT_S)
+
+    def _make_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.make_timeout_s)
 
     async def upload(self, name: str, data: bytes) -> str:
         """A file of batch lines uploaded; its id. ``name`` should be unique: a failed upload is

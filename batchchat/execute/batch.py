@@ -173,12 +173,12 @@ class _Rounds:
         self.ledger.step(step)
         self.steps.take(step)
 
-    def _take(self, file: str, batch: str) -> None:
+    def _take(self, file: str, batch: str, proven: bool = False) -> None:
         """``batch`` recorded as ``file``'s. One that a create of this run did not answer with is
         only presumed the file's on a wire whose batches do not say what they hold: it is never
-        cancelled (it may be someone else's) until its results prove it."""
+        cancelled (it may be someone else's) until its results prove it (``proven``)."""
         step: dict[str, Any] = {"step": "batch", "batch": batch, "file": file, "at": time.time()}
-        if not self.batches.wire.names_its_file and batch not in self.created:
+        if not (proven or self.batches.wire.names_its_file or batch in self.created):
             step["presumed"] = True
         self._record(step)
 
@@ -256,14 +256,20 @@ class _Rounds:
             elif self.steps.suspect(file):  # an extra batch the provider made of it: found, and cancelled
                 await self._call(partial(self._look, file, True))
             if batch in self.steps.presumed:  # perhaps someone else's: collected when it ends, not cancelled
-                self.ledger.counters.uncancelled += 1
+                await self._leave_running(batch)
                 continue
             await self._cancel(batch)
         for extra in self.steps.open_extras():
             if self.batches.wire.names_its_file:
                 await self._cancel(extra)
             else:
-                self.ledger.counters.uncancelled += 1
+                await self._leave_running(extra)
+
+    async def _leave_running(self, batch: str) -> None:
+        """A batch --cancel does not cancel, as perhaps someone else's: counted when it runs still."""
+        info = await self._known(batch)
+        if info is not None and not info.finished:
+            self.ledger.counters.uncancelled += 1
 
     async def _cancel(self, batch: str) -> None:
         """``batch`` cancelled; one that has finished already (a provider may refuse to cancel it)
@@ -328,11 +334,12 @@ class _Rounds:
         keys = {request_key_of(cid) for cid in self.steps.files[file]}
         return sum(1 for key in keys if key in store and not store.failed(key) and not store.unfinished(key))
 
-    async def _find_batch(self, file: str, window: float = MAKE_TIMEOUT_S, *, fresh: bool = False) -> BatchInfo | None:
+    async def _find_batch(self, file: str, window: float | None = None, *, fresh: bool = False) -> BatchInfo | None:
         """The batch made over ``file``, looked for at the provider. After a create that may still
         act, it is looked for until ``window`` seconds after that create was sent (one a killed
         run sent: the time a create may take), or after now (``fresh``: one that just failed, and
         may act still, as a provider's list may lag), rather than made again."""
+        window = self.batches.make_timeout_s if window is None else window
         info = await self._call(partial(self._look, file))
         since = time.time() if fresh else self.steps.creating.get(file)
         if info is not None or since is None:
@@ -352,7 +359,8 @@ class _Rounds:
         (listed, or ``alive``: the provider answered for it, its list lagging behind)."""
         steps = self.steps
         began, ended = steps.first_create.get(file), steps.creating.get(file)
-        sent = None if began is None or ended is None else (began, ended + MAKE_TIMEOUT_S)  # while a create may act
+        acting = self.batches.make_timeout_s  # how long after it was sent a create may still act
+        sent = None if began is None or ended is None else (began, ended + acting)
         found = await self.batches.find_all(file, len(steps.files[file]), sent)
         mine = steps.batch_of.get(file)
         others = ({b for f, b in steps.batch_of.items() if f != file} | {b for b, f in steps.extras.items() if f != file}
@@ -453,12 +461,8 @@ class _Rounds:
             if presumed and marked and not any(line.tag for line in read):
                 self._record({"step": "foreign", "batch": batch, "file": file, "at": time.time()})
                 return
-            if batch in self.steps.extras:  # proved the file's: a second batch of it, or its only one
-                own = self.steps.batch_of.get(file)
-                if own is None or own in self.steps.foreign:
-                    self._take(file, batch)
-                else:
-                    self.ledger.counters.extra_batches += 1
+            if presumed:
+                self._proven(file, batch)
         for custom_id, _, result, used in read:
             if used is not None:  # an error line that says what it used: billed
                 self.ledger.counters.add_usage(model, used)
@@ -478,6 +482,18 @@ class _Rounds:
                 self._paid(model, prior, custom_id)
             self.results[custom_id] = result
             self.origin[custom_id] = batch
+
+    def _proven(self, file: str, batch: str) -> None:
+        """``batch``'s results proved it ``file``'s. Its own batch if it was presumed so, or if the
+        file's own is not proved (that one then stands as an extra, to be proved in turn); an
+        extra batch of the file, paid twice, only beside an own one that is proved."""
+        own = self.steps.batch_of.get(file)
+        if own == batch or own is None or own in self.steps.foreign or own in self.steps.presumed:
+            self._take(file, batch, proven=True)
+            if own is not None and own != batch and own not in self.steps.foreign:
+                self._record({"step": "extra", "batch": own, "file": file, "at": time.time()})
+        else:
+            self.ledger.counters.extra_batches += 1
 
     def _paid(self, model: str, result: Result, custom_id: str) -> None:
         """A result line that is not kept: what it answered is billed all the same."""

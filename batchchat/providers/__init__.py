@@ -41,7 +41,8 @@ PROVIDERS: dict[str, Provider] = {
     "openai": Provider("openai", "https://api.openai.com/v1", "OPENAI_BASE_URL", "OPENAI_API_KEY", "openai", "openai",
                        ("api.openai.com",), 50_000, 200 * MB),
     "anthropic": Provider("anthropic", "https://api.anthropic.com/v1", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY",
-                          "anthropic", "anthropic", ("api.anthropic.com",), 100_000, 256 * MB),
+                          "anthropic", "anthropic", ("api.anthropic.com",), 100_000,
+                          244 * MB),  # its 256 MB as 256,000,000 bytes, less a comma a line and the brackets
     "sim": Provider("sim", None, None, None, "openai", stream_usage=False),
 }  # fmt: skip
 DIALECTS: dict[str, Dialect] = {"openai": OpenAIDialect(), "anthropic": AnthropicDialect()}

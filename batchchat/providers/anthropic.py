@@ -16,6 +16,7 @@ came), and its prompt tokens count the cached ones too. The answer itself is kep
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -121,7 +122,10 @@ class AnthropicDialect:
         return rate_of(kept) if kept else None
 
     def claims(self, answer: Any) -> bool:
-        return type(answer) is dict and answer.get("type") == "message"
+        """A message: its content a list of blocks, and no chat-completions ``choices`` beside
+        (an OpenAI-compatible server's answer that says ``"type": "message"`` is not one)."""
+        return (type(answer) is dict and answer.get("type") == "message" and isinstance(answer.get("content"), list)
+                and "choices" not in answer)  # fmt: skip
 
     def read(self, answer: Any) -> Reading:
         return read_message(answer)
@@ -470,7 +474,9 @@ class AnthropicBatches:
                          created_at=epoch(data.get("created_at")))  # fmt: skip
 
     def results(self, info: BatchInfo) -> list[str]:
-        return [info.results_url] if info.results_url else []
+        """Read from the API's own URL, whatever host ``results_url`` names (through a gateway it
+        names Anthropic's, where the key must not go)."""
+        return [f"{self.batches}/{info.id}/results"] if info.results_url else []
 
     def result(self, record: Any) -> ResultLine:
         if not isinstance(record, dict):
@@ -478,9 +484,11 @@ class AnthropicBatches:
         custom_id = record.get("custom_id")
         if not isinstance(custom_id, str):  # read all the same: an answer without an id is paid
             return self._result(None, record.get("result"))
-        tag, _, key = custom_id.rpartition("-")
-        line = self._result(key.replace("_", "."), record.get("result"))  # the id as batchchat asked it
-        return ResultLine(line.custom_id, line.status, line.body, line.error, tag or None)
+        ours = OUR_ID.fullmatch(custom_id)
+        if ours is None:  # not an id batchchat writes: another's line, marked as such
+            return ResultLine(None, None, None, None, FOREIGN_TAG)
+        line = self._result(ours[2].replace("_", "."), record.get("result"))  # the id as batchchat asked it
+        return ResultLine(line.custom_id, line.status, line.body, line.error, ours[1])
 
     def _result(self, custom_id: str | None, result: Any) -> ResultLine:
         kind = result.get("type") if isinstance(result, dict) else None
@@ -511,6 +519,8 @@ class AnthropicBatches:
 
 
 CLOCK_SKEW_S = 30.0  # how far the provider's clock and this machine's may differ
+OUR_ID = re.compile(r"([0-9a-f]{8})-([0-9a-f]{32}(?:_[0-9]+)?)")  # TAG-KEY, KEY's "." as "_"
+FOREIGN_TAG = "-"  # the mark of a line whose id batchchat did not write
 
 
 # --- the simulator's side ----------------------------------------------------------------------
