@@ -133,6 +133,7 @@ def test_cancel_ends_the_batch_and_collects_what_it_finished(tmp_path: Path, sim
     cancelled = cli(*args, "--cancel")
     assert cancelled.exit_code == 1, cancelled.stderr
     assert sim.stats()["batches_cancelled"] == 1
+    assert "cancelled: 1 batch; what they finished before is kept" in cancelled.stderr
     out = read_output(tmp_path / "out.csv")
     assert {r["error_type"] for r in out} == {"batch_cancelled"}
 

@@ -391,3 +391,23 @@ def test_a_plain_progress_line_after_the_stop_says_so_not_the_time_left() -> Non
     assert "about" in progress_line(10, stats, 2.0) and "(the throttle allows 2.5/s)" in progress_line(10, stats, 2.0)
     stopping = progress_line(10, stats, 2.0, stopping=True)
     assert "left" not in stopping and stopping.endswith("; stopping: waiting for the requests in flight")
+
+
+def test_a_base_url_without_v1_that_finds_nothing_says_to_add_it(tmp_path: Path, sim_factory: Any) -> None:
+    server = sim_factory()
+    bare = server.url.removesuffix("/v1")
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"q{i}"] for i in range(5)])
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url", bare,
+                 "--provider", "anthropic", "--batch-api")  # fmt: skip
+    assert result.exit_code == 2
+    assert f"most servers answer under /v1: try --base-url {bare}/v1" in result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_labeling_run_where_no_answer_named_a_label_says_what_to_check(tmp_path: Path, sim_factory: Any) -> None:
+    server = sim_factory()  # started without the labels: it answers free text
+    source = write_csv(tmp_path / "in.csv", ["prompt"], [[f"q{i}"] for i in range(3)])
+    result = cli("run", "-i", source, "-o", tmp_path / "out.csv", "-m", "sim-chat", "--base-url", server.url,
+                 "--labels", "yes,no", "--invalid-retries", "0")  # fmt: skip
+    assert result.exit_code == 1
+    assert "no answer named a label: does the prompt list them?" in result.stderr

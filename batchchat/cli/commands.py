@@ -576,7 +576,8 @@ async def _turn(job: Job, conversation: Conversation, shown: Shown, text: str) -
     help="Require the key held by this environment variable; other keys get 401.",
 )
 def serve(host: str, port: int, api_key_env: str | None, labels: str | None, **options: Any) -> None:
-    """Run the built-in simulator: a Together/OpenAI-compatible endpoint with synthetic answers.
+    """Run the built-in simulator: a Together/OpenAI-compatible endpoint (and Anthropic's Messages
+    API at /v1/messages) with synthetic answers.
 
     Answers are synthetic and deterministic (the same request gets the same answer); use it to try
     jobs, tests and benchmarks without a key or network. Point a run at it with

@@ -276,6 +276,8 @@ class _Rounds:
         has nothing left to stop."""
         done = await with_retries(partial(self.batches.cancel, batch), self.engine.retry.max_attempts)
         if done.error is None:
+            if done.result is not None and done.result.status in ("cancelling", "cancelled"):
+                self.ledger.counters.cancelled += 1
             return
         info = await self._known(batch)
         if info is not None and not info.finished:

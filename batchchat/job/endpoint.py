@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from ..core.errors import AUTH, NO_CREDIT, REDIRECT, RequestError
+from ..core.errors import AUTH, NO_CREDIT, NOT_FOUND, REDIRECT, RequestError
 from ..providers import DEFAULT_DIALECT, PROVIDERS, provider_at
 
 SIMULATOR = "the built-in simulator"
@@ -105,7 +105,10 @@ class Endpoint:
                 f"{where} says the account has no credit ({error.message}); add credit or raise the spending limit, "
                 "then run again"
             )
-        return f"{where} refused ({error.message}); run again once it is fixed: what is done is kept"
+        if error.error_type == NOT_FOUND and self.base_url is not None and "/v1" not in urlparse(self.base_url).path:
+            return (f"{where} found nothing to answer ({error.message}); most servers answer under /v1: try "
+                    f"{names('base_url')} {self.base_url.rstrip('/')}/v1")  # fmt: skip
+        return f"{where} refused ({error.message}); run again once it is fixed"
 
 
 def endpoint_label(identity: str) -> str:

@@ -170,6 +170,9 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
         lines.append(f"the provider made {plural(s.extra_batches, 'extra batch', 'extra batches')} of files submitted "
                      "once (a create that failed, then acted): collected, and cancelled where the provider's batches "
                      "say which file they hold; what they finished is counted as paid")  # fmt: skip
+    if s.cancelled:
+        lines.append(f"cancelled: {plural(s.cancelled, 'batch', 'batches')}; what they finished before is kept, and "
+                     "the rest are 'batch_cancelled' rows (--retry-errors asks them again)")  # fmt: skip
     if s.uncancelled:
         lines.append(f"not cancelled: {plural(s.uncancelled, 'batch', 'batches')} found after a create whose answer was "
                      "lost, taken for this output's by time and size alone (the provider's batches do not say what "
@@ -180,6 +183,9 @@ def summary_text(result: RunResult, finished: bool = True) -> str:
                      "that carried usage was counted as paid")  # fmt: skip
     if s.labels:
         lines.append("labels: " + ", ".join(f"{label} {count:,}" for label, count in s.labels))
+    if s.ok == 0 and dict(s.error_types).get("invalid_label", 0) == s.errors > 0:
+        lines.append("no answer named a label: does the prompt list them? (a `batchchat serve` simulator answers "
+                     "labels only when started with --labels)")  # fmt: skip
     if any(payer != PAID_RUN for payer, _ in s.paid):
         lines.append(output_tokens_line(s.output_prompt_tokens, s.output_completion_tokens, s.output_cost, s.paid))
     if s.earlier_without_ttft:

@@ -22,8 +22,9 @@ from ..job.spec import NO_PRICES, Prices
 class Counters:
     """Live request counters the executors update as attempts happen (not only as rows finish)."""
 
-    __slots__ = ("busy", "busy_statuses", "cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes", "paced", "rate", "rate_limited",
-                 "repeated", "requests", "retries", "uncancelled", "unreported", "unreported_bound", "usage", "waiting_until")  # fmt: skip
+    __slots__ = ("busy", "busy_statuses", "cancelled", "cap_stop", "crowded", "extra_batches", "invalid", "last_cut", "notes",
+                 "paced", "rate", "rate_limited", "repeated", "requests", "retries", "uncancelled", "unreported",
+                 "unreported_bound", "usage", "waiting_until")  # fmt: skip
 
     def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens of every answer received
@@ -46,6 +47,7 @@ class Counters:
         self.repeated: Counter[str] = Counter()  # provider batch -> result lines for a request it answered already
         self.extra_batches = 0  # batches the provider made of a file already made one of (found this run)
         self.uncancelled = 0  # batches --cancel left running: perhaps someone else's (``Steps.presumed``)
+        self.cancelled = 0  # batches this run asked the provider to cancel (--cancel, or an extra batch)
         # when the cost cap stopped the run: (what it counted as spent, the bound of the request it refused)
         self.cap_stop: tuple[float, float] | None = None
 
@@ -61,6 +63,7 @@ class Counters:
         self.repeated.update(other.repeated)
         self.extra_batches += other.extra_batches
         self.uncancelled += other.uncancelled
+        self.cancelled += other.cancelled
         self.invalid += other.invalid
         self.requests += other.requests
         self.rate_limited += other.rate_limited
@@ -312,6 +315,7 @@ class Summary:
     repeated: tuple[tuple[str, int], ...] = ()  # (provider batch, result lines repeating a request)
     extra_batches: int = 0  # batches the provider made of a file it had made one of already
     uncancelled: int = 0  # batches --cancel left running, as perhaps someone else's
+    cancelled: int = 0  # batches this run asked the provider to cancel
 
     @property
     def total_tokens(self) -> int:
@@ -407,6 +411,7 @@ class Stats:
             repeated=tuple(sorted(self.counters.repeated.items())),
             extra_batches=self.counters.extra_batches,
             uncancelled=self.counters.uncancelled,
+            cancelled=self.counters.cancelled,
             batches=batches,
         )
 
