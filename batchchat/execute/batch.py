@@ -22,9 +22,9 @@ answers were not all kept. A request waiting in a batch is never submitted again
 What each provider's Batch API looks like is its ``BatchWire``'s: this engine sees files, batches
 and result lines in neutral words. Where a batch says which file it holds, one found for a file
 is surely that file's, and an extra one is cancelled. Where it does not (Anthropic's), a batch
-found for a file is taken on its time and size, proved by its results once it ends (one whose
-results name none of the file's requests is ``foreign``: set aside unread), and never cancelled
-on a guess.
+found for a file is taken on its time and size (``presumed``), proved by its results once it
+ends (their ids carry the file's mark; one whose lines carry another's is ``foreign``: set aside
+unread), and never cancelled on a guess.
 """
 
 from __future__ import annotations
@@ -446,8 +446,8 @@ class _Rounds:
         """The result lines of a finished batch, by id. For one id, an answer wins over an error
         line, and a readable answer over one that is not: every line after the first for an id
         is counted as a repeat, and its tokens as paid when it is an answer. A batch taken for
-        the file's without proof whose lines answer none of its requests is someone else's:
-        ``foreign``, not read, and the file gets a batch of its own."""
+        the file's without proof whose lines carry another file's mark is someone else's:
+        ``foreign``, not read, and the file's own batch is looked for again."""
         file = self.steps.file_of(batch)
         model = self.steps.models.get(file, "")
         latency = max(0.0, time.time() - self.steps.uploaded_at.get(file, time.time()))
