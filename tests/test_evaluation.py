@@ -327,3 +327,24 @@ def test_the_fan_out_shares_one_concurrency_limit(tmp_path: Path, sim_factory: A
     assert result.exit_code == 0
     assert len(sim.requests) == 24
     assert sim.stats()["max_in_flight"] == 3  # not 3 per model or per variant
+
+
+@pytest.mark.parametrize("engine", [[], ["--batch-api", "--sim", "batch_seconds=0.1"]])
+def test_an_offline_evaluation_on_the_simulator_plays_each_model_right_at_its_own_rate(tmp_path: Path,
+                                                                                      engine: list[str]) -> None:  # fmt: skip
+    """The expected answers the plan gathers reach the simulator the engine starts: a larger model
+    gets more rows right, and neither gets none or all, live and in provider batches."""
+    rng = random.Random(3)
+    source = write_csv(tmp_path / "in.csv", ["text", "expected"],
+                       [[f"review {i}", rng.choice(LABELS)] for i in range(120)])  # fmt: skip
+    output = tmp_path / "out.csv"
+    result = cli("run", "-i", source, "-o", output, "--provider", "sim", "-m", "sim-1b", "-m", "sim-70b",
+                 "--template", "Sentiment of: {text}", "--labels", ",".join(LABELS), "--expected-column", "expected",
+                 *engine)  # fmt: skip
+    assert result.exit_code in (0, 1), result.stderr
+    scores: dict[str, list[float]] = {}
+    for row in read_output(output):
+        scores.setdefault(row["model"], []).append(float(row["score"] or 0))
+    share = {model: sum(values) / len(values) for model, values in scores.items()}
+    # 1B is right about 45% of the time and 70B about 78%; told nothing, both would pick a label at random (1/3)
+    assert share["sim-70b"] > 0.65 and 0.38 < share["sim-1b"] < share["sim-70b"] - 0.15, share

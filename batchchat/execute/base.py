@@ -10,11 +10,12 @@ there, so the output table is the same whichever engine answered the rows.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.records import ERROR, OK, PENDING, ChatRequest, RowOutcome
+from ..job.spec import SimConfig
 from ..plan.answers import AnswerCheck
 from ..store.journal import Store
 from ..store.stats import BatchTimes, Counters, Stats
@@ -75,10 +76,17 @@ class Elsewhere:
 class Work:
     """What the plan left to do: the requests to send (the plan's own when it kept them, else
     built lazily from the input, again on each pass over them; a pass raises ``InputChanged`` if
-    the input is no longer what was planned), and the key of one turn of a scripted conversation."""
+    the input is no longer what was planned), the key of one turn of a scripted conversation,
+    and, for the simulator of an offline evaluation, each request's expected answer by its
+    conversation (``plan.Rows.expected``), which an engine tells the simulator it starts."""
 
     requests: Iterable[ChatRequest]
     turn_key: Callable[[ChatRequest, tuple[dict[str, Any], ...]], str]
+    expected: Mapping[str, str] | None = None
+
+    def simulator(self, config: SimConfig) -> SimConfig:
+        """``config``, told the expected answers, if there are any."""
+        return config if self.expected is None else replace(config, expected=dict(self.expected))
 
 
 class Ledger:

@@ -110,7 +110,7 @@ class BatchExecutor:
 
     async def execute(self, work: Work, ledger: Ledger) -> Ending:
         async with open_client(self.endpoint, concurrency=4, retry=self.retry, stream=False,
-                               simulator=self.simulator) as client:  # fmt: skip
+                               simulator=work.simulator(self.simulator)) as client:  # fmt: skip
             rounds = _Rounds(self, work, ledger, BatchClient(client, BATCH_WIRES[self.dialect]))
             await rounds.confirm_uploads()  # what a killed run uploaded waits in a batch, or is forgotten
             if self.live_retry is not None:  # the errors of earlier runs, live, before the rest
@@ -120,7 +120,7 @@ class BatchExecutor:
                 def again_live(key: str) -> bool:
                     return store.failed(key) and store.earlier(key) and key not in waiting
 
-                again = Work(_Only(work.requests, again_live), work.turn_key)
+                again = Work(_Only(work.requests, again_live), work.turn_key, work.expected)
                 ending = await self.live_retry.send(again, ledger, client.complete)
                 if ending is not Ending.DONE:
                     return ending

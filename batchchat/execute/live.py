@@ -61,7 +61,7 @@ class LiveExecutor:
 
     async def execute(self, work: Work, ledger: Ledger) -> Ending:
         async with open_client(self.endpoint, concurrency=self.limits.concurrency, retry=self.retry,
-                               stream=self.stream, simulator=self.simulator) as client:  # fmt: skip
+                               stream=self.stream, simulator=work.simulator(self.simulator)) as client:  # fmt: skip
             return await self.send(work, ledger, client.complete)
 
     async def send(self, work: Work, ledger: Ledger, send: Send, throttle: Limiter | None = None) -> Ending:

@@ -129,7 +129,7 @@ class Stages:
                 self.store.describe(describe(self.job))
                 self.store.begin()
                 builder = self.setup.builder
-                work = Work(_Requests(self.setup, self.source, self.rows), builder.spec.turn_key)
+                work = Work(_Requests(self.setup, self.source, self.rows), builder.spec.turn_key, self.rows.expected)
                 ledger = Ledger(self.store, self.stats, self.observer, self.setup.check)
                 self.ending = await executor.execute(work, ledger)
         finally:

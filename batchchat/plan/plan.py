@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,9 @@ class Rows:
     first: bytearray  # the first row asking for each request
     kept: list[ChatRequest] = field(default_factory=list)  # the first requests to send, as the plan built them
     built_from: int | None = None  # the first row whose request was not kept (None: every one was)
+    # For the simulator of an offline evaluation (provider sim, an expected column): each
+    # request's expected answer, by its conversation, so the models it plays get some right.
+    expected: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Setup:
     models: int
     variants: int
     limit: int | None
+    expects: str | None = None  # the expected column the simulator is told of (``Rows.expected``)
 
     @classmethod
     def of(cls, job: Job, columns: Sequence[str], source_name: str) -> Setup:
@@ -109,24 +113,9 @@ class Setup:
             models=len(job.models),
             variants=len(job.variants),
             limit=job.limit,
+            expects=job.scoring.expected_column if job.endpoint.provider == "sim" and job.simulator.expected is None
+            else None,
         )
-
-    def simulated(self, job: Job, source: TableSource) -> Job:
-        """``job``, whose simulator (provider sim) knows each row's expected answer, so the models
-        it plays get some right and an offline evaluation compares them; a job without an
-        expected column, or sent elsewhere, as it is."""
-        column = job.scoring.expected_column
-        if job.endpoint.provider != "sim" or column is None or job.simulator.expected is not None:
-            return job
-        found: dict[str, str] = {}
-        fanout = self.builder.spec.fanout
-        for batch, items in self.builder.rows(source):
-            expected = batch.column(column).to_pylist()
-            for i, item in enumerate(items):
-                value = expected[i // fanout]
-                if isinstance(item, ChatRequest) and not item.turns and value is not None:
-                    found.setdefault(messages_key(item.messages), cell_text(value))
-        return replace(job, simulator=replace(job.simulator, expected=found))
 
     def plan(self, source: TableSource, store: Store, output: Path | None) -> tuple[Plan, Rows]:
         """One pass over every row: finds bad cells and empty prompts before any request, works
@@ -142,8 +131,13 @@ class Setup:
         kept: list[ChatRequest] = []  # up to KEPT_BYTES of them; the rest are built again when sent
         kept_bytes = 0
         built_from: int | None = None
+        expects = self.expects
+        expected: dict[str, str] | None = {} if expects is not None else None
+        fanout = self.builder.fanout
         for batch, items in self.builder.rows(source):
             input_rows += batch.num_rows
+            if expects is not None and expected is not None:
+                _expected_of(batch.column(expects).to_pylist(), items, fanout, expected)
             store.prefetch(i.key for i in items if isinstance(i, ChatRequest))  # one search a batch, not one a row
             stored = (i.key for i in items if isinstance(i, ChatRequest) and i.key in store)
             judged = stale_outcomes(store, stored, self.check)
@@ -180,10 +174,9 @@ class Setup:
         sends = _both(first, wants)
         reasked = _both(first, reasks).count(1)
         changed_checks = _both(first, changed).count(1)
-        rows = Rows(keys, invalid, sends, first, [r for r in kept if sends[r.row]], built_from)
+        rows = Rows(keys, invalid, sends, first, [r for r in kept if sends[r.row]], built_from, expected)
         if input_rows == 0:
             raise JobError(f"{source.name} has no rows (only a header, or nothing); there is nothing to send")
-        fanout = self.builder.fanout
         invalid_inputs = sorted({row // fanout + 1 for row in rows.invalid})
         return Plan(
             source=source.name,
@@ -206,6 +199,15 @@ class Setup:
             damaged_records=store.invalid,
             limit=self.limit,
         ), rows
+
+
+def _expected_of(values: list[Any], items: Sequence[ChatRequest | InvalidRow], fanout: int,
+                 found: dict[str, str]) -> None:  # fmt: skip
+    """The expected answers of a batch's rows, by conversation (``Rows.expected``)."""
+    for i, item in enumerate(items):
+        value = values[i // fanout]
+        if isinstance(item, ChatRequest) and not item.turns and value is not None:
+            found.setdefault(messages_key(item.messages), cell_text(value))
 
 
 def check_columns(columns: Sequence[str], source_name: str, added: Sequence[str] = ()) -> None:

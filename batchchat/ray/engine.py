@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -55,7 +55,7 @@ class RayExecutor:
         return cls(job, handle_signals)
 
     async def execute(self, work: Work, ledger: Ledger) -> Ending:
-        job = self.job
+        job = replace(self.job, simulator=work.simulator(self.job.simulator))
         workers, share = sizes(job, connect(job.ray))
         store = ledger.store
         if isinstance(store, JournalSet) and store.folder is not None:

@@ -99,7 +99,6 @@ async def frame_result(frame: pd.DataFrame, /, *, observer: Observer | None = No
     if job.batch.enabled and journal is None:
         raise JobError("batch_api= needs journal=PATH: the provider's batches outlive this call, and the journal is "
                        "how a later call collects them rather than paying for them again")  # fmt: skip
-    job = setup.simulated(job, source)
     executor = executor or executor_for(job, handle_signals=True)  # Ctrl-C in a script: a graceful stop
     if journal is None:
         return await _frame_rows(job, frame, source, setup, MemoryStore(), watcher, bar, executor)

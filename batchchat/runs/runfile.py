@@ -94,7 +94,6 @@ async def arun(job: Job | str | os.PathLike[str] | None = None, /, *, observer: 
             shutil.rmtree(files.parts, ignore_errors=True)
         journal = open_store(job, files.journal, files.parts)
         try:
-            job = setup.simulated(job, source)
             executor = executor or executor_for(job, handle_signals=True)
             return await _run_file(job, source, setup, journal, files, sink, schema, observer or Silent(), executor)
         finally:
