@@ -507,7 +507,7 @@ class AnthropicBatches:
         return ResultLine(custom_id, None, None, None)
 
     def over(self, info: BatchInfo, file_id: str, count: int, sent: tuple[float, float] | None) -> bool:
-        """Made while the creates were under way (a few seconds' clock difference allowed), and
+        """Made while the creates were under way (half a minute's clock difference allowed), and
         holding ``count`` requests."""
         if sent is None or info.created_at is None or info.total != count:
             return False
