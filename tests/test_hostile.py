@@ -688,3 +688,31 @@ def test_a_key_echoed_in_any_field_or_streamed_in_pieces_is_redacted(tmp_path: P
     written = (tmp_path / "out.csv").read_text() + Path(f"{tmp_path / 'out.csv'}.journal").read_text()
     assert "hunter2pass" not in written and basic not in written
     assert streamed.returncode == 0 and CANARY not in streamed.stdout and "your key: [redacted]!" in streamed.stdout
+
+
+LOCK_INTERRUPTED = r"""
+import os, signal, sys
+from pathlib import Path
+from batchchat.store import lock
+
+def stop(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)  # as the CLI has it
+real = lock.fcntl.flock
+def flock(fd, operation):  # SIGTERM arrives between the lock file's making and its locking
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(fd, operation)
+lock.fcntl.flock = flock
+try:
+    lock.OutputLock(Path(sys.argv[1])).acquire()
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_sigterm_while_the_lock_is_taken_leaves_no_lock_file(tmp_path: Path) -> None:
+    output = tmp_path / "out.parquet"
+    done = subprocess.run([sys.executable, "-c", LOCK_INTERRUPTED, str(output)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.stdout.strip() == "interrupted", done.stderr
+    assert not (tmp_path / "out.parquet.lock").exists()

@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
 import time
 from pathlib import Path
 
 from ..core.errors import JobError, StorageError
 from .files import OutputFiles, open_nofollow
+
+STOPS = {signal.SIGINT, signal.SIGTERM}  # what stops a run: held back while the lock is taken
 
 
 class OutputLock:
@@ -31,35 +34,53 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         for _ in range(10):  # another run may remove the file between our open and our lock
+            # Ctrl-C and SIGTERM wait while the file is made and locked: one that came between
+            # the two would leave the file behind, held by nobody. They arrive once the lock is
+            # ours, where release() cleans up.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
             try:
-                fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = self._take()
+            except BaseException:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                raise
+            if fd is None:  # we locked a file already unlinked by its last holder: try the new one
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                continue
+            self._fd = fd  # from here, release() cleans up, whatever interrupts what follows
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop that came meanwhile is raised here
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())  # fmt: skip
             except OSError as e:
+                self.release()
                 raise StorageError("the lock", self.path, e) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read(fd)
-                os.close(fd)
-                raise JobError(
-                    f"another batchchat run is writing {self.path.name.removesuffix('.lock')} "
-                    f"({holder or 'process unknown'}); wait for it to finish or stop it, or choose "
-                    f"another {self.setting}"
-                ) from None
-            if _same_file(fd, self.path):
-                self._fd = fd  # from here, release() cleans up, whatever interrupts what follows
-                try:
-                    os.ftruncate(fd, 0)
-                    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-                                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())  # fmt: skip
-                except OSError as e:
-                    self.release()
-                    raise StorageError("the lock", self.path, e) from None
-                except BaseException:
-                    self.release()
-                    raise
-                return self
-            os.close(fd)  # we locked a file already unlinked by its last holder: try the new one
+            except BaseException:
+                self.release()
+                raise
+            return self
         raise JobError(f"could not take the lock {self.path}; is another run starting at the same moment?")
+
+    def _take(self) -> int | None:
+        """The lock file, made if need be and locked; None if it was unlinked meanwhile."""
+        try:
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError("the lock", self.path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise JobError(
+                f"another batchchat run is writing {self.path.name.removesuffix('.lock')} "
+                f"({holder or 'process unknown'}); wait for it to finish or stop it, or choose "
+                f"another {self.setting}"
+            ) from None
+        if _same_file(fd, self.path):
+            return fd
+        os.close(fd)
+        return None
 
     def release(self) -> None:
         if self._fd is not None:
