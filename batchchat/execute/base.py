@@ -86,7 +86,7 @@ class Work:
 
     def simulator(self, config: SimConfig) -> SimConfig:
         """``config``, told the expected answers, if there are any."""
-        return config if self.expected is None else replace(config, expected=dict(self.expected))
+        return config if self.expected is None else replace(config, expected=self.expected)
 
 
 class Ledger:

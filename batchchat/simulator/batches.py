@@ -218,11 +218,16 @@ class BatchStore:
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "no such batch")
+        self._cancel_now(batch)
+        return web.json_response(self._shown(batch))
+
+    def _cancel_now(self, batch: SimBatch) -> None:
+        """A running batch told to stop (one that has ended is as it was), in either API."""
         self._advance(batch)
         if batch.ended is None and batch.cancelled_at is None:
             batch.cancelled_at = time.monotonic()
+            batch.cancel_initiated = time.time()
             self.counts["batches_cancelled"] += 1
-        return web.json_response(self._shown(batch))
 
     # --- what a batch has done ---
 
@@ -421,11 +426,7 @@ class BatchStore:
         batch = self._m_batch(request)
         if batch is None:
             return _m_error(404, "no such message batch", "not_found_error")
-        self._advance(batch)
-        if batch.ended is None and batch.cancelled_at is None:
-            batch.cancelled_at = time.monotonic()
-            batch.cancel_initiated = time.time()
-            self.counts["batches_cancelled"] += 1
+        self._cancel_now(batch)
         return web.json_response(self._m_shown(batch, request))
 
     async def _m_results(self, request: web.Request) -> web.Response:
